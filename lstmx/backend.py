@@ -1,0 +1,162 @@
+"""Array namespace and device, resolved once at the public boundary and passed down.
+
+Every public entry point turns its ``backend=`` argument (a name, a namespace or an array) into a
+:class:`Backend` and hands it to the pure functions below it. Arrays from two backends or two devices are
+refused here with a clear error, never deep inside a matmul.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import array_api_compat
+import numpy as np
+
+BACKEND_NAMES = ("numpy", "cupy", "array_api_strict")
+
+
+class BackendError(RuntimeError):
+    """A backend was asked for that cannot run here (not installed, no GPU, unknown name)."""
+
+
+class MixedBackendError(TypeError):
+    """Arrays of two namespaces or two devices met in one call."""
+
+
+class Backend(NamedTuple):
+    """The array namespace (Array API compatible), its device and a short name for messages."""
+
+    xp: Any
+    device: Any
+    name: str
+
+    def asarray(self, values: Any, dtype: Any = None) -> Any:
+        """Copy host values (NumPy arrays, lists, scalars) onto this backend's device."""
+        return self.xp.asarray(values, dtype=dtype, device=self.device)
+
+    def dtype(self, dtype: Any) -> Any:
+        """A dtype of this namespace from a name ("float32") or a dtype object."""
+        if isinstance(dtype, str):
+            try:
+                return getattr(self.xp, dtype)
+            except AttributeError:
+                raise ValueError(f"unknown dtype {dtype!r} for backend {self.name!r}") from None
+        return dtype
+
+
+def _cupy_namespace() -> Any:
+    try:
+        import cupy
+    except ImportError as error:
+        raise BackendError(
+            "backend='cupy' needs CuPy, which is not installed: pip install 'lstmx[cuda12]' "
+            "(or 'lstmx[cuda13]') on a machine with an NVIDIA GPU"
+        ) from error
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CUDARuntimeError, or a driver that cannot load
+        raise BackendError(f"backend='cupy': CuPy is installed but no CUDA device is usable ({error})") from error
+    if count == 0:
+        raise BackendError("backend='cupy': CuPy is installed but this machine has no CUDA device")
+    import array_api_compat.cupy as xp
+
+    return xp
+
+
+def _namespace_by_name(name: str) -> Any:
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+
+        return xp
+    if name == "cupy":
+        return _cupy_namespace()
+    if name == "array_api_strict":
+        try:
+            import array_api_strict as xp
+        except ImportError as error:
+            raise BackendError("backend='array_api_strict' needs: pip install array-api-strict") from error
+        return xp
+    raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
+
+
+def _name_of_namespace(xp: Any) -> str:
+    if array_api_compat.is_numpy_namespace(xp):
+        return "numpy"
+    if array_api_compat.is_cupy_namespace(xp):
+        return "cupy"
+    if array_api_compat.is_array_api_strict_namespace(xp):
+        return "array_api_strict"
+    return getattr(xp, "__name__", type(xp).__name__)
+
+
+def _default_device(xp: Any) -> Any:
+    return xp.__array_namespace_info__().default_device()
+
+
+def get_backend(backend: Any = "numpy") -> Backend:
+    """Resolve ``backend`` (a name, an Array API namespace, an array, or a Backend) to a :class:`Backend`."""
+    if isinstance(backend, Backend):
+        return backend
+    if isinstance(backend, str):
+        xp = _namespace_by_name(backend)
+        return Backend(xp, _default_device(xp), backend)
+    if array_api_compat.is_array_api_obj(backend):
+        return backend_of(backend)
+    if hasattr(backend, "__array_namespace_info__") or hasattr(backend, "asarray"):
+        name = _name_of_namespace(backend)
+        xp = _namespace_by_name(name) if name in BACKEND_NAMES else backend
+        return Backend(xp, _default_device(xp), name)
+    raise BackendError(f"backend must be a name ({', '.join(BACKEND_NAMES)}), a namespace or an array, not {backend!r}")
+
+
+def backend_of(*arrays: Any) -> Backend:
+    """The one backend all ``arrays`` (None entries skipped) live on; refuses a mix of namespaces or devices."""
+    present = [a for a in arrays if a is not None]
+    if not present:
+        raise ValueError("backend_of() needs at least one array")
+    first = present[0]
+    xp = array_api_compat.array_namespace(first)
+    device = array_api_compat.device(first)
+    for other in present[1:]:
+        other_xp = array_api_compat.array_namespace(other)
+        if _name_of_namespace(other_xp) != _name_of_namespace(xp):
+            raise MixedBackendError(
+                f"arrays from two backends in one call: {_name_of_namespace(xp)} and {_name_of_namespace(other_xp)}; "
+                "move them to one backend first (model.to(...) or backend.asarray(...))"
+            )
+        if array_api_compat.device(other) != device:
+            raise MixedBackendError(f"arrays on two devices in one call: {device} and {array_api_compat.device(other)}")
+    return Backend(xp, device, _name_of_namespace(xp))
+
+
+def check_same_backend(backend: Backend, name: str, array: Any) -> None:
+    """Raise a clear error when ``array`` does not live on ``backend`` (namespace and device)."""
+    if not array_api_compat.is_array_api_obj(array):
+        raise TypeError(f"{name} must be an array of backend {backend.name!r}, not {type(array).__name__}")
+    found = backend_of(array)
+    if found.name != backend.name:
+        raise MixedBackendError(
+            f"{name} is a {found.name} array but the model lives on {backend.name}; "
+            f"move it with model.backend.asarray(...) or move the model with model.to({found.name!r})"
+        )
+    if found.device != backend.device:
+        raise MixedBackendError(f"{name} is on device {found.device} but the model is on device {backend.device}")
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """A host NumPy copy of any backend's array (a device-to-host copy for CuPy)."""
+    if isinstance(array, (np.ndarray, np.generic)):
+        return np.asarray(array)
+    if array_api_compat.is_cupy_array(array):
+        return array.get()
+    if array_api_compat.is_array_api_obj(array):
+        return np.from_dlpack(array)
+    return np.asarray(array)
+
+
+def is_cupy(backend: Backend) -> bool:
+    return backend.name == "cupy"
+
+
+def is_numpy(backend: Backend) -> bool:
+    return backend.name == "numpy"

@@ -1,0 +1,81 @@
+"""The pointwise part of one LSTM time step (everything but the recurrent matmul), generic Array API.
+
+With ``z_t = x_t W_x + h_{t-1} W_h + b`` split into four blocks of width H in the order **i, f, g, o**::
+
+    i_t = σ(z_i)        input gate
+    f_t = σ(z_f)        forget gate
+    g_t = tanh(z_g)     candidate cell
+    o_t = σ(z_o)        output gate
+    c_t = f_t * c_{t-1} + i_t * g_t
+    h_t = o_t * tanh(c_t)
+
+These are the only place the LSTM equations are written; everything else refers to them.
+
+All four activations come from one ``tanh``: σ(z) = ½·tanh(½z) + ½ and tanh(z) = 1·tanh(1·z) + 0, so with
+a per-column ``scale`` s (½ on the i, f, o columns, 1 on g) the gates are ``tanh(s·z)·s + (1 − s)``.
+The derivative taken from the *stored gate outputs* u is then ``s² − (u − (1 − s))²``, which is
+σ(1 − σ) on the sigmoid columns and 1 − g² on the g columns: no pre-activation is kept.
+
+A backend may supply a fused version of :func:`cell_forward` and :func:`cell_backward` with the same
+signature in a module of its own; :func:`cell_ops` is the one place that picks it. None is registered yet:
+every backend runs the generic functions below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from ..backend import Backend
+
+
+class CellOps(NamedTuple):
+    """A pair of pointwise step functions: ``forward`` and its mirror ``backward``."""
+
+    forward: Callable[..., tuple[Any, Any, Any, Any]]
+    backward: Callable[..., tuple[Any, Any]]
+
+
+def gate_scale(backend: Backend, hidden_size: int, dtype: Any) -> Any:
+    """The (4H,) column scale s: ½ for the sigmoid gates i, f, o and 1 for the tanh candidate g."""
+    xp = backend.xp
+    half = xp.full((hidden_size,), 0.5, dtype=dtype, device=backend.device)
+    one = xp.ones((hidden_size,), dtype=dtype, device=backend.device)
+    return xp.concat([half, half, one, half])
+
+
+def cell_forward(xp: Any, z: Any, c_prev: Any, scale: Any) -> tuple[Any, Any, Any, Any]:
+    """One step's gates from pre-activations ``z`` (B, 4H) and ``c_prev`` (B, H).
+
+    Returns ``(gates, c, tanh_c, h)``: the activated gates (B, 4H) in order i, f, g, o, the new cell, its
+    tanh and the new hidden state.
+    """
+    hidden = c_prev.shape[-1]
+    gates = xp.tanh(z * scale) * scale + (1 - scale)
+    i, f, g, o = (gates[:, k * hidden : (k + 1) * hidden] for k in range(4))
+    c = f * c_prev + i * g
+    tanh_c = xp.tanh(c)
+    return gates, c, tanh_c, o * tanh_c
+
+
+def cell_backward(
+    xp: Any, dh: Any, dc_next: Any, gates: Any, c_prev: Any, tanh_c: Any, scale: Any
+) -> tuple[Any, Any]:
+    """Mirror of :func:`cell_forward`: from dL/dh_t and the cell gradient arriving from step t+1, return
+    ``(dz, dc_prev)``: the gradient of the pre-activations (B, 4H) and the part of dL/dc_{t-1} through c_t.
+    """
+    hidden = c_prev.shape[-1]
+    i, f, g, o = (gates[:, k * hidden : (k + 1) * hidden] for k in range(4))
+    dc = dc_next + dh * o * (1 - tanh_c * tanh_c)  # tanh' of the cell, taken from the stored tanh(c_t)
+    d_gates = xp.concat([dc * g, dc * c_prev, dc * i, dh * tanh_c], axis=-1)
+    shifted = gates - (1 - scale)
+    dz = d_gates * (scale * scale - shifted * shifted)  # σ(1-σ) on i, f, o; 1-g² on g (module docstring)
+    return dz, dc * f
+
+
+GENERIC_CELL_OPS = CellOps(cell_forward, cell_backward)
+
+
+def cell_ops(backend: Backend) -> CellOps:
+    """The pointwise step functions for ``backend`` (the generic pair on every backend for now)."""
+    del backend  # the dispatch point for fused per-backend kernels
+    return GENERIC_CELL_OPS

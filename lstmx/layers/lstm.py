@@ -1,0 +1,108 @@
+"""One LSTM layer over a whole sequence: forward and its exact backpropagation through time.
+
+The layer's weight is one fused matrix ``W`` of shape (D + H, 4H): rows ``[:D]`` act on the input x_t, rows
+``[D:]`` on the previous hidden state h_{t-1}; columns are the gate blocks i, f, g, o (equations in
+:mod:`lstmx.layers.cell`). The input projection for all T steps is one matmul before the loop; only the
+recurrent matmul runs per step; the weight gradient is one matmul over all steps after the backward loop.
+
+Variable lengths come in as a step mask m (T, B, 1), 1 on real steps and 0 on padding. On a padded step the
+state is carried unchanged and the output is zero::
+
+    y_t = m_t · h'_t        h_t = y_t + (1 − m_t) · h_{t−1}        c_t = m_t · c'_t + (1 − m_t) · c_{t−1}
+
+where h'_t, c'_t are the cell's new values. ``mask=None`` means every step is real.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..backend import Backend
+from .cell import cell_ops, gate_scale
+
+
+class LSTMLayerCache(NamedTuple):
+    """What the backward pass of one layer needs from its forward pass."""
+
+    x: Any  # (T, B, D) the layer's input
+    h_prev: Any  # (T, B, H) h_{t-1} seen by step t (h0 at t = 0)
+    c_prev: Any  # (T, B, H) c_{t-1} seen by step t (c0 at t = 0)
+    gates: Any  # (T, B, 4H) activated gates i, f, g, o
+    tanh_c: Any  # (T, B, H) tanh of the cell's new value c'_t
+    mask: Any  # (T, B, 1) step mask, or None when every step is real
+
+
+def lstm_layer_forward(
+    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, mask: Any = None
+) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
+    """Run one layer over ``x`` (T, B, D) from state ``(h0, c0)`` (B, H) each.
+
+    Returns ``(y, (h_T, c_T), cache)`` with y of shape (T, B, H).
+    """
+    xp = backend.xp
+    steps, batch, features = x.shape
+    hidden = h0.shape[-1]
+    forward_step = cell_ops(backend).forward
+    scale = gate_scale(backend, hidden, x.dtype)
+    w_hidden = weight[features:, :]
+    x_proj = xp.reshape(xp.reshape(x, (steps * batch, features)) @ weight[:features, :] + bias, (steps, batch, 4 * hidden))
+
+    h, c = h0, c0
+    outputs, h_prevs, c_prevs, gate_steps, tanh_cs = [], [], [], [], []
+    for t in range(steps):
+        h_prevs.append(h)
+        c_prevs.append(c)
+        gates, c_new, tanh_c, h_new = forward_step(xp, x_proj[t, ...] + h @ w_hidden, c, scale)
+        if mask is None:
+            y, h, c = h_new, h_new, c_new
+        else:
+            real = mask[t, ...]
+            y = real * h_new
+            h = y + (1 - real) * h
+            c = real * c_new + (1 - real) * c
+        outputs.append(y)
+        gate_steps.append(gates)
+        tanh_cs.append(tanh_c)
+
+    cache = LSTMLayerCache(x, xp.stack(h_prevs), xp.stack(c_prevs), xp.stack(gate_steps), xp.stack(tanh_cs), mask)
+    return xp.stack(outputs), (h, c), cache
+
+
+def lstm_layer_backward(
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: LSTMLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any]:
+    """Backpropagate through one layer, steps in reverse.
+
+    ``dy`` (T, B, H) is dL/dy, ``(dh_last, dc_last)`` dL/d(h_T, c_T). Returns
+    ``(dx, (dh0, dc0), dweight, dbias)``.
+    """
+    xp = backend.xp
+    x, h_prevs, c_prevs, gate_steps, tanh_cs, mask = cache
+    steps, batch, features = x.shape
+    hidden = h_prevs.shape[-1]
+    backward_step = cell_ops(backend).backward
+    scale = gate_scale(backend, hidden, x.dtype)
+    w_hidden_t = weight[features:, :].T
+
+    dh_next, dc_next = dh_last, dc_last  # dL/dh_t and dL/dc_t arriving from step t+1
+    dz_steps = []
+    for t in reversed(range(steps)):
+        if mask is None:
+            dh_new, dc_in = dy[t, ...] + dh_next, dc_next
+        else:
+            real = mask[t, ...]
+            dh_new, dc_in = real * (dy[t, ...] + dh_next), real * dc_next
+        dz, dc_prev = backward_step(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...], tanh_cs[t, ...], scale)
+        dh_prev = dz @ w_hidden_t
+        if mask is not None:  # padded steps pass the state's gradient straight through
+            dh_prev = dh_prev + (1 - real) * dh_next
+            dc_prev = dc_prev + (1 - real) * dc_next
+        dz_steps.append(dz)
+        dh_next, dc_next = dh_prev, dc_prev
+
+    dz_all = xp.reshape(xp.stack(dz_steps[::-1]), (steps * batch, 4 * hidden))
+    layer_inputs = xp.reshape(xp.concat([x, h_prevs], axis=-1), (steps * batch, features + hidden))
+    dweight = layer_inputs.T @ dz_all
+    dbias = xp.sum(dz_all, axis=0)
+    dx = xp.reshape(dz_all @ weight[:features, :].T, (steps, batch, features))
+    return dx, (dh_next, dc_next), dweight, dbias

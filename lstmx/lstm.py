@@ -1,0 +1,57 @@
+"""A stack of LSTM layers with dropout between them, as pure functions (forward beside backward)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+from .backend import Backend
+from .layers import LSTMLayerCache, dropout_backward, dropout_forward, lstm_layer_backward, lstm_layer_forward
+
+
+class LSTMCache(NamedTuple):
+    layers: tuple[LSTMLayerCache, ...]
+    dropout_masks: tuple[Any, ...]  # mask applied to layer k's output before layer k+1 (None: no dropout)
+
+
+LayerParams = tuple[Any, Any]  # (weight (D+H, 4H), bias (4H,))
+
+
+def lstm_forward(
+    backend: Backend,
+    layers: Sequence[LayerParams],
+    x: Any,
+    h0: Any,
+    c0: Any,
+    mask: Any = None,
+    dropout_masks: Sequence[Any] | None = None,
+) -> tuple[Any, tuple[Any, Any], LSTMCache]:
+    """``x`` (T, B, D), ``h0``/``c0`` (L, B, H) → ``y`` (T, B, H), final ``(h, c)`` (L, B, H) each, cache."""
+    xp = backend.xp
+    masks = tuple(dropout_masks) if dropout_masks is not None else (None,) * (len(layers) - 1)
+    inputs, finals_h, finals_c, caches = x, [], [], []
+    for k, (weight, bias) in enumerate(layers):
+        y, (h, c), cache = lstm_layer_forward(backend, inputs, weight, bias, h0[k, ...], c0[k, ...], mask)
+        inputs = dropout_forward(y, masks[k]) if k < len(layers) - 1 else y
+        finals_h.append(h)
+        finals_c.append(c)
+        caches.append(cache)
+    return inputs, (xp.stack(finals_h), xp.stack(finals_c)), LSTMCache(tuple(caches), masks)
+
+
+def lstm_backward(
+    backend: Backend, layers: Sequence[LayerParams], dy: Any, dh_last: Any, dc_last: Any, cache: LSTMCache
+) -> tuple[Any, tuple[Any, Any], list[LayerParams]]:
+    """Mirror of :func:`lstm_forward`: returns ``(dx, (dh0, dc0), [(dweight, dbias) per layer])``."""
+    xp = backend.xp
+    grads: list[LayerParams] = []
+    dh0s, dc0s = [], []
+    for k in reversed(range(len(layers))):
+        if k < len(layers) - 1:
+            dy = dropout_backward(dy, cache.dropout_masks[k])
+        dy, (dh0, dc0), dweight, dbias = lstm_layer_backward(
+            backend, dy, dh_last[k, ...], dc_last[k, ...], layers[k][0], cache.layers[k]
+        )
+        grads.append((dweight, dbias))
+        dh0s.append(dh0)
+        dc0s.append(dc0)
+    return dy, (xp.stack(dh0s[::-1]), xp.stack(dc0s[::-1])), grads[::-1]

@@ -1,0 +1,43 @@
+"""The ``backend``/``xp`` fixtures: every test that takes one runs once per array backend.
+
+Backends come from ``--backends`` (or the LSTMX_TEST_BACKENDS variable), comma-separated; the default runs
+NumPy and array-api-strict, plus CuPy when a CUDA device is present. A backend that cannot run here (CuPy with
+no GPU) is skipped with the reason, never failed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lstmx.backend import BackendError, get_backend
+
+DEFAULT_BACKENDS = "numpy,array_api_strict,cupy"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backends",
+        default=os.environ.get("LSTMX_TEST_BACKENDS", DEFAULT_BACKENDS),
+        help="comma-separated array backends for the backend/xp fixtures (numpy, array_api_strict, cupy)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        names = [n.strip() for n in metafunc.config.getoption("--backends").split(",") if n.strip()]
+        metafunc.parametrize("backend", names, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest):
+    try:
+        return get_backend(request.param)
+    except BackendError as error:
+        pytest.skip(f"backend {request.param!r} unavailable here: {error}")
+
+
+@pytest.fixture
+def xp(backend):
+    return backend.xp
