@@ -154,6 +154,14 @@ def to_numpy(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
+def dtype_name(dtype: Any) -> str:
+    """A dtype's short name ("float32") whatever namespace it comes from."""
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype).rsplit(".", 1)[-1]
+
+
 def is_cupy(backend: Backend) -> bool:
     return backend.name == "cupy"
 

@@ -12,7 +12,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from . import init
-from .backend import Backend, check_same_backend, get_backend, to_numpy
+from .backend import Backend, check_same_backend, dtype_name, get_backend, to_numpy
 from .layers import (
     IGNORE_INDEX,
     cross_entropy_backward,
@@ -63,7 +63,7 @@ class Module:
 
     @property
     def dtype_name(self) -> str:
-        return "float64" if self.dtype == self.backend.xp.float64 else "float32"
+        return dtype_name(self.dtype)
 
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in self.params.values())
@@ -338,7 +338,7 @@ def _check_targets(backend: Backend, targets: Any, shape: tuple[int, ...], vocab
     check_same_backend(backend, "targets", targets)
     xp = backend.xp
     if not xp.isdtype(targets.dtype, "integral"):
-        raise TypeError(f"targets must be integer token ids, got dtype {targets.dtype}")
+        raise TypeError(f"targets must be integer token ids, got dtype {dtype_name(targets.dtype)}")
     if tuple(targets.shape) != tuple(shape):
         raise ValueError(f"targets must have the inputs' shape {tuple(shape)}, got {tuple(targets.shape)}")
     bad = ((targets < 0) | (targets >= vocab_size)) & (targets != ignore_index)

@@ -7,16 +7,18 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .backend import Backend, check_same_backend, to_numpy
+from .backend import Backend, check_same_backend, dtype_name, to_numpy
 
 
 def check_float_array(backend: Backend, name: str, x: Any, shape: tuple[Any, ...], dtype: Any) -> None:
     """``x`` lives on ``backend``, has ``dtype`` and ``shape`` (None entries match any size)."""
     check_same_backend(backend, name, x)
     if not backend.xp.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+        raise TypeError(f"{name} must be a floating-point array, got dtype {dtype_name(x.dtype)}")
     if x.dtype != dtype:
-        raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {dtype}; cast one to match")
+        raise TypeError(
+            f"{name} has dtype {dtype_name(x.dtype)} but the model's parameters are {dtype_name(dtype)}; cast one to match"
+        )
     check_shape(name, x, shape)
 
 
@@ -42,7 +44,7 @@ def check_token_array(backend: Backend, name: str, tokens: Any, ndim: int, vocab
     """Integer ids in [0, vocab_size) with ``ndim`` dimensions, on ``backend``."""
     check_same_backend(backend, name, tokens)
     if not backend.xp.isdtype(tokens.dtype, "integral"):
-        raise TypeError(f"{name} must be an integer array of token ids, got dtype {tokens.dtype}")
+        raise TypeError(f"{name} must be an integer array of token ids, got dtype {dtype_name(tokens.dtype)}")
     if tokens.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tokens.shape)}")
     if tokens.size and (bool(backend.xp.any(tokens < 0)) or bool(backend.xp.any(tokens >= vocab_size))):
