@@ -1,0 +1,127 @@
+"""Checkpoints: one ``.npz`` file (read with ``allow_pickle=False``) holding the arrays and a JSON document.
+
+Arrays: ``params/<name>`` for the model, ``optimizer/<name>/<slot>`` for the optimizer state and ``state/h``,
+``state/c`` for a carried hidden state. The JSON (stored as UTF-8 bytes under ``__lstmx__.json``) holds the
+format tag and version, the model class and config, the vocabulary, the optimizer's type, step and
+hyper-parameters, the training step/position and the RNG states. No pickle anywhere.
+
+Writes are atomic: a temporary file in the same folder, flushed and fsync'ed, then renamed over the target,
+so a crash or a failed save never leaves a broken checkpoint or loses the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+import numpy as np
+
+FORMAT = "lstmx-checkpoint"
+VERSION = 1
+META_KEY = "__lstmx__.json"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable lstmx checkpoint (corrupt, truncated, foreign or inconsistent)."""
+
+
+class Checkpoint(NamedTuple):
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    def group(self, prefix: str) -> dict[str, np.ndarray]:
+        """The arrays under ``prefix/`` with the prefix removed."""
+        start = len(prefix) + 1
+        return {k[start:]: v for k, v in self.arrays.items() if k.startswith(prefix + "/")}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
+    """Call ``write(binary_file)`` on a temporary file beside ``path`` and rename it into place."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def save(path: str | os.PathLike, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write ``arrays`` and ``meta`` (JSON-able) atomically to ``path``."""
+    document = {"format": FORMAT, "version": VERSION, **meta}
+    encoded = np.frombuffer(json.dumps(document).encode("utf-8"), dtype=np.uint8)
+    payload = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
+    for name, value in payload.items():
+        if value.dtype == object:
+            raise TypeError(f"array {name!r} has dtype object, which cannot be saved without pickle")
+    return atomic_write(path, lambda handle: np.savez(handle, **{META_KEY: encoded}, **payload))
+
+
+def load(path: str | os.PathLike) -> Checkpoint:
+    """Read and check a checkpoint; any problem is a :class:`CheckpointError` naming the file and the cause."""
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"checkpoint {source} does not exist")
+    try:
+        with np.load(source, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}  # reads every member: CRCs are checked
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
+        raise CheckpointError(f"{source} is not a readable lstmx checkpoint (corrupt or truncated: {error})") from None
+    if META_KEY not in arrays:
+        raise CheckpointError(f"{source} is not an lstmx checkpoint (no {META_KEY} record; a foreign .npz file?)")
+    try:
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{source}: its metadata is not valid JSON ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{source} is not an lstmx checkpoint (format tag {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
+        raise CheckpointError(f"{source} has checkpoint version {meta.get('version')!r}; this lstmx reads up to {VERSION}")
+    return Checkpoint(meta, arrays)
+
+
+def model_meta(model: Any) -> dict[str, Any]:
+    return {"class": type(model).__name__, "config": model.config(), "dtype": model.dtype_name, "seed": model.seed}
+
+
+def model_from_checkpoint(checkpoint: Checkpoint, backend: Any = "numpy") -> Any:
+    """Rebuild the model a checkpoint describes on ``backend`` and load its parameters."""
+    from .models import LSTM, LanguageModel
+
+    classes = {"LSTM": LSTM, "LanguageModel": LanguageModel}
+    described = checkpoint.meta.get("model")
+    if not isinstance(described, dict) or described.get("class") not in classes:
+        raise CheckpointError(f"checkpoint describes no known model (got {described!r})")
+    try:
+        model = classes[described["class"]](**described["config"], backend=backend, dtype=described["dtype"],
+                                            seed=described.get("seed", 0))
+        model.load_state_dict(checkpoint.group("params"))
+    except (TypeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"checkpoint parameters do not fit its model config: {error}") from None
+    return model
+
+
+def save_model(path: str | os.PathLike, model: Any, vocab: Any = None, extra: Mapping[str, Any] | None = None) -> Path:
+    """Save a model (and optionally its vocabulary) alone, without training state."""
+    meta = {"model": model_meta(model), "vocab": None if vocab is None else vocab.to_config(), **(extra or {})}
+    return save(path, meta, {f"params/{k}": v for k, v in model.state_dict().items()})
+
+
+def load_model(path: str | os.PathLike, backend: Any = "numpy") -> tuple[Any, Any]:
+    """``(model, vocab or None)`` from a checkpoint file."""
+    from .data import vocab_from_config
+
+    checkpoint = load(path)
+    model = model_from_checkpoint(checkpoint, backend)
+    vocab = checkpoint.meta.get("vocab")
+    return model, (None if vocab is None else vocab_from_config(vocab))

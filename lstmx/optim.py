@@ -1,0 +1,254 @@
+"""Optimizers, gradient clipping and learning-rate schedules, on any Array API backend.
+
+Each optimizer keeps its state (moments, momentum buffers) on the model's backend as arrays keyed by parameter
+name, updates ``model.params`` in place, and round-trips through :meth:`Optimizer.state_dict` /
+:meth:`Optimizer.load_state_dict` (host NumPy arrays plus JSON-able numbers). The update rules follow
+PyTorch's ``torch.optim`` so the same hyper-parameters mean the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .backend import Backend, to_numpy
+
+Schedule = Callable[[int], float]  # step (0-based) → learning rate
+
+
+# --- Learning-rate schedules -------------------------------------------------------------------------------
+
+def constant(lr: float) -> Schedule:
+    return lambda step: lr
+
+
+def step_decay(lr: float, step_size: int, gamma: float = 0.5) -> Schedule:
+    """``lr · gamma^(step // step_size)``."""
+    if step_size < 1:
+        raise ValueError("step_size must be at least 1")
+    return lambda step: lr * gamma ** (step // step_size)
+
+
+def exponential_decay(lr: float, gamma: float) -> Schedule:
+    """``lr · gamma^step``."""
+    return lambda step: lr * gamma**step
+
+
+def warmup_cosine(lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0) -> Schedule:
+    """Linear warm-up from lr/warmup to lr over ``warmup_steps``, then cosine decay to ``min_lr`` at ``total_steps``."""
+    if total_steps < 1 or warmup_steps < 0:
+        raise ValueError("total_steps must be ≥ 1 and warmup_steps ≥ 0")
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+    return schedule
+
+
+def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0, gamma: float = 0.5,
+                  step_size: int = 1000, min_lr: float = 0.0) -> Schedule:
+    """A schedule by name: ``constant``, ``step``, ``exponential`` or ``cosine`` (with warm-up)."""
+    if name == "constant":
+        return constant(lr)
+    if name == "step":
+        return step_decay(lr, step_size, gamma)
+    if name == "exponential":
+        return exponential_decay(lr, gamma)
+    if name == "cosine":
+        return warmup_cosine(lr, total_steps, warmup_steps, min_lr)
+    raise ValueError(f"unknown schedule {name!r}; expected constant, step, exponential or cosine")
+
+
+# --- Gradient clipping ---------------------------------------------------------------------------------------
+
+def global_norm(backend: Backend, grads: Mapping[str, Any]) -> Any:
+    """‖g‖₂ over all gradients together, as a 0-d array (no host sync)."""
+    xp = backend.xp
+    return xp.sqrt(sum(xp.sum(g * g) for g in grads.values()))
+
+
+def clip_grad_norm(backend: Backend, grads: Mapping[str, Any], max_norm: float) -> tuple[dict[str, Any], Any]:
+    """Scale all gradients by ``min(1, max_norm / ‖g‖)``; returns the clipped gradients and the norm before."""
+    xp = backend.xp
+    norm = global_norm(backend, grads)
+    scale = xp.minimum(max_norm / (norm + 1e-6), xp.ones_like(norm))
+    return {name: g * scale for name, g in grads.items()}, norm
+
+
+def clip_grad_value(backend: Backend, grads: Mapping[str, Any], clip: float) -> dict[str, Any]:
+    """Clip every gradient entry into ``[-clip, clip]``."""
+    return {name: backend.xp.clip(g, -clip, clip) for name, g in grads.items()}
+
+
+# --- Optimizers ----------------------------------------------------------------------------------------------
+
+class Optimizer:
+    """Base class: holds the model, the schedule, the step count and per-parameter state slots."""
+
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, model: Any, lr: float | Schedule, weight_decay: float = 0.0) -> None:
+        if not callable(lr) and not lr > 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        self.model = model
+        self.schedule: Schedule = lr if callable(lr) else constant(float(lr))
+        self.weight_decay = float(weight_decay)
+        self.step_count = 0
+        xp, device = model.backend.xp, model.backend.device
+        self.state = {
+            name: {slot: xp.zeros(p.shape, dtype=p.dtype, device=device) for slot in self.slots}
+            for name, p in model.params.items()
+        }
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next :meth:`step` will use."""
+        return self.schedule(self.step_count)
+
+    def step(self, grads: Mapping[str, Any]) -> None:
+        """Apply one update to ``model.params`` from ``grads`` (keyed like the params)."""
+        missing = set(self.model.params) - set(grads)
+        if missing:
+            raise KeyError(f"no gradient for parameters {sorted(missing)}")
+        lr = self.lr
+        self.step_count += 1
+        xp = self.model.backend.xp
+        for name, param in self.model.params.items():
+            self.model.params[name] = self.update(xp, param, grads[name], self.state[name], lr)
+
+    def update(self, xp: Any, param: Any, grad: Any, state: dict[str, Any], lr: float) -> Any:
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"weight_decay": self.weight_decay}
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON-able metadata, host arrays) describing the optimizer completely (schedule excepted)."""
+        meta = {"type": type(self).__name__, "step": self.step_count, "hyperparameters": self.hyperparameters()}
+        arrays = {f"{name}/{slot}": to_numpy(value) for name, slots in self.state.items() for slot, value in slots.items()}
+        return meta, arrays
+
+    def load_state_dict(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        if meta.get("type") != type(self).__name__:
+            raise ValueError(f"optimizer state is for {meta.get('type')!r}, not {type(self).__name__}")
+        backend = self.model.backend
+        state = {}
+        for name, param in self.model.params.items():
+            state[name] = {}
+            for slot in self.slots:
+                key = f"{name}/{slot}"
+                if key not in arrays or tuple(arrays[key].shape) != tuple(param.shape):
+                    raise ValueError(f"optimizer state {key!r} is missing or has the wrong shape")
+                state[name][slot] = backend.asarray(arrays[key], dtype=param.dtype)
+        self.state = state
+        self.step_count = int(meta["step"])
+
+    def to(self, backend: Backend) -> "Optimizer":
+        """Move the state to ``backend`` (call after ``model.to``)."""
+        self.state = {name: {slot: backend.asarray(to_numpy(v), dtype=self.model.params[name].dtype)
+                             for slot, v in slots.items()} for name, slots in self.state.items()}
+        return self
+
+
+class SGD(Optimizer):
+    """SGD with optional momentum (heavy-ball or Nesterov) and L2 weight decay, as ``torch.optim.SGD``."""
+
+    def __init__(self, model: Any, lr: float | Schedule = 0.1, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0) -> None:
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.slots = ("momentum",) if momentum else ()
+        super().__init__(model, lr, weight_decay)
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**super().hyperparameters(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+    def update(self, xp, param, grad, state, lr):
+        if self.weight_decay:
+            grad = grad + self.weight_decay * param
+        if self.momentum:
+            buffer = grad if self.step_count == 1 else self.momentum * state["momentum"] + grad
+            state["momentum"] = buffer
+            grad = grad + self.momentum * buffer if self.nesterov else buffer
+        return param - lr * grad
+
+
+class Adam(Optimizer):
+    """Adam (``torch.optim.Adam``); ``weight_decay`` is L2 added to the gradient. See :class:`AdamW`."""
+
+    slots = ("exp_avg", "exp_avg_sq")
+    decoupled = False
+
+    def __init__(self, model: Any, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(model, lr, weight_decay)
+        self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**super().hyperparameters(), "betas": list(self.betas), "eps": self.eps}
+
+    def update(self, xp, param, grad, state, lr):
+        beta1, beta2 = self.betas
+        if self.weight_decay and self.decoupled:
+            param = param * (1 - lr * self.weight_decay)
+        elif self.weight_decay:
+            grad = grad + self.weight_decay * param
+        exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
+        exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
+        state["exp_avg"], state["exp_avg_sq"] = exp_avg, exp_avg_sq
+        bias_correction1 = 1 - beta1**self.step_count
+        bias_correction2 = 1 - beta2**self.step_count
+        denominator = xp.sqrt(exp_avg_sq) / math.sqrt(bias_correction2) + self.eps
+        return param - (lr / bias_correction1) * exp_avg / denominator
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (``torch.optim.AdamW``): ``p ← p·(1 − lr·wd)`` before the Adam step."""
+
+    decoupled = True
+
+    def __init__(self, model: Any, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+        super().__init__(model, lr, betas, eps, weight_decay)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (``torch.optim.RMSprop``, uncentred): ``v ← αv + (1−α)g²``, ``p ← p − lr·g/(√v + ε)``."""
+
+    def __init__(self, model: Any, lr: float | Schedule = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        self.slots = ("square_avg", "momentum") if momentum else ("square_avg",)
+        super().__init__(model, lr, weight_decay)
+        self.alpha, self.eps, self.momentum = float(alpha), float(eps), float(momentum)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**super().hyperparameters(), "alpha": self.alpha, "eps": self.eps, "momentum": self.momentum}
+
+    def update(self, xp, param, grad, state, lr):
+        if self.weight_decay:
+            grad = grad + self.weight_decay * param
+        square_avg = self.alpha * state["square_avg"] + (1 - self.alpha) * grad * grad
+        state["square_avg"] = square_avg
+        step = grad / (xp.sqrt(square_avg) + self.eps)
+        if self.momentum:
+            step = self.momentum * state["momentum"] + step
+            state["momentum"] = step
+        return param - lr * step
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+
+
+def make_optimizer(name: str, model: Any, lr: float | Schedule, **options: Any) -> Optimizer:
+    """An optimizer by name (sgd, adam, adamw, rmsprop) with keyword options of its constructor."""
+    try:
+        cls = OPTIMIZERS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}") from None
+    return cls(model, lr, **options)

@@ -1,0 +1,65 @@
+"""Text generation from a language model: priming text, temperature, top-k, greedy; seeded and repeatable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import to_numpy
+from .data import CharVocab
+
+
+def next_token_distribution(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
+    """Probabilities over the vocabulary from one row of logits (host float64), after temperature and top-k."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    if top_k is not None and top_k < scaled.size:
+        cutoff = np.partition(scaled, -top_k)[-top_k]
+        scaled = np.where(scaled >= cutoff, scaled, -np.inf)
+    scaled -= scaled.max()
+    weights = np.exp(scaled)
+    return weights / weights.sum()
+
+
+def sample(
+    model: Any,
+    vocab: CharVocab,
+    prime: str = "",
+    length: int = 200,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    greedy: bool = False,
+    seed: int = 0,
+) -> str:
+    """Generate ``length`` tokens after ``prime`` and return the generated text (without the prime).
+
+    ``greedy`` takes the most likely token each step; otherwise tokens are drawn from the softmax of
+    logits / ``temperature``, restricted to the ``top_k`` most likely when set. The same seed gives the same text.
+    """
+    if length < 0:
+        raise ValueError("length must be ≥ 0")
+    if not greedy and not temperature > 0:
+        raise ValueError("temperature must be > 0 (use greedy=True for argmax decoding)")
+    if top_k is not None and top_k < 1:
+        raise ValueError("top_k must be ≥ 1")
+    if len(vocab) != model.vocab_size:
+        raise ValueError(f"vocabulary has {len(vocab)} entries but the model expects {model.vocab_size}")
+    if not prime:
+        prime = "\n" if "\n" in vocab.index else vocab.symbols[0]
+    ids = vocab.encode(prime)  # unknown characters are a clear error here
+    rng = np.random.default_rng(seed)
+    backend, was_training = model.backend, model.training
+    model.eval()
+    try:
+        tokens = backend.asarray(ids.reshape(-1, 1))
+        logits, state, _ = model.forward(tokens)
+        generated = []
+        for _ in range(length):
+            row = to_numpy(logits[-1, 0, ...])
+            token = int(np.argmax(row)) if greedy else int(rng.choice(row.size, p=next_token_distribution(row, temperature, top_k)))
+            generated.append(token)
+            logits, state, _ = model.forward(backend.asarray(np.array([[token]])), state, check_input=False)
+    finally:
+        model.train(was_training)
+    return vocab.decode(generated)
