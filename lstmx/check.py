@@ -1,0 +1,82 @@
+"""``lstmx check``: prove on this machine that the gradients are exact and that the backends agree.
+
+Runs the float64 finite-difference check of the whole language model on every backend available here
+(NumPy always; CuPy when it and a GPU are present) and the NumPy-vs-CuPy parity check in float32, prints a
+table, and returns a non-zero exit status when any check fails.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+from .backend import BackendError, get_backend, to_numpy
+from .gradcheck import check_language_model, max_relative_error
+
+PARITY_TOLERANCE = 1e-4  # float32: relative to each tensor's largest entry
+
+
+class CheckResult(NamedTuple):
+    check: str
+    backend: str
+    error: float
+    tolerance: float
+    detail: str
+
+    @property
+    def passed(self) -> bool:
+        return self.error < self.tolerance
+
+
+def gradient_check(backend_name: str, tolerance: float) -> CheckResult:
+    rows = check_language_model(backend_name)
+    worst = max(rows, key=lambda row: row.max_relative_error)
+    return CheckResult("gradients (float64)", backend_name, worst.max_relative_error, tolerance,
+                       f"worst: {worst.name}; {sum(r.entries for r in rows)} entries")
+
+
+def parity_check(first: str, second: str, seed: int = 0) -> CheckResult:
+    """Same seed on two backends → same loss, gradients and final state to float32 tolerance."""
+    from .models import LanguageModel
+
+    rng = np.random.default_rng(seed)
+    tokens, targets = rng.integers(0, 50, (20, 8)), rng.integers(0, 50, (20, 8))
+    results = []
+    for name in (first, second):
+        model = LanguageModel(50, 16, 32, 2, backend=name, seed=seed)
+        backend = model.backend
+        output = model.loss(backend.asarray(tokens), backend.asarray(targets), lengths=[20] * 7 + [11])
+        host = {"loss": np.atleast_1d(to_numpy(output.loss)), "h": to_numpy(output.state[0])}
+        host.update({name: to_numpy(grad) for name, grad in output.grads.items()})
+        results.append(host)
+    errors = {name: max_relative_error(results[1][name].astype(np.float64), results[0][name].astype(np.float64))[0]
+              for name in results[0]}
+    worst = max(errors, key=errors.get)
+    return CheckResult(f"parity {first} vs {second} (float32)", second, errors[worst], PARITY_TOLERANCE,
+                       f"worst: {worst}")
+
+
+def available_gpu_backend() -> tuple[bool, str]:
+    try:
+        get_backend("cupy")
+    except BackendError as error:
+        return False, str(error)
+    return True, ""
+
+
+def run_checks(tolerance: float = 1e-6, out=sys.stdout) -> int:
+    results = [gradient_check("numpy", tolerance)]
+    has_gpu, reason = available_gpu_backend()
+    if has_gpu:
+        results += [gradient_check("cupy", tolerance), parity_check("numpy", "cupy")]
+    print(f"{'check':<34} {'backend':<8} {'max rel. error':>14} {'tolerance':>10}  result  detail", file=out)
+    for r in results:
+        print(f"{r.check:<34} {r.backend:<8} {r.error:>14.2e} {r.tolerance:>10.0e}  "
+              f"{'pass' if r.passed else 'FAIL':<6}  {r.detail}", file=out)
+    if not has_gpu:
+        print(f"CuPy checks skipped: {reason}", file=out)
+    failed = [r for r in results if not r.passed]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed", file=out)
+    return 1 if failed else 0

@@ -1,0 +1,138 @@
+"""Optimizer updates against hand-computed values, clipping and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lstmx import LSTM
+from lstmx.optim import (SGD, Adam, AdamW, RMSprop, clip_grad_norm, clip_grad_value, exponential_decay,
+                         make_optimizer, make_schedule, step_decay, warmup_cosine)
+
+from .helpers import host
+
+
+class OneParam:
+    """A stand-in model with one parameter vector, so updates can be computed by hand."""
+
+    def __init__(self, backend, values):
+        self.backend = backend
+        self.params = {"w": backend.asarray(np.asarray(values, dtype=np.float64))}
+
+
+def run(optimizer, backend, grads):
+    for g in grads:
+        optimizer.step({"w": backend.asarray(np.asarray(g, dtype=np.float64))})
+    return host(optimizer.model.params["w"])
+
+
+def test_sgd_plain_and_weight_decay(backend):
+    model = OneParam(backend, [1.0, -2.0])
+    out = run(SGD(model, lr=0.1, weight_decay=0.5), backend, [[1.0, 1.0]])
+    # g' = g + 0.5 w = [1.5, 0.0]; w - 0.1 g'
+    np.testing.assert_allclose(out, [0.85, -2.0])
+
+
+def test_sgd_momentum_and_nesterov(backend):
+    heavy = run(SGD(OneParam(backend, [0.0]), lr=0.1, momentum=0.9), backend, [[1.0], [1.0]])
+    # buffers 1, 1.9 → w = -0.1 - 0.19
+    np.testing.assert_allclose(heavy, [-0.29])
+    nesterov = run(SGD(OneParam(backend, [0.0]), lr=0.1, momentum=0.9, nesterov=True), backend, [[1.0], [1.0]])
+    # steps g + 0.9·buf: 1.9 then 1 + 0.9·1.9 = 2.71
+    np.testing.assert_allclose(nesterov, [-0.19 - 0.271])
+
+
+def test_adam_two_steps_by_hand(backend):
+    out = run(Adam(OneParam(backend, [1.0]), lr=0.01), backend, [[0.5], [-1.0]])
+    w, m, v = 1.0, 0.0, 0.0
+    for t, g in enumerate([0.5, -1.0], start=1):
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        w -= 0.01 * (m / (1 - 0.9**t)) / (math.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    np.testing.assert_allclose(out, [w], rtol=1e-12)
+
+
+def test_adam_first_step_is_lr_times_sign(backend):
+    out = run(Adam(OneParam(backend, [0.0, 0.0]), lr=0.1), backend, [[3.0, -0.001]])
+    np.testing.assert_allclose(out, [-0.1, 0.1], rtol=1e-4)
+
+
+def test_adamw_decay_is_decoupled(backend):
+    out = run(AdamW(OneParam(backend, [2.0]), lr=0.1, weight_decay=0.5), backend, [[0.0]])
+    # zero gradient: Adam's step is 0, decay multiplies by 1 − lr·wd
+    np.testing.assert_allclose(out, [2.0 * (1 - 0.05)])
+    coupled = run(Adam(OneParam(backend, [2.0]), lr=0.1, weight_decay=0.5), backend, [[0.0]])
+    np.testing.assert_allclose(coupled, [1.9], rtol=1e-6)  # L2: g = 1.0 → first Adam step is lr·sign
+
+
+def test_rmsprop_by_hand(backend):
+    out = run(RMSprop(OneParam(backend, [1.0]), lr=0.01, alpha=0.9), backend, [[2.0], [1.0]])
+    w, v = 1.0, 0.0
+    for g in (2.0, 1.0):
+        v = 0.9 * v + 0.1 * g * g
+        w -= 0.01 * g / (math.sqrt(v) + 1e-8)
+    np.testing.assert_allclose(out, [w], rtol=1e-12)
+
+
+def test_global_norm_clipping(backend):
+    grads = {"a": backend.asarray(np.array([3.0, 0.0])), "b": backend.asarray(np.array([[4.0]]))}
+    clipped, norm = clip_grad_norm(backend, grads, 1.0)
+    assert float(host(norm)) == pytest.approx(5.0)
+    np.testing.assert_allclose(host(clipped["a"]), [0.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(host(clipped["b"]), [[0.8]], rtol=1e-6)
+    untouched, _ = clip_grad_norm(backend, grads, 10.0)
+    np.testing.assert_allclose(host(untouched["a"]), [3.0, 0.0], rtol=1e-6)
+
+
+def test_value_clipping(backend):
+    clipped = clip_grad_value(backend, {"a": backend.asarray(np.array([-3.0, 0.5, 2.0]))}, 1.0)
+    np.testing.assert_array_equal(host(clipped["a"]), [-1.0, 0.5, 1.0])
+
+
+def test_schedules():
+    assert [step_decay(1.0, 2, 0.5)(s) for s in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    assert exponential_decay(2.0, 0.5)(3) == pytest.approx(0.25)
+    cosine = warmup_cosine(1.0, total_steps=10, warmup_steps=2, min_lr=0.1)
+    assert [cosine(0), cosine(1)] == [0.5, 1.0]
+    assert cosine(2) == pytest.approx(1.0)
+    assert cosine(6) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+    assert cosine(10) == pytest.approx(0.1) and cosine(50) == pytest.approx(0.1)
+    assert make_schedule("constant", 0.3, 10)(7) == 0.3
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_schedule("linear", 0.1, 10)
+
+
+def test_scheduled_lr_is_used(backend):
+    optimizer = SGD(OneParam(backend, [0.0]), lr=step_decay(1.0, 1, 0.5))
+    out = run(optimizer, backend, [[1.0], [1.0], [1.0]])
+    np.testing.assert_allclose(out, [-(1.0 + 0.5 + 0.25)])
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_state_round_trip(backend, name):
+    options = {"momentum": 0.9} if name in ("sgd", "rmsprop") else {}
+    first = make_optimizer(name, LSTM(2, 3, backend=backend, dtype="float64", seed=0), 0.01, **options)
+    second = make_optimizer(name, LSTM(2, 3, backend=backend, dtype="float64", seed=0), 0.01, **options)
+    grads = {k: backend.asarray(np.full(tuple(p.shape), 0.3)) for k, p in first.model.params.items()}
+    first.step(grads)
+    second.load_state_dict(*first.state_dict())
+    second.model.load_state_dict(first.model.state_dict())
+    first.step(grads)
+    second.step(grads)
+    for key in first.model.params:
+        np.testing.assert_array_equal(host(first.model.params[key]), host(second.model.params[key]))
+
+
+def test_optimizer_errors():
+    model = LSTM(2, 3)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer("lion", model, 0.1)
+    with pytest.raises(ValueError, match="learning rate must be positive"):
+        Adam(model, lr=0.0)
+    with pytest.raises(KeyError, match="no gradient for parameters"):
+        Adam(model).step({})
+    meta, arrays = Adam(model).state_dict()
+    with pytest.raises(ValueError, match="optimizer state is for 'Adam', not SGD"):
+        SGD(model).load_state_dict(meta, arrays)

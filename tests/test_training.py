@@ -1,0 +1,88 @@
+"""End to end: a short run learns, sampling is repeatable, and the CLI works as a user would use it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lstmx import LanguageModel
+from lstmx.cli import main
+from lstmx.data import CharVocab
+from lstmx.sample import next_token_distribution, sample
+from lstmx.train import read_log
+
+from .test_checkpoint import TEXT, small_trainer
+
+
+def test_short_run_learns_far_below_uniform(tmp_path, backend):
+    trainer, _ = small_trainer(tmp_path, backend=backend, steps=150, eval_every=150, lr=1e-2)
+    trainer.model.dropout = 0.0
+    records = trainer.run()
+    uniform = math.log(len(trainer.vocab))
+    final_val = [r["val_loss"] for r in records if "val_loss" in r][-1]
+    assert final_val < 0.5 * uniform, (final_val, uniform)
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert any("tokens_per_s" in r for r in read_log(tmp_path / "log.jsonl"))
+
+
+def test_sampling_is_deterministic_and_respects_options():
+    vocab = CharVocab.from_text(TEXT)
+    model = LanguageModel(len(vocab), 8, 16, seed=0)
+    first = sample(model, vocab, "the ", 40, seed=5)
+    assert first == sample(model, vocab, "the ", 40, seed=5)
+    assert first != sample(model, vocab, "the ", 40, seed=6)
+    assert len(first) == 40 and set(first) <= set(vocab.symbols)
+    assert sample(model, vocab, "the ", 30, greedy=True) == sample(model, vocab, "the ", 30, greedy=True, seed=9)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        sample(model, vocab, "the Z", 5)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        sample(model, vocab, "the", 5, temperature=0.0)
+
+
+def test_top_k_and_temperature_distribution():
+    logits = np.array([1.0, 3.0, 2.0, -1.0])
+    top2 = next_token_distribution(logits, 1.0, 2)
+    assert top2[0] == 0 and top2[3] == 0 and top2.sum() == pytest.approx(1.0)
+    assert top2[1] / top2[2] == pytest.approx(math.e)
+    cold = next_token_distribution(logits, 0.1, None)
+    assert cold[1] > 0.99
+
+
+def test_cli_train_then_sample(tmp_path, capsys):
+    text_file = tmp_path / "corpus.txt"
+    text_file.write_text(TEXT * 3, encoding="utf-8")
+    out = tmp_path / "run"
+    code = main(["train", str(text_file), "--steps", "12", "--eval-every", "6", "--batch-size", "4", "--seq-len", "16",
+                 "--hidden-size", "24", "--embedding-size", "8", "--out", str(out), "--no-progress",
+                 "--sample-length", "20", "--test", "0.05"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "train loss" in err and "test loss" in err and "--- sample ---" in err
+    assert (out / "last.npz").exists() and (out / "loss.png").exists()
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 12
+
+    assert main(["train", str(text_file), "--resume", str(out / "last.npz"), "--steps", "16", "--out", str(out),
+                 "--no-progress", "--sample-length", "5"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out / "last.npz"), "--prime", "the ", "--length", "30", "--seed", "3"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("the ") and len(first) == len("the ") + 30 + 1
+    main(["sample", str(out / "last.npz"), "--prime", "the ", "--length", "30", "--seed", "3"])
+    assert capsys.readouterr().out == first
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("   \n")
+    assert main(["train", str(empty), "--no-progress"]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "nope.txt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bogus = tmp_path / "bogus.npz"
+    bogus.write_bytes(b"not a zip")
+    assert main(["sample", str(bogus)]) == 2
+    assert "not a readable lstmx checkpoint" in capsys.readouterr().err
