@@ -1,0 +1,65 @@
+"""Shared bench helpers: the text to train on, BLAS/thread report, medians and JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def english_text(max_chars: int = 1_100_000) -> tuple[str, str]:
+    """About 1 MB of public-domain English: the King James Bible from Debian's ``bible-kjv`` package when the
+    ``bible`` program is installed (verse numbers removed); otherwise Python's own stdlib source."""
+    if shutil.which("bible"):
+        raw = subprocess.run(["bible", "-l1000", "gen1:1-rev22:21"], capture_output=True, text=True, check=True).stdout
+        text = re.sub(r"^ +\d+ ", "", raw, flags=re.MULTILINE)[:max_chars]
+        return text, "King James Bible (Debian bible-kjv), first ~1.1 MB"
+    from lstmx.data import default_corpus
+
+    return default_corpus(max_chars), "Python stdlib source (install Debian's bible-kjv for the English text)"
+
+
+def machine_report() -> dict[str, Any]:
+    """CPU, thread count and which BLAS kernel NumPy runs (threadpoolctl), for the tables' header."""
+    report: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine(),
+                              "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+                              "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE")}
+    try:
+        import numpy  # noqa: F401  (loads the BLAS threadpoolctl inspects)
+        from threadpoolctl import threadpool_info
+
+        report["blas"] = [{k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+                          for info in threadpool_info() if info.get("user_api") == "blas"]
+    except ImportError:
+        report["blas"] = "threadpoolctl not installed"
+    return report
+
+
+def median_time(run: Callable[[], Any], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None) -> float:
+    """Median wall time of ``run`` in seconds over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        run()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=2))
+    return path

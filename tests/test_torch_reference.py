@@ -1,0 +1,134 @@
+"""lstmx against PyTorch in float64: imported weights give the same outputs and every gradient (to 1e-10).
+
+Skipped when torch is absent; ``nox -s tests-torch`` installs it (test-only: lstmx never needs torch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lstmx import LanguageModel
+from lstmx.interop import (language_model_from_torch, language_model_to_torch, lstm_from_keras, lstm_from_torch,
+                           lstm_to_keras, lstm_to_torch)
+
+from .helpers import host
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+RTOL = 1e-10
+
+
+def close(ours, theirs, name):
+    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
+    ours = host(ours)
+    scale = max(np.max(np.abs(theirs)), 1e-300)
+    error = np.max(np.abs(ours - theirs)) / scale if theirs.size else 0.0
+    assert error < RTOL, f"{name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("layers,lengths", [(1, None), (3, None), (2, [5, 3, 1])])
+def test_lstm_matches_torch_outputs_and_gradients(backend, layers, lengths):
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(4, 6, layers).double()
+    model = lstm_from_torch(reference.state_dict(), backend=backend)
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.standard_normal((5, 3, 4)), requires_grad=True)
+    h0 = torch.tensor(rng.standard_normal((layers, 3, 6)), requires_grad=True)
+    c0 = torch.tensor(rng.standard_normal((layers, 3, 6)), requires_grad=True)
+    dy, dh, dc = (rng.standard_normal(s) for s in [(5, 3, 6), (layers, 3, 6), (layers, 3, 6)])
+
+    if lengths is None:
+        y_ref, (h_ref, c_ref) = reference(x, (h0, c0))
+    else:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths))
+        out, (h_ref, c_ref) = reference(packed, (h0, c0))
+        y_ref, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=5)
+    (y_ref * torch.from_numpy(dy)).sum().add_((h_ref * torch.from_numpy(dh)).sum()).add_(
+        (c_ref * torch.from_numpy(dc)).sum()).backward()
+
+    b = model.backend
+    state = (b.asarray(h0.detach().numpy()), b.asarray(c0.detach().numpy()))
+    y, (h, c), cache = model.forward(b.asarray(x.detach().numpy()), state, lengths)
+    dx, (dh0, dc0), grads = model.backward(b.asarray(dy), cache, (b.asarray(dh), b.asarray(dc)))
+
+    for name, ours, theirs in [("y", y, y_ref), ("h", h, h_ref), ("c", c, c_ref), ("dx", dx, x.grad),
+                               ("dh0", dh0, h0.grad), ("dc0", dc0, c0.grad)]:
+        close(ours, theirs, name)
+    for k in range(layers):
+        w_ih, w_hh = getattr(reference, f"weight_ih_l{k}"), getattr(reference, f"weight_hh_l{k}")
+        d = w_ih.shape[1]
+        close(host(grads[f"weight_l{k}"])[:d].T, w_ih.grad, f"dweight_ih_l{k}")
+        close(host(grads[f"weight_l{k}"])[d:].T, w_hh.grad, f"dweight_hh_l{k}")
+        close(grads[f"bias_l{k}"], getattr(reference, f"bias_ih_l{k}").grad, f"dbias_l{k}")
+        close(grads[f"bias_l{k}"], getattr(reference, f"bias_hh_l{k}").grad, f"dbias_l{k} (hh)")
+
+
+class TorchCharLM(torch.nn.Module):
+    def __init__(self, vocab, embedding, hidden, layers):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab, embedding)
+        self.lstm = torch.nn.LSTM(embedding, hidden, layers)
+        self.head = torch.nn.Linear(hidden, vocab)
+
+    def forward(self, tokens):
+        return self.head(self.lstm(self.embedding(tokens))[0])
+
+
+def test_language_model_matches_torch_loss_and_gradients(backend):
+    torch.manual_seed(1)
+    reference = TorchCharLM(11, 5, 7, 2).double()
+    model = language_model_from_torch(reference.state_dict(), backend=backend)
+    rng = np.random.default_rng(1)
+    tokens, targets = rng.integers(0, 11, (6, 4)), rng.integers(0, 11, (6, 4))
+    logits = reference(torch.from_numpy(tokens))
+    loss_ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 11), torch.from_numpy(targets).reshape(-1))
+    loss_ref.backward()
+    b = model.backend
+    output = model.loss(b.asarray(tokens), b.asarray(targets))
+    close(output.loss, loss_ref, "loss")
+    exported = language_model_to_torch(model)
+    named = dict(reference.named_parameters())
+    for name, grad in output.grads.items():
+        if name == "embedding.weight":
+            close(grad, named[name].grad, name)
+        elif name == "head.weight":
+            close(host(grad).T, named[name].grad, name)
+        elif name == "head.bias":
+            close(grad, named[name].grad, name)
+    close(host(output.grads["lstm.weight_l1"])[:7].T, named["lstm.weight_ih_l1"].grad, "lstm.weight_ih_l1")
+    for name, value in reference.state_dict().items():
+        if "bias_hh" not in name and "bias_ih" not in name:
+            np.testing.assert_allclose(exported[name], value.numpy(), rtol=0, atol=1e-15)
+
+
+def test_export_round_trip_into_torch(backend):
+    model = LanguageModel(9, 4, 5, 2, backend=backend, dtype="float64", seed=2)
+    reference = TorchCharLM(9, 4, 5, 2).double()
+    reference.load_state_dict({k: torch.from_numpy(v) for k, v in language_model_to_torch(model).items()})
+    tokens = np.random.default_rng(2).integers(0, 9, (4, 3))
+    logits, _, _ = model.forward(model.backend.asarray(tokens))
+    close(logits, reference(torch.from_numpy(tokens)), "logits after export")
+    lstm = lstm_from_torch(lstm_to_torch(lstm_from_torch(reference.lstm.state_dict())), backend=backend)
+    np.testing.assert_array_equal(host(lstm.params["weight_l1"]), host(model.params["lstm.weight_l1"]))
+
+
+def test_keras_layout_round_trip(backend):
+    torch.manual_seed(3)
+    reference = torch.nn.LSTM(3, 4, 2).double()
+    model = lstm_from_torch(reference.state_dict(), backend=backend)
+    keras_weights = lstm_to_keras(model)
+    assert [w.shape for w in keras_weights[0]] == [(3, 16), (4, 16), (16,)]
+    again = lstm_from_keras(keras_weights, backend=backend)
+    x = np.random.default_rng(3).standard_normal((4, 2, 3))
+    y_ref, _ = reference(torch.from_numpy(x))
+    y, _, _ = again.forward(again.backend.asarray(x))
+    close(y, y_ref, "keras round trip")
+
+
+def test_unsupported_torch_layouts_are_refused():
+    with pytest.raises(ValueError, match="bidirectional"):
+        lstm_from_torch(torch.nn.LSTM(3, 4, bidirectional=True).state_dict())
+    with pytest.raises(KeyError, match="no PyTorch LSTM weights"):
+        lstm_from_torch({"weight": np.ones(3)})
