@@ -72,10 +72,17 @@ def load(path: str | os.PathLike) -> Checkpoint:
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"checkpoint {source} does not exist")
+    unreadable = (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError)
     try:
-        with np.load(source, allow_pickle=False) as archive:
+        archive = np.load(source, allow_pickle=False)
+    except unreadable as error:
+        raise CheckpointError(f"{source} is not a readable lstmx checkpoint (corrupt or truncated: {error})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise CheckpointError(f"{source} is not an lstmx checkpoint (a single .npy array, not an .npz archive)")
+    try:
+        with archive:
             arrays = {name: archive[name] for name in archive.files}  # reads every member: CRCs are checked
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
+    except unreadable as error:
         raise CheckpointError(f"{source} is not a readable lstmx checkpoint (corrupt or truncated: {error})") from None
     if META_KEY not in arrays:
         raise CheckpointError(f"{source} is not an lstmx checkpoint (no {META_KEY} record; a foreign .npz file?)")

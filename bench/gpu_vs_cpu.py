@@ -1,0 +1,152 @@
+"""One LSTM training step (forward over T steps + full BPTT with weight gradients, float32), side by side:
+lstmx on NumPy and on CuPy, and PyTorch on CPU and cuDNN (fp32 and TF32) when importable, in one run.
+
+    python bench/gpu_vs_cpu.py                       # every configuration, every available column
+    python bench/gpu_vs_cpu.py --configs 64,100,256,256 --repeats 5
+    python bench/gpu_vs_cpu.py --no-cpu              # GPU columns only (large rows are slow on a CPU)
+
+Columns absent on this machine (no GPU, no torch) are marked "-". Times are medians over --repeats after a
+warm-up. Writes bench/results/gpu_vs_cpu.json. For CPU timings unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
+in that command only; the header reports which BLAS kernel ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine_report, median_time, write_json  # noqa: E402
+
+import lstmx  # noqa: E402
+
+CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (128, 100, 1024, 1024), (256, 50, 1024, 1024)]
+
+
+def lstmx_step(backend_name: str, batch: int, steps: int, features: int, hidden: int) -> tuple[Callable, Callable, Callable]:
+    model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0)
+    backend = model.backend
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.standard_normal((steps, batch, features)), dtype=model.dtype)
+    dy = backend.asarray(rng.standard_normal((steps, batch, hidden)), dtype=model.dtype)
+
+    def step():
+        _, _, cache = model.forward(x)
+        model.backward(dy, cache)
+
+    if backend_name == "cupy":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        return step, cupy.cuda.Stream.null.synchronize, lambda: pool.total_bytes()
+    return step, lambda: None, lambda: None
+
+
+def torch_step(device: str, tf32: bool, batch: int, steps: int, features: int, hidden: int):
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(features, hidden).to(device)
+    x = torch.randn(steps, batch, features, device=device)
+    dy = torch.randn(steps, batch, hidden, device=device)
+
+    def step():
+        lstm.zero_grad(set_to_none=True)
+        y, _ = lstm(x)
+        y.backward(dy)
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return step, torch.cuda.synchronize, torch.cuda.max_memory_allocated
+    return step, lambda: None, lambda: None
+
+
+def available(args) -> dict[str, Callable]:
+    columns: dict[str, Callable] = {}
+    if not args.no_cpu:
+        columns["lstmx-cpu"] = lambda *c: lstmx_step("numpy", *c)
+    try:
+        lstmx.get_backend("cupy")
+        columns["lstmx-gpu"] = lambda *c: lstmx_step("cupy", *c)
+    except lstmx.BackendError as error:
+        print(f"lstmx-gpu absent: {error}")
+    try:
+        import torch
+
+        if not args.no_cpu:
+            columns["torch-cpu"] = lambda *c: torch_step("cpu", False, *c)
+        if torch.cuda.is_available():
+            columns["cudnn-fp32"] = lambda *c: torch_step("cuda", False, *c)
+            columns["cudnn-tf32"] = lambda *c: torch_step("cuda", True, *c)
+        else:
+            print("cuDNN columns absent: torch sees no CUDA device")
+    except ImportError:
+        print("PyTorch columns absent: torch is not installed")
+    return columns
+
+
+def ratio(rows: dict[str, Any], top: str, bottom: str) -> float | None:
+    a, b = rows.get(top), rows.get(bottom)
+    return None if a is None or b is None else a["ms"] / b["ms"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="*", help="B,T,D,H entries (default: the five standard rows)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU columns")
+    args = parser.parse_args()
+    configs = [tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs else CONFIGS
+    machine = machine_report()
+    try:
+        import torch
+
+        machine["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    print(f"machine: {machine}")
+    columns = available(args)
+    results = []
+    for config in configs:
+        batch, steps, _, _ = config
+        row: dict[str, Any] = {}
+        for name, make in columns.items():
+            step, sync, memory = make(*config)
+            repeats = args.repeats if name != "lstmx-cpu" or config[3] < 1024 else max(2, args.repeats // 2)
+            seconds = median_time(step, repeats, warmup=1, sync=sync)
+            peak = memory()
+            row[name] = {"ms": 1e3 * seconds, "tokens_per_s": batch * steps / seconds,
+                         "peak_gpu_mb": None if peak is None else peak / 2**20}
+            print(f"  {config} {name:<11} {1e3 * seconds:9.2f} ms", flush=True)
+        results.append({"config": dict(zip("BTDH", config)), "columns": row,
+                        "ratios": {"lstmx-gpu/cudnn-fp32": ratio(row, "lstmx-gpu", "cudnn-fp32"),
+                                   "lstmx-cpu/torch-cpu": ratio(row, "lstmx-cpu", "torch-cpu"),
+                                   "gpu speed-up (lstmx cpu/gpu)": ratio(row, "lstmx-cpu", "lstmx-gpu")}})
+    names = list(columns)
+    header = f"{'B':>4} {'T':>4} {'D':>5} {'H':>5} | " + " ".join(f"{n + ' ms':>15}" for n in names)
+    header += " | gpu/cudnn  cpu/torch  gpu-speedup"
+    print("\n" + header)
+    for entry in results:
+        c, row, r = entry["config"], entry["columns"], entry["ratios"]
+        cells = " ".join(f"{row[n]['ms']:>15.2f}" if n in row else f"{'-':>15}" for n in names)
+        fmt = lambda v: f"{v:>9.2f}" if v is not None else f"{'-':>9}"  # noqa: E731
+        print(f"{c['B']:>4} {c['T']:>4} {c['D']:>5} {c['H']:>5} | {cells} | {fmt(r['lstmx-gpu/cudnn-fp32'])}  "
+              f"{fmt(r['lstmx-cpu/torch-cpu'])}  {fmt(r['gpu speed-up (lstmx cpu/gpu)'])}")
+    print("\ntokens/s: " + "; ".join(
+        f"{tuple(e['config'].values())}: " + ", ".join(f"{n} {e['columns'][n]['tokens_per_s']:,.0f}" for n in e["columns"])
+        for e in results))
+    peaks = {f"{tuple(e['config'].values())} {n}": v["peak_gpu_mb"] for e in results for n, v in e["columns"].items()
+             if v["peak_gpu_mb"] is not None}
+    if peaks:
+        print("peak GPU memory (MiB): " + "; ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+    print(f"wrote {write_json('gpu_vs_cpu.json', {'machine': machine, 'results': results})}")
+
+
+if __name__ == "__main__":
+    main()
