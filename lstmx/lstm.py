@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
-from .backend import Backend
+from .backend import Backend, is_numpy
 from .layers import LSTMLayerCache, dropout_backward, dropout_forward, lstm_layer_backward, lstm_layer_forward
+from .layers import lstm_numpy
 
 
 class LSTMCache(NamedTuple):
-    layers: tuple[LSTMLayerCache, ...]
+    layers: tuple[LSTMLayerCache | lstm_numpy.FusedLSTMLayerCache, ...]
     dropout_masks: tuple[Any, ...]  # mask applied to layer k's output before layer k+1 (None: no dropout)
 
 
 LayerParams = tuple[Any, Any]  # (weight (D+H, 4H), bias (4H,))
+
+
+def layer_forward_for(backend: Backend, mask: Any) -> Callable[..., Any]:
+    """The one place a layer implementation is chosen: NumPy's buffer-reusing fast path for unmasked
+    batches, the generic Array API path for everything else."""
+    if is_numpy(backend) and mask is None:
+        return lstm_numpy.lstm_layer_forward
+    return lstm_layer_forward
+
+
+def layer_backward_for(cache: Any) -> Callable[..., Any]:
+    """The backward that mirrors the forward which produced ``cache``."""
+    if isinstance(cache, lstm_numpy.FusedLSTMLayerCache):
+        return lstm_numpy.lstm_layer_backward
+    return lstm_layer_backward
 
 
 def lstm_forward(
@@ -29,8 +45,9 @@ def lstm_forward(
     xp = backend.xp
     masks = tuple(dropout_masks) if dropout_masks is not None else (None,) * (len(layers) - 1)
     inputs, finals_h, finals_c, caches = x, [], [], []
+    forward = layer_forward_for(backend, mask)
     for k, (weight, bias) in enumerate(layers):
-        y, (h, c), cache = lstm_layer_forward(backend, inputs, weight, bias, h0[k, ...], c0[k, ...], mask)
+        y, (h, c), cache = forward(backend, inputs, weight, bias, h0[k, ...], c0[k, ...], mask)
         inputs = dropout_forward(y, masks[k]) if k < len(layers) - 1 else y
         finals_h.append(h)
         finals_c.append(c)
@@ -48,7 +65,7 @@ def lstm_backward(
     for k in reversed(range(len(layers))):
         if k < len(layers) - 1:
             dy = dropout_backward(dy, cache.dropout_masks[k])
-        dy, (dh0, dc0), dweight, dbias = lstm_layer_backward(
+        dy, (dh0, dc0), dweight, dbias = layer_backward_for(cache.layers[k])(
             backend, dy, dh_last[k, ...], dc_last[k, ...], layers[k][0], cache.layers[k]
         )
         grads.append((dweight, dbias))
