@@ -53,11 +53,12 @@ def torch_step(device: str, tf32: bool, batch: int, steps: int, features: int, h
     torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(features, hidden).to(device)
-    x = torch.randn(steps, batch, features, device=device)
+    x = torch.randn(steps, batch, features, device=device, requires_grad=True)  # dx too, as lstmx computes it
     dy = torch.randn(steps, batch, hidden, device=device)
 
     def step():
         lstm.zero_grad(set_to_none=True)
+        x.grad = None
         y, _ = lstm(x)
         y.backward(dy)
 
