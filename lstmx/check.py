@@ -8,7 +8,7 @@ table, and returns a non-zero exit status when any check fails.
 from __future__ import annotations
 
 import sys
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -66,7 +66,9 @@ def available_gpu_backend() -> tuple[bool, str]:
     return True, ""
 
 
-def run_checks(tolerance: float = 1e-6, out=sys.stdout) -> int:
+def run_checks(tolerance: float = 1e-6, out: Any = None) -> int:
+    """Run every check available here, print the table to ``out`` (stdout), return the exit status."""
+    out = out or sys.stdout
     results = [gradient_check("numpy", tolerance)]
     has_gpu, reason = available_gpu_backend()
     if has_gpu:
