@@ -155,6 +155,7 @@ class Trainer:
                     window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
                 if self.step % self.config.eval_every == 0 or self.step == self.config.steps:
                     records.append(self._checkpoint_and_report(bar))
+                    window_start = time.perf_counter()  # tokens/s measures training only
         finally:
             if bar is not None:
                 bar.close()
