@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     train.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "rmsprop"))
     train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--weight-decay", type=float, default=None, help="default: the optimizer's own (AdamW 1e-2, others 0)")
     train.add_argument("--momentum", type=float, default=0.0, help="SGD/RMSprop momentum")
     train.add_argument("--schedule", default="constant", choices=("constant", "step", "exponential", "cosine"))
     train.add_argument("--warmup-steps", type=int, default=0)
@@ -116,10 +116,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _steps(args: argparse.Namespace, train_tokens: int) -> int | None:
+    from .data import windows_per_epoch
+
     if args.epochs is None:
         return args.steps
-    windows = -(-(train_tokens // args.batch_size - 1) // args.seq_len)
-    return max(1, int(round(args.epochs * windows)))
+    return max(1, int(round(args.epochs * windows_per_epoch(train_tokens, args.batch_size, args.seq_len))))
 
 
 def _report_test(trainer, test_ids) -> None:

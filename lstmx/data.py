@@ -134,6 +134,12 @@ class Window(NamedTuple):
     targets: Any  # (T, B) the next token of each input
 
 
+def windows_per_epoch(tokens: int, batch_size: int, steps: int) -> int:
+    """Windows of at most ``steps`` that cover ``tokens`` split into ``batch_size`` streams once."""
+    stream_length = tokens // batch_size
+    return -(-(stream_length - 1) // steps)
+
+
 class StreamBatches:
     """B parallel streams of one token sequence, walked in windows of at most T steps.
 
@@ -155,7 +161,7 @@ class StreamBatches:
         self.streams = backend.asarray(np.ascontiguousarray(streams.T))  # (L, B): time-major like the model
 
     def __len__(self) -> int:
-        return -(-(self.stream_length - 1) // self.steps)
+        return windows_per_epoch(self.stream_length * self.batch_size, self.batch_size, self.steps)
 
     def window(self, index: int) -> Window:
         start = index * self.steps

@@ -267,13 +267,19 @@ class LanguageModel(Module):
         ``check_input`` verifies the ids lie in the vocabulary (one host sync; training loops that built the
         batches themselves may turn it off).
         """
+        return self._forward(tokens, state, self._step_mask(tokens, lengths, check_input))
+
+    def _step_mask(self, tokens: Any, lengths: Any, check_input: bool) -> Any:
+        """Validate ``tokens`` and turn ``lengths`` into the (T, B, 1) step mask (None: every step real)."""
         if check_input:
             check_token_array(self.backend, "tokens", tokens, 2, self.vocab_size)
+        if tokens.ndim != 2 or tokens.shape[0] == 0:
+            raise ValueError(f"tokens must be a non-empty sequence of shape (T, B), got {tuple(tokens.shape)}")
+        return None if lengths is None else lengths_to_mask(self.backend, lengths, *tokens.shape, self.dtype)
+
+    def _forward(self, tokens: Any, state: State | None, mask: Any) -> tuple[Any, State, LanguageModelCache]:
         steps, batch = tokens.shape
-        if steps == 0:
-            raise ValueError("tokens is an empty sequence (T = 0 time steps)")
         h0, c0 = self._initial_state(state, self.num_layers, batch, self.hidden_size)
-        mask = None if lengths is None else lengths_to_mask(self.backend, lengths, steps, batch, self.dtype)
         vectors, embedding_cache = embedding_forward(self.backend, tokens, self.params["embedding.weight"])
         masks = self._dropout_masks((steps, batch, self.hidden_size), self.num_layers)
         layers = _lstm_layers(self.params, "lstm.", self.num_layers)
@@ -317,14 +323,13 @@ class LanguageModel(Module):
         """
         if check_input:
             _check_targets(self.backend, targets, inputs.shape, self.vocab_size, ignore_index)
-        logits, final, cache = self.forward(inputs, state, lengths, check_input=check_input)
+        mask = self._step_mask(inputs, lengths, check_input)
+        logits, final, cache = self._forward(inputs, state, mask)
         xp = self.backend.xp
         flat_targets = xp.reshape(targets, (-1,))
-        if lengths is not None:
-            step_mask = lengths_to_mask(self.backend, lengths, *inputs.shape, self.dtype)
-            if step_mask is not None:
-                real = xp.reshape(step_mask, (-1,)) > 0
-                flat_targets = xp.where(real, flat_targets, xp.full_like(flat_targets, ignore_index))
+        if mask is not None:  # steps past a sequence's length do not count
+            real = xp.reshape(mask, (-1,)) > 0
+            flat_targets = xp.where(real, flat_targets, xp.full_like(flat_targets, ignore_index))
         flat_logits = xp.reshape(logits, (-1, self.vocab_size))
         loss, loss_cache = cross_entropy_forward(self.backend, flat_logits, flat_targets, ignore_index)
         if not grads:

@@ -35,7 +35,7 @@ class TrainConfig:
     seq_len: int = 100
     optimizer: str = "adam"
     lr: float = 2e-3
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: the optimizer's own default (AdamW 1e-2, others 0)
     momentum: float = 0.0
     schedule: str = "constant"
     warmup_steps: int = 0
@@ -52,7 +52,7 @@ class TrainConfig:
 
 def _optimizer_options(config: TrainConfig) -> dict[str, Any]:
     name = config.optimizer.lower()
-    options: dict[str, Any] = {"weight_decay": config.weight_decay} if config.weight_decay or name != "adamw" else {}
+    options: dict[str, Any] = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}
     if name in ("sgd", "rmsprop") and config.momentum:
         options["momentum"] = config.momentum
     return options

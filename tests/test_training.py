@@ -86,3 +86,18 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     bogus.write_bytes(b"not a zip")
     assert main(["sample", str(bogus)]) == 2
     assert "not a readable lstmx checkpoint" in capsys.readouterr().err
+
+
+def test_cli_epochs_means_whole_passes(tmp_path, capsys):
+    from lstmx.data import windows_per_epoch
+
+    text_file = tmp_path / "corpus.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", str(text_file), "--epochs", "1", "--batch-size", "4", "--seq-len", "32", "--hidden-size", "8",
+                 "--embedding-size", "4", "--out", str(out), "--no-progress", "--sample-length", "5",
+                 "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.5", "--schedule", "cosine"]) == 0
+    train_tokens = len(TEXT) - round(len(TEXT) * 0.1)
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == windows_per_epoch(train_tokens, 4, 32)
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["epoch"] == 1
