@@ -65,11 +65,12 @@ def test_lstm_layer_with_lengths(backend):
     assert_rows_pass(lstm_layer_rows(backend, steps=5, batch=4, lengths=[5, 2, 1, 0]))
 
 
-def test_lstm_stack_with_dropout_lengths_and_state(backend):
+@pytest.mark.parametrize("lengths", [[4, 2, 3], None], ids=["lengths", "full-length"])
+def test_lstm_stack_with_dropout_lengths_and_state(backend, lengths):
+    """Full-length batches take each backend's fast path where it has one (NumPy), masked ones the generic path."""
     rng = np.random.default_rng(1)
     steps, batch, features, hidden, layers = 4, 3, 2, 3, 3
     model = LSTM(features, hidden, layers, dropout=0.4, backend=backend, dtype="float64", seed=3)
-    lengths = [4, 2, 3]
     inputs = {**model.state_dict(), "x": rng.standard_normal((steps, batch, features)),
               "h0": rng.standard_normal((layers, batch, hidden)), "c0": rng.standard_normal((layers, batch, hidden))}
     loss_weights = [rng.standard_normal((steps, batch, hidden)), rng.standard_normal((layers, batch, hidden)),
