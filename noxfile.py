@@ -42,4 +42,4 @@ def tests_gpu(session: nox.Session) -> None:
 def tests_torch(session: nox.Session) -> None:
     """The PyTorch comparison tests (marked ``torch``); torch is a test-only reference, never a dependency."""
     session.install("-e", ".[dev]", "torch==2.13.0")
-    session.run("pytest", "-m", "torch", "--backends", "numpy", *session.posargs, success_codes=PYTEST_OK)
+    session.run("pytest", "-m", "torch", "--backends", "numpy,array_api_strict", *session.posargs, success_codes=PYTEST_OK)
