@@ -140,7 +140,8 @@ def run_sample(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{args.checkpoint} holds no language model with a vocabulary; nothing to sample")
     text = sample(model, vocab, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
                   greedy=args.greedy, seed=args.seed)
-    sys.stdout.write(args.prime + text + "\n")
+    joiner = vocab.separator if args.prime and text and not args.prime.endswith((" ", "\n")) else ""
+    sys.stdout.write(args.prime + joiner + text + "\n")
     return 0
 
 

@@ -26,6 +26,7 @@ class CharVocab:
     """One token per character."""
 
     level = "char"
+    separator = ""  # what joins decoded tokens (and a prime to generated text)
 
     def __init__(self, symbols: Sequence[str]) -> None:
         if len(symbols) == 0:
@@ -72,6 +73,7 @@ class WordVocab(CharVocab):
     """One token per word, punctuation mark or newline; rare or unseen words map to ``unk`` when it is set."""
 
     level = "word"
+    separator = " "
 
     def __init__(self, symbols: Sequence[str], unk: str | None = None) -> None:
         super().__init__(symbols)

@@ -101,3 +101,42 @@ def test_cli_epochs_means_whole_passes(tmp_path, capsys):
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps[-1] == windows_per_epoch(train_tokens, 4, 32)
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["epoch"] == 1
+
+
+def test_cli_word_level_with_unknown_words(tmp_path, capsys):
+    text_file = tmp_path / "words.txt"
+    text_file.write_text("the cat sat on the mat .\nthe dog sat on the log .\n" * 40, encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", str(text_file), "--level", "word", "--unk", "--min-count", "2", "--steps", "4",
+                 "--batch-size", "2", "--seq-len", "8", "--hidden-size", "8", "--embedding-size", "4",
+                 "--out", str(out), "--no-progress", "--sample-length", "5"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out / "last.npz"), "--prime", "the zebra", "--length", "6", "--top-k", "3"]) == 0
+    words = capsys.readouterr().out.split()
+    assert words[:2] == ["the", "zebra"] and len(words) >= 6
+
+
+def test_cli_greedy_sampling_ignores_the_seed(tmp_path, capsys):
+    text_file = tmp_path / "corpus.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "run"
+    main(["train", str(text_file), "--steps", "2", "--batch-size", "2", "--seq-len", "8", "--hidden-size", "8",
+          "--embedding-size", "4", "--out", str(out), "--no-progress", "--sample-length", "3"])
+    capsys.readouterr()
+    texts = []
+    for seed in ("1", "2"):
+        assert main(["sample", str(out / "last.npz"), "--greedy", "--length", "20", "--seed", seed]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1]
+
+
+def test_cli_cupy_without_a_gpu_says_why(capsys):
+    try:
+        import lstmx
+
+        lstmx.get_backend("cupy")
+    except lstmx.BackendError:
+        assert main(["train", "--backend", "cupy", "--steps", "1", "--no-progress"]) == 2
+        assert "backend='cupy'" in capsys.readouterr().err
+    else:
+        pytest.skip("a usable CuPy is present")
