@@ -90,11 +90,14 @@ class Trainer:
         grads = output.grads
         if self.config.clip_value is not None:
             grads = clip_grad_value(self.model.backend, grads, self.config.clip_value)
+        norm = None
         if self.config.clip_norm is not None:
-            grads, _ = clip_grad_norm(self.model.backend, grads, self.config.clip_norm)
+            grads, norm = clip_grad_norm(self.model.backend, grads, self.config.clip_norm)
         loss = float(to_numpy(output.loss))  # one host sync per training step, after the whole BPTT
         if not math.isfinite(loss):
             raise TrainingDivergedError(f"training loss became {loss} at step {self.step + 1}")
+        if norm is not None and not math.isfinite(float(to_numpy(norm))):
+            raise TrainingDivergedError(f"the gradient norm became {float(to_numpy(norm))} at step {self.step + 1}")
         self.optimizer.step(grads)
         self.step += 1
         self.state = output.state
@@ -106,7 +109,8 @@ class Trainer:
     def evaluate(self, batches: StreamBatches | None = None) -> dict[str, float]:
         """Loss per token (nats), perplexity and bits per token on ``batches`` (default: the validation
         streams), in eval mode (no dropout), the state carried across windows as in training."""
-        batches = batches or self.val_batches
+        if batches is None:
+            batches = self.val_batches
         if batches is None:
             return {}
         self.model.eval()
