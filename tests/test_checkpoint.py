@@ -166,3 +166,23 @@ def test_zip_members_are_checked(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ckpt.CheckpointError, match="corrupt or truncated"):
         ckpt.load(path)
+
+
+def test_nan_gradient_with_finite_loss_stops_before_the_update(tmp_path):
+    trainer, _ = small_trainer(tmp_path, steps=5)
+    trainer.run()
+    before = trainer.model.state_dict()
+    real_loss = trainer.model.loss
+
+    def poisoned(*args, **kwargs):
+        output = real_loss(*args, **kwargs)
+        grads = dict(output.grads)
+        grads["head.bias"] = grads["head.bias"] * np.nan
+        return output._replace(grads=grads)
+
+    trainer.model.loss = poisoned
+    trainer.config.steps = 8
+    with pytest.raises(FloatingPointError, match="gradient norm became nan at step 6"):
+        trainer.run()
+    for name, value in before.items():
+        np.testing.assert_array_equal(host(trainer.model.params[name]), value)
