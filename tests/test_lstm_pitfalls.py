@@ -125,12 +125,12 @@ def test_cell_backward_uses_derivatives_of_stored_outputs(backend):
     z, c_prev = rng.standard_normal((2, 4 * hidden)), rng.standard_normal((2, hidden))
     dh, dc_next = rng.standard_normal((2, hidden)), rng.standard_normal((2, hidden))
     xp = backend.xp
-    from lstmx.layers.cell import gate_scale
+    from lstmx.layers.cell import gate_affine
 
-    scale = gate_scale(backend, hidden, xp.float64)
-    gates, _, tanh_c, _ = cell_forward(xp, backend.asarray(z), backend.asarray(c_prev), scale)
+    gate = gate_affine(backend, hidden, xp.float64)
+    gates, _, tanh_c, _ = cell_forward(xp, backend.asarray(z), backend.asarray(c_prev), gate)
     dz, dc_prev = cell_backward(xp, backend.asarray(dh), backend.asarray(dc_next), gates, backend.asarray(c_prev),
-                                tanh_c, scale)
+                                tanh_c, gate)
     i, f, g, o = sigmoid(z[:, :3]), sigmoid(z[:, 3:6]), np.tanh(z[:, 6:9]), sigmoid(z[:, 9:])
     c = f * c_prev + i * g
     dc = dc_next + dh * o * (1 - np.tanh(c) ** 2)
@@ -142,30 +142,30 @@ def test_cell_backward_uses_derivatives_of_stored_outputs(backend):
 
 # --- Mutation tests: plant each classic bug and check that the gradient check fails loudly. ---
 
-def nonlinearity_instead_of_derivative(xp, dh, dc_next, gates, c_prev, tanh_c, scale):
+def nonlinearity_instead_of_derivative(xp, dh, dc_next, gates, c_prev, tanh_c, gate):
     hidden = c_prev.shape[-1]
     i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
     dc = dc_next + dh * o * xp.tanh(tanh_c)  # bug: tanh where 1 − tanh² belongs
     d_gates = xp.concat([dc * g, dc * c_prev, dc * i, dh * tanh_c], axis=-1)
-    shifted = gates - (1 - scale)
-    return d_gates * (scale * scale - shifted * shifted), dc * f
+    shifted = gates - gate.shift
+    return d_gates * (gate.scale_squared - shifted * shifted), dc * f
 
 
-def missing_forget_gate_derivative(xp, dh, dc_next, gates, c_prev, tanh_c, scale):
-    dz, dc_prev = cell_backward(xp, dh, dc_next, gates, c_prev, tanh_c, scale)
+def missing_forget_gate_derivative(xp, dh, dc_next, gates, c_prev, tanh_c, gate):
+    dz, dc_prev = cell_backward(xp, dh, dc_next, gates, c_prev, tanh_c, gate)
     hidden = c_prev.shape[-1]
     return xp.concat([dz[:, :hidden], xp.zeros_like(c_prev), dz[:, 2 * hidden:]], axis=-1), dc_prev
 
 
-def cell_gradient_not_carried(xp, dh, dc_next, gates, c_prev, tanh_c, scale):
-    dz, dc_prev = cell_backward(xp, dh, dc_next, gates, c_prev, tanh_c, scale)
+def cell_gradient_not_carried(xp, dh, dc_next, gates, c_prev, tanh_c, gate):
+    dz, dc_prev = cell_backward(xp, dh, dc_next, gates, c_prev, tanh_c, gate)
     return dz, xp.zeros_like(dc_prev)
 
 
-def gate_outputs_treated_as_inputs(xp, dh, dc_next, gates, c_prev, tanh_c, scale):
+def gate_outputs_treated_as_inputs(xp, dh, dc_next, gates, c_prev, tanh_c, gate):
     """The bug of applying σ' to the stored σ output: σ(σ)(1 − σ(σ)) instead of σ(1 − σ)."""
-    resquashed = xp.tanh(gates * scale) * scale + (1 - scale)
-    return cell_backward(xp, dh, dc_next, resquashed, c_prev, tanh_c, scale)
+    resquashed = xp.tanh(gates * gate.scale) * gate.scale + gate.shift
+    return cell_backward(xp, dh, dc_next, resquashed, c_prev, tanh_c, gate)
 
 
 @pytest.mark.parametrize("buggy_backward", [nonlinearity_instead_of_derivative, missing_forget_gate_derivative,

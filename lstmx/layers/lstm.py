@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import Backend
-from .cell import cell_ops, gate_scale
+from .cell import cell_ops, gate_affine
 
 
 class LSTMLayerCache(NamedTuple):
@@ -43,7 +43,7 @@ def lstm_layer_forward(
     steps, batch, features = x.shape
     hidden = h0.shape[-1]
     forward_step = cell_ops(backend).forward
-    scale = gate_scale(backend, hidden, x.dtype)
+    gate = gate_affine(backend, hidden, x.dtype)
     w_hidden = weight[features:, :]
     x_proj = xp.reshape(xp.reshape(x, (steps * batch, features)) @ weight[:features, :] + bias, (steps, batch, 4 * hidden))
 
@@ -52,7 +52,7 @@ def lstm_layer_forward(
     for t in range(steps):
         h_prevs.append(h)
         c_prevs.append(c)
-        gates, c_new, tanh_c, h_new = forward_step(xp, x_proj[t, ...] + h @ w_hidden, c, scale)
+        gates, c_new, tanh_c, h_new = forward_step(xp, x_proj[t, ...] + h @ w_hidden, c, gate)
         if mask is None:
             y, h, c = h_new, h_new, c_new
         else:
@@ -81,7 +81,7 @@ def lstm_layer_backward(
     steps, batch, features = x.shape
     hidden = h_prevs.shape[-1]
     backward_step = cell_ops(backend).backward
-    scale = gate_scale(backend, hidden, x.dtype)
+    gate = gate_affine(backend, hidden, x.dtype)
     w_hidden_t = weight[features:, :].T
 
     dh_next, dc_next = dh_last, dc_last  # dL/dh_t and dL/dc_t arriving from step t+1
@@ -92,7 +92,7 @@ def lstm_layer_backward(
         else:
             real = mask[t, ...]
             dh_new, dc_in = real * (dy[t, ...] + dh_next), real * dc_next
-        dz, dc_prev = backward_step(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...], tanh_cs[t, ...], scale)
+        dz, dc_prev = backward_step(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...], tanh_cs[t, ...], gate)
         dh_prev = dz @ w_hidden_t
         if mask is not None:  # padded steps pass the state's gradient straight through
             dh_prev = dh_prev + (1 - real) * dh_next
