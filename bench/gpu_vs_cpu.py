@@ -42,6 +42,7 @@ def lstmx_step(backend_name: str, batch: int, steps: int, features: int, hidden:
         import cupy
 
         pool = cupy.get_default_memory_pool()
+        pool.free_all_blocks()  # so total_bytes() after the timed steps is this configuration's peak footprint
         return step, cupy.cuda.Stream.null.synchronize, lambda: pool.total_bytes()
     return step, lambda: None, lambda: None
 
