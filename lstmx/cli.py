@@ -79,8 +79,11 @@ def run_train(args: argparse.Namespace) -> int:
     if not text.strip():
         raise ValueError(f"the text from {source} is empty")
 
-    if args.resume:
-        vocab = vocab_from_config(load_checkpoint(args.resume).meta["vocab"])
+    resumed = load_checkpoint(args.resume) if args.resume else None
+    if resumed is not None:
+        if not isinstance(resumed.meta.get("vocab"), dict):
+            raise ValueError(f"{args.resume} holds no vocabulary; it cannot resume training")
+        vocab = vocab_from_config(resumed.meta["vocab"])
     elif args.level == "char":
         vocab = CharVocab.from_text(text)
     else:
@@ -91,8 +94,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     steps = _steps(args, len(split.train))
     progress = not args.no_progress
-    if args.resume:
-        trainer = Trainer.resume(args.resume, split, args.out, backend=args.backend, steps=steps, progress=progress)
+    if resumed is not None:
+        trainer = Trainer.resume(resumed, split, args.out, backend=args.backend, steps=steps, progress=progress)
     else:
         config = TrainConfig(steps=steps or 1000, batch_size=args.batch_size, seq_len=args.seq_len,
                              optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,

@@ -205,14 +205,15 @@ class Trainer:
         return ckpt.save(path, meta, arrays)
 
     @classmethod
-    def resume(cls, path: str | Path, split: Split, out_dir: str | Path, *, backend: Any = "numpy",
-               steps: int | None = None, **options: Any) -> "Trainer":
-        """Rebuild a trainer from a checkpoint written by :meth:`save`; ``steps`` may extend the run."""
-        checkpoint = ckpt.load(path)
+    def resume(cls, source: str | Path | ckpt.Checkpoint, split: Split, out_dir: str | Path, *,
+               backend: Any = "numpy", steps: int | None = None, **options: Any) -> "Trainer":
+        """Rebuild a trainer from a checkpoint written by :meth:`save` (a path, or one already loaded);
+        ``steps`` may extend the run."""
+        checkpoint = source if isinstance(source, ckpt.Checkpoint) else ckpt.load(source)
         meta = checkpoint.meta
         for key in ("train_config", "progress", "optimizer", "vocab", "rng"):
             if key not in meta:
-                raise ckpt.CheckpointError(f"{path} is a model-only checkpoint (no {key!r}); it cannot resume training")
+                raise ckpt.CheckpointError(f"a model-only checkpoint (no {key!r}) cannot resume training")
         config = TrainConfig(**meta["train_config"])
         if steps is not None:
             config.steps = steps
