@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lstmx
 from lstmx.layers import lstm as generic
@@ -67,3 +69,18 @@ def test_numpy_scatter_add_matches_generic():
     values = rng.standard_normal((50, 3))
     np.testing.assert_allclose(scatter_add_rows_native(NUMPY, rows, values, 7),
                                scatter_add_rows_generic(NUMPY, rows, values, 7), rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.integers(1, 6), batch=st.integers(0, 4), features=st.integers(1, 5), hidden=st.integers(1, 5),
+       seed=st.integers(0, 2**16))
+def test_numpy_lstm_layer_matches_generic_on_any_shape(steps, batch, features, hidden, seed):
+    (x, weight, bias, h0, c0), (dy, dh, dc) = random_layer(steps, batch, features, hidden, np.float64, seed)
+    fast = lstm_numpy.lstm_layer_forward(NUMPY, x, weight, bias, h0, c0)
+    reference = generic.lstm_layer_forward(NUMPY, x, weight, bias, h0, c0)
+    np.testing.assert_allclose(fast[0], reference[0], rtol=1e-12, atol=1e-12)
+    fast_grads = lstm_numpy.lstm_layer_backward(NUMPY, dy, dh, dc, weight, fast[2])
+    reference_grads = generic.lstm_layer_backward(NUMPY, dy, dh, dc, weight, reference[2])
+    for ours, theirs in zip((fast_grads[0], *fast_grads[1], *fast_grads[2:]),
+                            (reference_grads[0], *reference_grads[1], *reference_grads[2:])):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
