@@ -84,3 +84,11 @@ def test_numpy_lstm_layer_matches_generic_on_any_shape(steps, batch, features, h
     for ours, theirs in zip((fast_grads[0], *fast_grads[1], *fast_grads[2:]),
                             (reference_grads[0], *reference_grads[1], *reference_grads[2:])):
         np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_scatter_add_dispatch_by_table_size():
+    from lstmx.layers.embedding import ONE_HOT_MAX_ROWS, scatter_add_rows
+
+    assert scatter_add_rows(NUMPY, ONE_HOT_MAX_ROWS) is scatter_add_rows_generic
+    assert scatter_add_rows(NUMPY, ONE_HOT_MAX_ROWS + 1) is scatter_add_rows_native
+    assert scatter_add_rows(lstmx.get_backend("array_api_strict"), 10**6) is scatter_add_rows_generic
