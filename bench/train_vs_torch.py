@@ -1,7 +1,8 @@
 """Same recipe, lstmx vs PyTorch, side by side: a character language model trained the same way in both.
 
 Recipe: 1-layer LSTM, hidden 256, embedding 64, batch 32, T = 100, Adam lr 2e-3, global-norm clip 5,
-1000 steps, 90/10 train/validation split, state carried across windows and reset each epoch. Prints each
+1000 steps, 90/10 train/validation split, state carried across windows and reset each epoch. The two
+trainings run interleaved, step by step, so noise on the machine reaches both alike. Prints each
 framework's validation loss (nats/char, whole validation split) and median ms/step, and writes JSON.
 
     python bench/train_vs_torch.py                 # both (PyTorch when importable)
@@ -28,68 +29,91 @@ from lstmx.data import CharVocab, StreamBatches, split_ids  # noqa: E402
 from lstmx.train import TrainConfig, Trainer  # noqa: E402
 
 
-def run_lstmx(args, vocab, split) -> dict:
-    model = lstmx.LanguageModel(len(vocab), args.embedding, args.hidden, 1, backend=args.backend, seed=args.seed)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, lr=args.lr, clip_norm=5.0,
-                         eval_every=10**9, log_every=10**9)
-    trainer = Trainer(model, vocab, split, config, Path(args.out) / "lstmx", progress=False)
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        trainer.train_step()
-        times.append(time.perf_counter() - start)
-    return {"val_loss": trainer.evaluate()["val_loss"], "ms_per_step": 1e3 * statistics.median(times[5:])}
+class LstmxRunner:
+    """The recipe in lstmx, one training step per call."""
+
+    name = "lstmx"
+
+    def __init__(self, args, vocab, split) -> None:
+        model = lstmx.LanguageModel(len(vocab), args.embedding, args.hidden, 1, backend=args.backend, seed=args.seed)
+        config = TrainConfig(steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, lr=args.lr, clip_norm=5.0,
+                             eval_every=10**9, log_every=10**9)
+        self.trainer = Trainer(model, vocab, split, config, Path(args.out) / "lstmx", progress=False)
+
+    def step(self) -> None:
+        self.trainer.train_step()
+
+    def validation_loss(self) -> float:
+        return self.trainer.evaluate()["val_loss"]
+
+    def info(self) -> dict:
+        return {}
 
 
-def run_torch(args, vocab, split) -> dict | None:
-    try:
+class TorchRunner:
+    """The same recipe in PyTorch: Embedding → nn.LSTM → Linear, Adam, clip_grad_norm_, the same batches."""
+
+    name = "pytorch"
+
+    def __init__(self, args, vocab, split) -> None:
         import torch
-    except ImportError:
-        return None
-    torch.manual_seed(args.seed)
 
-    class CharLM(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embedding = torch.nn.Embedding(len(vocab), args.embedding)
-            self.lstm = torch.nn.LSTM(args.embedding, args.hidden)
-            self.head = torch.nn.Linear(args.hidden, len(vocab))
+        self.torch, self.vocab_size = torch, len(vocab)
+        torch.manual_seed(args.seed)
+        self.embedding = torch.nn.Embedding(len(vocab), args.embedding)
+        self.lstm = torch.nn.LSTM(args.embedding, args.hidden)
+        self.head = torch.nn.Linear(args.hidden, len(vocab))
+        modules = torch.nn.ModuleList([self.embedding, self.lstm, self.head])
+        self.parameters = list(modules.parameters())
+        self.optimizer = torch.optim.Adam(self.parameters, lr=args.lr)
+        backend = lstmx.get_backend("numpy")
+        self.train = StreamBatches(backend, split.train, args.batch, args.seq_len)
+        self.val = StreamBatches(backend, split.validation, args.batch, args.seq_len)
+        self.state, self.index = None, 0
 
-        def forward(self, tokens, state):
-            y, state = self.lstm(self.embedding(tokens), state)
-            return self.head(y), state
+    def logits(self, tokens, state):
+        y, state = self.lstm(self.embedding(self.torch.from_numpy(tokens)), state)
+        return self.head(y), state
 
-    model = CharLM()
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    backend = lstmx.get_backend("numpy")
-    train = StreamBatches(backend, split.train, args.batch, args.seq_len)
-    val = StreamBatches(backend, split.validation, args.batch, args.seq_len)
-    state, index, times = None, 0, []
-    for _ in range(args.steps):
-        window = train.window(index)
-        start = time.perf_counter()
-        inputs, targets = torch.from_numpy(window.inputs), torch.from_numpy(window.targets)
-        logits, state = model(inputs, state)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(vocab)), targets.reshape(-1))
-        optimizer.zero_grad()
+    def step(self) -> None:
+        torch = self.torch
+        window = self.train.window(self.index)
+        logits, state = self.logits(window.inputs, self.state)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size),
+                                                 torch.from_numpy(window.targets).reshape(-1))
+        self.optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        state = tuple(s.detach() for s in state)
-        times.append(time.perf_counter() - start)
-        index += 1
-        if index == len(train):
-            index, state = 0, None
-    total, count, state = 0.0, 0, None
-    with torch.no_grad():
-        for window in val:
-            logits, state = model(torch.from_numpy(window.inputs), state)
-            targets = torch.from_numpy(window.targets)
-            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, len(vocab)), targets.reshape(-1),
-                                                             reduction="sum"))
-            count += targets.numel()
-    return {"val_loss": total / count, "ms_per_step": 1e3 * statistics.median(times[5:]),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+        torch.nn.utils.clip_grad_norm_(self.parameters, 5.0)
+        self.optimizer.step()
+        self.state = tuple(s.detach() for s in state)
+        self.index += 1
+        if self.index == len(self.train):
+            self.index, self.state = 0, None
+
+    def validation_loss(self) -> float:
+        torch = self.torch
+        total, count, state = 0.0, 0, None
+        with torch.no_grad():
+            for window in self.val:
+                logits, state = self.logits(window.inputs, state)
+                targets = torch.from_numpy(window.targets).reshape(-1)
+                total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), targets,
+                                                                 reduction="sum"))
+                count += targets.numel()
+        return total / count
+
+    def info(self) -> dict:
+        return {"torch": self.torch.__version__, "torch_threads": self.torch.get_num_threads()}
+
+
+def make_runners(args, vocab, split) -> list:
+    runners = [LstmxRunner(args, vocab, split)]
+    if not args.skip_torch:
+        try:
+            runners.append(TorchRunner(args, vocab, split))
+        except ImportError:
+            print("PyTorch is not installed: lstmx alone")
+    return runners
 
 
 def main() -> None:
@@ -115,14 +139,17 @@ def main() -> None:
     split = split_ids(vocab.encode(text), 0.1)
     machine = machine_report()
     print(f"text: {source}: {len(text):,} chars, {len(vocab)} symbols; steps {args.steps}; machine {machine}")
-    rows = {"lstmx": run_lstmx(args, vocab, split)}
-    if not args.skip_torch:
-        rows["pytorch"] = run_torch(args, vocab, split)
+    runners = make_runners(args, vocab, split)
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    for _ in range(args.steps):  # interleaved, so the machine's slow and fast spells fall on both alike
+        for runner in runners:
+            start = time.perf_counter()
+            runner.step()
+            times[runner.name].append(time.perf_counter() - start)
+    rows = {r.name: {"val_loss": r.validation_loss(), "ms_per_step": 1e3 * statistics.median(times[r.name][5:]),
+                     **r.info()} for r in runners}
     print(f"\n{'framework':<10} {'val loss (nats/char)':>21} {'bits/char':>10} {'ms/step':>9}")
     for name, row in rows.items():
-        if row is None:
-            print(f"{name:<10} {'(not installed)':>21}")
-            continue
         print(f"{name:<10} {row['val_loss']:>21.4f} {row['val_loss'] / math.log(2):>10.3f} {row['ms_per_step']:>9.1f}")
     if rows.get("pytorch"):
         ours, theirs = rows["lstmx"], rows["pytorch"]
