@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,6 +120,7 @@ def main() -> None:
         batch, steps, _, _ = config
         row: dict[str, Any] = {}
         for name, make in columns.items():
+            time.sleep(0.5)  # the previous column's idle BLAS/OpenMP threads spin for a while: let them stop
             step, sync, memory = make(*config)
             repeats = args.repeats if name != "lstmx-cpu" or config[3] < 1024 else max(2, args.repeats // 2)
             seconds = median_time(step, repeats, warmup=1, sync=sync)

@@ -2,7 +2,8 @@
 
 Recipe: 1-layer LSTM, hidden 256, embedding 64, batch 32, T = 100, Adam lr 2e-3, global-norm clip 5,
 1000 steps, 90/10 train/validation split, state carried across windows and reset each epoch. The two
-trainings run interleaved, step by step, so noise on the machine reaches both alike. Prints each
+trainings take turns in blocks of 50 steps (with a pause between, so neither runs beside the other's
+spinning worker threads), so noise on the machine reaches both alike. Prints each
 framework's validation loss (nats/char, whole validation split) and median ms/step, and writes JSON.
 
     python bench/train_vs_torch.py                 # both (PyTorch when importable)
@@ -106,6 +107,10 @@ class TorchRunner:
         return {"torch": self.torch.__version__, "torch_threads": self.torch.get_num_threads()}
 
 
+BLOCK = 50  # steps one framework runs before the other takes its turn
+PAUSE = 0.5  # seconds between turns: OpenBLAS's and OpenMP's idle threads spin for a while after work
+
+
 def make_runners(args, vocab, split) -> list:
     runners = [LstmxRunner(args, vocab, split)]
     if not args.skip_torch:
@@ -141,11 +146,13 @@ def main() -> None:
     print(f"text: {source}: {len(text):,} chars, {len(vocab)} symbols; steps {args.steps}; machine {machine}")
     runners = make_runners(args, vocab, split)
     times: dict[str, list[float]] = {r.name: [] for r in runners}
-    for _ in range(args.steps):  # interleaved, so the machine's slow and fast spells fall on both alike
-        for runner in runners:
-            start = time.perf_counter()
-            runner.step()
-            times[runner.name].append(time.perf_counter() - start)
+    for block_start in range(0, args.steps, BLOCK):
+        for runner in runners:  # alternate blocks, so the machine's slow and fast spells reach both alike
+            time.sleep(PAUSE)  # let the other library's spinning worker threads go idle first
+            for _ in range(min(BLOCK, args.steps - block_start)):
+                start = time.perf_counter()
+                runner.step()
+                times[runner.name].append(time.perf_counter() - start)
     rows = {r.name: {"val_loss": r.validation_loss(), "ms_per_step": 1e3 * statistics.median(times[r.name][5:]),
                      **r.info()} for r in runners}
     print(f"\n{'framework':<10} {'val loss (nats/char)':>21} {'bits/char':>10} {'ms/step':>9}")
