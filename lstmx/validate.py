@@ -40,15 +40,23 @@ def check_finite(backend: Backend, name: str, x: Any) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
-def check_token_array(backend: Backend, name: str, tokens: Any, ndim: int, vocab_size: int) -> None:
-    """Integer ids in [0, vocab_size) with ``ndim`` dimensions, on ``backend``."""
+def check_token_array(
+    backend: Backend, name: str, tokens: Any, ndim: int, vocab_size: int, ignore_index: int | None = None
+) -> None:
+    """Integer ids in [0, vocab_size) with ``ndim`` dimensions, on ``backend``; entries equal to
+    ``ignore_index`` (when given) are allowed too."""
     check_same_backend(backend, name, tokens)
-    if not backend.xp.isdtype(tokens.dtype, "integral"):
+    xp = backend.xp
+    if not xp.isdtype(tokens.dtype, "integral"):
         raise TypeError(f"{name} must be an integer array of token ids, got dtype {dtype_name(tokens.dtype)}")
     if tokens.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(tokens.shape)}")
-    if tokens.size and (bool(backend.xp.any(tokens < 0)) or bool(backend.xp.any(tokens >= vocab_size))):
-        raise ValueError(f"{name} holds ids outside [0, {vocab_size})")
+    outside = (tokens < 0) | (tokens >= vocab_size)
+    if ignore_index is not None:
+        outside = outside & (tokens != ignore_index)
+    if tokens.size and bool(xp.any(outside)):
+        allowed = "" if ignore_index is None else f" that are not ignore_index={ignore_index}"
+        raise ValueError(f"{name} holds ids outside [0, {vocab_size}){allowed}")
 
 
 def lengths_to_mask(backend: Backend, lengths: Any, steps: int, batch: int, dtype: Any) -> Any:
