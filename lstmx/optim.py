@@ -149,9 +149,10 @@ class Optimizer:
         self.step_count = int(meta["step"])
 
     def to(self, backend: Backend) -> "Optimizer":
-        """Move the state to ``backend`` (call after ``model.to``)."""
-        self.state = {name: {slot: backend.asarray(to_numpy(v), dtype=self.model.params[name].dtype)
-                             for slot, v in slots.items()} for name, slots in self.state.items()}
+        """Move the state to ``backend``, where the model must already be (call after ``model.to``)."""
+        if backend.name != self.model.backend.name:
+            raise ValueError(f"move the model to {backend.name!r} first; it is on {self.model.backend.name!r}")
+        self.load_state_dict(*self.state_dict())  # through host memory, onto the model's backend
         return self
 
 
