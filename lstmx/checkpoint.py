@@ -2,7 +2,8 @@
 
 Arrays: ``params/<name>`` for the model, ``optimizer/<name>/<slot>`` for the optimizer state and ``state/h``,
 ``state/c`` for a carried hidden state. The JSON (stored as UTF-8 bytes under ``__lstmx__.json``) holds the
-format tag and version, the model class and config, the vocabulary, the optimizer's type, step and
+format tag and version, a manifest of every array's name, shape and dtype (zip's CRCs cover the bytes of
+each member but not its name), the model class and config, the vocabulary, the optimizer's type, step and
 hyper-parameters, the training step/position and the RNG states. No pickle anywhere.
 
 Writes are atomic: a temporary file in the same folder, flushed and fsync'ed, then renamed over the target,
@@ -15,13 +16,14 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
 FORMAT = "lstmx-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the JSON lists the arrays ("arrays": name → [shape, dtype]); version 1 files still load
 META_KEY = "__lstmx__.json"
 
 
@@ -58,12 +60,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
 
 def save(path: str | os.PathLike, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Path:
     """Write ``arrays`` and ``meta`` (JSON-able) atomically to ``path``."""
-    document = {"format": FORMAT, "version": VERSION, **meta}
-    encoded = np.frombuffer(json.dumps(document).encode("utf-8"), dtype=np.uint8)
     payload = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
     for name, value in payload.items():
         if value.dtype == object:
             raise TypeError(f"array {name!r} has dtype object, which cannot be saved without pickle")
+    document = {"format": FORMAT, "version": VERSION, **meta, "arrays": _manifest(payload)}
+    encoded = np.frombuffer(json.dumps(document).encode("utf-8"), dtype=np.uint8)
     return atomic_write(path, lambda handle: np.savez(handle, **{META_KEY: encoded}, **payload))
 
 
@@ -72,7 +74,10 @@ def load(path: str | os.PathLike) -> Checkpoint:
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"checkpoint {source} does not exist")
-    unreadable = (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError)
+    # What a damaged zip can raise: a flipped header byte may name another compression method
+    # (NotImplementedError, zlib.error), mark the member encrypted (RuntimeError) or break a length or CRC.
+    unreadable = (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError, RuntimeError,
+                  zlib.error)
     try:
         archive = np.load(source, allow_pickle=False)
     except unreadable as error:
@@ -94,7 +99,16 @@ def load(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{source} is not an lstmx checkpoint (format tag {meta.get('format') if isinstance(meta, dict) else None!r})")
     if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
         raise CheckpointError(f"{source} has checkpoint version {meta.get('version')!r}; this lstmx reads up to {VERSION}")
+    listed = meta.pop("arrays", None)
+    if listed is not None and listed != _manifest(arrays):
+        missing, unexpected = sorted(set(listed) - set(arrays)), sorted(set(arrays) - set(listed))
+        raise CheckpointError(f"{source} is corrupt: its arrays do not match its manifest (missing {missing}, "
+                              f"unexpected {unexpected}, or a shape or dtype differs)")
     return Checkpoint(meta, arrays)
+
+
+def _manifest(arrays: Mapping[str, np.ndarray]) -> dict[str, list]:
+    return {name: [list(value.shape), value.dtype.str] for name, value in arrays.items()}
 
 
 def model_meta(model: Any) -> dict[str, Any]:

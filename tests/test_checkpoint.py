@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import numpy as np
@@ -186,3 +187,23 @@ def test_nan_gradient_with_finite_loss_stops_before_the_update(tmp_path):
         trainer.run()
     for name, value in before.items():
         np.testing.assert_array_equal(host(trainer.model.params[name]), value)
+
+
+def test_a_renamed_member_is_refused(tmp_path):
+    """Zip's CRCs cover each member's bytes, not its name: the manifest in the JSON catches a changed name."""
+    path = ckpt.save_model(tmp_path / "m.npz", LanguageModel(5, 3, 4, seed=0))
+    renamed = tmp_path / "renamed.npz"
+    renamed.write_bytes(path.read_bytes().replace(b"params/head.bias.npy", b"params/head.bia$.npy"))
+    with pytest.raises(ckpt.CheckpointError, match="manifest.*missing \\['params/head.bias'\\].*unexpected \\['params/head.bia\\$'\\]"):
+        ckpt.load(renamed)
+
+
+def test_a_version_1_checkpoint_without_manifest_still_loads(tmp_path):
+    model = LanguageModel(5, 3, 4, seed=0)
+    checkpoint = ckpt.load(ckpt.save_model(tmp_path / "m.npz", model))
+    meta = {**checkpoint.meta, "version": 1}
+    path = tmp_path / "v1.npz"
+    np.savez(path, **{ckpt.META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)}, **checkpoint.arrays)
+    loaded, _ = ckpt.load_model(path)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[name], value)
