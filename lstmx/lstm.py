@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from types import ModuleType
 from typing import Any, Callable, NamedTuple, Sequence
 
 from .backend import Backend, is_numpy
@@ -17,18 +20,36 @@ class LSTMCache(NamedTuple):
 LayerParams = tuple[Any, Any]  # (weight (D+H, 4H), bias (4H,))
 
 
-def layer_forward_for(backend: Backend, mask: Any) -> Callable[..., Any]:
-    """The one place a layer implementation is chosen: NumPy's buffer-reusing fast path for unmasked
+@functools.cache
+def _numba_module() -> ModuleType | None:
+    try:
+        from .layers import lstm_numba
+    except ImportError:  # Numba is an optional extra
+        return None
+    return lstm_numba
+
+
+def cpu_fast_path(dtype: Any) -> ModuleType:
+    """The NumPy layer implementation for ``dtype``: the compiled Numba kernels for float32 when Numba is
+    installed and ``LSTMX_DISABLE_NUMBA`` is unset or 0, otherwise the buffer-reusing NumPy fast path."""
+    compiled = _numba_module() if os.environ.get("LSTMX_DISABLE_NUMBA", "0") in ("", "0") else None
+    if compiled is not None and dtype in compiled.DTYPES:
+        return compiled
+    return lstm_numpy
+
+
+def layer_forward_for(backend: Backend, mask: Any, dtype: Any) -> Callable[..., Any]:
+    """The one place a layer implementation is chosen: a NumPy fast path (:func:`cpu_fast_path`) for unmasked
     batches, the generic Array API path for everything else."""
     if is_numpy(backend) and mask is None:
-        return lstm_numpy.lstm_layer_forward
+        return cpu_fast_path(dtype).lstm_layer_forward
     return lstm_layer_forward
 
 
 def layer_backward_for(cache: Any) -> Callable[..., Any]:
     """The backward that mirrors the forward which produced ``cache``."""
     if isinstance(cache, lstm_numpy.FusedLSTMLayerCache):
-        return lstm_numpy.lstm_layer_backward
+        return cpu_fast_path(cache.gates.dtype).lstm_layer_backward
     return lstm_layer_backward
 
 
@@ -45,7 +66,7 @@ def lstm_forward(
     xp = backend.xp
     masks = tuple(dropout_masks) if dropout_masks is not None else (None,) * (len(layers) - 1)
     inputs, finals_h, finals_c, caches = x, [], [], []
-    forward = layer_forward_for(backend, mask)
+    forward = layer_forward_for(backend, mask, x.dtype)
     for k, (weight, bias) in enumerate(layers):
         y, (h, c), cache = forward(backend, inputs, weight, bias, h0[k, ...], c0[k, ...], mask)
         inputs = dropout_forward(y, masks[k]) if k < len(layers) - 1 else y

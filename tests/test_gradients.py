@@ -29,8 +29,12 @@ def assert_rows_pass(rows, tolerance=GRAD_TOLERANCE):
     assert not failures, f"gradient check failed: {failures}"
 
 
-def lstm_layer_rows(backend, steps=4, batch=3, features=2, hidden=3, lengths=None, seed=0):
-    """Gradient check of one LSTM layer w.r.t. x, weight, bias, h0 and c0 under a random linear loss."""
+def lstm_layer_rows(backend, steps=4, batch=3, features=2, hidden=3, lengths=None, seed=0, layer=None):
+    """Gradient check of one LSTM layer w.r.t. x, weight, bias, h0 and c0 under a random linear loss.
+
+    ``layer`` is a module with ``lstm_layer_forward``/``lstm_layer_backward`` (default: the generic path)."""
+    forward = layer.lstm_layer_forward if layer else lstm_layer_forward
+    backward = layer.lstm_layer_backward if layer else lstm_layer_backward
     rng = np.random.default_rng(seed)
     inputs = {
         "x": rng.standard_normal((steps, batch, features)),
@@ -45,13 +49,13 @@ def lstm_layer_rows(backend, steps=4, batch=3, features=2, hidden=3, lengths=Non
     def run(values):
         arrays = {name: backend.asarray(value) for name, value in values.items()}
         mask = None if lengths is None else lengths_to_mask(backend, lengths, steps, batch, backend.xp.float64)
-        y, (h, c), cache = lstm_layer_forward(backend, arrays["x"], arrays["weight"], arrays["bias"],
-                                              arrays["h0"], arrays["c0"], mask)
+        y, (h, c), cache = forward(backend, arrays["x"], arrays["weight"], arrays["bias"], arrays["h0"],
+                                   arrays["c0"], mask)
         return (y, h, c), arrays, cache
 
     _, arrays, cache = run(inputs)
     dy, dh, dc = (backend.asarray(w) for w in loss_weights)
-    dx, (dh0, dc0), dweight, dbias = lstm_layer_backward(backend, dy, dh, dc, arrays["weight"], cache)
+    dx, (dh0, dc0), dweight, dbias = backward(backend, dy, dh, dc, arrays["weight"], cache)
     analytic = {"x": dx, "weight": dweight, "bias": dbias, "h0": dh0, "c0": dc0}
     numeric = finite_difference(lambda values: weighted_sum(backend, run(values)[0], loss_weights), inputs)
     return compare(analytic, numeric)

@@ -4,15 +4,16 @@ Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward`` 
 differs only in how memory is used, which is where a CPU step loses its time (every fresh array costs page
 faults; the arithmetic itself is cheap next to the GEMMs):
 
-- One buffer ``inputs_and_h_prev`` (T, B, D + H) holds [x_t, h_{t-1}] for every step. The forward writes each
-  new h_t straight into the next step's slot, the recurrent matmul reads h_{t-1} from there, and after the
-  backward loop the whole weight gradient is one GEMM over this buffer, with no concatenation.
+- One buffer ``inputs_and_h_prev`` (T + 1, B, D + H) holds [x_t, h_{t-1}] for every step (slot T keeps h_T).
+  The forward writes each new h_t straight into the next step's slot, the recurrent matmul reads h_{t-1} from
+  there, and after the backward loop the whole weight gradient is one GEMM over this buffer, with no
+  concatenation.
 - The input projection is written into the gates buffer, and each step turns its slice into activated gates in
   place (``out=``); the gate scale s of :mod:`lstmx.layers.cell` is folded into the weights once per call.
 - The backward writes each step's dz into one preallocated (T, B, 4H) buffer, again with ``out=``.
 
-Only ``mask=None`` (every step real) is handled here; :func:`lstmx.lstm.layer_ops` sends masked batches to the
-generic path.
+Only ``mask=None`` (every step real) is handled here; :func:`lstmx.lstm.layer_forward_for` sends masked batches
+to the generic path. The buffer helpers below are shared with the Numba path (:mod:`lstmx.layers.lstm_numba`).
 """
 
 from __future__ import annotations
@@ -22,45 +23,100 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..backend import Backend
+from .buffers import HOST_BUFFERS
 from .cell import gate_affine
 
 
 class FusedLSTMLayerCache(NamedTuple):
-    inputs_and_h_prev: np.ndarray  # (T, B, D + H): [x_t, h_{t-1}] per step
+    inputs_and_h_prev: np.ndarray  # (T + 1, B, D + H): [x_t, h_{t-1}] per step; slot T holds h_T
     cells: np.ndarray  # (T + 1, B, H): c0, c_1, ..., c_T
     gates: np.ndarray  # (T, B, 4H) activated gates i, f, g, o
     tanh_c: np.ndarray  # (T, B, H)
 
     @property
     def x(self) -> np.ndarray:
-        return self.inputs_and_h_prev[:, :, : self.inputs_and_h_prev.shape[2] - self.cells.shape[2]]
+        return self.inputs_and_h_prev[:-1, :, : self.inputs_and_h_prev.shape[2] - self.cells.shape[2]]
 
     mask = None  # every step real
+
+
+def refuse_mask(mask: Any) -> None:
+    if mask is not None:
+        raise ValueError("the NumPy fast paths take no step mask; use lstmx.layers.lstm for masked batches")
+
+
+def state_buffers(x: np.ndarray, h0: np.ndarray, c0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``inputs_and_h_prev`` (T + 1, B, D + H) with x and h0 in place, and ``cells`` (T + 1, B, H) with c0."""
+    steps, batch, features = x.shape
+    hidden = h0.shape[-1]
+    inputs_and_h_prev = HOST_BUFFERS.empty((steps + 1, batch, features + hidden), x.dtype)
+    inputs_and_h_prev[:steps, :, :features] = x
+    inputs_and_h_prev[steps, :, :features] = 0  # never read; keeps the buffer free of garbage
+    inputs_and_h_prev[0, :, features:] = h0
+    cells = HOST_BUFFERS.empty((steps + 1, batch, hidden), x.dtype)
+    cells[0] = c0
+    return inputs_and_h_prev, cells
+
+
+def forward_outputs(
+    inputs_and_h_prev: np.ndarray, cells: np.ndarray, gates: np.ndarray, tanh_c: np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], FusedLSTMLayerCache]:
+    """``(y, (h_T, c_T), cache)`` once the loop has filled the buffers; y and the state are copies, so callers
+    may change them without touching the cache."""
+    features = inputs_and_h_prev.shape[2] - cells.shape[2]
+    hidden_states = inputs_and_h_prev[:, :, features:]
+    y = HOST_BUFFERS.empty(hidden_states[1:].shape, hidden_states.dtype)
+    y[...] = hidden_states[1:]
+    return y, (y[-1].copy(), cells[-1].copy()), FusedLSTMLayerCache(inputs_and_h_prev, cells, gates, tanh_c)
+
+
+def parameter_gradients(
+    inputs_and_h_prev: np.ndarray, dz_all: np.ndarray, weight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """After the backward loop: ``(dx, dweight, dbias)`` from every step's dz (T, B, 4H), each one GEMM."""
+    steps, batch, width = dz_all.shape[0], dz_all.shape[1], inputs_and_h_prev.shape[2]
+    features = width - dz_all.shape[2] // 4
+    dz_flat = dz_all.reshape(steps * batch, dz_all.shape[2])
+    dweight = np.matmul(inputs_and_h_prev[:steps].reshape(steps * batch, width).T, dz_flat,
+                        out=HOST_BUFFERS.empty(weight.shape, weight.dtype))
+    dbias = dz_flat.sum(axis=0)
+    dx = HOST_BUFFERS.empty((steps, batch, features), dz_all.dtype)
+    np.matmul(dz_flat, transposed_copy(weight[:features]), out=dx.reshape(steps * batch, features))
+    return dx, dweight, dbias
+
+
+def input_projection(x: np.ndarray, weight_x: np.ndarray) -> np.ndarray:
+    """x (T, B, D) @ weight_x (D, 4H) for every step at once, into a reused (T, B, 4H) buffer."""
+    steps, batch, features = x.shape
+    projected = HOST_BUFFERS.empty((steps, batch, weight_x.shape[1]), x.dtype)
+    np.matmul(x.reshape(steps * batch, features), weight_x, out=projected.reshape(steps * batch, weight_x.shape[1]))
+    return projected
+
+
+def transposed_copy(matrix: np.ndarray) -> np.ndarray:
+    """A row-major copy of ``matrix.T`` in a reused buffer (GEMMs read it faster than the strided view)."""
+    copy = HOST_BUFFERS.empty(matrix.shape[::-1], matrix.dtype)
+    copy[...] = matrix.T
+    return copy
 
 
 def lstm_layer_forward(
     backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, mask: Any = None
 ) -> tuple[Any, tuple[Any, Any], FusedLSTMLayerCache]:
-    if mask is not None:
-        raise ValueError("the NumPy fast path takes no step mask; use lstmx.layers.lstm for masked batches")
+    refuse_mask(mask)
     steps, batch, features = x.shape
     hidden = h0.shape[-1]
     dtype = x.dtype
     scale, shift, _ = gate_affine(backend, hidden, dtype)
     scaled_weight = weight * scale  # z' = s·z: the gates become tanh(z')·s + (1 − s)
 
-    inputs_and_h_prev = np.empty((steps, batch, features + hidden), dtype=dtype)
-    inputs_and_h_prev[:, :, :features] = x
-    inputs_and_h_prev[0, :, features:] = h0
-    gates = np.matmul(x.reshape(steps * batch, features), scaled_weight[:features]).reshape(steps, batch, 4 * hidden)
+    inputs_and_h_prev, cells = state_buffers(x, h0, c0)
+    gates = input_projection(x, scaled_weight[:features])
     gates += bias * scale
-    cells = np.empty((steps + 1, batch, hidden), dtype=dtype)
-    cells[0] = c0
-    tanh_c = np.empty((steps, batch, hidden), dtype=dtype)
+    tanh_c = HOST_BUFFERS.empty((steps, batch, hidden), dtype)
     recurrent_t = np.empty((4 * hidden, batch), dtype=dtype)  # (h W)ᵀ: OpenBLAS is faster writing this orientation
     input_times_candidate = np.empty((batch, hidden), dtype=dtype)
-    h_last = np.empty((batch, hidden), dtype=dtype)
-    w_hidden_t = np.ascontiguousarray(scaled_weight[features:].T)
+    w_hidden_t = transposed_copy(scaled_weight[features:])
 
     for t in range(steps):
         z = gates[t]
@@ -74,25 +130,22 @@ def lstm_layer_forward(
         np.multiply(i, g, out=input_times_candidate)
         cells[t + 1] += input_times_candidate
         np.tanh(cells[t + 1], out=tanh_c[t])
-        h_next = inputs_and_h_prev[t + 1, :, features:] if t + 1 < steps else h_last
-        np.multiply(o, tanh_c[t], out=h_next)
+        np.multiply(o, tanh_c[t], out=inputs_and_h_prev[t + 1, :, features:])
 
-    y = np.concatenate([inputs_and_h_prev[1:, :, features:], h_last[None]], axis=0)
-    return y, (h_last, cells[steps].copy()), FusedLSTMLayerCache(inputs_and_h_prev, cells, gates, tanh_c)
+    return forward_outputs(inputs_and_h_prev, cells, gates, tanh_c)
 
 
 def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: FusedLSTMLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
     inputs_and_h_prev, cells, gates, tanh_c = cache
-    steps, batch, width = inputs_and_h_prev.shape
-    hidden = cells.shape[-1]
-    features = width - hidden
+    steps, batch, hidden = tanh_c.shape
+    features = inputs_and_h_prev.shape[2] - hidden
     dtype = gates.dtype
     _, shift, scale_squared = gate_affine(backend, hidden, dtype)
-    w_hidden_t = np.ascontiguousarray(weight[features:].T)  # row-major copy: the per-step GEMM runs ~25% faster
+    w_hidden_t = transposed_copy(weight[features:])  # the per-step GEMM runs ~25% faster than on the view
 
-    dz_all = np.empty((steps, batch, 4 * hidden), dtype=dtype)
+    dz_all = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype)
     dh = np.empty((batch, hidden), dtype=dtype)  # dL/dh_t: from y_t and from step t+1
     dc = np.empty((batch, hidden), dtype=dtype)  # dL/dc_t
     dh_next, dc_next = np.array(dh_last, dtype=dtype), np.array(dc_last, dtype=dtype)
@@ -118,8 +171,5 @@ def lstm_layer_backward(
         np.multiply(dc, f, out=dc_next)
         np.matmul(dz, w_hidden_t, out=dh_next)
 
-    dz_flat = dz_all.reshape(steps * batch, 4 * hidden)
-    dweight = np.matmul(inputs_and_h_prev.reshape(steps * batch, width).T, dz_flat)
-    dbias = dz_flat.sum(axis=0)
-    dx = np.matmul(dz_flat, np.ascontiguousarray(weight[:features].T)).reshape(steps, batch, features)
+    dx, dweight, dbias = parameter_gradients(inputs_and_h_prev, dz_all, weight)
     return dx, (dh_next, dc_next), dweight, dbias
