@@ -44,18 +44,28 @@ def machine_report() -> dict[str, Any]:
     return report
 
 
-def median_time(run: Callable[[], Any], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None) -> float:
-    """Median wall time of ``run`` in seconds over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        run()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def turn_taking_medians(runs: dict[str, tuple[Callable[[], Any], Callable[[], None]]], repeats: int, rounds: int = 3,
+                        pause: float = 0.5) -> dict[str, float]:
+    """Median seconds per call for each ``name: (run, sync)``, the runs taking turns.
+
+    After one warm-up call each, every round gives each run ``repeats / rounds`` timed calls in turn, with a
+    pause before each turn (the previous run's idle BLAS/OpenMP threads spin for a while). Drift in the
+    machine's speed then reaches every column alike instead of whichever ran last.
+    """
+    for run, sync in runs.values():
         run()
         sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    per_round = max(1, -(-repeats // rounds))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (run, sync) in runs.items():
+            time.sleep(pause)
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run()
+                sync()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:

@@ -1,34 +1,37 @@
 """One LSTM training step (forward over T steps + full BPTT with weight gradients, float32), side by side:
-lstmx on NumPy and on CuPy, and PyTorch on CPU and cuDNN (fp32 and TF32) when importable, in one run.
+lstmx on NumPy (with its compiled Numba kernels when installed, and without them) and on CuPy, and PyTorch on
+CPU and cuDNN (fp32 and TF32) when importable, in one run.
 
     python bench/gpu_vs_cpu.py                       # every configuration, every available column
     python bench/gpu_vs_cpu.py --configs 64,100,256,256 --repeats 5
     python bench/gpu_vs_cpu.py --no-cpu              # GPU columns only (large rows are slow on a CPU)
 
-Columns absent on this machine (no GPU, no torch) are marked "-". Times are medians over --repeats after a
-warm-up. Writes bench/results/gpu_vs_cpu.json. For CPU timings unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
+Columns absent on this machine (no GPU, no torch, no numba) are marked "-". Times are medians over --repeats
+after a warm-up; the columns take turns in --rounds rounds, so drift in the machine's speed reaches them all
+alike. Writes bench/results/gpu_vs_cpu.json. For CPU timings unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
 in that command only; the header reports which BLAS kernel ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_report, median_time, write_json  # noqa: E402
+from _common import machine_report, turn_taking_medians, write_json  # noqa: E402
 
 import lstmx  # noqa: E402
 
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (128, 100, 1024, 1024), (256, 50, 1024, 1024)]
 
 
-def lstmx_step(backend_name: str, batch: int, steps: int, features: int, hidden: int) -> tuple[Callable, Callable, Callable]:
+def lstmx_step(backend_name: str, batch: int, steps: int, features: int, hidden: int,
+               compiled: bool = True) -> tuple[Callable, Callable, Callable]:
     model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0)
     backend = model.backend
     rng = np.random.default_rng(0)
@@ -36,6 +39,7 @@ def lstmx_step(backend_name: str, batch: int, steps: int, features: int, hidden:
     dy = backend.asarray(rng.standard_normal((steps, batch, hidden)), dtype=model.dtype)
 
     def step():
+        os.environ["LSTMX_DISABLE_NUMBA"] = "0" if compiled else "1"  # read by lstmx.lstm.cpu_fast_path
         _, _, cache = model.forward(x)
         model.backward(dy, cache)
 
@@ -74,6 +78,10 @@ def available(args) -> dict[str, Callable]:
     columns: dict[str, Callable] = {}
     if not args.no_cpu:
         columns["lstmx-cpu"] = lambda *c: lstmx_step("numpy", *c)
+        if lstmx.lstm.cpu_fast_path(np.float32).__name__.endswith("numba"):
+            columns["lstmx-cpu-nonumba"] = lambda *c: lstmx_step("numpy", *c, compiled=False)
+        else:
+            print("lstmx-cpu runs the pure-NumPy fast path: numba is not installed (pip install 'lstmx[fast]')")
     try:
         lstmx.get_backend("cupy")
         columns["lstmx-gpu"] = lambda *c: lstmx_step("cupy", *c)
@@ -102,7 +110,8 @@ def ratio(rows: dict[str, Any], top: str, bottom: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="*", help="B,T,D,H entries (default: the five standard rows)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=6, help="timed steps per column (split over the rounds)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each column takes")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU columns")
     args = parser.parse_args()
     configs = [tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs else CONFIGS
@@ -118,27 +127,28 @@ def main() -> None:
     results = []
     for config in configs:
         batch, steps, _, _ = config
+        made = {name: make(*config) for name, make in columns.items()}
+        medians = turn_taking_medians({name: (step, sync) for name, (step, sync, _) in made.items()},
+                                      args.repeats, args.rounds)
         row: dict[str, Any] = {}
-        for name, make in columns.items():
-            time.sleep(0.5)  # the previous column's idle BLAS/OpenMP threads spin for a while: let them stop
-            step, sync, memory = make(*config)
-            repeats = args.repeats if name != "lstmx-cpu" or config[3] < 1024 else max(2, args.repeats // 2)
-            seconds = median_time(step, repeats, warmup=1, sync=sync)
-            peak = memory()
+        for name, seconds in medians.items():
+            peak = made[name][2]()
             row[name] = {"ms": 1e3 * seconds, "tokens_per_s": batch * steps / seconds,
                          "peak_gpu_mb": None if peak is None else peak / 2**20}
-            print(f"  {config} {name:<11} {1e3 * seconds:9.2f} ms", flush=True)
+            print(f"  {config} {name:<17} {1e3 * seconds:9.2f} ms", flush=True)
+        del made
         results.append({"config": dict(zip("BTDH", config)), "columns": row,
                         "ratios": {"lstmx-gpu/cudnn-fp32": ratio(row, "lstmx-gpu", "cudnn-fp32"),
                                    "lstmx-cpu/torch-cpu": ratio(row, "lstmx-cpu", "torch-cpu"),
                                    "gpu speed-up (lstmx cpu/gpu)": ratio(row, "lstmx-cpu", "lstmx-gpu")}})
     names = list(columns)
-    header = f"{'B':>4} {'T':>4} {'D':>5} {'H':>5} | " + " ".join(f"{n + ' ms':>15}" for n in names)
+    widths = {n: max(15, len(n) + 3) for n in names}
+    header = f"{'B':>4} {'T':>4} {'D':>5} {'H':>5} | " + " ".join(f"{n + ' ms':>{widths[n]}}" for n in names)
     header += " | gpu/cudnn  cpu/torch  gpu-speedup"
     print("\n" + header)
     for entry in results:
         c, row, r = entry["config"], entry["columns"], entry["ratios"]
-        cells = " ".join(f"{row[n]['ms']:>15.2f}" if n in row else f"{'-':>15}" for n in names)
+        cells = " ".join(f"{row[n]['ms']:>{widths[n]}.2f}" if n in row else f"{'-':>{widths[n]}}" for n in names)
         fmt = lambda v: f"{v:>9.2f}" if v is not None else f"{'-':>9}"  # noqa: E731
         print(f"{c['B']:>4} {c['T']:>4} {c['D']:>5} {c['H']:>5} | {cells} | {fmt(r['lstmx-gpu/cudnn-fp32'])}  "
               f"{fmt(r['lstmx-cpu/torch-cpu'])}  {fmt(r['gpu speed-up (lstmx cpu/gpu)'])}")
