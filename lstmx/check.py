@@ -1,12 +1,14 @@
 """``lstmx check``: prove on this machine that the gradients are exact and that the backends agree.
 
 Runs the float64 finite-difference check of the whole language model on every backend available here
-(NumPy always; CuPy when it and a GPU are present) and the NumPy-vs-CuPy parity check in float32, prints a
-table, and returns a non-zero exit status when any check fails.
+(NumPy always; CuPy when it and a GPU are present), the NumPy-vs-CuPy parity check in float32, and, when Numba
+is installed, the compiled CPU kernels against the pure-NumPy path in float32; prints a table, and returns a
+non-zero exit status when any check fails.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, NamedTuple
 
@@ -37,25 +39,47 @@ def gradient_check(backend_name: str, tolerance: float) -> CheckResult:
                        f"worst: {worst.name}; {sum(r.entries for r in rows)} entries")
 
 
-def parity_check(first: str, second: str, seed: int = 0) -> CheckResult:
-    """Same seed on two backends → same loss, gradients and final state to float32 tolerance."""
+def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | None) -> dict[str, np.ndarray]:
+    """A float32 LanguageModel's loss, final h and every gradient (host copies) on fixed random tokens."""
     from .models import LanguageModel
 
     rng = np.random.default_rng(seed)
     tokens, targets = rng.integers(0, 50, (20, 8)), rng.integers(0, 50, (20, 8))
-    results = []
-    for name in (first, second):
-        model = LanguageModel(50, 16, 32, 2, backend=name, seed=seed)
-        backend = model.backend
-        output = model.loss(backend.asarray(tokens), backend.asarray(targets), lengths=[20] * 7 + [11])
-        host = {"loss": np.atleast_1d(to_numpy(output.loss)), "h": to_numpy(output.state[0])}
-        host.update({name: to_numpy(grad) for name, grad in output.grads.items()})
-        results.append(host)
-    errors = {name: max_relative_error(results[1][name].astype(np.float64), results[0][name].astype(np.float64))[0]
-              for name in results[0]}
+    model = LanguageModel(50, 16, 32, 2, backend=backend_name, seed=seed)
+    backend = model.backend
+    output = model.loss(backend.asarray(tokens), backend.asarray(targets), lengths=lengths)
+    host = {"loss": np.atleast_1d(to_numpy(output.loss)), "h": to_numpy(output.state[0])}
+    host.update({name: to_numpy(grad) for name, grad in output.grads.items()})
+    return host
+
+
+def _agreement(check: str, backend_name: str, reference: dict, other: dict) -> CheckResult:
+    errors = {name: max_relative_error(other[name].astype(np.float64), reference[name].astype(np.float64))[0]
+              for name in reference}
     worst = max(errors, key=errors.get)
-    return CheckResult(f"parity {first} vs {second} (float32)", second, errors[worst], PARITY_TOLERANCE,
-                       f"worst: {worst}")
+    return CheckResult(check, backend_name, errors[worst], PARITY_TOLERANCE, f"worst: {worst}")
+
+
+def parity_check(first: str, second: str, seed: int = 0) -> CheckResult:
+    """Same seed on two backends → same loss, gradients and final state to float32 tolerance."""
+    lengths = [20] * 7 + [11]
+    return _agreement(f"parity {first} vs {second} (float32)", second,
+                      _loss_state_and_grads(first, seed, lengths), _loss_state_and_grads(second, seed, lengths))
+
+
+def compiled_kernel_check(seed: int = 0) -> CheckResult:
+    """The Numba kernels (float32 default on NumPy) against the pure-NumPy fast path, on unmasked batches."""
+    compiled = _loss_state_and_grads("numpy", seed, None)
+    previous = os.environ.get("LSTMX_DISABLE_NUMBA")
+    os.environ["LSTMX_DISABLE_NUMBA"] = "1"
+    try:
+        plain = _loss_state_and_grads("numpy", seed, None)
+    finally:
+        if previous is None:
+            del os.environ["LSTMX_DISABLE_NUMBA"]
+        else:
+            os.environ["LSTMX_DISABLE_NUMBA"] = previous
+    return _agreement("numba kernels vs numpy (float32)", "numpy", plain, compiled)
 
 
 def available_gpu_backend() -> tuple[bool, str]:
@@ -69,7 +93,11 @@ def available_gpu_backend() -> tuple[bool, str]:
 def run_checks(tolerance: float = 1e-6, out: Any = None) -> int:
     """Run every check available here, print the table to ``out`` (stdout), return the exit status."""
     out = out or sys.stdout
+    from .lstm import cpu_fast_path
+
     results = [gradient_check("numpy", tolerance)]
+    if cpu_fast_path(np.float32).__name__.endswith("lstm_numba"):
+        results.append(compiled_kernel_check())
     has_gpu, reason = available_gpu_backend()
     if has_gpu:
         results += [gradient_check("cupy", tolerance), parity_check("numpy", "cupy")]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 
 import lstmx.check as check_module
 from lstmx import LanguageModel
@@ -30,6 +33,16 @@ def test_check_command_fails_loudly(monkeypatch, capsys):
 def test_parity_between_two_cpu_backends():
     result = check_module.parity_check("numpy", "array_api_strict")
     assert result.passed, result
+
+
+def test_check_compares_the_compiled_kernels_with_plain_numpy(monkeypatch, capsys):
+    pytest.importorskip("numba")
+    monkeypatch.setenv("LSTMX_DISABLE_NUMBA", "0")
+    result = check_module.compiled_kernel_check()
+    assert result.passed and 0 < result.error < 1e-5, result  # different tanh code, same math
+    assert os.environ["LSTMX_DISABLE_NUMBA"] == "0"  # the setting it toggled is put back
+    assert main(["check"]) == 0
+    assert "numba kernels vs numpy (float32)" in capsys.readouterr().out
 
 
 def test_model_and_optimizer_move_between_backends(backend):
