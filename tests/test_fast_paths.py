@@ -153,3 +153,23 @@ def test_scatter_add_dispatch_by_table_size():
     assert scatter_add_rows(NUMPY, ONE_HOT_MAX_ROWS) is scatter_add_rows_generic
     assert scatter_add_rows(NUMPY, ONE_HOT_MAX_ROWS + 1) is scatter_add_rows_native
     assert scatter_add_rows(lstmx.get_backend("array_api_strict"), 10**6) is scatter_add_rows_generic
+
+
+def test_buffer_pool_never_hands_one_array_to_two_threads():
+    import threading
+
+    pool = BufferPool(per_shape=64, min_bytes=0)
+    taken, start = [], threading.Barrier(8)
+
+    def take():
+        start.wait()
+        mine = [pool.empty((16,), np.float32) for _ in range(4)]
+        taken.append(mine)  # held until the test ends: every one must be distinct
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    addresses = [array.ctypes.data for mine in taken for array in mine]
+    assert len(addresses) == 32 and len(set(addresses)) == 32

@@ -13,6 +13,7 @@ gives it back.
 from __future__ import annotations
 
 import sys
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -34,6 +35,7 @@ class BufferPool:
         self.shapes = shapes  # distinct (shape, dtype) keys kept, least recently used dropped first
         self.min_bytes = min_bytes  # smaller arrays come from malloc's heap, which is reused already
         self._arrays: OrderedDict[tuple, list[np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()  # two threads must not both find the same array free
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """An uninitialised C-contiguous array, reused when one of this shape and dtype is free."""
@@ -41,21 +43,23 @@ class BufferPool:
         if int(np.prod(shape)) * dtype.itemsize < self.min_bytes:
             return np.empty(shape, dtype=dtype)
         key = (tuple(shape), dtype.str)
-        arrays = self._arrays.setdefault(key, [])
-        self._arrays.move_to_end(key)
-        for array, count in zip(arrays, _reference_counts(arrays)):
-            if count == _ONLY_THE_POOL:
-                return array
-        array = np.empty(shape, dtype=dtype)
-        if len(arrays) < self.per_shape:
-            arrays.append(array)
-        while len(self._arrays) > self.shapes:
-            self._arrays.popitem(last=False)
-        return array
+        with self._lock:
+            arrays = self._arrays.setdefault(key, [])
+            self._arrays.move_to_end(key)
+            for array, count in zip(arrays, _reference_counts(arrays)):
+                if count == _ONLY_THE_POOL:
+                    return array
+            array = np.empty(shape, dtype=dtype)
+            if len(arrays) < self.per_shape:
+                arrays.append(array)
+            while len(self._arrays) > self.shapes:
+                self._arrays.popitem(last=False)
+            return array
 
     def clear(self) -> None:
         """Drop every kept array (those still in use stay alive with their users)."""
-        self._arrays.clear()
+        with self._lock:
+            self._arrays.clear()
 
     def nbytes(self) -> int:
         return sum(a.nbytes for arrays in self._arrays.values() for a in arrays)
