@@ -127,13 +127,9 @@ def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: FusedLSTMLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
     inputs_and_h_prev, cells, gates, tanh_c = cache
-    steps, batch, hidden = tanh_c.shape
-    features = inputs_and_h_prev.shape[2] - hidden
+    w_hidden_t, dz_all, dh_next, dc = lstm_numpy.backward_buffers(cache, weight, dh_last, dc_last)
     dy = np.ascontiguousarray(dy, dtype=gates.dtype)
-    w_hidden_t = lstm_numpy.transposed_copy(weight[features:])
-    dz_all = HOST_BUFFERS.empty((steps, batch, 4 * hidden), gates.dtype)
-    dh_next, dc = np.array(dh_last, dtype=gates.dtype), np.array(dc_last, dtype=gates.dtype)
-    for t in reversed(range(steps)):
+    for t in reversed(range(tanh_c.shape[0])):
         _backward_step(dy[t], dh_next, dc, gates[t], cells[t], tanh_c[t], dz_all[t])
         np.matmul(dz_all[t], w_hidden_t, out=dh_next)
     dx, dweight, dbias = lstm_numpy.parameter_gradients(inputs_and_h_prev, dz_all, weight)

@@ -85,6 +85,23 @@ def parameter_gradients(
     return dx, dweight, dbias
 
 
+class BackwardBuffers(NamedTuple):
+    w_hidden_t: np.ndarray  # (4H, H) row-major copy of W_hᵀ: the per-step GEMM runs ~25% faster than on the view
+    dz_all: np.ndarray  # (T, B, 4H), one step's dz written at a time
+    dh_next: np.ndarray  # dL/dh_t arriving from step t+1 (starts as dL/dh_T), updated in place
+    dc_next: np.ndarray  # dL/dc_t arriving from step t+1 (starts as dL/dc_T), updated in place
+
+
+def backward_buffers(cache: FusedLSTMLayerCache, weight: np.ndarray, dh_last: Any, dc_last: Any) -> BackwardBuffers:
+    """What both fast backwards set up before their loop; dh/dc are private copies, the caller's stay as given."""
+    steps, batch, hidden = cache.tanh_c.shape
+    dtype = cache.gates.dtype
+    features = cache.inputs_and_h_prev.shape[2] - hidden
+    return BackwardBuffers(transposed_copy(weight[features:]),
+                           HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype),
+                           np.array(dh_last, dtype=dtype), np.array(dc_last, dtype=dtype))
+
+
 def input_projection(x: np.ndarray, weight_x: np.ndarray) -> np.ndarray:
     """x (T, B, D) @ weight_x (D, 4H) for every step at once, into a reused (T, B, 4H) buffer."""
     steps, batch, features = x.shape
@@ -140,15 +157,11 @@ def lstm_layer_backward(
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
     inputs_and_h_prev, cells, gates, tanh_c = cache
     steps, batch, hidden = tanh_c.shape
-    features = inputs_and_h_prev.shape[2] - hidden
     dtype = gates.dtype
     _, shift, scale_squared = gate_affine(backend, hidden, dtype)
-    w_hidden_t = transposed_copy(weight[features:])  # the per-step GEMM runs ~25% faster than on the view
-
-    dz_all = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype)
+    w_hidden_t, dz_all, dh_next, dc_next = backward_buffers(cache, weight, dh_last, dc_last)
     dh = np.empty((batch, hidden), dtype=dtype)  # dL/dh_t: from y_t and from step t+1
     dc = np.empty((batch, hidden), dtype=dtype)  # dL/dc_t
-    dh_next, dc_next = np.array(dh_last, dtype=dtype), np.array(dc_last, dtype=dtype)
     derivative = np.empty((batch, 4 * hidden), dtype=dtype)
 
     for t in reversed(range(steps)):
