@@ -78,7 +78,7 @@ def available(args) -> dict[str, Callable]:
     columns: dict[str, Callable] = {}
     if not args.no_cpu:
         columns["lstmx-cpu"] = lambda *c: lstmx_step("numpy", *c)
-        if lstmx.lstm.cpu_fast_path(np.float32).__name__.endswith("numba"):
+        if lstmx.lstm.cpu_fast_path(np.float32) is not lstmx.layers.lstm_numpy:  # the Numba kernels run
             columns["lstmx-cpu-nonumba"] = lambda *c: lstmx_step("numpy", *c, compiled=False)
         else:
             print("lstmx-cpu runs the pure-NumPy fast path: numba is not installed (pip install 'lstmx[fast]')")

@@ -4,8 +4,8 @@ Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward`` 
 buffers and GEMMs are those of :mod:`lstmx.layers.lstm_numpy` (the same cache, so either backward can consume
 it); what changes is the pointwise math between the GEMMs. NumPy spends ~10 ufunc calls per step in the
 forward and ~16 in the backward, each a pass over memory; here each direction is one loop that reads every
-value once. Numba is optional (``pip install 'lstmx[fast]'``); :func:`lstmx.lstm.layer_forward_for` picks this
-module only when it imports, the dtype is float32, and ``LSTMX_DISABLE_NUMBA`` is unset.
+value once. Numba is optional (``pip install 'lstmx[fast]'``); :func:`lstmx.lstm.cpu_fast_path` picks this
+module only when it imports, the dtype is float32, and ``LSTMX_DISABLE_NUMBA`` is unset or 0.
 
 float32 tanh is Eigen's rational approximation (clamped to ±7.905, max abs error 2.4e-7 against ``np.tanh``),
 which the compiler vectorises; float64 uses the exact ``math.tanh`` so the gradient checks can run here too.
