@@ -55,22 +55,28 @@ def lstmx_step(backend_name: str, batch: int, steps: int, features: int, hidden:
 def torch_step(device: str, tf32: bool, batch: int, steps: int, features: int, hidden: int):
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(features, hidden).to(device)
     x = torch.randn(steps, batch, features, device=device, requires_grad=True)  # dx too, as lstmx computes it
     dy = torch.randn(steps, batch, hidden, device=device)
+    peak = [0]
 
     def step():
+        # The columns take turns, so this column's settings are made on every call, and its peak memory
+        # measured within its own steps.
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         lstm.zero_grad(set_to_none=True)
         x.grad = None
         y, _ = lstm(x)
         y.backward(dy)
+        if device == "cuda":
+            peak[0] = max(peak[0], torch.cuda.max_memory_allocated())
 
     if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        return step, torch.cuda.synchronize, torch.cuda.max_memory_allocated
+        return step, torch.cuda.synchronize, lambda: peak[0]
     return step, lambda: None, lambda: None
 
 
