@@ -59,7 +59,8 @@ def test_fast_lstm_layer_gradients_match_finite_differences(fast):
 @pytest.mark.parametrize("fast", FAST_PATHS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fast_path_leaves_its_inputs_and_cache_reusable(fast, dtype):
-    (x, weight, bias, h0, c0), (dy, dh, dc) = random_layer(5, 2, 3, 4, dtype)
+    # Large enough that the buffers come from the pool (its min_bytes is 64 KiB).
+    (x, weight, bias, h0, c0), (dy, dh, dc) = random_layer(20, 16, 32, 64, dtype)
     originals = [a.copy() for a in (x, weight, bias, h0, c0, dy, dh, dc)]
     y, (h, c), cache = fast.lstm_layer_forward(NUMPY, x, weight, bias, h0, c0)
     outputs = [a.copy() for a in (y, h, c)]
