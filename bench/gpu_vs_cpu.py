@@ -1,21 +1,23 @@
 """One LSTM training step (forward over T steps + full BPTT with weight gradients, float32), side by side:
-lstmx on NumPy (with its compiled Numba kernels when installed, and without them) and on CuPy, and PyTorch on
-CPU and cuDNN (fp32 and TF32) when importable, in one run.
+lstmx on NumPy and on CuPy, one column per layer implementation the registry has for that backend here
+(``lstmx-numpy:numba``, ``lstmx-numpy:numpy``, ``lstmx-cupy:cupy``, ...), and PyTorch on CPU and cuDNN (fp32
+and TF32) when importable, in one run.
 
     python bench/gpu_vs_cpu.py                       # every configuration, every available column
     python bench/gpu_vs_cpu.py --configs 64,100,256,256 --repeats 5
     python bench/gpu_vs_cpu.py --no-cpu              # GPU columns only (large rows are slow on a CPU)
+    python bench/gpu_vs_cpu.py --generic             # also the generic Array API path's columns
 
 Columns absent on this machine (no GPU, no torch, no numba) are marked "-". Times are medians over --repeats
 after a warm-up; the columns take turns in --rounds rounds, so drift in the machine's speed reaches them all
-alike. Writes bench/results/gpu_vs_cpu.json. For CPU timings unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
-in that command only; the header reports which BLAS kernel ran.
+alike. Writes bench/results/gpu_vs_cpu.json and a bar chart bench/results/gpu_vs_cpu.png. For CPU timings
+unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in that command only; the header reports which BLAS kernel ran.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -23,15 +25,16 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_report, turn_taking_medians, write_json  # noqa: E402
+from _common import RESULTS, machine_report, turn_taking_medians, write_json  # noqa: E402
 
 import lstmx  # noqa: E402
+from lstmx import registry  # noqa: E402
 
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (128, 100, 1024, 1024), (256, 50, 1024, 1024)]
 
 
-def lstmx_step(backend_name: str, batch: int, steps: int, features: int, hidden: int,
-               compiled: bool = True) -> tuple[Callable, Callable, Callable]:
+def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: int,
+               hidden: int) -> tuple[Callable, Callable, Callable]:
     model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0)
     backend = model.backend
     rng = np.random.default_rng(0)
@@ -39,8 +42,7 @@ def lstmx_step(backend_name: str, batch: int, steps: int, features: int, hidden:
     dy = backend.asarray(rng.standard_normal((steps, batch, hidden)), dtype=model.dtype)
 
     def step():
-        os.environ["LSTMX_DISABLE_NUMBA"] = "0" if compiled else "1"  # read by lstmx.lstm.cpu_fast_path
-        _, _, cache = model.forward(x)
+        _, _, cache = model.forward(x, impl=impl)
         model.backward(dy, cache)
 
     if backend_name == "cupy":
@@ -82,17 +84,21 @@ def torch_step(device: str, tf32: bool, batch: int, steps: int, features: int, h
 
 def available(args) -> dict[str, Callable]:
     columns: dict[str, Callable] = {}
-    if not args.no_cpu:
-        columns["lstmx-cpu"] = lambda *c: lstmx_step("numpy", *c)
-        if lstmx.lstm.cpu_fast_path(np.float32) is not lstmx.layers.lstm_numpy:  # the Numba kernels run
-            columns["lstmx-cpu-nonumba"] = lambda *c: lstmx_step("numpy", *c, compiled=False)
-        else:
-            print("lstmx-cpu runs the pure-NumPy fast path: numba is not installed (pip install 'lstmx[fast]')")
-    try:
-        lstmx.get_backend("cupy")
-        columns["lstmx-gpu"] = lambda *c: lstmx_step("cupy", *c)
-    except lstmx.BackendError as error:
-        print(f"lstmx-gpu absent: {error}")
+    for backend_name in ("numpy", "cupy"):
+        if backend_name == "numpy" and args.no_cpu:
+            continue
+        try:
+            backend = lstmx.get_backend(backend_name)
+        except lstmx.BackendError as error:
+            print(f"lstmx-{backend_name} absent: {error}")
+            continue
+        default = registry.choose_layer_impl(backend, np.float32, False).name
+        impls = [i.name for i in registry.available_layer_impls(backend, np.float32)
+                 if args.generic or i.name != "generic" or i.name == default]
+        print(f"lstmx on {backend_name}: the registry runs {default!r} by default; columns for {', '.join(impls)}")
+        for name in impls:
+            columns[f"lstmx-{backend_name}:{name}"] = functools.partial(lstmx_step, backend_name, name)
+        DEFAULT_COLUMNS[backend_name] = f"lstmx-{backend_name}:{default}"
     try:
         import torch
 
@@ -108,7 +114,41 @@ def available(args) -> dict[str, Callable]:
     return columns
 
 
-def ratio(rows: dict[str, Any], top: str, bottom: str) -> float | None:
+DEFAULT_COLUMNS: dict[str, str] = {}  # backend name → the column of the implementation the registry picks
+
+
+def draw_bars(results: list[dict[str, Any]], names: list[str]) -> Path | None:
+    """Grouped bars, one group per configuration, one colour per column, log scale in ms."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axis = plt.subplots(figsize=(max(7, 1.6 * len(results) * max(1, len(names)) / 3), 4.5), dpi=110)
+    width = 0.8 / max(1, len(names))
+    for k, name in enumerate(names):
+        xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(results))]
+        values = [e["columns"].get(name, {}).get("ms", float("nan")) for e in results]
+        axis.bar(xs, values, width, label=name)
+    axis.set_xticks(range(len(results)))
+    axis.set_xticklabels([",".join(str(v) for v in e["config"].values()) for e in results])
+    axis.set_xlabel("B, T, D, H")
+    axis.set_ylabel("ms per training step (log)")
+    axis.set_yscale("log")
+    axis.set_title("One LSTM training step (forward + BPTT), float32")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path = RESULTS / "gpu_vs_cpu.png"
+    RESULTS.mkdir(exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def ratio(rows: dict[str, Any], top: str | None, bottom: str | None) -> float | None:
     a, b = rows.get(top), rows.get(bottom)
     return None if a is None or b is None else a["ms"] / b["ms"]
 
@@ -119,6 +159,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6, help="timed steps per column (split over the rounds)")
     parser.add_argument("--rounds", type=int, default=3, help="turns each column takes")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU columns")
+    parser.add_argument("--generic", action="store_true", help="also time the generic Array API path")
     args = parser.parse_args()
     configs = [tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs else CONFIGS
     machine = machine_report()
@@ -143,10 +184,11 @@ def main() -> None:
                          "peak_gpu_mb": None if peak is None else peak / 2**20}
             print(f"  {config} {name:<17} {1e3 * seconds:9.2f} ms", flush=True)
         del made
+        gpu, cpu = DEFAULT_COLUMNS.get("cupy"), DEFAULT_COLUMNS.get("numpy")
         results.append({"config": dict(zip("BTDH", config)), "columns": row,
-                        "ratios": {"lstmx-gpu/cudnn-fp32": ratio(row, "lstmx-gpu", "cudnn-fp32"),
-                                   "lstmx-cpu/torch-cpu": ratio(row, "lstmx-cpu", "torch-cpu"),
-                                   "gpu speed-up (lstmx cpu/gpu)": ratio(row, "lstmx-cpu", "lstmx-gpu")}})
+                        "ratios": {"lstmx-gpu/cudnn-fp32": ratio(row, gpu, "cudnn-fp32"),
+                                   "lstmx-cpu/torch-cpu": ratio(row, cpu, "torch-cpu"),
+                                   "gpu speed-up (lstmx cpu/gpu)": ratio(row, cpu, gpu)}})
     names = list(columns)
     widths = {n: max(15, len(n) + 3) for n in names}
     header = f"{'B':>4} {'T':>4} {'D':>5} {'H':>5} | " + " ".join(f"{n + ' ms':>{widths[n]}}" for n in names)
@@ -166,6 +208,9 @@ def main() -> None:
     if peaks:
         print("peak GPU memory (MiB): " + "; ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
     print(f"wrote {write_json('gpu_vs_cpu.json', {'machine': machine, 'results': results})}")
+    png = draw_bars(results, names)
+    if png is not None:
+        print(f"wrote {png}")
 
 
 if __name__ == "__main__":

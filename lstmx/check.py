@@ -1,23 +1,22 @@
 """``lstmx check``: prove on this machine that the gradients are exact and that the backends agree.
 
 Runs the float64 finite-difference check of the whole language model on every backend available here
-(NumPy always; CuPy when it and a GPU are present), the NumPy-vs-CuPy parity check in float32, and, when Numba
-is installed, the compiled CPU kernels against the pure-NumPy path in float32; prints a table, and returns a
-non-zero exit status when any check fails.
+(NumPy always; CuPy when it and a GPU are present), the NumPy-vs-CuPy parity check in float32, and every layer
+implementation of :mod:`lstmx.registry` that runs here against the generic path in float32; prints a table
+naming the implementation each backend runs by default, and returns a non-zero exit status when any check
+fails.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import registry
 from .backend import BackendError, get_backend, to_numpy
 from .gradcheck import check_language_model, max_relative_error
-from .layers import lstm_numpy
-from .lstm import cpu_fast_path
 
 PARITY_TOLERANCE = 1e-4  # float32: relative to each tensor's largest entry
 
@@ -41,7 +40,8 @@ def gradient_check(backend_name: str, tolerance: float) -> CheckResult:
                        f"worst: {worst.name}; {sum(r.entries for r in rows)} entries")
 
 
-def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | None) -> dict[str, np.ndarray]:
+def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | None,
+                          impl: str | None = None) -> dict[str, np.ndarray]:
     """A float32 LanguageModel's loss, final h and every gradient (host copies) on fixed random tokens."""
     from .models import LanguageModel
 
@@ -49,7 +49,7 @@ def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | Non
     tokens, targets = rng.integers(0, 50, (20, 8)), rng.integers(0, 50, (20, 8))
     model = LanguageModel(50, 16, 32, 2, backend=backend_name, seed=seed)
     backend = model.backend
-    output = model.loss(backend.asarray(tokens), backend.asarray(targets), lengths=lengths)
+    output = model.loss(backend.asarray(tokens), backend.asarray(targets), lengths=lengths, impl=impl)
     host = {"loss": np.atleast_1d(to_numpy(output.loss)), "h": to_numpy(output.state[0])}
     host.update({name: to_numpy(grad) for name, grad in output.grads.items()})
     return host
@@ -69,19 +69,26 @@ def parity_check(first: str, second: str, seed: int = 0) -> CheckResult:
                       _loss_state_and_grads(first, seed, lengths), _loss_state_and_grads(second, seed, lengths))
 
 
-def compiled_kernel_check(seed: int = 0) -> CheckResult:
-    """The Numba kernels (float32 default on NumPy) against the pure-NumPy fast path, on unmasked batches."""
-    compiled = _loss_state_and_grads("numpy", seed, None)
-    previous = os.environ.get("LSTMX_DISABLE_NUMBA")
-    os.environ["LSTMX_DISABLE_NUMBA"] = "1"
-    try:
-        plain = _loss_state_and_grads("numpy", seed, None)
-    finally:
-        if previous is None:
-            del os.environ["LSTMX_DISABLE_NUMBA"]
-        else:
-            os.environ["LSTMX_DISABLE_NUMBA"] = previous
-    return _agreement("numba kernels vs numpy (float32)", "numpy", plain, compiled)
+def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
+    """Each layer implementation that runs on ``backend_name`` here against the generic path, in float32
+    (on unmasked batches, and on masked ones for those that take step masks)."""
+    backend = get_backend(backend_name)
+    results = []
+    for masked in (False, True):
+        lengths = [20] * 7 + [11] if masked else None
+        reference = _loss_state_and_grads(backend_name, seed, lengths, impl="generic")
+        for impl in registry.available_layer_impls(backend, np.float32, masked):
+            if impl.name != "generic":
+                label = f"{impl.name} vs generic (float32{', lengths' if masked else ''})"
+                results.append(_agreement(label, backend_name, reference,
+                                          _loss_state_and_grads(backend_name, seed, lengths, impl=impl.name)))
+    return results
+
+
+def default_impls(backend_name: str) -> str:
+    backend = get_backend(backend_name)
+    return ", ".join(f"{dtype}: {registry.choose_layer_impl(backend, getattr(np, dtype), False).name}"
+                     for dtype in ("float32", "float64"))
 
 
 def available_gpu_backend() -> tuple[bool, str]:
@@ -95,15 +102,15 @@ def available_gpu_backend() -> tuple[bool, str]:
 def run_checks(tolerance: float = 1e-6, out: Any = None) -> int:
     """Run every check available here, print the table to ``out`` (stdout), return the exit status."""
     out = out or sys.stdout
-    results = [gradient_check("numpy", tolerance)]
-    if cpu_fast_path(np.float32) is not lstm_numpy:  # the compiled kernels are installed and enabled
-        results.append(compiled_kernel_check())
+    results = [gradient_check("numpy", tolerance), *implementation_checks("numpy")]
     has_gpu, reason = available_gpu_backend()
     if has_gpu:
-        results += [gradient_check("cupy", tolerance), parity_check("numpy", "cupy")]
-    print(f"{'check':<34} {'backend':<8} {'max rel. error':>14} {'tolerance':>10}  result  detail", file=out)
+        results += [gradient_check("cupy", tolerance), parity_check("numpy", "cupy"), *implementation_checks("cupy")]
+    for name in ("numpy", "cupy") if has_gpu else ("numpy",):
+        print(f"layer implementation on {name} by default: {default_impls(name)}", file=out)
+    print(f"{'check':<40} {'backend':<8} {'max rel. error':>14} {'tolerance':>10}  result  detail", file=out)
     for r in results:
-        print(f"{r.check:<34} {r.backend:<8} {r.error:>14.2e} {r.tolerance:>10.0e}  "
+        print(f"{r.check:<40} {r.backend:<8} {r.error:>14.2e} {r.tolerance:>10.0e}  "
               f"{'pass' if r.passed else 'FAIL':<6}  {r.detail}", file=out)
     if not has_gpu:
         print(f"CuPy checks skipped: {reason}", file=out)

@@ -74,3 +74,7 @@ def lengths_to_mask(backend: Backend, lengths: Any, steps: int, batch: int, dtyp
         return None
     mask = np.arange(steps)[:, None, None] < host[None, :, None]
     return backend.asarray(mask.astype(np.float64), dtype=dtype)
+
+
+class CacheMismatchError(ValueError):
+    """A cache handed to ``backward`` that its model's current forward did not make."""

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
+import lstmx
 import lstmx.check as check_module
 from lstmx import LanguageModel
 from lstmx.cli import main
@@ -35,14 +34,16 @@ def test_parity_between_two_cpu_backends():
     assert result.passed, result
 
 
-def test_check_compares_the_compiled_kernels_with_plain_numpy(monkeypatch, capsys):
-    pytest.importorskip("numba")
-    monkeypatch.setenv("LSTMX_DISABLE_NUMBA", "0")
-    result = check_module.compiled_kernel_check()
-    assert result.passed and 0 < result.error < 1e-5, result  # different tanh code, same math
-    assert os.environ["LSTMX_DISABLE_NUMBA"] == "0"  # the setting it toggled is put back
+def test_check_compares_every_implementation_with_the_generic_path(monkeypatch, capsys):
+    monkeypatch.setenv("LSTMX_LAYER_IMPL", "numpy")
+    results = check_module.implementation_checks("numpy")
+    names = [r.check for r in results]
+    assert "numpy vs generic (float32)" in names
+    assert all(r.passed and 0 < r.error < 1e-5 for r in results), results  # another summation order, same math
+    assert all(lstmx.registry.layer_impl(name.split()[0]).name for name in names)
     assert main(["check"]) == 0
-    assert "numba kernels vs numpy (float32)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "layer implementation on numpy by default: float32: numpy" in out  # the environment's default, named
 
 
 def test_model_and_optimizer_move_between_backends(backend):

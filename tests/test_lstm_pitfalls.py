@@ -1,7 +1,7 @@
 """Regression tests for the classic bugs of hand-written LSTMs.
 
 Each test targets one bug; the mutation tests at the end plant the bug in the cell's backward (through the
-``cell_ops`` dispatch point) and show the gradient check catches it.
+generic layer's ``cell_backward``) and show the gradient check catches it.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import lstmx.layers.lstm as lstm_module
+import lstmx.layers.cell as cell_module
 from lstmx import LSTM
-from lstmx.layers.cell import CellOps, cell_backward, cell_forward
+from lstmx.layers.cell import cell_backward, cell_forward
 
 from .helpers import GRAD_TOLERANCE, host
 from .test_gradients import lstm_layer_rows
@@ -171,6 +171,6 @@ def gate_outputs_treated_as_inputs(xp, dh, dc_next, gates, c_prev, tanh_c, gate)
 @pytest.mark.parametrize("buggy_backward", [nonlinearity_instead_of_derivative, missing_forget_gate_derivative,
                                             cell_gradient_not_carried, gate_outputs_treated_as_inputs])
 def test_gradient_check_catches_planted_bug(backend, monkeypatch, buggy_backward):
-    monkeypatch.setattr(lstm_module, "cell_ops", lambda _backend: CellOps(cell_forward, buggy_backward))
+    monkeypatch.setattr(cell_module, "cell_backward", buggy_backward)
     worst = max(row.max_relative_error for row in lstm_layer_rows(backend))
     assert worst > 1e-3, f"{buggy_backward.__name__} went unnoticed (worst relative error {worst:.2e})"

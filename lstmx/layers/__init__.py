@@ -1,19 +1,18 @@
 """Layers as pairs of pure functions: each ``*_forward`` returns its output and a small NamedTuple cache,
 each ``*_backward`` takes that cache and mirrors the forward in reverse."""
 
-from .cell import cell_backward, cell_forward, cell_ops
+from .cell import cell_backward, cell_forward
 from .dropout import dropout_backward, dropout_forward, dropout_mask
 from .embedding import embedding_backward, embedding_forward
 from .linear import linear_backward, linear_forward
 from .loss import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward, log_softmax
-from .lstm import LSTMLayerCache, lstm_layer_backward, lstm_layer_forward
+from .lstm_layer import LSTMLayerCache, lstm_layer_backward, lstm_layer_forward
 
 __all__ = [
     "IGNORE_INDEX",
     "LSTMLayerCache",
     "cell_backward",
     "cell_forward",
-    "cell_ops",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "dropout_backward",

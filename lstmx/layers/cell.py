@@ -16,23 +16,15 @@ a per-column ``scale`` s (½ on the i, f, o columns, 1 on g) the gates are ``tan
 The derivative taken from the *stored gate outputs* u is then ``s² − (u − (1 − s))²``, which is
 σ(1 − σ) on the sigmoid columns and 1 − g² on the g columns: no pre-activation is kept.
 
-A backend may supply a fused version of :func:`cell_forward` and :func:`cell_backward` with the same
-signature in a module of its own; :func:`cell_ops` is the one place that picks it. None is registered yet:
-every backend runs the generic functions below.
+Backend kernels (:mod:`lstmx.kernels`) fuse this same math into their own loops; they are chosen per layer by
+:mod:`lstmx.registry` and tested against these functions.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from ..backend import Backend
-
-
-class CellOps(NamedTuple):
-    """A pair of pointwise step functions: ``forward`` and its mirror ``backward``."""
-
-    forward: Callable[..., tuple[Any, Any, Any, Any]]
-    backward: Callable[..., tuple[Any, Any]]
 
 
 class GateAffine(NamedTuple):
@@ -78,12 +70,3 @@ def cell_backward(
     shifted = gates - gate.shift
     dz = d_gates * (gate.scale_squared - shifted * shifted)  # σ(1-σ) on i, f, o; 1-g² on g (module docstring)
     return dz, dc * f
-
-
-GENERIC_CELL_OPS = CellOps(cell_forward, cell_backward)
-
-
-def cell_ops(backend: Backend) -> CellOps:  # noqa: ARG001 (the dispatch point takes the backend)
-    """The pointwise step functions for ``backend``: the generic pair on every backend for now; a fused kernel
-    for one backend (a CuPy ElementwiseKernel, say) is returned from here."""
-    return GENERIC_CELL_OPS

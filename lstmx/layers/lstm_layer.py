@@ -5,12 +5,12 @@ The layer's weight is one fused matrix ``W`` of shape (D + H, 4H): rows ``[:D]``
 :mod:`lstmx.layers.cell`). The input projection for all T steps is one matmul before the loop; only the
 recurrent matmul runs per step; the weight gradient is one matmul over all steps after the backward loop.
 
-Variable lengths come in as a step mask m (T, B, 1), 1 on real steps and 0 on padding. On a padded step the
-state is carried unchanged and the output is zero::
+Variable lengths come in as a step mask m (``step_mask``, (T, B, 1)), 1 on real steps and 0 on padding. On
+a padded step the state is carried unchanged and the output is zero::
 
     y_t = m_t · h'_t        h_t = y_t + (1 − m_t) · h_{t−1}        c_t = m_t · c'_t + (1 − m_t) · c_{t−1}
 
-where h'_t, c'_t are the cell's new values. ``mask=None`` means every step is real.
+where h'_t, c'_t are the cell's new values. ``step_mask=None`` means every step is real.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import Backend
-from .cell import cell_ops, gate_affine
+from . import cell
+from .cell import gate_affine
 
 
 class LSTMLayerCache(NamedTuple):
@@ -29,20 +30,57 @@ class LSTMLayerCache(NamedTuple):
     c_prev: Any  # (T, B, H) c_{t-1} seen by step t (c0 at t = 0)
     gates: Any  # (T, B, 4H) activated gates i, f, g, o
     tanh_c: Any  # (T, B, H) tanh of the cell's new value c'_t
-    mask: Any  # (T, B, 1) step mask, or None when every step is real
+    step_mask: Any  # (T, B, 1) 1 on real steps, 0 on padding; None when every step is real
+
+    def dims(self) -> tuple[int, int, int, int]:
+        """(steps, batch, features, hidden) this cache was made for."""
+        steps, batch, features = self.x.shape
+        return steps, batch, features, self.h_prev.shape[-1]
+
+
+class LayerShapeError(ValueError):
+    """Arrays handed to one layer whose shapes do not fit together (or do not fit the cache)."""
+
+
+def _expect(name: str, array: Any, shape: tuple[int, ...]) -> None:
+    if tuple(array.shape) != shape:
+        raise LayerShapeError(f"{name} has shape {tuple(array.shape)}, expected {shape}")
+
+
+def forward_dims(x: Any, weight: Any, bias: Any, h0: Any, c0: Any) -> tuple[int, int, int, int]:
+    """``(steps, batch, features, hidden)`` of one layer's forward, after checking every shape fits.
+
+    Every implementation calls this first, so a compiled kernel never runs on shapes that do not fit.
+    """
+    if x.ndim != 3 or h0.ndim != 2:
+        raise LayerShapeError(f"x must be (T, B, D) and h0 (B, H); got {tuple(x.shape)} and {tuple(h0.shape)}")
+    steps, batch, features = x.shape
+    hidden = h0.shape[1]
+    _expect("h0", h0, (batch, hidden))
+    _expect("c0", c0, (batch, hidden))
+    _expect("weight", weight, (features + hidden, 4 * hidden))
+    _expect("bias", bias, (4 * hidden,))
+    return steps, batch, features, hidden
+
+
+def check_backward_shapes(dims: tuple[int, int, int, int], dy: Any, dh_last: Any, dc_last: Any, weight: Any) -> None:
+    """The gradients and weight handed to a backward fit the ``(steps, batch, features, hidden)`` of its cache."""
+    steps, batch, features, hidden = dims
+    _expect("dy", dy, (steps, batch, hidden))
+    _expect("dh_last", dh_last, (batch, hidden))
+    _expect("dc_last", dc_last, (batch, hidden))
+    _expect("weight", weight, (features + hidden, 4 * hidden))
 
 
 def lstm_layer_forward(
-    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, mask: Any = None
+    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
 ) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
     """Run one layer over ``x`` (T, B, D) from state ``(h0, c0)`` (B, H) each.
 
     Returns ``(y, (h_T, c_T), cache)`` with y of shape (T, B, H).
     """
     xp = backend.xp
-    steps, batch, features = x.shape
-    hidden = h0.shape[-1]
-    forward_step = cell_ops(backend).forward
+    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
     gate = gate_affine(backend, hidden, x.dtype)
     w_hidden = weight[features:, :]
     x_proj = xp.reshape(xp.reshape(x, (steps * batch, features)) @ weight[:features, :] + bias, (steps, batch, 4 * hidden))
@@ -52,11 +90,11 @@ def lstm_layer_forward(
     for t in range(steps):
         h_prevs.append(h)
         c_prevs.append(c)
-        gates, c_new, tanh_c, h_new = forward_step(xp, x_proj[t, ...] + h @ w_hidden, c, gate)
-        if mask is None:
+        gates, c_new, tanh_c, h_new = cell.cell_forward(xp, x_proj[t, ...] + h @ w_hidden, c, gate)
+        if step_mask is None:
             y, h, c = h_new, h_new, c_new
         else:
-            real = mask[t, ...]
+            real = step_mask[t, ...]
             y = real * h_new
             h = y + (1 - real) * h
             c = real * c_new + (1 - real) * c
@@ -64,7 +102,7 @@ def lstm_layer_forward(
         gate_steps.append(gates)
         tanh_cs.append(tanh_c)
 
-    cache = LSTMLayerCache(x, xp.stack(h_prevs), xp.stack(c_prevs), xp.stack(gate_steps), xp.stack(tanh_cs), mask)
+    cache = LSTMLayerCache(x, xp.stack(h_prevs), xp.stack(c_prevs), xp.stack(gate_steps), xp.stack(tanh_cs), step_mask)
     return xp.stack(outputs), (h, c), cache
 
 
@@ -77,24 +115,23 @@ def lstm_layer_backward(
     ``(dx, (dh0, dc0), dweight, dbias)``.
     """
     xp = backend.xp
-    x, h_prevs, c_prevs, gate_steps, tanh_cs, mask = cache
-    steps, batch, features = x.shape
-    hidden = h_prevs.shape[-1]
-    backward_step = cell_ops(backend).backward
+    x, h_prevs, c_prevs, gate_steps, tanh_cs, step_mask = cache
+    steps, batch, features, hidden = cache.dims()
+    check_backward_shapes((steps, batch, features, hidden), dy, dh_last, dc_last, weight)
     gate = gate_affine(backend, hidden, x.dtype)
     w_hidden_t = weight[features:, :].T
 
     dh_next, dc_next = dh_last, dc_last  # dL/dh_t and dL/dc_t arriving from step t+1
     dz_steps = []
     for t in reversed(range(steps)):
-        if mask is None:
+        if step_mask is None:
             dh_new, dc_in = dy[t, ...] + dh_next, dc_next
         else:
-            real = mask[t, ...]
+            real = step_mask[t, ...]
             dh_new, dc_in = real * (dy[t, ...] + dh_next), real * dc_next
-        dz, dc_prev = backward_step(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...], tanh_cs[t, ...], gate)
+        dz, dc_prev = cell.cell_backward(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...], tanh_cs[t, ...], gate)
         dh_prev = dz @ w_hidden_t
-        if mask is not None:  # padded steps pass the state's gradient straight through
+        if step_mask is not None:  # padded steps pass the state's gradient straight through
             dh_prev = dh_prev + (1 - real) * dh_next
             dc_prev = dc_prev + (1 - real) * dc_next
         dz_steps.append(dz)

@@ -1,11 +1,11 @@
 """Compiled CPU fast path for one LSTM layer: the pointwise work of each time step as one Numba kernel.
 
 Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward`` and tested against them. The
-buffers and GEMMs are those of :mod:`lstmx.layers.lstm_numpy` (the same cache, so either backward can consume
+buffers and GEMMs are those of :mod:`lstmx.kernels.numpy_layer` (the same cache, so either backward can consume
 it); what changes is the pointwise math between the GEMMs. NumPy spends ~10 ufunc calls per step in the
 forward and ~16 in the backward, each a pass over memory; here each direction is one loop that reads every
-value once. Numba is optional (``pip install 'lstmx[fast]'``); :func:`lstmx.lstm.cpu_fast_path` picks this
-module only when it imports, the dtype is float32, and ``LSTMX_DISABLE_NUMBA`` is unset or 0.
+value once. Numba is optional (``pip install 'lstmx[fast]'``); :mod:`lstmx.registry` picks this module by
+default for float32 NumPy input when it imports (float64 runs too when asked for, at scalar speed).
 
 float32 tanh is Eigen's rational approximation (clamped to ±7.905, max abs error 2.4e-7 against ``np.tanh``),
 which the compiler vectorises; float64 uses the exact ``math.tanh`` so the gradient checks can run here too.
@@ -22,11 +22,11 @@ from numba import njit, types
 from numba.extending import overload
 
 from ..backend import Backend
-from . import lstm_numpy
-from .buffers import HOST_BUFFERS
-from .lstm_numpy import FusedLSTMLayerCache
+from ..layers.lstm_layer import check_backward_shapes, forward_dims
+from . import numpy_layer
+from .host_buffers import HOST_BUFFERS
+from .numpy_layer import HostLayerCache
 
-DTYPES = (np.float32,)  # what dispatch sends here; float64 runs too (exact tanh), at scalar speed, for the checks
 _FAST_MATH = {"contract", "afn", "arcp", "nsz", "reassoc"}  # not nnan/ninf: NaN must survive to the loss check
 _JIT = {"fastmath": _FAST_MATH, "error_model": "numpy", "cache": True}
 
@@ -106,13 +106,12 @@ def _backward_step(dy, dh_next, dc, gates, c_prev, tanh_c, dz):
 
 
 def lstm_layer_forward(
-    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, mask: Any = None
-) -> tuple[Any, tuple[Any, Any], FusedLSTMLayerCache]:
-    lstm_numpy.refuse_mask(mask)
-    steps, batch, features = x.shape
-    hidden = h0.shape[-1]
-    inputs_and_h_prev, cells = lstm_numpy.state_buffers(x, h0, c0)
-    gates = lstm_numpy.input_projection(x, weight[:features])
+    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], HostLayerCache]:
+    numpy_layer.refuse_step_mask(step_mask)
+    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
+    inputs_and_h_prev, cells = numpy_layer.state_buffers(x, h0, c0)
+    gates = numpy_layer.input_projection(x, weight[:features])
     tanh_c = HOST_BUFFERS.empty((steps, batch, hidden), x.dtype)
     recurrent = np.empty((batch, 4 * hidden), dtype=x.dtype)
     bias = np.ascontiguousarray(bias, dtype=x.dtype)
@@ -120,17 +119,18 @@ def lstm_layer_forward(
     for t in range(steps):
         np.matmul(inputs_and_h_prev[t, :, features:], w_hidden, out=recurrent)
         _forward_step(gates[t], recurrent, bias, cells[t], cells[t + 1], tanh_c[t], inputs_and_h_prev[t + 1], features)
-    return lstm_numpy.forward_outputs(inputs_and_h_prev, cells, gates, tanh_c)
+    return numpy_layer.forward_outputs(inputs_and_h_prev, cells, gates, tanh_c)
 
 
 def lstm_layer_backward(
-    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: FusedLSTMLayerCache
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: HostLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
+    check_backward_shapes(cache.dims(), dy, dh_last, dc_last, weight)  # the kernels index without bounds checks
     inputs_and_h_prev, cells, gates, tanh_c = cache
-    w_hidden_t, dz_all, dh_next, dc = lstm_numpy.backward_buffers(cache, weight, dh_last, dc_last)
+    w_hidden_t, dz_all, dh_next, dc = numpy_layer.backward_buffers(cache, weight, dh_last, dc_last)
     dy = np.ascontiguousarray(dy, dtype=gates.dtype)
     for t in reversed(range(tanh_c.shape[0])):
         _backward_step(dy[t], dh_next, dc, gates[t], cells[t], tanh_c[t], dz_all[t])
         np.matmul(dz_all[t], w_hidden_t, out=dh_next)
-    dx, dweight, dbias = lstm_numpy.parameter_gradients(inputs_and_h_prev, dz_all, weight)
+    dx, dweight, dbias = numpy_layer.parameter_gradients(inputs_and_h_prev, dz_all, weight)
     return dx, (dh_next, dc), dweight, dbias

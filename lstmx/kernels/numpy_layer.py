@@ -1,4 +1,4 @@
-"""NumPy fast path for one LSTM layer: the same math as :mod:`lstmx.layers.lstm`, without temporaries.
+"""NumPy fast path for one LSTM layer: the same math as :mod:`lstmx.layers.lstm_layer`, without temporaries.
 
 Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward`` and tested against them. It
 differs only in how memory is used, which is where a CPU step loses its time (every fresh array costs page
@@ -12,8 +12,8 @@ faults; the arithmetic itself is cheap next to the GEMMs):
   place (``out=``); the gate scale s of :mod:`lstmx.layers.cell` is folded into the weights once per call.
 - The backward writes each step's dz into one preallocated (T, B, 4H) buffer, again with ``out=``.
 
-Only ``mask=None`` (every step real) is handled here; :func:`lstmx.lstm.layer_forward_for` sends masked batches
-to the generic path. The buffer helpers below are shared with the Numba path (:mod:`lstmx.layers.lstm_numba`).
+Only ``step_mask=None`` (every step real) is handled here; :mod:`lstmx.registry` sends masked batches elsewhere.
+The buffer helpers below are shared with the Numba path (:mod:`lstmx.kernels.numba_layer`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..backend import Backend
-from .buffers import HOST_BUFFERS
-from .cell import gate_affine
+from ..layers.cell import gate_affine
+from ..layers.lstm_layer import check_backward_shapes, forward_dims
+from .host_buffers import HOST_BUFFERS
 
 
-class FusedLSTMLayerCache(NamedTuple):
+class HostLayerCache(NamedTuple):
+    """What the host-buffer layer paths (NumPy and Numba) keep for backward; either backward reads it."""
+
     inputs_and_h_prev: np.ndarray  # (T + 1, B, D + H): [x_t, h_{t-1}] per step; slot T holds h_T
     cells: np.ndarray  # (T + 1, B, H): c0, c_1, ..., c_T
     gates: np.ndarray  # (T, B, 4H) activated gates i, f, g, o
@@ -37,12 +40,17 @@ class FusedLSTMLayerCache(NamedTuple):
     def x(self) -> np.ndarray:
         return self.inputs_and_h_prev[:-1, :, : self.inputs_and_h_prev.shape[2] - self.cells.shape[2]]
 
-    mask = None  # every step real
+    step_mask = None  # every step real
+
+    def dims(self) -> tuple[int, int, int, int]:
+        """(steps, batch, features, hidden) this cache was made for."""
+        steps, batch, hidden = self.tanh_c.shape
+        return steps, batch, self.inputs_and_h_prev.shape[2] - hidden, hidden
 
 
-def refuse_mask(mask: Any) -> None:
-    if mask is not None:
-        raise ValueError("the NumPy fast paths take no step mask; use lstmx.layers.lstm for masked batches")
+def refuse_step_mask(step_mask: Any) -> None:
+    if step_mask is not None:
+        raise ValueError("the NumPy fast paths take no step mask; use lstmx.layers.lstm_layer for masked batches")
 
 
 def state_buffers(x: np.ndarray, h0: np.ndarray, c0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,14 +68,14 @@ def state_buffers(x: np.ndarray, h0: np.ndarray, c0: np.ndarray) -> tuple[np.nda
 
 def forward_outputs(
     inputs_and_h_prev: np.ndarray, cells: np.ndarray, gates: np.ndarray, tanh_c: np.ndarray
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], FusedLSTMLayerCache]:
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], HostLayerCache]:
     """``(y, (h_T, c_T), cache)`` once the loop has filled the buffers; y and the state are copies, so callers
     may change them without touching the cache."""
     features = inputs_and_h_prev.shape[2] - cells.shape[2]
     hidden_states = inputs_and_h_prev[:, :, features:]
     y = HOST_BUFFERS.empty(hidden_states[1:].shape, hidden_states.dtype)
     y[...] = hidden_states[1:]
-    return y, (y[-1].copy(), cells[-1].copy()), FusedLSTMLayerCache(inputs_and_h_prev, cells, gates, tanh_c)
+    return y, (y[-1].copy(), cells[-1].copy()), HostLayerCache(inputs_and_h_prev, cells, gates, tanh_c)
 
 
 def parameter_gradients(
@@ -92,7 +100,7 @@ class BackwardBuffers(NamedTuple):
     dc_next: np.ndarray  # dL/dc_t arriving from step t+1 (starts as dL/dc_T), updated in place
 
 
-def backward_buffers(cache: FusedLSTMLayerCache, weight: np.ndarray, dh_last: Any, dc_last: Any) -> BackwardBuffers:
+def backward_buffers(cache: HostLayerCache, weight: np.ndarray, dh_last: Any, dc_last: Any) -> BackwardBuffers:
     """What both fast backwards set up before their loop; dh/dc are private copies, the caller's stay as given."""
     steps, batch, hidden = cache.tanh_c.shape
     dtype = cache.gates.dtype
@@ -118,11 +126,10 @@ def transposed_copy(matrix: np.ndarray) -> np.ndarray:
 
 
 def lstm_layer_forward(
-    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, mask: Any = None
-) -> tuple[Any, tuple[Any, Any], FusedLSTMLayerCache]:
-    refuse_mask(mask)
-    steps, batch, features = x.shape
-    hidden = h0.shape[-1]
+    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], HostLayerCache]:
+    refuse_step_mask(step_mask)
+    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
     dtype = x.dtype
     scale, shift, _ = gate_affine(backend, hidden, dtype)
     scaled_weight = weight * scale  # z' = s·z: the gates become tanh(z')·s + (1 − s)
@@ -153,8 +160,9 @@ def lstm_layer_forward(
 
 
 def lstm_layer_backward(
-    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: FusedLSTMLayerCache
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: HostLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
+    check_backward_shapes(cache.dims(), dy, dh_last, dc_last, weight)
     inputs_and_h_prev, cells, gates, tanh_c = cache
     steps, batch, hidden = tanh_c.shape
     dtype = gates.dtype
