@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lstmx
@@ -35,6 +35,7 @@ def runnable(impl, backend, dtype=np.float64, masked=False):
 
 
 def random_layer(backend, steps, batch, features, hidden, dtype, seed=0):
+    dtype = backend.dtype(np.dtype(dtype).name)
     rng = np.random.default_rng(seed)
     arrays = [rng.standard_normal((steps, batch, features)), 0.5 * rng.standard_normal((features + hidden, 4 * hidden)),
               0.3 * rng.standard_normal(4 * hidden), rng.standard_normal((batch, hidden)), rng.standard_normal((batch, hidden))]
@@ -211,14 +212,18 @@ def test_scatter_add_choice_by_table_size():
     assert registry.choose_scatter_add(strict, 10**6)[0] == "one-hot"
 
 
-@settings(max_examples=40, deadline=None)
-@given(steps=st.integers(1, 6), batch=st.integers(0, 4), features=st.integers(1, 5), hidden=st.integers(1, 5),
-       seed=st.integers(0, 2**16))
-def test_host_fast_layers_match_generic_on_any_shape(steps, batch, features, hidden, seed):
-    arrays, grads = random_layer(NUMPY, steps, batch, features, hidden, np.float64, seed)
-    for impl in registry.available_layer_impls(NUMPY, np.float64):
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.integers(1, 6), batch=st.integers(0, 4), features=st.integers(1, 5), hidden=st.integers(1, 40),
+       seed=st.integers(0, 2**16), lengths_seed=st.one_of(st.none(), st.integers(0, 2**16)))
+def test_fast_layers_match_generic_on_any_shape(backend, steps, batch, features, hidden, seed, lengths_seed):
+    arrays, grads = random_layer(backend, steps, batch, features, hidden, np.float64, seed)
+    step_mask = None
+    if lengths_seed is not None:
+        lengths = np.random.default_rng(lengths_seed).integers(0, steps + 1, batch)
+        step_mask = lengths_to_mask(backend, lengths, steps, batch, arrays[0].dtype)
+    for impl in registry.available_layer_impls(backend, np.float64, step_mask is not None):
         if impl.name != "generic":
-            assert_matches_generic(impl.load(), NUMPY, arrays, grads, 1e-12)
+            assert_matches_generic(impl.load(), backend, arrays, grads, 1e-12, step_mask)
 
 
 def test_buffer_pool_hands_out_only_arrays_nothing_else_holds():

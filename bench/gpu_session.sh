@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (no package index there): install the carried wheels, then run what is asked:
+#   bash bench/gpu_session.sh tests|check|bench|lm [extra args...]   (several words run in order)
+# Wheels missing from the GPU image (array-api-compat) travel in .whl/ (see README, "GPU machine").
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="/tmp/site:$PWD"
+else
+    export PYTHONPATH="$PWD"
+fi
+OUT=${OUT:-/tmp/lstmx-out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
+status=0
+for what in "$@"; do
+    case "$what" in
+        tests) python3 -m pytest -q -x -p no:cacheprovider --backends cupy tests 2>&1 | tee "$OUT/pytest-cupy.log" | tail -25 || status=1 ;;
+        fast-tests) python3 -m pytest -q -x -p no:cacheprovider --backends cupy tests/test_fast_paths.py tests/test_gradients.py 2>&1 | tail -25 || status=1 ;;
+        check) python3 -m lstmx.cli check 2>&1 | tee "$OUT/check.log" || status=1 ;;
+        bench) python3 bench/gpu_vs_cpu.py --no-cpu --repeats 9 2>&1 | tee "$OUT/bench.log" | grep -v "^  (" ; cp bench/results/gpu_vs_cpu.* "$OUT/" ;;
+        lm) python3 bench/train_vs_torch.py --backend cupy 2>&1 | tee "$OUT/lm.log" | tail -20; cp bench/results/train_vs_torch.json "$OUT/" 2>/dev/null ;;
+        *) echo "unknown step $what"; status=2 ;;
+    esac
+done
+exit $status

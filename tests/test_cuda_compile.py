@@ -1,0 +1,69 @@
+"""Every CUDA kernel source, in every dtype variant, compiles with NVRTC for sm_80 and sm_90: no GPU needed.
+
+NVRTC comes from the PyPI wheel ``nvidia-cuda-nvrtc-cu12`` (in the ``dev`` extra) and is called through ctypes;
+CuPy's own compile path asks the driver first and so cannot run on a machine without a GPU. Without the wheel
+(another platform) the test skips with the reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import site
+
+import pytest
+
+from lstmx.kernels import cuda_sources
+
+ARCHITECTURES = ["sm_80", "sm_90", "compute_90"]
+
+
+def _load_nvrtc() -> ctypes.CDLL | None:
+    folders = [os.path.join(p, "nvidia", "cuda_nvrtc", "lib") for p in (*site.getsitepackages(), site.getusersitepackages())]
+    for folder in folders:
+        for path in sorted(glob.glob(os.path.join(folder, "libnvrtc.so*"))):
+            if "builtins" not in path and "alt" not in path:
+                return ctypes.CDLL(path)
+    return None
+
+
+NVRTC = _load_nvrtc()
+pytestmark = pytest.mark.skipif(NVRTC is None, reason="libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12)")
+
+
+def compile_source(source: str, name: str, architecture: str) -> tuple[int, str, bytes]:
+    """``(status, log, ptx)`` of compiling ``source`` with NVRTC for ``architecture``."""
+    program = ctypes.c_void_p()
+    assert NVRTC.nvrtcCreateProgram(ctypes.byref(program), source.encode(), f"{name}.cu".encode(), 0, None, None) == 0
+    options = [f"--gpu-architecture={architecture}".encode(), b"--std=c++17"]
+    array = (ctypes.c_char_p * len(options))(*options)
+    status = NVRTC.nvrtcCompileProgram(program, len(options), array)
+    size = ctypes.c_size_t()
+    NVRTC.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    NVRTC.nvrtcGetProgramLog(program, log)
+    ptx = b""
+    if status == 0:
+        NVRTC.nvrtcGetPTXSize(program, ctypes.byref(size))
+        buffer = ctypes.create_string_buffer(size.value)
+        NVRTC.nvrtcGetPTX(program, buffer)
+        ptx = buffer.value
+    NVRTC.nvrtcDestroyProgram(ctypes.byref(program))
+    return status, log.value.decode(errors="replace"), ptx
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("dtype", sorted(cuda_sources.DTYPES))
+def test_every_kernel_compiles(dtype, architecture):
+    status, log, ptx = compile_source(cuda_sources.source(dtype), f"lstmx_{dtype}", architecture)
+    assert status == 0, f"NVRTC failed for {dtype} on {architecture}:\n{log}"
+    for kernel in cuda_sources.KERNEL_NAMES:  # extern "C": the names CuPy looks up are in the PTX as written
+        assert f".entry {cuda_sources.kernel_name(kernel, dtype)}(".encode() in ptx
+
+
+def test_a_broken_kernel_is_reported_with_its_line():
+    """The check can fail: a type error in the source is an NVRTC error naming the line."""
+    broken = cuda_sources.source("float32").replace("const float tc = tanhf(c);", "const float tc = tanhf(c, c);")
+    status, log, _ = compile_source(broken, "broken", "sm_90")
+    assert status != 0 and "broken.cu(" in log
