@@ -46,41 +46,50 @@ class LayerImpl(NamedTuple):
     dtypes: tuple[str, ...]  # dtypes it computes correctly
     auto_dtypes: tuple[str, ...]  # dtypes for which "auto" picks it (empty: only when asked for by name)
     step_masks: bool  # handles variable-length batches
+    size_limited: bool  # its module's refuses_size(batch, hidden, dtype) says which sizes it runs
     summary: str
 
-    def supports(self, backend: Backend, dtype: Any, masked: bool) -> str | None:
-        """None when this implementation can run the call, else why not (for error messages)."""
+    def refuses(self, backend: Backend, dtype: Any, masked: bool, sizes: tuple[int, int] | None = None) -> str | None:
+        """None when this implementation can run the call here, else why not (for error messages and skips).
+
+        Cheap checks first, then the import (optional dependencies), then ``sizes`` = (batch, hidden) for
+        implementations that run only some sizes (None skips that check).
+        """
         if self.backends is not None and backend.name not in self.backends:
             return f"runs on {', '.join(self.backends)}, not {backend.name}"
         if dtype_name(dtype) not in self.dtypes:
             return f"computes {', '.join(self.dtypes)}, not {dtype_name(dtype)}"
         if masked and not self.step_masks:
             return "takes no step mask (lengths)"
+        try:
+            module = self.load()
+        except ImportError as error:
+            return f"is not importable here ({error})"
+        if self.size_limited and sizes is not None:
+            return module.refuses_size(*sizes, dtype)
         return None
 
     def load(self) -> ModuleType:
         """The implementation's module; ImportError when its optional dependency is missing."""
         return importlib.import_module(self.module)
 
-    def available(self) -> str | None:
-        """None when the module imports here, else the reason it does not."""
-        try:
-            self.load()
-        except ImportError as error:
-            return f"not importable here ({error})"
-        return None
 
-
-CUPY_AUTO_DTYPES = ("float32", "float64")  # passed the CuPy suite on an H100 (a path new to a GPU starts as ())
+# Which dtypes "auto" picks each CuPy path for: a path that has not yet passed the CuPy suite on a GPU is () and
+# runs only when asked for by name.
+CUPY_STEPWISE_AUTO = ("float32", "float64")  # passed on an H100
+CUPY_PERSISTENT_AUTO: tuple[str, ...] = ()
+FLOATS = ("float32", "float64")
 
 LAYER_IMPLS: tuple[LayerImpl, ...] = (
-    LayerImpl("cupy", "lstmx.kernels.cupy_layer", ("cupy",), ("float32", "float64"), CUPY_AUTO_DTYPES, True,
-              "CuPy: one fused CUDA kernel per time step and direction, cuBLAS GEMMs, buffers reused"),
-    LayerImpl("numba", "lstmx.kernels.numba_layer", ("numpy",), ("float32", "float64"), ("float32",), False,
+    LayerImpl("cupy-persistent", "lstmx.kernels.cupy_persistent", ("cupy",), FLOATS, CUPY_PERSISTENT_AUTO, True, True,
+              "CuPy: one cooperative kernel per direction for all steps (small hidden sizes)"),
+    LayerImpl("cupy-stepwise", "lstmx.kernels.cupy_layer", ("cupy",), FLOATS, CUPY_STEPWISE_AUTO, True, False,
+              "CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size)"),
+    LayerImpl("numba", "lstmx.kernels.numba_layer", ("numpy",), FLOATS, ("float32",), False, False,
               "NumPy + Numba: one compiled pointwise loop per time step and direction (float32 tanh approximated)"),
-    LayerImpl("numpy", "lstmx.kernels.numpy_layer", ("numpy",), ("float32", "float64"), ("float32", "float64"), False,
+    LayerImpl("numpy", "lstmx.kernels.numpy_layer", ("numpy",), FLOATS, FLOATS, False, False,
               "NumPy: in-place ufuncs into reused host buffers"),
-    LayerImpl("generic", "lstmx.layers.lstm_layer", None, ("float32", "float64"), ("float32", "float64"), True,
+    LayerImpl("generic", "lstmx.layers.lstm_layer", None, FLOATS, FLOATS, True, False,
               "the Array API reference path (every backend, step masks)"),
 )
 _BY_NAME = {impl.name: impl for impl in LAYER_IMPLS}
@@ -116,21 +125,22 @@ def requested_impl(impl: str | None = None) -> tuple[str, bool]:
     return check_impl_name(os.environ.get(ENVIRONMENT_VARIABLE, "") or AUTO, ENVIRONMENT_VARIABLE), False
 
 
-def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | None = None) -> LayerImpl:
-    """The implementation that runs a layer of ``dtype`` on ``backend`` (``masked``: a step mask is given)."""
+def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | None = None,
+                      sizes: tuple[int, int] | None = None) -> LayerImpl:
+    """The implementation that runs a layer of ``dtype`` on ``backend`` (``masked``: a step mask is given;
+    ``sizes``: (batch, hidden), for implementations that run only some sizes)."""
     name, binding = requested_impl(impl)
     if name != AUTO:
         chosen = _BY_NAME[name]
-        reason = chosen.supports(backend, dtype, masked) or chosen.available()
+        reason = chosen.refuses(backend, dtype, masked, sizes)
         if reason is None:
             return chosen
         if binding:
-            able = [i.name for i in LAYER_IMPLS if i.supports(backend, dtype, masked) is None and i.available() is None]
+            able = [i.name for i in available_layer_impls(backend, dtype, masked, sizes)]
             raise LayerImplError(f"layer implementation {name!r} cannot run this call: it {reason}; "
                                  f"implementations that can: {', '.join(able)}")
     for candidate in LAYER_IMPLS:
-        if dtype_name(dtype) in candidate.auto_dtypes and candidate.supports(backend, dtype, masked) is None \
-                and candidate.available() is None:
+        if dtype_name(dtype) in candidate.auto_dtypes and candidate.refuses(backend, dtype, masked, sizes) is None:
             return candidate
     raise LayerImplError(f"no layer implementation runs {dtype_name(dtype)} on {backend.name}")  # generic always does
 
@@ -143,9 +153,10 @@ def layer_impl(name: str) -> LayerImpl:
         raise LayerImplError(f"the cache names an unknown layer implementation {name!r}") from None
 
 
-def available_layer_impls(backend: Backend, dtype: Any, masked: bool = False) -> list[LayerImpl]:
+def available_layer_impls(backend: Backend, dtype: Any, masked: bool = False,
+                          sizes: tuple[int, int] | None = None) -> list[LayerImpl]:
     """Every implementation that can run such a call here (what the tests compare against the generic path)."""
-    return [i for i in LAYER_IMPLS if i.supports(backend, dtype, masked) is None and i.available() is None]
+    return [i for i in LAYER_IMPLS if i.refuses(backend, dtype, masked, sizes) is None]
 
 
 # --- the embedding gradient's scatter-add ------------------------------------------------------------------

@@ -40,7 +40,7 @@ def lstm_forward(
     """
     xp = backend.xp
     masks = tuple(dropout_masks) if dropout_masks is not None else (None,) * (len(layers) - 1)
-    chosen = registry.choose_layer_impl(backend, x.dtype, step_mask is not None, impl)
+    chosen = registry.choose_layer_impl(backend, x.dtype, step_mask is not None, impl, (x.shape[1], h0.shape[-1]))
     forward = chosen.load().lstm_layer_forward
     inputs, finals_h, finals_c, caches = x, [], [], []
     for k, (weight, bias) in enumerate(layers):

@@ -19,24 +19,41 @@ from lstmx.kernels import cuda_sources
 ARCHITECTURES = ["sm_80", "sm_90", "compute_90"]
 
 
+NVIDIA = [os.path.join(p, "nvidia") for p in (*site.getsitepackages(), site.getusersitepackages())]
+
+
 def _load_nvrtc() -> ctypes.CDLL | None:
-    folders = [os.path.join(p, "nvidia", "cuda_nvrtc", "lib") for p in (*site.getsitepackages(), site.getusersitepackages())]
-    for folder in folders:
-        for path in sorted(glob.glob(os.path.join(folder, "libnvrtc.so*"))):
+    for folder in NVIDIA:
+        for path in sorted(glob.glob(os.path.join(folder, "cuda_nvrtc", "lib", "libnvrtc.so*"))):
             if "builtins" not in path and "alt" not in path:
                 return ctypes.CDLL(path)
     return None
 
 
+def _include_folders() -> list[str]:
+    """cooperative_groups.h (nvidia-cuda-runtime-cu12) and the nv/target header it includes (nvidia-cuda-cccl-cu12)."""
+    wanted = {"cuda_runtime": "cooperative_groups.h", "cuda_cccl": os.path.join("nv", "target")}
+    found = {}
+    for folder in NVIDIA:
+        for package, header in wanted.items():
+            if package not in found and os.path.exists(os.path.join(folder, package, "include", header)):
+                found[package] = os.path.join(folder, package, "include")
+    return list(found.values()) if len(found) == len(wanted) else []
+
+
 NVRTC = _load_nvrtc()
-pytestmark = pytest.mark.skipif(NVRTC is None, reason="libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12)")
+INCLUDES = _include_folders()
+pytestmark = pytest.mark.skipif(
+    NVRTC is None or not INCLUDES,
+    reason="NVRTC or CUDA headers not found (pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 "
+           "nvidia-cuda-cccl-cu12, all in the dev extra)")
 
 
 def compile_source(source: str, name: str, architecture: str) -> tuple[int, str, bytes]:
     """``(status, log, ptx)`` of compiling ``source`` with NVRTC for ``architecture``."""
     program = ctypes.c_void_p()
     assert NVRTC.nvrtcCreateProgram(ctypes.byref(program), source.encode(), f"{name}.cu".encode(), 0, None, None) == 0
-    options = [f"--gpu-architecture={architecture}".encode(), b"--std=c++17"]
+    options = [f"--gpu-architecture={architecture}".encode(), b"--std=c++17", *(f"-I{i}".encode() for i in INCLUDES)]
     array = (ctypes.c_char_p * len(options))(*options)
     status = NVRTC.nvrtcCompileProgram(program, len(options), array)
     size = ctypes.c_size_t()
@@ -55,15 +72,16 @@ def compile_source(source: str, name: str, architecture: str) -> tuple[int, str,
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("dtype", sorted(cuda_sources.DTYPES))
-def test_every_kernel_compiles(dtype, architecture):
-    status, log, ptx = compile_source(cuda_sources.source(dtype), f"lstmx_{dtype}", architecture)
-    assert status == 0, f"NVRTC failed for {dtype} on {architecture}:\n{log}"
-    for kernel in cuda_sources.KERNEL_NAMES:  # extern "C": the names CuPy looks up are in the PTX as written
+@pytest.mark.parametrize("kind", sorted(cuda_sources.SOURCES))
+def test_every_kernel_compiles(kind, dtype, architecture):
+    status, log, ptx = compile_source(cuda_sources.source(kind, dtype), f"lstmx_{kind}_{dtype}", architecture)
+    assert status == 0, f"NVRTC failed for the {kind} kernels in {dtype} on {architecture}:\n{log}"
+    for kernel in cuda_sources.SOURCES[kind][1]:  # extern "C": the names CuPy looks up are in the PTX as written
         assert f".entry {cuda_sources.kernel_name(kernel, dtype)}(".encode() in ptx
 
 
 def test_a_broken_kernel_is_reported_with_its_line():
     """The check can fail: a type error in the source is an NVRTC error naming the line."""
-    broken = cuda_sources.source("float32").replace("const float tc = tanhf(c);", "const float tc = tanhf(c, c);")
+    broken = cuda_sources.source("stepwise", "float32").replace("const float tc = tanhf(c);", "const float tc = tanhf(c, c);")
     status, log, _ = compile_source(broken, "broken", "sm_90")
     assert status != 0 and "broken.cu(" in log

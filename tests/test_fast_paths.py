@@ -28,7 +28,7 @@ FAST_IMPLS = [pytest.param(impl, id=impl.name) for impl in registry.LAYER_IMPLS 
 
 def runnable(impl, backend, dtype=np.float64, masked=False):
     """The implementation's module, or a skip saying why it cannot run on ``backend`` here."""
-    reason = impl.supports(backend, dtype, masked) or impl.available()
+    reason = impl.refuses(backend, dtype, masked)
     if reason is not None:
         pytest.skip(f"{impl.name}: {reason}")
     return impl.load()
@@ -138,7 +138,7 @@ def test_fast_layer_refuses_a_cache_of_other_shapes_without_crashing(backend, im
 def test_registry_chooses_by_backend_dtype_and_mask(monkeypatch):
     monkeypatch.delenv(registry.ENVIRONMENT_VARIABLE, raising=False)
     strict = lstmx.get_backend("array_api_strict")
-    numba_here = registry.layer_impl("numba").available() is None
+    numba_here = registry.layer_impl("numba").refuses(NUMPY, np.float32, False) is None
     assert registry.choose_layer_impl(NUMPY, np.float32, False).name == ("numba" if numba_here else "numpy")
     assert registry.choose_layer_impl(NUMPY, np.float64, False).name == "numpy"
     assert registry.choose_layer_impl(NUMPY, np.float32, True).name == "generic"
@@ -153,7 +153,7 @@ def test_registry_chooses_by_backend_dtype_and_mask(monkeypatch):
         registry.choose_layer_impl(NUMPY, np.float32, True, "numpy")
     with pytest.raises(registry.LayerImplError, match="runs on numpy, not array_api_strict"):
         registry.choose_layer_impl(strict, strict.xp.float32, False, "numpy")
-    with pytest.raises(registry.LayerImplError, match="impl must be one of auto, cupy, numba, numpy, generic"):
+    with pytest.raises(registry.LayerImplError, match="impl must be one of auto, cupy-persistent, cupy-stepwise, numba, numpy, generic"):
         registry.choose_layer_impl(NUMPY, np.float32, False, "fast")
     monkeypatch.setenv(registry.ENVIRONMENT_VARIABLE, "nonsense")
     with pytest.raises(registry.LayerImplError, match="LSTMX_LAYER_IMPL must be one of"):
@@ -271,3 +271,37 @@ def test_buffer_pool_never_hands_one_array_to_two_threads_while_others_return_th
         thread.join()
     assert not failures
     assert any(reused)  # arrays did come back to the pool and were handed out again
+
+
+def test_size_limited_paths_at_their_limit_and_one_past_it(backend):
+    """An implementation that runs only some sizes runs at its limit, is refused one past it (by name: a clear
+    error; under "auto": the next implementation takes over), and its own entry point refuses it too."""
+    limited = [impl for impl in registry.LAYER_IMPLS if impl.size_limited]
+    for impl in limited:
+        module = runnable(impl, backend, np.float32)
+        limit = module.MAX_HIDDEN
+        assert impl.refuses(backend, np.float32, False, (2, limit)) is None
+        arrays, grads = random_layer(backend, 2, 2, 3, limit, np.float32)
+        assert_matches_generic(module, backend, arrays, grads, 2e-5)
+        past = impl.refuses(backend, np.float32, False, (2, limit + 1))
+        assert past is not None and str(limit) in past
+        with pytest.raises(registry.LayerImplError, match=f"{impl.name}' cannot run this call"):
+            registry.choose_layer_impl(backend, np.float32, False, impl.name, (2, limit + 1))
+        assert registry.choose_layer_impl(backend, np.float32, False, None, (2, limit + 1)).name != impl.name
+        arrays, _ = random_layer(backend, 2, 2, 3, limit + 1, np.float32)
+        with pytest.raises(ValueError, match=f"up to {limit}"):
+            module.lstm_layer_forward(backend, *arrays)
+
+
+def test_persistent_path_refuses_a_grid_that_cannot_be_resident_at_once(backend):
+    """CuPy would shrink a cooperative grid that does not fit (and the kernel would compute garbage): the
+    path refuses such a batch instead, and "auto" takes the stepwise path."""
+    impl = registry.layer_impl("cupy-persistent")
+    module = runnable(impl, backend, np.float32)
+    hidden = 128
+    resident = module._resident_blocks("float32", backend.device.id)
+    fits = module.ROWS * (resident // ((hidden + 31) // 32))
+    assert impl.refuses(backend, np.float32, False, (fits, hidden)) is None
+    assert "co-resident" in impl.refuses(backend, np.float32, False, (fits + module.ROWS, hidden))
+    arrays, grads = random_layer(backend, 2, fits, 3, hidden, np.float32)
+    assert_matches_generic(module, backend, arrays, grads, 2e-5)

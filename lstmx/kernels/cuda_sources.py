@@ -1,11 +1,18 @@
-"""CUDA C++ sources of the CuPy layer path, one variant per dtype.
+"""CUDA C++ sources of the CuPy layer paths, one variant per dtype.
 
 Plain strings (no CuPy import), so the offline test compiles every variant with NVRTC on a machine without a
-GPU (``tests/test_cuda_compile.py``). :mod:`lstmx.kernels.cupy_layer` compiles the same strings through CuPy.
+GPU (``tests/test_cuda_compile.py``). :mod:`lstmx.kernels.cupy_layer` and :mod:`lstmx.kernels.cupy_persistent`
+compile the same strings through CuPy.
 
-Every kernel works on C-contiguous buffers laid out time-major, and takes the time step ``t`` as an argument,
-so the Python loop passes base pointers and never slices an array per step. One thread per (row b, unit j);
-the four gate values of a unit are read from the same row of the (B, 4H) gate block.
+Every kernel works on C-contiguous buffers laid out time-major. One thread per (row b, unit j); the four gate
+values of a unit are read from the same row of the (B, 4H) gate block.
+
+- ``STEPWISE``: one step per launch; the step index is an argument, so the Python loop passes base pointers
+  and never slices an array per step. The recurrent GEMM runs in cuBLAS between launches.
+- ``PERSISTENT``: one cooperative launch runs every step of a direction, with a grid-wide barrier between
+  steps; each thread computes its unit's four recurrent dot products itself and keeps its cell state (and, in
+  the backward, its dL/dh and dL/dc) in registers across steps. Values other blocks wrote during the launch
+  are read with ``__ldcg`` (through L2, never a stale L1 line).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from string import Template
 # float32 and float64: the C type, its tanh, and the suffix of the kernels' names.
 DTYPES = {"float32": ("float", "tanhf"), "float64": ("double", "tanh")}
 
-_SOURCE = Template(r"""
+_STEPWISE = Template(r"""
 // gates[t] holds z = x_t W_x (+ h_{t-1} W_h, added by the GEMM before this kernel); bias is added here.
 // Writes the activated gates i, f, g, o over z, the carried cell and hidden state of step t + 1, tanh(c'_t)
 // and the output y_t. With a step mask m (one value per row), padded rows keep their state and output 0.
@@ -95,13 +102,132 @@ extern "C" __global__ void lstm_backward_step_$suffix(
 }
 """)
 
-KERNEL_NAMES = ("lstm_forward_step", "lstm_backward_step")
+_PERSISTENT = Template(r"""
+#include <cooperative_groups.h>
+namespace cg = cooperative_groups;
+
+// Grid (ceil(H / 32), ceil(B / blockDim.y)) of (32, rows) threads: thread (lane, row) owns unit
+// j = blockIdx.x·32 + lane of batch row b = blockIdx.y·rows + row for the whole sequence.
+// gates holds x_t W_x on entry (every step) and the activated gates on return; cells[0], hidden_states[0] hold
+// c_0, h_0 on entry.
+extern "C" __global__ void lstm_forward_persistent_$suffix(
+    $real* __restrict__ gates,            // (T, B, 4H)
+    const $real* __restrict__ w_hidden,   // (H, 4H): rows [D:] of the layer's weight
+    const $real* __restrict__ bias,       // (4H,)
+    $real* __restrict__ cells,            // (T + 1, B, H) carried
+    $real* hidden_states,                 // (T + 1, B, H) carried; read by other blocks after the barrier
+    $real* __restrict__ tanh_c,           // (T, B, H)
+    $real* __restrict__ y,                // (T, B, H)
+    const $real* __restrict__ step_mask,  // (T, B) or nullptr
+    const int steps, const int batch, const int hidden)
+{
+    cg::grid_group grid = cg::this_grid();
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    const int b = blockIdx.y * blockDim.y + threadIdx.y;
+    const bool active = j < hidden && b < batch;
+    const long long count = (long long)batch * hidden, n = (long long)b * hidden + j, four = 4LL * hidden;
+    const $real half = 0.5, one = 1;
+    $real c = 0, bias_i = 0, bias_f = 0, bias_g = 0, bias_o = 0;
+    if (active) {
+        c = cells[n];
+        bias_i = bias[j]; bias_f = bias[hidden + j]; bias_g = bias[2 * hidden + j]; bias_o = bias[3 * hidden + j];
+    }
+    for (int t = 0; t < steps; ++t) {
+        if (active) {
+            const $real* h = hidden_states + t * count + (long long)b * hidden;
+            $real* z = gates + ((long long)t * batch + b) * four;
+            $real zi = z[j] + bias_i, zf = z[hidden + j] + bias_f, zg = z[2 * hidden + j] + bias_g;
+            $real zo = z[3 * hidden + j] + bias_o;
+            const $real* w = w_hidden + j;
+            #pragma unroll 4
+            for (int k = 0; k < hidden; ++k, w += four) {
+                const $real hk = __ldcg(h + k);
+                zi += hk * w[0]; zf += hk * w[hidden]; zg += hk * w[2 * hidden]; zo += hk * w[3 * hidden];
+            }
+            const $real i = half * $tanh(half * zi) + half, f = half * $tanh(half * zf) + half;
+            const $real g = $tanh(zg), o = half * $tanh(half * zo) + half;
+            z[j] = i; z[hidden + j] = f; z[2 * hidden + j] = g; z[3 * hidden + j] = o;
+            const long long now = t * count + n, next = now + count;
+            const $real c_new = f * c + i * g, tc = $tanh(c_new), h_new = o * tc;
+            tanh_c[now] = tc;
+            if (step_mask == nullptr) {
+                y[now] = h_new; hidden_states[next] = h_new; c = c_new;
+            } else {
+                const $real m = step_mask[(long long)t * batch + b];
+                y[now] = m * h_new;
+                hidden_states[next] = m * h_new + (one - m) * hidden_states[now];
+                c = m * c_new + (one - m) * c;
+            }
+            cells[next] = c;
+        }
+        grid.sync();  // h_{t+1} of every unit is written before any thread reads it
+    }
+}
+
+// Mirror of the forward, steps in reverse, one barrier per step: a thread turns its unit's dL/dh_t and
+// dL/dc_t into dz_t (written for the weight gradient and for the other threads) and dL/dc_{t-1}; after the
+// barrier it forms dL/dh_{t-1} = Σ_c dz_t[b, c] W_hᵀ[c, j] (+ what a padded step passes through).
+// dh, dc hold dL/dh_T, dL/dc_T on entry and dL/dh_0, dL/dc_0 on return.
+extern "C" __global__ void lstm_backward_persistent_$suffix(
+    const $real* __restrict__ dy,          // (T, B, H)
+    const $real* __restrict__ w_hidden_t,  // (4H, H): W_hᵀ, contiguous
+    const $real* __restrict__ gates,       // (T, B, 4H) activated
+    const $real* __restrict__ cells,       // (T + 1, B, H) carried
+    const $real* __restrict__ tanh_c,      // (T, B, H)
+    const $real* __restrict__ step_mask,   // (T, B) or nullptr
+    $real* dz,                             // (T, B, 4H); read by other blocks after the barrier
+    $real* __restrict__ dh,                // (B, H)
+    $real* __restrict__ dc,                // (B, H)
+    const int steps, const int batch, const int hidden)
+{
+    cg::grid_group grid = cg::this_grid();
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    const int b = blockIdx.y * blockDim.y + threadIdx.y;
+    const bool active = j < hidden && b < batch;
+    const long long count = (long long)batch * hidden, n = (long long)b * hidden + j, four = 4LL * hidden;
+    const $real one = 1;
+    $real dh_in = 0, dc_in = 0;  // dL/dh_t, dL/dc_t arriving from step t + 1
+    if (active) { dh_in = dh[n]; dc_in = dc[n]; }
+    for (int t = steps - 1; t >= 0; --t) {
+        $real m = one;
+        if (active) {
+            const long long now = t * count + n, row = ((long long)t * batch + b) * four;
+            if (step_mask != nullptr) m = step_mask[(long long)t * batch + b];
+            const $real dh_t = m * (dy[now] + dh_in);
+            const $real i = gates[row + j], f = gates[row + hidden + j];
+            const $real g = gates[row + 2 * hidden + j], o = gates[row + 3 * hidden + j];
+            const $real tc = tanh_c[now];
+            const $real dc_t = m * dc_in + dh_t * o * (one - tc * tc);
+            dz[row + j] = dc_t * g * i * (one - i);
+            dz[row + hidden + j] = dc_t * cells[now] * f * (one - f);
+            dz[row + 2 * hidden + j] = dc_t * i * (one - g * g);
+            dz[row + 3 * hidden + j] = dh_t * tc * o * (one - o);
+            dc_in = dc_t * f + (one - m) * dc_in;
+        }
+        grid.sync();  // dz_t of every unit is written before any thread reads its row
+        if (active) {
+            const $real* d = dz + ((long long)t * batch + b) * four;
+            const $real* w = w_hidden_t + j;
+            $real acc = 0;
+            #pragma unroll 4
+            for (long long col = 0; col < four; ++col, w += hidden) acc += __ldcg(d + col) * w[0];
+            dh_in = acc + (one - m) * dh_in;
+        }
+    }
+    if (active) { dh[n] = dh_in; dc[n] = dc_in; }
+}
+""")
+
+STEPWISE_KERNELS = ("lstm_forward_step", "lstm_backward_step")
+PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")
+SOURCES = {"stepwise": (_STEPWISE, STEPWISE_KERNELS), "persistent": (_PERSISTENT, PERSISTENT_KERNELS)}
 
 
-def source(dtype: str) -> str:
-    """The CUDA C++ source of every kernel for ``dtype`` ("float32" or "float64")."""
+def source(kind: str, dtype: str) -> str:
+    """The CUDA C++ source of the ``kind`` ("stepwise" or "persistent") kernels for ``dtype`` ("float32" or
+    "float64")."""
     real, tanh = DTYPES[dtype]
-    return _SOURCE.substitute(real=real, tanh=tanh, suffix=dtype)
+    return SOURCES[kind][0].substitute(real=real, tanh=tanh, suffix=dtype)
 
 
 def kernel_name(kernel: str, dtype: str) -> str:

@@ -51,7 +51,7 @@ class CupyLayerCache(NamedTuple):
 @functools.cache
 def _kernel(kernel: str, dtype: str) -> cupy.RawKernel:
     """A compiled kernel (NVRTC through CuPy on first use, then CuPy's on-disk cache)."""
-    return cupy.RawKernel(cuda_sources.source(dtype), cuda_sources.kernel_name(kernel, dtype))
+    return cupy.RawKernel(cuda_sources.source("stepwise", dtype), cuda_sources.kernel_name(kernel, dtype))
 
 
 class _Gemm:
@@ -82,60 +82,107 @@ def _launch(kernel: str, dtype: str, count: int, args: tuple) -> None:
     _kernel(kernel, dtype)(((count + THREADS - 1) // THREADS,), (THREADS,), args)
 
 
-def lstm_layer_forward(
-    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
-) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
-    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
-    dtype = np.dtype(x.dtype)
-    name = dtype.name
+class ForwardBuffers(NamedTuple):
+    """A forward's contiguous inputs and its outputs, allocated before the recurrence fills them."""
+
+    x: Any
+    weight: Any
+    bias: Any
+    step_mask: Any  # (T, B) or None
+    gates: Any  # (T, B, 4H): x W_x (no bias) on return from forward_buffers
+    hidden_states: Any  # (T + 1, B, H): h_0 in slot 0
+    cells: Any  # (T + 1, B, H): c_0 in slot 0
+    tanh_c: Any
+    y: Any
+
+
+def forward_buffers(x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any,
+                    dims: tuple[int, int, int, int]) -> ForwardBuffers:
+    """Contiguous inputs, the input projection for every step (one GEMM) and the state buffers; shared with the
+    persistent path (:mod:`lstmx.kernels.cupy_persistent`)."""
+    steps, batch, features, hidden = dims
+    dtype = x.dtype
     x, weight, bias = _contiguous(x), _contiguous(weight), _contiguous(bias)
     mask = None if step_mask is None else _contiguous(cupy.reshape(step_mask, (steps, batch)).astype(dtype))
     gates = cupy.empty((steps, batch, 4 * hidden), dtype=dtype)
-    cupy.matmul(cupy.reshape(x, (steps * batch, features)), weight[:features], out=cupy.reshape(gates, (steps * batch, 4 * hidden)))
+    cupy.matmul(cupy.reshape(x, (steps * batch, features)), weight[:features],
+                out=cupy.reshape(gates, (steps * batch, 4 * hidden)))
     hidden_states = cupy.empty((steps + 1, batch, hidden), dtype=dtype)
     cells = cupy.empty((steps + 1, batch, hidden), dtype=dtype)
     hidden_states[0], cells[0] = h0, c0
     tanh_c = cupy.empty((steps, batch, hidden), dtype=dtype)
     y = cupy.empty((steps, batch, hidden), dtype=dtype)
-    if batch > 0:
-        gemm = _Gemm(dtype)
-        w_hidden = weight.data.ptr + features * 4 * hidden * dtype.itemsize
-        row, gate_row = batch * hidden * dtype.itemsize, batch * 4 * hidden * dtype.itemsize
-        shape_args = (np.int32(batch), np.int32(hidden))
-        for t in range(steps):
-            gemm(hidden_states.data.ptr + t * row, w_hidden, gates.data.ptr + t * gate_row, batch, 4 * hidden, hidden,
-                 transpose_b=False, accumulate=True)
-            _launch("lstm_forward_step", name, batch * hidden,
-                    (gates, bias, cells, hidden_states, tanh_c, y, NULL if mask is None else mask, np.int32(t), *shape_args))
-    final = (hidden_states[steps].copy(), cells[steps].copy())
-    return y, final, CupyLayerCache(x, hidden_states, cells, gates, tanh_c, mask)
+    return ForwardBuffers(x, weight, bias, mask, gates, hidden_states, cells, tanh_c, y)
 
 
-def lstm_layer_backward(
-    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
-) -> tuple[Any, tuple[Any, Any], Any, Any]:
+def forward_outputs(buffers: ForwardBuffers) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+    """``(y, (h_T, c_T), cache)`` once the recurrence has filled the buffers (the state is a copy)."""
+    b = buffers
+    final = (b.hidden_states[-1].copy(), b.cells[-1].copy())
+    return b.y, final, CupyLayerCache(b.x, b.hidden_states, b.cells, b.gates, b.tanh_c, b.step_mask)
+
+
+def backward_buffers(dy: Any, dh_last: Any, dc_last: Any, weight: Any,
+                     cache: CupyLayerCache) -> tuple[Any, Any, Any, Any, Any]:
+    """``(dy, weight, dh, dc, dz)``: contiguous inputs, private copies of dL/dh_T and dL/dc_T (updated in place
+    step by step) and the (T, B, 4H) buffer for every step's dz."""
     check_backward_shapes(cache.dims(), dy, dh_last, dc_last, weight)  # the kernels index without bounds checks
-    steps, batch, features, hidden = cache.dims()
-    dtype = np.dtype(cache.gates.dtype)
-    dy, weight = _contiguous(dy.astype(dtype, copy=False)), _contiguous(weight)
-    dh = cupy.array(dh_last, dtype=dtype, order="C")  # private copies, updated in place step by step
+    steps, batch, _, hidden = cache.dims()
+    dtype = cache.gates.dtype
+    dh = cupy.array(dh_last, dtype=dtype, order="C")
     dc = cupy.array(dc_last, dtype=dtype, order="C")
     dz = cupy.empty((steps, batch, 4 * hidden), dtype=dtype)
-    if batch > 0:
-        gemm = _Gemm(dtype)
-        w_hidden = weight.data.ptr + features * 4 * hidden * dtype.itemsize
-        gate_row = batch * 4 * hidden * dtype.itemsize
-        shape_args = (np.int32(batch), np.int32(hidden))
-        for t in reversed(range(steps)):
-            _launch("lstm_backward_step", dtype.name, batch * hidden,
-                    (dy, dh, dc, cache.gates, cache.cells, cache.tanh_c, NULL if cache.step_mask is None else cache.step_mask,
-                     dz, np.int32(t), *shape_args))
-            gemm(dz.data.ptr + t * gate_row, w_hidden, dh.data.ptr, batch, hidden, 4 * hidden,
-                 transpose_b=True, accumulate=cache.step_mask is not None)
+    return _contiguous(dy.astype(dtype, copy=False)), _contiguous(weight), dh, dc, dz
+
+
+def parameter_gradients(cache: CupyLayerCache, dz: Any, weight: Any) -> tuple[Any, Any, Any]:
+    """After the backward recurrence: ``(dx, dweight, dbias)`` from every step's dz, each one GEMM or sum."""
+    steps, batch, features, hidden = cache.dims()
     dz_flat = cupy.reshape(dz, (steps * batch, 4 * hidden))
     dweight = cupy.empty_like(weight)
     cupy.matmul(cupy.reshape(cache.x, (steps * batch, features)).T, dz_flat, out=dweight[:features])
     cupy.matmul(cupy.reshape(cache.hidden_states[:steps], (steps * batch, hidden)).T, dz_flat, out=dweight[features:])
     dbias = cupy.sum(dz_flat, axis=0)
     dx = cupy.reshape(dz_flat @ weight[:features].T, (steps, batch, features))
+    return dx, dweight, dbias
+
+
+def lstm_layer_forward(
+    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+    dims = steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
+    b = forward_buffers(x, weight, bias, h0, c0, step_mask, dims)
+    dtype = np.dtype(b.gates.dtype)
+    if batch > 0:
+        gemm = _Gemm(dtype)
+        w_hidden = b.weight.data.ptr + features * 4 * hidden * dtype.itemsize
+        row, gate_row = batch * hidden * dtype.itemsize, batch * 4 * hidden * dtype.itemsize
+        mask = NULL if b.step_mask is None else b.step_mask
+        shape_args = (np.int32(batch), np.int32(hidden))
+        for t in range(steps):
+            gemm(b.hidden_states.data.ptr + t * row, w_hidden, b.gates.data.ptr + t * gate_row, batch, 4 * hidden,
+                 hidden, transpose_b=False, accumulate=True)
+            _launch("lstm_forward_step", dtype.name, batch * hidden,
+                    (b.gates, b.bias, b.cells, b.hidden_states, b.tanh_c, b.y, mask, np.int32(t), *shape_args))
+    return forward_outputs(b)
+
+
+def lstm_layer_backward(
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any]:
+    dy, weight, dh, dc, dz = backward_buffers(dy, dh_last, dc_last, weight, cache)
+    steps, batch, features, hidden = cache.dims()
+    dtype = np.dtype(dz.dtype)
+    if batch > 0:
+        gemm = _Gemm(dtype)
+        w_hidden = weight.data.ptr + features * 4 * hidden * dtype.itemsize
+        gate_row = batch * 4 * hidden * dtype.itemsize
+        mask = NULL if cache.step_mask is None else cache.step_mask
+        shape_args = (np.int32(batch), np.int32(hidden))
+        for t in reversed(range(steps)):
+            _launch("lstm_backward_step", dtype.name, batch * hidden,
+                    (dy, dh, dc, cache.gates, cache.cells, cache.tanh_c, mask, dz, np.int32(t), *shape_args))
+            gemm(dz.data.ptr + t * gate_row, w_hidden, dh.data.ptr, batch, hidden, 4 * hidden,
+                 transpose_b=True, accumulate=cache.step_mask is not None)
+    dx, dweight, dbias = parameter_gradients(cache, dz, weight)
     return dx, (dh, dc), dweight, dbias

@@ -1,0 +1,96 @@
+"""CuPy persistent path for one LSTM layer: one cooperative kernel launch per direction for all time steps.
+
+Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward`` and tested against them. The
+stepwise CuPy path (:mod:`lstmx.kernels.cupy_layer`) pays two calls from Python per time step; here the
+whole recurrence is one launch (:data:`lstmx.kernels.cuda_sources.PERSISTENT_KERNELS`): every thread owns one
+(batch row, hidden unit), computes its unit's four recurrent dot products itself and keeps its state in
+registers, and a grid-wide barrier separates the steps. The input projection before and dW, db, dx after
+are single GEMMs, shared with the stepwise path.
+
+It applies only where every thread of the grid is resident at once (a cooperative launch requires it) and
+where the per-thread dot products stay cheap: :func:`refuses_size` says which sizes, and the registry falls
+back to the stepwise path elsewhere. CuPy would silently shrink a cooperative grid that is too large (and the
+kernel would compute garbage), so the grid is checked against the device's co-resident limit before launch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import cupy
+import numpy as np
+from cupy_backends.cuda.api import driver
+
+from ..backend import Backend
+from ..layers.lstm_layer import forward_dims
+from . import cuda_sources
+from .cupy_layer import NULL, CupyLayerCache, backward_buffers, forward_buffers, forward_outputs, parameter_gradients
+
+ROWS = 8  # batch rows per block: blocks are (32 units, ROWS rows) = 256 threads
+MAX_HIDDEN = 512  # above this the stepwise path (cuBLAS per step) is faster: the dot products dominate
+
+
+@functools.cache
+def _kernel(kernel: str, dtype: str) -> cupy.RawKernel:
+    return cupy.RawKernel(cuda_sources.source("persistent", dtype), cuda_sources.kernel_name(kernel, dtype),
+                          options=("--std=c++17",), enable_cooperative_groups=True)
+
+
+def _grid(batch: int, hidden: int) -> tuple[int, int]:
+    return (hidden + 31) // 32, (batch + ROWS - 1) // ROWS
+
+
+@functools.cache
+def _resident_blocks(dtype: str, device: int) -> int:
+    """How many blocks of 32 × ROWS threads of either persistent kernel fit on the device at once."""
+    sms = cupy.cuda.Device(device).attributes["MultiProcessorCount"]
+    per_sm = min(driver.occupancyMaxActiveBlocksPerMultiprocessor(_kernel(kernel, dtype).kernel.ptr, 32 * ROWS, 0)
+                 for kernel in cuda_sources.PERSISTENT_KERNELS)
+    return per_sm * sms
+
+
+def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
+    """None when a layer of this batch and hidden size runs here, else why not (for the registry)."""
+    if hidden > MAX_HIDDEN:
+        return f"runs hidden sizes up to {MAX_HIDDEN}, not {hidden}"
+    x_blocks, y_blocks = _grid(batch, hidden)
+    resident = _resident_blocks(np.dtype(dtype).name, cupy.cuda.Device().id)
+    if x_blocks * y_blocks > resident:
+        return (f"needs {x_blocks * y_blocks} co-resident blocks for batch {batch} × hidden {hidden}; "
+                f"this GPU holds {resident}")
+    return None
+
+
+def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> None:
+    reason = refuses_size(batch, hidden, dtype)
+    if reason is not None:
+        raise ValueError(f"the persistent CuPy path {reason}; use the stepwise path (impl='cupy')")
+    _kernel(kernel, dtype)(_grid(batch, hidden), (32, ROWS), args)
+
+
+def lstm_layer_forward(
+    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+    dims = steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
+    b = forward_buffers(x, weight, bias, h0, c0, step_mask, dims)
+    if batch > 0:
+        _launch("lstm_forward_persistent", np.dtype(b.gates.dtype).name, batch, hidden,
+                (b.gates, b.weight[features:], b.bias, b.cells, b.hidden_states, b.tanh_c, b.y,
+                 NULL if b.step_mask is None else b.step_mask, np.int32(steps), np.int32(batch), np.int32(hidden)))
+    return forward_outputs(b)
+
+
+def lstm_layer_backward(
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any]:
+    dy, weight, dh, dc, dz = backward_buffers(dy, dh_last, dc_last, weight, cache)
+    steps, batch, features, hidden = cache.dims()
+    if batch > 0:
+        w_hidden_t = cupy.ascontiguousarray(weight[features:].T)  # (4H, H): the dot products read it row-wise
+        _launch("lstm_backward_persistent", np.dtype(dz.dtype).name, batch, hidden,
+                (dy, w_hidden_t, cache.gates, cache.cells, cache.tanh_c,
+                 NULL if cache.step_mask is None else cache.step_mask, dz, dh, dc,
+                 np.int32(steps), np.int32(batch), np.int32(hidden)))
+    dx, dweight, dbias = parameter_gradients(cache, dz, weight)
+    return dx, (dh, dc), dweight, dbias
