@@ -281,7 +281,8 @@ def test_size_limited_paths_at_their_limit_and_one_past_it(backend):
         module = runnable(impl, backend, np.float32)
         limit = module.MAX_HIDDEN
         assert impl.refuses(backend, np.float32, False, (2, limit)) is None
-        arrays, grads = random_layer(backend, 2, 2, 3, limit, np.float32)
+        arrays, grads = random_layer(backend, 3, 2, 3, limit, np.float32)
+        arrays[1] = arrays[1] * (2.0 / np.sqrt(limit))  # pre-activations O(1), as initialised weights give
         assert_matches_generic(module, backend, arrays, grads, 2e-5)
         past = impl.refuses(backend, np.float32, False, (2, limit + 1))
         assert past is not None and str(limit) in past
@@ -299,7 +300,7 @@ def test_persistent_path_refuses_a_grid_that_cannot_be_resident_at_once(backend)
     impl = registry.layer_impl("cupy-persistent")
     module = runnable(impl, backend, np.float32)
     hidden = 128
-    resident = module._resident_blocks("float32", backend.device.id)
+    resident = module._resident_blocks("float32", hidden, backend.device.id)
     fits = module.ROWS * (resident // ((hidden + 31) // 32))
     assert impl.refuses(backend, np.float32, False, (fits, hidden)) is None
     assert "co-resident" in impl.refuses(backend, np.float32, False, (fits + module.ROWS, hidden))

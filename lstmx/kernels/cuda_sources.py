@@ -106,10 +106,12 @@ _PERSISTENT = Template(r"""
 #include <cooperative_groups.h>
 namespace cg = cooperative_groups;
 
-// Grid (ceil(H / 32), ceil(B / blockDim.y)) of (32, rows) threads: thread (lane, row) owns unit
-// j = blockIdx.x·32 + lane of batch row b = blockIdx.y·rows + row for the whole sequence.
-// gates holds x_t W_x on entry (every step) and the activated gates on return; cells[0], hidden_states[0] hold
-// c_0, h_0 on entry.
+// Grid (ceil(H / 32), ceil(B / rows)) of (32, rows) threads: thread (lane, row) owns unit j = blockIdx.x·32 + lane
+// of batch row b = blockIdx.y·rows + row for the whole sequence. The block's 32 columns of each gate of W_h
+// live in shared memory for the whole launch (w_s[k][gate][lane]); each step stages the block's rows of h_{t-1}
+// in shared memory too, so the dot products read only shared memory.
+// gates holds x_t W_x on entry (every step) and the activated gates on return; cells[0], hidden_states[0]
+// hold c_0, h_0 on entry.
 extern "C" __global__ void lstm_forward_persistent_$suffix(
     $real* __restrict__ gates,            // (T, B, 4H)
     const $real* __restrict__ w_hidden,   // (H, 4H): rows [D:] of the layer's weight
@@ -121,11 +123,21 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
     const $real* __restrict__ step_mask,  // (T, B) or nullptr
     const int steps, const int batch, const int hidden)
 {
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (H, 4, 32)
+    $real* h_s = w_s + 128LL * hidden;                     // (rows, H)
     cg::grid_group grid = cg::this_grid();
-    const int j = blockIdx.x * 32 + threadIdx.x;
-    const int b = blockIdx.y * blockDim.y + threadIdx.y;
+    const int lane = threadIdx.x, row = threadIdx.y, rows = blockDim.y;
+    const int tid = row * 32 + lane, threads = 32 * rows;
+    const int j0 = blockIdx.x * 32, b0 = blockIdx.y * rows;
+    const int j = j0 + lane, b = b0 + row;
     const bool active = j < hidden && b < batch;
     const long long count = (long long)batch * hidden, n = (long long)b * hidden + j, four = 4LL * hidden;
+    for (long long e = tid; e < 128LL * hidden; e += threads) {
+        const int l = (int)(e & 31), g = (int)((e >> 5) & 3);
+        const long long k = e >> 7;
+        w_s[e] = j0 + l < hidden ? w_hidden[k * four + g * hidden + j0 + l] : ($real)0;
+    }
     const $real half = 0.5, one = 1;
     $real c = 0, bias_i = 0, bias_f = 0, bias_g = 0, bias_o = 0;
     if (active) {
@@ -133,16 +145,22 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
         bias_i = bias[j]; bias_f = bias[hidden + j]; bias_g = bias[2 * hidden + j]; bias_o = bias[3 * hidden + j];
     }
     for (int t = 0; t < steps; ++t) {
+        const $real* h_now = hidden_states + t * count;
+        for (int e = tid; e < rows * hidden; e += threads) {
+            const int r = e / hidden;
+            h_s[e] = b0 + r < batch ? __ldcg(h_now + (long long)(b0 + r) * hidden + (e - r * hidden)) : ($real)0;
+        }
+        __syncthreads();
         if (active) {
-            const $real* h = hidden_states + t * count + (long long)b * hidden;
             $real* z = gates + ((long long)t * batch + b) * four;
             $real zi = z[j] + bias_i, zf = z[hidden + j] + bias_f, zg = z[2 * hidden + j] + bias_g;
             $real zo = z[3 * hidden + j] + bias_o;
-            const $real* w = w_hidden + j;
-            #pragma unroll 4
-            for (int k = 0; k < hidden; ++k, w += four) {
-                const $real hk = __ldcg(h + k);
-                zi += hk * w[0]; zf += hk * w[hidden]; zg += hk * w[2 * hidden]; zo += hk * w[3 * hidden];
+            const $real* h = h_s + row * hidden;
+            const $real* w = w_s + lane;
+            #pragma unroll 8
+            for (int k = 0; k < hidden; ++k, w += 128) {
+                const $real hk = h[k];
+                zi += hk * w[0]; zf += hk * w[32]; zg += hk * w[64]; zo += hk * w[96];
             }
             const $real i = half * $tanh(half * zi) + half, f = half * $tanh(half * zf) + half;
             const $real g = $tanh(zg), o = half * $tanh(half * zo) + half;
@@ -155,22 +173,23 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
             } else {
                 const $real m = step_mask[(long long)t * batch + b];
                 y[now] = m * h_new;
-                hidden_states[next] = m * h_new + (one - m) * hidden_states[now];
+                hidden_states[next] = m * h_new + (one - m) * h_s[row * hidden + j];
                 c = m * c_new + (one - m) * c;
             }
             cells[next] = c;
         }
-        grid.sync();  // h_{t+1} of every unit is written before any thread reads it
+        grid.sync();  // h_{t+1} of every unit is written (and h_s read) before the next step stages it
     }
 }
 
-// Mirror of the forward, steps in reverse, one barrier per step: a thread turns its unit's dL/dh_t and
+// Mirror of the forward, steps in reverse, one grid barrier per step: a thread turns its unit's dL/dh_t and
 // dL/dc_t into dz_t (written for the weight gradient and for the other threads) and dL/dc_{t-1}; after the
-// barrier it forms dL/dh_{t-1} = Σ_c dz_t[b, c] W_hᵀ[c, j] (+ what a padded step passes through).
-// dh, dc hold dL/dh_T, dL/dc_T on entry and dL/dh_0, dL/dc_0 on return.
+// barrier the block stages its rows of dz_t in shared memory and each thread forms
+// dL/dh_{t-1} = Σ_c dz_t[b, c] W_h[j, c] (+ what a padded step passes through). The block's 32 rows of W_h
+// live in shared memory (w_s[c][lane]). dh, dc hold dL/dh_T, dL/dc_T on entry and dL/dh_0, dL/dc_0 on return.
 extern "C" __global__ void lstm_backward_persistent_$suffix(
     const $real* __restrict__ dy,          // (T, B, H)
-    const $real* __restrict__ w_hidden_t,  // (4H, H): W_hᵀ, contiguous
+    const $real* __restrict__ w_hidden,    // (H, 4H)
     const $real* __restrict__ gates,       // (T, B, 4H) activated
     const $real* __restrict__ cells,       // (T + 1, B, H) carried
     const $real* __restrict__ tanh_c,      // (T, B, H)
@@ -180,43 +199,68 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
     $real* __restrict__ dc,                // (B, H)
     const int steps, const int batch, const int hidden)
 {
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (4H, 32)
+    $real* dz_s = w_s + 128LL * hidden;                    // (rows, 4H)
     cg::grid_group grid = cg::this_grid();
-    const int j = blockIdx.x * 32 + threadIdx.x;
-    const int b = blockIdx.y * blockDim.y + threadIdx.y;
+    const int lane = threadIdx.x, row = threadIdx.y, rows = blockDim.y;
+    const int tid = row * 32 + lane, threads = 32 * rows;
+    const int j0 = blockIdx.x * 32, b0 = blockIdx.y * rows;
+    const int j = j0 + lane, b = b0 + row;
     const bool active = j < hidden && b < batch;
     const long long count = (long long)batch * hidden, n = (long long)b * hidden + j, four = 4LL * hidden;
+    for (long long e = tid; e < 128LL * hidden; e += threads) {  // read along rows of W_h (coalesced)
+        const int l = (int)(e / four);
+        const long long col = e - l * four;
+        w_s[col * 32 + l] = j0 + l < hidden ? w_hidden[(long long)(j0 + l) * four + col] : ($real)0;
+    }
     const $real one = 1;
     $real dh_in = 0, dc_in = 0;  // dL/dh_t, dL/dc_t arriving from step t + 1
     if (active) { dh_in = dh[n]; dc_in = dc[n]; }
     for (int t = steps - 1; t >= 0; --t) {
         $real m = one;
         if (active) {
-            const long long now = t * count + n, row = ((long long)t * batch + b) * four;
+            const long long now = t * count + n, row_start = ((long long)t * batch + b) * four;
             if (step_mask != nullptr) m = step_mask[(long long)t * batch + b];
             const $real dh_t = m * (dy[now] + dh_in);
-            const $real i = gates[row + j], f = gates[row + hidden + j];
-            const $real g = gates[row + 2 * hidden + j], o = gates[row + 3 * hidden + j];
+            const $real i = gates[row_start + j], f = gates[row_start + hidden + j];
+            const $real g = gates[row_start + 2 * hidden + j], o = gates[row_start + 3 * hidden + j];
             const $real tc = tanh_c[now];
             const $real dc_t = m * dc_in + dh_t * o * (one - tc * tc);
-            dz[row + j] = dc_t * g * i * (one - i);
-            dz[row + hidden + j] = dc_t * cells[now] * f * (one - f);
-            dz[row + 2 * hidden + j] = dc_t * i * (one - g * g);
-            dz[row + 3 * hidden + j] = dh_t * tc * o * (one - o);
+            dz[row_start + j] = dc_t * g * i * (one - i);
+            dz[row_start + hidden + j] = dc_t * cells[now] * f * (one - f);
+            dz[row_start + 2 * hidden + j] = dc_t * i * (one - g * g);
+            dz[row_start + 3 * hidden + j] = dh_t * tc * o * (one - o);
             dc_in = dc_t * f + (one - m) * dc_in;
         }
-        grid.sync();  // dz_t of every unit is written before any thread reads its row
+        grid.sync();  // dz_t of every unit is written before any block stages its rows
+        const $real* dz_now = dz + (long long)t * batch * four;
+        for (long long e = tid; e < rows * four; e += threads) {
+            const int r = (int)(e / four);
+            dz_s[e] = b0 + r < batch ? __ldcg(dz_now + (long long)(b0 + r) * four + (e - r * four)) : ($real)0;
+        }
+        __syncthreads();
         if (active) {
-            const $real* d = dz + ((long long)t * batch + b) * four;
-            const $real* w = w_hidden_t + j;
+            const $real* d = dz_s + row * four;
+            const $real* w = w_s + lane;
             $real acc = 0;
-            #pragma unroll 4
-            for (long long col = 0; col < four; ++col, w += hidden) acc += __ldcg(d + col) * w[0];
+            #pragma unroll 8
+            for (int col = 0; col < 4 * hidden; ++col, w += 32) acc += d[col] * w[0];
             dh_in = acc + (one - m) * dh_in;
         }
+        __syncthreads();  // dz_s is read by every thread before the next step's staging overwrites it
     }
     if (active) { dh[n] = dh_in; dc[n] = dc_in; }
 }
 """)
+
+
+def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) -> int:
+    """Dynamic shared memory of a persistent kernel: the block's W_h slice and its rows of h (forward) or dz
+    (backward)."""
+    staged = hidden if kernel == "lstm_forward_persistent" else 4 * hidden
+    return (128 * hidden + rows * staged) * itemsize
+
 
 STEPWISE_KERNELS = ("lstm_forward_step", "lstm_backward_step")
 PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")

@@ -7,10 +7,11 @@ whole recurrence is one launch (:data:`lstmx.kernels.cuda_sources.PERSISTENT_KER
 registers, and a grid-wide barrier separates the steps. The input projection before and dW, db, dx after
 are single GEMMs, shared with the stepwise path.
 
-It applies only where every thread of the grid is resident at once (a cooperative launch requires it) and
-where the per-thread dot products stay cheap: :func:`refuses_size` says which sizes, and the registry falls
-back to the stepwise path elsewhere. CuPy would silently shrink a cooperative grid that is too large (and the
-kernel would compute garbage), so the grid is checked against the device's co-resident limit before launch.
+It applies only where the block's slice of W_h fits in shared memory, every block of the grid is resident at
+once (a cooperative launch requires it) and the per-thread dot products stay cheap: :func:`refuses_size` says
+which sizes, and the registry falls back to the stepwise path elsewhere. CuPy would silently shrink a
+cooperative grid that is too large (and the kernel would compute garbage), so the grid is checked against the
+device's co-resident limit before every launch.
 """
 
 from __future__ import annotations
@@ -28,34 +29,48 @@ from . import cuda_sources
 from .cupy_layer import NULL, CupyLayerCache, backward_buffers, forward_buffers, forward_outputs, parameter_gradients
 
 ROWS = 8  # batch rows per block: blocks are (32 units, ROWS rows) = 256 threads
-MAX_HIDDEN = 512  # above this the stepwise path (cuBLAS per step) is faster: the dot products dominate
+MAX_HIDDEN = 256  # above this the stepwise path (cuBLAS per step) is faster: the dot products dominate
 
 
 @functools.cache
 def _kernel(kernel: str, dtype: str) -> cupy.RawKernel:
-    return cupy.RawKernel(cuda_sources.source("persistent", dtype), cuda_sources.kernel_name(kernel, dtype),
-                          options=("--std=c++17",), enable_cooperative_groups=True)
+    compiled = cupy.RawKernel(cuda_sources.source("persistent", dtype), cuda_sources.kernel_name(kernel, dtype),
+                              options=("--std=c++17",), enable_cooperative_groups=True)
+    compiled.max_dynamic_shared_size_bytes = _shared_limit()  # opt in to all of it; each launch asks for its own
+    return compiled
+
+
+def _shared_limit() -> int:
+    return cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
 
 
 def _grid(batch: int, hidden: int) -> tuple[int, int]:
     return (hidden + 31) // 32, (batch + ROWS - 1) // ROWS
 
 
+def _shared_bytes(kernel: str, hidden: int, dtype: str) -> int:
+    return cuda_sources.persistent_shared_bytes(kernel, hidden, ROWS, np.dtype(dtype).itemsize)
+
+
 @functools.cache
-def _resident_blocks(dtype: str, device: int) -> int:
-    """How many blocks of 32 × ROWS threads of either persistent kernel fit on the device at once."""
+def _resident_blocks(dtype: str, hidden: int, device: int) -> int:
+    """How many blocks of either persistent kernel for this hidden size fit on the device at once."""
     sms = cupy.cuda.Device(device).attributes["MultiProcessorCount"]
-    per_sm = min(driver.occupancyMaxActiveBlocksPerMultiprocessor(_kernel(kernel, dtype).kernel.ptr, 32 * ROWS, 0)
-                 for kernel in cuda_sources.PERSISTENT_KERNELS)
-    return per_sm * sms
+    return sms * min(driver.occupancyMaxActiveBlocksPerMultiprocessor(
+        _kernel(kernel, dtype).kernel.ptr, 32 * ROWS, _shared_bytes(kernel, hidden, dtype))
+        for kernel in cuda_sources.PERSISTENT_KERNELS)
 
 
 def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
     """None when a layer of this batch and hidden size runs here, else why not (for the registry)."""
+    dtype = np.dtype(dtype).name
     if hidden > MAX_HIDDEN:
         return f"runs hidden sizes up to {MAX_HIDDEN}, not {hidden}"
+    needed = max(_shared_bytes(kernel, hidden, dtype) for kernel in cuda_sources.PERSISTENT_KERNELS)
+    if needed > _shared_limit():
+        return f"needs {needed} bytes of shared memory per block for hidden {hidden} in {dtype}; a block has {_shared_limit()}"
     x_blocks, y_blocks = _grid(batch, hidden)
-    resident = _resident_blocks(np.dtype(dtype).name, cupy.cuda.Device().id)
+    resident = _resident_blocks(dtype, hidden, cupy.cuda.Device().id)
     if x_blocks * y_blocks > resident:
         return (f"needs {x_blocks * y_blocks} co-resident blocks for batch {batch} × hidden {hidden}; "
                 f"this GPU holds {resident}")
@@ -65,8 +80,8 @@ def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
 def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> None:
     reason = refuses_size(batch, hidden, dtype)
     if reason is not None:
-        raise ValueError(f"the persistent CuPy path {reason}; use the stepwise path (impl='cupy')")
-    _kernel(kernel, dtype)(_grid(batch, hidden), (32, ROWS), args)
+        raise ValueError(f"the persistent CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
+    _kernel(kernel, dtype)(_grid(batch, hidden), (32, ROWS), args, shared_mem=_shared_bytes(kernel, hidden, dtype))
 
 
 def lstm_layer_forward(
@@ -87,9 +102,8 @@ def lstm_layer_backward(
     dy, weight, dh, dc, dz = backward_buffers(dy, dh_last, dc_last, weight, cache)
     steps, batch, features, hidden = cache.dims()
     if batch > 0:
-        w_hidden_t = cupy.ascontiguousarray(weight[features:].T)  # (4H, H): the dot products read it row-wise
         _launch("lstm_backward_persistent", np.dtype(dz.dtype).name, batch, hidden,
-                (dy, w_hidden_t, cache.gates, cache.cells, cache.tanh_c,
+                (dy, weight[features:], cache.gates, cache.cells, cache.tanh_c,
                  NULL if cache.step_mask is None else cache.step_mask, dz, dh, dc,
                  np.int32(steps), np.int32(batch), np.int32(hidden)))
     dx, dweight, dbias = parameter_gradients(cache, dz, weight)
