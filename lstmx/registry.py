@@ -77,7 +77,7 @@ class LayerImpl(NamedTuple):
 # Which dtypes "auto" picks each CuPy path for: a path that has not yet passed the CuPy suite on a GPU is () and
 # runs only when asked for by name.
 CUPY_STEPWISE_AUTO = ("float32", "float64")  # passed on an H100
-CUPY_PERSISTENT_AUTO: tuple[str, ...] = ()
+CUPY_PERSISTENT_AUTO = ("float32", "float64")  # passed on an H100
 FLOATS = ("float32", "float64")
 
 LAYER_IMPLS: tuple[LayerImpl, ...] = (

@@ -121,18 +121,24 @@ def test_fast_layer_keeps_nan_and_inf(backend, impl):
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
-def test_fast_layer_refuses_a_cache_of_other_shapes_without_crashing(backend, impl):
+def test_fast_layer_refuses_other_shapes_and_dtypes_without_crashing(backend, impl):
     """A cache from a layer of another hidden size or batch must be refused before any kernel runs."""
     module = runnable(impl, backend, np.float32)
     arrays, _ = random_layer(backend, 4, 3, 5, 6, np.float32)
     _, _, cache = module.lstm_layer_forward(backend, *arrays)
     for steps, batch, features, hidden in [(4, 3, 5, 8), (4, 2, 5, 6), (5, 3, 5, 6), (4, 3, 4, 6)]:
         other, grads = random_layer(backend, steps, batch, features, hidden, np.float32)
-        with pytest.raises(generic.LayerShapeError, match="has shape"):
+        with pytest.raises(generic.LayerInputError, match="has shape"):
             module.lstm_layer_backward(backend, *grads, other[1], cache)
     x, weight, bias, h0, c0 = arrays
-    with pytest.raises(generic.LayerShapeError, match="bias has shape"):
+    with pytest.raises(generic.LayerInputError, match="bias has shape"):
         module.lstm_layer_forward(backend, x, weight, bias[:-1], h0, c0)
+    wide = backend.xp.astype(weight, backend.xp.float64)  # a kernel must never read float64 bytes as float32
+    with pytest.raises(generic.LayerInputError, match="weight has dtype float64, expected float32"):
+        module.lstm_layer_forward(backend, x, wide, bias, h0, c0)
+    _, grads = random_layer(backend, 4, 3, 5, 6, np.float64)
+    with pytest.raises(generic.LayerInputError, match="dy has dtype float64"):
+        module.lstm_layer_backward(backend, *grads, weight, cache)
 
 
 def test_registry_chooses_by_backend_dtype_and_mask(monkeypatch):
@@ -282,7 +288,7 @@ def test_size_limited_paths_at_their_limit_and_one_past_it(backend):
         limit = module.MAX_HIDDEN
         assert impl.refuses(backend, np.float32, False, (2, limit)) is None
         arrays, grads = random_layer(backend, 3, 2, 3, limit, np.float32)
-        arrays[1] = arrays[1] * (2.0 / np.sqrt(limit))  # pre-activations O(1), as initialised weights give
+        arrays[1] = arrays[1] * float(2.0 / np.sqrt(limit))  # pre-activations O(1), as initialised weights give
         assert_matches_generic(module, backend, arrays, grads, 2e-5)
         past = impl.refuses(backend, np.float32, False, (2, limit + 1))
         assert past is not None and str(limit) in past

@@ -157,11 +157,19 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
             $real zo = z[3 * hidden + j] + bias_o;
             const $real* h = h_s + row * hidden;
             const $real* w = w_s + lane;
-            #pragma unroll 8
-            for (int k = 0; k < hidden; ++k, w += 128) {
+            $real zi2 = 0, zf2 = 0, zg2 = 0, zo2 = 0;  // two sums per gate: half the dependent chain
+            int k = 0;
+            #pragma unroll 4
+            for (; k + 1 < hidden; k += 2, w += 256) {
+                const $real h0 = h[k], h1 = h[k + 1];
+                zi += h0 * w[0]; zf += h0 * w[32]; zg += h0 * w[64]; zo += h0 * w[96];
+                zi2 += h1 * w[128]; zf2 += h1 * w[160]; zg2 += h1 * w[192]; zo2 += h1 * w[224];
+            }
+            if (k < hidden) {
                 const $real hk = h[k];
                 zi += hk * w[0]; zf += hk * w[32]; zg += hk * w[64]; zo += hk * w[96];
             }
+            zi += zi2; zf += zf2; zg += zg2; zo += zo2;
             const $real i = half * $tanh(half * zi) + half, f = half * $tanh(half * zf) + half;
             const $real g = $tanh(zg), o = half * $tanh(half * zo) + half;
             z[j] = i; z[hidden + j] = f; z[2 * hidden + j] = g; z[3 * hidden + j] = o;
@@ -243,10 +251,12 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
         if (active) {
             const $real* d = dz_s + row * four;
             const $real* w = w_s + lane;
-            $real acc = 0;
-            #pragma unroll 8
-            for (int col = 0; col < 4 * hidden; ++col, w += 32) acc += d[col] * w[0];
-            dh_in = acc + (one - m) * dh_in;
+            $real acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;  // 4H is a multiple of 4: four independent sums
+            #pragma unroll 2
+            for (int col = 0; col < 4 * hidden; col += 4, w += 128) {
+                acc0 += d[col] * w[0]; acc1 += d[col + 1] * w[32]; acc2 += d[col + 2] * w[64]; acc3 += d[col + 3] * w[96];
+            }
+            dh_in = (acc0 + acc1) + (acc2 + acc3) + (one - m) * dh_in;
         }
         __syncthreads();  // dz_s is read by every thread before the next step's staging overwrites it
     }

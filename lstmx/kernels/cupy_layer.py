@@ -26,7 +26,7 @@ import numpy as np
 from cupy_backends.cuda.libs import cublas
 
 from ..backend import Backend
-from ..layers.lstm_layer import check_backward_shapes, forward_dims
+from ..layers.lstm_layer import check_backward_inputs, forward_dims
 from . import cuda_sources
 
 THREADS = 256  # per block of the pointwise kernels
@@ -126,13 +126,13 @@ def backward_buffers(dy: Any, dh_last: Any, dc_last: Any, weight: Any,
                      cache: CupyLayerCache) -> tuple[Any, Any, Any, Any, Any]:
     """``(dy, weight, dh, dc, dz)``: contiguous inputs, private copies of dL/dh_T and dL/dc_T (updated in place
     step by step) and the (T, B, 4H) buffer for every step's dz."""
-    check_backward_shapes(cache.dims(), dy, dh_last, dc_last, weight)  # the kernels index without bounds checks
+    check_backward_inputs(cache.dims(), cache.gates.dtype, dy, dh_last, dc_last, weight)  # the kernels index without bounds checks
     steps, batch, _, hidden = cache.dims()
     dtype = cache.gates.dtype
     dh = cupy.array(dh_last, dtype=dtype, order="C")
     dc = cupy.array(dc_last, dtype=dtype, order="C")
     dz = cupy.empty((steps, batch, 4 * hidden), dtype=dtype)
-    return _contiguous(dy.astype(dtype, copy=False)), _contiguous(weight), dh, dc, dz
+    return _contiguous(dy), _contiguous(weight), dh, dc, dz
 
 
 def parameter_gradients(cache: CupyLayerCache, dz: Any, weight: Any) -> tuple[Any, Any, Any]:

@@ -22,7 +22,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from ..backend import Backend
-from ..layers.lstm_layer import check_backward_shapes, forward_dims
+from ..layers.lstm_layer import check_backward_inputs, forward_dims
 from . import numpy_layer
 from .host_buffers import HOST_BUFFERS
 from .numpy_layer import HostLayerCache
@@ -125,10 +125,10 @@ def lstm_layer_forward(
 def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: HostLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
-    check_backward_shapes(cache.dims(), dy, dh_last, dc_last, weight)  # the kernels index without bounds checks
+    check_backward_inputs(cache.dims(), cache.gates.dtype, dy, dh_last, dc_last, weight)  # the kernels index without bounds checks
     inputs_and_h_prev, cells, gates, tanh_c = cache
     w_hidden_t, dz_all, dh_next, dc = numpy_layer.backward_buffers(cache, weight, dh_last, dc_last)
-    dy = np.ascontiguousarray(dy, dtype=gates.dtype)
+    dy = np.ascontiguousarray(dy)
     for t in reversed(range(tanh_c.shape[0])):
         _backward_step(dy[t], dh_next, dc, gates[t], cells[t], tanh_c[t], dz_all[t])
         np.matmul(dz_all[t], w_hidden_t, out=dh_next)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..backend import Backend
 from ..layers.cell import gate_affine
-from ..layers.lstm_layer import check_backward_shapes, forward_dims
+from ..layers.lstm_layer import check_backward_inputs, forward_dims
 from .host_buffers import HOST_BUFFERS
 
 
@@ -162,7 +162,7 @@ def lstm_layer_forward(
 def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: HostLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
-    check_backward_shapes(cache.dims(), dy, dh_last, dc_last, weight)
+    check_backward_inputs(cache.dims(), cache.gates.dtype, dy, dh_last, dc_last, weight)
     inputs_and_h_prev, cells, gates, tanh_c = cache
     steps, batch, hidden = tanh_c.shape
     dtype = gates.dtype

@@ -38,38 +38,42 @@ class LSTMLayerCache(NamedTuple):
         return steps, batch, features, self.h_prev.shape[-1]
 
 
-class LayerShapeError(ValueError):
-    """Arrays handed to one layer whose shapes do not fit together (or do not fit the cache)."""
+class LayerInputError(ValueError):
+    """Arrays handed to one layer whose shapes or dtypes do not fit together (or do not fit the cache)."""
 
 
-def _expect(name: str, array: Any, shape: tuple[int, ...]) -> None:
+def _expect(name: str, array: Any, shape: tuple[int, ...], dtype: Any) -> None:
     if tuple(array.shape) != shape:
-        raise LayerShapeError(f"{name} has shape {tuple(array.shape)}, expected {shape}")
+        raise LayerInputError(f"{name} has shape {tuple(array.shape)}, expected {shape}")
+    if array.dtype != dtype:
+        raise LayerInputError(f"{name} has dtype {array.dtype}, expected {dtype} (the layer input's)")
 
 
 def forward_dims(x: Any, weight: Any, bias: Any, h0: Any, c0: Any) -> tuple[int, int, int, int]:
-    """``(steps, batch, features, hidden)`` of one layer's forward, after checking every shape fits.
+    """``(steps, batch, features, hidden)`` of one layer's forward, after checking every shape and dtype fits.
 
-    Every implementation calls this first, so a compiled kernel never runs on shapes that do not fit.
+    Every implementation calls this first, so a compiled kernel never runs on arrays that do not fit.
     """
     if x.ndim != 3 or h0.ndim != 2:
-        raise LayerShapeError(f"x must be (T, B, D) and h0 (B, H); got {tuple(x.shape)} and {tuple(h0.shape)}")
+        raise LayerInputError(f"x must be (T, B, D) and h0 (B, H); got {tuple(x.shape)} and {tuple(h0.shape)}")
     steps, batch, features = x.shape
     hidden = h0.shape[1]
-    _expect("h0", h0, (batch, hidden))
-    _expect("c0", c0, (batch, hidden))
-    _expect("weight", weight, (features + hidden, 4 * hidden))
-    _expect("bias", bias, (4 * hidden,))
+    _expect("h0", h0, (batch, hidden), x.dtype)
+    _expect("c0", c0, (batch, hidden), x.dtype)
+    _expect("weight", weight, (features + hidden, 4 * hidden), x.dtype)
+    _expect("bias", bias, (4 * hidden,), x.dtype)
     return steps, batch, features, hidden
 
 
-def check_backward_shapes(dims: tuple[int, int, int, int], dy: Any, dh_last: Any, dc_last: Any, weight: Any) -> None:
-    """The gradients and weight handed to a backward fit the ``(steps, batch, features, hidden)`` of its cache."""
+def check_backward_inputs(dims: tuple[int, int, int, int], dtype: Any, dy: Any, dh_last: Any, dc_last: Any,
+                          weight: Any) -> None:
+    """The gradients and weight handed to a backward fit the ``(steps, batch, features, hidden)`` and dtype of
+    its cache."""
     steps, batch, features, hidden = dims
-    _expect("dy", dy, (steps, batch, hidden))
-    _expect("dh_last", dh_last, (batch, hidden))
-    _expect("dc_last", dc_last, (batch, hidden))
-    _expect("weight", weight, (features + hidden, 4 * hidden))
+    _expect("dy", dy, (steps, batch, hidden), dtype)
+    _expect("dh_last", dh_last, (batch, hidden), dtype)
+    _expect("dc_last", dc_last, (batch, hidden), dtype)
+    _expect("weight", weight, (features + hidden, 4 * hidden), dtype)
 
 
 def lstm_layer_forward(
@@ -117,7 +121,7 @@ def lstm_layer_backward(
     xp = backend.xp
     x, h_prevs, c_prevs, gate_steps, tanh_cs, step_mask = cache
     steps, batch, features, hidden = cache.dims()
-    check_backward_shapes((steps, batch, features, hidden), dy, dh_last, dc_last, weight)
+    check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight)
     gate = gate_affine(backend, hidden, x.dtype)
     w_hidden_t = weight[features:, :].T
 
