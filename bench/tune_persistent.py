@@ -34,4 +34,38 @@ for batch, steps, features, hidden in [(16, 200, 128, 128), (64, 100, 256, 256),
             cupy.cuda.Stream.null.synchronize()
             times.append(time.perf_counter() - start)
         line.append(f"rows {rows}: {1e3 * np.median(times[2:]):.2f} ms")
+        if rows == 4:  # where the time goes: forward and backward separately, and the kernels alone (events)
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            split = {"forward": [], "backward": [], "forward kernel": [], "backward kernel": []}
+            for repeat in range(10):
+                cupy.cuda.Stream.null.synchronize()
+                t0 = time.perf_counter()
+                _, _, cache = model.forward(x, impl="cupy-persistent")
+                cupy.cuda.Stream.null.synchronize()
+                t1 = time.perf_counter()
+                model.backward(dy, cache)
+                cupy.cuda.Stream.null.synchronize()
+                split["forward"].append(t1 - t0)
+                split["backward"].append(time.perf_counter() - t1)
+                layer = cache.layers[0]
+                w, b = model.params["weight_l0"], model.params["bias_l0"]
+                h0 = cupy.zeros((batch, hidden), dtype=model.dtype)
+                buffers = module.forward_buffers(x, w, b, h0, h0, None, (steps, batch, features, hidden))
+                start.record()
+                module._launch("lstm_forward_persistent", "float32", batch, hidden,
+                               (buffers.gates, w[features:], b, buffers.cells, buffers.hidden_states, buffers.tanh_c,
+                                buffers.y, module.NULL, np.int32(steps), np.int32(batch), np.int32(hidden)))
+                end.record()
+                end.synchronize()
+                split["forward kernel"].append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
+                dz = cupy.empty_like(layer.gates)
+                dh, dc = cupy.zeros_like(h0), cupy.zeros_like(h0)
+                start.record()
+                module._launch("lstm_backward_persistent", "float32", batch, hidden,
+                               (dy, w[features:], layer.gates, layer.cells, layer.tanh_c, module.NULL, dz, dh, dc,
+                                np.int32(steps), np.int32(batch), np.int32(hidden)))
+                end.record()
+                end.synchronize()
+                split["backward kernel"].append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
+            line.append(", ".join(f"{k} {1e3 * np.median(v[2:]):.2f}" for k, v in split.items()))
     print((batch, steps, features, hidden), "; ".join(line), flush=True)

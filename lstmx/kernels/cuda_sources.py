@@ -144,6 +144,13 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
         c = cells[n];
         bias_i = bias[j]; bias_f = bias[hidden + j]; bias_g = bias[2 * hidden + j]; bias_o = bias[3 * hidden + j];
     }
+    // x_t W_x + b of the coming step, read before the barrier that precedes it (it does not depend on h)
+    $real xi = 0, xf = 0, xg = 0, xo = 0, m = one;
+    if (active && steps > 0) {
+        xi = gates[(long long)b * four + j] + bias_i; xf = gates[(long long)b * four + hidden + j] + bias_f;
+        xg = gates[(long long)b * four + 2 * hidden + j] + bias_g; xo = gates[(long long)b * four + 3 * hidden + j] + bias_o;
+        if (step_mask != nullptr) m = step_mask[b];
+    }
     for (int t = 0; t < steps; ++t) {
         const $real* h_now = hidden_states + t * count;
         for (int e = tid; e < rows * hidden; e += threads) {
@@ -153,8 +160,7 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
         __syncthreads();
         if (active) {
             $real* z = gates + ((long long)t * batch + b) * four;
-            $real zi = z[j] + bias_i, zf = z[hidden + j] + bias_f, zg = z[2 * hidden + j] + bias_g;
-            $real zo = z[3 * hidden + j] + bias_o;
+            $real zi = xi, zf = xf, zg = xg, zo = xo;
             const $real* h = h_s + row * hidden;
             const $real* w = w_s + lane;
             $real zi2 = 0, zf2 = 0, zg2 = 0, zo2 = 0;  // two sums per gate: half the dependent chain
@@ -179,12 +185,17 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
             if (step_mask == nullptr) {
                 y[now] = h_new; hidden_states[next] = h_new; c = c_new;
             } else {
-                const $real m = step_mask[(long long)t * batch + b];
                 y[now] = m * h_new;
                 hidden_states[next] = m * h_new + (one - m) * h_s[row * hidden + j];
                 c = m * c_new + (one - m) * c;
             }
             cells[next] = c;
+            if (t + 1 < steps) {  // prefetch the next step's input projection and mask
+                const $real* z_next = z + (long long)batch * four;
+                xi = z_next[j] + bias_i; xf = z_next[hidden + j] + bias_f;
+                xg = z_next[2 * hidden + j] + bias_g; xo = z_next[3 * hidden + j] + bias_o;
+                if (step_mask != nullptr) m = step_mask[(long long)(t + 1) * batch + b];
+            }
         }
         grid.sync();  // h_{t+1} of every unit is written (and h_s read) before the next step stages it
     }
