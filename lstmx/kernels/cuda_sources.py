@@ -235,22 +235,28 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
     }
     const $real one = 1;
     $real dh_in = 0, dc_in = 0;  // dL/dh_t, dL/dc_t arriving from step t + 1
-    if (active) { dh_in = dh[n]; dc_in = dc[n]; }
+    // what the pointwise part of step t reads (it does not depend on other threads): loaded a step ahead
+    $real m = one, dy_t = 0, i = 0, f = 0, g = 0, o = 0, tc = 0, c_prev = 0;
+    auto load_step = [&](int t) {
+        const long long now = t * count + n, row_start = ((long long)t * batch + b) * four;
+        m = step_mask == nullptr ? one : step_mask[(long long)t * batch + b];
+        dy_t = dy[now]; tc = tanh_c[now]; c_prev = cells[now];
+        i = gates[row_start + j]; f = gates[row_start + hidden + j];
+        g = gates[row_start + 2 * hidden + j]; o = gates[row_start + 3 * hidden + j];
+    };
+    if (active) { dh_in = dh[n]; dc_in = dc[n]; if (steps > 0) load_step(steps - 1); }
     for (int t = steps - 1; t >= 0; --t) {
-        $real m = one;
+        const $real m_t = m;
         if (active) {
-            const long long now = t * count + n, row_start = ((long long)t * batch + b) * four;
-            if (step_mask != nullptr) m = step_mask[(long long)t * batch + b];
-            const $real dh_t = m * (dy[now] + dh_in);
-            const $real i = gates[row_start + j], f = gates[row_start + hidden + j];
-            const $real g = gates[row_start + 2 * hidden + j], o = gates[row_start + 3 * hidden + j];
-            const $real tc = tanh_c[now];
+            const long long row_start = ((long long)t * batch + b) * four;
+            const $real dh_t = m * (dy_t + dh_in);
             const $real dc_t = m * dc_in + dh_t * o * (one - tc * tc);
             dz[row_start + j] = dc_t * g * i * (one - i);
-            dz[row_start + hidden + j] = dc_t * cells[now] * f * (one - f);
+            dz[row_start + hidden + j] = dc_t * c_prev * f * (one - f);
             dz[row_start + 2 * hidden + j] = dc_t * i * (one - g * g);
             dz[row_start + 3 * hidden + j] = dh_t * tc * o * (one - o);
             dc_in = dc_t * f + (one - m) * dc_in;
+            if (t > 0) load_step(t - 1);
         }
         grid.sync();  // dz_t of every unit is written before any block stages its rows
         const $real* dz_now = dz + (long long)t * batch * four;
@@ -267,7 +273,7 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
             for (int col = 0; col < 4 * hidden; col += 4, w += 128) {
                 acc0 += d[col] * w[0]; acc1 += d[col + 1] * w[32]; acc2 += d[col + 2] * w[64]; acc3 += d[col + 3] * w[96];
             }
-            dh_in = (acc0 + acc1) + (acc2 + acc3) + (one - m) * dh_in;
+            dh_in = (acc0 + acc1) + (acc2 + acc3) + (one - m_t) * dh_in;
         }
         __syncthreads();  // dz_s is read by every thread before the next step's staging overwrites it
     }
