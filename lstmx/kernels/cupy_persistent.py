@@ -28,7 +28,7 @@ from ..layers.lstm_layer import forward_dims
 from . import cuda_sources
 from .cupy_layer import NULL, CupyLayerCache, backward_buffers, forward_buffers, forward_outputs, parameter_gradients
 
-ROWS = 8  # batch rows per block: blocks are (32 units, ROWS rows) = 256 threads
+ROWS = 4  # batch rows per block: blocks are (32 units, ROWS rows) = 128 threads (4 beat 2, 8 and 16 on an H100)
 MAX_HIDDEN = 256  # above this the stepwise path (cuBLAS per step) is faster: the dot products dominate
 
 
