@@ -12,6 +12,7 @@ so a crash or a failed save never leaves a broken checkpoint or loses the previo
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -42,9 +43,15 @@ class Checkpoint(NamedTuple):
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Call ``write(binary_file)`` on a temporary file beside ``path`` and rename it into place."""
+    """Call ``write(binary_file)`` on a temporary file beside ``path`` and rename it into place.
+
+    Temporary files that an earlier write of the same target left behind (a process killed mid-save) are
+    removed first.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(descriptor, "wb") as handle:

@@ -1,138 +1,295 @@
-"""Command line: ``lstmx train``, ``lstmx sample`` and ``lstmx check``."""
+"""Command line: ``lstmx train``, ``lstmx sample`` and ``lstmx check``.
+
+The flags of ``lstmx train`` are generated from the fields of :class:`lstmx.options.DataConfig`,
+:class:`lstmx.options.ModelConfig` and :class:`lstmx.train.TrainConfig`: one set of defaults, one line of help
+each, and every value range-checked with a one-line error naming the flag.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
+from . import registry
 from .backend import BACKEND_NAMES, BackendError
+from .options import (NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, DataConfig, ModelConfig, OptionError, Range, Spec,
+                      check_value, spec_of)
+
+RUN_FILES = ("log.jsonl", "loss.png", "last.npz")  # what a run writes into --out (besides temporary files)
+NONE_WORDS = ("none", "off")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line, naming the command and the argument."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _value_type(name: str, spec: Spec, kind: type) -> Callable[[str], Any]:
+    """argparse ``type=``: parse, then check the range (``none``/``off`` where the option may be off)."""
+
+    def parse(text: str) -> Any:
+        if spec.optional and text.lower() in NONE_WORDS:
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {_describe(spec, kind)}, got {text!r}") from None
+        if kind is float and float(value).is_integer() and spec.range is not None and spec.range.integer:
+            value = int(value)
+        if check_value(name, value, spec) is not None:
+            raise argparse.ArgumentTypeError(f"must be {_describe(spec, kind)}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def _describe(spec: Spec, kind: type) -> str:
+    text = spec.range.describe() if spec.range is not None else ("an integer" if kind is int else "a number")
+    return text + _or_none(spec)
+
+
+def _or_none(spec: Spec) -> str:
+    return " (or none)" if spec.optional else ""
+
+
+def _field_type(field: dataclasses.Field) -> type:
+    annotation = str(field.type)
+    return bool if annotation.startswith("bool") else int if annotation.startswith("int") else \
+        float if annotation.startswith("float") else str
+
+
+def add_config_options(group: argparse._ArgumentGroup, config_class: type) -> None:
+    """One flag per field: ``--field-name``, default suppressed (so a given flag is told from a default)."""
+    defaults = config_class()
+    for field in dataclasses.fields(config_class):
+        spec = spec_of(field)
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        kind = _field_type(field)
+        if kind is bool:
+            group.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=spec.help)
+            continue
+        shown = "none" if default is None else default
+        allowed = spec.allowed()
+        if allowed is not None:
+            group.add_argument(flag, default=argparse.SUPPRESS, choices=allowed, help=f"{spec.help} (default: {shown})")
+        else:
+            group.add_argument(flag, type=_value_type(flag, spec, kind), default=argparse.SUPPRESS,
+                               metavar=field.name.upper(), help=f"{spec.help}; {_describe(spec, kind)} (default: {shown})")
+
+
+def _flag_type(name: str, range_: Range, kind: type) -> Callable[[str], Any]:
+    return _value_type(name, Spec("", range_), kind)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lstmx", description="Train and sample LSTM language models.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    from .train import TrainConfig
+
+    parser = Parser(prog="lstmx", description="Train and sample LSTM language models.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    impls = (registry.AUTO, *registry.NAMES)
 
     train = commands.add_parser("train", help="train a language model on a text file (default: Python's own stdlib source)")
     train.add_argument("text", nargs="?", help="UTF-8 text file; omitted: the embedded default corpus")
-    train.add_argument("--backend", default="numpy", choices=BACKEND_NAMES)
-    train.add_argument("--level", default="char", choices=("char", "word"))
-    train.add_argument("--unk", action="store_true", help="word level: map words seen fewer than --min-count times to <unk>")
-    train.add_argument("--min-count", type=int, default=1)
-    train.add_argument("--max-chars", type=int, default=1_000_000, help="use at most this many characters of the text")
-    train.add_argument("--validation", type=float, default=0.1, help="fraction of the text held out for validation")
-    train.add_argument("--test", type=float, default=0.0, help="fraction held out for a final test evaluation")
-    train.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000; on --resume: the saved total)")
-    train.add_argument("--epochs", type=float, default=None, help="train for this many passes instead of --steps")
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--seq-len", type=int, default=64, help="truncated-BPTT window T")
-    train.add_argument("--embedding-size", type=int, default=64)
-    train.add_argument("--hidden-size", type=int, default=256)
-    train.add_argument("--num-layers", type=int, default=1)
-    train.add_argument("--dropout", type=float, default=0.0)
-    train.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    train.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "rmsprop"))
-    train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--weight-decay", type=float, default=None, help="default: the optimizer's own (AdamW 1e-2, others 0)")
-    train.add_argument("--momentum", type=float, default=0.0, help="SGD/RMSprop momentum")
-    train.add_argument("--schedule", default="constant", choices=("constant", "step", "exponential", "cosine"))
-    train.add_argument("--warmup-steps", type=int, default=0)
-    train.add_argument("--clip-norm", type=float, default=5.0, help="global-norm gradient clip (0: off)")
-    train.add_argument("--clip-value", type=float, default=None, help="element-wise gradient clip")
-    train.add_argument("--eval-every", type=int, default=200)
-    train.add_argument("--log-every", type=int, default=10)
-    train.add_argument("--sample-length", type=int, default=200)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", default="runs/default", help="folder for log.jsonl, loss.png and last.npz")
-    train.add_argument("--resume", default=None, help="checkpoint to continue from (written by a previous run)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run = train.add_argument_group("run")
+    run.add_argument("--backend", default="numpy", choices=BACKEND_NAMES, help="array backend (default: numpy)")
+    run.add_argument("--impl", default=None, choices=impls,
+                     help=f"LSTM layer implementation (default: the registry's choice, or ${registry.ENVIRONMENT_VARIABLE})")
+    run.add_argument("--epochs", type=_flag_type("--epochs", POSITIVE, float), default=None,
+                     help="train for this many passes over the training text instead of --steps; a number > 0")
+    run.add_argument("--out", default="runs/default", help="folder for log.jsonl, loss.png and last.npz (default: runs/default)")
+    run.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                     help="continue the run a checkpoint holds (into its own folder); only --steps/--epochs, --lr, "
+                          "--eval-every, --eval-max-windows, --log-every and the sample options may change")
+    run.add_argument("--overwrite", action="store_true", help="start over in an --out folder that holds a run")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar or step lines")
+    add_config_options(train.add_argument_group("data"), DataConfig)
+    add_config_options(train.add_argument_group("model"), ModelConfig)
+    add_config_options(train.add_argument_group("training"), TrainConfig)
 
     sample = commands.add_parser("sample", help="generate text from a checkpoint")
     sample.add_argument("checkpoint")
-    sample.add_argument("--prime", default="", help="text the model reads before generating")
-    sample.add_argument("--length", type=int, default=300)
-    sample.add_argument("--temperature", type=float, default=0.8)
-    sample.add_argument("--top-k", type=int, default=None)
-    sample.add_argument("--greedy", action="store_true")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--backend", default="numpy", choices=BACKEND_NAMES)
+    sample.add_argument("--prime", default="", help="text the model reads before generating (default: a newline)")
+    sample.add_argument("--length", type=_flag_type("--length", NON_NEGATIVE_INT, int), default=300,
+                        help="tokens to generate; an integer ≥ 0 (default: 300)")
+    sample.add_argument("--temperature", type=_flag_type("--temperature", POSITIVE, float), default=0.8,
+                        help="softmax temperature; a number > 0 (default: 0.8)")
+    sample.add_argument("--top-k", type=_flag_type("--top-k", POSITIVE_INT, int), default=None,
+                        help="sample among the k most likely tokens only; an integer ≥ 1 (default: all)")
+    sample.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    sample.add_argument("--seed", type=_flag_type("--seed", NON_NEGATIVE_INT, int), default=0,
+                        help="seed of the draws; an integer ≥ 0 (default: 0)")
+    sample.add_argument("--backend", default="numpy", choices=BACKEND_NAMES, help="array backend (default: numpy)")
+    sample.add_argument("--impl", default=None, choices=impls, help="LSTM layer implementation")
 
-    check = commands.add_parser("check", help="gradient check (float64) and NumPy-vs-CuPy parity on this machine")
-    check.add_argument("--tolerance", type=float, default=1e-6)
+    check = commands.add_parser("check", help="gradient check (float64), every layer implementation against the "
+                                              "generic one, and NumPy-vs-CuPy parity on this machine")
+    check.add_argument("--tolerance", type=_flag_type("--tolerance", Range(0, 1, low_inclusive=False), float),
+                       default=1e-6, help="largest relative gradient error that passes; a number in (0, 1] (default: 1e-06)")
     return parser
+
+
+# --- lstmx train ---------------------------------------------------------------------------------------------
+
+def _given(args: argparse.Namespace, config_class: type) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def run_train(args: argparse.Namespace) -> int:
     from . import LanguageModel
     from .checkpoint import load as load_checkpoint
     from .data import CharVocab, WordVocab, default_corpus, split_ids, vocab_from_config
-    from .train import TrainConfig, Trainer
+    from .train import TrainConfig, Trainer, resumable
+
+    given_data, given_model, given_train = (_given(args, c) for c in (DataConfig, ModelConfig, TrainConfig))
+    if args.epochs is not None and "steps" in given_train:
+        raise OptionError("--steps and --epochs exclude each other: give one")
+    out = Path(args.out)
+    resumed = load_checkpoint(args.resume) if args.resume else None
+    if resumed is not None:
+        data, model_config, saved_train = _resumed_configs(resumed, args.resume)
+        _refuse_conflicts(given_data, data, "its data")
+        data = data or DataConfig(**given_data)  # a checkpoint from before data settings were saved
+        _refuse_conflicts(given_model, model_config, "its model")
+        _refuse_conflicts({k: v for k, v in given_train.items() if not resumable(k)}, saved_train, "its optimizer")
+    else:
+        data = DataConfig(**given_data)
+        model_config = ModelConfig(**given_model)
+    _prepare_out(out, args)
 
     if args.text is None:
-        text, source = default_corpus(args.max_chars), "the Python standard library's source (embedded default corpus)"
+        text, source = default_corpus(data.max_chars), "the Python standard library's source (embedded default corpus)"
     else:
         path = Path(args.text)
         if not path.is_file():
             raise FileNotFoundError(f"text file {path} does not exist")
-        text, source = path.read_text(encoding="utf-8")[: args.max_chars], str(path)
+        text, source = path.read_text(encoding="utf-8")[: data.max_chars], str(path)
     if not text.strip():
         raise ValueError(f"the text from {source} is empty")
 
-    resumed = load_checkpoint(args.resume) if args.resume else None
     if resumed is not None:
-        if not isinstance(resumed.meta.get("vocab"), dict):
-            raise ValueError(f"{args.resume} holds no vocabulary; it cannot resume training")
         vocab = vocab_from_config(resumed.meta["vocab"])
-    elif args.level == "char":
+    elif data.level == "char":
         vocab = CharVocab.from_text(text)
     else:
-        vocab = WordVocab.from_text(text, args.min_count, "<unk>" if args.unk else None)
-    split = split_ids(vocab.encode(text), args.validation, args.test)
-    print(f"lstmx: {len(text):,} characters from {source}; {len(vocab)} {vocab.level} tokens; "
-          f"{len(split.train):,} train / {len(split.validation):,} validation tokens", file=sys.stderr)
+        vocab = WordVocab.from_text(text, data.min_count, "<unk>" if data.unk else None)
+    split = split_ids(vocab.encode(text), data.validation, data.test)
+    _say(f"{len(text):,} characters from {source}; {len(vocab)} {vocab.level} tokens; "
+         f"{len(split.train):,} train / {len(split.validation):,} validation tokens")
 
-    steps = _steps(args, len(split.train))
+    batch_size = (resumed.meta["train_config"] if resumed else given_train).get("batch_size", TrainConfig.batch_size)
+    seq_len = (resumed.meta["train_config"] if resumed else given_train).get("seq_len", TrainConfig.seq_len)
+    if args.epochs is not None:
+        from .data import windows_per_epoch
+
+        given_train["steps"] = max(1, int(round(args.epochs * windows_per_epoch(len(split.train), batch_size, seq_len))))
     progress = not args.no_progress
-    if resumed is not None:
-        trainer = Trainer.resume(resumed, split, args.out, backend=args.backend, steps=steps, progress=progress)
-    else:
-        config = TrainConfig(steps=steps or 1000, batch_size=args.batch_size, seq_len=args.seq_len,
-                             optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                             momentum=args.momentum, schedule=args.schedule, warmup_steps=args.warmup_steps,
-                             clip_norm=args.clip_norm or None, clip_value=args.clip_value, eval_every=args.eval_every,
-                             log_every=args.log_every, sample_length=args.sample_length, seed=args.seed)
-        model = LanguageModel(len(vocab), args.embedding_size, args.hidden_size, args.num_layers, args.dropout,
-                              backend=args.backend, dtype=args.dtype, seed=args.seed)
-        trainer = Trainer(model, vocab, split, config, args.out, progress=progress)
-    print(f"lstmx: {trainer.model.num_parameters():,} parameters on {trainer.model.backend.name}; "
-          f"training to step {trainer.config.steps} (from step {trainer.step}); writing to {args.out}", file=sys.stderr)
-    records = trainer.run()
-    first = next((r["train_loss"] for r in records if "train_loss" in r), None)
-    last = next((r["train_loss"] for r in reversed(records) if "train_loss" in r), None)
-    if first is not None:
-        print(f"lstmx: train loss {first:.3f} → {last:.3f} nats/token; checkpoint {Path(args.out) / 'last.npz'}; "
-              f"curve {Path(args.out) / 'loss.png'}", file=sys.stderr)
-    if len(split.test):
-        _report_test(trainer, split.test)
+    with _layer_impl(args.impl):
+        if resumed is not None:
+            overrides = {k: v for k, v in given_train.items() if resumable(k)}
+            for name, value in overrides.items():
+                if value != resumed.meta["train_config"].get(name):
+                    _say(f"resuming with {_flag(name)} {value} (the checkpoint had {resumed.meta['train_config'].get(name)})")
+            trainer = Trainer.resume(resumed, split, out, backend=args.backend, overrides=overrides, progress=progress)
+        else:
+            config = TrainConfig(**given_train)
+            model = LanguageModel(len(vocab), model_config.embedding_size, model_config.hidden_size,
+                                  model_config.num_layers, model_config.dropout, backend=args.backend,
+                                  dtype=model_config.dtype, seed=config.seed)
+            trainer = Trainer(model, vocab, split, config, out, progress=progress, data=data)
+        _say(f"{trainer.model.num_parameters():,} parameters on {trainer.model.backend.name}; training to step "
+             f"{trainer.config.steps} (from step {trainer.step}); writing to {out}")
+        try:
+            records = trainer.run()
+        except KeyboardInterrupt as interrupt:
+            if interrupt.args:  # the trainer saved the step it finished
+                _say(f"{interrupt.args[0]}; continue with --resume {out / 'last.npz'}")
+            raise
+        if len(split.test):
+            _report_test(trainer, split.test)
+    train_losses = [r["train_loss"] for r in records if "train_loss" in r]
+    if train_losses:
+        _say(f"train loss {train_losses[0]:.3f} → {train_losses[-1]:.3f} nats/token; checkpoint {out / 'last.npz'}; "
+             f"curve {out / 'loss.png'}")
     return 0
 
 
-def _steps(args: argparse.Namespace, train_tokens: int) -> int | None:
-    from .data import windows_per_epoch
+def _resumed_configs(checkpoint: Any, path: str) -> tuple[DataConfig, ModelConfig, dict[str, Any]]:
+    meta = checkpoint.meta
+    if not isinstance(meta.get("vocab"), dict) or "train_config" not in meta:
+        raise ValueError(f"{path} holds no training run (a model-only checkpoint?); it cannot resume training")
+    described = meta.get("model", {})
+    if described.get("class") != "LanguageModel":
+        raise ValueError(f"{path} holds a {described.get('class')!r}, not a language model")
+    model = ModelConfig(**{k: v for k, v in described["config"].items() if k != "vocab_size"}, dtype=described["dtype"])
+    data = DataConfig(**meta["data_config"]) if meta.get("data_config") else None
+    return data, model, meta["train_config"]
 
-    if args.epochs is None:
-        return args.steps
-    return max(1, int(round(args.epochs * windows_per_epoch(train_tokens, args.batch_size, args.seq_len))))
+
+def _refuse_conflicts(given: dict[str, Any], saved: Any, what: str) -> None:
+    """A flag given with --resume must agree with the checkpoint (saved: a config, a dict, or None: unknown)."""
+    if saved is None:
+        return
+    values = saved if isinstance(saved, dict) else dataclasses.asdict(saved)
+    for name, value in given.items():
+        if name in values and values[name] != value:
+            raise OptionError(f"{_flag(name)} {value} conflicts with the checkpoint ({values[name]}): a resumed run "
+                              f"keeps {what}; leave the flag out, or start a new run")
 
 
-def _report_test(trainer, test_ids) -> None:
+def _prepare_out(out: Path, args: argparse.Namespace) -> None:
+    """Refuse an --out folder that holds another run, unless resuming that run or told to overwrite it."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OptionError(f"--out {out} is a file, not a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if args.resume and Path(args.resume).resolve().parent == out.resolve():
+        return
+    if args.overwrite:
+        for name in entries:
+            if name in RUN_FILES or (name.startswith(".") and name.endswith(".tmp")):
+                (out / name).unlink()
+        return
+    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+    if args.resume:
+        raise OptionError(f"--out {out} is not the folder of --resume {args.resume} and is not empty ({shown}); "
+                          f"resume into {Path(args.resume).parent}, or choose an empty --out")
+    hint = f"continue it with --resume {out / 'last.npz'}, " if "last.npz" in entries else ""
+    raise OptionError(f"--out {out} already holds files ({shown}); {hint}start over with --overwrite, "
+                      "or choose another --out")
+
+
+def _layer_impl(name: str | None) -> Any:
+    return registry.use_layer_impl(name) if name else contextlib.nullcontext()
+
+
+def _say(line: str) -> None:
+    print(f"lstmx: {line}", file=sys.stderr, flush=True)
+
+
+def _report_test(trainer: Any, test_ids: Any) -> None:
     from .data import StreamBatches
 
     config = trainer.config
     result = trainer.evaluate(StreamBatches(trainer.model.backend, test_ids, config.batch_size, config.seq_len))
-    print(f"lstmx: test loss {result['val_loss']:.4f} nats/token, ppl {result['val_ppl']:.2f}", file=sys.stderr)
+    _say(f"test loss {result['val_loss']:.4f} nats/token, ppl {result['val_ppl']:.2f}")
 
+
+# --- lstmx sample, lstmx check ---------------------------------------------------------------------------------
 
 def run_sample(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, load_model
@@ -141,8 +298,9 @@ def run_sample(args: argparse.Namespace) -> int:
     model, vocab = load_model(args.checkpoint, args.backend)
     if vocab is None or not hasattr(model, "vocab_size"):
         raise CheckpointError(f"{args.checkpoint} holds no language model with a vocabulary; nothing to sample")
-    text = sample(model, vocab, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
-                  greedy=args.greedy, seed=args.seed)
+    with _layer_impl(args.impl):
+        text = sample(model, vocab, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
+                      greedy=args.greedy, seed=args.seed)
     joiner = vocab.separator if args.prime and text and not args.prime.endswith((" ", "\n")) else ""
     sys.stdout.write(args.prime + joiner + text + "\n")
     return 0
@@ -155,7 +313,11 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
     handlers = {"train": run_train, "sample": run_sample, "check": run_check}
     try:
         return handlers[args.command](args)

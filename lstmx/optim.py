@@ -50,6 +50,9 @@ def warmup_cosine(lr: float, total_steps: int, warmup_steps: int = 0, min_lr: fl
     return schedule
 
 
+SCHEDULES = ("constant", "step", "exponential", "cosine")
+
+
 def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0, gamma: float = 0.5,
                   step_size: int = 1000, min_lr: float = 0.0) -> Schedule:
     """A schedule by name: ``constant``, ``step``, ``exponential`` or ``cosine`` (with warm-up)."""

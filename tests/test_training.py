@@ -12,7 +12,7 @@ from lstmx import LanguageModel
 from lstmx.cli import main
 from lstmx.data import CharVocab
 from lstmx.sample import next_token_distribution, sample
-from lstmx.train import read_log
+from lstmx.runlog import read_log
 
 from .test_checkpoint import TEXT, small_trainer
 
