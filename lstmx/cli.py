@@ -162,7 +162,7 @@ def run_train(args: argparse.Namespace) -> int:
         _refuse_conflicts(given_data, data, "its data")
         data = data or DataConfig(**given_data)  # a checkpoint from before data settings were saved
         _refuse_conflicts(given_model, model_config, "its model")
-        _refuse_conflicts({k: v for k, v in given_train.items() if not resumable(k)}, saved_train, "its optimizer")
+        _refuse_conflicts({k: v for k, v in given_train.items() if not resumable(k)}, saved_train, "its training recipe")
     else:
         data = DataConfig(**given_data)
         model_config = ModelConfig(**given_model)

@@ -14,6 +14,17 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .backend import Backend, to_numpy
+from .options import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Range, OptionError
+
+UNIT = Range(0, 1, high_inclusive=False)  # [0, 1)
+
+
+def _check(**values: tuple[Any, Range]) -> None:
+    """One line naming the first argument outside its range."""
+    for name, (value, allowed) in values.items():
+        problem = allowed.check(value)
+        if problem is not None:
+            raise OptionError(f"{name} {problem}")
 
 Schedule = Callable[[int], float]  # step (0-based) → learning rate
 
@@ -21,25 +32,26 @@ Schedule = Callable[[int], float]  # step (0-based) → learning rate
 # --- Learning-rate schedules -------------------------------------------------------------------------------
 
 def constant(lr: float) -> Schedule:
+    _check(lr=(lr, POSITIVE))
     return lambda step: lr
 
 
 def step_decay(lr: float, step_size: int, gamma: float = 0.5) -> Schedule:
     """``lr · gamma^(step // step_size)``."""
-    if step_size < 1:
-        raise ValueError("step_size must be at least 1")
+    _check(lr=(lr, POSITIVE), step_size=(step_size, POSITIVE_INT), gamma=(gamma, POSITIVE))
     return lambda step: lr * gamma ** (step // step_size)
 
 
 def exponential_decay(lr: float, gamma: float) -> Schedule:
     """``lr · gamma^step``."""
+    _check(lr=(lr, POSITIVE), gamma=(gamma, POSITIVE))
     return lambda step: lr * gamma**step
 
 
 def warmup_cosine(lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0) -> Schedule:
     """Linear warm-up from lr/warmup to lr over ``warmup_steps``, then cosine decay to ``min_lr`` at ``total_steps``."""
-    if total_steps < 1 or warmup_steps < 0:
-        raise ValueError("total_steps must be ≥ 1 and warmup_steps ≥ 0")
+    _check(lr=(lr, POSITIVE), total_steps=(total_steps, POSITIVE_INT), warmup_steps=(warmup_steps, Range(0, integer=True)),
+           min_lr=(min_lr, NON_NEGATIVE))
 
     def schedule(step: int) -> float:
         if step < warmup_steps:
@@ -77,6 +89,7 @@ def global_norm(backend: Backend, grads: Mapping[str, Any]) -> Any:
 
 def clip_grad_norm(backend: Backend, grads: Mapping[str, Any], max_norm: float) -> tuple[dict[str, Any], Any]:
     """Scale all gradients by ``min(1, max_norm / ‖g‖)``; returns the clipped gradients and the norm before."""
+    _check(max_norm=(max_norm, POSITIVE))
     xp = backend.xp
     norm = global_norm(backend, grads)
     scale = xp.minimum(max_norm / (norm + 1e-6), xp.ones_like(norm))
@@ -85,6 +98,7 @@ def clip_grad_norm(backend: Backend, grads: Mapping[str, Any], max_norm: float) 
 
 def clip_grad_value(backend: Backend, grads: Mapping[str, Any], clip: float) -> dict[str, Any]:
     """Clip every gradient entry into ``[-clip, clip]``."""
+    _check(clip=(clip, POSITIVE))
     return {name: backend.xp.clip(g, -clip, clip) for name, g in grads.items()}
 
 
@@ -96,8 +110,9 @@ class Optimizer:
     slots: tuple[str, ...] = ()
 
     def __init__(self, model: Any, lr: float | Schedule, weight_decay: float = 0.0) -> None:
-        if not callable(lr) and not lr > 0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
+        if not callable(lr):
+            _check(lr=(lr, POSITIVE))
+        _check(weight_decay=(weight_decay, NON_NEGATIVE))
         self.model = model
         self.schedule: Schedule = lr if callable(lr) else constant(float(lr))
         self.weight_decay = float(weight_decay)
@@ -164,6 +179,7 @@ class SGD(Optimizer):
 
     def __init__(self, model: Any, lr: float | Schedule = 0.1, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0) -> None:
+        _check(momentum=(momentum, UNIT))
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.slots = ("momentum",) if momentum else ()
@@ -191,6 +207,9 @@ class Adam(Optimizer):
 
     def __init__(self, model: Any, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise OptionError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        _check(beta1=(betas[0], UNIT), beta2=(betas[1], UNIT), eps=(eps, POSITIVE))
         super().__init__(model, lr, weight_decay)
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
 
@@ -227,6 +246,7 @@ class RMSprop(Optimizer):
 
     def __init__(self, model: Any, lr: float | Schedule = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        _check(alpha=(alpha, UNIT), eps=(eps, POSITIVE), momentum=(momentum, UNIT))
         self.slots = ("square_avg", "momentum") if momentum else ("square_avg",)
         super().__init__(model, lr, weight_decay)
         self.alpha, self.eps, self.momentum = float(alpha), float(eps), float(momentum)

@@ -8,6 +8,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .data import CharVocab
+from .options import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, OptionError
 
 
 def next_token_distribution(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
@@ -37,12 +38,12 @@ def sample(
     ``greedy`` takes the most likely token each step; otherwise tokens are drawn from the softmax of
     logits / ``temperature``, restricted to the ``top_k`` most likely when set. The same seed gives the same text.
     """
-    if length < 0:
-        raise ValueError("length must be ≥ 0")
-    if not greedy and not temperature > 0:
-        raise ValueError("temperature must be > 0 (use greedy=True for argmax decoding)")
-    if top_k is not None and top_k < 1:
-        raise ValueError("top_k must be ≥ 1")
+    if (problem := NON_NEGATIVE_INT.check(length)) is not None:
+        raise OptionError(f"length {problem}")
+    if not greedy and POSITIVE.check(temperature) is not None:
+        raise OptionError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature!r}")
+    if top_k is not None and (problem := POSITIVE_INT.check(top_k)) is not None:
+        raise OptionError(f"top_k {problem}")
     if len(vocab) != model.vocab_size:
         raise ValueError(f"vocabulary has {len(vocab)} entries but the model expects {model.vocab_size}")
     if not prime:

@@ -158,7 +158,7 @@ def test_failed_saves_change_nothing(tmp_path):
     before = existing.read_bytes()
     with pytest.raises(TypeError, match="dtype object"):
         ckpt.save(existing, {}, {"bad": np.array([object()], dtype=object)})
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="not JSON serializable"):
         ckpt.save(existing, {"not json": object()}, {})
     assert existing.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.npz"]

@@ -54,11 +54,17 @@ def test_model_and_optimizer_move_between_backends(backend):
     optimizer.step(first.grads)
     reference = model.state_dict()
 
+    moments = {name: {slot: host(v) for slot, v in slots.items()} for name, slots in optimizer.state.items()}
     model.to(backend)
     optimizer.to(model.backend)
     assert model.backend.name == backend.name
     for name, value in reference.items():
         np.testing.assert_array_equal(host(model.params[name]), value)
+    for name, slots in optimizer.state.items():  # the moved state: the same values, on the new backend
+        for slot, value in slots.items():
+            assert lstmx.backend_of(value).name == backend.name, (name, slot)
+            np.testing.assert_array_equal(host(value), moments[name][slot])
+    assert optimizer.step_count == 1
     second = model.loss(backend.asarray(tokens), backend.asarray(tokens))
     optimizer.step(second.grads)  # optimizer state now lives on the new backend too
 

@@ -42,7 +42,7 @@ def test_split_is_contiguous_and_complete():
     split = split_ids(ids, 0.1, 0.05)
     assert (len(split.train), len(split.validation), len(split.test)) == (85, 10, 5)
     np.testing.assert_array_equal(np.concatenate(split), ids)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="sum to less than 1"):
         split_ids(ids, 0.6, 0.5)
 
 

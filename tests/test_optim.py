@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import lstmx
 from lstmx import LSTM
 from lstmx.optim import (SGD, Adam, AdamW, RMSprop, clip_grad_norm, clip_grad_value, exponential_decay,
                          make_optimizer, make_schedule, step_decay, warmup_cosine)
@@ -129,10 +130,33 @@ def test_optimizer_errors():
     model = LSTM(2, 3)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lion", model, 0.1)
-    with pytest.raises(ValueError, match="learning rate must be positive"):
+    with pytest.raises(ValueError, match="lr must be a number > 0, got 0"):
         Adam(model, lr=0.0)
     with pytest.raises(KeyError, match="no gradient for parameters"):
         Adam(model).step({})
     meta, arrays = Adam(model).state_dict()
     with pytest.raises(ValueError, match="optimizer state is for 'Adam', not SGD"):
         SGD(model).load_state_dict(meta, arrays)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda b, g: clip_grad_norm(b, g, -1.0), "max_norm must be a number > 0, got -1"),
+    (lambda b, g: clip_grad_norm(b, g, 0.0), "max_norm must be a number > 0, got 0"),
+    (lambda b, g: clip_grad_norm(b, g, float("nan")), "max_norm must be a number > 0, got nan"),
+    (lambda b, g: clip_grad_value(b, g, -0.5), "clip must be a number > 0, got -0.5"),
+    (lambda b, g: Adam(LSTM(2, 3), betas=(0.9, 1.0)), r"beta2 must be a number in \[0, 1\), got 1"),
+    (lambda b, g: Adam(LSTM(2, 3), eps=-1e-8), "eps must be a number > 0"),
+    (lambda b, g: AdamW(LSTM(2, 3), weight_decay=-0.1), "weight_decay must be a number ≥ 0, got -0.1"),
+    (lambda b, g: SGD(LSTM(2, 3), momentum=1.5), r"momentum must be a number in \[0, 1\), got 1.5"),
+    (lambda b, g: RMSprop(LSTM(2, 3), alpha=-0.1), r"alpha must be a number in \[0, 1\)"),
+    (lambda b, g: make_schedule("step", 0.1, 10, step_size=0), "step_size must be an integer ≥ 1, got 0"),
+    (lambda b, g: make_schedule("exponential", 0.1, 10, gamma=-1.0), "gamma must be a number > 0, got -1"),
+    (lambda b, g: make_schedule("cosine", 0.1, 10, warmup_steps=-2), "warmup_steps must be an integer ≥ 0, got -2"),
+    (lambda b, g: make_schedule("constant", -0.1, 10), "lr must be a number > 0, got -0.1"),
+])
+def test_nonsense_arguments_are_refused_naming_them(call, message):
+    """Values that would silently do something else (a negative clip flips the gradients' sign) are refused."""
+    backend = lstmx.get_backend("numpy")
+    grads = {"w": np.ones(3)}
+    with pytest.raises(ValueError, match=message):
+        call(backend, grads)

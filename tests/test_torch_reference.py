@@ -88,19 +88,25 @@ def test_language_model_matches_torch_loss_and_gradients(backend):
     b = model.backend
     output = model.loss(b.asarray(tokens), b.asarray(targets))
     close(output.loss, loss_ref, "loss")
-    exported = language_model_to_torch(model)
     named = dict(reference.named_parameters())
-    for name, grad in output.grads.items():
-        if name == "embedding.weight":
-            close(grad, named[name].grad, name)
-        elif name == "head.weight":
-            close(host(grad).T, named[name].grad, name)
-        elif name == "head.bias":
-            close(grad, named[name].grad, name)
-    close(host(output.grads["lstm.weight_l1"])[:7].T, named["lstm.weight_ih_l1"].grad, "lstm.weight_ih_l1")
+    expected = {"embedding.weight": host(output.grads["embedding.weight"]),
+                "head.weight": host(output.grads["head.weight"]).T, "head.bias": host(output.grads["head.bias"])}
+    for k in range(2):
+        dweight, dbias = host(output.grads[f"lstm.weight_l{k}"]), host(output.grads[f"lstm.bias_l{k}"])
+        inputs = 5 if k == 0 else 7
+        expected[f"lstm.weight_ih_l{k}"], expected[f"lstm.weight_hh_l{k}"] = dweight[:inputs].T, dweight[inputs:].T
+        expected[f"lstm.bias_ih_l{k}"] = expected[f"lstm.bias_hh_l{k}"] = dbias  # one bias, used twice by torch
+    assert set(expected) == set(named)  # every tensor of the reference is compared
+    for name, grad in expected.items():
+        close(grad, named[name].grad, name)
+    exported = language_model_to_torch(model)
     for name, value in reference.state_dict().items():
         if "bias_hh" not in name and "bias_ih" not in name:
             np.testing.assert_allclose(exported[name], value.numpy(), rtol=0, atol=1e-15)
+    for k in range(2):  # the exported biases add up to the reference's two
+        np.testing.assert_allclose(exported[f"lstm.bias_ih_l{k}"] + exported[f"lstm.bias_hh_l{k}"],
+                                   (reference.state_dict()[f"lstm.bias_ih_l{k}"]
+                                    + reference.state_dict()[f"lstm.bias_hh_l{k}"]).numpy(), rtol=1e-14)
 
 
 def test_export_round_trip_into_torch(backend):

@@ -140,3 +140,68 @@ def test_cli_cupy_without_a_gpu_says_why(capsys):
         assert "backend='cupy'" in capsys.readouterr().err
     else:
         pytest.skip("a usable CuPy is present")
+
+
+def test_every_sampling_option_changes_what_is_drawn():
+    """Each option is observable: top_k=1 and a near-zero temperature are greedy decoding whatever the seed,
+    a high temperature spreads the draws, and the seed matters only when drawing."""
+    vocab = CharVocab.from_text(TEXT)
+    model = LanguageModel(len(vocab), 8, 16, seed=0)
+    greedy = sample(model, vocab, "the ", 40, greedy=True)
+    for seed in range(3):
+        assert sample(model, vocab, "the ", 40, top_k=1, seed=seed) == greedy
+        assert sample(model, vocab, "the ", 40, temperature=1e-4, seed=seed) == greedy
+    draws = [sample(model, vocab, "the ", 200, temperature=t, seed=1) for t in (0.01, 1.0, 5.0)]
+    assert len(set(draws)) == 3
+    assert len(set(draws[2])) > len(set(draws[0]))  # hotter: more distinct characters
+    top3 = sample(model, vocab, "the ", 200, top_k=3, temperature=5.0, seed=1)
+    assert len(set(top3)) < len(set(draws[2]))
+
+
+def test_cli_sampling_options_reach_the_sampler(tmp_path, capsys):
+    text_file = tmp_path / "corpus.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", str(text_file), "--steps", "2", "--batch-size", "2", "--seq-len", "8", "--hidden-size", "8",
+                 "--embedding-size", "4", "--out", str(out), "--no-progress", "--sample-length", "0"]) == 0
+    capsys.readouterr()
+
+    def run(*options):
+        assert main(["sample", str(out / "last.npz"), "--length", "60", "--prime", "the", *options]) == 0
+        return capsys.readouterr().out
+
+    greedy = run("--greedy")
+    assert run("--top-k", "1", "--seed", "4") == greedy
+    assert run("--temperature", "0.0001", "--seed", "4") == greedy
+    assert run("--seed", "4") != run("--seed", "5")
+    assert run("--temperature", "5", "--seed", "4") != run("--temperature", "1", "--seed", "4")
+    assert run("--length", "7").rstrip("\n") != greedy and len(run("--length", "7")) == len("the") + 7 + 1
+
+
+@pytest.mark.parametrize("option,bound", [("clip_norm", "norm"), ("clip_value", "entry")])
+def test_trainer_clips_what_it_applies(tmp_path, option, bound):
+    """With plain SGD at lr 1 one step moves the parameters by exactly the clipped gradient."""
+    from .test_checkpoint import small_trainer
+
+    limit = 1e-3
+    settings = {"clip_norm": None, "clip_value": None, option: limit}
+    trainer, _ = small_trainer(tmp_path, steps=1, optimizer="sgd", lr=1.0, eval_every=1, **settings)
+    before = trainer.model.state_dict()
+    trainer.run()
+    moves = [np.asarray(trainer.model.state_dict()[name], dtype=np.float64) - before[name] for name in before]
+    if bound == "norm":
+        total = math.sqrt(sum(float(np.sum(m * m)) for m in moves))
+        assert limit * 0.99 < total <= limit * 1.001  # the raw gradient norm is far above the limit
+    else:
+        largest = max(float(np.max(np.abs(m))) for m in moves)
+        assert largest == pytest.approx(limit, rel=1e-3)
+
+
+def test_trainer_passes_optimizer_settings_through(tmp_path):
+    from .test_checkpoint import small_trainer
+
+    trainer, _ = small_trainer(tmp_path, optimizer="sgd", momentum=0.5, weight_decay=0.01, lr=0.3,
+                               schedule="cosine", warmup_steps=2, min_lr=0.01, steps=10)
+    assert (trainer.optimizer.momentum, trainer.optimizer.weight_decay) == (0.5, 0.01)
+    assert trainer.optimizer.schedule(0) == pytest.approx(0.15) and trainer.optimizer.schedule(9) > 0.01
+    assert trainer.optimizer.schedule(10) == pytest.approx(0.01)
