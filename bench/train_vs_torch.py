@@ -3,11 +3,14 @@
 Recipe: 1-layer LSTM, hidden 256, embedding 64, batch 32, T = 100, Adam lr 2e-3, global-norm clip 5,
 1000 steps, 90/10 train/validation split, state carried across windows and reset each epoch. The two
 trainings take turns in blocks of 50 steps (with a pause between, so neither runs beside the other's
-spinning worker threads), so noise on the machine reaches both alike. Prints each
-framework's validation loss (nats/char, whole validation split) and median ms/step, and writes JSON.
+spinning worker threads), so noise on the machine reaches both alike. A block is timed from its start to
+the end of its last step's work on the device (one synchronisation per block, as in real training), and
+ms/step is the median over blocks. Prints each framework's validation loss (nats/char, whole validation
+split) and ms/step, and writes JSON.
 
-    python bench/train_vs_torch.py                 # both (PyTorch when importable)
+    python bench/train_vs_torch.py                 # both (PyTorch when importable), on the CPU
     python bench/train_vs_torch.py --steps 200     # a quicker look
+    python bench/train_vs_torch.py --backend cupy  # lstmx on CuPy against PyTorch + cuDNN on the same GPU
 
 For CPU timings run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset in that command only.
 """
@@ -31,7 +34,7 @@ from lstmx.train import TrainConfig, Trainer  # noqa: E402
 
 
 class LstmxRunner:
-    """The recipe in lstmx, one training step per call."""
+    """The recipe in lstmx, one training step per call (the trainer's own step: losses stay on the device)."""
 
     name = "lstmx"
 
@@ -40,9 +43,16 @@ class LstmxRunner:
         config = TrainConfig(steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, lr=args.lr, clip_norm=5.0,
                              eval_every=10**9, log_every=10**9)
         self.trainer = Trainer(model, vocab, split, config, Path(args.out) / "lstmx", progress=False)
+        self.sync = lambda: None
+        if args.backend == "cupy":
+            import cupy
+
+            self.sync = cupy.cuda.Stream.null.synchronize
 
     def step(self) -> None:
         self.trainer.train_step()
+        if len(self.trainer._pending) >= 100:  # what the trainer does at each log step: read the losses back
+            self.trainer.take_losses()
 
     def validation_loss(self) -> float:
         return self.trainer.evaluate()["val_loss"]
@@ -60,11 +70,15 @@ class TorchRunner:
         import torch
 
         self.torch, self.vocab_size = torch, len(vocab)
+        self.device = "cuda" if args.backend == "cupy" else "cpu"
+        if self.device == "cuda":  # cuDNN in float32, as lstmx computes (no TF32)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        self.sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
         torch.manual_seed(args.seed)
         self.embedding = torch.nn.Embedding(len(vocab), args.embedding)
         self.lstm = torch.nn.LSTM(args.embedding, args.hidden)
         self.head = torch.nn.Linear(args.hidden, len(vocab))
-        modules = torch.nn.ModuleList([self.embedding, self.lstm, self.head])
+        modules = torch.nn.ModuleList([self.embedding, self.lstm, self.head]).to(self.device)
         self.parameters = list(modules.parameters())
         self.optimizer = torch.optim.Adam(self.parameters, lr=args.lr)
         backend = lstmx.get_backend("numpy")
@@ -72,8 +86,11 @@ class TorchRunner:
         self.val = StreamBatches(backend, split.validation, args.batch, args.seq_len)
         self.state, self.index = None, 0
 
+    def tensor(self, array):
+        return self.torch.from_numpy(array).to(self.device)
+
     def logits(self, tokens, state):
-        y, state = self.lstm(self.embedding(self.torch.from_numpy(tokens)), state)
+        y, state = self.lstm(self.embedding(self.tensor(tokens)), state)
         return self.head(y), state
 
     def step(self) -> None:
@@ -81,7 +98,7 @@ class TorchRunner:
         window = self.train.window(self.index)
         logits, state = self.logits(window.inputs, self.state)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size),
-                                                 torch.from_numpy(window.targets).reshape(-1))
+                                                 self.tensor(window.targets).reshape(-1))
         self.optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, 5.0)
@@ -97,14 +114,17 @@ class TorchRunner:
         with torch.no_grad():
             for window in self.val:
                 logits, state = self.logits(window.inputs, state)
-                targets = torch.from_numpy(window.targets).reshape(-1)
+                targets = self.tensor(window.targets).reshape(-1)
                 total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), targets,
                                                                  reduction="sum"))
                 count += targets.numel()
         return total / count
 
     def info(self) -> dict:
-        return {"torch": self.torch.__version__, "torch_threads": self.torch.get_num_threads()}
+        info = {"torch": self.torch.__version__, "torch_threads": self.torch.get_num_threads(), "device": self.device}
+        if self.device == "cuda":
+            info["gpu"] = self.torch.cuda.get_device_name()
+        return info
 
 
 BLOCK = 50  # steps one framework runs before the other takes its turn
@@ -149,11 +169,14 @@ def main() -> None:
     for block_start in range(0, args.steps, BLOCK):
         for runner in runners:  # alternate blocks, so the machine's slow and fast spells reach both alike
             time.sleep(PAUSE)  # let the other library's spinning worker threads go idle first
-            for _ in range(min(BLOCK, args.steps - block_start)):
-                start = time.perf_counter()
+            steps = min(BLOCK, args.steps - block_start)
+            runner.sync()
+            start = time.perf_counter()
+            for _ in range(steps):
                 runner.step()
-                times[runner.name].append(time.perf_counter() - start)
-    rows = {r.name: {"val_loss": r.validation_loss(), "ms_per_step": 1e3 * statistics.median(times[r.name][5:]),
+            runner.sync()
+            times[runner.name].append((time.perf_counter() - start) / steps)
+    rows = {r.name: {"val_loss": r.validation_loss(), "ms_per_step": 1e3 * statistics.median(times[r.name][1:] or times[r.name]),
                      **r.info()} for r in runners}
     print(f"\n{'framework':<10} {'val loss (nats/char)':>21} {'bits/char':>10} {'ms/step':>9}")
     for name, row in rows.items():
