@@ -1,4 +1,7 @@
-"""Test sessions: ``nox -s tests-cpu`` (NumPy + array-api-strict), ``nox -s tests-gpu`` (CuPy), ``nox -s tests-torch``."""
+"""Test sessions: ``nox -s tests-cpu`` (NumPy + array-api-strict), ``nox -s tests-gpu`` (CuPy), ``nox -s tests-torch``.
+
+CI (``.ci/run``) and the README's test command run ``nox -s tests-cpu tests-torch``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import shutil
 
 import nox
 
-nox.options.sessions = ["tests-cpu"]
+nox.options.sessions = ["tests-cpu", "tests-torch"]
 nox.options.reuse_existing_virtualenvs = True
 
 # pytest exits 5 when it selects no test (e.g. a -k that matches nothing); that is not a failure here.

@@ -112,7 +112,6 @@ def available(args) -> dict[str, Callable]:
         print(f"lstmx on {backend_name}: the registry runs {default!r} by default; columns for {', '.join(impls)}")
         for name in impls:
             columns[f"lstmx-{backend_name}:{name}"] = functools.partial(lstmx_step, backend_name, name)
-        DEFAULT_COLUMNS[backend_name] = f"lstmx-{backend_name}:{default}"
     try:
         import torch
 
@@ -128,7 +127,13 @@ def available(args) -> dict[str, Callable]:
     return columns
 
 
-DEFAULT_COLUMNS: dict[str, str] = {}  # backend name → the column of the implementation the registry picks
+def default_column(backend_name: str, batch: int, hidden: int) -> str | None:
+    """The column of the implementation the registry picks for this size on ``backend_name`` (None: absent)."""
+    try:
+        backend = lstmx.get_backend(backend_name)
+    except lstmx.BackendError:
+        return None
+    return f"lstmx-{backend_name}:{registry.choose_layer_impl(backend, np.float32, False, None, (batch, hidden)).name}"
 
 
 def draw_bars(results: list[dict[str, Any]], names: list[str]) -> Path | None:
@@ -198,7 +203,7 @@ def main() -> None:
                          "peak_gpu_mb": None if peak is None else peak / 2**20}
             print(f"  {config} {name:<17} {1e3 * seconds:9.2f} ms", flush=True)
         del made
-        gpu, cpu = DEFAULT_COLUMNS.get("cupy"), DEFAULT_COLUMNS.get("numpy")
+        gpu, cpu = default_column("cupy", batch, config[3]), default_column("numpy", batch, config[3])
         results.append({"config": dict(zip("BTDH", config)), "columns": row,
                         "ratios": {"lstmx-gpu/cudnn-fp32": ratio(row, gpu, "cudnn-fp32"),
                                    "lstmx-cpu/torch-cpu": ratio(row, cpu, "torch-cpu"),
@@ -206,7 +211,7 @@ def main() -> None:
     names = list(columns)
     widths = {n: max(15, len(n) + 3) for n in names}
     header = f"{'B':>4} {'T':>4} {'D':>5} {'H':>5} | " + " ".join(f"{n + ' ms':>{widths[n]}}" for n in names)
-    header += " | gpu/cudnn  cpu/torch  gpu-speedup"
+    header += " | gpu/cudnn  cpu/torch  gpu-speedup   (lstmx: the implementation the registry picks per row)"
     print("\n" + header)
     for entry in results:
         c, row, r = entry["config"], entry["columns"], entry["ratios"]
