@@ -16,6 +16,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from . import registry
 from .backend import BACKEND_NAMES, BackendError
+from .distributed import ENGINES, DistributedError, SingleProcess, communicator
 from .options import (NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, DataConfig, ModelConfig, OptionError, Range, Spec,
                       check_value, spec_of)
 
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run a checkpoint holds (into its own folder); only --steps/--epochs, --lr, "
                           "--eval-every, --eval-max-windows, --log-every and the sample options may change")
     run.add_argument("--overwrite", action="store_true", help="start over in an --out folder that holds a run")
+    run.add_argument("--distributed", default="none", choices=ENGINES,
+                     help="data-parallel training across the ranks of an MPI launch (mpiexec -n N ...): mpi for CPU "
+                          "processes (or GPUs staged through the host), nccl for one GPU per rank (default: none)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar or step lines")
     add_config_options(train.add_argument_group("data"), DataConfig)
     add_config_options(train.add_argument_group("model"), ModelConfig)
@@ -155,6 +159,7 @@ def run_train(args: argparse.Namespace) -> int:
     given_data, given_model, given_train = (_given(args, c) for c in (DataConfig, ModelConfig, TrainConfig))
     if args.epochs is not None and "steps" in given_train:
         raise OptionError("--steps and --epochs exclude each other: give one")
+    comm = args.comm
     out = Path(args.out)
     resumed = load_checkpoint(args.resume) if args.resume else None
     if resumed is not None:
@@ -166,7 +171,14 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         data = DataConfig(**given_data)
         model_config = ModelConfig(**given_model)
-    _prepare_out(out, args)
+    refusal = None
+    if comm.rank == 0:  # one rank looks at (and may clear) the folder; every rank learns the verdict
+        try:
+            _prepare_out(out, args)
+        except OptionError as error:
+            refusal = str(error)
+    if comm.broadcast_object(refusal) is not None:
+        raise OptionError(refusal if comm.rank == 0 else "rank 0 refused --out (its message says why)")
 
     if args.text is None:
         text, source = default_corpus(data.max_chars), "the Python standard library's source (embedded default corpus)"
@@ -185,8 +197,10 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         vocab = WordVocab.from_text(text, data.min_count, "<unk>" if data.unk else None)
     split = split_ids(vocab.encode(text), data.validation, data.test)
-    _say(f"{len(text):,} characters from {source}; {len(vocab)} {vocab.level} tokens; "
-         f"{len(split.train):,} train / {len(split.validation):,} validation tokens")
+    say = _say if comm.rank == 0 else (lambda line: None)
+    say(f"{len(text):,} characters from {source}; {len(vocab)} {vocab.level} tokens; "
+        f"{len(split.train):,} train / {len(split.validation):,} validation tokens"
+        + (f"; {comm.size} ranks ({comm.engine})" if comm.size > 1 else ""))
 
     batch_size = (resumed.meta["train_config"] if resumed else given_train).get("batch_size", TrainConfig.batch_size)
     seq_len = (resumed.meta["train_config"] if resumed else given_train).get("seq_len", TrainConfig.seq_len)
@@ -200,27 +214,28 @@ def run_train(args: argparse.Namespace) -> int:
             overrides = {k: v for k, v in given_train.items() if resumable(k)}
             for name, value in overrides.items():
                 if value != resumed.meta["train_config"].get(name):
-                    _say(f"resuming with {_flag(name)} {value} (the checkpoint had {resumed.meta['train_config'].get(name)})")
-            trainer = Trainer.resume(resumed, split, out, backend=args.backend, overrides=overrides, progress=progress)
+                    say(f"resuming with {_flag(name)} {value} (the checkpoint had {resumed.meta['train_config'].get(name)})")
+            trainer = Trainer.resume(resumed, split, out, backend=args.backend, overrides=overrides, progress=progress,
+                                     comm=comm)
         else:
             config = TrainConfig(**given_train)
             model = LanguageModel(len(vocab), model_config.embedding_size, model_config.hidden_size,
                                   model_config.num_layers, model_config.dropout, backend=args.backend,
                                   dtype=model_config.dtype, seed=config.seed)
-            trainer = Trainer(model, vocab, split, config, out, progress=progress, data=data)
-        _say(f"{trainer.model.num_parameters():,} parameters on {trainer.model.backend.name}; training to step "
+            trainer = Trainer(model, vocab, split, config, out, progress=progress, data=data, comm=comm)
+        say(f"{trainer.model.num_parameters():,} parameters on {trainer.model.backend.name}; training to step "
              f"{trainer.config.steps} (from step {trainer.step}); writing to {out}")
         try:
             records = trainer.run()
         except KeyboardInterrupt as interrupt:
             if interrupt.args:  # the trainer saved the step it finished
-                _say(f"{interrupt.args[0]}; continue with --resume {out / 'last.npz'}")
+                say(f"{interrupt.args[0]}; continue with --resume {out / 'last.npz'}")
             raise
         if len(split.test):
             _report_test(trainer, split.test)
     train_losses = [r["train_loss"] for r in records if "train_loss" in r]
     if train_losses:
-        _say(f"train loss {train_losses[0]:.3f} → {train_losses[-1]:.3f} nats/token; checkpoint {out / 'last.npz'}; "
+        say(f"train loss {train_losses[0]:.3f} → {train_losses[-1]:.3f} nats/token; checkpoint {out / 'last.npz'}; "
              f"curve {out / 'loss.png'}")
     return 0
 
@@ -286,7 +301,8 @@ def _report_test(trainer: Any, test_ids: Any) -> None:
 
     config = trainer.config
     result = trainer.evaluate(StreamBatches(trainer.model.backend, test_ids, config.batch_size, config.seq_len))
-    _say(f"test loss {result['val_loss']:.4f} nats/token, ppl {result['val_ppl']:.2f}")
+    if trainer.lead:
+        _say(f"test loss {result['val_loss']:.4f} nats/token, ppl {result['val_ppl']:.2f}")
 
 
 # --- lstmx sample, lstmx check ---------------------------------------------------------------------------------
@@ -319,14 +335,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     handlers = {"train": run_train, "sample": run_sample, "check": run_check}
+    args.comm = SingleProcess()
     try:
+        if args.command == "train":
+            args.comm = communicator(args.distributed)
         return handlers[args.command](args)
-    except (BackendError, FileNotFoundError, ValueError, TypeError, KeyError, FloatingPointError) as error:
-        print(f"lstmx {args.command}: error: {error}", file=sys.stderr)
+    except (BackendError, FileNotFoundError, ValueError, TypeError, KeyError, FloatingPointError,
+            DistributedError) as error:
+        _fail(args, f"lstmx {args.command}: error: {error}", 2)
         return 2
     except KeyboardInterrupt:
         print(f"lstmx {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # an unexpected failure on one rank must not leave the others waiting forever
+        if args.comm.size > 1:
+            _fail(args, f"lstmx {args.command}: error on rank {args.comm.rank}: {type(error).__name__}: {error}", 1)
+        raise
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> None:
+    """Print ``message``; under several ranks, stop the whole job (the others may wait in a collective)."""
+    comm = args.comm
+    print(message if comm.size == 1 else f"[rank {comm.rank}] {message}", file=sys.stderr, flush=True)
+    if comm.size > 1:
+        comm.abort(code)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ gradients as a dict with the same names as ``params``.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -224,17 +224,32 @@ class LanguageModel(Module):
             raise ValueError(f"tokens must be a non-empty sequence of shape (T, B), got {tuple(tokens.shape)}")
         return None if lengths is None else lengths_to_mask(self.backend, lengths, *tokens.shape, self.dtype)
 
-    def _forward(self, tokens: Any, state: State | None, step_mask: Any,
-                 impl: str | None) -> tuple[Any, State, LanguageModelCache]:
+    def draw_dropout_masks(self, steps: int, batch: int) -> tuple[Any, ...]:
+        """The dropout masks a training forward of (steps, batch) tokens would draw (None entries in eval mode or
+        without dropout): one per LSTM layer, the last acting on the LSTM output. Drawing them first lets a
+        caller hand slices of one batch's masks to several forwards (``dropout_masks=``)."""
+        return self._dropout_masks((steps, batch, self.hidden_size), self.num_layers)
+
+    def _forward(self, tokens: Any, state: State | None, step_mask: Any, impl: str | None,
+                 dropout_masks: Sequence[Any] | None = None) -> tuple[Any, State, LanguageModelCache]:
         steps, batch = tokens.shape
         vectors, embedding_cache = embedding_forward(self.backend, tokens, self.params["embedding.weight"])
-        masks = self._dropout_masks((steps, batch, self.hidden_size), self.num_layers)
+        masks = self._given_masks(dropout_masks, steps, batch) if dropout_masks is not None else \
+            self.draw_dropout_masks(steps, batch)
         y, final, lstm_cache = self.stack.forward(self, vectors, state, step_mask, masks[:-1], impl)
         logits, head_cache = linear_forward(
             self.backend, dropout_forward(y, masks[-1]), self.params["head.weight"], self.params["head.bias"]
         )
         cache = LanguageModelCache(tuple(self.params.values()), embedding_cache, lstm_cache, masks[-1], head_cache)
         return logits, final, cache
+
+    def _given_masks(self, masks: Sequence[Any], steps: int, batch: int) -> tuple[Any, ...]:
+        if len(masks) != self.num_layers:
+            raise ValueError(f"dropout_masks must hold {self.num_layers} masks (one per layer), got {len(masks)}")
+        for k, mask in enumerate(masks):
+            if mask is not None:
+                check_float_array(self.backend, f"dropout_masks[{k}]", mask, (steps, batch, self.hidden_size), self.dtype)
+        return tuple(masks)
 
     def backward(
         self, dlogits: Any, cache: LanguageModelCache, dstate: State | None = None
@@ -269,16 +284,19 @@ class LanguageModel(Module):
         grads: bool = True,
         check_input: bool = True,
         impl: str | None = None,
+        dropout_masks: Sequence[Any] | None = None,
     ) -> LossOutput:
         """Mean cross-entropy per real target token (a 0-d array) and, when ``grads``, the gradients.
 
         ``targets`` (T, B) holds the next token of each input; entries equal to ``ignore_index``, and steps
-        past ``lengths``, do not count. Returns a :class:`LossOutput` ``(loss, grads, state, initial_state_grad)``.
+        past ``lengths``, do not count. ``dropout_masks`` (from :meth:`draw_dropout_masks`, possibly sliced along
+        the batch) replaces the masks the forward would draw. Returns a :class:`LossOutput`
+        ``(loss, grads, state, initial_state_grad)``.
         """
         step_mask = self._step_mask(inputs, lengths, check_input)
         if check_input:
             _check_targets(self.backend, targets, inputs.shape, self.vocab_size, ignore_index)
-        logits, final, cache = self._forward(inputs, state, step_mask, impl)
+        logits, final, cache = self._forward(inputs, state, step_mask, impl, dropout_masks)
         xp = self.backend.xp
         flat_targets = xp.reshape(targets, (-1,))
         if step_mask is not None:  # steps past a sequence's length do not count

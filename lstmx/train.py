@@ -16,6 +16,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .backend import is_host, to_numpy
 from .data import CharVocab, Split, StreamBatches, vocab_from_config
+from .distributed import SingleProcess, agree, fingerprint, flatten, shard, unflatten
 from .models import LanguageModel
 from .optim import OPTIMIZERS, SCHEDULES, clip_grad_norm, clip_grad_value, make_optimizer, make_schedule
 from .options import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, DataConfig, Range, check_config,
@@ -64,6 +65,8 @@ class TrainConfig:
                                 on_resume="override")
     sample_temperature: float = option(0.8, "temperature of those samples", POSITIVE, on_resume="override")
     seed: int = option(0, "seed of the weights and of dropout", NON_NEGATIVE_INT)
+    accumulate: int = option(1, "micro-batches per step: the batch's streams split into this many parts run one "
+                                "after another (less memory, the same gradient)", POSITIVE_INT, on_resume="override")
 
 
 def _optimizer_options(config: TrainConfig) -> dict[str, Any]:
@@ -90,12 +93,14 @@ class Trainer:
 
     def __init__(self, model: LanguageModel, vocab: CharVocab, split: Split, config: TrainConfig,
                  out_dir: str | Path, *, progress: bool = True, echo: Callable[[str], None] | None = None,
-                 data: DataConfig | None = None) -> None:
+                 data: DataConfig | None = None, comm: Any = None) -> None:
         check_config(config)
         self.model, self.vocab, self.config, self.data = model, vocab, config, data
+        self.comm = comm or SingleProcess()
+        self.lead = self.comm.rank == 0  # the rank that writes logs, plots, checkpoints and samples
         self.out_dir = Path(out_dir)
-        self.progress = progress
-        self.echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.progress = progress and self.lead
+        self.echo = (echo or (lambda line: print(line, file=sys.stderr, flush=True))) if self.lead else (lambda line: None)
         self.log = RunLog(self.out_dir, warn=lambda message: self.echo(f"lstmx: warning: {message}"))
         self.train_batches = StreamBatches(model.backend, split.train, config.batch_size, config.seq_len)
         self.val_batches = (StreamBatches(model.backend, split.validation, config.batch_size, config.seq_len)
@@ -103,6 +108,9 @@ class Trainer:
         schedule = make_schedule(config.schedule, config.lr, config.steps, config.warmup_steps, min_lr=config.min_lr)
         self.optimizer = make_optimizer(config.optimizer, model, schedule, **_optimizer_options(config))
         self.read_every = 1 if is_host(model.backend) else config.log_every
+        self.shards = self._micro_batches(config.batch_size)
+        if self.comm.size > 1:
+            self._join_ranks(split)
         self.step = 0
         self.window_index = 0
         self.epoch = 0
@@ -110,24 +118,76 @@ class Trainer:
         self._pending: list[tuple[int, Any, Any]] = []  # (step, loss, norm) not yet read back from the device
         self._losses: list[float] = []  # read back, not yet logged
 
+    # --- how the batch is shared: ranks, then micro-batches ------------------------------------------------------
+
+    def _micro_batches(self, batch: int) -> list[tuple[int, int]]:
+        """``[start, stop)`` stream ranges of this rank's micro-batches within the global batch."""
+        ranks, accumulate = self.comm.size, self.config.accumulate
+        if batch < ranks * accumulate:
+            raise ValueError(f"batch_size {batch} cannot be shared by {ranks} rank(s) × {accumulate} micro-batch(es): "
+                             "each needs at least one stream")
+        start, stop = shard(batch, ranks, self.comm.rank)
+        return [(start + a, start + b) for a, b in (shard(stop - start, accumulate, k) for k in range(accumulate))]
+
+    def _join_ranks(self, split: Split) -> None:
+        """Refuse ranks that would train different things, then start every rank from rank 0's parameters."""
+        agree(self.comm, {"training configuration": dataclasses.asdict(self.config),
+                          "data configuration": None if self.data is None else dataclasses.asdict(self.data),
+                          "model": ckpt.model_meta(self.model), "backend": self.model.backend.name,
+                          "vocabulary": fingerprint(self.vocab.to_config()),
+                          "data size": [len(split.train), len(split.validation), len(split.test)],
+                          "training tokens": fingerprint(np.asarray(split.train)),
+                          "validation tokens": fingerprint(np.asarray(split.validation))})
+        self.model.load_state_dict(self.comm.broadcast_object(self.model.state_dict() if self.lead else None))
+
+    def _shared(self) -> bool:
+        return self.comm.size > 1 or len(self.shards) > 1
+
     # --- one step, and evaluation ---------------------------------------------------------------------------
+
+    def _loss_and_grads(self, window: Any) -> tuple[Any, dict[str, Any], list[Any]]:
+        """The window's mean loss per token and its gradient over the global batch, and the carried state of
+        each micro-batch. Each part's gradient is weighted by its share of the tokens and one all-reduce sums
+        them over the ranks (a training window has no ignored targets: a part of b streams holds T·b tokens)."""
+        model, backend = self.model, self.model.backend
+        if not self._shared():
+            output = model.loss(window.inputs, window.targets, None if self.state is None else self.state[0],
+                                check_input=False)
+            return output.loss, output.grads, [output.state]
+        masks = model.draw_dropout_masks(window.inputs.shape[0], self.config.batch_size)
+        loss, grads, states = None, None, []
+        for k, (start, stop) in enumerate(self.shards):
+            output = model.loss(window.inputs[:, start:stop], window.targets[:, start:stop],
+                                None if self.state is None else self.state[k], check_input=False,
+                                dropout_masks=[m if m is None else m[:, start:stop, :] for m in masks])
+            weight = (stop - start) / self.config.batch_size
+            part = {name: g * weight for name, g in output.grads.items()}
+            grads = part if grads is None else {name: grads[name] + g for name, g in part.items()}
+            loss = output.loss * weight if loss is None else loss + output.loss * weight
+            states.append(output.state)
+        if self.comm.size > 1:
+            names = list(grads)
+            flat = self.comm.allreduce(backend, flatten(backend, [*(grads[n] for n in names),
+                                                                  backend.xp.reshape(loss, (1,))]))
+            *reduced, loss = unflatten(backend, flat, [*(grads[n] for n in names), backend.xp.reshape(loss, (1,))])
+            grads, loss = dict(zip(names, reduced)), backend.xp.reshape(loss, ())
+        return loss, grads, states
 
     def train_step(self) -> None:
         """One optimizer step. Its loss is kept on the device until :meth:`read_losses`."""
         window = self.train_batches.window(self.window_index)
-        output = self.model.loss(window.inputs, window.targets, self.state, check_input=False)
-        grads = output.grads
+        loss, grads, states = self._loss_and_grads(window)
         if self.config.clip_value is not None:
             grads = clip_grad_value(self.model.backend, grads, self.config.clip_value)
         norm = None
         if self.config.clip_norm is not None:
             grads, norm = clip_grad_norm(self.model.backend, grads, self.config.clip_norm)
-        self._pending.append((self.step + 1, output.loss, norm))
+        self._pending.append((self.step + 1, loss, norm))
         if self.read_every == 1:
             self.read_losses()  # on the host a read costs nothing, and a bad step stops before its update
         self.optimizer.step(grads)
         self.step += 1
-        self.state = output.state
+        self.state = states
         self.window_index += 1
         if self.window_index == len(self.train_batches):
             self.window_index, self.epoch, self.state = 0, self.epoch + 1, None
@@ -159,17 +219,22 @@ class Trainer:
         self.model.eval()
         total, count, state = None, 0, None
         limit = self.config.eval_max_windows or len(batches)
+        start, stop = shard(batches.batch_size, self.comm.size, self.comm.rank)  # this rank's streams
         try:
             for index in range(min(limit, len(batches))):
                 window = batches.window(index)
-                output = self.model.loss(window.inputs, window.targets, state, grads=False, check_input=False)
-                tokens = int(np.prod(window.targets.shape))
-                total = output.loss * tokens if total is None else total + output.loss * tokens
+                output = self.model.loss(window.inputs[:, start:stop], window.targets[:, start:stop], state,
+                                         grads=False, check_input=False)
+                tokens = int(np.prod(window.targets.shape))  # every rank's: the loss below is weighted by its share
+                part = output.loss * (tokens * (stop - start) / batches.batch_size)
+                total = part if total is None else total + part
                 count += tokens
                 state = output.state
         finally:
             self.model.train()
-        loss = float(to_numpy(total)) / count  # one read for the whole evaluation
+        if self.comm.size > 1:
+            total = self.comm.allreduce(self.model.backend, self.model.backend.xp.reshape(total, (1,)))
+        loss = float(np.sum(to_numpy(total))) / count  # one read for the whole evaluation
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_bpc": loss / LN2}
 
     # --- the run --------------------------------------------------------------------------------------------
@@ -202,7 +267,7 @@ class Trainer:
                         record = {"step": self.step, "epoch": self.epoch, "train_loss": sum(losses) / len(losses),
                                   "lr": self.optimizer.schedule(self.step - 1),
                                   "tokens_per_s": tokens_per_step * len(losses) / max(elapsed, 1e-9)}
-                        records.append(self.log.append(record))
+                        records.append(self._append(record))
                         progress.logged(record)
                         window_start = time.perf_counter()
                     if evaluating:
@@ -219,9 +284,17 @@ class Trainer:
         last = self.out_dir / "last.npz"
         return f"; the last good checkpoint is {last}" if last.exists() else "; no checkpoint was written yet"
 
+    def _append(self, record: dict[str, Any]) -> dict[str, Any]:
+        return self.log.append(record) if self.lead else record
+
     def _checkpoint_and_report(self, progress: Progress) -> dict[str, Any]:
-        record = self.log.append({"step": self.step, "epoch": self.epoch, **self.evaluate()})
+        record = self._append({"step": self.step, "epoch": self.epoch, **self.evaluate()})
+        if self.comm.size > 1:  # the ranks' parameters must still be one model
+            agree(self.comm, {"parameters": fingerprint(np.concatenate(
+                [np.ravel(v) for v in self.model.state_dict().values()]))})
         self.save(self.out_dir / "last.npz")
+        if not self.lead:
+            return record
         self.log.plot()
         message = f"step {self.step}"
         if "val_loss" in record:
@@ -237,22 +310,45 @@ class Trainer:
 
     # --- checkpoints ------------------------------------------------------------------------------------------
 
+    def global_state(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The carried state of the whole global batch on the host, (L, B, H) each; on rank 0 only (other ranks
+        get None). Collective: every rank must call it."""
+        if self.state is None:
+            return None
+        h = np.concatenate([to_numpy(part[0]) for part in self.state], axis=1)
+        c = np.concatenate([to_numpy(part[1]) for part in self.state], axis=1)
+        gathered = self.comm.gather_object((h, c))
+        if not self.lead:
+            return None
+        return np.concatenate([g[0] for g in gathered], axis=1), np.concatenate([g[1] for g in gathered], axis=1)
+
+    def load_global_state(self, h: np.ndarray, c: np.ndarray) -> None:
+        """Take this rank's micro-batches' slices of a global carried state (L, B, H)."""
+        backend, dtype = self.model.backend, self.model.dtype
+        self.state = [(backend.asarray(h[:, a:b], dtype=dtype), backend.asarray(c[:, a:b], dtype=dtype))
+                      for a, b in self.shards]
+
     def save(self, path: str | Path) -> Path:
-        """Everything needed to continue this run exactly: model, optimizer, position, carried state, RNGs."""
+        """Everything needed to continue this run exactly: model, optimizer, position, carried state, RNGs.
+        Collective under several ranks (the state is gathered); rank 0 writes."""
+        carried = self.global_state()
+        if not self.lead:
+            return Path(path)
         optimizer_meta, optimizer_arrays = self.optimizer.state_dict()
         meta = {
             "model": ckpt.model_meta(self.model),
             "vocab": self.vocab.to_config(),
             "optimizer": optimizer_meta,
             "train_config": dataclasses.asdict(self.config),
+            "world_size": self.comm.size,
             "data_config": None if self.data is None else dataclasses.asdict(self.data),
             "progress": {"step": self.step, "epoch": self.epoch, "window_index": self.window_index},
             "rng": {"dropout": self.model.dropout_rng.bit_generator.state},
         }
         arrays = {f"params/{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optimizer/{k}": v for k, v in optimizer_arrays.items()})
-        if self.state is not None:
-            arrays["state/h"], arrays["state/c"] = to_numpy(self.state[0]), to_numpy(self.state[1])
+        if carried is not None:
+            arrays["state/h"], arrays["state/c"] = carried
         return ckpt.save(path, meta, arrays)
 
     @classmethod
@@ -270,7 +366,7 @@ class Trainer:
         for key in ("train_config", "progress", "optimizer", "vocab", "rng"):
             if key not in meta:
                 raise ckpt.CheckpointError(f"a model-only checkpoint (no {key!r}) cannot resume training")
-        config = TrainConfig(**meta["train_config"])
+        config = TrainConfig(**{"accumulate": 1, **meta["train_config"]})
         changes = dict(overrides or {})
         if steps is not None:
             changes["steps"] = steps
@@ -287,9 +383,9 @@ class Trainer:
         model.dropout_rng.bit_generator.state = meta["rng"]["dropout"]
         carried = checkpoint.group("state")
         if carried:
-            trainer.state = (model.backend.asarray(carried["h"], dtype=model.dtype),
-                             model.backend.asarray(carried["c"], dtype=model.dtype))
-        trainer.log.keep_until(trainer.step)
+            trainer.load_global_state(carried["h"], carried["c"])
+        if trainer.lead:
+            trainer.log.keep_until(trainer.step)
         return trainer
 
 
