@@ -38,10 +38,18 @@ class DistributedError(RuntimeError):
     """Ranks that cannot train together (another configuration, vocabulary or data), or an engine that is missing."""
 
 
+def launcher_world_size() -> int:
+    """How many processes an MPI launcher started (from the variables mpiexec sets; 1 without a launcher)."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
 def launched_by_mpi() -> bool:
-    """Whether an MPI launcher started this process (mpiexec sets one of these variables)."""
-    world = os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE")
-    return world is not None and world != "1"
+    """Whether an MPI launcher started this process as one of several ranks."""
+    return launcher_world_size() > 1
 
 
 def shard(total: int, parts: int, index: int) -> tuple[int, int]:
@@ -89,6 +97,12 @@ class MPICommunicator:
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.cuda_aware = cuda_aware
+        launched = launcher_world_size()
+        if launched > 1 and self.size != launched:  # each process would train alone, all into one folder
+            raise DistributedError(
+                f"mpiexec started {launched} processes but MPI sees a world of {self.size}: mpi4py is using another "
+                f"MPI library ({MPI.Get_library_version().splitlines()[0].strip()}) than the launcher's; run the "
+                "mpiexec that comes with it (pip install 'lstmx[mpi]' puts both in one environment)")
 
     def allreduce(self, backend: Backend, buffer: Any) -> Any:
         """Sum ``buffer`` (a 1-d array of ``backend``) over every rank; returns the sum (same backend)."""
