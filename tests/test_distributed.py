@@ -152,3 +152,17 @@ def test_an_mpi_launch_without_distributed_is_refused(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode != 0 and "--distributed is none" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(mpi4py is None, reason="mpi4py missing (pip install 'lstmx[mpi]')")
+def test_an_mpi_library_that_sees_another_world_than_the_launcher_is_refused(tmp_path):
+    """What happens when mpi4py loads another MPI than the launcher's: every process is a world of one."""
+    import os
+
+    command = [sys.executable, "-m", "lstmx.cli", "train", str(corpus(tmp_path)), "--out", str(tmp_path / "run"),
+               "--steps", "2", "--distributed", "mpi"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={**os.environ, "PMI_SIZE": "2", "PMI_RANK": "0"})
+    assert result.returncode == 2
+    assert "mpiexec started 2 processes but MPI sees a world of 1" in result.stderr
+    assert not (tmp_path / "run").exists()
