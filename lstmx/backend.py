@@ -166,10 +166,6 @@ def is_cupy(backend: Backend) -> bool:
     return backend.name == "cupy"
 
 
-def is_numpy(backend: Backend) -> bool:
-    return backend.name == "numpy"
-
-
 def is_host(backend: Backend) -> bool:
     """Arrays in host memory: reading one back costs no device synchronisation."""
     return backend.name in ("numpy", "array_api_strict")

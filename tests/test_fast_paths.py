@@ -313,3 +313,32 @@ def test_persistent_path_refuses_a_grid_that_cannot_be_resident_at_once(backend)
     arrays, grads = random_layer(backend, 2, fits, 3, hidden, np.float32)
     arrays[1] = arrays[1] * float(2.0 / np.sqrt(hidden))  # pre-activations O(1), as initialised weights give
     assert_matches_generic(module, backend, arrays, grads, 2e-5)
+
+
+@pytest.mark.parametrize("impl", [pytest.param(impl, id=impl.name) for impl in registry.LAYER_IMPLS])
+def test_a_cache_from_another_model_or_older_parameters_is_refused(backend, impl):
+    """Through the public models, with every implementation: a cache of another model (another hidden size, or
+    the same shapes), one made before the parameters changed, or no cache at all, is a clear error."""
+    runnable(impl, backend, np.float32)
+    from lstmx.models import LanguageModel
+    from lstmx.optim import SGD
+    from lstmx.validate import CacheMismatchError
+
+    x = backend.asarray(np.random.default_rng(0).standard_normal((4, 3, 5)), dtype=backend.xp.float32)
+    model = lstmx.LSTM(5, 6, 2, backend=backend, seed=0)
+    y, _, cache = model.forward(x, impl=impl.name)
+    dy = backend.xp.ones_like(y)
+    for other in (lstmx.LSTM(5, 8, 2, backend=backend, seed=0), lstmx.LSTM(5, 6, 2, backend=backend, seed=0)):
+        with pytest.raises(CacheMismatchError, match="not made by this model's forward"):
+            other.backward(backend.xp.ones((4, 3, other.hidden_size), dtype=backend.xp.float32), cache)
+    with pytest.raises(TypeError, match="cache must be the LSTMCache returned by this model's forward"):
+        model.backward(dy, cache.layers[0])
+    _, _, grads = model.backward(dy, cache)
+    SGD(model, lr=0.1).step(grads)
+    with pytest.raises(CacheMismatchError, match="the parameters changed since"):
+        model.backward(dy, cache)
+    language = LanguageModel(7, 5, 6, 2, backend=backend, seed=0)
+    tokens = backend.asarray(np.zeros((4, 3), dtype=np.int64))
+    logits, _, lm_cache = language.forward(tokens, impl=impl.name)
+    with pytest.raises(CacheMismatchError):
+        LanguageModel(7, 5, 6, 2, backend=backend, seed=0).backward(logits, lm_cache)
