@@ -106,6 +106,25 @@ _PERSISTENT = Template(r"""
 #include <cooperative_groups.h>
 namespace cg = cooperative_groups;
 
+// Where a thread of a persistent kernel works: unit j = blockIdx.x·32 + lane of batch row b = blockIdx.y·rows + row.
+struct Place {
+    int lane, row, rows, tid, threads, j0, b0, j, b;
+    bool active;               // (b, j) lies inside the batch and the hidden size
+    long long count, n, four;  // B·H, the (b, j) offset in a (B, H) block, 4H
+};
+
+__device__ Place place_of(const int batch, const int hidden)
+{
+    Place p;
+    p.lane = threadIdx.x; p.row = threadIdx.y; p.rows = blockDim.y;
+    p.tid = p.row * 32 + p.lane; p.threads = 32 * p.rows;
+    p.j0 = blockIdx.x * 32; p.b0 = blockIdx.y * p.rows;
+    p.j = p.j0 + p.lane; p.b = p.b0 + p.row;
+    p.active = p.j < hidden && p.b < batch;
+    p.count = (long long)batch * hidden; p.n = (long long)p.b * hidden + p.j; p.four = 4LL * hidden;
+    return p;
+}
+
 // Grid (ceil(H / 32), ceil(B / rows)) of (32, rows) threads: thread (lane, row) owns unit j = blockIdx.x·32 + lane
 // of batch row b = blockIdx.y·rows + row for the whole sequence. The block's 32 columns of each gate of W_h
 // live in shared memory for the whole launch (w_s[k][gate][lane]); each step stages the block's rows of h_{t-1}
@@ -127,12 +146,11 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
     $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (H, 4, 32)
     $real* h_s = w_s + 128LL * hidden;                     // (rows, H)
     cg::grid_group grid = cg::this_grid();
-    const int lane = threadIdx.x, row = threadIdx.y, rows = blockDim.y;
-    const int tid = row * 32 + lane, threads = 32 * rows;
-    const int j0 = blockIdx.x * 32, b0 = blockIdx.y * rows;
-    const int j = j0 + lane, b = b0 + row;
-    const bool active = j < hidden && b < batch;
-    const long long count = (long long)batch * hidden, n = (long long)b * hidden + j, four = 4LL * hidden;
+    const Place p = place_of(batch, hidden);
+    const int lane = p.lane, row = p.row, rows = p.rows, tid = p.tid, threads = p.threads, j0 = p.j0, b0 = p.b0;
+    const int j = p.j, b = p.b;
+    const bool active = p.active;
+    const long long count = p.count, n = p.n, four = p.four;
     for (long long e = tid; e < 128LL * hidden; e += threads) {
         const int l = (int)(e & 31), g = (int)((e >> 5) & 3);
         const long long k = e >> 7;
@@ -222,12 +240,11 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
     $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (4H, 32)
     $real* dz_s = w_s + 128LL * hidden;                    // (rows, 4H)
     cg::grid_group grid = cg::this_grid();
-    const int lane = threadIdx.x, row = threadIdx.y, rows = blockDim.y;
-    const int tid = row * 32 + lane, threads = 32 * rows;
-    const int j0 = blockIdx.x * 32, b0 = blockIdx.y * rows;
-    const int j = j0 + lane, b = b0 + row;
-    const bool active = j < hidden && b < batch;
-    const long long count = (long long)batch * hidden, n = (long long)b * hidden + j, four = 4LL * hidden;
+    const Place p = place_of(batch, hidden);
+    const int lane = p.lane, row = p.row, rows = p.rows, tid = p.tid, threads = p.threads, j0 = p.j0, b0 = p.b0;
+    const int j = p.j, b = p.b;
+    const bool active = p.active;
+    const long long count = p.count, n = p.n, four = p.four;
     for (long long e = tid; e < 128LL * hidden; e += threads) {  // read along rows of W_h (coalesced)
         const int l = (int)(e / four);
         const long long col = e - l * four;
