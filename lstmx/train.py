@@ -167,9 +167,8 @@ class Trainer:
             states.append(output.state)
         if self.comm.size > 1:
             names = list(grads)
-            flat = self.comm.allreduce(backend, flatten(backend, [*(grads[n] for n in names),
-                                                                  backend.xp.reshape(loss, (1,))]))
-            *reduced, loss = unflatten(backend, flat, [*(grads[n] for n in names), backend.xp.reshape(loss, (1,))])
+            parts = [*(grads[n] for n in names), backend.xp.reshape(loss, (1,))]
+            *reduced, loss = unflatten(backend, self.comm.allreduce(backend, flatten(backend, parts)), parts)
             grads, loss = dict(zip(names, reduced)), backend.xp.reshape(loss, ())
         return loss, grads, states
 
