@@ -10,6 +10,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
     export PYTHONPATH="$PWD"
 fi
+# The GPU image's mpi4py uses its Open MPI, whose mpiexec refuses root unless told (the MPI tests launch it).
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 OUT=${OUT:-/tmp/lstmx-out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
