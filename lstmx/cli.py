@@ -41,8 +41,6 @@ def _value_type(name: str, spec: Spec, kind: type) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {_describe(spec, kind)}, got {text!r}") from None
-        if kind is float and float(value).is_integer() and spec.range is not None and spec.range.integer:
-            value = int(value)
         if check_value(name, value, spec) is not None:
             raise argparse.ArgumentTypeError(f"must be {_describe(spec, kind)}, got {text}")
         return value
