@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -20,7 +21,8 @@ from .distributed import ENGINES, DistributedError, SingleProcess, communicator
 from .options import (NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, DataConfig, ModelConfig, OptionError, Range, Spec,
                       check_value, spec_of)
 
-RUN_FILES = ("log.jsonl", "loss.png", "last.npz")  # what a run writes into --out (besides temporary files)
+RUN_FILES = ("log.jsonl", "loss.png", "last.npz")
+ABORT_GRACE_SECONDS = 1.0  # what a run writes into --out (besides temporary files)
 NONE_WORDS = ("none", "off")
 
 
@@ -356,6 +358,9 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> None:
     comm = args.comm
     print(message if comm.size == 1 else f"[rank {comm.rank}] {message}", file=sys.stderr, flush=True)
     if comm.size > 1:
+        # MPI_Abort ends every rank at once, and the launcher may drop output it has not forwarded yet: give it a
+        # moment to pass this message (and the other ranks' own) to the user first.
+        time.sleep(ABORT_GRACE_SECONDS)
         comm.abort(code)
 
 
