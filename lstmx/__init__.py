@@ -4,6 +4,7 @@ from .backend import Backend, BackendError, MixedBackendError, backend_of, get_b
 from .models import LSTM, LanguageModel
 from .module import Module
 from .registry import LAYER_IMPLS, use_layer_impl
+from .validate import CacheMismatchError
 
 __version__ = "0.1.0"
 
@@ -12,6 +13,7 @@ __all__ = [
     "LSTM",
     "Backend",
     "BackendError",
+    "CacheMismatchError",
     "LanguageModel",
     "MixedBackendError",
     "Module",
