@@ -3,9 +3,10 @@
 Each process (rank) holds the whole model and takes a contiguous share of the B streams of every step, so
 N ranks with global batch B train the same model as one process with batch B:
 
-- the loss is a mean per real token, so each rank scales its gradients by its token count, one all-reduce
-  sums every gradient (one flat buffer, few large messages) with the loss and the token counts, and the sum is
-  divided by the total count: exactly the single-process gradient, up to the order of floating-point sums;
+- the loss is a mean per real token, so each rank scales its loss and gradients by its share of the step's
+  tokens (a training window has no ignored targets, so the share is its share of the streams) and one
+  all-reduce sums them all in one flat buffer (few large messages): exactly the single-process gradient, up to
+  the order of floating-point sums;
 - clipping and the optimizer act on that reduced gradient, identically on every rank, so parameters broadcast
   from rank 0 at the start stay identical (a checksum compares them at every evaluation);
 - dropout masks are drawn for the global batch from the same seeded generator on every rank, and each rank
@@ -30,7 +31,6 @@ import numpy as np
 
 from .backend import Backend, is_cupy, to_numpy
 
-LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID", "PMIX_RANK")
 ENGINES = ("none", "mpi", "nccl")
 
 
@@ -107,7 +107,9 @@ class MPICommunicator:
     def allreduce(self, backend: Backend, buffer: Any) -> Any:
         """Sum ``buffer`` (a 1-d array of ``backend``) over every rank; returns the sum (same backend)."""
         if is_cupy(backend) and self.cuda_aware:
-            backend.xp.cuda.get_current_stream().synchronize()
+            import cupy  # the namespace in backend.xp is array_api_compat's, without cupy.cuda
+
+            cupy.cuda.get_current_stream().synchronize()
             self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
             return buffer
         host = np.ascontiguousarray(to_numpy(buffer))

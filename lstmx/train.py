@@ -304,7 +304,10 @@ class Trainer:
                           temperature=self.config.sample_temperature, seed=self.step)
             lines += ["--- sample ---", text, "--------------"]
         for line in lines:
-            progress.write(line) if progress.bar is not None else self.echo(line)
+            if progress.bar is not None:
+                progress.write(line)  # above the bar, not through it
+            else:
+                self.echo(line)
         return record
 
     # --- checkpoints ------------------------------------------------------------------------------------------
@@ -365,7 +368,7 @@ class Trainer:
         for key in ("train_config", "progress", "optimizer", "vocab", "rng"):
             if key not in meta:
                 raise ckpt.CheckpointError(f"a model-only checkpoint (no {key!r}) cannot resume training")
-        config = TrainConfig(**{"accumulate": 1, **meta["train_config"]})
+        config = TrainConfig(**meta["train_config"])  # fields added since the checkpoint take their defaults
         changes = dict(overrides or {})
         if steps is not None:
             changes["steps"] = steps
