@@ -14,17 +14,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .backend import Backend, to_numpy
-from .options import NON_NEGATIVE, POSITIVE, POSITIVE_INT, Range, OptionError
+from .options import NON_NEGATIVE, POSITIVE, POSITIVE_INT, OptionError, Range
+from .options import check_arguments as _check
 
 UNIT = Range(0, 1, high_inclusive=False)  # [0, 1)
-
-
-def _check(**values: tuple[Any, Range]) -> None:
-    """One line naming the first argument outside its range."""
-    for name, (value, allowed) in values.items():
-        problem = allowed.check(value)
-        if problem is not None:
-            raise OptionError(f"{name} {problem}")
 
 Schedule = Callable[[int], float]  # step (0-based) → learning rate
 

@@ -99,6 +99,14 @@ def check_value(name: str, value: Any, spec: Spec) -> str | None:
     return None
 
 
+def check_arguments(**values: tuple[Any, Range]) -> None:
+    """Raise :class:`OptionError` naming the first argument (``name=(value, range)``) outside its range."""
+    for name, (value, allowed) in values.items():
+        problem = allowed.check(value)
+        if problem is not None:
+            raise OptionError(f"{name} {problem}")
+
+
 def check_config(config: Any) -> None:
     """Raise :class:`OptionError` naming the first field of ``config`` outside its allowed values."""
     for field in dataclasses.fields(config):

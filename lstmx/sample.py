@@ -8,7 +8,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .data import CharVocab
-from .options import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, OptionError
+from .options import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, OptionError, check_arguments
 
 
 def next_token_distribution(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
@@ -38,12 +38,11 @@ def sample(
     ``greedy`` takes the most likely token each step; otherwise tokens are drawn from the softmax of
     logits / ``temperature``, restricted to the ``top_k`` most likely when set. The same seed gives the same text.
     """
-    if (problem := NON_NEGATIVE_INT.check(length)) is not None:
-        raise OptionError(f"length {problem}")
+    check_arguments(length=(length, NON_NEGATIVE_INT))
     if not greedy and POSITIVE.check(temperature) is not None:
         raise OptionError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature!r}")
-    if top_k is not None and (problem := POSITIVE_INT.check(top_k)) is not None:
-        raise OptionError(f"top_k {problem}")
+    if top_k is not None:
+        check_arguments(top_k=(top_k, POSITIVE_INT))
     if len(vocab) != model.vocab_size:
         raise ValueError(f"vocabulary has {len(vocab)} entries but the model expects {model.vocab_size}")
     if not prime:
