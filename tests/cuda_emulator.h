@@ -1,0 +1,266 @@
+// A CUDA execution model on the CPU, for testing lstmx's kernels on a machine without a GPU.
+//
+// tests/cuda_emulator.py compiles a kernel source (the same string NVRTC compiles) with g++ after this header.
+// Every CUDA thread of a launch is a fiber (ucontext) on one host thread: a fiber runs until it reaches a
+// barrier (__syncthreads, a grid sync, a warp shuffle) or returns, and a barrier opens once every live thread
+// it spans has reached it. Between barriers the fibers run in an order drawn from the launch's seed, so a
+// kernel that reads what another thread writes without a barrier in between gives seed-dependent results.
+// Threads that wait at different barriers of one block (or grid) are reported as a divergent barrier instead
+// of hanging.
+//
+// What it does not model: memory ordering and caches (every load sees the latest store), warp-synchronous
+// execution outside shuffles, occupancy limits, and the numerics of the GPU's math functions.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+#include <ucontext.h>
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+struct uint3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+
+// What the running fiber sees; the scheduler sets them before it resumes a fiber.
+inline uint3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __align__(n) alignas(n)
+#define __launch_bounds__(...)
+
+namespace emu {
+
+enum class Wait { none, block, grid, warp, done };
+
+struct Fiber {
+    ucontext_t context;
+    std::unique_ptr<char[]> stack;  // left uninitialised: zeroing 256 KB per thread costs more than the run
+    uint3 thread, block;
+    int block_index = 0, warp_index = 0;
+    Wait wait = Wait::none;
+};
+
+struct Launch {
+    std::vector<Fiber> fibers;
+    std::vector<std::vector<unsigned char>> shared;  // per block
+    ucontext_t scheduler;
+    Fiber* running = nullptr;
+    std::string error;
+    // a value each lane puts down for a warp shuffle: (warp, lane) -> 8 bytes
+    std::vector<unsigned long long> exchange;
+};
+
+inline Launch* current = nullptr;
+
+inline void wait_at(Wait barrier)
+{
+    Fiber* self = current->running;
+    self->wait = barrier;
+    swapcontext(&self->context, &current->scheduler);
+}
+
+inline unsigned char* shared_memory() { return current->shared[current->running->block_index].data(); }
+
+inline void body_trampoline(unsigned low, unsigned high);
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::wait_at(emu::Wait::block); }
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+template <typename T> inline T __ldcg(const T* p) { return *p; }
+template <typename T> inline T __ldg(const T* p) { return *p; }
+
+// Warp shuffles: every lane of the warp puts its value down, waits for the others, reads its partner's, and
+// waits again so no lane overwrites a value before it is read. The mask is not modelled: all 32 lanes take part.
+template <typename T> inline T emu_shuffle(T value, int source_lane)
+{
+    static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
+    emu::Fiber* self = emu::current->running;
+    const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    const size_t base = (size_t)self->warp_index * 32;
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &value, sizeof(T));
+    emu::current->exchange[base + tid % 32] = bits;
+    emu::wait_at(emu::Wait::warp);
+    T result;
+    std::memcpy(&result, &emu::current->exchange[base + ((unsigned)source_lane & 31u)], sizeof(T));
+    emu::wait_at(emu::Wait::warp);
+    return result;
+}
+template <typename T> inline T __shfl_sync(unsigned, T value, int lane, int = 32) { return emu_shuffle(value, lane); }
+template <typename T> inline T __shfl_xor_sync(unsigned, T value, int mask, int = 32)
+{
+    const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    return emu_shuffle(value, (int)((tid % 32) ^ (unsigned)mask));
+}
+template <typename T> inline T __shfl_down_sync(unsigned, T value, unsigned delta, int = 32)
+{
+    const unsigned lane = (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
+    return emu_shuffle(value, (int)(lane + delta < 32 ? lane + delta : lane));
+}
+
+template <typename T> inline T atomicAdd(T* address, T value)
+{
+    const T old = *address;
+    *address = old + value;
+    return old;
+}
+
+namespace cooperative_groups {
+struct grid_group {
+    void sync() const { emu::wait_at(emu::Wait::grid); }
+};
+struct thread_block {
+    void sync() const { emu::wait_at(emu::Wait::block); }
+};
+inline grid_group this_grid() { return {}; }
+inline thread_block this_thread_block() { return {}; }
+}  // namespace cooperative_groups
+
+namespace emu {
+
+inline std::vector<void*> launch_arguments;  // what the trampoline hands the kernel
+inline void (*launch_body)() = nullptr;
+
+inline void body_trampoline(unsigned, unsigned)
+{
+    launch_body();
+    current->running->wait = Wait::done;
+    // returning resumes uc_link: the scheduler
+}
+
+// Opens every barrier whose participants have all arrived; false when nothing could be opened.
+inline bool open_barriers(Launch& launch, int blocks, int warps_per_block, std::string& error)
+{
+    bool opened = false;
+    auto release = [&](auto belongs, Wait barrier) {
+        bool all_arrived = true, any = false;
+        for (Fiber& f : launch.fibers)
+            if (belongs(f) && f.wait != Wait::done) {
+                any = true;
+                if (f.wait != barrier) all_arrived = false;
+            }
+        if (!any || !all_arrived) return;
+        for (Fiber& f : launch.fibers)
+            if (belongs(f) && f.wait == barrier) { f.wait = Wait::none; opened = true; }
+    };
+    for (int w = 0; w < blocks * warps_per_block; ++w)
+        release([w](const Fiber& f) { return f.warp_index == w; }, Wait::warp);
+    for (int b = 0; b < blocks; ++b) release([b](const Fiber& f) { return f.block_index == b; }, Wait::block);
+    release([](const Fiber&) { return true; }, Wait::grid);
+    if (!opened) {
+        for (const Fiber& f : launch.fibers)
+            if (f.wait != Wait::done) {
+                char text[200];
+                std::snprintf(text, sizeof text, "divergent barrier: thread (%u,%u,%u) of block (%u,%u,%u) waits at a "
+                              "%s barrier that other live threads never reach", f.thread.x, f.thread.y, f.thread.z,
+                              f.block.x, f.block.y, f.block.z,
+                              f.wait == Wait::block ? "block" : f.wait == Wait::grid ? "grid" : "warp");
+                error = text;
+                return false;
+            }
+    }
+    return opened;
+}
+
+// Runs body() once per thread of the grid; returns "" or what went wrong.
+inline std::string run(dim3 grid, dim3 block, size_t shared_bytes, unsigned seed, void (*body)())
+{
+    Launch launch;
+    const int threads_per_block = (int)(block.x * block.y * block.z);
+    const int blocks = (int)(grid.x * grid.y * grid.z);
+    const int warps_per_block = (threads_per_block + 31) / 32;
+    launch.shared.assign(blocks, std::vector<unsigned char>(shared_bytes + 16));
+    for (auto& bytes : launch.shared)  // NaN bit patterns: a read before any write shows in the results
+        std::memset(bytes.data(), 0xff, bytes.size());
+    launch.exchange.assign((size_t)blocks * warps_per_block * 32, 0);
+    launch.fibers.resize((size_t)blocks * threads_per_block);
+    const size_t stack_bytes = 256 * 1024;
+    current = &launch;
+    launch_body = body;
+    blockDim = block;
+    gridDim = grid;
+    size_t index = 0;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                const int block_index = (int)((bz * grid.y + by) * grid.x + bx);
+                for (unsigned tz = 0; tz < block.z; ++tz)
+                    for (unsigned ty = 0; ty < block.y; ++ty)
+                        for (unsigned tx = 0; tx < block.x; ++tx) {
+                            Fiber& f = launch.fibers[index++];
+                            f.thread = {tx, ty, tz};
+                            f.block = {bx, by, bz};
+                            f.block_index = block_index;
+                            const int tid = (int)(tx + block.x * (ty + block.y * tz));
+                            f.warp_index = block_index * warps_per_block + tid / 32;
+                            f.stack.reset(new char[stack_bytes]);
+                            getcontext(&f.context);
+                            f.context.uc_stack.ss_sp = f.stack.get();
+                            f.context.uc_stack.ss_size = stack_bytes;
+                            f.context.uc_link = &launch.scheduler;
+                            makecontext(&f.context, (void (*)())body_trampoline, 2, 0u, 0u);
+                        }
+            }
+    std::mt19937 random(seed);
+    std::vector<Fiber*> order;
+    for (Fiber& f : launch.fibers) order.push_back(&f);
+    std::string error;
+    while (true) {
+        std::shuffle(order.begin(), order.end(), random);
+        bool ran = false;
+        for (Fiber* f : order) {
+            if (f->wait != Wait::none) continue;
+            ran = true;
+            launch.running = f;
+            threadIdx = f->thread;
+            blockIdx = f->block;
+            swapcontext(&launch.scheduler, &f->context);
+        }
+        if (ran) continue;
+        if (std::all_of(launch.fibers.begin(), launch.fibers.end(), [](const Fiber& f) { return f.wait == Wait::done; }))
+            break;
+        if (!open_barriers(launch, blocks, warps_per_block, error)) break;
+    }
+    current = nullptr;
+    return error;
+}
+
+template <typename... Args, size_t... I>
+inline void call_with(void (*kernel)(Args...), std::index_sequence<I...>)
+{
+    kernel(*static_cast<std::remove_reference_t<Args>*>(launch_arguments[I])...);
+}
+
+// Launches kernel as cuLaunchKernel would: args[i] points at the i-th argument's value.
+template <typename... Args>
+inline int launch_kernel(void (*kernel)(Args...), dim3 grid, dim3 block, size_t shared_bytes, void** args,
+                         unsigned seed, char* error, int error_size)
+{
+    static void (*the_kernel)(Args...) = nullptr;
+    the_kernel = kernel;
+    launch_arguments.assign(args, args + sizeof...(Args));
+    const std::string message = run(grid, block, shared_bytes, seed, [] {
+        call_with(the_kernel, std::index_sequence_for<Args...>{});
+    });
+    std::snprintf(error, (size_t)error_size, "%s", message.c_str());
+    return message.empty() ? 0 : 1;
+}
+
+}  // namespace emu

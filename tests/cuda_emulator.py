@@ -1,0 +1,142 @@
+"""Run lstmx's CUDA kernels on the CPU (``tests/cuda_emulator.h``): their logic is tested in CI, without a GPU.
+
+:func:`compile_kernels` builds a kernel source (the very string CuPy and NVRTC compile) with g++ into a shared
+library, with one launcher per kernel; :meth:`EmulatedKernels.launch` runs a kernel on NumPy arrays as
+``cupy.RawKernel`` would on CuPy arrays. :func:`guarded` wraps arrays in NaN-filled margins, and
+:meth:`EmulatedKernels.launch` checks the margins afterwards: a store out of bounds fails the launch, and a load
+out of bounds brings a NaN into the results.
+
+What the emulator proves and what it does not is said in the header: indexing, barrier placement and races
+between barriers, yes; memory ordering, speed and the GPU's numerics, no.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from typing import Any, Iterable
+
+import numpy as np
+
+HEADER = os.path.join(os.path.dirname(__file__), "cuda_emulator.h")
+COMPILER = shutil.which("g++")
+MARGIN = 64  # elements of NaN before and after each guarded array
+
+_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]+?)\s+(\w+)\s*\[\s*\]\s*;")
+
+
+def host_source(source: str, kernels: Iterable[str]) -> str:
+    """The CUDA source as C++ for the emulator: the dynamic shared array becomes the block's buffer, the CUDA
+    headers the emulator's, and each kernel gets an ``extern "C"`` launcher."""
+    if re.search(r"(?<!extern )__shared__", _SHARED.sub("", source)):
+        raise ValueError("the emulator models only dynamic (extern __shared__) shared memory")
+    body = _SHARED.sub(r"\1* \2 = reinterpret_cast<\1*>(emu::shared_memory());", source)
+    body = body.replace("#include <cooperative_groups.h>", "")
+    launchers = "".join(
+        f'\nextern "C" int launch_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,'
+        f' size_t shared, void** args, unsigned seed, char* error, int error_size)\n'
+        f'{{ return emu::launch_kernel({name}, dim3{{gx, gy, gz}}, dim3{{bx, by, bz}}, shared, args, seed, error,'
+        f' error_size); }}\n'
+        for name in kernels)
+    return f'#include "{HEADER}"\n{body}\n{launchers}'
+
+
+class EmulatedKernels:
+    """A compiled kernel source: :meth:`launch` runs one of its kernels."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self.library = library
+
+    def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, shared_mem: int = 0,
+               seed: int = 0) -> None:
+        """Runs ``name`` over ``grid`` × ``block`` threads with ``args`` (NumPy arrays, NumPy scalars, or
+        ``np.uint64(0)`` for a null pointer), as ``cupy.RawKernel.__call__`` does; raises on a divergent
+        barrier or a store into a guard margin."""
+        values = [_c_value(a) for a in args]
+        pointers = (ctypes.c_void_p * len(values))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values))
+        grid3, block3 = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
+        error = ctypes.create_string_buffer(256)
+        function = getattr(self.library, f"launch_{name}")
+        function.restype = ctypes.c_int
+        status = function(*(ctypes.c_uint(v) for v in (*grid3, *block3)), ctypes.c_size_t(shared_mem), pointers,
+                          ctypes.c_uint(seed), error, ctypes.c_int(len(error)))
+        if status != 0:
+            raise RuntimeError(f"{name}: {error.value.decode()}")
+        for a in args:
+            if isinstance(a, GuardedArray):
+                a.check(name)
+
+
+def _c_value(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        if not value.flags.c_contiguous:
+            raise ValueError("kernel arguments must be C-contiguous")
+        return ctypes.c_void_p(value.ctypes.data)
+    if isinstance(value, np.uint64):
+        return ctypes.c_void_p(int(value) or None)
+    kinds = {np.int32: ctypes.c_int, np.int64: ctypes.c_longlong, np.float32: ctypes.c_float,
+             np.float64: ctypes.c_double}
+    for kind, c_type in kinds.items():
+        if isinstance(value, kind):
+            return c_type(value.item())
+    raise TypeError(f"cannot pass {type(value).__name__} to a kernel (use a NumPy array or a sized NumPy scalar)")
+
+
+# A NaN with a payload of its own: arithmetic on it yields the default NaN, so a store shows even when the value
+# stored is a NaN computed from the margin.
+_MARGIN_BITS = {4: np.uint32(0x7FA5A5A5), 8: np.uint64(0x7FF5A5A5A5A5A5A5)}
+
+
+class GuardedArray(np.ndarray):
+    """An array that lies between two margins of MARGIN marked NaNs (``margins``), checked after each launch."""
+
+    margins: np.ndarray | None = None
+
+    def check(self, kernel: str) -> None:
+        if self.margins is not None:
+            bits = self.margins.view(_MARGIN_BITS[self.itemsize].dtype)
+            if not (np.all(bits[:MARGIN] == _MARGIN_BITS[self.itemsize])
+                    and np.all(bits[-MARGIN:] == _MARGIN_BITS[self.itemsize])):
+                raise RuntimeError(f"{kernel} stored outside an array it was given")
+
+
+def guarded(array: Any, dtype: Any = None) -> GuardedArray:
+    """A C-contiguous copy of ``array`` between marked NaN margins, checked after each launch it is passed to."""
+    array = np.asarray(array, dtype=dtype)
+    marker = _MARGIN_BITS[array.itemsize]
+    buffer = np.full(array.size + 2 * MARGIN, marker, dtype=marker.dtype).view(array.dtype)
+    inner = buffer[MARGIN:MARGIN + array.size].reshape(array.shape).view(GuardedArray)
+    inner.margins = buffer
+    inner[...] = array
+    return inner
+
+
+_CACHE = os.path.join(tempfile.gettempdir(), f"lstmx-cuda-emulator-{os.getuid()}")
+
+
+def compile_kernels(source: str, kernels: Iterable[str]) -> EmulatedKernels:
+    """The kernels of ``source`` built for the emulator (cached by content in the temp folder)."""
+    if COMPILER is None:
+        raise RuntimeError("the CUDA emulator needs g++")
+    text = host_source(source, kernels)
+    with open(HEADER, "rb") as header:
+        key = hashlib.sha256(text.encode() + header.read()).hexdigest()[:20]
+    os.makedirs(_CACHE, exist_ok=True)
+    library = os.path.join(_CACHE, f"{key}.so")
+    if not os.path.exists(library):
+        with tempfile.TemporaryDirectory(dir=_CACHE) as work:
+            path = os.path.join(work, "kernels.cpp")
+            with open(path, "w") as file:
+                file.write(text)
+            built = os.path.join(work, "kernels.so")
+            result = subprocess.run([COMPILER, "-std=c++17", "-O1", "-shared", "-fPIC", "-Wno-unknown-pragmas",
+                                     "-o", built, path], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"g++ could not build the kernels for the emulator:\n{result.stderr[-4000:]}")
+            os.replace(built, library)  # atomic: a parallel test never loads half a file
+    return EmulatedKernels(ctypes.CDLL(library))

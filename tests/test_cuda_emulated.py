@@ -1,0 +1,125 @@
+"""The CUDA kernels of the CuPy paths, run on the CPU by the emulator, against the generic path: no GPU needed.
+
+The emulator (``tests/cuda_emulator.h``) runs every CUDA thread as a fiber, opens barriers only when every
+live thread has reached them, and shuffles the order of threads between barriers by a seed; arrays sit in NaN
+margins. So these tests catch wrong indexing, a missing or misplaced barrier (results change with the seed or
+go wrong), a barrier some threads skip, and loads or stores out of bounds. They cannot catch what needs the
+hardware (memory ordering, occupancy, the GPU's math library, speed): the CuPy suite on a GPU does that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstmx
+from lstmx.layers import lstm_layer as generic
+
+from . import emulated_paths
+from .cuda_emulator import COMPILER
+
+pytestmark = pytest.mark.skipif(COMPILER is None, reason="the CUDA emulator needs g++")
+
+NUMPY = lstmx.get_backend("numpy")
+PATHS = {name: getattr(emulated_paths, name) for name in emulated_paths.PATHS}
+SHAPES = [(3, 5, 4, 33), (1, 1, 2, 8), (4, 9, 3, 64), (2, 2, 5, 40)]  # (T, B, D, H): H not a multiple of 32, B = 1, T = 1
+
+
+def problem(steps, batch, features, hidden, dtype, seed=0, masked=False):
+    rng = np.random.default_rng(seed)
+    arrays = dict(x=rng.standard_normal((steps, batch, features)),
+                  weight=0.5 * rng.standard_normal((features + hidden, 4 * hidden)),
+                  bias=0.3 * rng.standard_normal(4 * hidden), h0=rng.standard_normal((batch, hidden)),
+                  c0=rng.standard_normal((batch, hidden)), dy=rng.standard_normal((steps, batch, hidden)),
+                  dh_last=rng.standard_normal((batch, hidden)), dc_last=rng.standard_normal((batch, hidden)))
+    arrays = {k: v.astype(dtype) for k, v in arrays.items()}
+    mask = None
+    if masked:  # each row real for a prefix of its steps, at least one
+        lengths = rng.integers(1, steps + 1, size=batch)
+        mask = (np.arange(steps)[:, None] < lengths[None, :]).astype(dtype)
+    return arrays, mask
+
+
+def reference(arrays, mask):
+    """The generic path in float64."""
+    a = {k: v.astype(np.float64) for k, v in arrays.items()}
+    step_mask = None if mask is None else mask.astype(np.float64)[..., None]
+    y, (h, c), cache = generic.lstm_layer_forward(NUMPY, a["x"], a["weight"], a["bias"], a["h0"], a["c0"], step_mask)
+    dx, (dh0, dc0), dweight, dbias = generic.lstm_layer_backward(NUMPY, a["dy"], a["dh_last"], a["dc_last"],
+                                                                 a["weight"], cache)
+    return dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, dweight=dweight, dbias=dbias)
+
+
+def run_path(path, arrays, mask, seed=0):
+    return PATHS[path](**arrays, step_mask=mask, seed=seed)
+
+
+def assert_close(result, expected, tolerance):
+    for name, value in expected.items():
+        np.testing.assert_allclose(np.asarray(result[name], dtype=np.float64), value, rtol=tolerance, atol=tolerance,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}D{}H{}".format(*s))
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_kernels_match_generic_float64(path, shape, masked):
+    arrays, mask = problem(*shape, np.float64, masked=masked)
+    assert_close(run_path(path, arrays, mask), reference(arrays, mask), 1e-12)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_kernels_match_generic_float32(path):
+    arrays, mask = problem(3, 6, 4, 40, np.float32, masked=True)
+    result = run_path(path, arrays, mask)
+    assert all(v.dtype == np.float32 for v in result.values())
+    assert_close(result, reference(arrays, mask), 2e-5)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_thread_order_does_not_change_results(path):
+    """Between barriers the emulator runs threads in a seeded random order: a race would show as a difference."""
+    arrays, mask = problem(3, 6, 3, 40, np.float64, masked=True)
+    first, second = run_path(path, arrays, mask, seed=1), run_path(path, arrays, mask, seed=2)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+# --- the emulator can fail: bugs planted in a kernel source are caught ---------------------------------------
+
+def planted(kind: str, old: str, new: str):
+    """The ``kind`` kernels (float64) with ``old`` replaced by ``new`` in the source, built for the emulator."""
+    from lstmx.kernels import cuda_sources
+
+    from .cuda_emulator import compile_kernels
+    source = cuda_sources.source(kind, "float64")
+    assert old in source, old
+    names = [cuda_sources.kernel_name(k, "float64") for k in cuda_sources.SOURCES[kind][1]]
+    return compile_kernels(source.replace(old, new, 1), names)
+
+
+def test_a_missing_grid_barrier_is_caught(monkeypatch):
+    broken = planted("persistent", "grid.sync();  // h_{t+1}", "// grid.sync() removed; h_{t+1}")
+    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
+    arrays, mask = problem(4, 6, 3, 40, np.float64)
+    results = [run_path("persistent", arrays, mask, seed) for seed in (1, 2)]
+    expected = reference(arrays, mask)
+    wrong = [not np.allclose(r["y"], expected["y"], atol=1e-12) for r in results]
+    differ = not np.array_equal(results[0]["y"], results[1]["y"])
+    assert any(wrong) or differ
+
+
+def test_a_barrier_skipped_by_some_threads_is_reported(monkeypatch):
+    broken = planted("persistent", "grid.sync();  // h_{t+1}", "if (active) grid.sync();  // h_{t+1}")
+    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
+    arrays, mask = problem(2, 3, 3, 40, np.float64)  # H = 40: lanes 8-31 of the second block are inactive
+    with pytest.raises(RuntimeError, match="divergent barrier"):
+        run_path("persistent", arrays, mask)
+
+
+def test_a_store_out_of_bounds_is_caught(monkeypatch):
+    broken = planted("stepwise", "if (n >= count) return;", "if (n > count) return;")
+    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
+    arrays, mask = problem(2, 3, 3, 8, np.float64)  # 24 threads of a 256-thread block: thread 24 runs past the end
+    with pytest.raises(RuntimeError, match="stored outside"):
+        run_path("stepwise", arrays, mask)
