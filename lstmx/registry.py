@@ -69,6 +69,20 @@ class LayerImpl(NamedTuple):
             return module.refuses_size(*sizes, dtype)
         return None
 
+    def largest_hidden(self, backend: Backend, dtype: Any, batch: int, upper: int = 4096) -> int:
+        """The largest hidden size up to ``upper`` this implementation runs for ``batch`` rows here, at which the
+        next size up is refused (0 when none runs); a bisection over :meth:`refuses`."""
+        runs = lambda hidden: self.refuses(backend, dtype, False, (batch, hidden)) is None  # noqa: E731
+        if runs(upper):
+            return upper
+        if not runs(1):
+            return 0
+        low, high = 1, upper  # runs(low), not runs(high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if runs(middle) else (low, middle)
+        return low
+
     def load(self) -> ModuleType:
         """The implementation's module; ImportError when its optional dependency is missing."""
         return importlib.import_module(self.module)
@@ -78,11 +92,14 @@ class LayerImpl(NamedTuple):
 # runs only when asked for by name.
 CUPY_STEPWISE_AUTO = ("float32", "float64")  # passed on an H100
 CUPY_PERSISTENT_AUTO = ("float32", "float64")  # passed on an H100
+CUPY_TILED_AUTO = ()  # its kernels pass on the CPU emulator; not yet run on a GPU
 FLOATS = ("float32", "float64")
 
 LAYER_IMPLS: tuple[LayerImpl, ...] = (
     LayerImpl("cupy-persistent", "lstmx.kernels.cupy_persistent", ("cupy",), FLOATS, CUPY_PERSISTENT_AUTO, True, True,
               "CuPy: one cooperative kernel per direction for all steps (small hidden sizes)"),
+    LayerImpl("cupy-tiled", "lstmx.kernels.cupy_tiled", ("cupy",), FLOATS, CUPY_TILED_AUTO, True, True,
+              "CuPy: register-tiled cooperative kernels, W_h split over units × rows (hidden sizes up to ~768)"),
     LayerImpl("cupy-stepwise", "lstmx.kernels.cupy_layer", ("cupy",), FLOATS, CUPY_STEPWISE_AUTO, True, False,
               "CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size)"),
     LayerImpl("numba", "lstmx.kernels.numba_layer", ("numpy",), FLOATS, ("float32",), False, False,

@@ -3,8 +3,8 @@
 // tests/cuda_emulator.py compiles a kernel source (the same string NVRTC compiles) with g++ after this header.
 // Every CUDA thread of a launch is a fiber (ucontext) on one host thread: a fiber runs until it reaches a
 // barrier (__syncthreads, a grid sync, a warp shuffle) or returns, and a barrier opens once every live thread
-// it spans has reached it. Between barriers the fibers run in an order drawn from the launch's seed, so a
-// kernel that reads what another thread writes without a barrier in between gives seed-dependent results.
+// it spans has reached it. Which thread runs next is drawn from the launch's seed, so a kernel that reads
+// what another thread (or block) writes without a barrier in between gives wrong or seed-dependent results.
 // Threads that wait at different barriers of one block (or grid) are reported as a divergent barrier instead
 // of hanging.
 //
@@ -31,6 +31,15 @@ struct dim3 {
 struct uint3 {
     unsigned x = 0, y = 0, z = 0;
 };
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) double2 {
+    double x, y;
+};
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 
 // What the running fiber sees; the scheduler sets them before it resumes a fiber.
 inline uint3 threadIdx, blockIdx;
@@ -145,39 +154,11 @@ inline void body_trampoline(unsigned, unsigned)
     // returning resumes uc_link: the scheduler
 }
 
-// Opens every barrier whose participants have all arrived; false when nothing could be opened.
-inline bool open_barriers(Launch& launch, int blocks, int warps_per_block, std::string& error)
-{
-    bool opened = false;
-    auto release = [&](auto belongs, Wait barrier) {
-        bool all_arrived = true, any = false;
-        for (Fiber& f : launch.fibers)
-            if (belongs(f) && f.wait != Wait::done) {
-                any = true;
-                if (f.wait != barrier) all_arrived = false;
-            }
-        if (!any || !all_arrived) return;
-        for (Fiber& f : launch.fibers)
-            if (belongs(f) && f.wait == barrier) { f.wait = Wait::none; opened = true; }
-    };
-    for (int w = 0; w < blocks * warps_per_block; ++w)
-        release([w](const Fiber& f) { return f.warp_index == w; }, Wait::warp);
-    for (int b = 0; b < blocks; ++b) release([b](const Fiber& f) { return f.block_index == b; }, Wait::block);
-    release([](const Fiber&) { return true; }, Wait::grid);
-    if (!opened) {
-        for (const Fiber& f : launch.fibers)
-            if (f.wait != Wait::done) {
-                char text[200];
-                std::snprintf(text, sizeof text, "divergent barrier: thread (%u,%u,%u) of block (%u,%u,%u) waits at a "
-                              "%s barrier that other live threads never reach", f.thread.x, f.thread.y, f.thread.z,
-                              f.block.x, f.block.y, f.block.z,
-                              f.wait == Wait::block ? "block" : f.wait == Wait::grid ? "grid" : "warp");
-                error = text;
-                return false;
-            }
-    }
-    return opened;
-}
+// The threads a barrier spans (a warp, a block or the grid): how many still run, how many wait at it.
+struct Group {
+    int live = 0, arrived = 0;
+    std::vector<int> members;  // indices into Launch::fibers
+};
 
 // Runs body() once per thread of the grid; returns "" or what went wrong.
 inline std::string run(dim3 grid, dim3 block, size_t shared_bytes, unsigned seed, void (*body)())
@@ -218,26 +199,59 @@ inline std::string run(dim3 grid, dim3 block, size_t shared_bytes, unsigned seed
                             makecontext(&f.context, (void (*)())body_trampoline, 2, 0u, 0u);
                         }
             }
-    std::mt19937 random(seed);
-    std::vector<Fiber*> order;
-    for (Fiber& f : launch.fibers) order.push_back(&f);
-    std::string error;
-    while (true) {
-        std::shuffle(order.begin(), order.end(), random);
-        bool ran = false;
-        for (Fiber* f : order) {
-            if (f->wait != Wait::none) continue;
-            ran = true;
-            launch.running = f;
-            threadIdx = f->thread;
-            blockIdx = f->block;
-            swapcontext(&launch.scheduler, &f->context);
+    // Barriers open as soon as the last live thread they span arrives, and the next thread to run is drawn at
+    // random from those that can: blocks drift apart between grid barriers as they may on a GPU, so a block
+    // that reads what another block writes without a grid barrier in between sees the wrong values.
+    std::vector<Group> warp_groups((size_t)blocks * warps_per_block), block_groups((size_t)blocks);
+    Group grid_group;
+    std::vector<int> runnable;
+    for (int i = 0; i < (int)launch.fibers.size(); ++i) {
+        const Fiber& f = launch.fibers[i];
+        for (Group* g : {&warp_groups[f.warp_index], &block_groups[f.block_index], &grid_group}) {
+            g->live += 1;
+            g->members.push_back(i);
         }
-        if (ran) continue;
-        if (std::all_of(launch.fibers.begin(), launch.fibers.end(), [](const Fiber& f) { return f.wait == Wait::done; }))
-            break;
-        if (!open_barriers(launch, blocks, warps_per_block, error)) break;
+        runnable.push_back(i);
     }
+    auto release = [&](Group& g, Wait barrier) {
+        for (int i : g.members)
+            if (launch.fibers[i].wait == barrier) {
+                launch.fibers[i].wait = Wait::none;
+                runnable.push_back(i);
+            }
+        g.arrived = 0;
+    };
+    std::mt19937 random(seed);
+    std::string error;
+    while (!runnable.empty()) {
+        const size_t pick = std::uniform_int_distribution<size_t>(0, runnable.size() - 1)(random);
+        std::swap(runnable[pick], runnable.back());
+        Fiber& f = launch.fibers[runnable.back()];
+        runnable.pop_back();
+        launch.running = &f;
+        threadIdx = f.thread;
+        blockIdx = f.block;
+        swapcontext(&launch.scheduler, &f.context);
+        const std::pair<Group*, Wait> groups[] = {{&warp_groups[f.warp_index], Wait::warp},
+                                                  {&block_groups[f.block_index], Wait::block},
+                                                  {&grid_group, Wait::grid}};
+        for (const auto& [group, barrier] : groups) {
+            if (f.wait == Wait::done) group->live -= 1;
+            else if (f.wait == barrier) group->arrived += 1;
+            else continue;
+            if (group->arrived > 0 && group->arrived == group->live) release(*group, barrier);
+        }
+    }
+    for (const Fiber& f : launch.fibers)
+        if (f.wait != Wait::done) {
+            char text[220];
+            std::snprintf(text, sizeof text, "divergent barrier: thread (%u,%u,%u) of block (%u,%u,%u) waits at a "
+                          "%s barrier that other live threads it spans never reach", f.thread.x, f.thread.y,
+                          f.thread.z, f.block.x, f.block.y, f.block.z,
+                          f.wait == Wait::block ? "block" : f.wait == Wait::grid ? "grid" : "warp");
+            error = text;
+            break;
+        }
     current = nullptr;
     return error;
 }

@@ -12,12 +12,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lstmx.kernels import cuda_sources
+from lstmx.kernels import cuda_sources, tiling
 
 from .cuda_emulator import EmulatedKernels, compile_kernels, guarded
 
 NULL = np.uint64(0)
-PATHS = ("stepwise", "persistent")  # the functions below, one per CuPy path
+PATHS = ("stepwise", "persistent", "tiled")  # the functions below, one per CuPy path
 
 
 @functools.cache
@@ -124,4 +124,33 @@ def persistent(x, weight, bias, h0, c0, dy, dh_last, dc_last, step_mask=None, se
     run.launch(cuda_sources.kernel_name(kernel, dtype), grid, (32, rows),
                (guarded(dy), w_hidden, b.gates, b.cells, b.tanh_c, mask, dz, dh, dc, *shape_args),
                shared_mem=cuda_sources.persistent_shared_bytes(kernel, hidden, rows, x.itemsize), seed=seed)
+    return _results(b, dh, dc, dz)
+
+
+SMALL_TILE = tiling.TileShape(units=4, rows=8, splits=4, forward_chunk=16, backward_chunk=32)
+
+
+def tiled(x, weight, bias, h0, c0, dy, dh_last, dc_last, step_mask=None, seed=0,
+          shape: tiling.TileShape = SMALL_TILE) -> dict[str, np.ndarray]:
+    """``cupy_tiled``: one launch per direction on the grid and blocks of ``shape``; the chunk is the last
+    argument. The default shape is small, so the tests' sizes take several blocks and several chunks."""
+    b = forward_buffers(x, weight, bias, h0, c0, step_mask)
+    steps, batch, features = x.shape
+    hidden = h0.shape[1]
+    dtype = x.dtype.name
+    run = kernels("tiled", dtype)
+    mask = NULL if b.step_mask is None else b.step_mask
+    w_hidden = guarded(b.weight[features:])
+    shape_args = (np.int32(steps), np.int32(batch), np.int32(hidden))
+    grid, block = shape.grid(batch, hidden), shape.block()
+
+    def launch(kernel: str, args: tuple, chunk: int) -> None:
+        run.launch(cuda_sources.kernel_name(kernel, dtype), grid, block, (*args, *shape_args, np.int32(chunk)),
+                   shared_mem=tiling.shared_bytes(kernel, shape, hidden, x.itemsize), seed=seed)
+
+    launch("lstm_forward_tiled", (b.gates, w_hidden, b.bias, b.cells, b.hidden_states, b.tanh_c, b.y, mask),
+           shape.forward_chunk)
+    dh, dc, dz = backward_state(dh_last, dc_last, b)
+    launch("lstm_backward_tiled", (guarded(dy), w_hidden, b.gates, b.cells, b.tanh_c, mask, dz, dh, dc),
+           shape.backward_chunk)
     return _results(b, dh, dc, dz)

@@ -15,6 +15,8 @@ import pytest
 import lstmx
 from lstmx.layers import lstm_layer as generic
 
+from lstmx.kernels import tiling
+
 from . import emulated_paths
 from .cuda_emulator import COMPILER
 
@@ -85,6 +87,48 @@ def test_thread_order_does_not_change_results(path):
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
+TILE_SHAPES = [tiling.TileShape(1, 4, 4, 4, 4), tiling.TileShape(3, 4, 8, 8, 12), tiling.TileShape(8, 12, 4, 64, 512),
+               tiling.TileShape(2, 16, 16, 36, 132)]  # one unit per block; units not dividing H; one chunk; rows > B
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=lambda s: "U{}R{}S{}F{}B{}".format(*s))
+def test_tiled_kernels_match_generic_for_every_tile_shape(shape, masked):
+    arrays, mask = problem(3, 7, 3, 33, np.float64, masked=masked)
+    assert_close(emulated_paths.tiled(**arrays, step_mask=mask, shape=shape), reference(arrays, mask), 1e-12)
+
+
+@pytest.mark.parametrize("batch,hidden", [(16, 128), (64, 256), (7, 33), (1, 8)])
+def test_chosen_tile_shapes_run(batch, hidden):
+    """The shape the CuPy path would choose on an H100 (227 KB of shared memory, 132 SMs) computes the layer."""
+    shape = tiling.choose_tile_shape(batch, hidden, 8, 232448, 132)
+    assert shape is not None and tiling.refuses_shape(shape) is None
+    arrays, mask = problem(2, batch, 3, hidden, np.float64, masked=True)
+    assert_close(emulated_paths.tiled(**arrays, step_mask=mask, shape=shape), reference(arrays, mask), 1e-12)
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_chosen_tile_shapes_respect_the_device_limits(itemsize):
+    for batch in (1, 3, 16, 64, 200):
+        for hidden in (1, 7, 64, 128, 300, 512, 768, 1024):
+            for shared_limit, blocks in ((232448, 132), (166912, 108), (49152, 16)):
+                shape = tiling.choose_tile_shape(batch, hidden, itemsize, shared_limit, blocks)
+                if shape is None:
+                    continue
+                assert tiling.refuses_shape(shape) is None
+                assert np.prod(shape.grid(batch, hidden)) <= blocks
+                for kernel in ("lstm_forward_tiled", "lstm_backward_tiled"):
+                    assert tiling.shared_bytes(kernel, shape, hidden, itemsize) <= shared_limit
+
+
+def test_bad_tile_shapes_are_refused():
+    assert "multiple of 4" in tiling.refuses_shape(tiling.TileShape(1, 6, 4, 4, 4))
+    assert "at least 4" in tiling.refuses_shape(tiling.TileShape(1, 4, 2, 4, 4))
+    assert "exceeds 512" in tiling.refuses_shape(tiling.TileShape(32, 64, 4, 4, 4))
+    assert "multiples of 4" in tiling.refuses_shape(tiling.TileShape(1, 4, 4, 6, 4))
+    assert "positive" in tiling.refuses_shape(tiling.TileShape(0, 4, 4, 4, 4))
+
+
 # --- the emulator can fail: bugs planted in a kernel source are caught ---------------------------------------
 
 def planted(kind: str, old: str, new: str):
@@ -123,3 +167,17 @@ def test_a_store_out_of_bounds_is_caught(monkeypatch):
     arrays, mask = problem(2, 3, 3, 8, np.float64)  # 24 threads of a 256-thread block: thread 24 runs past the end
     with pytest.raises(RuntimeError, match="stored outside"):
         run_path("stepwise", arrays, mask)
+
+
+@pytest.mark.parametrize("old,new", [
+    ("grid.sync();  // dz_t of every cell", "// no barrier:"),
+    ("__syncthreads();  // h_s is read before the next chunk", "// no barrier:"),
+    ("__syncthreads();  // dz_s is read before the next chunk", "// no barrier:"),
+], ids=["grid barrier", "forward chunk barrier", "backward chunk barrier"])
+def test_a_missing_barrier_in_the_tiled_kernels_is_caught(monkeypatch, old, new):
+    broken = planted("tiled", old, new)
+    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
+    arrays, mask = problem(3, 7, 3, 33, np.float64)
+    with pytest.raises(AssertionError):
+        assert_close(emulated_paths.tiled(**arrays, step_mask=mask, shape=TILE_SHAPES[1]), reference(arrays, mask),
+                     1e-12)

@@ -4,20 +4,25 @@ Plain strings (no CuPy import), so the offline test compiles every variant with 
 GPU (``tests/test_cuda_compile.py``). :mod:`lstmx.kernels.cupy_layer` and :mod:`lstmx.kernels.cupy_persistent`
 compile the same strings through CuPy.
 
-Every kernel works on C-contiguous buffers laid out time-major. One thread per (row b, unit j); the four gate
-values of a unit are read from the same row of the (B, 4H) gate block.
+Every kernel works on C-contiguous buffers laid out time-major; the four gate values of a unit are read from
+the same row of the (B, 4H) gate block.
 
 - ``STEPWISE``: one step per launch; the step index is an argument, so the Python loop passes base pointers
   and never slices an array per step. The recurrent GEMM runs in cuBLAS between launches.
 - ``PERSISTENT``: one cooperative launch runs every step of a direction, with a grid-wide barrier between
   steps; each thread computes its unit's four recurrent dot products itself and keeps its cell state (and, in
   the backward, its dL/dh and dL/dc) in registers across steps. Values other blocks wrote during the launch
-  are read with ``__ldcg`` (through L2, never a stale L1 line).
+  are read with ``__ldcg`` (through L2, never a stale L1 line). One thread per (row b, unit j).
+- ``TILED``: persistent too, register-tiled for larger hidden sizes: a block owns a few units of a group of
+  rows, threads split the reduction and each accumulates a 4 × 4 tile (rows × gates) from vector loads, and the
+  partial sums meet in shared memory. The tile shape is a launch argument (:mod:`lstmx.kernels.tiling`).
 """
 
 from __future__ import annotations
 
 from string import Template
+
+from . import tiling
 
 # float32 and float64: the C type, its tanh, and the suffix of the kernels' names.
 DTYPES = {"float32": ("float", "tanhf"), "float64": ("double", "tanh")}
@@ -298,6 +303,245 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
 }
 """)
 
+_TILED = Template(r"""
+#include <cooperative_groups.h>
+namespace cg = cooperative_groups;
+
+// Four consecutive values from (or to) shared memory in one or two vector accesses; p is 16-byte aligned.
+__device__ __forceinline__ void load4(const float* p, float (&v)[4])
+{
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+}
+__device__ __forceinline__ void load4(const double* p, double (&v)[4])
+{
+    const double2 a = *reinterpret_cast<const double2*>(p), b = *reinterpret_cast<const double2*>(p + 2);
+    v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
+}
+__device__ __forceinline__ void store4(float* p, const float (&v)[4])
+{
+    *reinterpret_cast<float4*>(p) = float4{v[0], v[1], v[2], v[3]};
+}
+__device__ __forceinline__ void store4(double* p, const double (&v)[4])
+{
+    *reinterpret_cast<double2*>(p) = double2{v[0], v[1]};
+    *reinterpret_cast<double2*>(p + 2) = double2{v[2], v[3]};
+}
+
+// Where a thread of a tiled kernel works. Grid (ceil(H / units), ceil(B / rows)), block (units, rows / 4, splits):
+// the block owns hidden units j0 .. j0 + units - 1 of batch rows b0 .. b0 + rows - 1. In the product, thread
+// (u, g, s) sums over the s-th share of the reduction (groups of 4 indices, every splits-th group) for unit u
+// and the 4 rows g, g + rows/4, g + rows/2, g + 3rows/4 (rows a warp reads at once lie next to each other in
+// shared memory, a padded row apart: no bank conflicts). Its partial sums meet in shared memory; then thread
+// tid < rows·units owns the cell (row tid / units, unit tid % units) for the whole sequence.
+struct Tile {
+    int units, groups, splits, rows, u, group, split, tid, threads, j0, b0;
+    int cell_row, cell_unit, j, b;
+    bool active;  // this thread owns a cell inside the batch and the hidden size
+    long long count, n, four;
+};
+
+__device__ Tile tile_of(const int batch, const int hidden)
+{
+    Tile p;
+    p.units = blockDim.x; p.groups = blockDim.y; p.splits = blockDim.z; p.rows = 4 * p.groups;
+    p.u = threadIdx.x; p.group = threadIdx.y; p.split = threadIdx.z;
+    p.tid = p.u + p.units * (p.group + p.groups * p.split); p.threads = p.units * p.groups * p.splits;
+    p.j0 = blockIdx.x * p.units; p.b0 = blockIdx.y * p.rows;
+    p.cell_row = p.tid / p.units; p.cell_unit = p.tid - p.cell_row * p.units;
+    p.j = p.j0 + p.cell_unit; p.b = p.b0 + p.cell_row;
+    p.active = p.tid < p.rows * p.units && p.j < hidden && p.b < batch;
+    p.count = (long long)batch * hidden; p.n = (long long)p.b * hidden + p.j; p.four = 4LL * hidden;
+    return p;
+}
+
+// Stages rows b0 .. b0 + rows - 1, columns start .. start + width - 1 of a (batch, columns) matrix in shared
+// memory (row stride `stride`), zeros past the batch or the columns; read through L2 (other blocks wrote it).
+__device__ __forceinline__ void stage_rows($real* staged, const $real* source, const Tile& p, const int batch,
+                                          const int columns, const int start, const int width, const int stride)
+{
+    for (int e = p.tid; e < p.rows * width; e += p.threads) {
+        const int r = e / width, column = start + (e - r * width);
+        staged[r * stride + (e - r * width)] = p.b0 + r < batch && column < columns
+            ? __ldcg(source + (long long)(p.b0 + r) * columns + column) : ($real)0;
+    }
+}
+
+// Forward, register-tiled: the block's gate columns of W_h (every k, its units' four gates) stay in shared
+// memory for the whole launch; each step the block stages its rows of h_{t-1} (in chunks of `chunk` columns,
+// a multiple of 4) and each thread accumulates a 4 rows × 4 gates tile of z over its share of k, two vector loads
+// per 16 FMAs. gates holds x_t W_x on entry and the activated gates on return, as in the other paths.
+extern "C" __global__ void __launch_bounds__($max_threads) lstm_forward_tiled_$suffix(
+    $real* __restrict__ gates,            // (T, B, 4H)
+    const $real* __restrict__ w_hidden,   // (H, 4H)
+    const $real* __restrict__ bias,       // (4H,)
+    $real* __restrict__ cells,            // (T + 1, B, H) carried
+    $real* hidden_states,                 // (T + 1, B, H) carried; read by other blocks after the barrier
+    $real* __restrict__ tanh_c,           // (T, B, H)
+    $real* __restrict__ y,                // (T, B, H)
+    const $real* __restrict__ step_mask,  // (T, B) or nullptr
+    const int steps, const int batch, const int hidden, const int chunk)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    cg::grid_group grid = cg::this_grid();
+    const Tile p = tile_of(batch, hidden);
+    const int k4 = (hidden + 3) & ~3, stride = chunk + 4;
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (k4, units, 4 gates)
+    $real* h_s = w_s + (long long)k4 * p.units * 4;        // (rows, stride)
+    $real* part = h_s + (long long)p.rows * stride;        // (splits, rows, units, 4 gates)
+    for (long long e = p.tid; e < (long long)k4 * p.units * 4; e += p.threads) {
+        const int gate = (int)(e & 3), unit = (int)((e >> 2) % p.units);
+        const long long k = (e >> 2) / p.units;
+        w_s[e] = k < hidden && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit] : ($real)0;
+    }
+    const $real half = 0.5, one = 1;
+    $real c = 0, b_i = 0, b_f = 0, b_g = 0, b_o = 0;
+    if (p.active) {
+        c = cells[p.n];
+        b_i = bias[p.j]; b_f = bias[hidden + p.j]; b_g = bias[2 * hidden + p.j]; b_o = bias[3 * hidden + p.j];
+    }
+    for (int t = 0; t < steps; ++t) {
+        // the cell's input projection, mask and state: independent of h_{t-1}, loaded before the product
+        $real xi = 0, xf = 0, xg = 0, xo = 0, m = one, h_old = 0;
+        $real* z = gates + ((long long)t * batch + p.b) * p.four;
+        const long long now = t * p.count + p.n, next = now + p.count;
+        if (p.active) {
+            xi = z[p.j] + b_i; xf = z[hidden + p.j] + b_f; xg = z[2 * hidden + p.j] + b_g; xo = z[3 * hidden + p.j] + b_o;
+            if (step_mask != nullptr) { m = step_mask[(long long)t * batch + p.b]; h_old = hidden_states[now]; }
+        }
+        $real acc[4][4] = {};  // [row][gate]
+        const $real* h_now = hidden_states + t * p.count;
+        for (int start = 0; start < k4; start += chunk) {
+            const int width = min(chunk, k4 - start);
+            stage_rows(h_s, h_now, p, batch, hidden, start, width, stride);
+            __syncthreads();
+            for (int kk = 4 * p.split; kk < width; kk += 4 * p.splits) {
+                $real h[4][4];  // [row][k]
+                #pragma unroll
+                for (int r = 0; r < 4; ++r) load4(h_s + (p.group + r * p.groups) * stride + kk, h[r]);
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    $real w[4];
+                    load4(w_s + ((long long)(start + kk + q) * p.units + p.u) * 4, w);
+                    #pragma unroll
+                    for (int r = 0; r < 4; ++r) {
+                        #pragma unroll
+                        for (int gate = 0; gate < 4; ++gate) acc[r][gate] += h[r][q] * w[gate];
+                    }
+                }
+            }
+            __syncthreads();  // h_s is read before the next chunk overwrites it
+        }
+        #pragma unroll
+        for (int r = 0; r < 4; ++r)
+            store4(part + (((long long)p.split * p.rows + p.group + r * p.groups) * p.units + p.u) * 4, acc[r]);
+        __syncthreads();
+        if (p.active) {
+            $real zi = xi, zf = xf, zg = xg, zo = xo;
+            for (int s = 0; s < p.splits; ++s) {
+                $real sum[4];
+                load4(part + (((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit) * 4, sum);
+                zi += sum[0]; zf += sum[1]; zg += sum[2]; zo += sum[3];
+            }
+            const $real i = half * $tanh(half * zi) + half, f = half * $tanh(half * zf) + half;
+            const $real g = $tanh(zg), o = half * $tanh(half * zo) + half;
+            z[p.j] = i; z[hidden + p.j] = f; z[2 * hidden + p.j] = g; z[3 * hidden + p.j] = o;
+            const $real c_new = f * c + i * g, tc = $tanh(c_new), h_new = o * tc;
+            tanh_c[now] = tc;
+            if (step_mask == nullptr) {
+                y[now] = h_new; hidden_states[next] = h_new; c = c_new;
+            } else {
+                y[now] = m * h_new;
+                hidden_states[next] = m * h_new + (one - m) * h_old;
+                c = m * c_new + (one - m) * c;
+            }
+            cells[next] = c;
+        }
+        grid.sync();  // h_{t+1} of every cell is written (and part read) before the next step
+    }
+}
+
+// Backward, register-tiled, steps in reverse: a cell's owner turns dL/dh_t and dL/dc_t into dz_t (written for
+// the weight gradient and the other blocks) and dL/dc_{t-1}; after the barrier the block stages its rows of
+// dz_t in chunks of `chunk` columns (a multiple of 4) and each thread accumulates dL/dh_{t-1} = dz_t W_hᵀ for
+// 4 rows of its unit over its share of the 4H columns; the block's rows of W_h (its units, every column) stay
+// in shared memory. dh, dc hold dL/dh_T, dL/dc_T on entry and dL/dh_0, dL/dc_0 on return.
+extern "C" __global__ void __launch_bounds__($max_threads) lstm_backward_tiled_$suffix(
+    const $real* __restrict__ dy,          // (T, B, H)
+    const $real* __restrict__ w_hidden,    // (H, 4H)
+    const $real* __restrict__ gates,       // (T, B, 4H) activated
+    const $real* __restrict__ cells,       // (T + 1, B, H) carried
+    const $real* __restrict__ tanh_c,      // (T, B, H)
+    const $real* __restrict__ step_mask,   // (T, B) or nullptr
+    $real* dz,                             // (T, B, 4H); read by other blocks after the barrier
+    $real* __restrict__ dh,                // (B, H)
+    $real* __restrict__ dc,                // (B, H)
+    const int steps, const int batch, const int hidden, const int chunk)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    cg::grid_group grid = cg::this_grid();
+    const Tile p = tile_of(batch, hidden);
+    const int columns = 4 * hidden, w_stride = columns + 4, stride = chunk + 4;
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (units, w_stride)
+    $real* dz_s = w_s + (long long)p.units * w_stride;     // (rows, stride)
+    $real* part = dz_s + (long long)p.rows * stride;       // (splits, rows, units)
+    for (long long e = p.tid; e < (long long)p.units * columns; e += p.threads) {  // along rows of W_h: coalesced
+        const int unit = (int)(e / columns);
+        const int column = (int)(e - (long long)unit * columns);
+        w_s[unit * w_stride + column] = p.j0 + unit < hidden ? w_hidden[(long long)(p.j0 + unit) * columns + column] : ($real)0;
+    }
+    const $real one = 1;
+    $real dh_in = 0, dc_in = 0;  // dL/dh_t, dL/dc_t arriving from step t + 1
+    if (p.active) { dh_in = dh[p.n]; dc_in = dc[p.n]; }
+    for (int t = steps - 1; t >= 0; --t) {
+        $real m = one;
+        if (p.active) {
+            const long long now = t * p.count + p.n, row_start = ((long long)t * batch + p.b) * p.four;
+            if (step_mask != nullptr) m = step_mask[(long long)t * batch + p.b];
+            const $real i = gates[row_start + p.j], f = gates[row_start + hidden + p.j];
+            const $real g = gates[row_start + 2 * hidden + p.j], o = gates[row_start + 3 * hidden + p.j];
+            const $real tc = tanh_c[now];
+            const $real dh_t = m * (dy[now] + dh_in);
+            const $real dc_t = m * dc_in + dh_t * o * (one - tc * tc);
+            dz[row_start + p.j] = dc_t * g * i * (one - i);
+            dz[row_start + hidden + p.j] = dc_t * cells[now] * f * (one - f);
+            dz[row_start + 2 * hidden + p.j] = dc_t * i * (one - g * g);
+            dz[row_start + 3 * hidden + p.j] = dh_t * tc * o * (one - o);
+            dc_in = dc_t * f + (one - m) * dc_in;
+        }
+        grid.sync();  // dz_t of every cell is written before any block stages its rows
+        const $real* dz_now = dz + (long long)t * batch * p.four;
+        $real acc[4] = {};  // [row]
+        for (int start = 0; start < columns; start += chunk) {
+            const int width = min(chunk, columns - start);
+            stage_rows(dz_s, dz_now, p, batch, columns, start, width, stride);
+            __syncthreads();
+            for (int cc = 4 * p.split; cc < width; cc += 4 * p.splits) {
+                $real w[4];
+                load4(w_s + p.u * w_stride + start + cc, w);
+                #pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    $real d[4];
+                    load4(dz_s + (p.group + r * p.groups) * stride + cc, d);
+                    acc[r] += (d[0] * w[0] + d[1] * w[1]) + (d[2] * w[2] + d[3] * w[3]);
+                }
+            }
+            __syncthreads();  // dz_s is read before the next chunk overwrites it
+        }
+        #pragma unroll
+        for (int r = 0; r < 4; ++r) part[((long long)p.split * p.rows + p.group + r * p.groups) * p.units + p.u] = acc[r];
+        __syncthreads();
+        if (p.active) {
+            $real sum = 0;
+            for (int s = 0; s < p.splits; ++s) sum += part[((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit];
+            dh_in = sum + (one - m) * dh_in;
+        }
+        // the next step's grid barrier keeps the next product from writing part before it is read here
+    }
+    if (p.active) { dh[p.n] = dh_in; dc[p.n] = dc_in; }
+}
+""")
+
 
 def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) -> int:
     """Dynamic shared memory of a persistent kernel: the block's W_h slice and its rows of h (forward) or dz
@@ -308,14 +552,16 @@ def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) 
 
 STEPWISE_KERNELS = ("lstm_forward_step", "lstm_backward_step")
 PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")
-SOURCES = {"stepwise": (_STEPWISE, STEPWISE_KERNELS), "persistent": (_PERSISTENT, PERSISTENT_KERNELS)}
+TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
+SOURCES = {"stepwise": (_STEPWISE, STEPWISE_KERNELS), "persistent": (_PERSISTENT, PERSISTENT_KERNELS),
+           "tiled": (_TILED, TILED_KERNELS)}
 
 
 def source(kind: str, dtype: str) -> str:
-    """The CUDA C++ source of the ``kind`` ("stepwise" or "persistent") kernels for ``dtype`` ("float32" or
+    """The CUDA C++ source of the ``kind`` ("stepwise", "persistent" or "tiled") kernels for ``dtype`` ("float32" or
     "float64")."""
     real, tanh = DTYPES[dtype]
-    return SOURCES[kind][0].substitute(real=real, tanh=tanh, suffix=dtype)
+    return SOURCES[kind][0].substitute(real=real, tanh=tanh, suffix=dtype, max_threads=tiling.MAX_THREADS)
 
 
 def kernel_name(kernel: str, dtype: str) -> str:

@@ -1,0 +1,127 @@
+"""CuPy register-tiled persistent path for one LSTM layer: one cooperative launch per direction for all steps,
+for hidden sizes whose W_h no longer fits one block per 32 units (:mod:`lstmx.kernels.cupy_persistent`).
+
+Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward``, and the same buffers, input
+projection and weight-gradient GEMMs as the other CuPy paths. The kernels (``TILED`` in
+:mod:`lstmx.kernels.cuda_sources`) split W_h over a 2-D grid (units × batch rows) and tile the per-step product
+in registers; the tile shape is chosen per (batch, hidden, dtype) by :func:`lstmx.kernels.tiling.choose_tile_shape`
+or given with :func:`use_tile_shape` (the tuner does). Every launch checks the grid against the device's
+co-resident limit first: CuPy would silently shrink a cooperative grid, and the kernel would compute garbage.
+
+The registry runs this path only when asked for by name (``impl="cupy-tiled"``) until it has passed the CuPy
+suite on a GPU; its kernels are tested on the CPU by the emulator (``tests/test_cuda_emulated.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from typing import Any, Iterator
+
+import cupy
+import numpy as np
+from cupy_backends.cuda.api import driver
+
+from ..backend import Backend
+from ..layers.lstm_layer import forward_dims
+from . import cuda_sources, tiling
+from .cupy_layer import NULL, CupyLayerCache, backward_buffers, forward_buffers, forward_outputs, parameter_gradients
+
+_chosen_shape: contextvars.ContextVar[tiling.TileShape | None] = contextvars.ContextVar("lstmx_tile_shape",
+                                                                                         default=None)
+
+
+@contextlib.contextmanager
+def use_tile_shape(shape: tiling.TileShape) -> Iterator[None]:
+    """Within the block, launches use ``shape`` instead of the chosen one (for tuning)."""
+    reason = tiling.refuses_shape(shape)
+    if reason is not None:
+        raise ValueError(f"tile shape: {reason}")
+    token = _chosen_shape.set(shape)
+    try:
+        yield
+    finally:
+        _chosen_shape.reset(token)
+
+
+@functools.cache
+def _kernel(kernel: str, dtype: str) -> cupy.RawKernel:
+    compiled = cupy.RawKernel(cuda_sources.source("tiled", dtype), cuda_sources.kernel_name(kernel, dtype),
+                              options=("--std=c++17",), enable_cooperative_groups=True)
+    compiled.max_dynamic_shared_size_bytes = _device_attribute("MaxSharedMemoryPerBlockOptin")
+    return compiled
+
+
+def _device_attribute(name: str) -> int:
+    return cupy.cuda.Device().attributes[name]
+
+
+@functools.cache
+def _resident_blocks(kernel: str, dtype: str, threads: int, shared: int, device: int) -> int:
+    sms = cupy.cuda.Device(device).attributes["MultiProcessorCount"]
+    return sms * driver.occupancyMaxActiveBlocksPerMultiprocessor(_kernel(kernel, dtype).kernel.ptr, threads, shared)
+
+
+def _shape_for(batch: int, hidden: int, dtype: str) -> tiling.TileShape | None:
+    chosen = _chosen_shape.get()
+    if chosen is not None:
+        return chosen
+    return tiling.choose_tile_shape(batch, hidden, np.dtype(dtype).itemsize,
+                                    _device_attribute("MaxSharedMemoryPerBlockOptin"),
+                                    _device_attribute("MultiProcessorCount"))
+
+
+def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
+    """None when a layer of this batch and hidden size runs here, else why not (for the registry)."""
+    dtype = np.dtype(dtype).name
+    shape = _shape_for(batch, hidden, dtype)
+    if shape is None:
+        return f"has no tile shape for batch {batch} × hidden {hidden} in {dtype} that fits this GPU"
+    itemsize = np.dtype(dtype).itemsize
+    limit = _device_attribute("MaxSharedMemoryPerBlockOptin")
+    blocks = int(np.prod(shape.grid(batch, hidden)))
+    for kernel in cuda_sources.TILED_KERNELS:
+        shared = tiling.shared_bytes(kernel, shape, hidden, itemsize)
+        if shared > limit:
+            return f"needs {shared} bytes of shared memory per block with {shape}; a block has {limit}"
+        resident = _resident_blocks(kernel, dtype, shape.threads(), shared, cupy.cuda.Device().id)
+        if blocks > resident:
+            return f"needs {blocks} co-resident blocks with {shape}; this GPU holds {resident}"
+    return None
+
+
+def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> None:
+    reason = refuses_size(batch, hidden, dtype)
+    if reason is not None:
+        raise ValueError(f"the tiled CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
+    shape = _shape_for(batch, hidden, dtype)
+    chunk = shape.forward_chunk if kernel == "lstm_forward_tiled" else shape.backward_chunk
+    _kernel(kernel, dtype)(shape.grid(batch, hidden), shape.block(), (*args, np.int32(chunk)),
+                           shared_mem=tiling.shared_bytes(kernel, shape, hidden, np.dtype(dtype).itemsize))
+
+
+def lstm_layer_forward(
+    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+    dims = steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
+    b = forward_buffers(x, weight, bias, h0, c0, step_mask, dims)
+    if batch > 0:
+        _launch("lstm_forward_tiled", np.dtype(b.gates.dtype).name, batch, hidden,
+                (b.gates, b.weight[features:], b.bias, b.cells, b.hidden_states, b.tanh_c, b.y,
+                 NULL if b.step_mask is None else b.step_mask, np.int32(steps), np.int32(batch), np.int32(hidden)))
+    return forward_outputs(b)
+
+
+def lstm_layer_backward(
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any]:
+    dy, weight, dh, dc, dz = backward_buffers(dy, dh_last, dc_last, weight, cache)
+    steps, batch, features, hidden = cache.dims()
+    if batch > 0:
+        _launch("lstm_backward_tiled", np.dtype(dz.dtype).name, batch, hidden,
+                (dy, weight[features:], cache.gates, cache.cells, cache.tanh_c,
+                 NULL if cache.step_mask is None else cache.step_mask, dz, dh, dc,
+                 np.int32(steps), np.int32(batch), np.int32(hidden)))
+    dx, dweight, dbias = parameter_gradients(cache, dz, weight)
+    return dx, (dh, dc), dweight, dbias

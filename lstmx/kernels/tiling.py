@@ -1,0 +1,118 @@
+"""Tile shapes of the register-tiled persistent kernels (``TILED`` in :mod:`lstmx.kernels.cuda_sources`).
+
+Plain Python (no CuPy), so the shapes and their limits are tested on any machine. A launch of either tiled
+kernel has grid ``(ceil(H / units), ceil(B / rows))`` and blocks of ``(units, rows / 4, splits)`` threads: a block
+owns ``units`` hidden units of ``rows`` batch rows, ``splits`` threads share each 4-row tile's reduction, and
+the staged rows of h (forward) or dz (backward) pass through shared memory ``chunk`` columns at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple
+
+MAX_THREADS = 512  # per block; the kernels are compiled with __launch_bounds__(512), so at most 128 registers each
+ROW_TILE = 4  # rows per thread in the product (the kernels' register tile)
+
+
+class TileShape(NamedTuple):
+    units: int  # hidden units per block
+    rows: int  # batch rows per block, a multiple of ROW_TILE
+    splits: int  # threads sharing one tile's reduction; at least ROW_TILE, so a thread owns at most one cell
+    forward_chunk: int  # columns of h staged at a time, a multiple of 4
+    backward_chunk: int  # columns of dz staged at a time, a multiple of 4
+
+    def grid(self, batch: int, hidden: int) -> tuple[int, int]:
+        return -(-hidden // self.units), -(-batch // self.rows)
+
+    def block(self) -> tuple[int, int, int]:
+        return self.units, self.rows // ROW_TILE, self.splits
+
+    def threads(self) -> int:
+        return self.units * self.rows // ROW_TILE * self.splits
+
+
+def _round4(n: int) -> int:
+    return (n + 3) // 4 * 4
+
+
+def _fixed_and_staged(kernel: str, shape: TileShape, hidden: int) -> tuple[int, int]:
+    """Elements of shared memory a block holds for the whole launch (its W_h slice and the partial sums) and
+    per staged row (a chunk of columns, padded by 4 so rows read at once fall in different banks)."""
+    if kernel == "lstm_forward_tiled":
+        return (_round4(hidden) * shape.units * 4 + shape.splits * shape.rows * shape.units * 4,
+                shape.forward_chunk + 4)
+    return shape.units * (4 * hidden + 4) + shape.splits * shape.rows * shape.units, shape.backward_chunk + 4
+
+
+def shared_bytes(kernel: str, shape: TileShape, hidden: int, itemsize: int) -> int:
+    """Dynamic shared memory of one block of ``kernel`` ("lstm_forward_tiled" or "lstm_backward_tiled")."""
+    fixed, per_row = _fixed_and_staged(kernel, shape, hidden)
+    return (fixed + shape.rows * per_row) * itemsize
+
+
+def refuses_shape(shape: TileShape) -> str | None:
+    """None when the kernels can run this shape (any batch and hidden size), else why not."""
+    units, rows, splits, forward_chunk, backward_chunk = shape
+    if min(shape) < 1:
+        return f"every part of a tile shape must be positive, got {shape}"
+    if rows % ROW_TILE:
+        return f"rows must be a multiple of {ROW_TILE}, got {rows}"
+    if splits < ROW_TILE:
+        return f"splits must be at least {ROW_TILE}, got {splits}"
+    if forward_chunk % 4 or backward_chunk % 4:
+        return f"chunks must be multiples of 4, got {forward_chunk} and {backward_chunk}"
+    if shape.threads() > MAX_THREADS:
+        return f"a block of units × rows/{ROW_TILE} × splits = {shape.threads()} threads exceeds {MAX_THREADS}"
+    return None
+
+
+def _widest_chunk(kernel: str, shape: TileShape, hidden: int, itemsize: int, shared_limit: int) -> int:
+    """The widest chunk (every column, else a multiple of 32) whose staged rows fit beside the fixed part."""
+    columns = _round4(hidden) if kernel == "lstm_forward_tiled" else 4 * hidden
+    fixed, _ = _fixed_and_staged(kernel, shape, hidden)
+    room = (shared_limit // itemsize - fixed) // shape.rows - 4
+    return columns if room >= columns else room // 32 * 32
+
+
+def step_cost(shape: TileShape, batch: int, hidden: int) -> float:
+    """A rough per-step cost in units of one FMA of one thread (smaller is better), for choosing a shape:
+    the longest per-thread product, staging spread over the block, the partial-sum reduction and one barrier
+    per chunk. The tuner (``bench/tune_persistent.py``) measures instead."""
+    columns = 4 * hidden
+    product = 16 * _round4(hidden) / shape.splits  # both directions: 16 FMAs per 4 k (forward) or 4 columns (backward)
+    staging = 2 * shape.rows * (_round4(hidden) + columns) / shape.threads()
+    chunks = -(-_round4(hidden) // shape.forward_chunk) + -(-columns // shape.backward_chunk)
+    return product + staging + 4 * shape.splits + 64 * chunks
+
+
+def fitted_shape(units: int, rows: int, splits: int, hidden: int, itemsize: int,
+                 shared_limit: int) -> TileShape | None:
+    """The shape with these units, rows and splits and the widest chunks that fit in ``shared_limit`` bytes;
+    None when the shape is refused or its W_h slice leaves too little room to stage rows."""
+    probe = TileShape(units, rows, splits, 4, 4)
+    if refuses_shape(probe) is not None:
+        return None
+    forward_chunk = _widest_chunk("lstm_forward_tiled", probe, hidden, itemsize, shared_limit)
+    backward_chunk = _widest_chunk("lstm_backward_tiled", probe, hidden, itemsize, shared_limit)
+    if forward_chunk < min(32, _round4(hidden)) or backward_chunk < min(32, 4 * hidden):
+        return None
+    return TileShape(units, rows, splits, forward_chunk, backward_chunk)
+
+
+def choose_tile_shape(batch: int, hidden: int, itemsize: int, shared_limit: int, max_blocks: int) -> TileShape | None:
+    """The cheapest shape (by :func:`step_cost`) whose grid has at most ``max_blocks`` blocks and whose blocks fit
+    in ``shared_limit`` bytes of shared memory; None when no shape does."""
+    best: tuple[float, int, TileShape] | None = None
+    for units, rows, splits in itertools.product((1, 2, 4, 8, 16, 32), (4, 8, 16, 32, 64, 128), (4, 8, 16, 32)):
+        if rows > _round4(batch) * 2 or units > hidden * 2:
+            continue  # a tile far larger than the problem only idles threads
+        if -(-hidden // units) * -(-batch // rows) > max_blocks:
+            continue
+        shape = fitted_shape(units, rows, splits, hidden, itemsize, shared_limit)
+        if shape is None:
+            continue
+        ranked = (step_cost(shape, batch, hidden), shape.threads(), shape)
+        if best is None or ranked[:2] < best[:2]:
+            best = ranked
+    return None if best is None else best[2]
