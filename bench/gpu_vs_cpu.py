@@ -1,7 +1,8 @@
 """One LSTM training step (forward over T steps + full BPTT with weight gradients, float32), side by side:
 lstmx on NumPy and on CuPy, one column per layer implementation the registry has for that backend here
 (``lstmx-numpy:numba``, ``lstmx-numpy:numpy``, ``lstmx-cupy:cupy``, ...), and PyTorch on CPU and cuDNN (fp32
-and TF32) when importable, in one run.
+and TF32) when importable, in one run; on CuPy also ``lstmx-cupy:tf32`` (the registry's choice with
+``precision="tf32"``) beside cuDNN TF32.
 
     python bench/gpu_vs_cpu.py                       # every configuration, every available column
     python bench/gpu_vs_cpu.py --configs 64,100,256,256 --repeats 5
@@ -112,6 +113,8 @@ def available(args) -> dict[str, Callable]:
         print(f"lstmx on {backend_name}: the registry runs {default!r} by default; columns for {', '.join(impls)}")
         for name in impls:
             columns[f"lstmx-{backend_name}:{name}"] = functools.partial(lstmx_step, backend_name, name)
+        if backend_name == "cupy":  # the registry's choice with TensorFloat-32 GEMMs, beside cuDNN TF32
+            columns["lstmx-cupy:tf32"] = functools.partial(lstmx_step, backend_name, registry.AUTO, precision="tf32")
     try:
         import torch
 
@@ -206,18 +209,21 @@ def main() -> None:
         gpu, cpu = default_column("cupy", batch, config[3]), default_column("numpy", batch, config[3])
         results.append({"config": dict(zip("BTDH", config)), "columns": row,
                         "ratios": {"lstmx-gpu/cudnn-fp32": ratio(row, gpu, "cudnn-fp32"),
+                                   "lstmx-tf32/cudnn-tf32": ratio(row, "lstmx-cupy:tf32", "cudnn-tf32"),
                                    "lstmx-cpu/torch-cpu": ratio(row, cpu, "torch-cpu"),
                                    "gpu speed-up (lstmx cpu/gpu)": ratio(row, cpu, gpu)}})
     names = list(columns)
     widths = {n: max(15, len(n) + 3) for n in names}
     header = f"{'B':>4} {'T':>4} {'D':>5} {'H':>5} | " + " ".join(f"{n + ' ms':>{widths[n]}}" for n in names)
-    header += " | gpu/cudnn  cpu/torch  gpu-speedup   (lstmx: the implementation the registry picks per row)"
+    header += (" | gpu/cudnn  tf32/tf32  cpu/torch  gpu-speedup   (lstmx: the implementation the registry picks "
+               "per row)")
     print("\n" + header)
     for entry in results:
         c, row, r = entry["config"], entry["columns"], entry["ratios"]
         cells = " ".join(f"{row[n]['ms']:>{widths[n]}.2f}" if n in row else f"{'-':>{widths[n]}}" for n in names)
         fmt = lambda v: f"{v:>9.2f}" if v is not None else f"{'-':>9}"  # noqa: E731
         print(f"{c['B']:>4} {c['T']:>4} {c['D']:>5} {c['H']:>5} | {cells} | {fmt(r['lstmx-gpu/cudnn-fp32'])}  "
+              f"{fmt(r['lstmx-tf32/cudnn-tf32'])}  "
               f"{fmt(r['lstmx-cpu/torch-cpu'])}  {fmt(r['gpu speed-up (lstmx cpu/gpu)'])}")
     print("\ntokens/s: " + "; ".join(
         f"{tuple(e['config'].values())}: " + ", ".join(f"{n} {e['columns'][n]['tokens_per_s']:,.0f}" for n in e["columns"])

@@ -171,6 +171,14 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         data = DataConfig(**given_data)
         model_config = ModelConfig(**given_model)
+    if given_train.get("precision", "float32") != "float32":  # before any data is read: tf32 needs CuPy, float32
+        from .backend import get_backend
+        from .precision import check_precision
+
+        try:
+            check_precision(given_train["precision"], get_backend(args.backend), model_config.dtype)
+        except ValueError as error:
+            raise OptionError(f"--precision: {error}") from None
     refusal = None
     if comm.rank == 0:  # one rank looks at (and may clear) the folder; every rank learns the verdict
         try:
@@ -221,7 +229,7 @@ def run_train(args: argparse.Namespace) -> int:
             config = TrainConfig(**given_train)
             model = LanguageModel(len(vocab), model_config.embedding_size, model_config.hidden_size,
                                   model_config.num_layers, model_config.dropout, backend=args.backend,
-                                  dtype=model_config.dtype, seed=config.seed)
+                                  dtype=model_config.dtype, seed=config.seed, precision=config.precision)
             trainer = Trainer(model, vocab, split, config, out, progress=progress, data=data, comm=comm)
         say(f"{trainer.model.num_parameters():,} parameters on {trainer.model.backend.name}; training to step "
              f"{trainer.config.steps} (from step {trainer.step}); writing to {out}")

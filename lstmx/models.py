@@ -84,7 +84,8 @@ class LSTM(Module):
     """A multi-layer LSTM on any Array API backend with exact backpropagation through time.
 
     Parameters per layer k: ``weight_l{k}`` (D_k + H, 4H), rows for the input then for h_{t-1}, columns for the
-    gates i, f, g, o; ``bias_l{k}`` (4H,). Dropout (training mode only) acts between layers.
+    gates i, f, g, o; ``bias_l{k}`` (4H,). Dropout (training mode only) acts between layers. ``precision="tf32"``
+    (CuPy, float32) runs the cuBLAS GEMMs on TensorFloat-32 tensor cores (:mod:`lstmx.precision`).
     """
 
     def __init__(
@@ -97,9 +98,10 @@ class LSTM(Module):
         backend: Any = "numpy",
         dtype: Any = "float32",
         seed: int = 0,
+        precision: str = "float32",
     ) -> None:
         _check_positive(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
-        super().__init__(backend, dtype, seed, dropout)
+        super().__init__(backend, dtype, seed, dropout, precision)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.stack = LSTMStack("", input_size, hidden_size, num_layers)
         self._set_host_params(self.stack.init_params(np.random.default_rng(seed)))
@@ -127,7 +129,8 @@ class LSTM(Module):
             _check_finite_all(self.backend, x=x, state=state)
         step_mask = None if lengths is None else lengths_to_mask(self.backend, lengths, steps, batch, self.dtype)
         masks = self._dropout_masks((steps, batch, self.hidden_size), self.num_layers - 1)
-        return self.stack.forward(self, x, state, step_mask, masks, impl)
+        with self._matmuls():
+            return self.stack.forward(self, x, state, step_mask, masks, impl)
 
     def backward(self, dy: Any, cache: LSTMCache, dstate: State | None = None) -> tuple[Any, State, dict[str, Any]]:
         """Exact BPTT from ``dy`` = dL/dy (T, B, H) and optional ``dstate`` = dL/d(h_T, c_T).
@@ -138,7 +141,8 @@ class LSTM(Module):
         _check_cache_type(cache, LSTMCache)
         self._check_cache_owner(tuple(array for pair in cache.layer_params for array in pair))
         check_float_array(self.backend, "dy", dy, (cache.steps, cache.batch, self.hidden_size), self.dtype)
-        return self.stack.backward(self, dy, cache, dstate)
+        with self._matmuls():
+            return self.stack.backward(self, dy, cache, dstate)
 
 
 def _check_finite_all(backend: Backend, **arrays: Any) -> None:
@@ -170,6 +174,7 @@ class LanguageModel(Module):
 
     Parameter names: ``embedding.weight`` (V, E); ``lstm.weight_l{k}``, ``lstm.bias_l{k}`` as in :class:`LSTM`;
     ``head.weight`` (H, V), ``head.bias`` (V,). Dropout acts between LSTM layers and on the LSTM output.
+    ``precision`` as in :class:`LSTM`.
     """
 
     def __init__(
@@ -183,10 +188,11 @@ class LanguageModel(Module):
         backend: Any = "numpy",
         dtype: Any = "float32",
         seed: int = 0,
+        precision: str = "float32",
     ) -> None:
         _check_positive(vocab_size=vocab_size, embedding_size=embedding_size, hidden_size=hidden_size,
                         num_layers=num_layers)
-        super().__init__(backend, dtype, seed, dropout)
+        super().__init__(backend, dtype, seed, dropout, precision)
         self.vocab_size, self.embedding_size = vocab_size, embedding_size
         self.hidden_size, self.num_layers = hidden_size, num_layers
         self.stack = LSTMStack("lstm.", embedding_size, hidden_size, num_layers)
@@ -213,7 +219,9 @@ class LanguageModel(Module):
         ``check_input`` verifies the ids lie in the vocabulary (one host sync; training loops that built the
         batches themselves may turn it off). ``impl`` names the LSTM layer implementation (:mod:`lstmx.registry`).
         """
-        return self._forward(tokens, state, self._step_mask(tokens, lengths, check_input), impl)
+        step_mask = self._step_mask(tokens, lengths, check_input)
+        with self._matmuls():
+            return self._forward(tokens, state, step_mask, impl)
 
     def _step_mask(self, tokens: Any, lengths: Any, check_input: bool) -> Any:
         """Validate ``tokens`` and turn ``lengths`` into the (T, B, 1) step mask (None: every step real)."""
@@ -262,7 +270,8 @@ class LanguageModel(Module):
         self._check_cache_owner(cache.params)
         lstm = cache.lstm
         check_float_array(self.backend, "dlogits", dlogits, (lstm.steps, lstm.batch, self.vocab_size), self.dtype)
-        return self._backward(dlogits, cache, dstate)
+        with self._matmuls():
+            return self._backward(dlogits, cache, dstate)
 
     def _backward(self, dlogits: Any, cache: LanguageModelCache, dstate: State | None) -> tuple[dict[str, Any], State]:
         dy, dhead_weight, dhead_bias = linear_backward(self.backend, dlogits, self.params["head.weight"], cache.head)
@@ -296,6 +305,11 @@ class LanguageModel(Module):
         step_mask = self._step_mask(inputs, lengths, check_input)
         if check_input:
             _check_targets(self.backend, targets, inputs.shape, self.vocab_size, ignore_index)
+        with self._matmuls():
+            return self._loss(inputs, targets, state, step_mask, ignore_index, grads, impl, dropout_masks)
+
+    def _loss(self, inputs: Any, targets: Any, state: State | None, step_mask: Any, ignore_index: int, grads: bool,
+              impl: str | None, dropout_masks: Sequence[Any] | None) -> LossOutput:
         logits, final, cache = self._forward(inputs, state, step_mask, impl, dropout_masks)
         xp = self.backend.xp
         flat_targets = xp.reshape(targets, (-1,))

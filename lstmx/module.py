@@ -10,8 +10,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .backend import Backend, dtype_name, get_backend, to_numpy
+from .backend import Backend, dtype_name, get_backend, is_cupy, to_numpy
 from .layers import dropout_mask
+from .precision import check_precision, matmul_precision
 from .validate import CacheMismatchError, check_float_array
 
 State = tuple[Any, Any]  # (h, c), each (num_layers, B, H)
@@ -22,7 +23,7 @@ class Module:
 
     params: dict[str, Any]
 
-    def __init__(self, backend: Any, dtype: Any, seed: int, dropout: float) -> None:
+    def __init__(self, backend: Any, dtype: Any, seed: int, dropout: float, precision: str = "float32") -> None:
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.backend: Backend = get_backend(backend)
@@ -34,6 +35,20 @@ class Module:
         self.training = True
         self.dropout_rng = np.random.default_rng([seed, 1])
         self.params = {}
+        self.precision = precision
+
+    @property
+    def precision(self) -> str:
+        """"float32" or "tf32" (CuPy, float32 only): the precision of the float32 GEMMs (:mod:`lstmx.precision`)."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value, self.backend, self.dtype)
+
+    def _matmuls(self) -> Any:
+        """The context a public method runs its math in: the model's precision."""
+        return matmul_precision(self.backend, self._precision)
 
     def _set_host_params(self, host: Mapping[str, np.ndarray]) -> None:
         self.params = {name: self.backend.asarray(value, dtype=self.dtype) for name, value in host.items()}
@@ -71,10 +86,13 @@ class Module:
         self._set_host_params(host)
 
     def to(self, backend: Any) -> "Module":
-        """Move the parameters to another backend (through host memory) and return ``self``."""
+        """Move the parameters to another backend (through host memory) and return ``self``. A "tf32" model moved
+        off CuPy computes in (and its ``precision`` reads) "float32"."""
         host, dtype_name = self.state_dict(), self.dtype_name
         self.backend = get_backend(backend)
         self.dtype = self.backend.dtype(dtype_name)
+        if self._precision == "tf32" and not is_cupy(self.backend):
+            self._precision = "float32"
         self._set_host_params(host)
         return self
 

@@ -18,6 +18,7 @@ from .backend import is_host, to_numpy
 from .data import CharVocab, Split, StreamBatches, vocab_from_config
 from .distributed import SingleProcess, agree, fingerprint, flatten, shard, unflatten
 from .models import LanguageModel
+from .precision import PRECISIONS
 from .optim import OPTIMIZERS, SCHEDULES, clip_grad_norm, clip_grad_value, make_optimizer, make_schedule
 from .options import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, DataConfig, Range, check_config,
                       option)
@@ -67,6 +68,9 @@ class TrainConfig:
     seed: int = option(0, "seed of the weights and of dropout", NON_NEGATIVE_INT)
     accumulate: int = option(1, "micro-batches per step: the batch's streams split into this many parts run one "
                                 "after another (less memory, the same gradient)", POSITIVE_INT, on_resume="override")
+    precision: str = option("float32", "float32 GEMM precision: float32, or tf32 (TensorFloat-32 tensor cores; CuPy "
+                            "float32 only; ~1e-3 relative error in the products)", choices=PRECISIONS,
+                            on_resume="override")
 
 
 def _optimizer_options(config: TrainConfig) -> dict[str, Any]:
@@ -95,6 +99,9 @@ class Trainer:
                  out_dir: str | Path, *, progress: bool = True, echo: Callable[[str], None] | None = None,
                  data: DataConfig | None = None, comm: Any = None) -> None:
         check_config(config)
+        if model.precision != config.precision:
+            raise ValueError(f"the model's precision {model.precision!r} differs from config.precision "
+                             f"{config.precision!r}; build the model with precision={config.precision!r}")
         self.model, self.vocab, self.config, self.data = model, vocab, config, data
         self.comm = comm or SingleProcess()
         self.lead = self.comm.rank == 0  # the rank that writes logs, plots, checkpoints and samples
@@ -377,6 +384,7 @@ class Trainer:
             raise ValueError(f"{', '.join(refused)} cannot change when resuming; start a new run instead")
         config = dataclasses.replace(config, **changes)
         model = ckpt.model_from_checkpoint(checkpoint, backend)
+        model.precision = config.precision
         data = DataConfig(**meta["data_config"]) if meta.get("data_config") else None
         trainer = cls(model, vocab_from_config(meta["vocab"]), split, config, out_dir, data=data, **options)
         trainer.optimizer.load_state_dict(meta["optimizer"], checkpoint.group("optimizer"))

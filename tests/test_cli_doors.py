@@ -11,6 +11,7 @@ import signal
 import pytest
 
 from lstmx import checkpoint as ckpt
+from lstmx.backend import BackendError, get_backend
 from lstmx.cli import _field_type, build_parser, main
 from lstmx.options import DataConfig, ModelConfig, Range, spec_of
 from lstmx.runlog import read_log
@@ -223,8 +224,16 @@ def test_every_flag_reaches_its_setting(config, field, tmp_path, monkeypatch):
     flag = "--" + field.name.replace("_", "-")
     argv = ["train", str(_corpus(tmp_path)), "--out", str(tmp_path / "run"), "--no-progress"]
     argv += [flag] if _is_bool(field) else [flag, non_default(field)]
+    if field.name == "precision":  # tf32 runs on CuPy only (elsewhere refused: tests/test_precision.py)
+        argv += ["--backend", "cupy", "--impl", "cupy-stepwise"]
+        try:
+            get_backend("cupy")
+        except BackendError as error:
+            pytest.skip(f"--precision tf32 needs CuPy with a GPU: {error}")
     assert main(argv) == 0
     model = built["model"]
+    if field.name == "precision":
+        assert model.precision == non_default(field)
     values = {"train": dataclasses.asdict(built["train"]), "data": dataclasses.asdict(built["data"]),
               "model": {"embedding_size": model.embedding_size, "hidden_size": model.hidden_size,
                         "num_layers": model.num_layers, "dropout": model.dropout, "dtype": model.dtype_name}}

@@ -1,0 +1,39 @@
+"""Precision of the float32 matrix products: full float32 (the default) or TensorFloat-32 on CuPy.
+
+``precision="tf32"`` lets cuBLAS run float32 GEMMs on tensor cores with 10-bit mantissa inputs and float32
+accumulation (PyTorch's ``allow_tf32``): the input projection, the recurrent GEMM of the stepwise path, the
+weight gradients, the output layer. The recurrent products inside lstmx's own persistent kernels stay float32.
+Expect relative errors around 1e-3 in the products; gradients stay exact for the function computed.
+A model's public methods (forward, backward, loss) run under their model's precision (:func:`matmul_precision`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from .backend import Backend, dtype_name, is_cupy
+
+PRECISIONS = ("float32", "tf32")
+
+
+def check_precision(precision: Any, backend: Backend, dtype: Any) -> str:
+    """``precision`` if this backend and dtype can run it, else a one-line ValueError naming the argument."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "tf32" and not (is_cupy(backend) and dtype_name(dtype) == "float32"):
+        raise ValueError(f"precision='tf32' needs backend='cupy' and dtype float32 (TensorFloat-32 is a CUDA "
+                         f"tensor-core mode); got backend {backend.name!r}, dtype {dtype_name(dtype)}")
+    return precision
+
+
+@contextlib.contextmanager
+def matmul_precision(backend: Backend, precision: str) -> Iterator[None]:
+    """Within the block, float32 GEMMs on ``backend`` run at ``precision`` (a no-op for "float32")."""
+    if precision == "tf32" and is_cupy(backend):
+        from .kernels.cupy_precision import tf32_gemms
+
+        with tf32_gemms():
+            yield
+    else:
+        yield

@@ -1,0 +1,75 @@
+"""``precision="tf32"``: TensorFloat-32 GEMMs on CuPy, refused where it cannot apply, restored after each call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstmx
+from lstmx.backend import is_cupy, to_numpy
+from lstmx.cli import main
+from lstmx.train import TrainConfig, Trainer
+
+from .test_checkpoint import TEXT
+
+
+def test_precision_is_checked_at_the_door(backend):
+    for model in (lambda **k: lstmx.LSTM(3, 4, backend=backend, **k),
+                  lambda **k: lstmx.LanguageModel(7, 3, 4, backend=backend, **k)):
+        with pytest.raises(ValueError, match="precision must be one of float32, tf32; got 'bf16'"):
+            model(precision="bf16")
+        with pytest.raises(ValueError, match="precision='tf32' needs backend='cupy' and dtype float32"):
+            model(precision="tf32", dtype="float64")
+        if not is_cupy(backend):
+            with pytest.raises(ValueError, match=f"got backend '{backend.name}'"):
+                model(precision="tf32")
+        assert model().precision == "float32"
+    lstm = lstmx.LSTM(3, 4, backend=backend)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        lstm.precision = "half"
+    assert lstm.precision == "float32"
+
+
+def test_a_trainer_refuses_a_model_of_another_precision(tmp_path):
+    from lstmx.data import CharVocab, split_ids
+
+    vocab = CharVocab.from_text(TEXT)
+    split = split_ids(vocab.encode(TEXT), 0.1, 0.0)
+    model = lstmx.LanguageModel(len(vocab), 4, 8)
+    with pytest.raises(ValueError, match="model's precision 'float32' differs from config.precision 'tf32'"):
+        Trainer(model, vocab, split, TrainConfig(precision="tf32", steps=1, batch_size=2, seq_len=4), tmp_path)
+
+
+def test_cli_refuses_tf32_off_cupy_before_reading_any_data(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--precision", "tf32", "--out", str(out), "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lstmx train: error: --precision: precision='tf32' needs backend='cupy' and dtype float32 "
+                   "(TensorFloat-32 is a CUDA tensor-core mode); got backend 'numpy', dtype float32"]
+    assert not out.exists()
+
+
+def test_tf32_changes_the_products_within_its_precision_and_restores_the_math_mode(backend):
+    if not is_cupy(backend):
+        pytest.skip("TensorFloat-32 exists on CuPy only (refused elsewhere: test_precision_is_checked_at_the_door)")
+    import cupy
+    from cupy_backends.cuda.libs import cublas
+
+    handle = cupy.cuda.device.get_cublas_handle()
+    before = cublas.getMathMode(handle)
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.standard_normal((20, 16, 128)), dtype=backend.xp.float32)
+    outputs = {}
+    for precision in ("float32", "tf32"):
+        model = lstmx.LSTM(128, 256, backend=backend, seed=0, precision=precision)
+        y, _, cache = model.forward(x, impl="cupy-stepwise")
+        dx, _, grads = model.backward(backend.xp.ones_like(y), cache)
+        outputs[precision] = [to_numpy(a).astype(np.float64) for a in (y, dx, grads["weight_l0"])]
+        assert cublas.getMathMode(handle) == before  # restored after every call
+    for full, reduced in zip(outputs["float32"], outputs["tf32"]):
+        scale = np.max(np.abs(full))
+        difference = np.max(np.abs(full - reduced)) / scale
+        assert 1e-6 < difference < 2e-2, difference  # TF32 ran (not bit-equal to float32), and only TF32's error
+
+    moved = lstmx.LSTM(3, 4, backend=backend, precision="tf32").to("numpy")
+    assert moved.precision == "float32"
