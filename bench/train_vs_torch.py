@@ -42,7 +42,8 @@ class LstmxRunner:
         model = lstmx.LanguageModel(len(vocab), args.embedding, args.hidden, 1, backend=args.backend, seed=args.seed)
         config = TrainConfig(steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, lr=args.lr, clip_norm=5.0,
                              eval_every=10**9, log_every=10**9)
-        self.trainer = Trainer(model, vocab, split, config, Path(args.out) / "lstmx", progress=False)
+        with lstmx.registry.use_update_impl(args.update_impl):
+            self.trainer = Trainer(model, vocab, split, config, Path(args.out) / "lstmx", progress=False)
         self.sync = lambda: None
         if args.backend == "cupy":
             import cupy
@@ -153,6 +154,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--update-impl", default="auto", help="lstmx optimizer update (auto, cupy-fused, generic)")
     parser.add_argument("--out", default="bench/results/train_vs_torch")
     args = parser.parse_args()
 

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", default="numpy", choices=BACKEND_NAMES, help="array backend (default: numpy)")
     run.add_argument("--impl", default=None, choices=impls,
                      help=f"LSTM layer implementation (default: the registry's choice, or ${registry.ENVIRONMENT_VARIABLE})")
+    run.add_argument("--update-impl", default=None, choices=(registry.AUTO, *(i.name for i in registry.UPDATE_IMPLS)),
+                     help="optimizer update implementation (default: the registry's choice, or "
+                          f"${registry.UPDATE_ENVIRONMENT_VARIABLE})")
     run.add_argument("--epochs", type=_flag_type("--epochs", POSITIVE, float), default=None,
                      help="train for this many passes over the training text instead of --steps; a number > 0")
     run.add_argument("--out", default="runs/default", help="folder for log.jsonl, loss.png and last.npz (default: runs/default)")
@@ -217,7 +220,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         given_train["steps"] = max(1, int(round(args.epochs * windows_per_epoch(len(split.train), batch_size, seq_len))))
     progress = not args.no_progress
-    with _layer_impl(args.impl):
+    with _layer_impl(args.impl, args.update_impl):
         if resumed is not None:
             overrides = {k: v for k, v in given_train.items() if resumable(k)}
             for name, value in overrides.items():
@@ -296,8 +299,14 @@ def _prepare_out(out: Path, args: argparse.Namespace) -> None:
                       "or choose another --out")
 
 
-def _layer_impl(name: str | None) -> Any:
-    return registry.use_layer_impl(name) if name else contextlib.nullcontext()
+def _layer_impl(name: str | None, update: str | None = None) -> Any:
+    """The context a command runs in: the layer implementation and optimizer update it was asked for."""
+    stack = contextlib.ExitStack()
+    if name:
+        stack.enter_context(registry.use_layer_impl(name))
+    if update:
+        stack.enter_context(registry.use_update_impl(update))
+    return stack
 
 
 def _say(line: str) -> None:

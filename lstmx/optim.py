@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from . import registry
 from .backend import Backend, to_numpy
 from .options import NON_NEGATIVE, POSITIVE, POSITIVE_INT, OptionError, Range
 from .options import check_arguments as _check
@@ -102,7 +103,7 @@ class Optimizer:
 
     slots: tuple[str, ...] = ()
 
-    def __init__(self, model: Any, lr: float | Schedule, weight_decay: float = 0.0) -> None:
+    def __init__(self, model: Any, lr: float | Schedule, weight_decay: float = 0.0, impl: str | None = None) -> None:
         if not callable(lr):
             _check(lr=(lr, POSITIVE))
         _check(weight_decay=(weight_decay, NON_NEGATIVE))
@@ -115,6 +116,8 @@ class Optimizer:
             name: {slot: xp.zeros(p.shape, dtype=p.dtype, device=device) for slot in self.slots}
             for name, p in model.params.items()
         }
+        self.requested_impl = impl
+        self.impl, self._update = registry.choose_update(model.backend, type(self), impl)
 
     @property
     def lr(self) -> float:
@@ -130,9 +133,11 @@ class Optimizer:
         self.step_count += 1
         xp = self.model.backend.xp
         for name, param in self.model.params.items():
-            self.model.params[name] = self.update(xp, param, grads[name], self.state[name], lr)
+            self.model.params[name] = self._update(self, xp, param, grads[name], self.state[name], lr)
 
     def update(self, xp: Any, param: Any, grad: Any, state: dict[str, Any], lr: float) -> Any:
+        """The generic update of one tensor: returns the new parameter and replaces ``state``'s slots (the
+        registry may run a fast path with this signature instead: ``self.impl`` names the one chosen)."""
         raise NotImplementedError
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -164,6 +169,7 @@ class Optimizer:
         if backend.name != self.model.backend.name:
             raise ValueError(f"move the model to {backend.name!r} first; it is on {self.model.backend.name!r}")
         self.load_state_dict(*self.state_dict())  # through host memory, onto the model's backend
+        self.impl, self._update = registry.choose_update(backend, type(self), self.requested_impl)
         return self
 
 
@@ -171,12 +177,12 @@ class SGD(Optimizer):
     """SGD with optional momentum (heavy-ball or Nesterov) and L2 weight decay, as ``torch.optim.SGD``."""
 
     def __init__(self, model: Any, lr: float | Schedule = 0.1, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, impl: str | None = None) -> None:
         _check(momentum=(momentum, UNIT))
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.slots = ("momentum",) if momentum else ()
-        super().__init__(model, lr, weight_decay)
+        super().__init__(model, lr, weight_decay, impl)
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -199,11 +205,11 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, model: Any, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0, impl: str | None = None) -> None:
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise OptionError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         _check(beta1=(betas[0], UNIT), beta2=(betas[1], UNIT), eps=(eps, POSITIVE))
-        super().__init__(model, lr, weight_decay)
+        super().__init__(model, lr, weight_decay, impl)
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -230,18 +236,18 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, model: Any, lr: float | Schedule = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
-        super().__init__(model, lr, betas, eps, weight_decay)
+                 eps: float = 1e-8, weight_decay: float = 1e-2, impl: str | None = None) -> None:
+        super().__init__(model, lr, betas, eps, weight_decay, impl)
 
 
 class RMSprop(Optimizer):
     """RMSprop (``torch.optim.RMSprop``, uncentred): ``v ← αv + (1−α)g²``, ``p ← p − lr·g/(√v + ε)``."""
 
     def __init__(self, model: Any, lr: float | Schedule = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+                 momentum: float = 0.0, weight_decay: float = 0.0, impl: str | None = None) -> None:
         _check(alpha=(alpha, UNIT), eps=(eps, POSITIVE), momentum=(momentum, UNIT))
         self.slots = ("square_avg", "momentum") if momentum else ("square_avg",)
-        super().__init__(model, lr, weight_decay)
+        super().__init__(model, lr, weight_decay, impl)
         self.alpha, self.eps, self.momentum = float(alpha), float(eps), float(momentum)
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -260,6 +266,7 @@ class RMSprop(Optimizer):
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+UPDATES = {cls.__name__: cls.update for cls in OPTIMIZERS.values()}  # the generic updates, for the registry
 
 
 def make_optimizer(name: str, model: Any, lr: float | Schedule, **options: Any) -> Optimizer:

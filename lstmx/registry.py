@@ -15,7 +15,8 @@ implementations could run it. The environment variable is only a default: where 
 run a call (a masked batch for ``numpy``, say) the choice is made as for "auto". The forward records the chosen name in its cache; the backward looks the
 implementation up by that name (:func:`layer_impl`) and never decides again.
 
-The embedding gradient's scatter-add is chosen here too (:func:`choose_scatter_add`).
+The embedding gradient's scatter-add is chosen here too (:func:`choose_scatter_add`), and the optimizers' update
+(:func:`choose_update`: argument, context, ``LSTMX_UPDATE_IMPL``, then "auto", as for layers).
 """
 
 from __future__ import annotations
@@ -204,3 +205,92 @@ def choose_scatter_add(backend: Backend, num_rows: int) -> tuple[str, Callable[.
         if (candidate.backends is None or backend.name in candidate.backends) and num_rows >= candidate.min_rows:
             return candidate.name, getattr(importlib.import_module(candidate.module), candidate.function)
     raise LookupError("no scatter-add implementation")  # the generic one always applies
+
+
+# --- optimizer updates ---------------------------------------------------------------------------------------
+
+UPDATE_ENVIRONMENT_VARIABLE = "LSTMX_UPDATE_IMPL"
+
+
+class UpdateImplError(ValueError):
+    """An update implementation was asked for that does not exist or cannot run this optimizer here."""
+
+CUPY_FUSED_UPDATE_AUTO = False  # its kernels pass on the CPU emulator; not yet run on a GPU: by name only
+
+
+class UpdateImpl(NamedTuple):
+    """One implementation of the optimizers' per-tensor update: a module whose ``UPDATES`` maps optimizer class
+    names to functions ``(optimizer, xp, param, grad, state, lr) -> new param`` (``Optimizer.update``'s
+    signature)."""
+
+    name: str
+    module: str
+    backends: tuple[str, ...] | None
+    auto: bool  # "auto" picks it where it applies
+    summary: str
+
+    def function(self, backend: Backend, optimizer: type) -> tuple[Callable[..., Any] | None, str | None]:
+        """``(function, None)`` when it runs ``optimizer`` on ``backend`` here, else ``(None, why not)``."""
+        if self.backends is not None and backend.name not in self.backends:
+            return None, f"runs on {', '.join(self.backends)}, not {backend.name}"
+        try:
+            updates = importlib.import_module(self.module).UPDATES
+        except ImportError as error:
+            return None, f"is not importable here ({error})"
+        if optimizer.__name__ not in updates:
+            return None, f"has no {optimizer.__name__} update (it has {', '.join(updates)})"
+        return updates[optimizer.__name__], None
+
+
+UPDATE_IMPLS: tuple[UpdateImpl, ...] = (
+    UpdateImpl("cupy-fused", "lstmx.kernels.cupy_optim", ("cupy",), CUPY_FUSED_UPDATE_AUTO,
+               "CuPy: one fused kernel per parameter tensor and step (SGD, Adam, AdamW)"),
+    UpdateImpl("generic", "lstmx.optim", None, True, "the Array API reference (every optimizer and backend)"),
+)
+_UPDATES_BY_NAME = {impl.name: impl for impl in UPDATE_IMPLS}
+_requested_update: contextvars.ContextVar[str | None] = contextvars.ContextVar("lstmx_update_impl", default=None)
+
+
+def check_update_name(name: str, argument: str = "impl") -> str:
+    if name != AUTO and name not in _UPDATES_BY_NAME:
+        raise UpdateImplError(f"{argument} must be one of {AUTO}, {', '.join(_UPDATES_BY_NAME)}; got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_update_impl(name: str) -> Iterator[None]:
+    """Optimizers made within the block use ``name`` (or "auto") unless given ``impl=`` themselves."""
+    token = _requested_update.set(check_update_name(name))
+    try:
+        yield
+    finally:
+        _requested_update.reset(token)
+
+
+def choose_update(backend: Backend, optimizer: type, impl: str | None = None) -> tuple[str, Callable[..., Any]]:
+    """``(name, function)`` of the update an optimizer of class ``optimizer`` runs on ``backend``: the ``impl``
+    argument, else the :func:`use_update_impl` context (both binding), else ``LSTMX_UPDATE_IMPL`` (a default),
+    else the first implementation marked ``auto`` that runs it."""
+    if impl is not None:
+        name, binding = check_update_name(impl), True
+    elif _requested_update.get() is not None:
+        name, binding = _requested_update.get(), True
+    else:
+        name = check_update_name(os.environ.get(UPDATE_ENVIRONMENT_VARIABLE, "") or AUTO, UPDATE_ENVIRONMENT_VARIABLE)
+        binding = False
+    if name != AUTO:
+        function, reason = _UPDATES_BY_NAME[name].function(backend, optimizer)
+        if function is not None:
+            return name, function
+        if binding:
+            raise UpdateImplError(f"update implementation {name!r} cannot run {optimizer.__name__} here: it {reason}")
+    for candidate in UPDATE_IMPLS:
+        function, _ = candidate.function(backend, optimizer)
+        if candidate.auto and function is not None:
+            return candidate.name, function
+    raise UpdateImplError(f"no update implementation runs {optimizer.__name__} on {backend.name}")
+
+
+def available_update_impls(backend: Backend, optimizer: type) -> list[str]:
+    """Every update implementation that runs ``optimizer`` on ``backend`` here (what the tests compare)."""
+    return [impl.name for impl in UPDATE_IMPLS if impl.function(backend, optimizer)[0] is not None]

@@ -154,3 +154,48 @@ def tiled(x, weight, bias, h0, c0, dy, dh_last, dc_last, step_mask=None, seed=0,
     launch("lstm_backward_tiled", (guarded(dy), w_hidden, b.gates, b.cells, b.tanh_c, mask, dz, dh, dc),
            shape.backward_chunk)
     return _results(b, dh, dc, dz)
+
+
+# --- the optimizer updates (cupy_optim) ------------------------------------------------------------------------
+
+def _launch_update(kernel: str, dtype: np.dtype, n: int, args: tuple, seed: int) -> None:
+    if n > 0:
+        blocks = min(4, (n + 31) // 32)  # few blocks of 32 threads: the grid-stride loop runs several rounds
+        kernels("optim", dtype.name).launch(cuda_sources.kernel_name(kernel, dtype.name), (blocks,), (32,),
+                                            (*args, np.int64(n)), seed=seed)
+
+
+def adam_update(optimizer, xp, param, grad, state, lr, seed=0):
+    """As ``cupy_optim.adam_update``."""
+    dtype = param.dtype
+    real = dtype.type
+    beta1, beta2 = optimizer.betas
+    new_param, new_exp_avg, new_exp_avg_sq = (guarded(np.full(param.shape, np.nan, dtype)) for _ in range(3))
+    step_size = lr / (1 - beta1**optimizer.step_count)
+    _launch_update("adam_update", dtype, param.size,
+                   (guarded(param), guarded(grad), guarded(state["exp_avg"]), guarded(state["exp_avg_sq"]),
+                    new_param, new_exp_avg, new_exp_avg_sq, real(lr), real(beta1), real(beta2), real(optimizer.eps),
+                    real(optimizer.weight_decay), np.int32(optimizer.decoupled), real(step_size),
+                    real(np.sqrt(1 - beta2**optimizer.step_count))), seed)
+    state["exp_avg"], state["exp_avg_sq"] = np.asarray(new_exp_avg), np.asarray(new_exp_avg_sq)
+    return np.asarray(new_param)
+
+
+def sgd_update(optimizer, xp, param, grad, state, lr, seed=0):
+    """As ``cupy_optim.sgd_update``."""
+    dtype = param.dtype
+    real = dtype.type
+    new_param = guarded(np.full(param.shape, np.nan, dtype))
+    buffer, new_buffer = NULL, NULL
+    if optimizer.momentum:
+        buffer, new_buffer = guarded(state["momentum"]), guarded(np.full(param.shape, np.nan, dtype))
+    _launch_update("sgd_update", dtype, param.size,
+                   (guarded(param), guarded(grad), buffer, new_param, new_buffer, real(lr), real(optimizer.momentum),
+                    real(optimizer.weight_decay), np.int32(optimizer.nesterov), np.int32(optimizer.step_count == 1)),
+                   seed)
+    if optimizer.momentum:
+        state["momentum"] = np.asarray(new_buffer)
+    return np.asarray(new_param)
+
+
+UPDATES = {"SGD": sgd_update, "Adam": adam_update, "AdamW": adam_update}

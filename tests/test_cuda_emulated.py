@@ -129,6 +129,32 @@ def test_bad_tile_shapes_are_refused():
     assert "positive" in tiling.refuses_shape(tiling.TileShape(0, 4, 4, 4, 4))
 
 
+OPTIMIZER_CASES = [("sgd", {}), ("sgd", {"momentum": 0.9, "weight_decay": 0.1}),
+                   ("sgd", {"momentum": 0.5, "nesterov": True}), ("adam", {}), ("adam", {"weight_decay": 0.1}),
+                   ("adamw", {"weight_decay": 0.05})]
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-12), (np.float32, 2e-6)], ids=["float64", "float32"])
+@pytest.mark.parametrize("name,options", OPTIMIZER_CASES, ids=lambda v: str(v) if isinstance(v, str) else
+                         ",".join(f"{k}={w}" for k, w in v.items()) or "defaults")
+def test_fused_optimizer_kernels_match_the_generic_updates(name, options, dtype, tolerance):
+    """Four steps of each optimizer with the fused kernel (emulated) against the generic update."""
+    from lstmx.optim import make_optimizer
+
+    rng = np.random.default_rng(0)
+    models = [lstmx.LSTM(3, 5, backend="numpy", dtype=np.dtype(dtype).name, seed=0) for _ in range(2)]
+    fused, generic_run = (make_optimizer(name, model, 0.01, **options) for model in models)
+    fused._update = emulated_paths.UPDATES[type(fused).__name__]
+    for _ in range(4):
+        grads = {k: rng.standard_normal(p.shape).astype(dtype) for k, p in models[0].params.items()}
+        fused.step(grads)
+        generic_run.step(grads)
+    for key in models[0].params:
+        np.testing.assert_allclose(models[0].params[key], models[1].params[key], rtol=tolerance, atol=tolerance)
+        for slot, value in generic_run.state[key].items():
+            np.testing.assert_allclose(fused.state[key][slot], value, rtol=tolerance, atol=tolerance)
+
+
 # --- the emulator can fail: bugs planted in a kernel source are caught ---------------------------------------
 
 def planted(kind: str, old: str, new: str):
@@ -181,3 +207,10 @@ def test_a_missing_barrier_in_the_tiled_kernels_is_caught(monkeypatch, old, new)
     with pytest.raises(AssertionError):
         assert_close(emulated_paths.tiled(**arrays, step_mask=mask, shape=TILE_SHAPES[1]), reference(arrays, mask),
                      1e-12)
+
+
+def test_a_wrong_optimizer_kernel_is_caught(monkeypatch):
+    broken = planted("optim", "(one - beta2) * g * g", "(one - beta2) * g")
+    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
+    with pytest.raises(AssertionError):
+        test_fused_optimizer_kernels_match_the_generic_updates("adam", {}, np.float64, 1e-12)

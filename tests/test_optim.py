@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import lstmx
-from lstmx import LSTM
-from lstmx.optim import (SGD, Adam, AdamW, RMSprop, clip_grad_norm, clip_grad_value, exponential_decay,
+from lstmx import LSTM, registry
+from lstmx.optim import (OPTIMIZERS, SGD, Adam, AdamW, RMSprop, clip_grad_norm, clip_grad_value, exponential_decay,
                          make_optimizer, make_schedule, step_decay, warmup_cosine)
 
 from .helpers import host
@@ -160,3 +160,55 @@ def test_nonsense_arguments_are_refused_naming_them(call, message):
     grads = {"w": np.ones(3)}
     with pytest.raises(ValueError, match=message):
         call(backend, grads)
+
+
+UPDATE_CASES = [("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}), ("sgd", {}),
+                ("adam", {"weight_decay": 0.1}), ("adamw", {}), ("rmsprop", {"momentum": 0.5})]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name,options", UPDATE_CASES, ids=[f"{n}{o}" for n, o in UPDATE_CASES])
+def test_every_update_implementation_matches_the_generic_one(backend, name, options, dtype):
+    """The list comes from the registry: each update fast path that runs this optimizer here, four steps
+    against the generic update, parameters and state."""
+    fast = [impl for impl in registry.available_update_impls(backend, OPTIMIZERS[name]) if impl != "generic"]
+    if not fast:
+        pytest.skip(f"no update fast path runs {name} on {backend.name} here")
+    tolerance = 2e-6 if dtype == "float32" else 1e-12
+    rng = np.random.default_rng(0)
+    grads = [{k: rng.standard_normal(p.shape) for k, p in LSTM(3, 5).params.items()} for _ in range(4)]
+    for impl in fast:
+        models = [LSTM(3, 5, backend=backend, dtype=dtype, seed=0) for _ in range(2)]
+        runs = [make_optimizer(name, models[0], 0.01, impl=impl, **options),
+                make_optimizer(name, models[1], 0.01, impl="generic", **options)]
+        assert runs[0].impl == impl and runs[1].impl == "generic"
+        for step in grads:
+            for optimizer, model in zip(runs, models):
+                optimizer.step({k: backend.asarray(g, dtype=model.dtype) for k, g in step.items()})
+        for key in models[0].params:
+            np.testing.assert_allclose(host(models[0].params[key]), host(models[1].params[key]), rtol=tolerance,
+                                       atol=tolerance, err_msg=f"{impl} {key}")
+            for slot, value in runs[1].state[key].items():
+                np.testing.assert_allclose(host(runs[0].state[key][slot]), host(value), rtol=tolerance, atol=tolerance)
+
+
+def test_update_implementation_choice(backend, monkeypatch):
+    """Argument and context are binding, the environment variable a default; errors name the choices."""
+    monkeypatch.delenv(registry.UPDATE_ENVIRONMENT_VARIABLE, raising=False)
+    model = LSTM(3, 4, backend=backend)
+    assert Adam(model).impl == registry.choose_update(backend, Adam)[0]
+    assert Adam(model, impl="generic").impl == "generic"
+    with pytest.raises(registry.UpdateImplError, match="impl must be one of auto, cupy-fused, generic; got 'fast'"):
+        Adam(model, impl="fast")
+    with pytest.raises(registry.UpdateImplError, match="'cupy-fused' cannot run RMSprop here: it "):
+        RMSprop(model, impl="cupy-fused")
+    if backend.name != "cupy":
+        with pytest.raises(registry.UpdateImplError, match=f"runs on cupy, not {backend.name}"):
+            Adam(model, impl="cupy-fused")
+        with registry.use_update_impl("cupy-fused"), pytest.raises(registry.UpdateImplError):
+            Adam(model)
+    monkeypatch.setenv(registry.UPDATE_ENVIRONMENT_VARIABLE, "cupy-fused")  # a default: falls back where it cannot run
+    assert RMSprop(model).impl == "generic"
+    monkeypatch.setenv(registry.UPDATE_ENVIRONMENT_VARIABLE, "nonsense")
+    with pytest.raises(registry.UpdateImplError, match="LSTMX_UPDATE_IMPL must be one of"):
+        Adam(model)

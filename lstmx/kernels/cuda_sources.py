@@ -16,6 +16,8 @@ the same row of the (B, 4H) gate block.
 - ``TILED``: persistent too, register-tiled for larger hidden sizes: a block owns a few units of a group of
   rows, threads split the reduction and each accumulates a 4 × 4 tile (rows × gates) from vector loads, and the
   partial sums meet in shared memory. The tile shape is a launch argument (:mod:`lstmx.kernels.tiling`).
+- ``OPTIM``: one optimizer step (Adam/AdamW, SGD) for one parameter tensor per launch
+  (:mod:`lstmx.kernels.cupy_optim`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from string import Template
 from . import tiling
 
 # float32 and float64: the C type, its tanh, and the suffix of the kernels' names.
-DTYPES = {"float32": ("float", "tanhf"), "float64": ("double", "tanh")}
+DTYPES = {"float32": ("float", "tanhf", "sqrtf"), "float64": ("double", "tanh", "sqrt")}
 
 _STEPWISE = Template(r"""
 // gates[t] holds z = x_t W_x (+ h_{t-1} W_h, added by the GEMM before this kernel); bias is added here.
@@ -542,6 +544,59 @@ extern "C" __global__ void __launch_bounds__($max_threads) lstm_backward_tiled_$
 }
 """)
 
+_OPTIM = Template(r"""
+// One optimizer step for one parameter tensor in one launch (a grid-stride loop over its n entries), out of
+// place: new_param, and the new state slots, are separate arrays, so the step reads the same values as the
+// generic path and leaves every array it was given untouched. Scalars come from the host, computed as there.
+
+// Adam (decoupled = 0: L2 added to the gradient) and AdamW (decoupled = 1: p ← p·(1 − lr·wd) first):
+// m ← β₁m + (1 − β₁)g, v ← β₂v + (1 − β₂)g², p ← p − step_size·m / (√v / √(1 − β₂ᵗ) + ε),
+// step_size = lr / (1 − β₁ᵗ).
+extern "C" __global__ void adam_update_$suffix(
+    const $real* __restrict__ param, const $real* __restrict__ grad,
+    const $real* __restrict__ exp_avg, const $real* __restrict__ exp_avg_sq,
+    $real* __restrict__ new_param, $real* __restrict__ new_exp_avg, $real* __restrict__ new_exp_avg_sq,
+    const $real lr, const $real beta1, const $real beta2, const $real eps, const $real weight_decay,
+    const int decoupled, const $real step_size, const $real sqrt_bias_correction2, const long long n)
+{
+    const $real one = 1;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        $real p = param[i], g = grad[i];
+        if (weight_decay != 0) {
+            if (decoupled) p = p * (one - lr * weight_decay);
+            else g = g + weight_decay * p;
+        }
+        const $real m = beta1 * exp_avg[i] + (one - beta1) * g;
+        const $real v = beta2 * exp_avg_sq[i] + (one - beta2) * g * g;
+        new_exp_avg[i] = m;
+        new_exp_avg_sq[i] = v;
+        new_param[i] = p - step_size * m / ($sqrt(v) / sqrt_bias_correction2 + eps);
+    }
+}
+
+// SGD with optional momentum (heavy-ball, or Nesterov) and L2 weight decay, as torch.optim.SGD: the buffer
+// starts as the first gradient (first = 1 on the first step). momentum_buffer/new_momentum may be null when
+// momentum is 0.
+extern "C" __global__ void sgd_update_$suffix(
+    const $real* __restrict__ param, const $real* __restrict__ grad, const $real* __restrict__ momentum_buffer,
+    $real* __restrict__ new_param, $real* __restrict__ new_momentum,
+    const $real lr, const $real momentum, const $real weight_decay, const int nesterov, const int first,
+    const long long n)
+{
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const $real p = param[i];
+        $real g = grad[i];
+        if (weight_decay != 0) g = g + weight_decay * p;
+        if (momentum != 0) {
+            const $real buffer = first ? g : momentum * momentum_buffer[i] + g;
+            new_momentum[i] = buffer;
+            g = nesterov ? g + momentum * buffer : buffer;
+        }
+        new_param[i] = p - lr * g;
+    }
+}
+""")
+
 
 def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) -> int:
     """Dynamic shared memory of a persistent kernel: the block's W_h slice and its rows of h (forward) or dz
@@ -553,15 +608,16 @@ def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) 
 STEPWISE_KERNELS = ("lstm_forward_step", "lstm_backward_step")
 PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")
 TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
+OPTIM_KERNELS = ("adam_update", "sgd_update")
 SOURCES = {"stepwise": (_STEPWISE, STEPWISE_KERNELS), "persistent": (_PERSISTENT, PERSISTENT_KERNELS),
-           "tiled": (_TILED, TILED_KERNELS)}
+           "tiled": (_TILED, TILED_KERNELS), "optim": (_OPTIM, OPTIM_KERNELS)}
 
 
 def source(kind: str, dtype: str) -> str:
-    """The CUDA C++ source of the ``kind`` ("stepwise", "persistent" or "tiled") kernels for ``dtype`` ("float32" or
+    """The CUDA C++ source of the ``kind`` ("stepwise", "persistent", "tiled" or "optim") kernels for ``dtype`` ("float32" or
     "float64")."""
-    real, tanh = DTYPES[dtype]
-    return SOURCES[kind][0].substitute(real=real, tanh=tanh, suffix=dtype, max_threads=tiling.MAX_THREADS)
+    real, tanh, sqrt = DTYPES[dtype]
+    return SOURCES[kind][0].substitute(real=real, tanh=tanh, sqrt=sqrt, suffix=dtype, max_threads=tiling.MAX_THREADS)
 
 
 def kernel_name(kernel: str, dtype: str) -> str:
