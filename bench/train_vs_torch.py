@@ -44,6 +44,7 @@ class LstmxRunner:
                              eval_every=10**9, log_every=10**9)
         with lstmx.registry.use_update_impl(args.update_impl):
             self.trainer = Trainer(model, vocab, split, config, Path(args.out) / "lstmx", progress=False)
+        self.loss_impl = args.loss_impl
         self.sync = lambda: None
         if args.backend == "cupy":
             import cupy
@@ -51,7 +52,8 @@ class LstmxRunner:
             self.sync = cupy.cuda.Stream.null.synchronize
 
     def step(self) -> None:
-        self.trainer.train_step()
+        with lstmx.registry.use_loss_impl(self.loss_impl):
+            self.trainer.train_step()
         if len(self.trainer._pending) >= 100:  # what the trainer does at each log step: read the losses back
             self.trainer.take_losses()
 
@@ -155,6 +157,7 @@ def main() -> None:
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--update-impl", default="auto", help="lstmx optimizer update (auto, cupy-fused, generic)")
+    parser.add_argument("--loss-impl", default="auto", help="lstmx loss and gradient (auto, cupy-fused, generic)")
     parser.add_argument("--out", default="bench/results/train_vs_torch")
     args = parser.parse_args()
 

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--update-impl", default=None, choices=(registry.AUTO, *(i.name for i in registry.UPDATE_IMPLS)),
                      help="optimizer update implementation (default: the registry's choice, or "
                           f"${registry.UPDATE_ENVIRONMENT_VARIABLE})")
+    run.add_argument("--loss-impl", default=None, choices=(registry.AUTO, *(i.name for i in registry.LOSS_IMPLS)),
+                     help="implementation of the loss and its gradient (default: the registry's choice, or "
+                          f"${registry.LOSS_ENVIRONMENT_VARIABLE})")
     run.add_argument("--epochs", type=_flag_type("--epochs", POSITIVE, float), default=None,
                      help="train for this many passes over the training text instead of --steps; a number > 0")
     run.add_argument("--out", default="runs/default", help="folder for log.jsonl, loss.png and last.npz (default: runs/default)")
@@ -220,7 +223,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         given_train["steps"] = max(1, int(round(args.epochs * windows_per_epoch(len(split.train), batch_size, seq_len))))
     progress = not args.no_progress
-    with _layer_impl(args.impl, args.update_impl):
+    with _layer_impl(args.impl, args.update_impl, args.loss_impl):
         if resumed is not None:
             overrides = {k: v for k, v in given_train.items() if resumable(k)}
             for name, value in overrides.items():
@@ -299,13 +302,13 @@ def _prepare_out(out: Path, args: argparse.Namespace) -> None:
                       "or choose another --out")
 
 
-def _layer_impl(name: str | None, update: str | None = None) -> Any:
-    """The context a command runs in: the layer implementation and optimizer update it was asked for."""
+def _layer_impl(name: str | None, update: str | None = None, loss: str | None = None) -> Any:
+    """The context a command runs in: the layer, optimizer update and loss implementations it was asked for."""
     stack = contextlib.ExitStack()
-    if name:
-        stack.enter_context(registry.use_layer_impl(name))
-    if update:
-        stack.enter_context(registry.use_update_impl(update))
+    for chosen, use in ((name, registry.use_layer_impl), (update, registry.use_update_impl),
+                        (loss, registry.use_loss_impl)):
+        if chosen:
+            stack.enter_context(use(chosen))
     return stack
 
 

@@ -15,7 +15,6 @@ from . import init, registry
 from .backend import Backend, check_same_backend
 from .layers import (
     IGNORE_INDEX,
-    cross_entropy_backward,
     cross_entropy_forward,
     dropout_backward,
     dropout_forward,
@@ -294,22 +293,24 @@ class LanguageModel(Module):
         check_input: bool = True,
         impl: str | None = None,
         dropout_masks: Sequence[Any] | None = None,
+        loss_impl: str | None = None,
     ) -> LossOutput:
         """Mean cross-entropy per real target token (a 0-d array) and, when ``grads``, the gradients.
 
         ``targets`` (T, B) holds the next token of each input; entries equal to ``ignore_index``, and steps
         past ``lengths``, do not count. ``dropout_masks`` (from :meth:`draw_dropout_masks`, possibly sliced along
-        the batch) replaces the masks the forward would draw. Returns a :class:`LossOutput`
+        the batch) replaces the masks the forward would draw. ``loss_impl`` names the implementation of the loss
+        and its gradient (:func:`lstmx.registry.choose_loss`). Returns a :class:`LossOutput`
         ``(loss, grads, state, initial_state_grad)``.
         """
         step_mask = self._step_mask(inputs, lengths, check_input)
         if check_input:
             _check_targets(self.backend, targets, inputs.shape, self.vocab_size, ignore_index)
         with self._matmuls():
-            return self._loss(inputs, targets, state, step_mask, ignore_index, grads, impl, dropout_masks)
+            return self._loss(inputs, targets, state, step_mask, ignore_index, grads, impl, dropout_masks, loss_impl)
 
     def _loss(self, inputs: Any, targets: Any, state: State | None, step_mask: Any, ignore_index: int, grads: bool,
-              impl: str | None, dropout_masks: Sequence[Any] | None) -> LossOutput:
+              impl: str | None, dropout_masks: Sequence[Any] | None, loss_impl: str | None) -> LossOutput:
         logits, final, cache = self._forward(inputs, state, step_mask, impl, dropout_masks)
         xp = self.backend.xp
         flat_targets = xp.reshape(targets, (-1,))
@@ -317,10 +318,11 @@ class LanguageModel(Module):
             real = xp.reshape(step_mask, (-1,)) > 0
             flat_targets = xp.where(real, flat_targets, xp.full_like(flat_targets, ignore_index))
         flat_logits = xp.reshape(logits, (-1, self.vocab_size))
-        loss, loss_cache = cross_entropy_forward(self.backend, flat_logits, flat_targets, ignore_index)
         if not grads:
+            loss, _ = cross_entropy_forward(self.backend, flat_logits, flat_targets, ignore_index)
             return LossOutput(loss, None, final, None)
-        dlogits = cross_entropy_backward(self.backend, xp.ones_like(loss), loss_cache)
+        _, loss_and_gradient = registry.choose_loss(self.backend, loss_impl)
+        loss, dlogits = loss_and_gradient(self.backend, flat_logits, flat_targets, ignore_index)
         gradients, dstate0 = self._backward(xp.reshape(dlogits, logits.shape), cache, None)
         return LossOutput(loss, gradients, final, dstate0)
 

@@ -16,7 +16,8 @@ run a call (a masked batch for ``numpy``, say) the choice is made as for "auto".
 implementation up by that name (:func:`layer_impl`) and never decides again.
 
 The embedding gradient's scatter-add is chosen here too (:func:`choose_scatter_add`), and the optimizers' update
-(:func:`choose_update`: argument, context, ``LSTMX_UPDATE_IMPL``, then "auto", as for layers).
+(:func:`choose_update`: argument, context, ``LSTMX_UPDATE_IMPL``, then "auto", as for layers) and the language
+model's cross-entropy gradient (:func:`choose_loss`, ``LSTMX_LOSS_IMPL``).
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ ENVIRONMENT_VARIABLE = "LSTMX_LAYER_IMPL"
 AUTO = "auto"
 
 
-class LayerImplError(ValueError):
+class ImplError(ValueError):
     """An implementation was asked for that does not exist, cannot run this call, or cannot be imported here."""
+
+
+class LayerImplError(ImplError):
+    """... of an LSTM layer."""
 
 
 class LayerImpl(NamedTuple):
@@ -133,14 +138,20 @@ def use_layer_impl(name: str) -> Iterator[None]:
         _requested.reset(token)
 
 
-def requested_impl(impl: str | None = None) -> tuple[str, bool]:
+def _request(impl: str | None, context: contextvars.ContextVar[str | None], variable: str,
+             check: Callable[[str, str], str]) -> tuple[str, bool]:
     """What the caller asked for and whether it is binding: the argument, else the context (both binding),
-    else the environment (a default), else "auto"."""
+    else the environment variable (a default), else "auto". The same order for every choice made here."""
     if impl is not None:
-        return check_impl_name(impl), True
-    if _requested.get() is not None:
-        return _requested.get(), True
-    return check_impl_name(os.environ.get(ENVIRONMENT_VARIABLE, "") or AUTO, ENVIRONMENT_VARIABLE), False
+        return check(impl, "impl"), True
+    if context.get() is not None:
+        return context.get(), True
+    return check(os.environ.get(variable, "") or AUTO, variable), False
+
+
+def requested_impl(impl: str | None = None) -> tuple[str, bool]:
+    """The layer implementation asked for, and whether it is binding (:func:`_request`)."""
+    return _request(impl, _requested, ENVIRONMENT_VARIABLE, check_impl_name)
 
 
 def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | None = None,
@@ -212,8 +223,8 @@ def choose_scatter_add(backend: Backend, num_rows: int) -> tuple[str, Callable[.
 UPDATE_ENVIRONMENT_VARIABLE = "LSTMX_UPDATE_IMPL"
 
 
-class UpdateImplError(ValueError):
-    """An update implementation was asked for that does not exist or cannot run this optimizer here."""
+class UpdateImplError(ImplError):
+    """... of an optimizer update."""
 
 CUPY_FUSED_UPDATE_AUTO = False  # its kernels pass on the CPU emulator; not yet run on a GPU: by name only
 
@@ -271,13 +282,7 @@ def choose_update(backend: Backend, optimizer: type, impl: str | None = None) ->
     """``(name, function)`` of the update an optimizer of class ``optimizer`` runs on ``backend``: the ``impl``
     argument, else the :func:`use_update_impl` context (both binding), else ``LSTMX_UPDATE_IMPL`` (a default),
     else the first implementation marked ``auto`` that runs it."""
-    if impl is not None:
-        name, binding = check_update_name(impl), True
-    elif _requested_update.get() is not None:
-        name, binding = _requested_update.get(), True
-    else:
-        name = check_update_name(os.environ.get(UPDATE_ENVIRONMENT_VARIABLE, "") or AUTO, UPDATE_ENVIRONMENT_VARIABLE)
-        binding = False
+    name, binding = _request(impl, _requested_update, UPDATE_ENVIRONMENT_VARIABLE, check_update_name)
     if name != AUTO:
         function, reason = _UPDATES_BY_NAME[name].function(backend, optimizer)
         if function is not None:
@@ -294,3 +299,80 @@ def choose_update(backend: Backend, optimizer: type, impl: str | None = None) ->
 def available_update_impls(backend: Backend, optimizer: type) -> list[str]:
     """Every update implementation that runs ``optimizer`` on ``backend`` here (what the tests compare)."""
     return [impl.name for impl in UPDATE_IMPLS if impl.function(backend, optimizer)[0] is not None]
+
+
+# --- the language model's softmax cross-entropy with its gradient ------------------------------------------
+
+LOSS_ENVIRONMENT_VARIABLE = "LSTMX_LOSS_IMPL"
+
+
+class LossImplError(ImplError):
+    """... of the loss gradient."""
+CUPY_FUSED_LOSS_AUTO = False  # its kernel passes on the CPU emulator; not yet run on a GPU: by name only
+
+
+class LossImpl(NamedTuple):
+    """One implementation of ``cross_entropy_and_gradient(backend, logits, targets, ignore_index) -> (loss,
+    dlogits)`` (:mod:`lstmx.layers.loss`)."""
+
+    name: str
+    module: str
+    backends: tuple[str, ...] | None
+    auto: bool
+    summary: str
+
+    def refuses(self, backend: Backend) -> str | None:
+        if self.backends is not None and backend.name not in self.backends:
+            return f"runs on {', '.join(self.backends)}, not {backend.name}"
+        try:
+            importlib.import_module(self.module)
+        except ImportError as error:
+            return f"is not importable here ({error})"
+        return None
+
+    def function(self) -> Callable[..., Any]:
+        return importlib.import_module(self.module).cross_entropy_and_gradient
+
+
+LOSS_IMPLS: tuple[LossImpl, ...] = (
+    LossImpl("cupy-fused", "lstmx.kernels.cupy_loss", ("cupy",), CUPY_FUSED_LOSS_AUTO,
+             "CuPy: one kernel per batch for the loss terms and dL/dlogits (a block per row)"),
+    LossImpl("generic", "lstmx.layers.loss", None, True, "the Array API reference: log-softmax, then its gradient"),
+)
+_LOSSES_BY_NAME = {impl.name: impl for impl in LOSS_IMPLS}
+_requested_loss: contextvars.ContextVar[str | None] = contextvars.ContextVar("lstmx_loss_impl", default=None)
+
+
+def check_loss_name(name: str, argument: str = "impl") -> str:
+    if name != AUTO and name not in _LOSSES_BY_NAME:
+        raise LossImplError(f"{argument} must be one of {AUTO}, {', '.join(_LOSSES_BY_NAME)}; got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_loss_impl(name: str) -> Iterator[None]:
+    """Within the block, the language model's loss gradient runs ``name`` (or "auto") unless asked otherwise."""
+    token = _requested_loss.set(check_loss_name(name))
+    try:
+        yield
+    finally:
+        _requested_loss.reset(token)
+
+
+def choose_loss(backend: Backend, impl: str | None = None) -> tuple[str, Callable[..., Any]]:
+    """``(name, cross_entropy_and_gradient)`` for ``backend``, in the order of :func:`_request`."""
+    name, binding = _request(impl, _requested_loss, LOSS_ENVIRONMENT_VARIABLE, check_loss_name)
+    if name != AUTO:
+        reason = _LOSSES_BY_NAME[name].refuses(backend)
+        if reason is None:
+            return name, _LOSSES_BY_NAME[name].function()
+        if binding:
+            raise LossImplError(f"loss implementation {name!r} cannot run here: it {reason}")
+    for candidate in LOSS_IMPLS:
+        if candidate.auto and candidate.refuses(backend) is None:
+            return candidate.name, candidate.function()
+    raise LossImplError(f"no loss implementation runs on {backend.name}")  # generic always does
+
+
+def available_loss_impls(backend: Backend) -> list[str]:
+    return [impl.name for impl in LOSS_IMPLS if impl.refuses(backend) is None]

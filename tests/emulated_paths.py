@@ -199,3 +199,21 @@ def sgd_update(optimizer, xp, param, grad, state, lr, seed=0):
 
 
 UPDATES = {"SGD": sgd_update, "Adam": adam_update, "AdamW": adam_update}
+
+
+# --- the loss (cupy_loss) ----------------------------------------------------------------------------------------
+
+def cross_entropy_and_gradient(logits, targets, ignore_index=-100, threads=8, blocks=3, seed=0):
+    """As ``cupy_loss.cross_entropy_and_gradient``, with small blocks (the reduction and the grid-stride loop
+    run several rounds)."""
+    rows, classes = logits.shape
+    dtype = logits.dtype
+    count = guarded(np.maximum(np.sum(targets != ignore_index), 1).astype(dtype))
+    row_loss = guarded(np.full(rows, np.nan, dtype))
+    dlogits = guarded(np.full((rows, classes), np.nan, dtype))
+    if rows > 0:
+        kernels("loss", dtype.name).launch(
+            cuda_sources.kernel_name("softmax_cross_entropy", dtype.name), (min(rows, blocks),), (threads,),
+            (guarded(logits), guarded(targets, np.int64), count, row_loss, dlogits, np.int32(rows), np.int32(classes),
+             np.int64(ignore_index)), shared_mem=threads * dtype.itemsize, seed=seed)
+    return np.sum(row_loss) / count, np.asarray(dlogits)

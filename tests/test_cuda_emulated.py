@@ -155,6 +155,31 @@ def test_fused_optimizer_kernels_match_the_generic_updates(name, options, dtype,
             np.testing.assert_allclose(fused.state[key][slot], value, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-12), (np.float32, 2e-6)], ids=["float64", "float32"])
+@pytest.mark.parametrize("dominant", [False, True], ids=["spread", "dominant"])
+@pytest.mark.parametrize("rows,classes", [(7, 13), (1, 1), (5, 96), (0, 4), (3, 8)])
+def test_fused_cross_entropy_kernel_matches_the_generic_loss(rows, classes, dtype, tolerance, dominant):
+    from lstmx.layers.loss import cross_entropy_and_gradient
+
+    rng = np.random.default_rng(0)
+    logits = (3 * rng.standard_normal((rows, classes))).astype(dtype)
+    if dominant:  # exp() of the other classes underflows, and log(0) must not appear
+        logits[:, 0] += 40
+    targets = rng.integers(0, classes, size=rows)
+    targets[::3] = -100  # ignored entries, counted out of the mean
+    loss, dlogits = emulated_paths.cross_entropy_and_gradient(logits, targets)
+    expected_loss, expected_dlogits = cross_entropy_and_gradient(NUMPY, logits, targets)
+    assert dlogits.dtype == dtype and np.isfinite(loss)
+    np.testing.assert_allclose(loss, expected_loss, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(dlogits, expected_dlogits, rtol=tolerance, atol=tolerance)
+
+
+def test_fused_cross_entropy_gives_nan_for_a_target_outside_the_vocabulary():
+    logits = np.zeros((2, 4))
+    loss, dlogits = emulated_paths.cross_entropy_and_gradient(logits, np.array([1, 7]))
+    assert np.isnan(loss) and np.all(np.isnan(dlogits[1])) and np.all(np.isfinite(dlogits[0]))
+
+
 # --- the emulator can fail: bugs planted in a kernel source are caught ---------------------------------------
 
 def planted(kind: str, old: str, new: str):
@@ -214,3 +239,10 @@ def test_a_wrong_optimizer_kernel_is_caught(monkeypatch):
     monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
     with pytest.raises(AssertionError):
         test_fused_optimizer_kernels_match_the_generic_updates("adam", {}, np.float64, 1e-12)
+
+
+def test_a_missing_barrier_in_the_block_reduction_is_caught(monkeypatch):
+    broken = planted("loss", "        }\n        __syncthreads();\n    }\n    return scratch[0];", "        }\n    }\n    return scratch[0];")
+    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
+    with pytest.raises(AssertionError):
+        test_fused_cross_entropy_kernel_matches_the_generic_loss(7, 13, np.float64, 1e-12, dominant=False)

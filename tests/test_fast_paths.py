@@ -343,3 +343,44 @@ def test_a_cache_from_another_model_or_older_parameters_is_refused(backend, impl
     logits, _, lm_cache = language.forward(tokens, impl=impl.name)
     with pytest.raises(CacheMismatchError):
         LanguageModel(7, 5, 6, 2, backend=backend, seed=0).backward(logits, lm_cache)
+
+
+# --- the loss and its gradient (registry.LOSS_IMPLS) ---------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 2e-6), ("float64", 1e-12)])
+def test_every_loss_implementation_matches_the_generic_one(backend, dtype, tolerance):
+    """The list comes from the registry: each loss fast path here, through ``LanguageModel.loss`` with lengths
+    and ignored targets, against the generic one: the loss and every gradient."""
+    fast = [name for name in registry.available_loss_impls(backend) if name != "generic"]
+    if not fast:
+        pytest.skip(f"no loss fast path runs on {backend.name} here")
+    model = lstmx.LanguageModel(11, 4, 6, backend=backend, dtype=dtype, seed=0)
+    rng = np.random.default_rng(0)
+    inputs = backend.asarray(rng.integers(0, 11, size=(5, 3)))
+    targets_host = rng.integers(0, 11, size=(5, 3))
+    targets_host[0, 1] = -100
+    targets, lengths = backend.asarray(targets_host), backend.asarray(np.array([5, 2, 4]))
+    reference = model.loss(inputs, targets, lengths=lengths, loss_impl="generic")
+    for name in fast:
+        result = model.loss(inputs, targets, lengths=lengths, loss_impl=name)
+        np.testing.assert_allclose(to_numpy(result.loss), to_numpy(reference.loss), rtol=tolerance, atol=tolerance)
+        for key, value in reference.grads.items():
+            np.testing.assert_allclose(to_numpy(result.grads[key]), to_numpy(value), rtol=tolerance, atol=tolerance,
+                                       err_msg=f"{name} {key}")
+
+
+def test_loss_implementation_choice(backend, monkeypatch):
+    monkeypatch.delenv(registry.LOSS_ENVIRONMENT_VARIABLE, raising=False)
+    assert registry.choose_loss(backend, "generic")[0] == "generic"
+    with pytest.raises(registry.LossImplError, match="impl must be one of auto, cupy-fused, generic; got 'fast'"):
+        registry.choose_loss(backend, "fast")
+    if backend.name != "cupy":
+        with pytest.raises(registry.LossImplError, match=f"'cupy-fused' cannot run here: it runs on cupy, not {backend.name}"):
+            registry.choose_loss(backend, "cupy-fused")
+        with registry.use_loss_impl("cupy-fused"), pytest.raises(registry.LossImplError):
+            registry.choose_loss(backend)
+        monkeypatch.setenv(registry.LOSS_ENVIRONMENT_VARIABLE, "cupy-fused")  # a default: falls back here
+        assert registry.choose_loss(backend)[0] == "generic"
+    monkeypatch.setenv(registry.LOSS_ENVIRONMENT_VARIABLE, "nonsense")
+    with pytest.raises(registry.LossImplError, match="LSTMX_LOSS_IMPL must be one of"):
+        registry.choose_loss(backend)

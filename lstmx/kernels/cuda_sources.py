@@ -18,6 +18,8 @@ the same row of the (B, 4H) gate block.
   partial sums meet in shared memory. The tile shape is a launch argument (:mod:`lstmx.kernels.tiling`).
 - ``OPTIM``: one optimizer step (Adam/AdamW, SGD) for one parameter tensor per launch
   (:mod:`lstmx.kernels.cupy_optim`).
+- ``LOSS``: the softmax cross-entropy's per-row loss and its gradient, a block per row
+  (:mod:`lstmx.kernels.cupy_loss`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from string import Template
 from . import tiling
 
 # float32 and float64: the C type, its tanh, and the suffix of the kernels' names.
-DTYPES = {"float32": ("float", "tanhf", "sqrtf"), "float64": ("double", "tanh", "sqrt")}
+DTYPES = {"float32": ("float", "tanhf", "sqrtf", "expf", "logf"), "float64": ("double", "tanh", "sqrt", "exp", "log")}
 
 _STEPWISE = Template(r"""
 // gates[t] holds z = x_t W_x (+ h_{t-1} W_h, added by the GEMM before this kernel); bias is added here.
@@ -597,6 +599,68 @@ extern "C" __global__ void sgd_update_$suffix(
 }
 """)
 
+_LOSS = Template(r"""
+// Block-wide reduction of one value per thread through shared memory (blockDim.x a power of two); every thread
+// gets the result. scratch holds blockDim.x values; the leading barrier lets a previous use finish reading it.
+template <bool maximum>
+__device__ $real block_reduce($real value, $real* scratch)
+{
+    __syncthreads();
+    scratch[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) {
+            const $real other = scratch[threadIdx.x + half];
+            scratch[threadIdx.x] = maximum ? (other > scratch[threadIdx.x] ? other : scratch[threadIdx.x])
+                                           : scratch[threadIdx.x] + other;
+        }
+        __syncthreads();
+    }
+    return scratch[0];
+}
+
+// Softmax cross-entropy of each row of logits (rows, classes) with its target, a block per row (grid-stride):
+// row_loss[r] = logsumexp(x_r) − x_r[target] (0 where the target is ignore_index), and, unless dlogits is null,
+// dL/dlogits[r] = (softmax(x_r) − one_hot(target)) · real / count, count = *count_of_real (at least 1).
+// The log-sum-exp subtracts the row's maximum first (no overflow, no log(0)).
+extern "C" __global__ void softmax_cross_entropy_$suffix(
+    const $real* __restrict__ logits,         // (rows, classes)
+    const long long* __restrict__ targets,    // (rows,)
+    const $real* __restrict__ count_of_real,  // 0-d
+    $real* __restrict__ row_loss,             // (rows,)
+    $real* __restrict__ dlogits,              // (rows, classes) or nullptr
+    const int rows, const int classes, const long long ignore_index)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    $real* scratch = reinterpret_cast<$real*>(shared_bytes);  // (blockDim.x,)
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const $real* x = logits + (long long)r * classes;
+        $real largest = x[0];  // classes >= 1 (the wrapper checks)
+        for (int c = threadIdx.x; c < classes; c += blockDim.x) largest = x[c] > largest ? x[c] : largest;
+        largest = block_reduce<true>(largest, scratch);
+        $real sum = 0;
+        for (int c = threadIdx.x; c < classes; c += blockDim.x) sum += $exp(x[c] - largest);
+        const $real log_sum_exp = $log(block_reduce<false>(sum, scratch)) + largest;
+        const long long target = targets[r];
+        const bool real = target != ignore_index;
+        if (real && (target < 0 || target >= classes)) {  // a target outside the vocabulary: NaN, never a stray read
+            const $real nan = $sqrt(($real)-1);
+            if (threadIdx.x == 0) row_loss[r] = nan;
+            if (dlogits != nullptr)
+                for (int c = threadIdx.x; c < classes; c += blockDim.x) dlogits[(long long)r * classes + c] = nan;
+            continue;
+        }
+        if (threadIdx.x == 0) row_loss[r] = real ? log_sum_exp - x[target] : ($real)0;
+        if (dlogits != nullptr) {
+            const $real scale = real ? ($real)1 / *count_of_real : ($real)0;
+            $real* d = dlogits + (long long)r * classes;
+            for (int c = threadIdx.x; c < classes; c += blockDim.x)
+                d[c] = ($exp(x[c] - log_sum_exp) - (c == target ? ($real)1 : ($real)0)) * scale;
+        }
+    }
+}
+""")
+
 
 def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) -> int:
     """Dynamic shared memory of a persistent kernel: the block's W_h slice and its rows of h (forward) or dz
@@ -609,15 +673,18 @@ STEPWISE_KERNELS = ("lstm_forward_step", "lstm_backward_step")
 PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")
 TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
 OPTIM_KERNELS = ("adam_update", "sgd_update")
+LOSS_KERNELS = ("softmax_cross_entropy",)
 SOURCES = {"stepwise": (_STEPWISE, STEPWISE_KERNELS), "persistent": (_PERSISTENT, PERSISTENT_KERNELS),
-           "tiled": (_TILED, TILED_KERNELS), "optim": (_OPTIM, OPTIM_KERNELS)}
+           "tiled": (_TILED, TILED_KERNELS), "optim": (_OPTIM, OPTIM_KERNELS),
+           "loss": (_LOSS, LOSS_KERNELS)}
 
 
 def source(kind: str, dtype: str) -> str:
-    """The CUDA C++ source of the ``kind`` ("stepwise", "persistent", "tiled" or "optim") kernels for ``dtype`` ("float32" or
+    """The CUDA C++ source of the ``kind`` ("stepwise", "persistent", "tiled", "optim" or "loss") kernels for ``dtype`` ("float32" or
     "float64")."""
-    real, tanh, sqrt = DTYPES[dtype]
-    return SOURCES[kind][0].substitute(real=real, tanh=tanh, sqrt=sqrt, suffix=dtype, max_threads=tiling.MAX_THREADS)
+    real, tanh, sqrt, exp, log = DTYPES[dtype]
+    return SOURCES[kind][0].substitute(real=real, tanh=tanh, sqrt=sqrt, exp=exp, log=log, suffix=dtype,
+                                       max_threads=tiling.MAX_THREADS)
 
 
 def kernel_name(kernel: str, dtype: str) -> str:

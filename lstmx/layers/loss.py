@@ -47,3 +47,11 @@ def cross_entropy_backward(backend: Backend, dloss: Any, cache: CrossEntropyCach
     classes = xp.arange(log_probs.shape[-1], device=backend.device)
     one_hot = xp.astype(targets[:, None] == classes[None, :], log_probs.dtype)
     return (xp.exp(log_probs) - one_hot) * (real * (dloss / count))[:, None]
+
+
+def cross_entropy_and_gradient(backend: Backend, logits: Any, targets: Any,
+                               ignore_index: int = IGNORE_INDEX) -> tuple[Any, Any]:
+    """The loss of :func:`cross_entropy_forward` and dL/dlogits (dL/dloss = 1) in one call: the generic
+    implementation of what :mod:`lstmx.registry` (``LOSS_IMPLS``) may run fused."""
+    loss, cache = cross_entropy_forward(backend, logits, targets, ignore_index)
+    return loss, cross_entropy_backward(backend, backend.xp.ones_like(loss), cache)
