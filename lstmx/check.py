@@ -2,7 +2,8 @@
 
 Runs the float64 finite-difference check of the whole language model on every backend available here
 (NumPy always; CuPy when it and a GPU are present), the NumPy-vs-CuPy parity check in float32, and every layer
-implementation of :mod:`lstmx.registry` that runs here against the generic path in float32; prints a table
+implementation of :mod:`lstmx.registry` that runs here (layers, the loss, optimizer updates) against the
+generic path in float32; prints a table
 naming the implementation each backend runs by default, and returns a non-zero exit status when any check
 fails.
 """
@@ -41,7 +42,7 @@ def gradient_check(backend_name: str, tolerance: float) -> CheckResult:
 
 
 def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | None,
-                          impl: str | None = None) -> dict[str, np.ndarray]:
+                          impl: str | None = None, loss_impl: str | None = None) -> dict[str, np.ndarray]:
     """A float32 LanguageModel's loss, final h and every gradient (host copies) on fixed random tokens."""
     from .models import LanguageModel
 
@@ -49,7 +50,8 @@ def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | Non
     tokens, targets = rng.integers(0, 50, (20, 8)), rng.integers(0, 50, (20, 8))
     model = LanguageModel(50, 16, 32, 2, backend=backend_name, seed=seed)
     backend = model.backend
-    output = model.loss(backend.asarray(tokens), backend.asarray(targets), lengths=lengths, impl=impl)
+    output = model.loss(backend.asarray(tokens), backend.asarray(targets), lengths=lengths, impl=impl,
+                        loss_impl=loss_impl)
     host = {"loss": np.atleast_1d(to_numpy(output.loss)), "h": to_numpy(output.state[0])}
     host.update({name: to_numpy(grad) for name, grad in output.grads.items()})
     return host
@@ -82,6 +84,35 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
                 label = f"{impl.name} vs generic (float32{', lengths' if masked else ''})"
                 results.append(_agreement(label, backend_name, reference,
                                           _loss_state_and_grads(backend_name, seed, lengths, impl=impl.name)))
+        for loss_impl in registry.available_loss_impls(backend):
+            if loss_impl != "generic":
+                label = f"loss {loss_impl} vs generic (float32{', lengths' if masked else ''})"
+                results.append(_agreement(label, backend_name, reference, _loss_state_and_grads(
+                    backend_name, seed, lengths, impl="generic", loss_impl=loss_impl)))
+    return results + update_checks(backend_name, seed)
+
+
+def update_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
+    """Each optimizer-update fast path here against the generic update: three steps of every optimizer it
+    runs, from the same gradients, in float32."""
+    from .models import LanguageModel
+    from .optim import OPTIMIZERS, make_optimizer
+
+    backend = get_backend(backend_name)
+    results = []
+    for name, optimizer in OPTIMIZERS.items():
+        for impl in registry.available_update_impls(backend, optimizer):
+            if impl == "generic":
+                continue
+            rng = np.random.default_rng(seed)
+            models = [LanguageModel(50, 16, 32, backend=backend_name, seed=seed) for _ in range(2)]
+            runs = [make_optimizer(name, models[0], 1e-2, impl=impl), make_optimizer(name, models[1], 1e-2, impl="generic")]
+            for _ in range(3):
+                grads = {k: rng.standard_normal(p.shape) for k, p in models[0].params.items()}
+                for optimizer_run, model in zip(runs, models):
+                    optimizer_run.step({k: backend.asarray(g, dtype=model.dtype) for k, g in grads.items()})
+            results.append(_agreement(f"update {impl} vs generic ({name}, float32)", backend_name,
+                                      models[1].state_dict(), models[0].state_dict()))
     return results
 
 
