@@ -12,6 +12,8 @@ from lstmx import registry
 backend = lstmx.get_backend("cupy")
 import cupy  # noqa: E402
 
+from lstmx.kernels import cupy_layer  # noqa: E402
+
 module = registry.layer_impl("cupy-persistent").load()
 for batch, steps, features, hidden in [(16, 200, 128, 128), (64, 100, 256, 256), (32, 100, 64, 256)]:
     model = lstmx.LSTM(features, hidden, backend="cupy", seed=0)
@@ -50,11 +52,11 @@ for batch, steps, features, hidden in [(16, 200, 128, 128), (64, 100, 256, 256),
                 layer = cache.layers[0]
                 w, b = model.params["weight_l0"], model.params["bias_l0"]
                 h0 = cupy.zeros((batch, hidden), dtype=model.dtype)
-                buffers = module.forward_buffers(x, w, b, h0, h0, None, (steps, batch, features, hidden))
+                buffers = cupy_layer.forward_buffers(x, w, b, h0, h0, None, (steps, batch, features, hidden))
                 start.record()
                 module._launch("lstm_forward_persistent", "float32", batch, hidden,
                                (buffers.gates, w[features:], b, buffers.cells, buffers.hidden_states, buffers.tanh_c,
-                                buffers.y, module.NULL, np.int32(steps), np.int32(batch), np.int32(hidden)))
+                                buffers.y, cupy_layer.NULL, np.int32(steps), np.int32(batch), np.int32(hidden)))
                 end.record()
                 end.synchronize()
                 split["forward kernel"].append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
@@ -62,7 +64,7 @@ for batch, steps, features, hidden in [(16, 200, 128, 128), (64, 100, 256, 256),
                 dh, dc = cupy.zeros_like(h0), cupy.zeros_like(h0)
                 start.record()
                 module._launch("lstm_backward_persistent", "float32", batch, hidden,
-                               (dy, w[features:], layer.gates, layer.cells, layer.tanh_c, module.NULL, dz, dh, dc,
+                               (dy, w[features:], layer.gates, layer.cells, layer.tanh_c, cupy_layer.NULL, dz, dh, dc,
                                 np.int32(steps), np.int32(batch), np.int32(hidden)))
                 end.record()
                 end.synchronize()

@@ -118,40 +118,50 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
 _BY_NAME = {impl.name: impl for impl in LAYER_IMPLS}
 NAMES = tuple(_BY_NAME)
 
-_requested: contextvars.ContextVar[str | None] = contextvars.ContextVar("lstmx_layer_impl", default=None)
+class Requests:
+    """How callers ask for an implementation of one kind (layers, updates, losses), in one order for every kind:
+    the ``impl`` argument, else the innermost :meth:`use` context (both binding), else the environment variable
+    (a default, read at each choice), else "auto"."""
+
+    def __init__(self, kind: str, names: tuple[str, ...], variable: str, error: type[ImplError]) -> None:
+        self.names, self.variable, self.error = names, variable, error
+        self.context: contextvars.ContextVar[str | None] = contextvars.ContextVar(f"lstmx_{kind}_impl", default=None)
+
+    def check(self, name: str, argument: str = "impl") -> str:
+        """``name`` if it is "auto" or one of ``names``; a one-line error naming ``argument`` otherwise."""
+        if name != AUTO and name not in self.names:
+            raise self.error(f"{argument} must be one of {AUTO}, {', '.join(self.names)}; got {name!r}")
+        return name
+
+    @contextlib.contextmanager
+    def use(self, name: str) -> Iterator[None]:
+        token = self.context.set(self.check(name))
+        try:
+            yield
+        finally:
+            self.context.reset(token)
+
+    def request(self, impl: str | None) -> tuple[str, bool]:
+        """What the caller asked for and whether it is binding."""
+        if impl is not None:
+            return self.check(impl), True
+        if self.context.get() is not None:
+            return self.context.get(), True
+        return self.check(os.environ.get(self.variable, "") or AUTO, self.variable), False
 
 
-def check_impl_name(name: str, argument: str = "impl") -> str:
-    """``name`` if it is "auto" or a registered implementation; a one-line error naming ``argument`` otherwise."""
-    if name != AUTO and name not in _BY_NAME:
-        raise LayerImplError(f"{argument} must be one of {AUTO}, {', '.join(NAMES)}; got {name!r}")
-    return name
+LAYER_REQUESTS = Requests("layer", NAMES, ENVIRONMENT_VARIABLE, LayerImplError)
+check_impl_name = LAYER_REQUESTS.check
 
 
-@contextlib.contextmanager
-def use_layer_impl(name: str) -> Iterator[None]:
+def use_layer_impl(name: str) -> contextlib.AbstractContextManager[None]:
     """Within the block, layers run ``name`` (or "auto") unless a call passes ``impl=`` itself."""
-    token = _requested.set(check_impl_name(name))
-    try:
-        yield
-    finally:
-        _requested.reset(token)
-
-
-def _request(impl: str | None, context: contextvars.ContextVar[str | None], variable: str,
-             check: Callable[[str, str], str]) -> tuple[str, bool]:
-    """What the caller asked for and whether it is binding: the argument, else the context (both binding),
-    else the environment variable (a default), else "auto". The same order for every choice made here."""
-    if impl is not None:
-        return check(impl, "impl"), True
-    if context.get() is not None:
-        return context.get(), True
-    return check(os.environ.get(variable, "") or AUTO, variable), False
+    return LAYER_REQUESTS.use(name)
 
 
 def requested_impl(impl: str | None = None) -> tuple[str, bool]:
-    """The layer implementation asked for, and whether it is binding (:func:`_request`)."""
-    return _request(impl, _requested, ENVIRONMENT_VARIABLE, check_impl_name)
+    """The layer implementation asked for, and whether it is binding."""
+    return LAYER_REQUESTS.request(impl)
 
 
 def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | None = None,
@@ -259,30 +269,19 @@ UPDATE_IMPLS: tuple[UpdateImpl, ...] = (
     UpdateImpl("generic", "lstmx.optim", None, True, "the Array API reference (every optimizer and backend)"),
 )
 _UPDATES_BY_NAME = {impl.name: impl for impl in UPDATE_IMPLS}
-_requested_update: contextvars.ContextVar[str | None] = contextvars.ContextVar("lstmx_update_impl", default=None)
+UPDATE_REQUESTS = Requests("update", tuple(_UPDATES_BY_NAME), UPDATE_ENVIRONMENT_VARIABLE, UpdateImplError)
 
 
-def check_update_name(name: str, argument: str = "impl") -> str:
-    if name != AUTO and name not in _UPDATES_BY_NAME:
-        raise UpdateImplError(f"{argument} must be one of {AUTO}, {', '.join(_UPDATES_BY_NAME)}; got {name!r}")
-    return name
-
-
-@contextlib.contextmanager
-def use_update_impl(name: str) -> Iterator[None]:
+def use_update_impl(name: str) -> contextlib.AbstractContextManager[None]:
     """Optimizers made within the block use ``name`` (or "auto") unless given ``impl=`` themselves."""
-    token = _requested_update.set(check_update_name(name))
-    try:
-        yield
-    finally:
-        _requested_update.reset(token)
+    return UPDATE_REQUESTS.use(name)
 
 
 def choose_update(backend: Backend, optimizer: type, impl: str | None = None) -> tuple[str, Callable[..., Any]]:
     """``(name, function)`` of the update an optimizer of class ``optimizer`` runs on ``backend``: the ``impl``
     argument, else the :func:`use_update_impl` context (both binding), else ``LSTMX_UPDATE_IMPL`` (a default),
     else the first implementation marked ``auto`` that runs it."""
-    name, binding = _request(impl, _requested_update, UPDATE_ENVIRONMENT_VARIABLE, check_update_name)
+    name, binding = UPDATE_REQUESTS.request(impl)
     if name != AUTO:
         function, reason = _UPDATES_BY_NAME[name].function(backend, optimizer)
         if function is not None:
@@ -340,28 +339,17 @@ LOSS_IMPLS: tuple[LossImpl, ...] = (
     LossImpl("generic", "lstmx.layers.loss", None, True, "the Array API reference: log-softmax, then its gradient"),
 )
 _LOSSES_BY_NAME = {impl.name: impl for impl in LOSS_IMPLS}
-_requested_loss: contextvars.ContextVar[str | None] = contextvars.ContextVar("lstmx_loss_impl", default=None)
+LOSS_REQUESTS = Requests("loss", tuple(_LOSSES_BY_NAME), LOSS_ENVIRONMENT_VARIABLE, LossImplError)
 
 
-def check_loss_name(name: str, argument: str = "impl") -> str:
-    if name != AUTO and name not in _LOSSES_BY_NAME:
-        raise LossImplError(f"{argument} must be one of {AUTO}, {', '.join(_LOSSES_BY_NAME)}; got {name!r}")
-    return name
-
-
-@contextlib.contextmanager
-def use_loss_impl(name: str) -> Iterator[None]:
+def use_loss_impl(name: str) -> contextlib.AbstractContextManager[None]:
     """Within the block, the language model's loss gradient runs ``name`` (or "auto") unless asked otherwise."""
-    token = _requested_loss.set(check_loss_name(name))
-    try:
-        yield
-    finally:
-        _requested_loss.reset(token)
+    return LOSS_REQUESTS.use(name)
 
 
 def choose_loss(backend: Backend, impl: str | None = None) -> tuple[str, Callable[..., Any]]:
-    """``(name, cross_entropy_and_gradient)`` for ``backend``, in the order of :func:`_request`."""
-    name, binding = _request(impl, _requested_loss, LOSS_ENVIRONMENT_VARIABLE, check_loss_name)
+    """``(name, cross_entropy_and_gradient)`` for ``backend``, asked for as :class:`Requests` says."""
+    name, binding = LOSS_REQUESTS.request(impl)
     if name != AUTO:
         reason = _LOSSES_BY_NAME[name].refuses(backend)
         if reason is None:

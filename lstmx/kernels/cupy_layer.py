@@ -19,7 +19,7 @@ pool, which reuses device memory across calls.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import cupy
 import numpy as np
@@ -145,6 +145,38 @@ def parameter_gradients(cache: CupyLayerCache, dz: Any, weight: Any) -> tuple[An
     dbias = cupy.sum(dz_flat, axis=0)
     dx = cupy.reshape(dz_flat @ weight[:features].T, (steps, batch, features))
     return dx, dweight, dbias
+
+
+# One launch for a whole direction (the persistent paths): ``launch(kernel, dtype name, batch, hidden, args)``.
+Launch = Callable[[str, str, int, int, tuple], None]
+
+
+def one_launch_forward(launch: Launch, kernel: str, x: Any, weight: Any, bias: Any, h0: Any, c0: Any,
+                       step_mask: Any) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+    """A forward whose recurrence is one kernel launch taking (gates, W_h, bias, cells, hidden states, tanh(c),
+    y, step mask or null, steps, batch, hidden), after the shared input projection."""
+    dims = steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
+    b = forward_buffers(x, weight, bias, h0, c0, step_mask, dims)
+    if batch > 0:
+        launch(kernel, np.dtype(b.gates.dtype).name, batch, hidden,
+               (b.gates, b.weight[features:], b.bias, b.cells, b.hidden_states, b.tanh_c, b.y,
+                NULL if b.step_mask is None else b.step_mask, np.int32(steps), np.int32(batch), np.int32(hidden)))
+    return forward_outputs(b)
+
+
+def one_launch_backward(launch: Launch, kernel: str, dy: Any, dh_last: Any, dc_last: Any, weight: Any,
+                        cache: CupyLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any]:
+    """The mirror of :func:`one_launch_forward`: one launch taking (dy, W_h, gates, cells, tanh(c), step mask or
+    null, dz, dh, dc, steps, batch, hidden), then the shared weight-gradient GEMMs."""
+    dy, weight, dh, dc, dz = backward_buffers(dy, dh_last, dc_last, weight, cache)
+    steps, batch, features, hidden = cache.dims()
+    if batch > 0:
+        launch(kernel, np.dtype(dz.dtype).name, batch, hidden,
+               (dy, weight[features:], cache.gates, cache.cells, cache.tanh_c,
+                NULL if cache.step_mask is None else cache.step_mask, dz, dh, dc,
+                np.int32(steps), np.int32(batch), np.int32(hidden)))
+    dx, dweight, dbias = parameter_gradients(cache, dz, weight)
+    return dx, (dh, dc), dweight, dbias
 
 
 def lstm_layer_forward(

@@ -24,9 +24,8 @@ import numpy as np
 from cupy_backends.cuda.api import driver
 
 from ..backend import Backend
-from ..layers.lstm_layer import forward_dims
 from . import cuda_sources
-from .cupy_layer import NULL, CupyLayerCache, backward_buffers, forward_buffers, forward_outputs, parameter_gradients
+from .cupy_layer import CupyLayerCache, one_launch_backward, one_launch_forward
 
 ROWS = 4  # batch rows per block: blocks are (32 units, ROWS rows) = 128 threads (4 beat 2, 8 and 16 on an H100)
 MAX_HIDDEN = 256  # above this the stepwise path (cuBLAS per step) is faster: the dot products dominate
@@ -87,24 +86,10 @@ def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> No
 def lstm_layer_forward(
     backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
 ) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
-    dims = steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
-    b = forward_buffers(x, weight, bias, h0, c0, step_mask, dims)
-    if batch > 0:
-        _launch("lstm_forward_persistent", np.dtype(b.gates.dtype).name, batch, hidden,
-                (b.gates, b.weight[features:], b.bias, b.cells, b.hidden_states, b.tanh_c, b.y,
-                 NULL if b.step_mask is None else b.step_mask, np.int32(steps), np.int32(batch), np.int32(hidden)))
-    return forward_outputs(b)
+    return one_launch_forward(_launch, "lstm_forward_persistent", x, weight, bias, h0, c0, step_mask)
 
 
 def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
-    dy, weight, dh, dc, dz = backward_buffers(dy, dh_last, dc_last, weight, cache)
-    steps, batch, features, hidden = cache.dims()
-    if batch > 0:
-        _launch("lstm_backward_persistent", np.dtype(dz.dtype).name, batch, hidden,
-                (dy, weight[features:], cache.gates, cache.cells, cache.tanh_c,
-                 NULL if cache.step_mask is None else cache.step_mask, dz, dh, dc,
-                 np.int32(steps), np.int32(batch), np.int32(hidden)))
-    dx, dweight, dbias = parameter_gradients(cache, dz, weight)
-    return dx, (dh, dc), dweight, dbias
+    return one_launch_backward(_launch, "lstm_backward_persistent", dy, dh_last, dc_last, weight, cache)
