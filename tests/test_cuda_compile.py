@@ -82,6 +82,7 @@ def test_every_kernel_compiles(kind, dtype, architecture):
 
 def test_a_broken_kernel_is_reported_with_its_line():
     """The check can fail: a type error in the source is an NVRTC error naming the line."""
-    broken = cuda_sources.source("stepwise", "float32").replace("const float tc = tanhf(c);", "const float tc = tanhf(c, c);")
+    broken = cuda_sources.source("stepwise", "float32").replace("tc = tanhf(c)", "tc = tanhf(c, c)")
+    assert broken != cuda_sources.source("stepwise", "float32")
     status, log, _ = compile_source(broken, "broken", "sm_90")
     assert status != 0 and "broken.cu(" in log

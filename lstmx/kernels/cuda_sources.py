@@ -31,7 +31,53 @@ from . import tiling
 # float32 and float64: the C type, its tanh, and the suffix of the kernels' names.
 DTYPES = {"float32": ("float", "tanhf", "sqrtf", "expf", "logf"), "float64": ("double", "tanh", "sqrt", "exp", "log")}
 
-_STEPWISE = Template(r"""
+_CELL = r"""
+// The LSTM cell every kernel here computes for one unit of one row (the equations: lstmx.layers.cell).
+struct Gates {
+    $real i, f, g, o;  // pre-activations on the way into activate(), activations after
+};
+
+// σ(z) = ½·tanh(½z) + ½, as in the generic path.
+__device__ __forceinline__ Gates activate(const $real zi, const $real zf, const $real zg, const $real zo)
+{
+    const $real half = 0.5;
+    return Gates{half * $tanh(half * zi) + half, half * $tanh(half * zf) + half, $tanh(zg),
+                 half * $tanh(half * zo) + half};
+}
+
+struct CellOut {
+    $real tanh_c, y, h, c;  // tanh of the new cell value, the output, the carried state
+};
+
+// One step of the cell. With a step mask m (1 on a real step, 0 on padding) a padded row outputs 0 and carries
+// its state; without one (masked = false) h_prev is not read.
+__device__ __forceinline__ CellOut cell_forward(const Gates& a, const $real c_prev, const $real h_prev,
+                                                const bool masked, const $real m)
+{
+    const $real one = 1;
+    const $real c = a.f * c_prev + a.i * a.g, tc = $tanh(c), h = a.o * tc;
+    if (!masked) return CellOut{tc, h, h, c};
+    return CellOut{tc, m * h, m * h + (one - m) * h_prev, m * c + (one - m) * c_prev};
+}
+
+struct CellGrad {
+    $real dz_i, dz_f, dz_g, dz_o, dc_prev;  // dL/d(pre-activations) and dL/dc_{t-1}
+};
+
+// The mirror of cell_forward: from dy_t and dL/dh_t, dL/dc_t arriving from step t + 1, with σ' and tanh' from
+// the stored outputs (a: activated gates, tc: tanh(c_t)). m = 1 without a mask.
+__device__ __forceinline__ CellGrad cell_backward(const Gates& a, const $real tc, const $real c_prev, const $real dy,
+                                                  const $real dh_next, const $real dc_next, const $real m)
+{
+    const $real one = 1;
+    const $real dh_t = m * (dy + dh_next);
+    const $real dc_t = m * dc_next + dh_t * a.o * (one - tc * tc);
+    return CellGrad{dc_t * a.g * a.i * (one - a.i), dc_t * c_prev * a.f * (one - a.f), dc_t * a.i * (one - a.g * a.g),
+                    dh_t * tc * a.o * (one - a.o), dc_t * a.f + (one - m) * dc_next};
+}
+"""
+
+_STEPWISE = Template(_CELL + r"""
 // gates[t] holds z = x_t W_x (+ h_{t-1} W_h, added by the GEMM before this kernel); bias is added here.
 // Writes the activated gates i, f, g, o over z, the carried cell and hidden state of step t + 1, tanh(c'_t)
 // and the output y_t. With a step mask m (one value per row), padded rows keep their state and output 0.
@@ -50,27 +96,14 @@ extern "C" __global__ void lstm_forward_step_$suffix(
     if (n >= count) return;
     const long long b = n / hidden, j = n - b * hidden;
     $real* z = gates + ((long long)t * batch + b) * 4 * hidden;
-    const $real half = 0.5, one = 1;
-    // σ(z) = ½·tanh(½z) + ½, as in the generic path
-    const $real i = half * $tanh(half * (z[j] + bias[j])) + half;
-    const $real f = half * $tanh(half * (z[hidden + j] + bias[hidden + j])) + half;
-    const $real g = $tanh(z[2 * hidden + j] + bias[2 * hidden + j]);
-    const $real o = half * $tanh(half * (z[3 * hidden + j] + bias[3 * hidden + j])) + half;
-    z[j] = i; z[hidden + j] = f; z[2 * hidden + j] = g; z[3 * hidden + j] = o;
+    const Gates a = activate(z[j] + bias[j], z[hidden + j] + bias[hidden + j], z[2 * hidden + j] + bias[2 * hidden + j],
+                             z[3 * hidden + j] + bias[3 * hidden + j]);
+    z[j] = a.i; z[hidden + j] = a.f; z[2 * hidden + j] = a.g; z[3 * hidden + j] = a.o;
     const long long now = (long long)t * count + n, next = now + count;
-    const $real c_prev = cells[now];
-    const $real c = f * c_prev + i * g;
-    const $real tc = $tanh(c);
-    const $real h = o * tc;
-    tanh_c[now] = tc;
-    if (step_mask == nullptr) {
-        y[now] = h; hidden_states[next] = h; cells[next] = c;
-    } else {
-        const $real m = step_mask[(long long)t * batch + b];
-        y[now] = m * h;
-        hidden_states[next] = m * h + (one - m) * hidden_states[now];
-        cells[next] = m * c + (one - m) * c_prev;
-    }
+    const bool masked = step_mask != nullptr;
+    const CellOut out = cell_forward(a, cells[now], masked ? hidden_states[now] : ($real)0, masked,
+                                     masked ? step_mask[(long long)t * batch + b] : ($real)1);
+    tanh_c[now] = out.tanh_c; y[now] = out.y; hidden_states[next] = out.h; cells[next] = out.c;
 }
 
 // Mirror of the forward step. On entry dh, dc hold dL/dh_t and dL/dc_t arriving from step t + 1; dy_t is added
@@ -97,21 +130,15 @@ extern "C" __global__ void lstm_backward_step_$suffix(
     const $real one = 1;
     const $real m = step_mask == nullptr ? one : step_mask[(long long)t * batch + b];
     const $real dh_next = dh[n], dc_next = dc[n];
-    const $real dh_t = m * (dy[now] + dh_next);
-    const $real i = gates[row + j], f = gates[row + hidden + j];
-    const $real g = gates[row + 2 * hidden + j], o = gates[row + 3 * hidden + j];
-    const $real tc = tanh_c[now];
-    const $real dc_t = m * dc_next + dh_t * o * (one - tc * tc);
-    dz[row + j] = dc_t * g * i * (one - i);
-    dz[row + hidden + j] = dc_t * cells[now] * f * (one - f);
-    dz[row + 2 * hidden + j] = dc_t * i * (one - g * g);
-    dz[row + 3 * hidden + j] = dh_t * tc * o * (one - o);
-    dc[n] = dc_t * f + (one - m) * dc_next;
+    const Gates a{gates[row + j], gates[row + hidden + j], gates[row + 2 * hidden + j], gates[row + 3 * hidden + j]};
+    const CellGrad d = cell_backward(a, tanh_c[now], cells[now], dy[now], dh_next, dc_next, m);
+    dz[row + j] = d.dz_i; dz[row + hidden + j] = d.dz_f; dz[row + 2 * hidden + j] = d.dz_g; dz[row + 3 * hidden + j] = d.dz_o;
+    dc[n] = d.dc_prev;
     if (step_mask != nullptr) dh[n] = (one - m) * dh_next;
 }
 """)
 
-_PERSISTENT = Template(r"""
+_PERSISTENT = Template(_CELL + r"""
 #include <cooperative_groups.h>
 namespace cg = cooperative_groups;
 
@@ -165,7 +192,7 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
         const long long k = e >> 7;
         w_s[e] = j0 + l < hidden ? w_hidden[k * four + g * hidden + j0 + l] : ($real)0;
     }
-    const $real half = 0.5, one = 1;
+    const $real one = 1;
     $real c = 0, bias_i = 0, bias_f = 0, bias_g = 0, bias_o = 0;
     if (active) {
         c = cells[n];
@@ -202,20 +229,12 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
                 const $real hk = h[k];
                 zi += hk * w[0]; zf += hk * w[32]; zg += hk * w[64]; zo += hk * w[96];
             }
-            zi += zi2; zf += zf2; zg += zg2; zo += zo2;
-            const $real i = half * $tanh(half * zi) + half, f = half * $tanh(half * zf) + half;
-            const $real g = $tanh(zg), o = half * $tanh(half * zo) + half;
-            z[j] = i; z[hidden + j] = f; z[2 * hidden + j] = g; z[3 * hidden + j] = o;
+            const Gates a = activate(zi + zi2, zf + zf2, zg + zg2, zo + zo2);
+            z[j] = a.i; z[hidden + j] = a.f; z[2 * hidden + j] = a.g; z[3 * hidden + j] = a.o;
             const long long now = t * count + n, next = now + count;
-            const $real c_new = f * c + i * g, tc = $tanh(c_new), h_new = o * tc;
-            tanh_c[now] = tc;
-            if (step_mask == nullptr) {
-                y[now] = h_new; hidden_states[next] = h_new; c = c_new;
-            } else {
-                y[now] = m * h_new;
-                hidden_states[next] = m * h_new + (one - m) * h_s[row * hidden + j];
-                c = m * c_new + (one - m) * c;
-            }
+            const bool masked = step_mask != nullptr;
+            const CellOut out = cell_forward(a, c, masked ? h_s[row * hidden + j] : ($real)0, masked, m);
+            tanh_c[now] = out.tanh_c; y[now] = out.y; hidden_states[next] = out.h; c = out.c;
             cells[next] = c;
             if (t + 1 < steps) {  // prefetch the next step's input projection and mask
                 const $real* z_next = z + (long long)batch * four;
@@ -275,13 +294,10 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
         const $real m_t = m;
         if (active) {
             const long long row_start = ((long long)t * batch + b) * four;
-            const $real dh_t = m * (dy_t + dh_in);
-            const $real dc_t = m * dc_in + dh_t * o * (one - tc * tc);
-            dz[row_start + j] = dc_t * g * i * (one - i);
-            dz[row_start + hidden + j] = dc_t * c_prev * f * (one - f);
-            dz[row_start + 2 * hidden + j] = dc_t * i * (one - g * g);
-            dz[row_start + 3 * hidden + j] = dh_t * tc * o * (one - o);
-            dc_in = dc_t * f + (one - m) * dc_in;
+            const CellGrad d = cell_backward(Gates{i, f, g, o}, tc, c_prev, dy_t, dh_in, dc_in, m);
+            dz[row_start + j] = d.dz_i; dz[row_start + hidden + j] = d.dz_f;
+            dz[row_start + 2 * hidden + j] = d.dz_g; dz[row_start + 3 * hidden + j] = d.dz_o;
+            dc_in = d.dc_prev;
             if (t > 0) load_step(t - 1);
         }
         grid.sync();  // dz_t of every unit is written before any block stages its rows
@@ -307,7 +323,7 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
 }
 """)
 
-_TILED = Template(r"""
+_TILED = Template(_CELL + r"""
 #include <cooperative_groups.h>
 namespace cg = cooperative_groups;
 
@@ -398,7 +414,7 @@ extern "C" __global__ void __launch_bounds__($max_threads) lstm_forward_tiled_$s
         const long long k = (e >> 2) / p.units;
         w_s[e] = k < hidden && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit] : ($real)0;
     }
-    const $real half = 0.5, one = 1;
+    const $real one = 1;
     $real c = 0, b_i = 0, b_f = 0, b_g = 0, b_o = 0;
     if (p.active) {
         c = cells[p.n];
@@ -447,18 +463,10 @@ extern "C" __global__ void __launch_bounds__($max_threads) lstm_forward_tiled_$s
                 load4(part + (((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit) * 4, sum);
                 zi += sum[0]; zf += sum[1]; zg += sum[2]; zo += sum[3];
             }
-            const $real i = half * $tanh(half * zi) + half, f = half * $tanh(half * zf) + half;
-            const $real g = $tanh(zg), o = half * $tanh(half * zo) + half;
-            z[p.j] = i; z[hidden + p.j] = f; z[2 * hidden + p.j] = g; z[3 * hidden + p.j] = o;
-            const $real c_new = f * c + i * g, tc = $tanh(c_new), h_new = o * tc;
-            tanh_c[now] = tc;
-            if (step_mask == nullptr) {
-                y[now] = h_new; hidden_states[next] = h_new; c = c_new;
-            } else {
-                y[now] = m * h_new;
-                hidden_states[next] = m * h_new + (one - m) * h_old;
-                c = m * c_new + (one - m) * c;
-            }
+            const Gates a = activate(zi, zf, zg, zo);
+            z[p.j] = a.i; z[hidden + p.j] = a.f; z[2 * hidden + p.j] = a.g; z[3 * hidden + p.j] = a.o;
+            const CellOut out = cell_forward(a, c, h_old, step_mask != nullptr, m);
+            tanh_c[now] = out.tanh_c; y[now] = out.y; hidden_states[next] = out.h; c = out.c;
             cells[next] = c;
         }
         grid.sync();  // h_{t+1} of every cell is written (and part read) before the next step
@@ -502,16 +510,12 @@ extern "C" __global__ void __launch_bounds__($max_threads) lstm_backward_tiled_$
         if (p.active) {
             const long long now = t * p.count + p.n, row_start = ((long long)t * batch + p.b) * p.four;
             if (step_mask != nullptr) m = step_mask[(long long)t * batch + p.b];
-            const $real i = gates[row_start + p.j], f = gates[row_start + hidden + p.j];
-            const $real g = gates[row_start + 2 * hidden + p.j], o = gates[row_start + 3 * hidden + p.j];
-            const $real tc = tanh_c[now];
-            const $real dh_t = m * (dy[now] + dh_in);
-            const $real dc_t = m * dc_in + dh_t * o * (one - tc * tc);
-            dz[row_start + p.j] = dc_t * g * i * (one - i);
-            dz[row_start + hidden + p.j] = dc_t * cells[now] * f * (one - f);
-            dz[row_start + 2 * hidden + p.j] = dc_t * i * (one - g * g);
-            dz[row_start + 3 * hidden + p.j] = dh_t * tc * o * (one - o);
-            dc_in = dc_t * f + (one - m) * dc_in;
+            const Gates a{gates[row_start + p.j], gates[row_start + hidden + p.j], gates[row_start + 2 * hidden + p.j],
+                          gates[row_start + 3 * hidden + p.j]};
+            const CellGrad d = cell_backward(a, tanh_c[now], cells[now], dy[now], dh_in, dc_in, m);
+            dz[row_start + p.j] = d.dz_i; dz[row_start + hidden + p.j] = d.dz_f;
+            dz[row_start + 2 * hidden + p.j] = d.dz_g; dz[row_start + 3 * hidden + p.j] = d.dz_o;
+            dc_in = d.dc_prev;
         }
         grid.sync();  // dz_t of every cell is written before any block stages its rows
         const $real* dz_now = dz + (long long)t * batch * p.four;
