@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import re
 import site
 
 import pytest
@@ -49,11 +50,12 @@ pytestmark = pytest.mark.skipif(
            "nvidia-cuda-cccl-cu12, all in the dev extra)")
 
 
-def compile_source(source: str, name: str, architecture: str) -> tuple[int, str, bytes]:
-    """``(status, log, ptx)`` of compiling ``source`` with NVRTC for ``architecture``."""
+def compile_source(source: str, name: str, architecture: str, *extra: str) -> tuple[int, str, bytes]:
+    """``(status, log, ptx)`` of compiling ``source`` with NVRTC for ``architecture`` (``extra``: more options)."""
     program = ctypes.c_void_p()
     assert NVRTC.nvrtcCreateProgram(ctypes.byref(program), source.encode(), f"{name}.cu".encode(), 0, None, None) == 0
-    options = [f"--gpu-architecture={architecture}".encode(), b"--std=c++17", *(f"-I{i}".encode() for i in INCLUDES)]
+    options = [f"--gpu-architecture={architecture}".encode(), b"--std=c++17", *(f"-I{i}".encode() for i in INCLUDES),
+               *(option.encode() for option in extra)]
     array = (ctypes.c_char_p * len(options))(*options)
     status = NVRTC.nvrtcCompileProgram(program, len(options), array)
     size = ctypes.c_size_t()
@@ -86,3 +88,19 @@ def test_a_broken_kernel_is_reported_with_its_line():
     assert broken != cuda_sources.source("stepwise", "float32")
     status, log, _ = compile_source(broken, "broken", "sm_90")
     assert status != 0 and "broken.cu(" in log
+
+
+@pytest.mark.parametrize("dtype", sorted(cuda_sources.DTYPES))
+@pytest.mark.parametrize("kind", sorted(cuda_sources.SOURCES))
+def test_no_kernel_spills_registers_on_sm_90(kind, dtype):
+    """ptxas (run by NVRTC for a real architecture) reports each kernel's registers and local-memory spills:
+    none may spill (a spill turns register traffic into memory traffic inside the time-step loop)."""
+    status, log, _ = compile_source(cuda_sources.source(kind, dtype), f"lstmx_{kind}_{dtype}", "sm_90",
+                                    "--ptxas-options=-v")
+    assert status == 0, log
+    kernels = re.findall(r"Compiling entry function '(\w+)'", log)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    registers = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
+    assert len(kernels) == len(spills) == len(registers) == len(cuda_sources.SOURCES[kind][1]), log
+    for kernel, (stores, loads), count in zip(kernels, spills, registers):
+        assert (stores, loads) == ("0", "0"), f"{kernel} spills {stores} bytes ({count} registers)"

@@ -391,7 +391,7 @@ __device__ __forceinline__ void stage_rows($real* staged, const $real* source, c
 // memory for the whole launch; each step the block stages its rows of h_{t-1} (in chunks of `chunk` columns,
 // a multiple of 4) and each thread accumulates a 4 rows × 4 gates tile of z over its share of k, two vector loads
 // per 16 FMAs. gates holds x_t W_x on entry and the activated gates on return, as in the other paths.
-extern "C" __global__ void __launch_bounds__($max_threads) lstm_forward_tiled_$suffix(
+extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled_$suffix(
     $real* __restrict__ gates,            // (T, B, 4H)
     const $real* __restrict__ w_hidden,   // (H, 4H)
     const $real* __restrict__ bias,       // (4H,)
@@ -478,7 +478,7 @@ extern "C" __global__ void __launch_bounds__($max_threads) lstm_forward_tiled_$s
 // dz_t in chunks of `chunk` columns (a multiple of 4) and each thread accumulates dL/dh_{t-1} = dz_t W_hᵀ for
 // 4 rows of its unit over its share of the 4H columns; the block's rows of W_h (its units, every column) stay
 // in shared memory. dh, dc hold dL/dh_T, dL/dc_T on entry and dL/dh_0, dL/dc_0 on return.
-extern "C" __global__ void __launch_bounds__($max_threads) lstm_backward_tiled_$suffix(
+extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_backward_tiled_$suffix(
     const $real* __restrict__ dy,          // (T, B, H)
     const $real* __restrict__ w_hidden,    // (H, 4H)
     const $real* __restrict__ gates,       // (T, B, 4H) activated
