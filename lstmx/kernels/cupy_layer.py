@@ -54,6 +54,17 @@ def _kernel(kernel: str, dtype: str) -> cupy.RawKernel:
     return cupy.RawKernel(cuda_sources.source("stepwise", dtype), cuda_sources.kernel_name(kernel, dtype))
 
 
+def device_attribute(name: str, device: int | None = None) -> int:
+    """An attribute (``cudaDeviceGetAttribute`` names, e.g. "MultiProcessorCount") of ``device`` (default: the
+    current one)."""
+    return _device_attributes(cupy.cuda.Device().id if device is None else device)[name]
+
+
+@functools.cache
+def _device_attributes(device: int) -> dict[str, int]:
+    return cupy.cuda.Device(device).attributes  # queries every attribute: once per device
+
+
 class _Gemm:
     """Row-major ``C = op(A) @ op(B) + beta·C`` on raw device pointers through cuBLAS (column-major inside:
     a row-major matrix is its own transpose in column-major, so cuBLAS computes Cᵀ = op(B)ᵀ op(A)ᵀ)."""

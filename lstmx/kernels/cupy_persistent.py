@@ -25,7 +25,7 @@ from cupy_backends.cuda.api import driver
 
 from ..backend import Backend
 from . import cuda_sources
-from .cupy_layer import CupyLayerCache, one_launch_backward, one_launch_forward
+from .cupy_layer import CupyLayerCache, device_attribute, one_launch_backward, one_launch_forward
 
 ROWS = 4  # batch rows per block: blocks are (32 units, ROWS rows) = 128 threads (4 beat 2, 8 and 16 on an H100)
 MAX_HIDDEN = 256  # above this the stepwise path (cuBLAS per step) is faster: the dot products dominate
@@ -40,7 +40,7 @@ def _kernel(kernel: str, dtype: str) -> cupy.RawKernel:
 
 
 def _shared_limit() -> int:
-    return cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
+    return device_attribute("MaxSharedMemoryPerBlockOptin")
 
 
 def _grid(batch: int, hidden: int) -> tuple[int, int]:
@@ -54,7 +54,7 @@ def _shared_bytes(kernel: str, hidden: int, dtype: str) -> int:
 @functools.cache
 def _resident_blocks(dtype: str, hidden: int, device: int) -> int:
     """How many blocks of either persistent kernel for this hidden size fit on the device at once."""
-    sms = cupy.cuda.Device(device).attributes["MultiProcessorCount"]
+    sms = device_attribute("MultiProcessorCount", device)
     return sms * min(driver.occupancyMaxActiveBlocksPerMultiprocessor(
         _kernel(kernel, dtype).kernel.ptr, 32 * ROWS, _shared_bytes(kernel, hidden, dtype))
         for kernel in cuda_sources.PERSISTENT_KERNELS)

@@ -25,7 +25,7 @@ from cupy_backends.cuda.api import driver
 
 from ..backend import Backend
 from . import cuda_sources, tiling
-from .cupy_layer import CupyLayerCache, one_launch_backward, one_launch_forward
+from .cupy_layer import CupyLayerCache, device_attribute, one_launch_backward, one_launch_forward
 
 _chosen_shape: contextvars.ContextVar[tiling.TileShape | None] = contextvars.ContextVar("lstmx_tile_shape",
                                                                                          default=None)
@@ -48,17 +48,13 @@ def use_tile_shape(shape: tiling.TileShape) -> Iterator[None]:
 def _kernel(kernel: str, dtype: str) -> cupy.RawKernel:
     compiled = cupy.RawKernel(cuda_sources.source("tiled", dtype), cuda_sources.kernel_name(kernel, dtype),
                               options=("--std=c++17",), enable_cooperative_groups=True)
-    compiled.max_dynamic_shared_size_bytes = _device_attribute("MaxSharedMemoryPerBlockOptin")
+    compiled.max_dynamic_shared_size_bytes = device_attribute("MaxSharedMemoryPerBlockOptin")
     return compiled
-
-
-def _device_attribute(name: str) -> int:
-    return cupy.cuda.Device().attributes[name]
 
 
 @functools.cache
 def _resident_blocks(kernel: str, dtype: str, threads: int, shared: int, device: int) -> int:
-    sms = cupy.cuda.Device(device).attributes["MultiProcessorCount"]
+    sms = device_attribute("MultiProcessorCount", device)
     return sms * driver.occupancyMaxActiveBlocksPerMultiprocessor(_kernel(kernel, dtype).kernel.ptr, threads, shared)
 
 
@@ -67,8 +63,8 @@ def _shape_for(batch: int, hidden: int, dtype: str) -> tiling.TileShape | None:
     if chosen is not None:
         return chosen
     return tiling.choose_tile_shape(batch, hidden, np.dtype(dtype).itemsize,
-                                    _device_attribute("MaxSharedMemoryPerBlockOptin"),
-                                    _device_attribute("MultiProcessorCount"))
+                                    device_attribute("MaxSharedMemoryPerBlockOptin"),
+                                    device_attribute("MultiProcessorCount"))
 
 
 def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
@@ -78,7 +74,7 @@ def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
     if shape is None:
         return f"has no tile shape for batch {batch} × hidden {hidden} in {dtype} that fits this GPU"
     itemsize = np.dtype(dtype).itemsize
-    limit = _device_attribute("MaxSharedMemoryPerBlockOptin")
+    limit = device_attribute("MaxSharedMemoryPerBlockOptin")
     blocks = int(np.prod(shape.grid(batch, hidden)))
     for kernel in cuda_sources.TILED_KERNELS:
         shared = tiling.shared_bytes(kernel, shape, hidden, itemsize)

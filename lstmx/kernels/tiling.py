@@ -8,6 +8,7 @@ the staged rows of h (forward) or dz (backward) pass through shared memory ``chu
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import NamedTuple
 
@@ -100,6 +101,7 @@ def fitted_shape(units: int, rows: int, splits: int, hidden: int, itemsize: int,
     return TileShape(units, rows, splits, forward_chunk, backward_chunk)
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of its integers, asked for at every launch
 def choose_tile_shape(batch: int, hidden: int, itemsize: int, shared_limit: int, max_blocks: int) -> TileShape | None:
     """The cheapest shape (by :func:`step_cost`) whose grid has at most ``max_blocks`` blocks and whose blocks fit
     in ``shared_limit`` bytes of shared memory; None when no shape does."""
