@@ -223,7 +223,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         given_train["steps"] = max(1, int(round(args.epochs * windows_per_epoch(len(split.train), batch_size, seq_len))))
     progress = not args.no_progress
-    with _layer_impl(args.impl, args.update_impl, args.loss_impl):
+    with _implementations(args.impl, args.update_impl, args.loss_impl):
         if resumed is not None:
             overrides = {k: v for k, v in given_train.items() if resumable(k)}
             for name, value in overrides.items():
@@ -302,7 +302,7 @@ def _prepare_out(out: Path, args: argparse.Namespace) -> None:
                       "or choose another --out")
 
 
-def _layer_impl(name: str | None, update: str | None = None, loss: str | None = None) -> Any:
+def _implementations(name: str | None, update: str | None = None, loss: str | None = None) -> Any:
     """The context a command runs in: the layer, optimizer update and loss implementations it was asked for."""
     stack = contextlib.ExitStack()
     for chosen, use in ((name, registry.use_layer_impl), (update, registry.use_update_impl),
@@ -334,7 +334,7 @@ def run_sample(args: argparse.Namespace) -> int:
     model, vocab = load_model(args.checkpoint, args.backend)
     if vocab is None or not hasattr(model, "vocab_size"):
         raise CheckpointError(f"{args.checkpoint} holds no language model with a vocabulary; nothing to sample")
-    with _layer_impl(args.impl):
+    with _implementations(args.impl):
         text = sample(model, vocab, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
                       greedy=args.greedy, seed=args.seed)
     joiner = vocab.separator if args.prime and text and not args.prime.endswith((" ", "\n")) else ""

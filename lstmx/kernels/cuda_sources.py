@@ -1,8 +1,8 @@
 """CUDA C++ sources of the CuPy layer paths, one variant per dtype.
 
 Plain strings (no CuPy import), so the offline test compiles every variant with NVRTC on a machine without a
-GPU (``tests/test_cuda_compile.py``). :mod:`lstmx.kernels.cupy_layer` and :mod:`lstmx.kernels.cupy_persistent`
-compile the same strings through CuPy.
+GPU (``tests/test_cuda_compile.py``), and g++ builds them for the CPU emulator that runs them in the tests
+(``tests/cuda_emulator.h``). The CuPy modules of :mod:`lstmx.kernels` compile the same strings through CuPy.
 
 Every kernel works on C-contiguous buffers laid out time-major; the four gate values of a unit are read from
 the same row of the (B, 4H) gate block.
@@ -28,7 +28,7 @@ from string import Template
 
 from . import tiling
 
-# float32 and float64: the C type, its tanh, and the suffix of the kernels' names.
+# float32 and float64 (also the suffix of the kernels' names): the C type and its tanh, sqrt, exp and log.
 DTYPES = {"float32": ("float", "tanhf", "sqrtf", "expf", "logf"), "float64": ("double", "tanh", "sqrt", "exp", "log")}
 
 _CELL = r"""
@@ -624,7 +624,7 @@ __device__ $real block_reduce($real value, $real* scratch)
 }
 
 // Softmax cross-entropy of each row of logits (rows, classes) with its target, a block per row (grid-stride):
-// row_loss[r] = logsumexp(x_r) − x_r[target] (0 where the target is ignore_index), and, unless dlogits is null,
+// row_loss[r] = logsumexp(x_r) − x_r[target] (0 where the target is ignore_index), and
 // dL/dlogits[r] = (softmax(x_r) − one_hot(target)) · real / count, count = *count_of_real (at least 1).
 // The log-sum-exp subtracts the row's maximum first (no overflow, no log(0)).
 extern "C" __global__ void softmax_cross_entropy_$suffix(
@@ -632,7 +632,7 @@ extern "C" __global__ void softmax_cross_entropy_$suffix(
     const long long* __restrict__ targets,    // (rows,)
     const $real* __restrict__ count_of_real,  // 0-d
     $real* __restrict__ row_loss,             // (rows,)
-    $real* __restrict__ dlogits,              // (rows, classes) or nullptr
+    $real* __restrict__ dlogits,              // (rows, classes)
     const int rows, const int classes, const long long ignore_index)
 {
     extern __shared__ __align__(16) unsigned char shared_bytes[];
@@ -650,17 +650,14 @@ extern "C" __global__ void softmax_cross_entropy_$suffix(
         if (real && (target < 0 || target >= classes)) {  // a target outside the vocabulary: NaN, never a stray read
             const $real nan = $sqrt(($real)-1);
             if (threadIdx.x == 0) row_loss[r] = nan;
-            if (dlogits != nullptr)
-                for (int c = threadIdx.x; c < classes; c += blockDim.x) dlogits[(long long)r * classes + c] = nan;
+            for (int c = threadIdx.x; c < classes; c += blockDim.x) dlogits[(long long)r * classes + c] = nan;
             continue;
         }
         if (threadIdx.x == 0) row_loss[r] = real ? log_sum_exp - x[target] : ($real)0;
-        if (dlogits != nullptr) {
-            const $real scale = real ? ($real)1 / *count_of_real : ($real)0;
-            $real* d = dlogits + (long long)r * classes;
-            for (int c = threadIdx.x; c < classes; c += blockDim.x)
-                d[c] = ($exp(x[c] - log_sum_exp) - (c == target ? ($real)1 : ($real)0)) * scale;
-        }
+        const $real scale = real ? ($real)1 / *count_of_real : ($real)0;
+        $real* d = dlogits + (long long)r * classes;
+        for (int c = threadIdx.x; c < classes; c += blockDim.x)
+            d[c] = ($exp(x[c] - log_sum_exp) - (c == target ? ($real)1 : ($real)0)) * scale;
     }
 }
 """)
