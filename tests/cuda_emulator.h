@@ -160,6 +160,9 @@ struct Group {
     std::vector<int> members;  // indices into Launch::fibers
 };
 
+constexpr size_t SHARED_GUARD = 256;
+constexpr unsigned char GUARD_BYTE = 0xa5;
+
 // Runs body() once per thread of the grid; returns "" or what went wrong.
 inline std::string run(dim3 grid, dim3 block, size_t shared_bytes, unsigned seed, void (*body)())
 {
@@ -167,9 +170,13 @@ inline std::string run(dim3 grid, dim3 block, size_t shared_bytes, unsigned seed
     const int threads_per_block = (int)(block.x * block.y * block.z);
     const int blocks = (int)(grid.x * grid.y * grid.z);
     const int warps_per_block = (threads_per_block + 31) / 32;
-    launch.shared.assign(blocks, std::vector<unsigned char>(shared_bytes + 16));
-    for (auto& bytes : launch.shared)  // NaN bit patterns: a read before any write shows in the results
-        std::memset(bytes.data(), 0xff, bytes.size());
+    // NaN bit patterns: a read before any write shows in the results; a guard of marked bytes past the end
+    // shows a store beyond the dynamic shared memory the launch asked for
+    launch.shared.assign(blocks, std::vector<unsigned char>(shared_bytes + SHARED_GUARD));
+    for (auto& bytes : launch.shared) {
+        std::memset(bytes.data(), 0xff, shared_bytes);
+        std::memset(bytes.data() + shared_bytes, GUARD_BYTE, SHARED_GUARD);
+    }
     launch.exchange.assign((size_t)blocks * warps_per_block * 32, 0);
     launch.fibers.resize((size_t)blocks * threads_per_block);
     const size_t stack_bytes = 256 * 1024;
@@ -242,6 +249,13 @@ inline std::string run(dim3 grid, dim3 block, size_t shared_bytes, unsigned seed
             if (group->arrived > 0 && group->arrived == group->live) release(*group, barrier);
         }
     }
+    for (int b = 0; b < blocks && error.empty(); ++b)
+        for (size_t i = shared_bytes; i < shared_bytes + SHARED_GUARD; ++i)
+            if (launch.shared[b][i] != GUARD_BYTE) {
+                error = "stored past the end of the dynamic shared memory (block " + std::to_string(b) + ", byte "
+                        + std::to_string(i) + " of " + std::to_string(shared_bytes) + ")";
+                break;
+            }
     for (const Fiber& f : launch.fibers)
         if (f.wait != Wait::done) {
             char text[220];

@@ -246,3 +246,18 @@ def test_a_missing_barrier_in_the_block_reduction_is_caught(monkeypatch):
     monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
     with pytest.raises(AssertionError):
         test_fused_cross_entropy_kernel_matches_the_generic_loss(7, 13, np.float64, 1e-12, dominant=False)
+
+
+def test_a_store_past_the_shared_memory_is_caught(monkeypatch):
+    """The tiled forward given one chunk too narrow for its shared memory (the launch asks for the bytes of
+    chunk 8, the kernel is told 16): its staging runs past the end."""
+    arrays, mask = problem(2, 4, 3, 33, np.float64)
+    shape = emulated_paths.SMALL_TILE._replace(forward_chunk=8)
+    real_bytes = tiling.shared_bytes
+
+    def shared_bytes_of_a_narrower_chunk(kernel, tile, hidden, itemsize):
+        return real_bytes(kernel, tile._replace(forward_chunk=tile.forward_chunk - 4), hidden, itemsize)
+
+    monkeypatch.setattr(tiling, "shared_bytes", shared_bytes_of_a_narrower_chunk)
+    with pytest.raises(RuntimeError, match="stored past the end of the dynamic shared memory"):
+        emulated_paths.tiled(**arrays, step_mask=mask, shape=shape)
