@@ -2,6 +2,7 @@
 
     python bench/tune_persistent.py            # prints ms per training step for each rows value and size
 """
+import sys
 import time
 
 import numpy as np
@@ -9,7 +10,10 @@ import numpy as np
 import lstmx
 from lstmx import registry
 
-backend = lstmx.get_backend("cupy")
+try:
+    backend = lstmx.get_backend("cupy")
+except lstmx.BackendError as error:
+    sys.exit(f"tune_persistent.py needs a GPU: {error}")
 import cupy  # noqa: E402
 
 from lstmx.kernels import cupy_layer  # noqa: E402

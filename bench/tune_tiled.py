@@ -35,7 +35,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     configs = [tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs else CONFIGS
-    backend = lstmx.get_backend("cupy")
+    try:
+        backend = lstmx.get_backend("cupy")
+    except lstmx.BackendError as error:
+        sys.exit(f"tune_tiled.py needs a GPU: {error}")
     import cupy
 
     module = registry.layer_impl("cupy-tiled").load()
