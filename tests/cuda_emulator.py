@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
@@ -46,17 +46,41 @@ def host_source(source: str, kernels: Iterable[str]) -> str:
     return f'#include "{HEADER}"\n{body}\n{launchers}'
 
 
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(([^)]*)\)')
+_C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64}
+
+
+class Parameter(NamedTuple):
+    name: str
+    pointer: bool
+    dtype: type  # the NumPy scalar type of the value, or of the pointed-to elements
+
+
+def kernel_parameters(source: str) -> dict[str, list[Parameter]]:
+    """Each ``extern "C" __global__`` kernel's parameters, read from its signature."""
+    kernels = {}
+    for name, parameters in _KERNEL.findall(re.sub(r"//[^\n]*", "", source)):  # comments hold commas and ()
+        listed = []
+        for declaration in parameters.split(","):
+            words = re.sub(r"\b(const|__restrict__)\b|\*", " ", declaration).split()
+            listed.append(Parameter(words[-1], "*" in declaration, _C_TYPES[" ".join(words[:-1])]))
+        kernels[name] = listed
+    return kernels
+
+
 class EmulatedKernels:
     """A compiled kernel source: :meth:`launch` runs one of its kernels."""
 
-    def __init__(self, library: ctypes.CDLL) -> None:
-        self.library = library
+    def __init__(self, library: ctypes.CDLL, parameters: dict[str, list[Parameter]]) -> None:
+        self.library, self.parameters = library, parameters
 
     def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, shared_mem: int = 0,
                seed: int = 0) -> None:
         """Runs ``name`` over ``grid`` × ``block`` threads with ``args`` (NumPy arrays, NumPy scalars, or
-        ``np.uint64(0)`` for a null pointer), as ``cupy.RawKernel.__call__`` does; raises on a divergent
-        barrier or a store into a guard margin."""
+        ``np.uint64(0)`` for a null pointer), as ``cupy.RawKernel.__call__`` does; raises on arguments that do not
+        match the kernel's signature (instead of running it on them), a divergent barrier, or a store outside
+        the arrays or the shared memory."""
+        check_arguments(name, self.parameters[name], args)
         values = [_c_value(a) for a in args]
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values))
         grid3, block3 = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
@@ -70,6 +94,22 @@ class EmulatedKernels:
         for a in args:
             if isinstance(a, GuardedArray):
                 a.check(name)
+
+
+def check_arguments(kernel: str, parameters: list[Parameter], args: tuple) -> None:
+    """Each argument as its parameter declares it: an array of its element type (C-contiguous) or a null
+    pointer for a pointer, a NumPy scalar of its exact type for a value."""
+    if len(args) != len(parameters):
+        raise TypeError(f"{kernel} takes {len(parameters)} arguments, got {len(args)}")
+    for parameter, value in zip(parameters, args):
+        if parameter.pointer:
+            null = isinstance(value, np.uint64) and int(value) == 0
+            if not null and not (isinstance(value, np.ndarray) and value.dtype == parameter.dtype):
+                raise TypeError(f"{kernel}: {parameter.name} points to {np.dtype(parameter.dtype).name}; got "
+                                f"{type(value).__name__} {getattr(value, 'dtype', '')}")
+        elif type(value) is not parameter.dtype:
+            raise TypeError(f"{kernel}: {parameter.name} is {np.dtype(parameter.dtype).name}; got "
+                            f"{type(value).__name__} {value!r}")
 
 
 def _c_value(value: Any) -> Any:
@@ -139,4 +179,4 @@ def compile_kernels(source: str, kernels: Iterable[str]) -> EmulatedKernels:
             if result.returncode != 0:
                 raise RuntimeError(f"g++ could not build the kernels for the emulator:\n{result.stderr[-4000:]}")
             os.replace(built, library)  # atomic: a parallel test never loads half a file
-    return EmulatedKernels(ctypes.CDLL(library))
+    return EmulatedKernels(ctypes.CDLL(library), kernel_parameters(source))

@@ -1,10 +1,13 @@
 """The CUDA kernels of the CuPy paths, run on the CPU by the emulator, against the generic path: no GPU needed.
 
-The emulator (``tests/cuda_emulator.h``) runs every CUDA thread as a fiber, opens barriers only when every
-live thread has reached them, and shuffles the order of threads between barriers by a seed; arrays sit in NaN
-margins. So these tests catch wrong indexing, a missing or misplaced barrier (results change with the seed or
-go wrong), a barrier some threads skip, and loads or stores out of bounds. They cannot catch what needs the
-hardware (memory ordering, occupancy, the GPU's math library, speed): the CuPy suite on a GPU does that.
+The emulator (``tests/cuda_emulator.h``) runs every CUDA thread as a fiber, opens a barrier only when every
+live thread it spans has reached it, and draws the next thread to run from a seed; arrays sit between marked
+NaN margins, shared memory has a guard past its end. The CuPy wrappers of ``lstmx.kernels`` run unchanged on it
+through a NumPy stand-in for CuPy (``tests/fake_cupy.py``), except the stepwise path's, which calls cuBLAS and is
+mirrored (``tests/emulated_paths.py``). So these tests catch wrong indexing or arguments, a missing or misplaced
+barrier (results go wrong or change with the seed), a barrier some threads skip, and loads or stores out of
+bounds. They cannot catch what needs the hardware (memory ordering, occupancy, the GPU's math library, speed):
+the CuPy suite on a GPU does that.
 """
 
 from __future__ import annotations
@@ -13,18 +16,24 @@ import numpy as np
 import pytest
 
 import lstmx
+from lstmx.kernels import cuda_sources, tiling
 from lstmx.layers import lstm_layer as generic
 
-from lstmx.kernels import tiling
-
-from . import emulated_paths
+from . import emulated_paths, fake_cupy
 from .cuda_emulator import COMPILER
+from .fake_cupy import RawKernel, fake_cupy_modules
 
 pytestmark = pytest.mark.skipif(COMPILER is None, reason="the CUDA emulator needs g++")
 
 NUMPY = lstmx.get_backend("numpy")
-PATHS = {name: getattr(emulated_paths, name) for name in emulated_paths.PATHS}
+LAYER_PATHS = ("stepwise", "persistent", "tiled")
 SHAPES = [(3, 5, 4, 33), (1, 1, 2, 8), (4, 9, 3, 64), (2, 2, 5, 40)]  # (T, B, D, H): H not a multiple of 32, B = 1, T = 1
+
+
+@pytest.fixture
+def wrappers(monkeypatch):
+    """lstmx's CuPy wrapper modules, bound to the NumPy stand-in whose kernels run on the emulator."""
+    return fake_cupy_modules(monkeypatch)
 
 
 def problem(steps, batch, features, hidden, dtype, seed=0, masked=False):
@@ -42,18 +51,30 @@ def problem(steps, batch, features, hidden, dtype, seed=0, masked=False):
     return arrays, mask
 
 
-def reference(arrays, mask):
-    """The generic path in float64."""
-    a = {k: v.astype(np.float64) for k, v in arrays.items()}
-    step_mask = None if mask is None else mask.astype(np.float64)[..., None]
-    y, (h, c), cache = generic.lstm_layer_forward(NUMPY, a["x"], a["weight"], a["bias"], a["h0"], a["c0"], step_mask)
-    dx, (dh0, dc0), dweight, dbias = generic.lstm_layer_backward(NUMPY, a["dy"], a["dh_last"], a["dc_last"],
-                                                                 a["weight"], cache)
+def forward_and_backward(module, arrays, mask):
+    """A layer module's forward then backward (the generic signatures), as a dict of results."""
+    a = arrays
+    step_mask = None if mask is None else mask[..., None]
+    y, (h, c), cache = module.lstm_layer_forward(NUMPY, a["x"], a["weight"], a["bias"], a["h0"], a["c0"], step_mask)
+    dx, (dh0, dc0), dweight, dbias = module.lstm_layer_backward(NUMPY, a["dy"], a["dh_last"], a["dc_last"],
+                                                                a["weight"], cache)
     return dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, dweight=dweight, dbias=dbias)
 
 
-def run_path(path, arrays, mask, seed=0):
-    return PATHS[path](**arrays, step_mask=mask, seed=seed)
+def reference(arrays, mask):
+    """The generic path in float64."""
+    return forward_and_backward(generic, {k: v.astype(np.float64) for k, v in arrays.items()},
+                                None if mask is None else mask.astype(np.float64))
+
+
+def run_path(path, wrappers, arrays, mask, seed=0):
+    if path == "stepwise":
+        return emulated_paths.stepwise(**arrays, step_mask=mask, seed=seed)
+    RawKernel.seed = seed
+    try:
+        return forward_and_backward(wrappers[f"cupy_{path}"], arrays, mask)
+    finally:
+        RawKernel.seed = 0
 
 
 def assert_close(result, expected, tolerance):
@@ -64,25 +85,25 @@ def assert_close(result, expected, tolerance):
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}D{}H{}".format(*s))
-@pytest.mark.parametrize("path", sorted(PATHS))
-def test_kernels_match_generic_float64(path, shape, masked):
+@pytest.mark.parametrize("path", LAYER_PATHS)
+def test_kernels_match_generic_float64(wrappers, path, shape, masked):
     arrays, mask = problem(*shape, np.float64, masked=masked)
-    assert_close(run_path(path, arrays, mask), reference(arrays, mask), 1e-12)
+    assert_close(run_path(path, wrappers, arrays, mask), reference(arrays, mask), 1e-12)
 
 
-@pytest.mark.parametrize("path", sorted(PATHS))
-def test_kernels_match_generic_float32(path):
+@pytest.mark.parametrize("path", LAYER_PATHS)
+def test_kernels_match_generic_float32(wrappers, path):
     arrays, mask = problem(3, 6, 4, 40, np.float32, masked=True)
-    result = run_path(path, arrays, mask)
+    result = run_path(path, wrappers, arrays, mask)
     assert all(v.dtype == np.float32 for v in result.values())
     assert_close(result, reference(arrays, mask), 2e-5)
 
 
-@pytest.mark.parametrize("path", sorted(PATHS))
-def test_thread_order_does_not_change_results(path):
-    """Between barriers the emulator runs threads in a seeded random order: a race would show as a difference."""
+@pytest.mark.parametrize("path", LAYER_PATHS)
+def test_thread_order_does_not_change_results(wrappers, path):
+    """The emulator draws the next thread to run from a seed: a race would show as a difference."""
     arrays, mask = problem(3, 6, 3, 40, np.float64, masked=True)
-    first, second = run_path(path, arrays, mask, seed=1), run_path(path, arrays, mask, seed=2)
+    first, second = (run_path(path, wrappers, arrays, mask, seed) for seed in (1, 2))
     for name in first:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
@@ -93,18 +114,35 @@ TILE_SHAPES = [tiling.TileShape(1, 4, 4, 4, 4), tiling.TileShape(3, 4, 8, 8, 12)
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("shape", TILE_SHAPES, ids=lambda s: "U{}R{}S{}F{}B{}".format(*s))
-def test_tiled_kernels_match_generic_for_every_tile_shape(shape, masked):
+def test_tiled_kernels_match_generic_for_every_tile_shape(wrappers, shape, masked):
     arrays, mask = problem(3, 7, 3, 33, np.float64, masked=masked)
-    assert_close(emulated_paths.tiled(**arrays, step_mask=mask, shape=shape), reference(arrays, mask), 1e-12)
+    with wrappers["cupy_tiled"].use_tile_shape(shape):
+        assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
 
 
 @pytest.mark.parametrize("batch,hidden", [(16, 128), (64, 256), (7, 33), (1, 8)])
-def test_chosen_tile_shapes_run(batch, hidden):
-    """The shape the CuPy path would choose on an H100 (227 KB of shared memory, 132 SMs) computes the layer."""
+def test_shapes_chosen_for_an_h100_compute_the_layer(wrappers, batch, hidden):
+    """The shape the path would choose on an H100 (227 KB of shared memory, 132 SMs), forced on the stand-in."""
     shape = tiling.choose_tile_shape(batch, hidden, 8, 232448, 132)
     assert shape is not None and tiling.refuses_shape(shape) is None
     arrays, mask = problem(2, batch, 3, hidden, np.float64, masked=True)
-    assert_close(emulated_paths.tiled(**arrays, step_mask=mask, shape=shape), reference(arrays, mask), 1e-12)
+    with pytest.MonkeyPatch.context() as patch:  # the stand-in becomes an H100 in size
+        patch.setattr(fake_cupy, "SHARED_BYTES", 232448)
+        patch.setattr(fake_cupy, "SMS", 132)
+        attributes = wrappers["cupy_layer"]._device_attributes(0)
+        patch.setitem(attributes, "MaxSharedMemoryPerBlockOptin", 232448)
+        patch.setitem(attributes, "MultiProcessorCount", 132)
+        with wrappers["cupy_tiled"].use_tile_shape(shape):
+            assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
+
+
+def test_the_tiled_path_chooses_a_shape_that_fits_the_device(wrappers):
+    """On the stand-in (8 SMs, 96 KB per block) the path picks its own shape and refuses what cannot fit."""
+    tiled = wrappers["cupy_tiled"]
+    assert tiled.refuses_size(7, 33, np.float64) is None
+    assert "no tile shape" in tiled.refuses_size(64, 512, np.float64)
+    with pytest.raises(ValueError, match="use the stepwise path"):
+        forward_and_backward(tiled, *problem(1, 64, 2, 512, np.float64))
 
 
 @pytest.mark.parametrize("itemsize", [4, 8])
@@ -117,16 +155,19 @@ def test_chosen_tile_shapes_respect_the_device_limits(itemsize):
                     continue
                 assert tiling.refuses_shape(shape) is None
                 assert np.prod(shape.grid(batch, hidden)) <= blocks
-                for kernel in ("lstm_forward_tiled", "lstm_backward_tiled"):
+                for kernel in cuda_sources.TILED_KERNELS:
                     assert tiling.shared_bytes(kernel, shape, hidden, itemsize) <= shared_limit
 
 
-def test_bad_tile_shapes_are_refused():
+def test_bad_tile_shapes_are_refused(wrappers):
     assert "multiple of 4" in tiling.refuses_shape(tiling.TileShape(1, 6, 4, 4, 4))
     assert "at least 4" in tiling.refuses_shape(tiling.TileShape(1, 4, 2, 4, 4))
     assert "exceeds 512" in tiling.refuses_shape(tiling.TileShape(32, 64, 4, 4, 4))
     assert "multiples of 4" in tiling.refuses_shape(tiling.TileShape(1, 4, 4, 6, 4))
     assert "positive" in tiling.refuses_shape(tiling.TileShape(0, 4, 4, 4, 4))
+    with pytest.raises(ValueError, match="tile shape: rows must be a multiple of 4"):
+        with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(1, 6, 4, 4, 4)):
+            pass
 
 
 OPTIMIZER_CASES = [("sgd", {}), ("sgd", {"momentum": 0.9, "weight_decay": 0.1}),
@@ -137,14 +178,14 @@ OPTIMIZER_CASES = [("sgd", {}), ("sgd", {"momentum": 0.9, "weight_decay": 0.1}),
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-12), (np.float32, 2e-6)], ids=["float64", "float32"])
 @pytest.mark.parametrize("name,options", OPTIMIZER_CASES, ids=lambda v: str(v) if isinstance(v, str) else
                          ",".join(f"{k}={w}" for k, w in v.items()) or "defaults")
-def test_fused_optimizer_kernels_match_the_generic_updates(name, options, dtype, tolerance):
-    """Four steps of each optimizer with the fused kernel (emulated) against the generic update."""
+def test_fused_optimizer_kernels_match_the_generic_updates(wrappers, name, options, dtype, tolerance):
+    """Four steps of each optimizer with ``cupy_optim``'s update against the generic one."""
     from lstmx.optim import make_optimizer
 
     rng = np.random.default_rng(0)
     models = [lstmx.LSTM(3, 5, backend="numpy", dtype=np.dtype(dtype).name, seed=0) for _ in range(2)]
     fused, generic_run = (make_optimizer(name, model, 0.01, **options) for model in models)
-    fused._update = emulated_paths.UPDATES[type(fused).__name__]
+    fused._update = wrappers["cupy_optim"].UPDATES[type(fused).__name__]
     for _ in range(4):
         grads = {k: rng.standard_normal(p.shape).astype(dtype) for k, p in models[0].params.items()}
         fused.step(grads)
@@ -157,8 +198,8 @@ def test_fused_optimizer_kernels_match_the_generic_updates(name, options, dtype,
 
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-12), (np.float32, 2e-6)], ids=["float64", "float32"])
 @pytest.mark.parametrize("dominant", [False, True], ids=["spread", "dominant"])
-@pytest.mark.parametrize("rows,classes", [(7, 13), (1, 1), (5, 96), (0, 4), (3, 8)])
-def test_fused_cross_entropy_kernel_matches_the_generic_loss(rows, classes, dtype, tolerance, dominant):
+@pytest.mark.parametrize("rows,classes", [(7, 13), (1, 1), (5, 96), (0, 4), (3, 300)])
+def test_fused_cross_entropy_kernel_matches_the_generic_loss(wrappers, rows, classes, dtype, tolerance, dominant):
     from lstmx.layers.loss import cross_entropy_and_gradient
 
     rng = np.random.default_rng(0)
@@ -167,57 +208,60 @@ def test_fused_cross_entropy_kernel_matches_the_generic_loss(rows, classes, dtyp
         logits[:, 0] += 40
     targets = rng.integers(0, classes, size=rows)
     targets[::3] = -100  # ignored entries, counted out of the mean
-    loss, dlogits = emulated_paths.cross_entropy_and_gradient(logits, targets)
+    loss, dlogits = wrappers["cupy_loss"].cross_entropy_and_gradient(NUMPY, logits, targets)
     expected_loss, expected_dlogits = cross_entropy_and_gradient(NUMPY, logits, targets)
     assert dlogits.dtype == dtype and np.isfinite(loss)
     np.testing.assert_allclose(loss, expected_loss, rtol=tolerance, atol=tolerance)
     np.testing.assert_allclose(dlogits, expected_dlogits, rtol=tolerance, atol=tolerance)
 
 
-def test_fused_cross_entropy_gives_nan_for_a_target_outside_the_vocabulary():
-    logits = np.zeros((2, 4))
-    loss, dlogits = emulated_paths.cross_entropy_and_gradient(logits, np.array([1, 7]))
+def test_fused_cross_entropy_gives_nan_for_a_target_outside_the_vocabulary(wrappers):
+    loss, dlogits = wrappers["cupy_loss"].cross_entropy_and_gradient(NUMPY, np.zeros((2, 4)), np.array([1, 7]))
     assert np.isnan(loss) and np.all(np.isnan(dlogits[1])) and np.all(np.isfinite(dlogits[0]))
 
 
 # --- the emulator can fail: bugs planted in a kernel source are caught ---------------------------------------
 
-def planted(kind: str, old: str, new: str):
-    """The ``kind`` kernels (float64) with ``old`` replaced by ``new`` in the source, built for the emulator."""
-    from lstmx.kernels import cuda_sources
+def plant(monkeypatch, kind: str, old: str, new: str) -> None:
+    """For the rest of the test the ``kind`` kernels' source has ``old`` replaced by ``new`` (the wrappers and
+    the stepwise mirror compile what ``cuda_sources.source`` gives)."""
+    real = cuda_sources.source
+    assert old in real(kind, "float64"), old
 
-    from .cuda_emulator import compile_kernels
-    source = cuda_sources.source(kind, "float64")
-    assert old in source, old
-    names = [cuda_sources.kernel_name(k, "float64") for k in cuda_sources.SOURCES[kind][1]]
-    return compile_kernels(source.replace(old, new, 1), names)
+    def planted(asked: str, dtype: str) -> str:
+        return real(asked, dtype).replace(old, new, 1) if asked == kind else real(asked, dtype)
+
+    monkeypatch.setattr(cuda_sources, "source", planted)
+    emulated_paths.kernels.cache_clear()
 
 
-def test_a_missing_grid_barrier_is_caught(monkeypatch):
-    broken = planted("persistent", "grid.sync();  // h_{t+1}", "// grid.sync() removed; h_{t+1}")
-    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
+@pytest.fixture(autouse=True)
+def _fresh_stepwise_kernels():
+    yield
+    emulated_paths.kernels.cache_clear()  # a planted source must not outlive its test
+
+
+def test_a_missing_grid_barrier_is_caught(wrappers, monkeypatch):
+    plant(monkeypatch, "persistent", "grid.sync();  // h_{t+1}", "// grid.sync() removed; h_{t+1}")
     arrays, mask = problem(4, 6, 3, 40, np.float64)
-    results = [run_path("persistent", arrays, mask, seed) for seed in (1, 2)]
+    results = [run_path("persistent", wrappers, arrays, mask, seed) for seed in (1, 2)]
     expected = reference(arrays, mask)
     wrong = [not np.allclose(r["y"], expected["y"], atol=1e-12) for r in results]
-    differ = not np.array_equal(results[0]["y"], results[1]["y"])
-    assert any(wrong) or differ
+    assert any(wrong) or not np.array_equal(results[0]["y"], results[1]["y"])
 
 
-def test_a_barrier_skipped_by_some_threads_is_reported(monkeypatch):
-    broken = planted("persistent", "grid.sync();  // h_{t+1}", "if (active) grid.sync();  // h_{t+1}")
-    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
+def test_a_barrier_skipped_by_some_threads_is_reported(wrappers, monkeypatch):
+    plant(monkeypatch, "persistent", "grid.sync();  // h_{t+1}", "if (active) grid.sync();  // h_{t+1}")
     arrays, mask = problem(2, 3, 3, 40, np.float64)  # H = 40: lanes 8-31 of the second block are inactive
     with pytest.raises(RuntimeError, match="divergent barrier"):
-        run_path("persistent", arrays, mask)
+        run_path("persistent", wrappers, arrays, mask)
 
 
-def test_a_store_out_of_bounds_is_caught(monkeypatch):
-    broken = planted("stepwise", "if (n >= count) return;", "if (n > count) return;")
-    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
+def test_a_store_out_of_bounds_is_caught(wrappers, monkeypatch):
+    plant(monkeypatch, "stepwise", "if (n >= count) return;", "if (n > count) return;")
     arrays, mask = problem(2, 3, 3, 8, np.float64)  # 24 threads of a 256-thread block: thread 24 runs past the end
     with pytest.raises(RuntimeError, match="stored outside"):
-        run_path("stepwise", arrays, mask)
+        run_path("stepwise", wrappers, arrays, mask)
 
 
 @pytest.mark.parametrize("old,new", [
@@ -225,39 +269,56 @@ def test_a_store_out_of_bounds_is_caught(monkeypatch):
     ("__syncthreads();  // h_s is read before the next chunk", "// no barrier:"),
     ("__syncthreads();  // dz_s is read before the next chunk", "// no barrier:"),
 ], ids=["grid barrier", "forward chunk barrier", "backward chunk barrier"])
-def test_a_missing_barrier_in_the_tiled_kernels_is_caught(monkeypatch, old, new):
-    broken = planted("tiled", old, new)
-    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
+def test_a_missing_barrier_in_the_tiled_kernels_is_caught(wrappers, monkeypatch, old, new):
+    plant(monkeypatch, "tiled", old, new)
     arrays, mask = problem(3, 7, 3, 33, np.float64)
+    with wrappers["cupy_tiled"].use_tile_shape(TILE_SHAPES[1]), pytest.raises(AssertionError):
+        assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
+
+
+def test_a_wrong_optimizer_kernel_is_caught(wrappers, monkeypatch):
+    plant(monkeypatch, "optim", "(one - beta2) * g * g", "(one - beta2) * g")
     with pytest.raises(AssertionError):
-        assert_close(emulated_paths.tiled(**arrays, step_mask=mask, shape=TILE_SHAPES[1]), reference(arrays, mask),
-                     1e-12)
+        test_fused_optimizer_kernels_match_the_generic_updates(wrappers, "adam", {}, np.float64, 1e-12)
 
 
-def test_a_wrong_optimizer_kernel_is_caught(monkeypatch):
-    broken = planted("optim", "(one - beta2) * g * g", "(one - beta2) * g")
-    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
+def test_a_missing_barrier_in_the_block_reduction_is_caught(wrappers, monkeypatch):
+    plant(monkeypatch, "loss", "        }\n        __syncthreads();\n    }\n    return scratch[0];",
+          "        }\n    }\n    return scratch[0];")
     with pytest.raises(AssertionError):
-        test_fused_optimizer_kernels_match_the_generic_updates("adam", {}, np.float64, 1e-12)
+        test_fused_cross_entropy_kernel_matches_the_generic_loss(wrappers, 7, 13, np.float64, 1e-12, dominant=False)
 
 
-def test_a_missing_barrier_in_the_block_reduction_is_caught(monkeypatch):
-    broken = planted("loss", "        }\n        __syncthreads();\n    }\n    return scratch[0];", "        }\n    }\n    return scratch[0];")
-    monkeypatch.setattr(emulated_paths, "kernels", lambda kind, dtype: broken)
-    with pytest.raises(AssertionError):
-        test_fused_cross_entropy_kernel_matches_the_generic_loss(7, 13, np.float64, 1e-12, dominant=False)
-
-
-def test_a_store_past_the_shared_memory_is_caught(monkeypatch):
-    """The tiled forward given one chunk too narrow for its shared memory (the launch asks for the bytes of
-    chunk 8, the kernel is told 16): its staging runs past the end."""
-    arrays, mask = problem(2, 4, 3, 33, np.float64)
-    shape = emulated_paths.SMALL_TILE._replace(forward_chunk=8)
+def test_a_store_past_the_shared_memory_is_caught(wrappers, monkeypatch):
+    """The tiled forward told a chunk of 8 while its launch asks for the shared memory of a chunk of 4: its
+    staging runs past the end."""
     real_bytes = tiling.shared_bytes
 
-    def shared_bytes_of_a_narrower_chunk(kernel, tile, hidden, itemsize):
+    def bytes_of_a_narrower_chunk(kernel, tile, hidden, itemsize):
         return real_bytes(kernel, tile._replace(forward_chunk=tile.forward_chunk - 4), hidden, itemsize)
 
-    monkeypatch.setattr(tiling, "shared_bytes", shared_bytes_of_a_narrower_chunk)
-    with pytest.raises(RuntimeError, match="stored past the end of the dynamic shared memory"):
-        emulated_paths.tiled(**arrays, step_mask=mask, shape=shape)
+    monkeypatch.setattr(tiling, "shared_bytes", bytes_of_a_narrower_chunk)
+    arrays, mask = problem(2, 4, 3, 33, np.float64)
+    with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(4, 8, 4, 8, 32)):
+        with pytest.raises(RuntimeError, match="stored past the end of the dynamic shared memory"):
+            run_path("tiled", wrappers, arrays, mask)
+
+
+def test_arguments_that_do_not_match_the_kernel_signature_are_refused():
+    """The emulator reads each kernel's parameters from its source and refuses a launch whose arguments differ
+    (a GPU would run it on garbage): a float64 array for a float pointer, a Python or wrongly sized scalar."""
+    from .cuda_emulator import compile_kernels
+
+    source = cuda_sources.source("loss", "float32")
+    name = cuda_sources.kernel_name("softmax_cross_entropy", "float32")
+    kernels = compile_kernels(source, [name])
+    good = (np.zeros((2, 3), np.float32), np.zeros(2, np.int64), np.ones((), np.float32), np.zeros(2, np.float32),
+            np.zeros((2, 3), np.float32), np.int32(2), np.int32(3), np.int64(-100))
+    kernels.launch(name, (1,), (4,), good, shared_mem=16)
+    for index, wrong, message in [(0, np.zeros((2, 3)), "logits points to float32; got ndarray float64"),
+                                  (2, np.float32(1), "count_of_real points to float32; got float32"),
+                                  (5, 2, "rows is int32; got int 2"), (7, np.int32(-100), "ignore_index is int64")]:
+        with pytest.raises(TypeError, match=message):
+            kernels.launch(name, (1,), (4,), good[:index] + (wrong,) + good[index + 1:], shared_mem=16)
+    with pytest.raises(TypeError, match="takes 8 arguments, got 7"):
+        kernels.launch(name, (1,), (4,), good[:7], shared_mem=16)
