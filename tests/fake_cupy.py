@@ -1,12 +1,12 @@
 """A stand-in for CuPy on NumPy whose ``RawKernel`` runs on the CUDA emulator, so lstmx's own CuPy wrappers
-(``lstmx.kernels.cupy_persistent``, ``cupy_tiled``, ``cupy_optim``, ``cupy_loss``) run unchanged in the CPU suite:
+(``lstmx.kernels.cupy_layer``, ``cupy_persistent``, ``cupy_tiled``, ``cupy_optim``, ``cupy_loss``) run unchanged in the CPU suite:
 their buffers, argument lists, grid and shared-memory sizes meet the kernels there, not first on a GPU.
 
 :func:`fake_cupy_modules` imports fresh copies of those modules bound to the stand-in (``monkeypatch`` puts the
 real ones back after the test). The stand-in is a small GPU: ``SMS`` multiprocessors with ``SHARED_BYTES`` of
 shared memory per block, so the launches stay small enough to emulate; arrays it allocates sit between guard
-margins and start as NaN. Only the calls those wrappers make exist (the stepwise path's raw cuBLAS calls do
-not: ``tests/emulated_paths.py`` mirrors that wrapper instead).
+margins and start as NaN. Only the calls those wrappers make exist, the stepwise path's raw-pointer cuBLAS GEMMs included
+(computed with NumPy on views of the memory the pointers address).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .cuda_emulator import compile_kernels, guarded
+from .cuda_emulator import GuardedArray, compile_kernels, guarded
 
 SMS = 8
 SHARED_BYTES = 96 * 1024
@@ -52,15 +52,53 @@ def occupancy(threads: int, shared_mem: int) -> int:
     return min(THREADS_PER_SM // max(threads, 1), SHARED_BYTES // max(shared_mem, 1))
 
 
-def _empty(shape: Any, dtype: Any = np.float64) -> np.ndarray:
-    return guarded(np.full(shape, np.nan, dtype=dtype))
+class DeviceArray(GuardedArray):
+    """An array the stand-in allocated or was given: ``.data.ptr`` is its address, as on a CuPy array."""
+
+    @property
+    def data(self) -> Any:
+        return types.SimpleNamespace(ptr=self.ctypes.data)
 
 
-def _contiguous(array: Any, dtype: Any = None) -> np.ndarray:
+def _device(array: np.ndarray) -> DeviceArray:
+    device = array.view(DeviceArray)
+    device.margins = getattr(array, "margins", None)
+    return device
+
+
+def _empty(shape: Any, dtype: Any = np.float64) -> DeviceArray:
+    return _device(guarded(np.full(shape, np.nan, dtype=dtype)))
+
+
+def _contiguous(array: Any, dtype: Any = None) -> DeviceArray:
     array = np.asarray(array) if not isinstance(array, np.ndarray) else array
     if array.flags.c_contiguous and (dtype is None or array.dtype == np.dtype(dtype)):
-        return array
-    return guarded(np.ascontiguousarray(array, dtype=dtype))
+        return _device(array)
+    return _device(guarded(np.ascontiguousarray(array, dtype=dtype)))
+
+
+def _column_major(pointer: int, rows: int, cols: int, lead: int, dtype: np.dtype) -> np.ndarray:
+    """A writable (rows, cols) view of the column-major matrix at ``pointer`` with leading dimension ``lead``."""
+    size = lead * (cols - 1) + rows
+    flat = np.ctypeslib.as_array((np.ctypeslib.as_ctypes_type(dtype) * size).from_address(pointer))
+    return np.lib.stride_tricks.as_strided(flat, shape=(rows, cols), strides=(dtype.itemsize, lead * dtype.itemsize))
+
+
+def _gemm(dtype: Any) -> Any:
+    dtype = np.dtype(dtype)
+
+    def gemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):  # noqa: ANN001 (cuBLAS's)
+        """cuBLAS ``?gemm``: C (m × n) = α op(A) op(B) + β C, column-major, scalars behind host pointers; with
+        β = 0, C is not read."""
+        scalar = np.ctypeslib.as_ctypes_type(dtype)
+        alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value
+        op_a = _column_major(a, m, k, lda, dtype) if transa == 0 else _column_major(a, k, m, lda, dtype).T
+        op_b = _column_major(b, k, n, ldb, dtype) if transb == 0 else _column_major(b, n, k, ldb, dtype).T
+        out = _column_major(c, m, n, ldc, dtype)
+        product = alpha * (op_a @ op_b)
+        out[...] = product + beta * out if beta != 0 else product
+
+    return gemm
 
 
 class _Device:
@@ -74,15 +112,18 @@ def _modules() -> dict[str, types.ModuleType]:
     cupy = types.ModuleType("cupy")
     cupy.__dict__.update(
         RawKernel=RawKernel, empty=_empty, empty_like=lambda a, dtype=None: _empty(a.shape, dtype or a.dtype),
-        ascontiguousarray=_contiguous, array=lambda a, dtype=None, order="C": guarded(np.array(a, dtype=dtype)),
+        ascontiguousarray=_contiguous, array=lambda a, dtype=None, order="C": _contiguous(np.array(a, dtype=dtype)),
         matmul=np.matmul, reshape=np.reshape, int64=np.int64, ndarray=np.ndarray,
         # CuPy's reductions give 0-d arrays (device memory), NumPy's give scalars
         sum=lambda *args, **options: np.asarray(np.sum(*args, **options)),
         maximum=lambda *args, **options: np.asarray(np.maximum(*args, **options)),
-        cuda=types.SimpleNamespace(Device=_Device))
+        cuda=types.SimpleNamespace(Device=_Device, get_current_stream=lambda: types.SimpleNamespace(ptr=0),
+                                   device=types.SimpleNamespace(get_cublas_handle=lambda: 0)))
     driver = types.ModuleType("cupy_backends.cuda.api.driver")
     driver.occupancyMaxActiveBlocksPerMultiprocessor = lambda pointer, threads, shared: occupancy(threads, shared)
-    cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")  # only the stepwise path calls it
+    cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")  # what the stepwise path calls
+    cublas.__dict__.update(CUBLAS_OP_N=0, CUBLAS_OP_T=1, CUBLAS_POINTER_MODE_HOST=0, setStream=lambda *args: None,
+                           setPointerMode=lambda *args: None, sgemm=_gemm(np.float32), dgemm=_gemm(np.float64))
     modules = {"cupy": cupy, "cupy_backends.cuda.api.driver": driver, "cupy_backends.cuda.libs.cublas": cublas}
     for parent in ("cupy_backends", "cupy_backends.cuda", "cupy_backends.cuda.api", "cupy_backends.cuda.libs"):
         modules[parent] = types.ModuleType(parent)

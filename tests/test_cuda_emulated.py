@@ -3,8 +3,7 @@
 The emulator (``tests/cuda_emulator.h``) runs every CUDA thread as a fiber, opens a barrier only when every
 live thread it spans has reached it, and draws the next thread to run from a seed; arrays sit between marked
 NaN margins, shared memory has a guard past its end. The CuPy wrappers of ``lstmx.kernels`` run unchanged on it
-through a NumPy stand-in for CuPy (``tests/fake_cupy.py``), except the stepwise path's, which calls cuBLAS and is
-mirrored (``tests/emulated_paths.py``). So these tests catch wrong indexing or arguments, a missing or misplaced
+through a NumPy stand-in for CuPy and its cuBLAS (``tests/fake_cupy.py``). So these tests catch wrong indexing or arguments, a missing or misplaced
 barrier (results go wrong or change with the seed), a barrier some threads skip, and loads or stores out of
 bounds. They cannot catch what needs the hardware (memory ordering, occupancy, the GPU's math library, speed):
 the CuPy suite on a GPU does that.
@@ -19,7 +18,7 @@ import lstmx
 from lstmx.kernels import cuda_sources, tiling
 from lstmx.layers import lstm_layer as generic
 
-from . import emulated_paths, fake_cupy
+from . import fake_cupy
 from .cuda_emulator import COMPILER
 from .fake_cupy import RawKernel, fake_cupy_modules
 
@@ -67,12 +66,13 @@ def reference(arrays, mask):
                                 None if mask is None else mask.astype(np.float64))
 
 
+WRAPPER_OF = {"stepwise": "cupy_layer", "persistent": "cupy_persistent", "tiled": "cupy_tiled"}
+
+
 def run_path(path, wrappers, arrays, mask, seed=0):
-    if path == "stepwise":
-        return emulated_paths.stepwise(**arrays, step_mask=mask, seed=seed)
     RawKernel.seed = seed
     try:
-        return forward_and_backward(wrappers[f"cupy_{path}"], arrays, mask)
+        return forward_and_backward(wrappers[WRAPPER_OF[path]], arrays, mask)
     finally:
         RawKernel.seed = 0
 
@@ -223,8 +223,8 @@ def test_fused_cross_entropy_gives_nan_for_a_target_outside_the_vocabulary(wrapp
 # --- the emulator can fail: bugs planted in a kernel source are caught ---------------------------------------
 
 def plant(monkeypatch, kind: str, old: str, new: str) -> None:
-    """For the rest of the test the ``kind`` kernels' source has ``old`` replaced by ``new`` (the wrappers and
-    the stepwise mirror compile what ``cuda_sources.source`` gives)."""
+    """For the rest of the test the ``kind`` kernels' source has ``old`` replaced by ``new`` (the wrappers, fresh
+    for each test, compile what ``cuda_sources.source`` gives)."""
     real = cuda_sources.source
     assert old in real(kind, "float64"), old
 
@@ -232,13 +232,6 @@ def plant(monkeypatch, kind: str, old: str, new: str) -> None:
         return real(asked, dtype).replace(old, new, 1) if asked == kind else real(asked, dtype)
 
     monkeypatch.setattr(cuda_sources, "source", planted)
-    emulated_paths.kernels.cache_clear()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_stepwise_kernels():
-    yield
-    emulated_paths.kernels.cache_clear()  # a planted source must not outlive its test
 
 
 def test_a_missing_grid_barrier_is_caught(wrappers, monkeypatch):
