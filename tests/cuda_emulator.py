@@ -4,7 +4,9 @@
 library, with one launcher per kernel; :meth:`EmulatedKernels.launch` runs a kernel on NumPy arrays as
 ``cupy.RawKernel`` would on CuPy arrays. :func:`guarded` wraps arrays in NaN-filled margins, and
 :meth:`EmulatedKernels.launch` checks the margins afterwards: a store out of bounds fails the launch, and a load
-out of bounds brings a NaN into the results.
+out of bounds brings a NaN into the results. Before it runs a kernel, ``launch`` checks the arguments against the
+kernel's signature, read from the source (:func:`kernel_parameters`). ``tests/fake_cupy.py`` puts this behind
+CuPy's ``RawKernel``, so lstmx's own wrappers run on it.
 
 What the emulator proves and what it does not is said in the header: indexing, barrier placement and races
 between barriers, yes; memory ordering, speed and the GPU's numerics, no.
