@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import lstmx
 from lstmx.kernels import cuda_sources, tiling
@@ -315,3 +317,16 @@ def test_arguments_that_do_not_match_the_kernel_signature_are_refused():
             kernels.launch(name, (1,), (4,), good[:index] + (wrong,) + good[index + 1:], shared_mem=16)
     with pytest.raises(TypeError, match="takes 8 arguments, got 7"):
         kernels.launch(name, (1,), (4,), good[:7], shared_mem=16)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.integers(1, 3), batch=st.integers(1, 9), hidden=st.integers(1, 40), masked=st.booleans(),
+       units=st.sampled_from([1, 2, 3, 5, 8]), groups=st.integers(1, 3), splits=st.sampled_from([4, 5, 8]),
+       forward_chunk=st.sampled_from([4, 8, 12, 44]), backward_chunk=st.sampled_from([4, 12, 32, 164]))
+def test_tiled_kernels_on_drawn_sizes_and_tile_shapes(wrappers, steps, batch, hidden, masked, units, groups, splits,
+                                                     forward_chunk, backward_chunk):
+    arrays, mask = problem(steps, batch, 2, hidden, np.float64, masked=masked)
+    shape = tiling.TileShape(units, 4 * groups, splits, forward_chunk, backward_chunk)
+    with wrappers["cupy_tiled"].use_tile_shape(shape):
+        assume(wrappers["cupy_tiled"].refuses_size(batch, hidden, np.float64) is None)  # the grid fits the stand-in
+        assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
