@@ -3,7 +3,7 @@
 ``precision="tf32"`` lets cuBLAS run float32 GEMMs on tensor cores with 10-bit mantissa inputs and float32
 accumulation (PyTorch's ``allow_tf32``): the input projection, the recurrent GEMM of the stepwise path, the
 weight gradients, the output layer. The recurrent products inside lstmx's own persistent kernels stay float32.
-Expect relative errors around 1e-3 in the products; gradients stay exact for the function computed.
+Expect relative errors around 1e-3 in the products (and so in the gradients).
 A model's public methods (forward, backward, loss) run under their model's precision (:func:`matmul_precision`).
 """
 

@@ -40,7 +40,7 @@ class ImplError(ValueError):
 
 
 class LayerImplError(ImplError):
-    """... of an LSTM layer."""
+    """An LSTM-layer implementation that does not exist or cannot run this call here."""
 
 
 class LayerImpl(NamedTuple):
@@ -105,7 +105,7 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
     LayerImpl("cupy-persistent", "lstmx.kernels.cupy_persistent", ("cupy",), FLOATS, CUPY_PERSISTENT_AUTO, True, True,
               "CuPy: one cooperative kernel per direction for all steps (small hidden sizes)"),
     LayerImpl("cupy-tiled", "lstmx.kernels.cupy_tiled", ("cupy",), FLOATS, CUPY_TILED_AUTO, True, True,
-              "CuPy: register-tiled cooperative kernels, W_h split over units × rows (hidden sizes up to ~768)"),
+              "CuPy: register-tiled cooperative kernels, W_h split over units × rows (sizes whose tiles fit on chip)"),
     LayerImpl("cupy-stepwise", "lstmx.kernels.cupy_layer", ("cupy",), FLOATS, CUPY_STEPWISE_AUTO, True, False,
               "CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size)"),
     LayerImpl("numba", "lstmx.kernels.numba_layer", ("numpy",), FLOATS, ("float32",), False, False,
@@ -234,7 +234,7 @@ UPDATE_ENVIRONMENT_VARIABLE = "LSTMX_UPDATE_IMPL"
 
 
 class UpdateImplError(ImplError):
-    """... of an optimizer update."""
+    """An optimizer-update implementation that does not exist or cannot run this optimizer here."""
 
 CUPY_FUSED_UPDATE_AUTO = False  # its kernels pass on the CPU emulator; not yet run on a GPU: by name only
 
@@ -306,7 +306,7 @@ LOSS_ENVIRONMENT_VARIABLE = "LSTMX_LOSS_IMPL"
 
 
 class LossImplError(ImplError):
-    """... of the loss gradient."""
+    """A loss implementation that does not exist or cannot run here."""
 CUPY_FUSED_LOSS_AUTO = False  # its kernel passes on the CPU emulator; not yet run on a GPU: by name only
 
 
