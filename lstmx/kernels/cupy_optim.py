@@ -1,7 +1,7 @@
 """CuPy fast path of the optimizer updates: one fused kernel launch per parameter tensor and step.
 
 The generic update (``Optimizer.update`` in :mod:`lstmx.optim`) issues about a dozen elementwise operations per
-tensor, each a launch from Python (~20 µs on CuPy); here each tensor's step is one kernel
+tensor, each a launch from Python; here each tensor's step is one kernel
 (``OPTIM`` in :mod:`lstmx.kernels.cuda_sources`). The functions have the generic method's signature
 ``(optimizer, xp, param, grad, state, lr) -> new param`` and, like it, leave every array they are given
 untouched: the new parameter and state slots are new arrays (the models' cache checks rely on parameters being
