@@ -2,7 +2,8 @@
 lstmx on NumPy and on CuPy, one column per layer implementation the registry has for that backend here
 (``lstmx-numpy:numba``, ``lstmx-numpy:numpy``, ``lstmx-cupy:cupy``, ...), and PyTorch on CPU and cuDNN (fp32
 and TF32) when importable, in one run; on CuPy also ``lstmx-cupy:tf32`` (the registry's choice with
-``precision="tf32"``) beside cuDNN TF32.
+``precision="tf32"``) beside cuDNN TF32, and ``lstmx-cupy:cupy-tiled:tf32`` (the tiled kernels' tensor-core
+variant).
 
     python bench/gpu_vs_cpu.py                       # every configuration, every available column
     python bench/gpu_vs_cpu.py --configs 64,100,256,256 --repeats 5
@@ -30,17 +31,21 @@ from _common import RESULTS, machine_report, turn_taking_medians, write_json  # 
 
 import lstmx  # noqa: E402
 from lstmx import registry  # noqa: E402
+from lstmx.precision import matmul_precision  # noqa: E402
 
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (128, 100, 1024, 1024), (256, 50, 1024, 1024)]
 
 
-def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: int,
-               hidden: int) -> tuple[Callable, Callable, Callable] | None:
-    """The column's (step, sync, peak memory) functions; None where the implementation refuses this size."""
-    model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0)
+def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: int, hidden: int,
+               precision: str = "float32") -> tuple[Callable, Callable, Callable] | None:
+    """The column's (step, sync, peak memory) functions; None where the implementation refuses this size (at
+    this precision: the TF32 tiled kernels have their own tile shapes)."""
+    model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0, precision=precision)
     backend = model.backend
-    if registry.layer_impl(impl).refuses(backend, model.dtype, False, (batch, hidden)) is not None:
-        return None
+    if impl != registry.AUTO:
+        with matmul_precision(backend, precision):
+            if registry.layer_impl(impl).refuses(backend, model.dtype, False, (batch, hidden)) is not None:
+                return None
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal((steps, batch, features)), dtype=model.dtype)
     dy = backend.asarray(rng.standard_normal((steps, batch, hidden)), dtype=model.dtype)
@@ -115,6 +120,9 @@ def available(args) -> dict[str, Callable]:
             columns[f"lstmx-{backend_name}:{name}"] = functools.partial(lstmx_step, backend_name, name)
         if backend_name == "cupy":  # the registry's choice with TensorFloat-32 GEMMs, beside cuDNN TF32
             columns["lstmx-cupy:tf32"] = functools.partial(lstmx_step, backend_name, registry.AUTO, precision="tf32")
+            if "cupy-tiled" in impls:  # its TF32 kernels: tensor-core MMAs in the recurrence too
+                columns["lstmx-cupy:cupy-tiled:tf32"] = functools.partial(lstmx_step, backend_name, "cupy-tiled",
+                                                                           precision="tf32")
     try:
         import torch
 

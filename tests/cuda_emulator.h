@@ -38,6 +38,9 @@ struct alignas(16) float4 {
 struct alignas(16) double2 {
     double x, y;
 };
+struct alignas(8) float2 {
+    float x, y;
+};
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 
@@ -124,6 +127,37 @@ template <typename T> inline T __shfl_down_sync(unsigned, T value, unsigned delt
     return emu_shuffle(value, (int)(lane + delta < 32 ? lane + delta : lane));
 }
 
+// The two PTX instructions of the kernels' TF32 variant. cvt.rna.tf32.f32: float32 rounded to a 10-bit
+// mantissa, to nearest with ties away from zero (Inf and NaN pass). mma.sync.aligned.m16n8k8.row.col.f32.tf32:
+// a warp-wide d += a b in the PTX fragment layout (lane l, g = l / 4, t = l % 4 holds a = A[g][t], A[g+8][t],
+// A[g][t+4], A[g+8][t+4]; b = B[t][g], B[t+4][g]; d = D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]), built from
+// shuffles, so every lane must reach it, as on the GPU. Products and sums in float32 (the order differs from
+// the tensor core's).
+inline float tf32_round(const float x)
+{
+    unsigned bits;
+    std::memcpy(&bits, &x, 4);
+    if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & ~0x1fffu;
+    float rounded;
+    std::memcpy(&rounded, &bits, 4);
+    return rounded;
+}
+
+inline void mma_tf32_m16n8k8(float (&d)[4], const float (&a)[4], const float (&b)[2])
+{
+    const unsigned lane = (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
+    const int g = (int)(lane / 4), t = (int)(lane % 4);
+    for (int k = 0; k < 8; ++k) {
+        const int high = k / 4, column = k % 4;  // A[.][k] and B[k][.] sit in register high of lane ... + column
+        const float a_top = emu_shuffle(a[2 * high], 4 * g + column), a_bottom = emu_shuffle(a[2 * high + 1], 4 * g + column);
+        const float b_left = emu_shuffle(b[high], 4 * (2 * t) + column), b_right = emu_shuffle(b[high], 4 * (2 * t + 1) + column);
+        d[0] += a_top * b_left;
+        d[1] += a_top * b_right;
+        d[2] += a_bottom * b_left;
+        d[3] += a_bottom * b_right;
+    }
+}
+
 template <typename T> inline T atomicAdd(T* address, T value)
 {
     const T old = *address;
@@ -160,7 +194,7 @@ struct Group {
     std::vector<int> members;  // indices into Launch::fibers
 };
 
-constexpr size_t SHARED_GUARD = 256;
+constexpr size_t SHARED_GUARD = 4096;  // bytes of guard: a store past the end lands in it, not in the heap
 constexpr unsigned char GUARD_BYTE = 0xa5;
 
 // Runs body() once per thread of the grid; returns "" or what went wrong.

@@ -1,4 +1,4 @@
-"""Every CUDA kernel source, in every dtype variant, compiles with NVRTC for sm_80 and sm_90: no GPU needed.
+"""Every CUDA kernel source, in every variant (dtypes, TF32), compiles with NVRTC for sm_80 and sm_90: no GPU needed.
 
 NVRTC comes from the PyPI wheel ``nvidia-cuda-nvrtc-cu12`` (in the ``dev`` extra) and is called through ctypes;
 CuPy's own compile path asks the driver first and so cannot run on a machine without a GPU. Without the wheel
@@ -72,14 +72,30 @@ def compile_source(source: str, name: str, architecture: str, *extra: str) -> tu
     return status, log.value.decode(errors="replace"), ptx
 
 
+VARIANTS = [(kind, variant) for kind in sorted(cuda_sources.SOURCES) for variant in cuda_sources.variants(kind)]
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-@pytest.mark.parametrize("dtype", sorted(cuda_sources.DTYPES))
-@pytest.mark.parametrize("kind", sorted(cuda_sources.SOURCES))
-def test_every_kernel_compiles(kind, dtype, architecture):
-    status, log, ptx = compile_source(cuda_sources.source(kind, dtype), f"lstmx_{kind}_{dtype}", architecture)
-    assert status == 0, f"NVRTC failed for the {kind} kernels in {dtype} on {architecture}:\n{log}"
+@pytest.mark.parametrize("kind,variant", VARIANTS)
+def test_every_kernel_compiles(kind, variant, architecture):
+    status, log, ptx = compile_source(cuda_sources.source(kind, variant), f"lstmx_{kind}_{variant}", architecture)
+    assert status == 0, f"NVRTC failed for the {kind} kernels in {variant} on {architecture}:\n{log}"
     for kernel in cuda_sources.SOURCES[kind][1]:  # extern "C": the names CuPy looks up are in the PTX as written
-        assert f".entry {cuda_sources.kernel_name(kernel, dtype)}(".encode() in ptx
+        assert f".entry {cuda_sources.kernel_name(kernel, variant)}(".encode() in ptx
+
+
+def test_the_tf32_variant_runs_its_products_on_tensor_cores():
+    """The "tf32" tiled kernels issue mma.sync in TF32 and round their operands; the float32 ones do neither."""
+    for variant, expected in (("tf32", True), ("float32", False)):
+        status, log, ptx = compile_source(cuda_sources.source("tiled", variant), "tiled", "sm_90")
+        assert status == 0, log
+        assert (b"mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx) == expected
+        assert (b"cvt.rna.tf32.f32" in ptx) == expected
+
+
+def test_only_the_tiled_kernels_have_a_tf32_variant():
+    with pytest.raises(ValueError, match="the stepwise kernels come in float32, float64, not 'tf32'"):
+        cuda_sources.source("stepwise", "tf32")
 
 
 def test_a_broken_kernel_is_reported_with_its_line():
@@ -90,12 +106,11 @@ def test_a_broken_kernel_is_reported_with_its_line():
     assert status != 0 and "broken.cu(" in log
 
 
-@pytest.mark.parametrize("dtype", sorted(cuda_sources.DTYPES))
-@pytest.mark.parametrize("kind", sorted(cuda_sources.SOURCES))
-def test_no_kernel_spills_registers_on_sm_90(kind, dtype):
+@pytest.mark.parametrize("kind,variant", VARIANTS)
+def test_no_kernel_spills_registers_on_sm_90(kind, variant):
     """ptxas (run by NVRTC for a real architecture) reports each kernel's registers and local-memory spills:
     none may spill (a spill turns register traffic into memory traffic inside the time-step loop)."""
-    status, log, _ = compile_source(cuda_sources.source(kind, dtype), f"lstmx_{kind}_{dtype}", "sm_90",
+    status, log, _ = compile_source(cuda_sources.source(kind, variant), f"lstmx_{kind}_{variant}", "sm_90",
                                     "--ptxas-options=-v")
     assert status == 0, log
     kernels = re.findall(r"Compiling entry function '(\w+)'", log)

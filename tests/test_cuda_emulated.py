@@ -11,6 +11,8 @@ the CuPy suite on a GPU does that.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 import lstmx
 from lstmx.kernels import cuda_sources, tiling
 from lstmx.layers import lstm_layer as generic
+from lstmx.precision import matmul_precision
 
 from . import fake_cupy
 from .cuda_emulator import COMPILER
@@ -110,8 +113,8 @@ def test_thread_order_does_not_change_results(wrappers, path):
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
-TILE_SHAPES = [tiling.TileShape(1, 4, 4, 4, 4), tiling.TileShape(3, 4, 8, 8, 12), tiling.TileShape(8, 12, 4, 64, 512),
-               tiling.TileShape(2, 16, 16, 36, 132)]  # one unit per block; units not dividing H; one chunk; rows > B
+TILE_SHAPES = [tiling.TileShape(1, 4, 4, 8, 8), tiling.TileShape(3, 4, 8, 8, 16), tiling.TileShape(8, 12, 4, 64, 512),
+               tiling.TileShape(2, 16, 16, 40, 136)]  # one unit per block; units not dividing H; one chunk; rows > B
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
@@ -128,14 +131,20 @@ def test_shapes_chosen_for_an_h100_compute_the_layer(wrappers, batch, hidden):
     shape = tiling.choose_tile_shape(batch, hidden, 8, 232448, 132)
     assert shape is not None and tiling.refuses_shape(shape) is None
     arrays, mask = problem(2, batch, 3, hidden, np.float64, masked=True)
-    with pytest.MonkeyPatch.context() as patch:  # the stand-in becomes an H100 in size
+    with h100_sized(wrappers), wrappers["cupy_tiled"].use_tile_shape(shape):
+        assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
+
+
+@contextlib.contextmanager
+def h100_sized(wrappers):
+    """Within the block the stand-in has an H100's 132 SMs and 227 KB of shared memory per block."""
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(fake_cupy, "SHARED_BYTES", 232448)
         patch.setattr(fake_cupy, "SMS", 132)
         attributes = wrappers["cupy_layer"]._device_attributes(0)
         patch.setitem(attributes, "MaxSharedMemoryPerBlockOptin", 232448)
         patch.setitem(attributes, "MultiProcessorCount", 132)
-        with wrappers["cupy_tiled"].use_tile_shape(shape):
-            assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
+        yield
 
 
 def test_the_tiled_path_chooses_a_shape_that_fits_the_device(wrappers):
@@ -162,14 +171,18 @@ def test_chosen_tile_shapes_respect_the_device_limits(itemsize):
 
 
 def test_bad_tile_shapes_are_refused(wrappers):
-    assert "multiple of 4" in tiling.refuses_shape(tiling.TileShape(1, 6, 4, 4, 4))
-    assert "at least 4" in tiling.refuses_shape(tiling.TileShape(1, 4, 2, 4, 4))
-    assert "exceeds 512" in tiling.refuses_shape(tiling.TileShape(32, 64, 4, 4, 4))
-    assert "multiples of 4" in tiling.refuses_shape(tiling.TileShape(1, 4, 4, 6, 4))
-    assert "positive" in tiling.refuses_shape(tiling.TileShape(0, 4, 4, 4, 4))
+    assert "multiple of 4" in tiling.refuses_shape(tiling.TileShape(1, 6, 4, 8, 8))
+    assert "at least 4" in tiling.refuses_shape(tiling.TileShape(1, 4, 2, 8, 8))
+    assert "exceeds 512" in tiling.refuses_shape(tiling.TileShape(32, 64, 4, 8, 8))
+    assert "multiples of 8" in tiling.refuses_shape(tiling.TileShape(1, 4, 4, 12, 8))
+    assert "positive" in tiling.refuses_shape(tiling.TileShape(0, 4, 4, 8, 8))
     with pytest.raises(ValueError, match="tile shape: rows must be a multiple of 4"):
-        with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(1, 6, 4, 4, 4)):
+        with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(1, 6, 4, 8, 8)):
             pass
+    assert tiling.refuses_shape(tiling.TileShape(4, 16, 4, 8, 8)) is None
+    assert "need units a multiple of 8, got 4" in tiling.refuses_shape(tiling.TileShape(4, 16, 4, 8, 8), mma=True)
+    assert "need rows a multiple of 16, got 8" in tiling.refuses_shape(tiling.TileShape(8, 8, 4, 8, 8), mma=True)
+    assert "need splits a multiple of 4, got 5" in tiling.refuses_shape(tiling.TileShape(8, 16, 5, 8, 8), mma=True)
 
 
 OPTIMIZER_CASES = [("sgd", {}), ("sgd", {"momentum": 0.9, "weight_decay": 0.1}),
@@ -285,16 +298,16 @@ def test_a_missing_barrier_in_the_block_reduction_is_caught(wrappers, monkeypatc
 
 
 def test_a_store_past_the_shared_memory_is_caught(wrappers, monkeypatch):
-    """The tiled forward told a chunk of 8 while its launch asks for the shared memory of a chunk of 4: its
+    """The tiled forward told a chunk of 16 while its launch asks for the shared memory of a chunk of 8: its
     staging runs past the end."""
     real_bytes = tiling.shared_bytes
 
     def bytes_of_a_narrower_chunk(kernel, tile, hidden, itemsize):
-        return real_bytes(kernel, tile._replace(forward_chunk=tile.forward_chunk - 4), hidden, itemsize)
+        return real_bytes(kernel, tile._replace(forward_chunk=tile.forward_chunk - 8), hidden, itemsize)
 
     monkeypatch.setattr(tiling, "shared_bytes", bytes_of_a_narrower_chunk)
     arrays, mask = problem(2, 4, 3, 33, np.float64)
-    with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(4, 8, 4, 8, 32)):
+    with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(4, 8, 4, 16, 32)):
         with pytest.raises(RuntimeError, match="stored past the end of the dynamic shared memory"):
             run_path("tiled", wrappers, arrays, mask)
 
@@ -322,7 +335,7 @@ def test_arguments_that_do_not_match_the_kernel_signature_are_refused():
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.integers(1, 3), batch=st.integers(1, 9), hidden=st.integers(1, 40), masked=st.booleans(),
        units=st.sampled_from([1, 2, 3, 5, 8]), groups=st.integers(1, 3), splits=st.sampled_from([4, 5, 8]),
-       forward_chunk=st.sampled_from([4, 8, 12, 44]), backward_chunk=st.sampled_from([4, 12, 32, 164]))
+       forward_chunk=st.sampled_from([8, 16, 40]), backward_chunk=st.sampled_from([8, 16, 32, 168]))
 def test_tiled_kernels_on_drawn_sizes_and_tile_shapes(wrappers, steps, batch, hidden, masked, units, groups, splits,
                                                      forward_chunk, backward_chunk):
     arrays, mask = problem(steps, batch, 2, hidden, np.float64, masked=masked)
@@ -330,3 +343,79 @@ def test_tiled_kernels_on_drawn_sizes_and_tile_shapes(wrappers, steps, batch, hi
     with wrappers["cupy_tiled"].use_tile_shape(shape):
         assume(wrappers["cupy_tiled"].refuses_size(batch, hidden, np.float64) is None)  # the grid fits the stand-in
         assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
+
+
+# --- the TF32 variant of the tiled kernels: warp-wide tensor-core MMAs ----------------------------------------
+
+MMA_SHAPES = [tiling.TileShape(8, 16, 4, 8, 16), tiling.TileShape(16, 16, 8, 40, 136),
+              tiling.TileShape(8, 32, 8, 16, 32)]  # one warp tile per share; chunks cover everything; rows > B
+
+
+def run_tf32(wrappers, arrays, mask, seed=0):
+    """The tiled path under ``precision="tf32"``: its kernels' TF32 variant (the stand-in runs on NumPy, so the
+    precision only changes which kernels run)."""
+    with matmul_precision(NUMPY, "tf32"):
+        return run_path("tiled", wrappers, arrays, mask, seed)
+
+
+def relative_error(result, expected):
+    return {name: np.max(np.abs(np.asarray(result[name], np.float64) - value)) / np.max(np.abs(value))
+            for name, value in expected.items()}
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("shape", MMA_SHAPES, ids=lambda s: "U{}R{}S{}F{}B{}".format(*s))
+def test_tf32_tiled_kernels_compute_the_layer_within_tf32_error(wrappers, shape, masked):
+    arrays, mask = problem(3, 7, 3, 33, np.float32, masked=masked)
+    with wrappers["cupy_tiled"].use_tile_shape(shape):
+        reduced, full = run_tf32(wrappers, arrays, mask), run_path("tiled", wrappers, arrays, mask)
+    expected = reference(arrays, mask)
+    assert all(v.dtype == np.float32 for v in reduced.values())
+    assert max(relative_error(reduced, expected).values()) < 1e-2  # TF32 keeps 10 mantissa bits
+    assert max(relative_error(full, expected).values()) < 2e-6
+    assert max(relative_error(reduced, full).values()) > 1e-5  # the products really ran in TF32
+
+
+@pytest.mark.parametrize("shape", MMA_SHAPES[:2], ids=lambda s: "U{}R{}S{}F{}B{}".format(*s))
+def test_tf32_kernels_fed_float32_operands_match_float32(wrappers, monkeypatch, shape):
+    """Without the rounding to TF32 (the emulator's MMA sums in float32) the tensor-core kernels must give the
+    float32 results: every fragment lands where the product needs it."""
+    plant(monkeypatch, "tiled", "to_operand(const float x) { return tf32_round(x); }",
+          "to_operand(const float x) { return x; }")
+    plant(monkeypatch, "tiled", "w_s[e] = tf32_round(weight(k, column));", "w_s[e] = weight(k, column);")
+    arrays, mask = problem(3, 9, 3, 33, np.float32, masked=True)
+    with wrappers["cupy_tiled"].use_tile_shape(shape):
+        assert_close(run_tf32(wrappers, arrays, mask), reference(arrays, mask), 2e-5)
+
+
+def test_tf32_kernels_do_not_depend_on_thread_order(wrappers):
+    arrays, mask = problem(2, 7, 3, 33, np.float32, masked=True)
+    with wrappers["cupy_tiled"].use_tile_shape(MMA_SHAPES[1]):
+        first, second = (run_tf32(wrappers, arrays, mask, seed) for seed in (1, 2))
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+def test_a_misplaced_fragment_is_caught(wrappers, monkeypatch):
+    plant(monkeypatch, "tiled", "a[1] = top[8 * stride]; a[2] = top[4];", "a[1] = top[4]; a[2] = top[8 * stride];")
+    arrays, mask = problem(2, 7, 3, 33, np.float32)
+    with wrappers["cupy_tiled"].use_tile_shape(MMA_SHAPES[0]):
+        assert max(relative_error(run_tf32(wrappers, arrays, mask), reference(arrays, mask)).values()) > 0.1
+
+
+def test_tf32_refuses_a_tile_shape_its_warp_tiles_cannot_cover(wrappers):
+    arrays, mask = problem(1, 4, 2, 16, np.float32)
+    with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(4, 16, 4, 16, 64)):
+        forward_and_backward(wrappers["cupy_tiled"], arrays, mask)  # the float32 kernels run it
+        with pytest.raises(ValueError, match="the TF32 kernels need units a multiple of 8, got 4; use the stepwise"):
+            run_tf32(wrappers, arrays, mask)
+
+
+@pytest.mark.parametrize("batch,hidden", [(16, 128), (7, 33)])
+def test_tf32_shapes_chosen_for_an_h100_compute_the_layer(wrappers, batch, hidden):
+    shape = tiling.choose_tile_shape(batch, hidden, 4, 232448, 132, mma=True)
+    assert shape is not None and tiling.refuses_shape(shape, mma=True) is None
+    arrays, mask = problem(2, batch, 3, hidden, np.float32, masked=True)
+    with h100_sized(wrappers), wrappers["cupy_tiled"].use_tile_shape(shape):
+        result = run_tf32(wrappers, arrays, mask)
+    assert max(relative_error(result, reference(arrays, mask)).values()) < 1e-2

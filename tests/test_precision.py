@@ -49,7 +49,8 @@ def test_cli_refuses_tf32_off_cupy_before_reading_any_data(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_tf32_changes_the_products_within_its_precision_and_restores_the_math_mode(backend):
+@pytest.mark.parametrize("impl", ["cupy-stepwise", "cupy-tiled"])  # cuBLAS TF32; the tiled kernels' own MMAs
+def test_tf32_changes_the_products_within_its_precision_and_restores_the_math_mode(backend, impl):
     if not is_cupy(backend):
         pytest.skip("TensorFloat-32 exists on CuPy only (refused elsewhere: test_precision_is_checked_at_the_door)")
     import cupy
@@ -62,7 +63,7 @@ def test_tf32_changes_the_products_within_its_precision_and_restores_the_math_mo
     outputs = {}
     for precision in ("float32", "tf32"):
         model = lstmx.LSTM(128, 256, backend=backend, seed=0, precision=precision)
-        y, _, cache = model.forward(x, impl="cupy-stepwise")
+        y, _, cache = model.forward(x, impl=impl)
         dx, _, grads = model.backward(backend.xp.ones_like(y), cache)
         outputs[precision] = [to_numpy(a).astype(np.float64) for a in (y, dx, grads["weight_l0"])]
         assert cublas.getMathMode(handle) == before  # restored after every call

@@ -1,4 +1,4 @@
-"""CUDA C++ sources of the CuPy layer paths, one variant per dtype.
+"""CUDA C++ sources of the CuPy layer paths, one variant per dtype (and a TF32 variant of the tiled kernels).
 
 Plain strings (no CuPy import), so the offline test compiles every variant with NVRTC on a machine without a
 GPU (``tests/test_cuda_compile.py``), and g++ builds them for the CPU emulator that runs them in the tests
@@ -13,9 +13,11 @@ the same row of the (B, 4H) gate block.
   steps; each thread computes its unit's four recurrent dot products itself and keeps its cell state (and, in
   the backward, its dL/dh and dL/dc) in registers across steps. Values other blocks wrote during the launch
   are read with ``__ldcg`` (through L2, never a stale L1 line). One thread per (row b, unit j).
-- ``TILED``: persistent too, register-tiled for larger hidden sizes: a block owns a few units of a group of
-  rows, threads split the reduction and each accumulates a 4 × 4 tile (rows × gates) from vector loads, and the
-  partial sums meet in shared memory. The tile shape is a launch argument (:mod:`lstmx.kernels.tiling`).
+- ``TILED``: persistent too, tiled for larger hidden sizes: a block owns a few units of a group of rows, its
+  threads split the reduction, and the partial sums meet in shared memory. The product is register-tiled FMAs
+  (each thread a 4 × 4 tile of rows × gates from vector loads), or in the "tf32" variant warp-wide tensor-core
+  MMAs (``mma.sync`` m16n8k8, TF32 operands, float32 sums). The tile shape is a launch argument
+  (:mod:`lstmx.kernels.tiling`).
 - ``OPTIM``: one optimizer step (Adam/AdamW, SGD) for one parameter tensor per launch
   (:mod:`lstmx.kernels.cupy_optim`).
 - ``LOSS``: the softmax cross-entropy's per-row loss and its gradient, a block per row
@@ -327,6 +329,9 @@ _TILED = Template(_CELL + r"""
 #include <cooperative_groups.h>
 namespace cg = cooperative_groups;
 
+// 1: the recurrent products run on tensor cores in TF32 (the "tf32" variant, float32 data), 0: FMAs in $real.
+#define LSTMX_MMA $mma
+
 // Four consecutive values from (or to) shared memory in one or two vector accesses; p is 16-byte aligned.
 __device__ __forceinline__ void load4(const float* p, float (&v)[4])
 {
@@ -349,11 +354,10 @@ __device__ __forceinline__ void store4(double* p, const double (&v)[4])
 }
 
 // Where a thread of a tiled kernel works. Grid (ceil(H / units), ceil(B / rows)), block (units, rows / 4, splits):
-// the block owns hidden units j0 .. j0 + units - 1 of batch rows b0 .. b0 + rows - 1. In the product, thread
-// (u, g, s) sums over the s-th share of the reduction (groups of 4 indices, every splits-th group) for unit u
-// and the 4 rows g, g + rows/4, g + rows/2, g + 3rows/4 (rows a warp reads at once lie next to each other in
-// shared memory, a padded row apart: no bank conflicts). Its partial sums meet in shared memory; then thread
-// tid < rows·units owns the cell (row tid / units, unit tid % units) for the whole sequence.
+// the block owns hidden units j0 .. j0 + units - 1 of batch rows b0 .. b0 + rows - 1. The product's partial sums
+// meet in shared memory; then thread tid < rows·units owns the cell (row tid / units, unit tid % units) for the
+// whole sequence. Both reductions (over k < H forward, over the 4H columns backward) are padded with zeros to a
+// multiple of 8.
 struct Tile {
     int units, groups, splits, rows, u, group, split, tid, threads, j0, b0;
     int cell_row, cell_unit, j, b;
@@ -375,6 +379,237 @@ __device__ Tile tile_of(const int batch, const int hidden)
     return p;
 }
 
+__device__ __forceinline__ int round8(const int n) { return (n + 7) & ~7; }
+
+#if LSTMX_MMA
+// One warp-wide tensor-core product d += a b of a 16 × 8 A (row-major) and an 8 × 8 B in TF32 with float32
+// accumulation (mma.sync m16n8k8). Lane l holds, with g = l / 4 and t = l % 4: a = A[g][t], A[g+8][t], A[g][t+4],
+// A[g+8][t+4]; b = B[t][g], B[t+4][g]; d = D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]. Operands are rounded
+// to TF32 (10-bit mantissa, nearest) as they enter shared memory. The CPU emulator defines both for itself.
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ float tf32_round(const float x)
+{
+    unsigned bits;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bits) : "f"(x));
+    return __uint_as_float(bits);
+}
+__device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const float (&a)[4], const float (&b)[2])
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])),
+                   "r"(__float_as_uint(a[3])), "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
+}
+#endif
+__device__ __forceinline__ float to_operand(const float x) { return tf32_round(x); }
+
+// The warp's tile of the product: its 16 rows from m0, its 8 columns (`octet` of the block's columns), and its
+// share of the reduction (every shares-th group of 8). tiles · shares is the block's warp count.
+struct WarpTile {
+    int lane, m0, octet, share, shares;
+};
+__device__ __forceinline__ WarpTile warp_tile(const Tile& p, const int octets)
+{
+    const int warp = p.tid >> 5, tiles = (p.rows >> 4) * octets, tile = warp % tiles;
+    return WarpTile{p.tid & 31, (tile / octets) * 16, tile % octets, warp / tiles, (p.threads >> 5) / tiles};
+}
+
+// A lane's A fragment from rows m0 .. m0 + 15 of a staged matrix (row stride `stride`), columns kk .. kk + 7.
+__device__ __forceinline__ void a_fragment(const float* staged, const WarpTile& w, const int stride, const int kk,
+                                           float (&a)[4])
+{
+    const float* top = staged + (w.m0 + (w.lane >> 2)) * stride + kk + (w.lane & 3);
+    a[0] = top[0]; a[1] = top[8 * stride]; a[2] = top[4]; a[3] = top[8 * stride + 4];
+}
+
+// Weights held as ready-made B fragments: for each group of 8 along the reduction and each octet of 8 columns,
+// 32 lanes × 2 values, so a lane loads its pair at once. `weight(k, column)` is the value to place (0 past the
+// matrix); the element e of the layout holds B[k][column] for the k and column below.
+template <typename Weight>
+__device__ __forceinline__ void b_fragments_to_shared(float* w_s, const Tile& p, const int reduction, const int octets,
+                                                      const Weight& weight)
+{
+    for (long long e = p.tid; e < (long long)reduction * octets * 8; e += p.threads) {
+        const int lane = (int)((e >> 1) & 31);
+        const long long group = e >> 6;
+        const long long k = (group / octets) * 8 + (lane & 3) + 4 * (e & 1);
+        const int column = (int)(group % octets) * 8 + (lane >> 2);
+        w_s[e] = tf32_round(weight(k, column));
+    }
+}
+__device__ __forceinline__ void b_fragment(const float* w_s, const WarpTile& w, const int octets, const int kk,
+                                           float (&b)[2])
+{
+    const float2 pair = *reinterpret_cast<const float2*>(w_s + ((((long long)kk >> 3) * octets + w.octet) * 32 + w.lane) * 2);
+    b[0] = pair.x; b[1] = pair.y;
+}
+
+// Forward: warp tiles of 16 rows × 8 gate columns (2 units × 4 gates), over every shares-th group of 8 k.
+constexpr int FORWARD_SHARE = 4;  // splits per share of the forward reduction: shares = splits / 4
+__device__ __forceinline__ int forward_shares(const Tile& p) { return p.splits / FORWARD_SHARE; }
+__device__ __forceinline__ void forward_weights_to_shared(float* w_s, const float* w_hidden, const Tile& p,
+                                                          const int hidden, const int k8)
+{
+    b_fragments_to_shared(w_s, p, k8, p.units / 2, [&](const long long k, const int column) {
+        const int unit = column >> 2, gate = column & 3;  // a block column is unit · 4 + gate
+        return k < hidden && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit] : 0.0f;
+    });
+}
+struct ForwardProduct {
+    WarpTile w;
+    float d[4];
+};
+__device__ __forceinline__ ForwardProduct forward_product(const Tile& p)
+{
+    return ForwardProduct{warp_tile(p, p.units / 2), {0.0f, 0.0f, 0.0f, 0.0f}};
+}
+__device__ __forceinline__ void forward_accumulate(ForwardProduct& z, const float* h_s, const float* w_s, const Tile& p,
+                                                   const int start, const int width, const int stride)
+{
+    for (int kk = 8 * z.w.share; kk < width; kk += 8 * z.w.shares) {
+        float a[4], b[2];
+        a_fragment(h_s, z.w, stride, kk, a);
+        b_fragment(w_s, z.w, p.units / 2, start + kk, b);
+        mma_tf32_m16n8k8(z.d, a, b);
+    }
+}
+// part: (shares, rows, units, 4 gates). d[0], d[1] are gates 2(t % 2), 2(t % 2) + 1 of unit 2·octet + t / 2.
+__device__ __forceinline__ void forward_store(const ForwardProduct& z, float* part, const Tile& p)
+{
+    const int t = z.w.lane & 3, unit = 2 * z.w.octet + (t >> 1), gate = 2 * (t & 1);
+    for (int half = 0; half < 2; ++half) {
+        const int row = z.w.m0 + (z.w.lane >> 2) + 8 * half;
+        *reinterpret_cast<float2*>(part + (((long long)z.w.share * p.rows + row) * p.units + unit) * 4 + gate) =
+            float2{z.d[2 * half], z.d[2 * half + 1]};
+    }
+}
+
+// Backward: warp tiles of 16 rows × 8 units, over every shares-th group of 8 of the 4H columns.
+__device__ __forceinline__ int backward_shares(const Tile& p) { return p.splits; }
+__device__ __forceinline__ void backward_weights_to_shared(float* w_s, const float* w_hidden, const Tile& p,
+                                                           const int hidden, const int c8)
+{
+    b_fragments_to_shared(w_s, p, c8, p.units / 8, [&](const long long column, const int unit) {  // B = W_hᵀ
+        return column < p.four && p.j0 + unit < hidden ? w_hidden[(long long)(p.j0 + unit) * p.four + column] : 0.0f;
+    });
+}
+struct BackwardProduct {
+    WarpTile w;
+    float d[4];
+};
+__device__ __forceinline__ BackwardProduct backward_product(const Tile& p)
+{
+    return BackwardProduct{warp_tile(p, p.units / 8), {0.0f, 0.0f, 0.0f, 0.0f}};
+}
+__device__ __forceinline__ void backward_accumulate(BackwardProduct& dh, const float* dz_s, const float* w_s,
+                                                    const Tile& p, const int start, const int width, const int stride)
+{
+    for (int cc = 8 * dh.w.share; cc < width; cc += 8 * dh.w.shares) {
+        float a[4], b[2];
+        a_fragment(dz_s, dh.w, stride, cc, a);
+        b_fragment(w_s, dh.w, p.units / 8, start + cc, b);
+        mma_tf32_m16n8k8(dh.d, a, b);
+    }
+}
+// part: (shares, rows, units). d[0], d[1] are units 8·octet + 2t, 8·octet + 2t + 1.
+__device__ __forceinline__ void backward_store(const BackwardProduct& dh, float* part, const Tile& p)
+{
+    const int unit = 8 * dh.w.octet + 2 * (dh.w.lane & 3);
+    for (int half = 0; half < 2; ++half) {
+        const int row = dh.w.m0 + (dh.w.lane >> 2) + 8 * half;
+        float* out = part + ((long long)dh.w.share * p.rows + row) * p.units + unit;
+        out[0] = dh.d[2 * half]; out[1] = dh.d[2 * half + 1];
+    }
+}
+#else
+__device__ __forceinline__ $real to_operand(const $real x) { return x; }
+
+// Forward: thread (u, g, s) accumulates a 4 rows × 4 gates tile of z for unit u and the rows g, g + rows/4,
+// g + rows/2, g + 3rows/4 (rows a warp reads at once lie next to each other in shared memory, a padded row
+// apart: no bank conflicts) over the s-th share of k (groups of 4, every splits-th group): two vector loads per
+// 16 FMAs. W_h is held as (k8, units, 4 gates).
+__device__ __forceinline__ int forward_shares(const Tile& p) { return p.splits; }
+__device__ __forceinline__ void forward_weights_to_shared($real* w_s, const $real* w_hidden, const Tile& p,
+                                                          const int hidden, const int k8)
+{
+    for (long long e = p.tid; e < (long long)k8 * p.units * 4; e += p.threads) {
+        const int gate = (int)(e & 3), unit = (int)((e >> 2) % p.units);
+        const long long k = (e >> 2) / p.units;
+        w_s[e] = k < hidden && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit] : ($real)0;
+    }
+}
+struct ForwardProduct {
+    $real acc[4][4];  // [row][gate]
+};
+__device__ __forceinline__ ForwardProduct forward_product(const Tile&) { return ForwardProduct{}; }
+__device__ __forceinline__ void forward_accumulate(ForwardProduct& z, const $real* h_s, const $real* w_s, const Tile& p,
+                                                   const int start, const int width, const int stride)
+{
+    for (int kk = 4 * p.split; kk < width; kk += 4 * p.splits) {
+        $real h[4][4];  // [row][k]
+        #pragma unroll
+        for (int r = 0; r < 4; ++r) load4(h_s + (p.group + r * p.groups) * stride + kk, h[r]);
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            $real w[4];
+            load4(w_s + ((long long)(start + kk + q) * p.units + p.u) * 4, w);
+            #pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                #pragma unroll
+                for (int gate = 0; gate < 4; ++gate) z.acc[r][gate] += h[r][q] * w[gate];
+            }
+        }
+    }
+}
+// part: (splits, rows, units, 4 gates)
+__device__ __forceinline__ void forward_store(const ForwardProduct& z, $real* part, const Tile& p)
+{
+    #pragma unroll
+    for (int r = 0; r < 4; ++r)
+        store4(part + (((long long)p.split * p.rows + p.group + r * p.groups) * p.units + p.u) * 4, z.acc[r]);
+}
+
+// Backward: thread (u, g, s) accumulates dL/dh_{t-1} for unit u and the same 4 rows over the s-th share of the
+// columns (groups of 4): five vector loads per 16 FMAs. W_h is held as (units, c8 + 4): its units' rows.
+__device__ __forceinline__ int backward_shares(const Tile& p) { return p.splits; }
+__device__ __forceinline__ void backward_weights_to_shared($real* w_s, const $real* w_hidden, const Tile& p,
+                                                           const int hidden, const int c8)
+{
+    for (long long e = p.tid; e < (long long)p.units * c8; e += p.threads) {  // along rows of W_h: coalesced
+        const int unit = (int)(e / c8);
+        const int column = (int)(e - (long long)unit * c8);
+        w_s[unit * (c8 + 4) + column] = column < p.four && p.j0 + unit < hidden
+            ? w_hidden[(long long)(p.j0 + unit) * p.four + column] : ($real)0;
+    }
+}
+struct BackwardProduct {
+    $real acc[4];  // [row]
+};
+__device__ __forceinline__ BackwardProduct backward_product(const Tile&) { return BackwardProduct{}; }
+__device__ __forceinline__ void backward_accumulate(BackwardProduct& dh, const $real* dz_s, const $real* w_s,
+                                                    const Tile& p, const int start, const int width, const int stride)
+{
+    const int c8 = round8((int)p.four);
+    for (int cc = 4 * p.split; cc < width; cc += 4 * p.splits) {
+        $real w[4];
+        load4(w_s + p.u * (c8 + 4) + start + cc, w);
+        #pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            $real d[4];
+            load4(dz_s + (p.group + r * p.groups) * stride + cc, d);
+            dh.acc[r] += (d[0] * w[0] + d[1] * w[1]) + (d[2] * w[2] + d[3] * w[3]);
+        }
+    }
+}
+// part: (splits, rows, units)
+__device__ __forceinline__ void backward_store(const BackwardProduct& dh, $real* part, const Tile& p)
+{
+    #pragma unroll
+    for (int r = 0; r < 4; ++r) part[((long long)p.split * p.rows + p.group + r * p.groups) * p.units + p.u] = dh.acc[r];
+}
+#endif
+
 // Stages rows b0 .. b0 + rows - 1, columns start .. start + width - 1 of a (batch, columns) matrix in shared
 // memory (row stride `stride`), zeros past the batch or the columns; read through L2 (other blocks wrote it).
 __device__ __forceinline__ void stage_rows($real* staged, const $real* source, const Tile& p, const int batch,
@@ -383,14 +618,14 @@ __device__ __forceinline__ void stage_rows($real* staged, const $real* source, c
     for (int e = p.tid; e < p.rows * width; e += p.threads) {
         const int r = e / width, column = start + (e - r * width);
         staged[r * stride + (e - r * width)] = p.b0 + r < batch && column < columns
-            ? __ldcg(source + (long long)(p.b0 + r) * columns + column) : ($real)0;
+            ? to_operand(__ldcg(source + (long long)(p.b0 + r) * columns + column)) : ($real)0;
     }
 }
 
-// Forward, register-tiled: the block's gate columns of W_h (every k, its units' four gates) stay in shared
-// memory for the whole launch; each step the block stages its rows of h_{t-1} (in chunks of `chunk` columns,
-// a multiple of 4) and each thread accumulates a 4 rows × 4 gates tile of z over its share of k, two vector loads
-// per 16 FMAs. gates holds x_t W_x on entry and the activated gates on return, as in the other paths.
+// Forward, tiled: the block's gate columns of W_h (every k, its units' four gates) stay in shared memory for the
+// whole launch; each step the block stages its rows of h_{t-1} in chunks of `chunk` columns (a multiple of 8)
+// and accumulates its tile of z = h_{t-1} W_h (above). gates holds x_t W_x on entry and the activated gates on
+// return, as in the other paths.
 extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled_$suffix(
     $real* __restrict__ gates,            // (T, B, 4H)
     const $real* __restrict__ w_hidden,   // (H, 4H)
@@ -405,15 +640,11 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     cg::grid_group grid = cg::this_grid();
     const Tile p = tile_of(batch, hidden);
-    const int k4 = (hidden + 3) & ~3, stride = chunk + 4;
-    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (k4, units, 4 gates)
-    $real* h_s = w_s + (long long)k4 * p.units * 4;        // (rows, stride)
-    $real* part = h_s + (long long)p.rows * stride;        // (splits, rows, units, 4 gates)
-    for (long long e = p.tid; e < (long long)k4 * p.units * 4; e += p.threads) {
-        const int gate = (int)(e & 3), unit = (int)((e >> 2) % p.units);
-        const long long k = (e >> 2) / p.units;
-        w_s[e] = k < hidden && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit] : ($real)0;
-    }
+    const int k8 = round8(hidden), stride = chunk + 4;
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // k8 · units · 4 values
+    $real* h_s = w_s + (long long)k8 * p.units * 4;        // (rows, stride)
+    $real* part = h_s + (long long)p.rows * stride;        // partial sums (splits, rows, units, 4 gates) at most
+    forward_weights_to_shared(w_s, w_hidden, p, hidden, k8);
     const $real one = 1;
     $real c = 0, b_i = 0, b_f = 0, b_g = 0, b_o = 0;
     if (p.active) {
@@ -429,36 +660,20 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled
             xi = z[p.j] + b_i; xf = z[hidden + p.j] + b_f; xg = z[2 * hidden + p.j] + b_g; xo = z[3 * hidden + p.j] + b_o;
             if (step_mask != nullptr) { m = step_mask[(long long)t * batch + p.b]; h_old = hidden_states[now]; }
         }
-        $real acc[4][4] = {};  // [row][gate]
+        ForwardProduct product = forward_product(p);
         const $real* h_now = hidden_states + t * p.count;
-        for (int start = 0; start < k4; start += chunk) {
-            const int width = min(chunk, k4 - start);
+        for (int start = 0; start < k8; start += chunk) {
+            const int width = min(chunk, k8 - start);
             stage_rows(h_s, h_now, p, batch, hidden, start, width, stride);
             __syncthreads();
-            for (int kk = 4 * p.split; kk < width; kk += 4 * p.splits) {
-                $real h[4][4];  // [row][k]
-                #pragma unroll
-                for (int r = 0; r < 4; ++r) load4(h_s + (p.group + r * p.groups) * stride + kk, h[r]);
-                #pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    $real w[4];
-                    load4(w_s + ((long long)(start + kk + q) * p.units + p.u) * 4, w);
-                    #pragma unroll
-                    for (int r = 0; r < 4; ++r) {
-                        #pragma unroll
-                        for (int gate = 0; gate < 4; ++gate) acc[r][gate] += h[r][q] * w[gate];
-                    }
-                }
-            }
+            forward_accumulate(product, h_s, w_s, p, start, width, stride);
             __syncthreads();  // h_s is read before the next chunk overwrites it
         }
-        #pragma unroll
-        for (int r = 0; r < 4; ++r)
-            store4(part + (((long long)p.split * p.rows + p.group + r * p.groups) * p.units + p.u) * 4, acc[r]);
+        forward_store(product, part, p);
         __syncthreads();
         if (p.active) {
             $real zi = xi, zf = xf, zg = xg, zo = xo;
-            for (int s = 0; s < p.splits; ++s) {
+            for (int s = 0; s < forward_shares(p); ++s) {
                 $real sum[4];
                 load4(part + (((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit) * 4, sum);
                 zi += sum[0]; zf += sum[1]; zg += sum[2]; zo += sum[3];
@@ -473,11 +688,11 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled
     }
 }
 
-// Backward, register-tiled, steps in reverse: a cell's owner turns dL/dh_t and dL/dc_t into dz_t (written for
-// the weight gradient and the other blocks) and dL/dc_{t-1}; after the barrier the block stages its rows of
-// dz_t in chunks of `chunk` columns (a multiple of 4) and each thread accumulates dL/dh_{t-1} = dz_t W_hᵀ for
-// 4 rows of its unit over its share of the 4H columns; the block's rows of W_h (its units, every column) stay
-// in shared memory. dh, dc hold dL/dh_T, dL/dc_T on entry and dL/dh_0, dL/dc_0 on return.
+// Backward, tiled, steps in reverse: a cell's owner turns dL/dh_t and dL/dc_t into dz_t (written for the weight
+// gradient and the other blocks) and dL/dc_{t-1}; after the barrier the block stages its rows of dz_t in chunks
+// of `chunk` columns (a multiple of 8) and accumulates dL/dh_{t-1} = dz_t W_hᵀ for its units (above); the
+// block's rows of W_h (its units, every column) stay in shared memory. dh, dc hold dL/dh_T, dL/dc_T on entry
+// and dL/dh_0, dL/dc_0 on return.
 extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_backward_tiled_$suffix(
     const $real* __restrict__ dy,          // (T, B, H)
     const $real* __restrict__ w_hidden,    // (H, 4H)
@@ -493,15 +708,11 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_backward_tile
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     cg::grid_group grid = cg::this_grid();
     const Tile p = tile_of(batch, hidden);
-    const int columns = 4 * hidden, w_stride = columns + 4, stride = chunk + 4;
-    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (units, w_stride)
-    $real* dz_s = w_s + (long long)p.units * w_stride;     // (rows, stride)
-    $real* part = dz_s + (long long)p.rows * stride;       // (splits, rows, units)
-    for (long long e = p.tid; e < (long long)p.units * columns; e += p.threads) {  // along rows of W_h: coalesced
-        const int unit = (int)(e / columns);
-        const int column = (int)(e - (long long)unit * columns);
-        w_s[unit * w_stride + column] = p.j0 + unit < hidden ? w_hidden[(long long)(p.j0 + unit) * columns + column] : ($real)0;
-    }
+    const int columns = 4 * hidden, c8 = round8(columns), stride = chunk + 4;
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // units · (c8 + 4) values at most
+    $real* dz_s = w_s + (long long)p.units * (c8 + 4);     // (rows, stride)
+    $real* part = dz_s + (long long)p.rows * stride;       // partial sums (splits, rows, units) at most
+    backward_weights_to_shared(w_s, w_hidden, p, hidden, c8);
     const $real one = 1;
     $real dh_in = 0, dc_in = 0;  // dL/dh_t, dL/dc_t arriving from step t + 1
     if (p.active) { dh_in = dh[p.n]; dc_in = dc[p.n]; }
@@ -519,29 +730,19 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_backward_tile
         }
         grid.sync();  // dz_t of every cell is written before any block stages its rows
         const $real* dz_now = dz + (long long)t * batch * p.four;
-        $real acc[4] = {};  // [row]
-        for (int start = 0; start < columns; start += chunk) {
-            const int width = min(chunk, columns - start);
+        BackwardProduct product = backward_product(p);
+        for (int start = 0; start < c8; start += chunk) {
+            const int width = min(chunk, c8 - start);
             stage_rows(dz_s, dz_now, p, batch, columns, start, width, stride);
             __syncthreads();
-            for (int cc = 4 * p.split; cc < width; cc += 4 * p.splits) {
-                $real w[4];
-                load4(w_s + p.u * w_stride + start + cc, w);
-                #pragma unroll
-                for (int r = 0; r < 4; ++r) {
-                    $real d[4];
-                    load4(dz_s + (p.group + r * p.groups) * stride + cc, d);
-                    acc[r] += (d[0] * w[0] + d[1] * w[1]) + (d[2] * w[2] + d[3] * w[3]);
-                }
-            }
+            backward_accumulate(product, dz_s, w_s, p, start, width, stride);
             __syncthreads();  // dz_s is read before the next chunk overwrites it
         }
-        #pragma unroll
-        for (int r = 0; r < 4; ++r) part[((long long)p.split * p.rows + p.group + r * p.groups) * p.units + p.u] = acc[r];
+        backward_store(product, part, p);
         __syncthreads();
         if (p.active) {
             $real sum = 0;
-            for (int s = 0; s < p.splits; ++s) sum += part[((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit];
+            for (int s = 0; s < backward_shares(p); ++s) sum += part[((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit];
             dh_in = sum + (one - m) * dh_in;
         }
         // the next step's grid barrier keeps the next product from writing part before it is read here
@@ -680,13 +881,21 @@ SOURCES = {"stepwise": (_STEPWISE, STEPWISE_KERNELS), "persistent": (_PERSISTENT
            "loss": (_LOSS, LOSS_KERNELS)}
 
 
-def source(kind: str, dtype: str) -> str:
-    """The CUDA C++ source of the ``kind`` ("stepwise", "persistent", "tiled", "optim" or "loss") kernels for ``dtype`` ("float32" or
-    "float64")."""
-    real, tanh, sqrt, exp, log = DTYPES[dtype]
-    return SOURCES[kind][0].substitute(real=real, tanh=tanh, sqrt=sqrt, exp=exp, log=log, suffix=dtype,
-                                       max_threads=tiling.MAX_THREADS)
+def variants(kind: str) -> tuple[str, ...]:
+    """The variants of the ``kind`` kernels: every kind has "float32" and "float64"; the tiled kernels also have
+    "tf32" (float32 data, recurrent products on tensor cores in TensorFloat-32)."""
+    return (*DTYPES, "tf32") if kind == "tiled" else tuple(DTYPES)
 
 
-def kernel_name(kernel: str, dtype: str) -> str:
-    return f"{kernel}_{dtype}"
+def source(kind: str, variant: str) -> str:
+    """The CUDA C++ source of the ``kind`` ("stepwise", "persistent", "tiled", "optim" or "loss") kernels in
+    ``variant`` (:func:`variants`)."""
+    if variant not in variants(kind):
+        raise ValueError(f"the {kind} kernels come in {', '.join(variants(kind))}, not {variant!r}")
+    real, tanh, sqrt, exp, log = DTYPES["float32" if variant == "tf32" else variant]
+    return SOURCES[kind][0].substitute(real=real, tanh=tanh, sqrt=sqrt, exp=exp, log=log, suffix=variant,
+                                       max_threads=tiling.MAX_THREADS, mma=int(variant == "tf32"))
+
+
+def kernel_name(kernel: str, variant: str) -> str:
+    return f"{kernel}_{variant}"

@@ -4,9 +4,11 @@ for hidden sizes whose W_h no longer fits one block per 32 units (:mod:`lstmx.ke
 Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward``, and the same buffers, input
 projection and weight-gradient GEMMs as the other CuPy paths. The kernels (``TILED`` in
 :mod:`lstmx.kernels.cuda_sources`) split W_h over a 2-D grid (units × batch rows) and tile the per-step product
-in registers; the tile shape is chosen per (batch, hidden, dtype) by :func:`lstmx.kernels.tiling.choose_tile_shape`
-or given with :func:`use_tile_shape` (the tuner does). Every launch checks the grid against the device's
-co-resident limit first: CuPy would silently shrink a cooperative grid, and the kernel would compute garbage.
+in registers; under ``precision="tf32"`` (:func:`lstmx.precision.active_precision`) float32 layers run the
+kernels' TF32 variant, whose products are tensor-core MMAs. The tile shape is chosen per (batch, hidden,
+variant) by :func:`lstmx.kernels.tiling.choose_tile_shape` or given with :func:`use_tile_shape` (the tuner does).
+Every launch checks the grid against the device's co-resident limit first: CuPy would silently shrink a
+cooperative grid, and the kernel would compute garbage.
 
 The registry runs this path only when asked for by name (``impl="cupy-tiled"``) until it has passed the CuPy
 suite on a GPU; its kernels are tested on the CPU by the emulator (``tests/test_cuda_emulated.py``).
@@ -24,6 +26,7 @@ import numpy as np
 from cupy_backends.cuda.api import driver
 
 from ..backend import Backend
+from ..precision import active_precision
 from . import cuda_sources, tiling
 from .cupy_layer import CupyLayerCache, device_attribute, one_launch_backward, one_launch_forward
 
@@ -45,34 +48,44 @@ def use_tile_shape(shape: tiling.TileShape) -> Iterator[None]:
 
 
 @functools.cache
-def _kernel(kernel: str, dtype: str) -> cupy.RawKernel:
-    compiled = cupy.RawKernel(cuda_sources.source("tiled", dtype), cuda_sources.kernel_name(kernel, dtype),
+def _kernel(kernel: str, variant: str) -> cupy.RawKernel:
+    compiled = cupy.RawKernel(cuda_sources.source("tiled", variant), cuda_sources.kernel_name(kernel, variant),
                               options=("--std=c++17",), enable_cooperative_groups=True)
     compiled.max_dynamic_shared_size_bytes = device_attribute("MaxSharedMemoryPerBlockOptin")
     return compiled
 
 
 @functools.cache
-def _resident_blocks(kernel: str, dtype: str, threads: int, shared: int, device: int) -> int:
+def _resident_blocks(kernel: str, variant: str, threads: int, shared: int, device: int) -> int:
     sms = device_attribute("MultiProcessorCount", device)
-    return sms * driver.occupancyMaxActiveBlocksPerMultiprocessor(_kernel(kernel, dtype).kernel.ptr, threads, shared)
+    return sms * driver.occupancyMaxActiveBlocksPerMultiprocessor(_kernel(kernel, variant).kernel.ptr, threads, shared)
 
 
-def _shape_for(batch: int, hidden: int, dtype: str) -> tiling.TileShape | None:
+def kernel_variant(dtype: Any) -> str:
+    """The kernels a layer of ``dtype`` runs now: "tf32" for float32 under ``precision="tf32"``, else the dtype."""
+    dtype = np.dtype(dtype).name
+    return "tf32" if dtype == "float32" and active_precision() == "tf32" else dtype
+
+
+def _shape_for(batch: int, hidden: int, variant: str) -> tiling.TileShape | None:
     chosen = _chosen_shape.get()
     if chosen is not None:
         return chosen
-    return tiling.choose_tile_shape(batch, hidden, np.dtype(dtype).itemsize,
+    return tiling.choose_tile_shape(batch, hidden, 8 if variant == "float64" else 4,
                                     device_attribute("MaxSharedMemoryPerBlockOptin"),
-                                    device_attribute("MultiProcessorCount"))
+                                    device_attribute("MultiProcessorCount"), variant == "tf32")
 
 
 def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
-    """None when a layer of this batch and hidden size runs here, else why not (for the registry)."""
-    dtype = np.dtype(dtype).name
-    shape = _shape_for(batch, hidden, dtype)
+    """None when a layer of this batch and hidden size runs here (at the active precision), else why not (for
+    the registry)."""
+    variant = kernel_variant(dtype)
+    shape = _shape_for(batch, hidden, variant)
     if shape is None:
-        return f"has no tile shape for batch {batch} × hidden {hidden} in {dtype} that fits this GPU"
+        return f"has no tile shape for batch {batch} × hidden {hidden} in {variant} that fits this GPU"
+    reason = tiling.refuses_shape(shape, mma=variant == "tf32")
+    if reason is not None:
+        return f"cannot run tile shape {shape}: {reason}"
     itemsize = np.dtype(dtype).itemsize
     limit = device_attribute("MaxSharedMemoryPerBlockOptin")
     blocks = int(np.prod(shape.grid(batch, hidden)))
@@ -80,7 +93,7 @@ def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
         shared = tiling.shared_bytes(kernel, shape, hidden, itemsize)
         if shared > limit:
             return f"needs {shared} bytes of shared memory per block with {shape}; a block has {limit}"
-        resident = _resident_blocks(kernel, dtype, shape.threads(), shared, cupy.cuda.Device().id)
+        resident = _resident_blocks(kernel, variant, shape.threads(), shared, cupy.cuda.Device().id)
         if blocks > resident:
             return f"needs {blocks} co-resident blocks with {shape}; this GPU holds {resident}"
     return None
@@ -90,10 +103,11 @@ def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> No
     reason = refuses_size(batch, hidden, dtype)
     if reason is not None:
         raise ValueError(f"the tiled CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
-    shape = _shape_for(batch, hidden, dtype)
+    variant = kernel_variant(dtype)
+    shape = _shape_for(batch, hidden, variant)
     chunk = shape.forward_chunk if kernel == "lstm_forward_tiled" else shape.backward_chunk
-    _kernel(kernel, dtype)(shape.grid(batch, hidden), shape.block(), (*args, np.int32(chunk)),
-                           shared_mem=tiling.shared_bytes(kernel, shape, hidden, np.dtype(dtype).itemsize))
+    _kernel(kernel, variant)(shape.grid(batch, hidden), shape.block(), (*args, np.int32(chunk)),
+                             shared_mem=tiling.shared_bytes(kernel, shape, hidden, np.dtype(dtype).itemsize))
 
 
 def lstm_layer_forward(
