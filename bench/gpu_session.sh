@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (no package index there): install the carried wheels, then run what is asked:
-#   bash bench/gpu_session.sh tests|fast-tests|check|bench|tune|lm|lm-fused [extra args...]   (several words run in order)
+#   bash bench/gpu_session.sh tests|fast-tests|check|bench|tune|tune-tf32|lm|lm-fused [extra args...]   (several words run in order)
 # Wheels missing from the GPU image (array-api-compat) travel in .whl/ (see README, "GPU machine").
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -24,6 +24,7 @@ for what in "$@"; do
         check) python3 -m lstmx.cli check 2>&1 | tee "$OUT/check.log" || status=1 ;;
         bench) python3 bench/gpu_vs_cpu.py --no-cpu --repeats 9 2>&1 | tee "$OUT/bench.log" | grep -v "^  (" ; cp bench/results/gpu_vs_cpu.* "$OUT/" ;;
         tune) python3 bench/tune_tiled.py 2>&1 | tee "$OUT/tune.log"; cp bench/results/tune_tiled.json "$OUT/" 2>/dev/null ;;
+        tune-tf32) python3 bench/tune_tiled.py --precision tf32 2>&1 | tee "$OUT/tune-tf32.log"; cp bench/results/tune_tiled_tf32.json "$OUT/" 2>/dev/null ;;
         lm) python3 bench/train_vs_torch.py --backend cupy ${LM_ARGS:-} 2>&1 | tee "$OUT/lm.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/" 2>/dev/null ;;
         lm-fused) python3 bench/train_vs_torch.py --backend cupy --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-fused.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_fused.json" 2>/dev/null ;;
         *) echo "unknown step $what"; status=2 ;;

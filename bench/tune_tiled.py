@@ -4,9 +4,10 @@ against measurements.
 
     python bench/tune_tiled.py                       # the gpu_vs_cpu sizes the path runs
     python bench/tune_tiled.py --configs 64,100,512,512 --repeats 9
+    python bench/tune_tiled.py --precision tf32      # the TF32 (tensor-core) kernels and their shapes
 
 Prints ms per training step (forward + backward, float32, median of --repeats after a warm-up) and the
-stepwise path beside it; writes bench/results/tune_tiled.json.
+stepwise path beside it (at the same precision); writes bench/results/tune_tiled[_tf32].json.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from _common import write_json  # noqa: E402
 import lstmx  # noqa: E402
 from lstmx import registry  # noqa: E402
 from lstmx.kernels import tiling  # noqa: E402
+from lstmx.precision import matmul_precision  # noqa: E402
 
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (64, 100, 768, 768)]
 
@@ -33,7 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="*", help="B,T,D,H sizes (default: a built-in list)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--precision", choices=("float32", "tf32"), default="float32")
     args = parser.parse_args()
+    mma = args.precision == "tf32"
     configs = [tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs else CONFIGS
     try:
         backend = lstmx.get_backend("cupy")
@@ -45,7 +49,7 @@ def main() -> None:
     attributes = cupy.cuda.Device().attributes
     results = []
     for batch, steps, features, hidden in configs:
-        model = lstmx.LSTM(features, hidden, backend="cupy", seed=0)
+        model = lstmx.LSTM(features, hidden, backend="cupy", seed=0, precision=args.precision)
         rng = np.random.default_rng(0)
         x = backend.asarray(rng.standard_normal((steps, batch, features)), dtype=model.dtype)
         dy = backend.asarray(rng.standard_normal((steps, batch, hidden)), dtype=model.dtype)
@@ -62,17 +66,19 @@ def main() -> None:
             return 1e3 * float(np.median(times[1:]))
 
         chosen = tiling.choose_tile_shape(batch, hidden, 4, attributes["MaxSharedMemoryPerBlockOptin"],
-                                          attributes["MultiProcessorCount"])
+                                          attributes["MultiProcessorCount"], mma)
         stepwise = time_step("cupy-stepwise")
         print(f"B,T,D,H = {batch},{steps},{features},{hidden}: stepwise {stepwise:.2f} ms; chosen shape {chosen}")
         row = {"config": [batch, steps, features, hidden], "stepwise_ms": stepwise, "chosen": chosen, "shapes": []}
         limit = attributes["MaxSharedMemoryPerBlockOptin"]
         for units, rows, splits in itertools.product((1, 2, 4, 8, 16, 32), (4, 8, 16, 32, 64), (4, 8, 16, 32)):
-            candidate = tiling.fitted_shape(units, rows, splits, hidden, 4, limit)
+            candidate = tiling.fitted_shape(units, rows, splits, hidden, 4, limit, mma)
             if candidate is None:
                 continue
             with module.use_tile_shape(candidate):
-                if module.refuses_size(batch, hidden, np.float32) is not None:
+                with matmul_precision(backend, args.precision):  # the kernels' variant decides what fits
+                    refused = module.refuses_size(batch, hidden, np.float32)
+                if refused is not None:
                     continue
                 ms = time_step("cupy-tiled")
             mark = " (chosen)" if candidate == chosen else ""
@@ -82,7 +88,7 @@ def main() -> None:
             row["chosen_ms"] = time_step("cupy-tiled")
             print(f"  chosen {chosen}: {row['chosen_ms']:.2f} ms")
         results.append(row)
-    write_json("tune_tiled.json", {"results": results})
+    write_json("tune_tiled_tf32.json" if mma else "tune_tiled.json", {"precision": args.precision, "results": results})
 
 
 if __name__ == "__main__":
