@@ -19,8 +19,8 @@ python3 -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', 
 status=0
 for what in "$@"; do
     case "$what" in
-        tests) python3 -m pytest -q -x -p no:cacheprovider --backends cupy tests 2>&1 | tee "$OUT/pytest-cupy.log" | tail -25 || status=1 ;;
-        fast-tests) python3 -m pytest -q -x -p no:cacheprovider --backends cupy tests/test_fast_paths.py tests/test_gradients.py 2>&1 | tail -25 || status=1 ;;
+        tests) python3 -m pytest -q -p no:cacheprovider --backends cupy tests 2>&1 | tee "$OUT/pytest-cupy.log" | tail -25 || status=1 ;;
+        fast-tests) python3 -m pytest -q -p no:cacheprovider --backends cupy tests/test_fast_paths.py tests/test_gradients.py 2>&1 | tail -25 || status=1 ;;
         check) python3 -m lstmx.cli check 2>&1 | tee "$OUT/check.log" || status=1 ;;
         bench) python3 bench/gpu_vs_cpu.py --no-cpu --repeats 9 2>&1 | tee "$OUT/bench.log" | grep -v "^  (" ; cp bench/results/gpu_vs_cpu.* "$OUT/" ;;
         tune) python3 bench/tune_tiled.py 2>&1 | tee "$OUT/tune.log"; cp bench/results/tune_tiled.json "$OUT/" 2>/dev/null ;;

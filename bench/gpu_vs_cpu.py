@@ -10,7 +10,8 @@ variant).
     python bench/gpu_vs_cpu.py --no-cpu              # GPU columns only (large rows are slow on a CPU)
     python bench/gpu_vs_cpu.py --generic             # also the generic Array API path's columns
 
-Columns absent on this machine (no GPU, no torch, no numba) are marked "-". Times are medians over --repeats
+Columns absent on this machine (no GPU, no torch, no numba) are marked "-", a column whose first step raised
+"FAIL" (its error is printed and kept in the JSON; the other columns go on). Times are medians over --repeats
 after a warm-up; the columns take turns in --rounds rounds, so drift in the machine's speed reaches them all
 alike. Writes bench/results/gpu_vs_cpu.json and a bar chart bench/results/gpu_vs_cpu.png. For CPU timings
 unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in that command only; the header reports which BLAS kernel ran.
@@ -138,6 +139,26 @@ def available(args) -> dict[str, Callable]:
     return columns
 
 
+def working_columns(columns: dict[str, Callable], config: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The columns that build and run one step at this size, and the others with their error in one line: an
+    opt-in path failing on its first GPU run costs its own column, not the rest of the table."""
+    made, failed = {}, {}
+    for name, make in columns.items():
+        try:
+            column = make(*config)
+            if column is None:
+                continue  # the implementation refuses this size
+            step, sync, _ = column
+            step()
+            sync()
+        except Exception as error:  # noqa: BLE001 (reported in the table and the JSON)
+            failed[name] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+            print(f"  {config} {name}: FAILED {failed[name]}", flush=True)
+            continue
+        made[name] = column
+    return made, failed
+
+
 def default_column(backend_name: str, batch: int, hidden: int) -> str | None:
     """The column of the implementation the registry picks for this size on ``backend_name`` (None: absent)."""
     try:
@@ -204,7 +225,7 @@ def main() -> None:
     results = []
     for config in configs:
         batch, steps, _, _ = config
-        made = {name: column for name, make in columns.items() if (column := make(*config)) is not None}
+        made, failed = working_columns(columns, config)
         medians = turn_taking_medians({name: (step, sync) for name, (step, sync, _) in made.items()},
                                       args.repeats, args.rounds)
         row: dict[str, Any] = {}
@@ -215,7 +236,7 @@ def main() -> None:
             print(f"  {config} {name:<17} {1e3 * seconds:9.2f} ms", flush=True)
         del made
         gpu, cpu = default_column("cupy", batch, config[3]), default_column("numpy", batch, config[3])
-        results.append({"config": dict(zip("BTDH", config)), "columns": row,
+        results.append({"config": dict(zip("BTDH", config)), "columns": row, "failed": failed,
                         "ratios": {"lstmx-gpu/cudnn-fp32": ratio(row, gpu, "cudnn-fp32"),
                                    "lstmx-tf32/cudnn-tf32": ratio(row, "lstmx-cupy:tf32", "cudnn-tf32"),
                                    "lstmx-cpu/torch-cpu": ratio(row, cpu, "torch-cpu"),
@@ -228,7 +249,8 @@ def main() -> None:
     print("\n" + header)
     for entry in results:
         c, row, r = entry["config"], entry["columns"], entry["ratios"]
-        cells = " ".join(f"{row[n]['ms']:>{widths[n]}.2f}" if n in row else f"{'-':>{widths[n]}}" for n in names)
+        cells = " ".join(f"{row[n]['ms']:>{widths[n]}.2f}" if n in row
+                         else f"{'FAIL' if n in entry['failed'] else '-':>{widths[n]}}" for n in names)
         fmt = lambda v: f"{v:>9.2f}" if v is not None else f"{'-':>9}"  # noqa: E731
         print(f"{c['B']:>4} {c['T']:>4} {c['D']:>5} {c['H']:>5} | {cells} | {fmt(r['lstmx-gpu/cudnn-fp32'])}  "
               f"{fmt(r['lstmx-tf32/cudnn-tf32'])}  "
