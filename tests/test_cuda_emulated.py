@@ -419,3 +419,25 @@ def test_tf32_shapes_chosen_for_an_h100_compute_the_layer(wrappers, batch, hidde
     with h100_sized(wrappers), wrappers["cupy_tiled"].use_tile_shape(shape):
         result = run_tf32(wrappers, arrays, mask)
     assert max(relative_error(result, reference(arrays, mask)).values()) < 1e-2
+
+
+@settings(max_examples=12, deadline=None)
+@given(steps=st.integers(1, 3), batch=st.integers(1, 20), hidden=st.integers(1, 40), masked=st.booleans(),
+       units=st.sampled_from([8, 16]), rows=st.sampled_from([16, 32]), splits=st.sampled_from([4, 8, 12]),
+       forward_chunk=st.sampled_from([8, 16, 48]), backward_chunk=st.sampled_from([8, 24, 64, 168]))
+def test_tf32_kernels_on_drawn_sizes_and_tile_shapes(steps, batch, hidden, masked, units, rows, splits,
+                                                    forward_chunk, backward_chunk):
+    """Fed float32 operands (rounding planted out), the TF32 kernels give the float32 layer on any size and
+    tile shape they accept: fragments, warp tiles, shares and chunks all line up."""
+    arrays, mask = problem(steps, batch, 2, hidden, np.float32, masked=masked)
+    shape = tiling.TileShape(units, rows, splits, forward_chunk, backward_chunk)
+    assume(tiling.refuses_shape(shape, mma=True) is None)
+    with pytest.MonkeyPatch.context() as patch:  # planted before any kernel is made (the wrapper caches them)
+        plant(patch, "tiled", "to_operand(const float x) { return tf32_round(x); }",
+              "to_operand(const float x) { return x; }")
+        plant(patch, "tiled", "w_s[e] = tf32_round(weight(k, column));", "w_s[e] = weight(k, column);")
+        tiled = fake_cupy_modules(patch)["cupy_tiled"]
+        with tiled.use_tile_shape(shape), matmul_precision(NUMPY, "tf32"):
+            assume(tiled.refuses_size(batch, hidden, np.float32) is None)  # the grid fits the stand-in
+            result = forward_and_backward(tiled, arrays, mask)
+    assert_close(result, reference(arrays, mask), 3e-5)
