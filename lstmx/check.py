@@ -94,9 +94,9 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
 
 def update_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
     """Each optimizer-update fast path here against the generic update: three steps of every optimizer it
-    runs, from the same gradients, in float32."""
+    runs, from the same gradients, in float32; and its global-norm clipping against the generic one."""
     from .models import LanguageModel
-    from .optim import OPTIMIZERS, make_optimizer
+    from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 
     backend = get_backend(backend_name)
     results = []
@@ -113,6 +113,16 @@ def update_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
                     optimizer_run.step({k: backend.asarray(g, dtype=model.dtype) for k, g in grads.items()})
             results.append(_agreement(f"update {impl} vs generic ({name}, float32)", backend_name,
                                       models[1].state_dict(), models[0].state_dict()))
+    model = LanguageModel(50, 16, 32, backend=backend_name, seed=seed)
+    rng = np.random.default_rng(seed)
+    grads = {k: backend.asarray(rng.standard_normal(p.shape), dtype=model.dtype) for k, p in model.params.items()}
+    for impl in registry.available_clipping_impls(backend):
+        if impl != "generic":
+            host = {}
+            for run in (impl, "generic"):
+                clipped, norm = clip_grad_norm(backend, grads, 1.0, impl=run)
+                host[run] = {"norm": np.atleast_1d(to_numpy(norm)), **{k: to_numpy(g) for k, g in clipped.items()}}
+            results.append(_agreement(f"clipping {impl} vs generic (float32)", backend_name, host["generic"], host[impl]))
     return results
 
 

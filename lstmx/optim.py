@@ -81,9 +81,18 @@ def global_norm(backend: Backend, grads: Mapping[str, Any]) -> Any:
     return xp.sqrt(sum(xp.sum(g * g) for g in grads.values()))
 
 
-def clip_grad_norm(backend: Backend, grads: Mapping[str, Any], max_norm: float) -> tuple[dict[str, Any], Any]:
-    """Scale all gradients by ``min(1, max_norm / ‖g‖)``; returns the clipped gradients and the norm before."""
+def clip_grad_norm(backend: Backend, grads: Mapping[str, Any], max_norm: float,
+                   impl: str | None = None) -> tuple[dict[str, Any], Any]:
+    """Scale all gradients by ``min(1, max_norm / ‖g‖)``; returns the clipped gradients (new arrays) and the norm
+    before, a 0-d array (no host sync). ``impl`` names the update implementation whose clipping runs
+    (:func:`lstmx.registry.choose_clipping`; a trainer passes its optimizer's ``impl``)."""
     _check(max_norm=(max_norm, POSITIVE))
+    _, clip = registry.choose_clipping(backend, impl)
+    return clip(backend, dict(grads), float(max_norm))
+
+
+def clip_by_global_norm(backend: Backend, grads: dict[str, Any], max_norm: float) -> tuple[dict[str, Any], Any]:
+    """The generic clipping behind :func:`clip_grad_norm` (checked arguments)."""
     xp = backend.xp
     norm = global_norm(backend, grads)
     scale = xp.minimum(max_norm / (norm + 1e-6), xp.ones_like(norm))

@@ -16,8 +16,9 @@ run a call (a masked batch for ``numpy``, say) the choice is made as for "auto".
 implementation up by that name (:func:`layer_impl`) and never decides again.
 
 The embedding gradient's scatter-add is chosen here too (:func:`choose_scatter_add`), and the optimizers' update
-(:func:`choose_update`: argument, context, ``LSTMX_UPDATE_IMPL``, then "auto", as for layers) and the language
-model's cross-entropy gradient (:func:`choose_loss`, ``LSTMX_LOSS_IMPL``).
+(:func:`choose_update`: argument, context, ``LSTMX_UPDATE_IMPL``, then "auto", as for layers) with the
+gradient clipping of the same family (:func:`choose_clipping`), and the language model's cross-entropy gradient
+(:func:`choose_loss`, ``LSTMX_LOSS_IMPL``).
 """
 
 from __future__ import annotations
@@ -240,9 +241,9 @@ CUPY_FUSED_UPDATE_AUTO = False  # its kernels pass on the CPU emulator; not yet 
 
 
 class UpdateImpl(NamedTuple):
-    """One implementation of the optimizers' per-tensor update: a module whose ``UPDATES`` maps optimizer class
+    """One implementation of how gradients become new parameters: a module whose ``UPDATES`` maps optimizer class
     names to functions ``(optimizer, xp, param, grad, state, lr) -> new param`` (``Optimizer.update``'s
-    signature)."""
+    signature) and whose ``clip_by_global_norm(backend, grads, max_norm) -> (clipped, norm)`` clips them."""
 
     name: str
     module: str
@@ -262,10 +263,20 @@ class UpdateImpl(NamedTuple):
             return None, f"has no {optimizer.__name__} update (it has {', '.join(updates)})"
         return updates[optimizer.__name__], None
 
+    def clipping(self, backend: Backend) -> tuple[Callable[..., Any] | None, str | None]:
+        """``(clip_by_global_norm, None)`` when it runs on ``backend`` here, else ``(None, why not)``."""
+        if self.backends is not None and backend.name not in self.backends:
+            return None, f"runs on {', '.join(self.backends)}, not {backend.name}"
+        try:
+            return importlib.import_module(self.module).clip_by_global_norm, None
+        except ImportError as error:
+            return None, f"is not importable here ({error})"
+
 
 UPDATE_IMPLS: tuple[UpdateImpl, ...] = (
     UpdateImpl("cupy-fused", "lstmx.kernels.cupy_optim", ("cupy",), CUPY_FUSED_UPDATE_AUTO,
-               "CuPy: one fused kernel per parameter tensor and step (SGD, Adam, AdamW)"),
+               "CuPy: one fused kernel per parameter tensor and step (SGD, Adam, AdamW); global-norm clipping "
+               "in two launches"),
     UpdateImpl("generic", "lstmx.optim", None, True, "the Array API reference (every optimizer and backend)"),
 )
 _UPDATES_BY_NAME = {impl.name: impl for impl in UPDATE_IMPLS}
@@ -293,6 +304,28 @@ def choose_update(backend: Backend, optimizer: type, impl: str | None = None) ->
         if candidate.auto and function is not None:
             return candidate.name, function
     raise UpdateImplError(f"no update implementation runs {optimizer.__name__} on {backend.name}")
+
+
+def choose_clipping(backend: Backend, impl: str | None = None) -> tuple[str, Callable[..., Any]]:
+    """``(name, clip_by_global_norm)`` of the update implementation that clips gradients on ``backend``, asked for
+    as updates are (:class:`Requests`): a trainer passes its optimizer's ``impl``, so both run one family."""
+    name, binding = UPDATE_REQUESTS.request(impl)
+    if name != AUTO:
+        function, reason = _UPDATES_BY_NAME[name].clipping(backend)
+        if function is not None:
+            return name, function
+        if binding:
+            raise UpdateImplError(f"update implementation {name!r} cannot clip gradients here: it {reason}")
+    for candidate in UPDATE_IMPLS:
+        function, _ = candidate.clipping(backend)
+        if candidate.auto and function is not None:
+            return candidate.name, function
+    raise UpdateImplError(f"no update implementation clips gradients on {backend.name}")  # generic always does
+
+
+def available_clipping_impls(backend: Backend) -> list[str]:
+    """Every update implementation whose clipping runs on ``backend`` here (what the tests compare)."""
+    return [impl.name for impl in UPDATE_IMPLS if impl.clipping(backend)[0] is not None]
 
 
 def available_update_impls(backend: Backend, optimizer: type) -> list[str]:

@@ -187,7 +187,7 @@ class Trainer:
             grads = clip_grad_value(self.model.backend, grads, self.config.clip_value)
         norm = None
         if self.config.clip_norm is not None:
-            grads, norm = clip_grad_norm(self.model.backend, grads, self.config.clip_norm)
+            grads, norm = clip_grad_norm(self.model.backend, grads, self.config.clip_norm, impl=self.optimizer.impl)
         self._pending.append((self.step + 1, loss, norm))
         if self.read_every == 1:
             self.read_losses()  # on the host a read costs nothing, and a bad step stops before its update

@@ -49,7 +49,7 @@ def host_source(source: str, kernels: Iterable[str]) -> str:
 
 
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(([^)]*)\)')
-_C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64}
+_C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64, "unsigned": np.uint32}
 
 
 class Parameter(NamedTuple):

@@ -112,6 +112,7 @@ def _modules() -> dict[str, types.ModuleType]:
     cupy = types.ModuleType("cupy")
     cupy.__dict__.update(
         RawKernel=RawKernel, empty=_empty, empty_like=lambda a, dtype=None: _empty(a.shape, dtype or a.dtype),
+        zeros=lambda shape, dtype=np.float64: _device(guarded(np.zeros(shape, dtype=dtype))),
         ascontiguousarray=_contiguous, array=lambda a, dtype=None, order="C": _contiguous(np.array(a, dtype=dtype)),
         matmul=np.matmul, reshape=np.reshape, int64=np.int64, ndarray=np.ndarray,
         # CuPy's reductions give 0-d arrays (device memory), NumPy's give scalars

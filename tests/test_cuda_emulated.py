@@ -211,6 +211,57 @@ def test_fused_optimizer_kernels_match_the_generic_updates(wrappers, name, optio
             np.testing.assert_allclose(fused.state[key][slot], value, rtol=tolerance, atol=tolerance)
 
 
+CLIP_CASES = {"one": [(7,)], "language model": [(96, 16), (20, 64), (64,), (16, 96), (96,)],
+              "two launches": [(3, 5)] * 6 + [(0,), (9000,), (4, 4), (1,)],  # 10 tensors, an empty one, 3 blocks
+              "large": [(5000,), (7, 900)]}
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-12), (np.float32, 1e-6)], ids=["float64", "float32"])
+@pytest.mark.parametrize("max_norm", [0.5, 1e6], ids=["clipped", "unclipped"])
+@pytest.mark.parametrize("case", CLIP_CASES)
+def test_fused_clipping_matches_the_generic_clipping(wrappers, case, max_norm, dtype, tolerance):
+    from lstmx.optim import clip_by_global_norm
+
+    rng = np.random.default_rng(0)
+    grads = {f"g{i}": rng.standard_normal(shape).astype(dtype) for i, shape in enumerate(CLIP_CASES[case])}
+    clipped, norm = wrappers["cupy_optim"].clip_by_global_norm(NUMPY, grads, max_norm)
+    expected, expected_norm = clip_by_global_norm(NUMPY, grads, max_norm)
+    np.testing.assert_allclose(norm, expected_norm, rtol=tolerance)
+    assert list(clipped) == list(grads)
+    for name, value in expected.items():
+        assert clipped[name].dtype == dtype and clipped[name].shape == value.shape
+        np.testing.assert_allclose(clipped[name], value, rtol=tolerance, atol=tolerance, err_msg=name)
+        if max_norm > 1e5:
+            np.testing.assert_array_equal(clipped[name], grads[name])  # a scale of exactly 1
+
+
+def test_fused_clipping_keeps_a_nan_and_its_sum_does_not_depend_on_thread_order(wrappers):
+    from lstmx.optim import clip_by_global_norm
+
+    rng = np.random.default_rng(1)
+    grads = {"a": rng.standard_normal(9000).astype(np.float32), "b": rng.standard_normal((40, 40)).astype(np.float32)}
+    norms = []
+    for seed in (1, 2, 3):
+        RawKernel.seed = seed
+        try:
+            norms.append(wrappers["cupy_optim"].clip_by_global_norm(NUMPY, grads, 1.0)[1])
+        finally:
+            RawKernel.seed = 0
+    assert norms[0] == norms[1] == norms[2]  # the last block adds the partials in order
+    grads["b"][3, 4] = np.nan
+    clipped, norm = wrappers["cupy_optim"].clip_by_global_norm(NUMPY, grads, 1.0)
+    expected, expected_norm = clip_by_global_norm(NUMPY, grads, 1.0)
+    assert np.isnan(norm) and np.isnan(expected_norm)
+    assert np.all(np.isnan(clipped["a"])) and np.all(np.isnan(expected["a"]))
+
+
+def test_a_wrong_clipping_kernel_is_caught(wrappers, monkeypatch):
+    """A second launch (more than 8 tensors) writing its partial sums over the first launch's."""
+    plant(monkeypatch, "optim", "partials[first_block + blockIdx.x] = sum;", "partials[blockIdx.x] = sum;")
+    with pytest.raises(AssertionError):
+        test_fused_clipping_matches_the_generic_clipping(wrappers, "two launches", 0.5, np.float64, 1e-12)
+
+
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-12), (np.float32, 2e-6)], ids=["float64", "float32"])
 @pytest.mark.parametrize("dominant", [False, True], ids=["spread", "dominant"])
 @pytest.mark.parametrize("rows,classes", [(7, 13), (1, 1), (5, 96), (0, 4), (3, 300)])

@@ -87,6 +87,45 @@ def test_global_norm_clipping(backend):
     np.testing.assert_allclose(host(untouched["a"]), [3.0, 0.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_clipping_implementation_matches_the_generic_one(backend, dtype):
+    """The list comes from the registry: each update family's clipping that runs here, against the generic one,
+    clipped and not, over more tensors than one fused launch takes."""
+    fast = [impl for impl in registry.available_clipping_impls(backend) if impl != "generic"]
+    if not fast:
+        pytest.skip(f"no clipping fast path runs on {backend.name} here")
+    tolerance = 1e-6 if dtype == "float32" else 1e-12
+    rng = np.random.default_rng(0)
+    shapes = [(96, 16), (320, 1024), (1024,), (0,), (256, 96), (96,)] + [(3, 5)] * 5
+    grads = {f"g{i}": backend.asarray(rng.standard_normal(s), dtype=getattr(backend.xp, dtype)) for i, s in enumerate(shapes)}
+    for impl in fast:
+        for max_norm in (1.0, 1e9):
+            clipped, norm = clip_grad_norm(backend, grads, max_norm, impl=impl)
+            expected, expected_norm = clip_grad_norm(backend, grads, max_norm, impl="generic")
+            np.testing.assert_allclose(host(norm), host(expected_norm), rtol=tolerance)
+            for key, value in expected.items():
+                np.testing.assert_allclose(host(clipped[key]), host(value), rtol=tolerance, atol=tolerance,
+                                           err_msg=f"{impl} {key}")
+
+
+def test_the_trainer_clips_with_its_optimizers_implementation(monkeypatch, tmp_path):
+    from lstmx.data import CharVocab, split_ids
+    from lstmx.train import TrainConfig, Trainer
+
+    asked = []
+    choose = registry.choose_clipping
+    monkeypatch.setattr(registry, "choose_clipping", lambda backend, impl=None: asked.append(impl) or choose(backend, impl))
+    text = "abcabcabd" * 20
+    vocab = CharVocab.from_text(text)
+    model = lstmx.LanguageModel(len(vocab), 4, 8)
+    trainer = Trainer(model, vocab, split_ids(vocab.encode(text), 0.1, 0.0),
+                      TrainConfig(steps=2, batch_size=2, seq_len=4, clip_norm=1.0), tmp_path)
+    trainer.train_step()
+    assert asked == [trainer.optimizer.impl] == ["generic"]
+    with pytest.raises(registry.UpdateImplError, match="'cupy-fused' cannot clip gradients here: it runs on cupy"):
+        clip_grad_norm(model.backend, {"w": np.ones(3)}, 1.0, impl="cupy-fused")
+
+
 def test_value_clipping(backend):
     clipped = clip_grad_value(backend, {"a": backend.asarray(np.array([-3.0, 0.5, 2.0]))}, 1.0)
     np.testing.assert_array_equal(host(clipped["a"]), [-1.0, 0.5, 1.0])

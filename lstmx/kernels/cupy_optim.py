@@ -1,4 +1,5 @@
-"""CuPy fast path of the optimizer updates: one fused kernel launch per parameter tensor and step.
+"""CuPy fast path of the optimizer updates: one fused kernel launch per parameter tensor and step, and
+clipping by the global norm in two launches.
 
 The generic update (``Optimizer.update`` in :mod:`lstmx.optim`) issues about a dozen elementwise operations per
 tensor, each a launch from Python; here each tensor's step is one kernel
@@ -6,7 +7,9 @@ tensor, each a launch from Python; here each tensor's step is one kernel
 ``(optimizer, xp, param, grad, state, lr) -> new param`` and, like it, leave every array they are given
 untouched: the new parameter and state slots are new arrays (the models' cache checks rely on parameters being
 replaced, not changed in place). The registry (:data:`lstmx.registry.UPDATE_IMPLS`) says which optimizers
-have one here.
+have one here. :func:`clip_by_global_norm` has the generic clipping's signature (:mod:`lstmx.optim`): one
+launch sums the squares of up to 8 tensors and writes the norm and the scale on the device, a second scales
+them, where the generic path takes about four operations per tensor.
 """
 
 from __future__ import annotations
@@ -76,3 +79,49 @@ def sgd_update(optimizer: Any, xp: Any, param: Any, grad: Any, state: dict[str, 
 
 
 UPDATES = {"SGD": sgd_update, "Adam": adam_update, "AdamW": adam_update}  # optimizer class → its fused update
+
+
+CLIP_TENSORS = 8  # tensors per launch of the clipping kernels (their pointer arguments)
+CLIP_CHUNK = THREADS * 16  # entries one block of global_norm sums
+
+
+def _tensor_arguments(arrays: list[Any]) -> tuple[list[Any], list[np.int64]]:
+    """The clipping kernels' pointer arguments (null past the last array) and the running totals of sizes."""
+    padded = [*arrays, *[None] * (CLIP_TENSORS - len(arrays))]
+    ends = np.cumsum([0 if a is None else a.size for a in padded])
+    return [NULL if a is None else a for a in padded], [np.int64(e) for e in ends]
+
+
+def clip_by_global_norm(backend: Any, grads: dict[str, Any], max_norm: float) -> tuple[dict[str, Any], Any]:
+    """The generic ``clip_by_global_norm`` (:mod:`lstmx.optim`): every gradient scaled by
+    ``min(1, max_norm / ‖g‖)``, new arrays, and the norm before as a 0-d device array, without a host sync."""
+    if not grads:
+        from ..optim import clip_by_global_norm as generic
+
+        return generic(backend, grads, max_norm)
+    arrays = [cupy.ascontiguousarray(g) for g in grads.values()]
+    if len({a.dtype for a in arrays}) != 1:
+        raise ValueError(f"the fused clipping takes gradients of one dtype; got {sorted({str(a.dtype) for a in arrays})}")
+    dtype = np.dtype(arrays[0].dtype)
+    groups = [arrays[i:i + CLIP_TENSORS] for i in range(0, len(arrays), CLIP_TENSORS)]
+    blocks = [max(1, -(-sum(a.size for a in group) // CLIP_CHUNK)) for group in groups]
+    partials = cupy.empty(sum(blocks), dtype=np.float64)
+    finished = cupy.zeros(1, dtype=np.uint32)  # counts the blocks done; the last one writes the norm
+    norm_and_scale = cupy.empty(2, dtype=dtype)
+    first_block = 0
+    for group, count in zip(groups, blocks):
+        pointers, ends = _tensor_arguments(group)
+        _kernel("global_norm", dtype.name)((count,), (THREADS,), (
+            *pointers, *ends, np.int64(CLIP_CHUNK), np.int32(first_block), np.int32(sum(blocks)), partials, finished,
+            norm_and_scale, np.float64(max_norm)), shared_mem=(THREADS + 1) * 8)
+        first_block += count
+    clipped = []
+    for group in groups:
+        outputs = [cupy.empty_like(a) for a in group]
+        pointers, ends = _tensor_arguments(group)
+        largest = max(a.size for a in group)
+        if largest > 0:
+            _kernel("scale_tensors", dtype.name)((min(MAX_BLOCKS, -(-largest // THREADS)),), (THREADS,), (
+                *pointers, *_tensor_arguments(outputs)[0], *ends, norm_and_scale))
+        clipped += outputs
+    return dict(zip(grads, clipped)), norm_and_scale[0]
