@@ -622,6 +622,43 @@ __device__ __forceinline__ void stage_rows($real* staged, const $real* source, c
     }
 }
 
+// What a cell's forward step t reads that no other block writes: the input projection x_t W_x of its four gates
+// and the step mask (1 without one), loaded one step ahead (zeros for a thread that owns no cell).
+struct StepInput {
+    $real x[4], m;
+};
+__device__ __forceinline__ StepInput step_input(const $real* gates, const $real* step_mask, const Tile& p, const int t,
+                                                const int batch, const int hidden)
+{
+    StepInput in{{0, 0, 0, 0}, 1};
+    if (p.active) {
+        const $real* z = gates + ((long long)t * batch + p.b) * p.four + p.j;
+        in.x[0] = z[0]; in.x[1] = z[hidden]; in.x[2] = z[2 * hidden]; in.x[3] = z[3 * hidden];
+        if (step_mask != nullptr) in.m = step_mask[(long long)t * batch + p.b];
+    }
+    return in;
+}
+
+// What a cell's backward step t reads from its forward and from dy (no block writes them), loaded one step ahead.
+struct StepStored {
+    Gates a;
+    $real tanh_c, c_prev, dy, m;
+};
+__device__ __forceinline__ StepStored step_stored(const $real* dy, const $real* gates, const $real* cells,
+                                                  const $real* tanh_c, const $real* step_mask, const Tile& p,
+                                                  const int t, const int batch, const int hidden)
+{
+    StepStored in{{0, 0, 0, 0}, 0, 0, 0, 1};
+    if (p.active) {
+        const $real* a = gates + ((long long)t * batch + p.b) * p.four + p.j;
+        const long long now = t * p.count + p.n;
+        in.a = Gates{a[0], a[hidden], a[2 * hidden], a[3 * hidden]};
+        in.tanh_c = tanh_c[now]; in.c_prev = cells[now]; in.dy = dy[now];
+        if (step_mask != nullptr) in.m = step_mask[(long long)t * batch + p.b];
+    }
+    return in;
+}
+
 // Forward, tiled: the block's gate columns of W_h (every k, its units' four gates) stay in shared memory for the
 // whole launch; each step the block stages its rows of h_{t-1} in chunks of `chunk` columns (a multiple of 8)
 // and accumulates its tile of z = h_{t-1} W_h (above). gates holds x_t W_x on entry and the activated gates on
@@ -645,21 +682,15 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled
     $real* h_s = w_s + (long long)k8 * p.units * 4;        // (rows, stride)
     $real* part = h_s + (long long)p.rows * stride;        // partial sums (splits, rows, units, 4 gates) at most
     forward_weights_to_shared(w_s, w_hidden, p, hidden, k8);
-    const $real one = 1;
-    $real c = 0, b_i = 0, b_f = 0, b_g = 0, b_o = 0;
+    $real c = 0, h = 0, b_i = 0, b_f = 0, b_g = 0, b_o = 0;  // the cell's carried state, in registers
     if (p.active) {
-        c = cells[p.n];
+        c = cells[p.n]; h = hidden_states[p.n];
         b_i = bias[p.j]; b_f = bias[hidden + p.j]; b_g = bias[2 * hidden + p.j]; b_o = bias[3 * hidden + p.j];
     }
+    StepInput in = step_input(gates, step_mask, p, 0, batch, hidden);
     for (int t = 0; t < steps; ++t) {
-        // the cell's input projection, mask and state: independent of h_{t-1}, loaded before the product
-        $real xi = 0, xf = 0, xg = 0, xo = 0, m = one, h_old = 0;
         $real* z = gates + ((long long)t * batch + p.b) * p.four;
         const long long now = t * p.count + p.n, next = now + p.count;
-        if (p.active) {
-            xi = z[p.j] + b_i; xf = z[hidden + p.j] + b_f; xg = z[2 * hidden + p.j] + b_g; xo = z[3 * hidden + p.j] + b_o;
-            if (step_mask != nullptr) { m = step_mask[(long long)t * batch + p.b]; h_old = hidden_states[now]; }
-        }
         ForwardProduct product = forward_product(p);
         const $real* h_now = hidden_states + t * p.count;
         for (int start = 0; start < k8; start += chunk) {
@@ -672,7 +703,7 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled
         forward_store(product, part, p);
         __syncthreads();
         if (p.active) {
-            $real zi = xi, zf = xf, zg = xg, zo = xo;
+            $real zi = in.x[0] + b_i, zf = in.x[1] + b_f, zg = in.x[2] + b_g, zo = in.x[3] + b_o;
             for (int s = 0; s < forward_shares(p); ++s) {
                 $real sum[4];
                 load4(part + (((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit) * 4, sum);
@@ -680,10 +711,12 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled
             }
             const Gates a = activate(zi, zf, zg, zo);
             z[p.j] = a.i; z[hidden + p.j] = a.f; z[2 * hidden + p.j] = a.g; z[3 * hidden + p.j] = a.o;
-            const CellOut out = cell_forward(a, c, h_old, step_mask != nullptr, m);
-            tanh_c[now] = out.tanh_c; y[now] = out.y; hidden_states[next] = out.h; c = out.c;
+            const CellOut out = cell_forward(a, c, h, step_mask != nullptr, in.m);
+            tanh_c[now] = out.tanh_c; y[now] = out.y; hidden_states[next] = h = out.h; c = out.c;
             cells[next] = c;
         }
+        // the next step's input projection and mask depend on no other block: loaded before the barrier
+        if (t + 1 < steps) in = step_input(gates, step_mask, p, t + 1, batch, hidden);
         grid.sync();  // h_{t+1} of every cell is written (and part read) before the next step
     }
 }
@@ -716,18 +749,18 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_backward_tile
     const $real one = 1;
     $real dh_in = 0, dc_in = 0;  // dL/dh_t, dL/dc_t arriving from step t + 1
     if (p.active) { dh_in = dh[p.n]; dc_in = dc[p.n]; }
+    StepStored in = step_stored(dy, gates, cells, tanh_c, step_mask, p, steps - 1, batch, hidden);
     for (int t = steps - 1; t >= 0; --t) {
-        $real m = one;
+        const $real m = in.m;
         if (p.active) {
-            const long long now = t * p.count + p.n, row_start = ((long long)t * batch + p.b) * p.four;
-            if (step_mask != nullptr) m = step_mask[(long long)t * batch + p.b];
-            const Gates a{gates[row_start + p.j], gates[row_start + hidden + p.j], gates[row_start + 2 * hidden + p.j],
-                          gates[row_start + 3 * hidden + p.j]};
-            const CellGrad d = cell_backward(a, tanh_c[now], cells[now], dy[now], dh_in, dc_in, m);
+            const long long row_start = ((long long)t * batch + p.b) * p.four;
+            const CellGrad d = cell_backward(in.a, in.tanh_c, in.c_prev, in.dy, dh_in, dc_in, m);
             dz[row_start + p.j] = d.dz_i; dz[row_start + hidden + p.j] = d.dz_f;
             dz[row_start + 2 * hidden + p.j] = d.dz_g; dz[row_start + 3 * hidden + p.j] = d.dz_o;
             dc_in = d.dc_prev;
         }
+        // step t - 1's stored values depend on no other block: loaded before the barrier and the product
+        if (t > 0) in = step_stored(dy, gates, cells, tanh_c, step_mask, p, t - 1, batch, hidden);
         grid.sync();  // dz_t of every cell is written before any block stages its rows
         const $real* dz_now = dz + (long long)t * batch * p.four;
         BackwardProduct product = backward_product(p);
