@@ -325,9 +325,9 @@ def test_a_store_out_of_bounds_is_caught(wrappers, monkeypatch):
 
 @pytest.mark.parametrize("old,new", [
     ("grid.sync();  // dz_t of every cell", "// no barrier:"),
-    ("__syncthreads();  // h_s is read before the next chunk", "// no barrier:"),
-    ("__syncthreads();  // dz_s is read before the next chunk", "// no barrier:"),
-], ids=["grid barrier", "forward chunk barrier", "backward chunk barrier"])
+    ("__syncthreads();  // the chunk is staged before", "// no barrier:"),
+    ("__syncthreads();  // the chunk is read before the next", "// no barrier:"),
+], ids=["grid barrier", "staging barrier", "chunk barrier"])
 def test_a_missing_barrier_in_the_tiled_kernels_is_caught(wrappers, monkeypatch, old, new):
     plant(monkeypatch, "tiled", old, new)
     arrays, mask = problem(3, 7, 3, 33, np.float64)

@@ -464,8 +464,8 @@ __device__ __forceinline__ ForwardProduct forward_product(const Tile& p)
 {
     return ForwardProduct{warp_tile(p, p.units / 2), {0.0f, 0.0f, 0.0f, 0.0f}};
 }
-__device__ __forceinline__ void forward_accumulate(ForwardProduct& z, const float* h_s, const float* w_s, const Tile& p,
-                                                   const int start, const int width, const int stride)
+__device__ __forceinline__ void accumulate(ForwardProduct& z, const float* h_s, const float* w_s, const Tile& p,
+                                           const int start, const int width, const int stride)
 {
     for (int kk = 8 * z.w.share; kk < width; kk += 8 * z.w.shares) {
         float a[4], b[2];
@@ -475,7 +475,7 @@ __device__ __forceinline__ void forward_accumulate(ForwardProduct& z, const floa
     }
 }
 // part: (shares, rows, units, 4 gates). d[0], d[1] are gates 2(t % 2), 2(t % 2) + 1 of unit 2·octet + t / 2.
-__device__ __forceinline__ void forward_store(const ForwardProduct& z, float* part, const Tile& p)
+__device__ __forceinline__ void store(const ForwardProduct& z, float* part, const Tile& p)
 {
     const int t = z.w.lane & 3, unit = 2 * z.w.octet + (t >> 1), gate = 2 * (t & 1);
     for (int half = 0; half < 2; ++half) {
@@ -502,8 +502,8 @@ __device__ __forceinline__ BackwardProduct backward_product(const Tile& p)
 {
     return BackwardProduct{warp_tile(p, p.units / 8), {0.0f, 0.0f, 0.0f, 0.0f}};
 }
-__device__ __forceinline__ void backward_accumulate(BackwardProduct& dh, const float* dz_s, const float* w_s,
-                                                    const Tile& p, const int start, const int width, const int stride)
+__device__ __forceinline__ void accumulate(BackwardProduct& dh, const float* dz_s, const float* w_s, const Tile& p,
+                                           const int start, const int width, const int stride)
 {
     for (int cc = 8 * dh.w.share; cc < width; cc += 8 * dh.w.shares) {
         float a[4], b[2];
@@ -513,7 +513,7 @@ __device__ __forceinline__ void backward_accumulate(BackwardProduct& dh, const f
     }
 }
 // part: (shares, rows, units). d[0], d[1] are units 8·octet + 2t, 8·octet + 2t + 1.
-__device__ __forceinline__ void backward_store(const BackwardProduct& dh, float* part, const Tile& p)
+__device__ __forceinline__ void store(const BackwardProduct& dh, float* part, const Tile& p)
 {
     const int unit = 8 * dh.w.octet + 2 * (dh.w.lane & 3);
     for (int half = 0; half < 2; ++half) {
@@ -543,8 +543,8 @@ struct ForwardProduct {
     $real acc[4][4];  // [row][gate]
 };
 __device__ __forceinline__ ForwardProduct forward_product(const Tile&) { return ForwardProduct{}; }
-__device__ __forceinline__ void forward_accumulate(ForwardProduct& z, const $real* h_s, const $real* w_s, const Tile& p,
-                                                   const int start, const int width, const int stride)
+__device__ __forceinline__ void accumulate(ForwardProduct& z, const $real* h_s, const $real* w_s, const Tile& p,
+                                           const int start, const int width, const int stride)
 {
     for (int kk = 4 * p.split; kk < width; kk += 4 * p.splits) {
         $real h[4][4];  // [row][k]
@@ -563,7 +563,7 @@ __device__ __forceinline__ void forward_accumulate(ForwardProduct& z, const $rea
     }
 }
 // part: (splits, rows, units, 4 gates)
-__device__ __forceinline__ void forward_store(const ForwardProduct& z, $real* part, const Tile& p)
+__device__ __forceinline__ void store(const ForwardProduct& z, $real* part, const Tile& p)
 {
     #pragma unroll
     for (int r = 0; r < 4; ++r)
@@ -587,8 +587,8 @@ struct BackwardProduct {
     $real acc[4];  // [row]
 };
 __device__ __forceinline__ BackwardProduct backward_product(const Tile&) { return BackwardProduct{}; }
-__device__ __forceinline__ void backward_accumulate(BackwardProduct& dh, const $real* dz_s, const $real* w_s,
-                                                    const Tile& p, const int start, const int width, const int stride)
+__device__ __forceinline__ void accumulate(BackwardProduct& dh, const $real* dz_s, const $real* w_s, const Tile& p,
+                                           const int start, const int width, const int stride)
 {
     const int c8 = round8((int)p.four);
     for (int cc = 4 * p.split; cc < width; cc += 4 * p.splits) {
@@ -603,7 +603,7 @@ __device__ __forceinline__ void backward_accumulate(BackwardProduct& dh, const $
     }
 }
 // part: (splits, rows, units)
-__device__ __forceinline__ void backward_store(const BackwardProduct& dh, $real* part, const Tile& p)
+__device__ __forceinline__ void store(const BackwardProduct& dh, $real* part, const Tile& p)
 {
     #pragma unroll
     for (int r = 0; r < 4; ++r) part[((long long)p.split * p.rows + p.group + r * p.groups) * p.units + p.u] = dh.acc[r];
@@ -620,6 +620,26 @@ __device__ __forceinline__ void stage_rows($real* staged, const $real* source, c
         staged[r * stride + (e - r * width)] = p.b0 + r < batch && column < columns
             ? to_operand(__ldcg(source + (long long)(p.b0 + r) * columns + column)) : ($real)0;
     }
+}
+
+// One step's product (a ForwardProduct or a BackwardProduct): the block's rows of the (batch, columns) matrix at
+// `source` pass through shared memory `chunk` columns at a time over the padded `reduction`, each chunk
+// accumulated (above); then the partial sums go to `part`, ready for the cells after the return.
+template <typename Product>
+__device__ __forceinline__ void chunked_product(Product& product, $real* staged, const $real* source, const $real* w_s,
+                                                $real* part, const Tile& p, const int batch, const int columns,
+                                                const int reduction, const int chunk)
+{
+    const int stride = chunk + 4;
+    for (int start = 0; start < reduction; start += chunk) {
+        const int width = min(chunk, reduction - start);
+        stage_rows(staged, source, p, batch, columns, start, width, stride);
+        __syncthreads();  // the chunk is staged before any thread reads it
+        accumulate(product, staged, w_s, p, start, width, stride);
+        __syncthreads();  // the chunk is read before the next one overwrites it
+    }
+    store(product, part, p);
+    __syncthreads();
 }
 
 // What a cell's forward step t reads that no other block writes: the input projection x_t W_x of its four gates
@@ -692,16 +712,7 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled
         $real* z = gates + ((long long)t * batch + p.b) * p.four;
         const long long now = t * p.count + p.n, next = now + p.count;
         ForwardProduct product = forward_product(p);
-        const $real* h_now = hidden_states + t * p.count;
-        for (int start = 0; start < k8; start += chunk) {
-            const int width = min(chunk, k8 - start);
-            stage_rows(h_s, h_now, p, batch, hidden, start, width, stride);
-            __syncthreads();
-            forward_accumulate(product, h_s, w_s, p, start, width, stride);
-            __syncthreads();  // h_s is read before the next chunk overwrites it
-        }
-        forward_store(product, part, p);
-        __syncthreads();
+        chunked_product(product, h_s, hidden_states + t * p.count, w_s, part, p, batch, hidden, k8, chunk);
         if (p.active) {
             $real zi = in.x[0] + b_i, zf = in.x[1] + b_f, zg = in.x[2] + b_g, zo = in.x[3] + b_o;
             for (int s = 0; s < forward_shares(p); ++s) {
@@ -762,17 +773,8 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_backward_tile
         // step t - 1's stored values depend on no other block: loaded before the barrier and the product
         if (t > 0) in = step_stored(dy, gates, cells, tanh_c, step_mask, p, t - 1, batch, hidden);
         grid.sync();  // dz_t of every cell is written before any block stages its rows
-        const $real* dz_now = dz + (long long)t * batch * p.four;
         BackwardProduct product = backward_product(p);
-        for (int start = 0; start < c8; start += chunk) {
-            const int width = min(chunk, c8 - start);
-            stage_rows(dz_s, dz_now, p, batch, columns, start, width, stride);
-            __syncthreads();
-            backward_accumulate(product, dz_s, w_s, p, start, width, stride);
-            __syncthreads();  // dz_s is read before the next chunk overwrites it
-        }
-        backward_store(product, part, p);
-        __syncthreads();
+        chunked_product(product, dz_s, dz + (long long)t * batch * p.four, w_s, part, p, batch, columns, c8, chunk);
         if (p.active) {
             $real sum = 0;
             for (int s = 0; s < backward_shares(p); ++s) sum += part[((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit];
