@@ -445,6 +445,31 @@ __device__ __forceinline__ void b_fragment(const float* w_s, const WarpTile& w, 
     b[0] = pair.x; b[1] = pair.y;
 }
 
+// A warp's tile of the product and its sums (each direction derives its own type, so each has its own store).
+struct WarpSums {
+    WarpTile w;
+    int octets;  // groups of 8 columns of B in the block: its gate columns forward, its units backward
+    float d[4];
+};
+__device__ __forceinline__ WarpSums warp_sums(const Tile& p, const int octets)
+{
+    return WarpSums{warp_tile(p, octets), octets, {0.0f, 0.0f, 0.0f, 0.0f}};
+}
+
+// Both directions: the warp's MMAs over its share of a staged chunk (columns start .. start + width - 1 of the
+// reduction), one per group of 8.
+template <typename Product>
+__device__ __forceinline__ void accumulate(Product& sums, const float* staged, const float* w_s, const Tile&,
+                                           const int start, const int width, const int stride)
+{
+    for (int kk = 8 * sums.w.share; kk < width; kk += 8 * sums.w.shares) {
+        float a[4], b[2];
+        a_fragment(staged, sums.w, stride, kk, a);
+        b_fragment(w_s, sums.w, sums.octets, start + kk, b);
+        mma_tf32_m16n8k8(sums.d, a, b);
+    }
+}
+
 // Forward: warp tiles of 16 rows × 8 gate columns (2 units × 4 gates), over every shares-th group of 8 k.
 constexpr int FORWARD_SHARE = 4;  // splits per share of the forward reduction: shares = splits / 4
 __device__ __forceinline__ int forward_shares(const Tile& p) { return p.splits / FORWARD_SHARE; }
@@ -456,24 +481,8 @@ __device__ __forceinline__ void forward_weights_to_shared(float* w_s, const floa
         return k < hidden && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit] : 0.0f;
     });
 }
-struct ForwardProduct {
-    WarpTile w;
-    float d[4];
-};
-__device__ __forceinline__ ForwardProduct forward_product(const Tile& p)
-{
-    return ForwardProduct{warp_tile(p, p.units / 2), {0.0f, 0.0f, 0.0f, 0.0f}};
-}
-__device__ __forceinline__ void accumulate(ForwardProduct& z, const float* h_s, const float* w_s, const Tile& p,
-                                           const int start, const int width, const int stride)
-{
-    for (int kk = 8 * z.w.share; kk < width; kk += 8 * z.w.shares) {
-        float a[4], b[2];
-        a_fragment(h_s, z.w, stride, kk, a);
-        b_fragment(w_s, z.w, p.units / 2, start + kk, b);
-        mma_tf32_m16n8k8(z.d, a, b);
-    }
-}
+struct ForwardProduct : WarpSums {};
+__device__ __forceinline__ ForwardProduct forward_product(const Tile& p) { return {warp_sums(p, p.units / 2)}; }
 // part: (shares, rows, units, 4 gates). d[0], d[1] are gates 2(t % 2), 2(t % 2) + 1 of unit 2·octet + t / 2.
 __device__ __forceinline__ void store(const ForwardProduct& z, float* part, const Tile& p)
 {
@@ -494,24 +503,8 @@ __device__ __forceinline__ void backward_weights_to_shared(float* w_s, const flo
         return column < p.four && p.j0 + unit < hidden ? w_hidden[(long long)(p.j0 + unit) * p.four + column] : 0.0f;
     });
 }
-struct BackwardProduct {
-    WarpTile w;
-    float d[4];
-};
-__device__ __forceinline__ BackwardProduct backward_product(const Tile& p)
-{
-    return BackwardProduct{warp_tile(p, p.units / 8), {0.0f, 0.0f, 0.0f, 0.0f}};
-}
-__device__ __forceinline__ void accumulate(BackwardProduct& dh, const float* dz_s, const float* w_s, const Tile& p,
-                                           const int start, const int width, const int stride)
-{
-    for (int cc = 8 * dh.w.share; cc < width; cc += 8 * dh.w.shares) {
-        float a[4], b[2];
-        a_fragment(dz_s, dh.w, stride, cc, a);
-        b_fragment(w_s, dh.w, p.units / 8, start + cc, b);
-        mma_tf32_m16n8k8(dh.d, a, b);
-    }
-}
+struct BackwardProduct : WarpSums {};
+__device__ __forceinline__ BackwardProduct backward_product(const Tile& p) { return {warp_sums(p, p.units / 8)}; }
 // part: (shares, rows, units). d[0], d[1] are units 8·octet + 2t, 8·octet + 2t + 1.
 __device__ __forceinline__ void store(const BackwardProduct& dh, float* part, const Tile& p)
 {
