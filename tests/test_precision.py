@@ -74,3 +74,23 @@ def test_tf32_changes_the_products_within_its_precision_and_restores_the_math_mo
 
     moved = lstmx.LSTM(3, 4, backend=backend, precision="tf32").to("numpy")
     assert moved.precision == "float32"
+
+
+@pytest.mark.parametrize("steps,batch,features,hidden,masked", [(5, 1, 3, 33, True), (3, 17, 8, 64, False),
+                                                                 (4, 40, 16, 200, True), (2, 64, 8, 512, False)])
+def test_tf32_tiled_kernels_stay_within_tf32_error_of_float32(backend, steps, batch, features, hidden, masked):
+    """The tiled path's tensor-core variant on the GPU, B = 1, H not a multiple of 8 or 32, lengths, and the
+    row-3 size: within TF32's error of the float32 generic path, and not equal to it."""
+    if not is_cupy(backend):
+        pytest.skip("TensorFloat-32 exists on CuPy only")
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.standard_normal((steps, batch, features)), dtype=backend.xp.float32)
+    lengths = rng.integers(1, steps + 1, size=batch).tolist() if masked else None
+    outputs = {}
+    for precision, impl in (("float32", "generic"), ("tf32", "cupy-tiled")):
+        model = lstmx.LSTM(features, hidden, backend=backend, seed=0, precision=precision)
+        y, (h, c), cache = model.forward(x, lengths=lengths, impl=impl)
+        dx, (dh0, dc0), grads = model.backward(backend.xp.ones_like(y), cache)
+        outputs[precision] = [to_numpy(a).astype(np.float64) for a in (y, h, c, dx, dh0, dc0, grads["weight_l0"])]
+    differences = [np.max(np.abs(f - r)) / np.max(np.abs(f)) for f, r in zip(outputs["float32"], outputs["tf32"])]
+    assert max(differences) < 2e-2 and max(differences) > 1e-6, differences
