@@ -2,8 +2,8 @@
 
 Runs the float64 finite-difference check of the whole language model on every backend available here
 (NumPy always; CuPy when it and a GPU are present), the NumPy-vs-CuPy parity check in float32, and every layer
-implementation of :mod:`lstmx.registry` that runs here (layers, the loss, optimizer updates) against the
-generic path in float32; prints a table
+implementation of :mod:`lstmx.registry` that runs here (layers, the loss, optimizer updates and clipping)
+against the generic path in float32 (the tiled kernels' TF32 variant too, within TF32's error); prints a table
 naming the implementation each backend runs by default, and returns a non-zero exit status when any check
 fails.
 """
@@ -20,6 +20,7 @@ from .backend import BackendError, get_backend, to_numpy
 from .gradcheck import check_language_model, max_relative_error
 
 PARITY_TOLERANCE = 1e-4  # float32: relative to each tensor's largest entry
+TF32_TOLERANCE = 2e-2  # TensorFloat-32 products keep 10 mantissa bits
 
 
 class CheckResult(NamedTuple):
@@ -41,14 +42,14 @@ def gradient_check(backend_name: str, tolerance: float) -> CheckResult:
                        f"worst: {worst.name}; {sum(r.entries for r in rows)} entries")
 
 
-def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | None,
-                          impl: str | None = None, loss_impl: str | None = None) -> dict[str, np.ndarray]:
+def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | None, impl: str | None = None,
+                          loss_impl: str | None = None, precision: str = "float32") -> dict[str, np.ndarray]:
     """A float32 LanguageModel's loss, final h and every gradient (host copies) on fixed random tokens."""
     from .models import LanguageModel
 
     rng = np.random.default_rng(seed)
     tokens, targets = rng.integers(0, 50, (20, 8)), rng.integers(0, 50, (20, 8))
-    model = LanguageModel(50, 16, 32, 2, backend=backend_name, seed=seed)
+    model = LanguageModel(50, 16, 32, 2, backend=backend_name, seed=seed, precision=precision)
     backend = model.backend
     output = model.loss(backend.asarray(tokens), backend.asarray(targets), lengths=lengths, impl=impl,
                         loss_impl=loss_impl)
@@ -84,6 +85,10 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
                 label = f"{impl.name} vs generic (float32{', lengths' if masked else ''})"
                 results.append(_agreement(label, backend_name, reference,
                                           _loss_state_and_grads(backend_name, seed, lengths, impl=impl.name)))
+        if backend_name == "cupy" and "cupy-tiled" in [i.name for i in registry.available_layer_impls(backend, np.float32)]:
+            label = f"cupy-tiled tf32 vs generic (float32{', lengths' if masked else ''})"  # its tensor-core kernels
+            results.append(_agreement(label, backend_name, reference, _loss_state_and_grads(
+                backend_name, seed, lengths, impl="cupy-tiled", precision="tf32"))._replace(tolerance=TF32_TOLERANCE))
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
                 label = f"loss {loss_impl} vs generic (float32{', lengths' if masked else ''})"
