@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import lstmx
 from lstmx.kernels import cuda_sources, tiling
 from lstmx.layers import lstm_layer as generic
+from lstmx.layers.lstm_layer import LayerInputError
 from lstmx.precision import matmul_precision
 
 from . import fake_cupy
@@ -94,6 +95,14 @@ def assert_close(result, expected, tolerance):
 def test_kernels_match_generic_float64(wrappers, path, shape, masked):
     arrays, mask = problem(*shape, np.float64, masked=masked)
     assert_close(run_path(path, wrappers, arrays, mask), reference(arrays, mask), 1e-12)
+
+
+@pytest.mark.parametrize("path", LAYER_PATHS)
+def test_no_time_steps_are_refused_before_any_kernel(wrappers, path):
+    arrays, mask = problem(0, 3, 2, 8, np.float64)
+    for module in (wrappers[WRAPPER_OF[path]], generic):
+        with pytest.raises(LayerInputError, match=r"x is an empty sequence \(T = 0 time steps\); a layer needs T >= 1"):
+            forward_and_backward(module, arrays, mask)
 
 
 @pytest.mark.parametrize("path", LAYER_PATHS)

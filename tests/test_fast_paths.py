@@ -136,6 +136,8 @@ def test_fast_layer_refuses_other_shapes_and_dtypes_without_crashing(backend, im
     wide = backend.xp.astype(weight, backend.xp.float64)  # a kernel must never read float64 bytes as float32
     with pytest.raises(generic.LayerInputError, match="weight has dtype float64, expected float32"):
         module.lstm_layer_forward(backend, x, wide, bias, h0, c0)
+    with pytest.raises(generic.LayerInputError, match=r"empty sequence \(T = 0 time steps\)"):
+        module.lstm_layer_forward(backend, x[:0, ...], weight, bias, h0, c0)
     _, grads = random_layer(backend, 4, 3, 5, 6, np.float64)
     with pytest.raises(generic.LayerInputError, match="dy has dtype float64"):
         module.lstm_layer_backward(backend, *grads, weight, cache)

@@ -700,7 +700,7 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled
         c = cells[p.n]; h = hidden_states[p.n];
         b_i = bias[p.j]; b_f = bias[hidden + p.j]; b_g = bias[2 * hidden + p.j]; b_o = bias[3 * hidden + p.j];
     }
-    StepInput in = step_input(gates, step_mask, p, 0, batch, hidden);
+    StepInput in = step_input(gates, step_mask, p, 0, batch, hidden);  // T >= 1: checked at the layer's door
     for (int t = 0; t < steps; ++t) {
         $real* z = gates + ((long long)t * batch + p.b) * p.four;
         const long long now = t * p.count + p.n, next = now + p.count;
@@ -753,7 +753,7 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_backward_tile
     const $real one = 1;
     $real dh_in = 0, dc_in = 0;  // dL/dh_t, dL/dc_t arriving from step t + 1
     if (p.active) { dh_in = dh[p.n]; dc_in = dc[p.n]; }
-    StepStored in = step_stored(dy, gates, cells, tanh_c, step_mask, p, steps - 1, batch, hidden);
+    StepStored in = step_stored(dy, gates, cells, tanh_c, step_mask, p, steps - 1, batch, hidden);  // T >= 1
     for (int t = steps - 1; t >= 0; --t) {
         const $real m = in.m;
         if (p.active) {

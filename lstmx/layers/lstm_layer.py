@@ -57,6 +57,8 @@ def forward_dims(x: Any, weight: Any, bias: Any, h0: Any, c0: Any) -> tuple[int,
     if x.ndim != 3 or h0.ndim != 2:
         raise LayerInputError(f"x must be (T, B, D) and h0 (B, H); got {tuple(x.shape)} and {tuple(h0.shape)}")
     steps, batch, features = x.shape
+    if steps == 0:
+        raise LayerInputError("x is an empty sequence (T = 0 time steps); a layer needs T >= 1")
     hidden = h0.shape[1]
     _expect("h0", h0, (batch, hidden), x.dtype)
     _expect("c0", c0, (batch, hidden), x.dtype)
