@@ -93,8 +93,9 @@ def _tensor_arguments(arrays: list[Any]) -> tuple[list[Any], list[np.int64]]:
 
 
 def clip_by_global_norm(backend: Any, grads: dict[str, Any], max_norm: float) -> tuple[dict[str, Any], Any]:
-    """The generic ``clip_by_global_norm`` (:mod:`lstmx.optim`): every gradient scaled by
-    ``min(1, max_norm / ‖g‖)``, new arrays, and the norm before as a 0-d device array, without a host sync."""
+    """What the generic ``clip_by_global_norm`` (:mod:`lstmx.optim`) computes, in two launches per 8 tensors: every
+    gradient scaled by ``min(1, max_norm / ‖g‖)`` into new arrays, and the norm before as a 0-d device array,
+    without a host sync."""
     if not grads:
         from ..optim import clip_by_global_norm as generic
 
