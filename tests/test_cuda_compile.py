@@ -80,7 +80,7 @@ VARIANTS = [(kind, variant) for kind in sorted(cuda_sources.SOURCES) for variant
 def test_every_kernel_compiles(kind, variant, architecture):
     status, log, ptx = compile_source(cuda_sources.source(kind, variant), f"lstmx_{kind}_{variant}", architecture)
     assert status == 0, f"NVRTC failed for the {kind} kernels in {variant} on {architecture}:\n{log}"
-    for kernel in cuda_sources.SOURCES[kind][1]:  # extern "C": the names CuPy looks up are in the PTX as written
+    for kernel in cuda_sources.SOURCES[kind]:  # extern "C": the names CuPy looks up are in the PTX as written
         assert f".entry {cuda_sources.kernel_name(kernel, variant)}(".encode() in ptx
 
 
@@ -116,6 +116,6 @@ def test_no_kernel_spills_registers_on_sm_90(kind, variant):
     kernels = re.findall(r"Compiling entry function '(\w+)'", log)
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     registers = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
-    assert len(kernels) == len(spills) == len(registers) == len(cuda_sources.SOURCES[kind][1]), log
+    assert len(kernels) == len(spills) == len(registers) == len(cuda_sources.SOURCES[kind]), log
     for kernel, (stores, loads), count in zip(kernels, spills, registers):
         assert (stores, loads) == ("0", "0"), f"{kernel} spills {stores} bytes ({count} registers)"

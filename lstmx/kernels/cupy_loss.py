@@ -2,7 +2,7 @@
 
 Same signature as the generic ``cross_entropy_and_gradient`` (:mod:`lstmx.layers.loss`) and tested against
 it. The generic path forms log-softmax, picks the targets' entries and builds the one-hot gradient in about
-fifteen array operations; here one kernel (``LOSS`` in :mod:`lstmx.kernels.cuda_sources`, a block per row)
+fifteen array operations; here one kernel (``cuda/loss.cu``, :mod:`lstmx.kernels.cuda_sources`, a block per row)
 writes each row's loss term and dL/dlogits, and two reductions count the real targets and sum the terms.
 Nothing is read back to the host.
 """

@@ -3,7 +3,7 @@ clipping by the global norm in two launches.
 
 The generic update (``Optimizer.update`` in :mod:`lstmx.optim`) issues about a dozen elementwise operations per
 tensor, each a launch from Python; here each tensor's step is one kernel
-(``OPTIM`` in :mod:`lstmx.kernels.cuda_sources`). The functions have the generic method's signature
+(``cuda/optim.cu``, :mod:`lstmx.kernels.cuda_sources`). The functions have the generic method's signature
 ``(optimizer, xp, param, grad, state, lr) -> new param`` and, like it, leave every array they are given
 untouched: the new parameter and state slots are new arrays (the models' cache checks rely on parameters being
 replaced, not changed in place). The registry (:data:`lstmx.registry.UPDATE_IMPLS`) says which optimizers

@@ -2,7 +2,7 @@
 for hidden sizes whose W_h no longer fits one block per 32 units (:mod:`lstmx.kernels.cupy_persistent`).
 
 Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward``, and the same buffers, input
-projection and weight-gradient GEMMs as the other CuPy paths. The kernels (``TILED`` in
+projection and weight-gradient GEMMs as the other CuPy paths. The kernels (``cuda/tiled.cu``,
 :mod:`lstmx.kernels.cuda_sources`) split W_h over a 2-D grid (units × batch rows) and tile the per-step product
 in registers; under ``precision="tf32"`` (:func:`lstmx.precision.active_precision`) float32 layers run the
 kernels' TF32 variant, whose products are tensor-core MMAs. The tile shape is chosen per (batch, hidden,

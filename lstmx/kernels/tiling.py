@@ -1,4 +1,4 @@
-"""Tile shapes of the register-tiled persistent kernels (``TILED`` in :mod:`lstmx.kernels.cuda_sources`).
+"""Tile shapes of the register-tiled persistent kernels (``cuda/tiled.cu``, :mod:`lstmx.kernels.cuda_sources`).
 
 Plain Python (no CuPy), so the shapes and their limits are tested on any machine. A launch of either tiled
 kernel has grid ``(ceil(H / units), ceil(B / rows))`` and blocks of ``(units, rows / 4, splits)`` threads: a block
