@@ -1,6 +1,6 @@
 // The LSTM cell of the layer kernels (included before stepwise.cu, persistent.cu and tiled.cu).
-// Filled in by lstmx.kernels.cuda_sources.source (a Python string.Template): $$real is float or double and
-// $$suffix the variant's name (see that module for every placeholder).
+// A Python string.Template, filled in per variant by lstmx.kernels.cuda_sources.source: its dollar-prefixed
+// names (real: float or double; suffix: the variant's name, which ends every kernel's name; ...) are listed there.
 
 // The LSTM cell every kernel here computes for one unit of one row (the equations: lstmx.layers.cell).
 struct Gates {

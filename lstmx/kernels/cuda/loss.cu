@@ -1,6 +1,6 @@
 // The LOSS kernel (lstmx.kernels.cupy_loss): softmax cross-entropy and its gradient.
-// Filled in by lstmx.kernels.cuda_sources.source (a Python string.Template): $$real is float or double and
-// $$suffix the variant's name (see that module for every placeholder).
+// A Python string.Template, filled in per variant by lstmx.kernels.cuda_sources.source: its dollar-prefixed
+// names (real: float or double; suffix: the variant's name, which ends every kernel's name; ...) are listed there.
 
 // Block-wide reduction of one value per thread through shared memory (blockDim.x a power of two); every thread
 // gets the result. scratch holds blockDim.x values; the leading barrier lets a previous use finish reading it.

@@ -1,6 +1,6 @@
 // The OPTIM kernels (lstmx.kernels.cupy_optim): optimizer updates and global-norm clipping.
-// Filled in by lstmx.kernels.cuda_sources.source (a Python string.Template): $$real is float or double and
-// $$suffix the variant's name (see that module for every placeholder).
+// A Python string.Template, filled in per variant by lstmx.kernels.cuda_sources.source: its dollar-prefixed
+// names (real: float or double; suffix: the variant's name, which ends every kernel's name; ...) are listed there.
 
 // One optimizer step for one parameter tensor in one launch (a grid-stride loop over its n entries), out of
 // place: new_param, and the new state slots, are separate arrays, so the step reads the same values as the

@@ -1,6 +1,6 @@
 // The PERSISTENT kernels (lstmx.kernels.cupy_persistent): one cooperative launch per direction.
-// Filled in by lstmx.kernels.cuda_sources.source (a Python string.Template): $$real is float or double and
-// $$suffix the variant's name (see that module for every placeholder).
+// A Python string.Template, filled in per variant by lstmx.kernels.cuda_sources.source: its dollar-prefixed
+// names (real: float or double; suffix: the variant's name, which ends every kernel's name; ...) are listed there.
 
 #include <cooperative_groups.h>
 namespace cg = cooperative_groups;

@@ -1,6 +1,6 @@
 // The STEPWISE kernels (lstmx.kernels.cupy_layer): one time step per launch.
-// Filled in by lstmx.kernels.cuda_sources.source (a Python string.Template): $$real is float or double and
-// $$suffix the variant's name (see that module for every placeholder).
+// A Python string.Template, filled in per variant by lstmx.kernels.cuda_sources.source: its dollar-prefixed
+// names (real: float or double; suffix: the variant's name, which ends every kernel's name; ...) are listed there.
 
 // gates[t] holds z = x_t W_x (+ h_{t-1} W_h, added by the GEMM before this kernel); bias is added here.
 // Writes the activated gates i, f, g, o over z, the carried cell and hidden state of step t + 1, tanh(c'_t)
