@@ -94,3 +94,31 @@ def test_tf32_tiled_kernels_stay_within_tf32_error_of_float32(backend, steps, ba
         outputs[precision] = [to_numpy(a).astype(np.float64) for a in (y, h, c, dx, dh0, dc0, grads["weight_l0"])]
     differences = [np.max(np.abs(f - r)) / np.max(np.abs(f)) for f, r in zip(outputs["float32"], outputs["tf32"])]
     assert max(differences) < 2e-2 and max(differences) > 1e-6, differences
+
+
+def test_tf32_tiled_kernels_at_their_size_limit_and_one_past_it(backend):
+    """The TF32 variant has tile shapes of its own (multiples of the MMA tile), so a size limit of its own: it
+    runs at that limit and is refused one past it, by name in one line."""
+    if not is_cupy(backend):
+        pytest.skip("TensorFloat-32 exists on CuPy only")
+    from lstmx import registry
+    from lstmx.precision import matmul_precision
+
+    impl = registry.layer_impl("cupy-tiled")
+    with matmul_precision(backend, "tf32"):
+        limit = impl.largest_hidden(backend, np.float32, 2)
+        assert 0 < limit < 4096
+        assert impl.refuses(backend, np.float32, False, (2, limit + 1)) is not None
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.standard_normal((3, 2, 3)), dtype=backend.xp.float32)
+    results = {}
+    for precision, impl_name in (("float32", "generic"), ("tf32", "cupy-tiled")):
+        model = lstmx.LSTM(3, limit, backend=backend, seed=0, precision=precision)
+        y, _, cache = model.forward(x, impl=impl_name)
+        dx, _, grads = model.backward(backend.xp.ones_like(y), cache)
+        results[precision] = [to_numpy(a).astype(np.float64) for a in (y, dx, grads["weight_l0"])]
+    for full, reduced in zip(results["float32"], results["tf32"]):
+        assert np.max(np.abs(full - reduced)) / np.max(np.abs(full)) < 2e-2
+    past = lstmx.LSTM(3, limit + 1, backend=backend, seed=0, precision="tf32")
+    with pytest.raises(registry.LayerImplError, match="'cupy-tiled' cannot run this call"):
+        past.forward(x, impl="cupy-tiled")
