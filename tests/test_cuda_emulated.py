@@ -501,3 +501,16 @@ def test_tf32_kernels_on_drawn_sizes_and_tile_shapes(steps, batch, hidden, maske
             assume(tiled.refuses_size(batch, hidden, np.float32) is None)  # the grid fits the stand-in
             result = forward_and_backward(tiled, arrays, mask)
     assert_close(result, reference(arrays, mask), 3e-5)
+
+
+def test_the_tf32_path_chooses_its_own_shape_on_the_device(wrappers):
+    """Without a forced shape, the TF32 variant picks one of its own (MMA multiples) that fits the stand-in, and
+    refuses what cannot fit, as the float32 variant does."""
+    tiled = wrappers["cupy_tiled"]
+    arrays, mask = problem(2, 7, 3, 33, np.float32, masked=True)
+    with matmul_precision(NUMPY, "tf32"):
+        assert tiled.refuses_size(7, 33, np.float32) is None
+        assert "no tile shape" in tiled.refuses_size(64, 512, np.float32)
+    result = run_tf32(wrappers, arrays, mask)
+    assert max(relative_error(result, reference(arrays, mask)).values()) < 1e-2
+    assert max(relative_error(result, run_path("tiled", wrappers, arrays, mask)).values()) > 1e-5
