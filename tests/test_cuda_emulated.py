@@ -165,15 +165,15 @@ def test_the_tiled_path_chooses_a_shape_that_fits_the_device(wrappers):
         forward_and_backward(tiled, *problem(1, 64, 2, 512, np.float64))
 
 
-@pytest.mark.parametrize("itemsize", [4, 8])
-def test_chosen_tile_shapes_respect_the_device_limits(itemsize):
+@pytest.mark.parametrize("itemsize,mma", [(4, False), (8, False), (4, True)], ids=["float32", "float64", "tf32"])
+def test_chosen_tile_shapes_respect_the_device_limits(itemsize, mma):
     for batch in (1, 3, 16, 64, 200):
         for hidden in (1, 7, 64, 128, 300, 512, 768, 1024):
             for shared_limit, blocks in ((232448, 132), (166912, 108), (49152, 16)):
-                shape = tiling.choose_tile_shape(batch, hidden, itemsize, shared_limit, blocks)
+                shape = tiling.choose_tile_shape(batch, hidden, itemsize, shared_limit, blocks, mma)
                 if shape is None:
                     continue
-                assert tiling.refuses_shape(shape) is None
+                assert tiling.refuses_shape(shape, mma) is None
                 assert np.prod(shape.grid(batch, hidden)) <= blocks
                 for kernel in cuda_sources.TILED_KERNELS:
                     assert tiling.shared_bytes(kernel, shape, hidden, itemsize) <= shared_limit
