@@ -125,7 +125,7 @@ class Requests:
     (a default, read at each choice), else "auto"."""
 
     def __init__(self, kind: str, names: tuple[str, ...], variable: str, error: type[ImplError]) -> None:
-        self.names, self.variable, self.error = names, variable, error
+        self.kind, self.names, self.variable, self.error = kind, names, variable, error
         self.context: contextvars.ContextVar[str | None] = contextvars.ContextVar(f"lstmx_{kind}_impl", default=None)
 
     def check(self, name: str, argument: str = "impl") -> str:
@@ -149,6 +149,27 @@ class Requests:
         if self.context.get() is not None:
             return self.context.get(), True
         return self.check(os.environ.get(self.variable, "") or AUTO, self.variable), False
+
+    def choose(self, impl: str | None, candidates: tuple[Any, ...],
+               resolve: Callable[[Any], tuple[Callable[..., Any] | None, str | None]],
+               action: str) -> tuple[str, Callable[..., Any]]:
+        """``(name, function)`` in this order: the implementation asked for, when ``resolve`` finds it able (an
+        error naming why not when the request was binding), else the first of ``candidates`` marked ``auto``
+        that is able. ``resolve(candidate)`` gives ``(function, None)`` or ``(None, why not)``; ``action``
+        ("run Adam here") completes the error messages. (Layers choose by dtype as well: ``choose_layer_impl``.)"""
+        name, binding = self.request(impl)
+        if name != AUTO:
+            function, reason = resolve(next(c for c in candidates if c.name == name))
+            if function is not None:
+                return name, function
+            if binding:
+                raise self.error(f"{self.kind} implementation {name!r} cannot {action}: it {reason}")
+        for candidate in candidates:
+            if candidate.auto:
+                function, _ = resolve(candidate)
+                if function is not None:
+                    return candidate.name, function
+        raise self.error(f"no {self.kind} implementation can {action}")  # the generic ones always can
 
 
 LAYER_REQUESTS = Requests("layer", NAMES, ENVIRONMENT_VARIABLE, LayerImplError)
@@ -279,8 +300,7 @@ UPDATE_IMPLS: tuple[UpdateImpl, ...] = (
                "in two launches"),
     UpdateImpl("generic", "lstmx.optim", None, True, "the Array API reference (every optimizer and backend)"),
 )
-_UPDATES_BY_NAME = {impl.name: impl for impl in UPDATE_IMPLS}
-UPDATE_REQUESTS = Requests("update", tuple(_UPDATES_BY_NAME), UPDATE_ENVIRONMENT_VARIABLE, UpdateImplError)
+UPDATE_REQUESTS = Requests("update", tuple(i.name for i in UPDATE_IMPLS), UPDATE_ENVIRONMENT_VARIABLE, UpdateImplError)
 
 
 def use_update_impl(name: str) -> contextlib.AbstractContextManager[None]:
@@ -292,35 +312,15 @@ def choose_update(backend: Backend, optimizer: type, impl: str | None = None) ->
     """``(name, function)`` of the update an optimizer of class ``optimizer`` runs on ``backend``: the ``impl``
     argument, else the :func:`use_update_impl` context (both binding), else ``LSTMX_UPDATE_IMPL`` (a default),
     else the first implementation marked ``auto`` that runs it."""
-    name, binding = UPDATE_REQUESTS.request(impl)
-    if name != AUTO:
-        function, reason = _UPDATES_BY_NAME[name].function(backend, optimizer)
-        if function is not None:
-            return name, function
-        if binding:
-            raise UpdateImplError(f"update implementation {name!r} cannot run {optimizer.__name__} here: it {reason}")
-    for candidate in UPDATE_IMPLS:
-        function, _ = candidate.function(backend, optimizer)
-        if candidate.auto and function is not None:
-            return candidate.name, function
-    raise UpdateImplError(f"no update implementation runs {optimizer.__name__} on {backend.name}")
+    return UPDATE_REQUESTS.choose(impl, UPDATE_IMPLS, lambda candidate: candidate.function(backend, optimizer),
+                                  f"run {optimizer.__name__} here")
 
 
 def choose_clipping(backend: Backend, impl: str | None = None) -> tuple[str, Callable[..., Any]]:
     """``(name, clip_by_global_norm)`` of the update implementation that clips gradients on ``backend``, asked for
     as updates are (:class:`Requests`): a trainer passes its optimizer's ``impl``, so both run one family."""
-    name, binding = UPDATE_REQUESTS.request(impl)
-    if name != AUTO:
-        function, reason = _UPDATES_BY_NAME[name].clipping(backend)
-        if function is not None:
-            return name, function
-        if binding:
-            raise UpdateImplError(f"update implementation {name!r} cannot clip gradients here: it {reason}")
-    for candidate in UPDATE_IMPLS:
-        function, _ = candidate.clipping(backend)
-        if candidate.auto and function is not None:
-            return candidate.name, function
-    raise UpdateImplError(f"no update implementation clips gradients on {backend.name}")  # generic always does
+    return UPDATE_REQUESTS.choose(impl, UPDATE_IMPLS, lambda candidate: candidate.clipping(backend),
+                                  "clip gradients here")
 
 
 def available_clipping_impls(backend: Backend) -> list[str]:
@@ -362,8 +362,12 @@ class LossImpl(NamedTuple):
             return f"is not importable here ({error})"
         return None
 
-    def function(self) -> Callable[..., Any]:
-        return importlib.import_module(self.module).cross_entropy_and_gradient
+    def function(self, backend: Backend) -> tuple[Callable[..., Any] | None, str | None]:
+        """``(cross_entropy_and_gradient, None)`` when it runs on ``backend`` here, else ``(None, why not)``."""
+        reason = self.refuses(backend)
+        if reason is not None:
+            return None, reason
+        return importlib.import_module(self.module).cross_entropy_and_gradient, None
 
 
 LOSS_IMPLS: tuple[LossImpl, ...] = (
@@ -371,8 +375,7 @@ LOSS_IMPLS: tuple[LossImpl, ...] = (
              "CuPy: one kernel per batch for the loss terms and dL/dlogits (a block per row)"),
     LossImpl("generic", "lstmx.layers.loss", None, True, "the Array API reference: log-softmax, then its gradient"),
 )
-_LOSSES_BY_NAME = {impl.name: impl for impl in LOSS_IMPLS}
-LOSS_REQUESTS = Requests("loss", tuple(_LOSSES_BY_NAME), LOSS_ENVIRONMENT_VARIABLE, LossImplError)
+LOSS_REQUESTS = Requests("loss", tuple(i.name for i in LOSS_IMPLS), LOSS_ENVIRONMENT_VARIABLE, LossImplError)
 
 
 def use_loss_impl(name: str) -> contextlib.AbstractContextManager[None]:
@@ -382,17 +385,7 @@ def use_loss_impl(name: str) -> contextlib.AbstractContextManager[None]:
 
 def choose_loss(backend: Backend, impl: str | None = None) -> tuple[str, Callable[..., Any]]:
     """``(name, cross_entropy_and_gradient)`` for ``backend``, asked for as :class:`Requests` says."""
-    name, binding = LOSS_REQUESTS.request(impl)
-    if name != AUTO:
-        reason = _LOSSES_BY_NAME[name].refuses(backend)
-        if reason is None:
-            return name, _LOSSES_BY_NAME[name].function()
-        if binding:
-            raise LossImplError(f"loss implementation {name!r} cannot run here: it {reason}")
-    for candidate in LOSS_IMPLS:
-        if candidate.auto and candidate.refuses(backend) is None:
-            return candidate.name, candidate.function()
-    raise LossImplError(f"no loss implementation runs on {backend.name}")  # generic always does
+    return LOSS_REQUESTS.choose(impl, LOSS_IMPLS, lambda candidate: candidate.function(backend), "run here")
 
 
 def available_loss_impls(backend: Backend) -> list[str]:
