@@ -45,16 +45,18 @@ def machine_report() -> dict[str, Any]:
 
 
 def turn_taking_medians(runs: dict[str, tuple[Callable[[], Any], Callable[[], None]]], repeats: int, rounds: int = 3,
-                        pause: float = 0.5) -> dict[str, float]:
+                        pause: float = 0.5, warmed: bool = False) -> dict[str, float]:
     """Median seconds per call for each ``name: (run, sync)``, the runs taking turns.
 
-    After one warm-up call each, every round gives each run ``repeats / rounds`` timed calls in turn, with a
-    pause before each turn (the previous run's idle BLAS/OpenMP threads spin for a while). Drift in the
-    machine's speed then reaches every column alike instead of whichever ran last.
+    After one warm-up call each (none when the caller ``warmed`` them), every round gives each run
+    ``repeats / rounds`` timed calls in turn, with a pause before each turn (the previous run's idle BLAS/OpenMP
+    threads spin for a while). Drift in the machine's speed then reaches every column alike instead of whichever
+    ran last.
     """
-    for run, sync in runs.values():
-        run()
-        sync()
+    if not warmed:
+        for run, sync in runs.values():
+            run()
+            sync()
     per_round = max(1, -(-repeats // rounds))
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
