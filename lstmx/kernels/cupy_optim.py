@@ -106,14 +106,15 @@ def clip_by_global_norm(backend: Any, grads: dict[str, Any], max_norm: float) ->
     dtype = np.dtype(arrays[0].dtype)
     groups = [arrays[i:i + CLIP_TENSORS] for i in range(0, len(arrays), CLIP_TENSORS)]
     blocks = [max(1, -(-sum(a.size for a in group) // CLIP_CHUNK)) for group in groups]
-    partials = cupy.empty(sum(blocks), dtype=np.float64)
+    total_blocks = sum(blocks)
+    partials = cupy.empty(total_blocks, dtype=np.float64)
     finished = cupy.zeros(1, dtype=np.uint32)  # counts the blocks done; the last one writes the norm
     norm_and_scale = cupy.empty(2, dtype=dtype)
     first_block = 0
     for group, count in zip(groups, blocks):
         pointers, ends = _tensor_arguments(group)
         _kernel("global_norm", dtype.name)((count,), (THREADS,), (
-            *pointers, *ends, np.int64(CLIP_CHUNK), np.int32(first_block), np.int32(sum(blocks)), partials, finished,
+            *pointers, *ends, np.int64(CLIP_CHUNK), np.int32(first_block), np.int32(total_blocks), partials, finished,
             norm_and_scale, np.float64(max_norm)), shared_mem=(THREADS + 1) * 8)
         first_block += count
     clipped = []
