@@ -140,13 +140,12 @@ class Optimizer:
             raise KeyError(f"no gradient for parameters {sorted(missing)}")
         lr = self.lr
         self.step_count += 1
-        xp = self.model.backend.xp
-        for name, param in self.model.params.items():
-            self.model.params[name] = self._update(self, xp, param, grads[name], self.state[name], lr)
+        params = dict(self.model.params)
+        self.model.params.update(self._update(self, self.model.backend.xp, params, grads, self.state, lr))
 
     def update(self, xp: Any, param: Any, grad: Any, state: dict[str, Any], lr: float) -> Any:
-        """The generic update of one tensor: returns the new parameter and replaces ``state``'s slots (the
-        registry may run a fast path with this signature instead: ``self.impl`` names the one chosen)."""
+        """The generic update of one tensor: returns the new parameter and replaces ``state``'s slots
+        (:func:`update_each` runs it on every tensor of a step)."""
         raise NotImplementedError
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -275,7 +274,17 @@ class RMSprop(Optimizer):
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
-UPDATES = {cls.__name__: cls.update for cls in OPTIMIZERS.values()}  # the generic updates, for the registry
+
+
+def update_each(optimizer: Optimizer, xp: Any, params: dict[str, Any], grads: Mapping[str, Any],
+                states: dict[str, dict[str, Any]], lr: float) -> dict[str, Any]:
+    """The generic step: every tensor in turn by ``optimizer.update``; returns the new parameters by name and
+    replaces the slots of ``states[name]``. The registry may run a fast path with this signature instead
+    (``optimizer.impl`` names the one chosen), which may take several tensors in one launch."""
+    return {name: optimizer.update(xp, param, grads[name], states[name], lr) for name, param in params.items()}
+
+
+UPDATES = {cls.__name__: update_each for cls in OPTIMIZERS.values()}  # the generic step of each, for the registry
 
 
 def make_optimizer(name: str, model: Any, lr: float | Schedule, **options: Any) -> Optimizer:

@@ -263,8 +263,8 @@ CUPY_FUSED_UPDATE_AUTO = False  # its kernels pass on the CPU emulator; not yet 
 
 class UpdateImpl(NamedTuple):
     """One implementation of how gradients become new parameters: a module whose ``UPDATES`` maps optimizer class
-    names to functions ``(optimizer, xp, param, grad, state, lr) -> new param`` (``Optimizer.update``'s
-    signature) and whose ``clip_by_global_norm(backend, grads, max_norm) -> (clipped, norm)`` clips them."""
+    names to functions ``(optimizer, xp, params, grads, states, lr) -> new params``, one optimizer step over
+    every tensor (:func:`lstmx.optim.update_each`'s signature), and whose ``clip_by_global_norm(backend, grads, max_norm) -> (clipped, norm)`` clips them."""
 
     name: str
     module: str
@@ -296,8 +296,8 @@ class UpdateImpl(NamedTuple):
 
 UPDATE_IMPLS: tuple[UpdateImpl, ...] = (
     UpdateImpl("cupy-fused", "lstmx.kernels.cupy_optim", ("cupy",), CUPY_FUSED_UPDATE_AUTO,
-               "CuPy: one fused kernel per parameter tensor and step (SGD, Adam, AdamW); global-norm clipping "
-               "in two launches"),
+               "CuPy: one fused kernel launch per 8 parameter tensors and step (SGD, Adam, AdamW); global-norm "
+               "clipping in two launches per 8 tensors"),
     UpdateImpl("generic", "lstmx.optim", None, True, "the Array API reference (every optimizer and backend)"),
 )
 UPDATE_REQUESTS = Requests("update", tuple(i.name for i in UPDATE_IMPLS), UPDATE_ENVIRONMENT_VARIABLE, UpdateImplError)

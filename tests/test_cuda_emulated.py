@@ -12,6 +12,7 @@ the CuPy suite on a GPU does that.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -199,15 +200,31 @@ OPTIMIZER_CASES = [("sgd", {}), ("sgd", {"momentum": 0.9, "weight_decay": 0.1}),
                    ("adamw", {"weight_decay": 0.05})]
 
 
+class Tensors:
+    """A stand-in model whose parameters are arrays of the given shapes."""
+
+    def __init__(self, shapes: list[tuple[int, ...]], dtype: Any) -> None:
+        rng = np.random.default_rng(1)
+        self.backend = NUMPY
+        self.params = {f"t{i}": rng.standard_normal(shape).astype(dtype) for i, shape in enumerate(shapes)}
+
+
+# the LSTM's 3 tensors (one launch); 11 tensors (two launches), an empty one and one over 3 blocks
+UPDATE_MODELS = {"lstm": None, "two launches": [(3, 5)] * 6 + [(0,), (9000,), (4, 4), (1,), (2, 3)]}
+
+
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-12), (np.float32, 2e-6)], ids=["float64", "float32"])
 @pytest.mark.parametrize("name,options", OPTIMIZER_CASES, ids=lambda v: str(v) if isinstance(v, str) else
                          ",".join(f"{k}={w}" for k, w in v.items()) or "defaults")
-def test_fused_optimizer_kernels_match_the_generic_updates(wrappers, name, options, dtype, tolerance):
-    """Four steps of each optimizer with ``cupy_optim``'s update against the generic one."""
+@pytest.mark.parametrize("case", UPDATE_MODELS)
+def test_fused_optimizer_kernels_match_the_generic_updates(wrappers, name, options, dtype, tolerance, case):
+    """Four steps of each optimizer with ``cupy_optim``'s step against the generic one."""
     from lstmx.optim import make_optimizer
 
     rng = np.random.default_rng(0)
-    models = [lstmx.LSTM(3, 5, backend="numpy", dtype=np.dtype(dtype).name, seed=0) for _ in range(2)]
+    shapes = UPDATE_MODELS[case]
+    models = [lstmx.LSTM(3, 5, backend="numpy", dtype=np.dtype(dtype).name, seed=0) if shapes is None
+              else Tensors(shapes, dtype) for _ in range(2)]
     fused, generic_run = (make_optimizer(name, model, 0.01, **options) for model in models)
     fused._update = wrappers["cupy_optim"].UPDATES[type(fused).__name__]
     for _ in range(4):
@@ -215,6 +232,7 @@ def test_fused_optimizer_kernels_match_the_generic_updates(wrappers, name, optio
         fused.step(grads)
         generic_run.step(grads)
     for key in models[0].params:
+        assert models[0].params[key].shape == models[1].params[key].shape
         np.testing.assert_allclose(models[0].params[key], models[1].params[key], rtol=tolerance, atol=tolerance)
         for slot, value in generic_run.state[key].items():
             np.testing.assert_allclose(fused.state[key][slot], value, rtol=tolerance, atol=tolerance)
@@ -347,7 +365,14 @@ def test_a_missing_barrier_in_the_tiled_kernels_is_caught(wrappers, monkeypatch,
 def test_a_wrong_optimizer_kernel_is_caught(wrappers, monkeypatch):
     plant(monkeypatch, "optim", "(one - beta2) * g * g", "(one - beta2) * g")
     with pytest.raises(AssertionError):
-        test_fused_optimizer_kernels_match_the_generic_updates(wrappers, "adam", {}, np.float64, 1e-12)
+        test_fused_optimizer_kernels_match_the_generic_updates(wrappers, "adam", {}, np.float64, 1e-12, "lstm")
+
+
+def test_an_update_written_to_the_wrong_entry_is_caught(wrappers, monkeypatch):
+    """Each tensor's new values written from the start of the flat buffer, not at its own entries."""
+    plant(monkeypatch, "optim", "new_param[e] = p - lr * g;", "new_param[k] = p - lr * g;")
+    with pytest.raises(AssertionError):
+        test_fused_optimizer_kernels_match_the_generic_updates(wrappers, "sgd", {}, np.float64, 1e-12, "two launches")
 
 
 def test_a_missing_barrier_in_the_block_reduction_is_caught(wrappers, monkeypatch):

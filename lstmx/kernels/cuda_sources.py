@@ -22,8 +22,8 @@ the same row of the (B, 4H) gate block.
   (each thread a 4 × 4 tile of rows × gates from vector loads), or in the "tf32" variant warp-wide tensor-core
   MMAs (``mma.sync`` m16n8k8, TF32 operands, float32 sums). The tile shape is a launch argument
   (:mod:`lstmx.kernels.tiling`).
-- ``optim.cu``: one optimizer step (Adam/AdamW, SGD) for one parameter tensor per launch, and clipping by the
-  global norm in two launches for up to 8 tensors (:mod:`lstmx.kernels.cupy_optim`).
+- ``optim.cu``: one optimizer step (Adam/AdamW, SGD) for up to 8 parameter tensors per launch, and clipping by
+  the global norm in two launches for up to 8 tensors (:mod:`lstmx.kernels.cupy_optim`).
 - ``loss.cu``: the softmax cross-entropy's per-row loss and its gradient, a block per row
   (:mod:`lstmx.kernels.cupy_loss`).
 """

@@ -1,22 +1,22 @@
-"""CuPy fast path of the optimizer updates: one fused kernel launch per parameter tensor and step, and
-clipping by the global norm in two launches.
+"""CuPy fast path of the optimizer updates and the global-norm clipping: up to 8 tensors per kernel launch.
 
-The generic update (``Optimizer.update`` in :mod:`lstmx.optim`) issues about a dozen elementwise operations per
-tensor, each a launch from Python; here each tensor's step is one kernel
-(``cuda/optim.cu``, :mod:`lstmx.kernels.cuda_sources`). The functions have the generic method's signature
-``(optimizer, xp, param, grad, state, lr) -> new param`` and, like it, leave every array they are given
-untouched: the new parameter and state slots are new arrays (the models' cache checks rely on parameters being
-replaced, not changed in place). The registry (:data:`lstmx.registry.UPDATE_IMPLS`) says which optimizers
-have one here. :func:`clip_by_global_norm` has the generic clipping's signature (:mod:`lstmx.optim`): one
-launch sums the squares of up to 8 tensors and writes the norm and the scale on the device, a second scales
-them, where the generic path takes about four operations per tensor.
+The generic step (:func:`lstmx.optim.update_each`) issues about a dozen elementwise operations per tensor, each a
+launch from Python; here a step of SGD, Adam or AdamW is one launch for every 8 parameter tensors
+(``cuda/optim.cu``, :mod:`lstmx.kernels.cuda_sources`), and the new parameters and state slots are views of one
+new flat buffer per role. The step functions have the generic one's signature
+``(optimizer, xp, params, grads, states, lr) -> new params`` and, like it, leave every array they are given
+untouched: the new parameters and state slots are new arrays (the models' cache checks rely on parameters being
+replaced, not changed in place). The registry (:data:`lstmx.registry.UPDATE_IMPLS`) says which optimizers have
+one here. :func:`clip_by_global_norm` has the generic clipping's signature (:mod:`lstmx.optim`): one launch per
+8 tensors sums their squares, the last block to finish writes the norm and the scale on the device, and a second
+launch per 8 tensors scales them, where the generic path takes about four operations per tensor.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import cupy
 import numpy as np
@@ -24,8 +24,9 @@ import numpy as np
 from . import cuda_sources
 from .cupy_layer import NULL
 
-THREADS = 256
-MAX_BLOCKS = 1024  # a grid-stride loop covers larger tensors
+THREADS = 256  # per block of every kernel here (global_norm's block sum assumes it)
+TENSORS = 8  # tensors per launch (the kernels' pointer arguments)
+CHUNK = THREADS * 16  # entries of the concatenation one block covers
 
 
 @functools.cache
@@ -33,97 +34,152 @@ def _kernel(kernel: str, dtype: str) -> cupy.RawKernel:
     return cupy.RawKernel(cuda_sources.source("optim", dtype), cuda_sources.kernel_name(kernel, dtype))
 
 
-def _launch(kernel: str, n: int, dtype: np.dtype, args: tuple) -> None:
-    if n > 0:
-        blocks = min(MAX_BLOCKS, (n + THREADS - 1) // THREADS)
-        _kernel(kernel, dtype.name)((blocks,), (THREADS,), (*args, np.int64(n)))
+class Launch(NamedTuple):
+    """One launch's share of a step's tensors: which of them (a slice of the list), the kernels' arguments
+    ``first, e0 .. e7, chunk`` (where they start in the concatenation of all, the running ends, the chunk per
+    block), and its blocks."""
+
+    taken: slice
+    extent: tuple[np.int64, ...]
+    blocks: int
 
 
-def _operands(param: Any, grad: Any) -> tuple[Any, Any, np.dtype]:
-    """Contiguous parameter and gradient of one dtype and shape (the kernels index them flat)."""
-    if grad.shape != param.shape or grad.dtype != param.dtype:
-        raise ValueError(f"gradient {grad.shape} {grad.dtype} does not match its parameter {param.shape} {param.dtype}")
-    return cupy.ascontiguousarray(param), cupy.ascontiguousarray(grad), np.dtype(param.dtype)
+def _launches(sizes: list[int]) -> list[Launch]:
+    """The launches that cover tensors of these sizes, up to TENSORS each."""
+    ends = np.cumsum([0, *sizes])
+    launches = []
+    for start in range(0, len(sizes), TENSORS):
+        stop = min(start + TENSORS, len(sizes))
+        group = [int(e) for e in ends[start + 1:stop + 1]]
+        group += [group[-1]] * (TENSORS - len(group))  # empty tensors past the last
+        blocks = -(-(group[-1] - int(ends[start])) // CHUNK)
+        launches.append(Launch(slice(start, stop), tuple(np.int64(e) for e in (ends[start], *group, CHUNK)), blocks))
+    return launches
 
 
-def adam_update(optimizer: Any, xp: Any, param: Any, grad: Any, state: dict[str, Any], lr: float) -> Any:
-    """``Adam.update`` / ``AdamW.update`` in one launch."""
-    param, grad, dtype = _operands(param, grad)
+def _pointers(arrays: list[Any], taken: slice) -> list[Any]:
+    """The launch's pointer arguments of one role: its arrays, then null pointers up to TENSORS."""
+    chosen = arrays[taken]
+    return [*chosen, *[NULL] * (TENSORS - len(chosen))]
+
+
+def _views(flat: Any, like: list[Any]) -> list[Any]:
+    """Consecutive views of a flat buffer shaped like ``like``."""
+    ends = np.cumsum([0, *(a.size for a in like)])
+    return [flat[int(b):int(e)].reshape(a.shape) for a, b, e in zip(like, ends[:-1], ends[1:])]
+
+
+def _one_dtype(arrays: list[Any], what: str) -> np.dtype:
+    dtypes = {np.dtype(a.dtype) for a in arrays}
+    if len(dtypes) > 1:
+        raise ValueError(f"the fused kernels take {what} of one dtype; got {sorted(str(d) for d in dtypes)}")
+    return dtypes.pop() if dtypes else np.dtype(np.float64)  # no tensors: nothing is launched
+
+
+class _Step(NamedTuple):
+    """A step's operands: names, contiguous parameters and gradients, their dtype and total size."""
+
+    names: list[str]
+    params: list[Any]
+    grads: list[Any]
+    dtype: np.dtype
+    total: int
+
+
+def _operands(params: dict[str, Any], grads: Any) -> _Step:
+    """Contiguous parameters and gradients of one dtype, each gradient shaped like its parameter (the kernels
+    index them flat)."""
+    names = list(params)
+    for name in names:
+        param, grad = params[name], grads[name]
+        if grad.shape != param.shape or grad.dtype != param.dtype:
+            raise ValueError(f"gradient of {name!r} {grad.shape} {grad.dtype} does not match its parameter "
+                             f"{param.shape} {param.dtype}")
+    contiguous = [cupy.ascontiguousarray(params[n]) for n in names]
+    return _Step(names, contiguous, [cupy.ascontiguousarray(grads[n]) for n in names],
+                 _one_dtype(contiguous, "parameters"), sum(p.size for p in contiguous))
+
+
+def _slots(states: dict[str, dict[str, Any]], names: list[str], slot: str) -> list[Any]:
+    return [cupy.ascontiguousarray(states[name][slot]) for name in names]
+
+
+def _store(states: dict[str, dict[str, Any]], step: _Step, slot: str, flat: Any) -> None:
+    for name, view in zip(step.names, _views(flat, step.params)):
+        states[name][slot] = view
+
+
+def adam_step(optimizer: Any, xp: Any, params: dict[str, Any], grads: Any, states: dict[str, dict[str, Any]],
+              lr: float) -> dict[str, Any]:
+    """``Adam`` / ``AdamW``'s step: one launch per 8 tensors."""
+    step = _operands(params, grads)
     beta1, beta2 = optimizer.betas
-    real = dtype.type
-    new_param, new_exp_avg, new_exp_avg_sq = (cupy.empty_like(param) for _ in range(3))
-    step_size = lr / (1 - beta1**optimizer.step_count)
-    _launch("adam_update", param.size, dtype,
-            (param, grad, cupy.ascontiguousarray(state["exp_avg"]), cupy.ascontiguousarray(state["exp_avg_sq"]),
-             new_param, new_exp_avg, new_exp_avg_sq, real(lr), real(beta1), real(beta2), real(optimizer.eps),
-             real(optimizer.weight_decay), np.int32(optimizer.decoupled), real(step_size),
-             real(math.sqrt(1 - beta2**optimizer.step_count))))
-    state["exp_avg"], state["exp_avg_sq"] = new_exp_avg, new_exp_avg_sq
-    return new_param
+    real = step.dtype.type
+    exp_avg, exp_avg_sq = _slots(states, step.names, "exp_avg"), _slots(states, step.names, "exp_avg_sq")
+    new_param, new_exp_avg, new_exp_avg_sq = (cupy.empty(step.total, dtype=step.dtype) for _ in range(3))
+    scalars = (real(lr), real(beta1), real(beta2), real(optimizer.eps), real(optimizer.weight_decay),
+               np.int32(optimizer.decoupled), real(lr / (1 - beta1**optimizer.step_count)),
+               real(math.sqrt(1 - beta2**optimizer.step_count)))
+    for launch in _launches([p.size for p in step.params]):
+        if launch.blocks:
+            _kernel("adam_update", step.dtype.name)((launch.blocks,), (THREADS,), (
+                *_pointers(step.params, launch.taken), *_pointers(step.grads, launch.taken),
+                *_pointers(exp_avg, launch.taken), *_pointers(exp_avg_sq, launch.taken), *launch.extent,
+                new_param, new_exp_avg, new_exp_avg_sq, *scalars))
+    _store(states, step, "exp_avg", new_exp_avg)
+    _store(states, step, "exp_avg_sq", new_exp_avg_sq)
+    return dict(zip(step.names, _views(new_param, step.params)))
 
 
-def sgd_update(optimizer: Any, xp: Any, param: Any, grad: Any, state: dict[str, Any], lr: float) -> Any:
-    """``SGD.update`` in one launch."""
-    param, grad, dtype = _operands(param, grad)
-    real = dtype.type
-    new_param = cupy.empty_like(param)
-    buffer, new_buffer = NULL, NULL
+def sgd_step(optimizer: Any, xp: Any, params: dict[str, Any], grads: Any, states: dict[str, dict[str, Any]],
+             lr: float) -> dict[str, Any]:
+    """``SGD``'s step: one launch per 8 tensors."""
+    step = _operands(params, grads)
+    real = step.dtype.type
+    new_param = cupy.empty(step.total, dtype=step.dtype)
+    buffers, new_momentum = [NULL] * len(step.names), NULL
     if optimizer.momentum:
-        buffer, new_buffer = cupy.ascontiguousarray(state["momentum"]), cupy.empty_like(param)
-    _launch("sgd_update", param.size, dtype,
-            (param, grad, buffer, new_param, new_buffer, real(lr), real(optimizer.momentum),
-             real(optimizer.weight_decay), np.int32(optimizer.nesterov), np.int32(optimizer.step_count == 1)))
+        buffers, new_momentum = _slots(states, step.names, "momentum"), cupy.empty(step.total, dtype=step.dtype)
+    scalars = (real(lr), real(optimizer.momentum), real(optimizer.weight_decay), np.int32(optimizer.nesterov),
+               np.int32(optimizer.step_count == 1))
+    for launch in _launches([p.size for p in step.params]):
+        if launch.blocks:
+            _kernel("sgd_update", step.dtype.name)((launch.blocks,), (THREADS,), (
+                *_pointers(step.params, launch.taken), *_pointers(step.grads, launch.taken),
+                *_pointers(buffers, launch.taken), *launch.extent, new_param, new_momentum, *scalars))
     if optimizer.momentum:
-        state["momentum"] = new_buffer
-    return new_param
+        _store(states, step, "momentum", new_momentum)
+    return dict(zip(step.names, _views(new_param, step.params)))
 
 
-UPDATES = {"SGD": sgd_update, "Adam": adam_update, "AdamW": adam_update}  # optimizer class → its fused update
-
-
-CLIP_TENSORS = 8  # tensors per launch of the clipping kernels (their pointer arguments)
-CLIP_CHUNK = THREADS * 16  # entries one block of global_norm sums
-
-
-def _tensor_arguments(arrays: list[Any]) -> tuple[list[Any], list[np.int64]]:
-    """The clipping kernels' pointer arguments (null past the last array) and the running totals of sizes."""
-    padded = [*arrays, *[None] * (CLIP_TENSORS - len(arrays))]
-    ends = np.cumsum([0 if a is None else a.size for a in padded])
-    return [NULL if a is None else a for a in padded], [np.int64(e) for e in ends]
+UPDATES = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step}  # optimizer class → its fused step
 
 
 def clip_by_global_norm(backend: Any, grads: dict[str, Any], max_norm: float) -> tuple[dict[str, Any], Any]:
     """What the generic ``clip_by_global_norm`` (:mod:`lstmx.optim`) computes, in two launches per 8 tensors: every
-    gradient scaled by ``min(1, max_norm / ‖g‖)`` into new arrays, and the norm before as a 0-d device array,
-    without a host sync."""
+    gradient scaled by ``min(1, max_norm / ‖g‖)`` into views of one new flat buffer, and the norm before as a 0-d
+    device array, without a host sync."""
     if not grads:
         from ..optim import clip_by_global_norm as generic
 
         return generic(backend, grads, max_norm)
     arrays = [cupy.ascontiguousarray(g) for g in grads.values()]
-    if len({a.dtype for a in arrays}) != 1:
-        raise ValueError(f"the fused clipping takes gradients of one dtype; got {sorted({str(a.dtype) for a in arrays})}")
-    dtype = np.dtype(arrays[0].dtype)
-    groups = [arrays[i:i + CLIP_TENSORS] for i in range(0, len(arrays), CLIP_TENSORS)]
-    blocks = [max(1, -(-sum(a.size for a in group) // CLIP_CHUNK)) for group in groups]
+    dtype = _one_dtype(arrays, "gradients")
+    launches = _launches([a.size for a in arrays])
+    blocks = [max(1, launch.blocks) for launch in launches]  # a block even for empty tensors: it writes the norm
     total_blocks = sum(blocks)
     partials = cupy.empty(total_blocks, dtype=np.float64)
     finished = cupy.zeros(1, dtype=np.uint32)  # counts the blocks done; the last one writes the norm
     norm_and_scale = cupy.empty(2, dtype=dtype)
     first_block = 0
-    for group, count in zip(groups, blocks):
-        pointers, ends = _tensor_arguments(group)
+    for launch, count in zip(launches, blocks):
         _kernel("global_norm", dtype.name)((count,), (THREADS,), (
-            *pointers, *ends, np.int64(CLIP_CHUNK), np.int32(first_block), np.int32(total_blocks), partials, finished,
-            norm_and_scale, np.float64(max_norm)), shared_mem=(THREADS + 1) * 8)
+            *_pointers(arrays, launch.taken), *launch.extent, np.int32(first_block), np.int32(total_blocks),
+            partials, finished, norm_and_scale, np.float64(max_norm)), shared_mem=(THREADS + 1) * 8)
         first_block += count
-    clipped = []
-    for group in groups:
-        outputs = [cupy.empty_like(a) for a in group]
-        pointers, ends = _tensor_arguments(group)
-        largest = max(a.size for a in group)
-        if largest > 0:
-            _kernel("scale_tensors", dtype.name)((min(MAX_BLOCKS, -(-largest // THREADS)),), (THREADS,), (
-                *pointers, *_tensor_arguments(outputs)[0], *ends, norm_and_scale))
-        clipped += outputs
-    return dict(zip(grads, clipped)), norm_and_scale[0]
+    clipped = cupy.empty(sum(a.size for a in arrays), dtype=dtype)
+    for launch in launches:
+        if launch.blocks:
+            _kernel("scale_tensors", dtype.name)((launch.blocks,), (THREADS,), (
+                *_pointers(arrays, launch.taken), *launch.extent, clipped, norm_and_scale))
+    return dict(zip(grads, _views(clipped, arrays))), norm_and_scale[0]
