@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (no package index there): install the carried wheels, then run what is asked:
-#   bash bench/gpu_session.sh tests|fast-tests|check|bench|tune|tune-tf32|lm|lm-fused [extra args...]   (several words run in order)
+#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|tune|tune-tf32|lm|lm-fused   (several words run in order)
 # Wheels missing from the GPU image (array-api-compat) travel in .whl/ (see README, "GPU machine").
+# A kernel that never returns (a grid barrier some block never reaches) hangs its process: every step runs under
+# `timeout` (STEP_TIMEOUT seconds, 540 by default), and `smoke` tries each CuPy layer path on its own first
+# (SMOKE_TIMEOUT, 120), so a hang costs one line naming the path, not the session.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -17,16 +20,32 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import cupy, numpy, torch; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'torch', torch.__version__)"
 status=0
+step() {  # step NAME SECONDS COMMAND...: runs COMMAND, saying so when it ran out of time
+    local name=$1 seconds=$2; shift 2
+    timeout --kill-after=10 "$seconds" "$@"
+    local rc=$?
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo "$name: TIMED OUT after $seconds s (a kernel that never returned?)"; fi
+    return $rc
+}
 for what in "$@"; do
     case "$what" in
-        tests) python3 -m pytest -q -p no:cacheprovider --backends cupy tests 2>&1 | tee "$OUT/pytest-cupy.log" | tail -25 || status=1 ;;
-        fast-tests) python3 -m pytest -q -p no:cacheprovider --backends cupy tests/test_fast_paths.py tests/test_gradients.py 2>&1 | tail -25 || status=1 ;;
-        check) python3 -m lstmx.cli check 2>&1 | tee "$OUT/check.log" || status=1 ;;
-        bench) python3 bench/gpu_vs_cpu.py --no-cpu --repeats 9 2>&1 | tee "$OUT/bench.log" | grep -v "^  (" ; cp bench/results/gpu_vs_cpu.* "$OUT/" ;;
-        tune) python3 bench/tune_tiled.py 2>&1 | tee "$OUT/tune.log"; cp bench/results/tune_tiled.json "$OUT/" 2>/dev/null ;;
-        tune-tf32) python3 bench/tune_tiled.py --precision tf32 2>&1 | tee "$OUT/tune-tf32.log"; cp bench/results/tune_tiled_tf32.json "$OUT/" 2>/dev/null ;;
-        lm) python3 bench/train_vs_torch.py --backend cupy ${LM_ARGS:-} 2>&1 | tee "$OUT/lm.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/" 2>/dev/null ;;
-        lm-fused) python3 bench/train_vs_torch.py --backend cupy --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-fused.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_fused.json" 2>/dev/null ;;
+        smoke)
+            for impl in cupy-tiled cupy-persistent cupy-stepwise; do
+                if step "smoke $impl" "${SMOKE_TIMEOUT:-120}" python3 -m pytest -q -x -p no:cacheprovider --backends cupy \
+                        tests/test_fast_paths.py -k "test_fast_layer_matches_generic and $impl" >"$OUT/smoke-$impl.log" 2>&1; then
+                    echo "smoke $impl: $(tail -1 "$OUT/smoke-$impl.log")"
+                else
+                    echo "smoke $impl: FAILED (rc $?): $(grep -m3 -E 'Error|assert|TIMED' "$OUT/smoke-$impl.log" | tr '\n' ' ')"; status=1
+                fi
+            done ;;
+        tests) step "$what" "${STEP_TIMEOUT:-540}" python3 -m pytest -q -p no:cacheprovider --backends cupy tests 2>&1 | tee "$OUT/pytest-cupy.log" | tail -25 || status=1 ;;
+        fast-tests) step "$what" "${STEP_TIMEOUT:-540}" python3 -m pytest -q -p no:cacheprovider --backends cupy tests/test_fast_paths.py tests/test_gradients.py 2>&1 | tail -25 || status=1 ;;
+        check) step "$what" "${STEP_TIMEOUT:-540}" python3 -m lstmx.cli check 2>&1 | tee "$OUT/check.log" || status=1 ;;
+        bench) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/gpu_vs_cpu.py --no-cpu --repeats 9 2>&1 | tee "$OUT/bench.log" | grep -v "^  (" ; cp bench/results/gpu_vs_cpu.* "$OUT/" ;;
+        tune) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/tune_tiled.py 2>&1 | tee "$OUT/tune.log"; cp bench/results/tune_tiled.json "$OUT/" 2>/dev/null ;;
+        tune-tf32) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/tune_tiled.py --precision tf32 2>&1 | tee "$OUT/tune-tf32.log"; cp bench/results/tune_tiled_tf32.json "$OUT/" 2>/dev/null ;;
+        lm) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy ${LM_ARGS:-} 2>&1 | tee "$OUT/lm.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/" 2>/dev/null ;;
+        lm-fused) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-fused.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_fused.json" 2>/dev/null ;;
         *) echo "unknown step $what"; status=2 ;;
     esac
 done
