@@ -30,7 +30,7 @@ step() {  # step NAME SECONDS COMMAND...: runs COMMAND, saying so when it ran ou
 for what in "$@"; do
     case "$what" in
         smoke)
-            for impl in cupy-tiled cupy-persistent cupy-stepwise; do
+            for impl in cupy-tiled cupy-graph cupy-persistent cupy-stepwise; do
                 if step "smoke $impl" "${SMOKE_TIMEOUT:-120}" python3 -m pytest -q -x -p no:cacheprovider --backends cupy \
                         tests/test_fast_paths.py -k "test_fast_layer_matches_generic and $impl" >"$OUT/smoke-$impl.log" 2>&1; then
                     echo "smoke $impl: $(tail -1 "$OUT/smoke-$impl.log")"

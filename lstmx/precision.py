@@ -1,8 +1,8 @@
 """Precision of the float32 matrix products: full float32 (the default) or TensorFloat-32 on CuPy.
 
 ``precision="tf32"`` lets cuBLAS run float32 GEMMs on tensor cores with 10-bit mantissa inputs and float32
-accumulation (PyTorch's ``allow_tf32``): the input projection, the recurrent GEMM of the stepwise path, the
-weight gradients, the output layer. The tiled kernels (``impl="cupy-tiled"``) then run their recurrent products
+accumulation (PyTorch's ``allow_tf32``): the input projection, the recurrent GEMMs of the stepwise and graph
+paths, the weight gradients, the output layer. The tiled kernels (``impl="cupy-tiled"``) then run their recurrent products
 on tensor cores too (``mma.sync`` in TF32); those of the ``cupy-persistent`` kernels stay float32.
 Expect relative errors around 1e-3 in the products (and so in the gradients).
 A model's public methods (forward, backward, loss) run under their model's precision (:func:`matmul_precision`),

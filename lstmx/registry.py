@@ -100,6 +100,7 @@ class LayerImpl(NamedTuple):
 CUPY_STEPWISE_AUTO = ("float32", "float64")  # passed on an H100
 CUPY_PERSISTENT_AUTO = ("float32", "float64")  # passed on an H100
 CUPY_TILED_AUTO = ()  # its kernels pass on the CPU emulator; not yet run on a GPU
+CUPY_GRAPH_AUTO = ()  # its captures and replays pass on the CPU emulator's stand-in; not yet run on a GPU
 FLOATS = ("float32", "float64")
 
 LAYER_IMPLS: tuple[LayerImpl, ...] = (
@@ -107,6 +108,9 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
               "CuPy: one cooperative kernel per direction for all steps (small hidden sizes)"),
     LayerImpl("cupy-tiled", "lstmx.kernels.cupy_tiled", ("cupy",), FLOATS, CUPY_TILED_AUTO, True, True,
               "CuPy: register-tiled cooperative kernels, W_h split over units × rows (sizes whose tiles fit on chip)"),
+    LayerImpl("cupy-graph", "lstmx.kernels.cupy_graph", ("cupy",), FLOATS, CUPY_GRAPH_AUTO, True, False,
+              "CuPy: the stepwise path's GEMMs and kernels captured once per shape as a CUDA graph, one launch per "
+              "direction (every size)"),
     LayerImpl("cupy-stepwise", "lstmx.kernels.cupy_layer", ("cupy",), FLOATS, CUPY_STEPWISE_AUTO, True, False,
               "CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size)"),
     LayerImpl("numba", "lstmx.kernels.numba_layer", ("numpy",), FLOATS, ("float32",), False, False,

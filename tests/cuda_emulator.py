@@ -131,7 +131,7 @@ def _c_value(value: Any) -> Any:
 
 # A NaN with a payload of its own: arithmetic on it yields the default NaN, so a store shows even when the value
 # stored is a NaN computed from the margin.
-_MARGIN_BITS = {4: np.uint32(0x7FA5A5A5), 8: np.uint64(0x7FF5A5A5A5A5A5A5)}
+_MARGIN_BITS = {1: np.uint8(0xA5), 4: np.uint32(0x7FA5A5A5), 8: np.uint64(0x7FF5A5A5A5A5A5A5)}  # by itemsize
 
 
 class GuardedArray(np.ndarray):

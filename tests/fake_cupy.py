@@ -7,6 +7,11 @@ real ones back after the test). The stand-in is a small GPU: ``SMS`` multiproces
 shared memory per block, so the launches stay small enough to emulate; arrays it allocates sit between guard
 margins and start as NaN. Only the calls those wrappers make exist, the stepwise path's raw-pointer cuBLAS GEMMs included
 (computed with NumPy on views of the memory the pointers address).
+
+CUDA graphs (``cupy_graph``): a stream's capture records each kernel launch and each GEMM through the cuBLAS C
+function (a stand-in for ``cupy_graph``'s ctypes calls) instead of running it, and a graph's launch runs them in
+order on whatever the arrays then hold. As on a GPU, CuPy's own cuBLAS wrappers refuse calls during a capture;
+so do allocations and copies here (the path must make none inside one).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from .cuda_emulator import GuardedArray, compile_kernels, guarded
 SMS = 8
 SHARED_BYTES = 96 * 1024
 THREADS_PER_SM = 2048
-WRAPPERS = ("cupy_layer", "cupy_persistent", "cupy_tiled", "cupy_optim", "cupy_loss")
+WRAPPERS = ("cupy_layer", "cupy_persistent", "cupy_tiled", "cupy_graph", "cupy_optim", "cupy_loss")
 
 
 class RawKernel:
@@ -44,7 +49,87 @@ class RawKernel:
             raise RuntimeError(f"{self.name}: {threads} threads per block")
         if self.cooperative and int(np.prod(grid)) > SMS * occupancy(threads, shared_mem):
             raise RuntimeError(f"{self.name}: a cooperative grid of {grid} blocks is not co-resident")
-        compile_kernels(self.code, [self.name]).launch(self.name, grid, block, args, shared_mem, seed=self.seed)
+        run = lambda: compile_kernels(self.code, [self.name]).launch(self.name, grid, block, args, shared_mem,  # noqa: E731
+                                                                     seed=self.seed)
+        if Stream.capturing is not None:
+            Stream.capturing.append(run)
+        else:
+            run()
+
+
+class Stream:
+    """``cupy.cuda.Stream``: a context that makes it current, and a capture that records into a :class:`Graph`."""
+
+    current: list["Stream"] = []  # the ``with`` stack
+    capturing: list | None = None  # the operations of the capture under way
+
+    def __init__(self, non_blocking: bool = False) -> None:
+        self.ptr = id(self)
+
+    def __enter__(self) -> "Stream":
+        Stream.current.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        Stream.current.pop()
+
+    def begin_capture(self) -> None:
+        if Stream.capturing is not None:
+            raise RuntimeError("a capture is already under way")
+        Stream.capturing = []
+
+    def end_capture(self) -> "Graph":
+        operations, Stream.capturing = Stream.capturing, None
+        return Graph(operations)
+
+    def record(self) -> object:
+        return object()
+
+    def wait_event(self, event: object) -> None:
+        pass
+
+
+NULL_STREAM = Stream()
+
+
+def _current_stream() -> Stream:
+    return Stream.current[-1] if Stream.current else NULL_STREAM
+
+
+class Graph:
+    """A captured sequence of launches; :meth:`launch` runs it (counted in ``launches``)."""
+
+    def __init__(self, operations: list) -> None:
+        self.operations, self.launches = operations, 0
+
+    def launch(self, stream: Any = None) -> None:
+        _refuse_during_capture("a graph launch")
+        self.launches += 1
+        for operation in self.operations:
+            operation()
+
+
+def _refuse_during_capture(what: str) -> None:
+    if Stream.capturing is not None:
+        raise NotImplementedError(f"{what} during stream capture")
+
+
+def _outside_capture(function: Any, what: str) -> Any:
+    def call(*args: Any, **options: Any) -> Any:
+        _refuse_during_capture(what)
+        return function(*args, **options)
+
+    return call
+
+
+class CublasC:
+    """``cupy_graph``'s direct cuBLAS C calls: GEMMs recorded during a capture, run otherwise."""
+
+    def gemm(self, dtype: Any) -> Any:
+        return _gemm(dtype, record=True)
+
+    def set_workspace(self, handle: int, workspace: Any) -> None:
+        _refuse_during_capture("setting a cuBLAS workspace")
 
 
 def occupancy(threads: int, shared_mem: int) -> int:
@@ -67,7 +152,7 @@ def _device(array: np.ndarray) -> DeviceArray:
 
 
 def _empty(shape: Any, dtype: Any = np.float64) -> DeviceArray:
-    return _device(guarded(np.full(shape, np.nan, dtype=dtype)))
+    return _device(guarded(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else 0, dtype=dtype)))
 
 
 def _contiguous(array: Any, dtype: Any = None) -> DeviceArray:
@@ -84,19 +169,27 @@ def _column_major(pointer: int, rows: int, cols: int, lead: int, dtype: np.dtype
     return np.lib.stride_tricks.as_strided(flat, shape=(rows, cols), strides=(dtype.itemsize, lead * dtype.itemsize))
 
 
-def _gemm(dtype: Any) -> Any:
+def _gemm(dtype: Any, record: bool = False) -> Any:
+    """cuBLAS ``?gemm`` (``record``: recorded into the capture under way, if any, as a GPU would)."""
     dtype = np.dtype(dtype)
 
     def gemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):  # noqa: ANN001 (cuBLAS's)
-        """cuBLAS ``?gemm``: C (m × n) = α op(A) op(B) + β C, column-major, scalars behind host pointers; with
-        β = 0, C is not read."""
+        """C (m × n) = α op(A) op(B) + β C, column-major, scalars behind host pointers (read at the call, so a
+        captured GEMM keeps the values they had then); with β = 0, C is not read."""
         scalar = np.ctypeslib.as_ctypes_type(dtype)
         alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value
-        op_a = _column_major(a, m, k, lda, dtype) if transa == 0 else _column_major(a, k, m, lda, dtype).T
-        op_b = _column_major(b, k, n, ldb, dtype) if transb == 0 else _column_major(b, n, k, ldb, dtype).T
-        out = _column_major(c, m, n, ldc, dtype)
-        product = alpha * (op_a @ op_b)
-        out[...] = product + beta * out if beta != 0 else product
+
+        def compute() -> None:
+            op_a = _column_major(a, m, k, lda, dtype) if transa == 0 else _column_major(a, k, m, lda, dtype).T
+            op_b = _column_major(b, k, n, ldb, dtype) if transb == 0 else _column_major(b, n, k, ldb, dtype).T
+            out = _column_major(c, m, n, ldc, dtype)
+            product = alpha * (op_a @ op_b)
+            out[...] = product + beta * out if beta != 0 else product
+
+        if record and Stream.capturing is not None:
+            Stream.capturing.append(compute)
+        else:
+            compute()
 
     return gemm
 
@@ -111,20 +204,26 @@ class _Device:
 def _modules() -> dict[str, types.ModuleType]:
     cupy = types.ModuleType("cupy")
     cupy.__dict__.update(
-        RawKernel=RawKernel, empty=_empty, empty_like=lambda a, dtype=None: _empty(a.shape, dtype or a.dtype),
-        zeros=lambda shape, dtype=np.float64: _device(guarded(np.zeros(shape, dtype=dtype))),
+        RawKernel=RawKernel, empty=_outside_capture(_empty, "an allocation"),
+        empty_like=_outside_capture(lambda a, dtype=None: _empty(a.shape, dtype or a.dtype), "an allocation"),
+        zeros=_outside_capture(lambda shape, dtype=np.float64: _device(guarded(np.zeros(shape, dtype=dtype))),
+                               "an allocation"),
         ascontiguousarray=_contiguous, array=lambda a, dtype=None, order="C": _contiguous(np.array(a, dtype=dtype)),
-        matmul=np.matmul, reshape=np.reshape, int64=np.int64, ndarray=np.ndarray,
+        copyto=_outside_capture(np.copyto, "a copy"), matmul=_outside_capture(np.matmul, "a matmul"),
+        reshape=np.reshape, int64=np.int64, ndarray=np.ndarray,
         # CuPy's reductions give 0-d arrays (device memory), NumPy's give scalars
         sum=lambda *args, **options: np.asarray(np.sum(*args, **options)),
         maximum=lambda *args, **options: np.asarray(np.maximum(*args, **options)),
-        cuda=types.SimpleNamespace(Device=_Device, get_current_stream=lambda: types.SimpleNamespace(ptr=0),
+        cuda=types.SimpleNamespace(Device=_Device, Stream=Stream, get_current_stream=_current_stream,
                                    device=types.SimpleNamespace(get_cublas_handle=lambda: 0)))
     driver = types.ModuleType("cupy_backends.cuda.api.driver")
     driver.occupancyMaxActiveBlocksPerMultiprocessor = lambda pointer, threads, shared: occupancy(threads, shared)
     cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")  # what the stepwise path calls
-    cublas.__dict__.update(CUBLAS_OP_N=0, CUBLAS_OP_T=1, CUBLAS_POINTER_MODE_HOST=0, setStream=lambda *args: None,
-                           setPointerMode=lambda *args: None, sgemm=_gemm(np.float32), dgemm=_gemm(np.float64))
+    refused = lambda function: _outside_capture(function, "calling cuBLAS API")  # noqa: E731 (as CuPy does)
+    cublas.__dict__.update(CUBLAS_OP_N=0, CUBLAS_OP_T=1, CUBLAS_POINTER_MODE_HOST=0,
+                           setStream=refused(lambda *args: None), setPointerMode=refused(lambda *args: None),
+                           setMathMode=refused(lambda *args: None), create=refused(lambda: 1),
+                           sgemm=refused(_gemm(np.float32)), dgemm=refused(_gemm(np.float64)))
     modules = {"cupy": cupy, "cupy_backends.cuda.api.driver": driver, "cupy_backends.cuda.libs.cublas": cublas}
     for parent in ("cupy_backends", "cupy_backends.cuda", "cupy_backends.cuda.api", "cupy_backends.cuda.libs"):
         modules[parent] = types.ModuleType(parent)
@@ -145,4 +244,6 @@ def fake_cupy_modules(monkeypatch: Any) -> dict[str, types.ModuleType]:
         monkeypatch.setitem(sys.modules, key, None)  # recorded, so the undo restores the original or removes it
         del sys.modules[key]
         monkeypatch.setattr(lstmx.kernels, name, None, raising=False)
-    return {name: importlib.import_module(f"lstmx.kernels.{name}") for name in WRAPPERS}
+    modules = {name: importlib.import_module(f"lstmx.kernels.{name}") for name in WRAPPERS}
+    modules["cupy_graph"]._cublas_c = CublasC  # its ctypes calls into libcublas, recorded or run here
+    return modules

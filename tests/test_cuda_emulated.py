@@ -12,6 +12,7 @@ the CuPy suite on a GPU does that.
 from __future__ import annotations
 
 import contextlib
+import types
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from .fake_cupy import RawKernel, fake_cupy_modules
 pytestmark = pytest.mark.skipif(COMPILER is None, reason="the CUDA emulator needs g++")
 
 NUMPY = lstmx.get_backend("numpy")
-LAYER_PATHS = ("stepwise", "persistent", "tiled")
+LAYER_PATHS = ("stepwise", "persistent", "tiled", "graph")
 SHAPES = [(3, 5, 4, 33), (1, 1, 2, 8), (4, 9, 3, 64), (2, 2, 5, 40)]  # (T, B, D, H): H not a multiple of 32, B = 1, T = 1
 
 
@@ -73,7 +74,7 @@ def reference(arrays, mask):
                                 None if mask is None else mask.astype(np.float64))
 
 
-WRAPPER_OF = {"stepwise": "cupy_layer", "persistent": "cupy_persistent", "tiled": "cupy_tiled"}
+WRAPPER_OF = {"stepwise": "cupy_layer", "persistent": "cupy_persistent", "tiled": "cupy_tiled", "graph": "cupy_graph"}
 
 
 def run_path(path, wrappers, arrays, mask, seed=0):
@@ -121,6 +122,49 @@ def test_thread_order_does_not_change_results(wrappers, path):
     first, second = (run_path(path, wrappers, arrays, mask, seed) for seed in (1, 2))
     for name in first:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+def test_graphs_are_captured_once_per_shape_and_replayed_on_each_calls_data(wrappers):
+    """Two problems of one shape, their forwards and backwards interleaved: each call's results are its own (copied
+    in and out of the graph's buffers), from one capture per direction of 2T operations."""
+    graph = wrappers["cupy_graph"]
+    problems = [problem(4, 3, 2, 9, np.float64, seed=seed, masked=True) for seed in (1, 2)]
+    outputs, caches = [], []
+    for arrays, mask in problems:
+        a = arrays
+        y, (h, c), cache = graph.lstm_layer_forward(NUMPY, a["x"], a["weight"], a["bias"], a["h0"], a["c0"],
+                                                    mask[..., None])
+        outputs.append(dict(y=y.copy(), h=h, c=c))
+        caches.append(cache)
+    for (arrays, mask), forward, cache in reversed(list(zip(problems, outputs, caches))):
+        a = arrays
+        dx, (dh0, dc0), dweight, dbias = graph.lstm_layer_backward(NUMPY, a["dy"], a["dh_last"], a["dc_last"],
+                                                                   a["weight"], cache)
+        assert_close(dict(forward, dx=dx, dh0=dh0, dc0=dc0, dweight=dweight, dbias=dbias), reference(arrays, mask), 1e-12)
+    [captured] = graph._GRAPHS.values()
+    assert (captured.forward.launches, captured.backward.launches) == (2, 2)
+    assert len(captured.forward.operations) == len(captured.backward.operations) == 2 * 4
+
+
+def test_graphs_of_the_least_recently_used_shape_are_dropped(wrappers, monkeypatch):
+    graph = wrappers["cupy_graph"]
+    monkeypatch.setattr(graph, "MAX_GRAPHS", 2)
+    for steps in (1, 2, 3, 1):  # the first shape is dropped by the third, captured again by the fourth
+        arrays, mask = problem(steps, 2, 2, 5, np.float64, seed=steps)
+        assert_close(run_path("graph", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
+    assert [key[0][0] for key in graph._GRAPHS] == [3, 1]
+
+
+def test_graph_path_makes_no_cupy_cublas_call_while_capturing(wrappers, monkeypatch):
+    """The stand-in refuses CuPy's cuBLAS wrappers during a capture, as CuPy does: a capture through them fails."""
+    graph = wrappers["cupy_graph"]
+    through_cupy = lambda dtype: graph.cublas.sgemm if dtype == np.float32 else graph.cublas.dgemm  # noqa: E731
+    monkeypatch.setattr(graph, "_cublas_c", lambda: types.SimpleNamespace(gemm=through_cupy,
+                                                                          set_workspace=lambda *args: None))
+    arrays, mask = problem(2, 2, 2, 5, np.float64)
+    with pytest.raises(NotImplementedError, match="calling cuBLAS API during stream capture"):
+        run_path("graph", wrappers, arrays, mask)
+    assert fake_cupy.Stream.capturing is None  # the failed capture was ended
 
 
 TILE_SHAPES = [tiling.TileShape(1, 4, 4, 8, 8), tiling.TileShape(3, 4, 8, 8, 16), tiling.TileShape(8, 12, 4, 64, 512),

@@ -69,9 +69,11 @@ class _Gemm:
     """Row-major ``C = op(A) @ op(B) + beta·C`` on raw device pointers through cuBLAS (column-major inside:
     a row-major matrix is its own transpose in column-major, so cuBLAS computes Cᵀ = op(B)ᵀ op(A)ᵀ)."""
 
-    def __init__(self, dtype: np.dtype) -> None:
-        self.function = cublas.sgemm if dtype == np.float32 else cublas.dgemm
-        self.handle = cupy.cuda.device.get_cublas_handle()
+    def __init__(self, dtype: np.dtype, function: Callable[..., None] | None = None, handle: int | None = None) -> None:
+        """On the current stream, through CuPy's ``cublas.sgemm``/``dgemm`` on CuPy's handle unless given a
+        function with their signature and a handle (the CUDA-graph path's, :mod:`lstmx.kernels.cupy_graph`)."""
+        self.function = function or (cublas.sgemm if dtype == np.float32 else cublas.dgemm)
+        self.handle = cupy.cuda.device.get_cublas_handle() if handle is None else handle
         cublas.setStream(self.handle, cupy.cuda.get_current_stream().ptr)
         cublas.setPointerMode(self.handle, cublas.CUBLAS_POINTER_MODE_HOST)
         self.scalars = np.array([1.0, 0.0], dtype=dtype)  # α = 1, β = 0 or 1: host pointers
@@ -133,17 +135,25 @@ def forward_outputs(buffers: ForwardBuffers) -> tuple[Any, tuple[Any, Any], Cupy
     return b.y, final, CupyLayerCache(b.x, b.hidden_states, b.cells, b.gates, b.tanh_c, b.step_mask)
 
 
-def backward_buffers(dy: Any, dh_last: Any, dc_last: Any, weight: Any,
-                     cache: CupyLayerCache) -> tuple[Any, Any, Any, Any, Any]:
-    """``(dy, weight, dh, dc, dz)``: contiguous inputs, private copies of dL/dh_T and dL/dc_T (updated in place
-    step by step) and the (T, B, 4H) buffer for every step's dz."""
+class BackwardBuffers(NamedTuple):
+    """A backward's contiguous inputs and its outputs, allocated before the recurrence fills them."""
+
+    dy: Any
+    weight: Any
+    dh: Any  # (B, H): a private copy of dL/dh_T, updated in place step by step; dL/dh_0 on return
+    dc: Any  # (B, H): likewise dL/dc
+    dz: Any  # (T, B, 4H): every step's gate gradient
+
+
+def backward_buffers(dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache) -> BackwardBuffers:
+    """Contiguous inputs, private copies of dL/dh_T and dL/dc_T and the buffer for every step's dz."""
     check_backward_inputs(cache.dims(), cache.gates.dtype, dy, dh_last, dc_last, weight)  # the kernels index without bounds checks
     steps, batch, _, hidden = cache.dims()
     dtype = cache.gates.dtype
     dh = cupy.array(dh_last, dtype=dtype, order="C")
     dc = cupy.array(dc_last, dtype=dtype, order="C")
     dz = cupy.empty((steps, batch, 4 * hidden), dtype=dtype)
-    return _contiguous(dy), _contiguous(weight), dh, dc, dz
+    return BackwardBuffers(_contiguous(dy), _contiguous(weight), dh, dc, dz)
 
 
 def parameter_gradients(cache: CupyLayerCache, dz: Any, weight: Any) -> tuple[Any, Any, Any]:
@@ -179,53 +189,67 @@ def one_launch_backward(launch: Launch, kernel: str, dy: Any, dh_last: Any, dc_l
                         cache: CupyLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any]:
     """The mirror of :func:`one_launch_forward`: one launch taking (dy, W_h, gates, cells, tanh(c), step mask or
     null, dz, dh, dc, steps, batch, hidden), then the shared weight-gradient GEMMs."""
-    dy, weight, dh, dc, dz = backward_buffers(dy, dh_last, dc_last, weight, cache)
+    b = backward_buffers(dy, dh_last, dc_last, weight, cache)
     steps, batch, features, hidden = cache.dims()
     if batch > 0:
-        launch(kernel, np.dtype(dz.dtype).name, batch, hidden,
-               (dy, weight[features:], cache.gates, cache.cells, cache.tanh_c,
-                NULL if cache.step_mask is None else cache.step_mask, dz, dh, dc,
+        launch(kernel, np.dtype(b.dz.dtype).name, batch, hidden,
+               (b.dy, b.weight[features:], cache.gates, cache.cells, cache.tanh_c,
+                NULL if cache.step_mask is None else cache.step_mask, b.dz, b.dh, b.dc,
                 np.int32(steps), np.int32(batch), np.int32(hidden)))
-    dx, dweight, dbias = parameter_gradients(cache, dz, weight)
-    return dx, (dh, dc), dweight, dbias
+    dx, dweight, dbias = parameter_gradients(cache, b.dz, b.weight)
+    return dx, (b.dh, b.dc), dweight, dbias
+
+
+def forward_recurrence(b: ForwardBuffers, dims: tuple[int, int, int, int], gemm: _Gemm) -> None:
+    """Every forward step on ``b`` (batch > 0): the GEMM adds h_{t-1} W_h into the step's gates, then the fused
+    kernel. ``b`` may be any object with ForwardBuffers' arrays (the CUDA-graph path captures this loop on its
+    own buffers)."""
+    steps, batch, features, hidden = dims
+    dtype = np.dtype(b.gates.dtype)
+    w_hidden = b.weight.data.ptr + features * 4 * hidden * dtype.itemsize
+    row, gate_row = batch * hidden * dtype.itemsize, batch * 4 * hidden * dtype.itemsize
+    mask = NULL if b.step_mask is None else b.step_mask
+    shape_args = (np.int32(batch), np.int32(hidden))
+    for t in range(steps):
+        gemm(b.hidden_states.data.ptr + t * row, w_hidden, b.gates.data.ptr + t * gate_row, batch, 4 * hidden,
+             hidden, transpose_b=False, accumulate=True)
+        _launch("lstm_forward_step", dtype.name, batch * hidden,
+                (b.gates, b.bias, b.cells, b.hidden_states, b.tanh_c, b.y, mask, np.int32(t), *shape_args))
+
+
+def backward_recurrence(b: BackwardBuffers, stored: CupyLayerCache, dims: tuple[int, int, int, int],
+                        gemm: _Gemm) -> None:
+    """Every backward step, in reverse (batch > 0): the fused kernel writes dz_t and dL/dc_{t-1}, then the GEMM
+    writes dL/dh_{t-1} = dz_t W_hᵀ (+ the part padded rows pass through). ``stored`` gives the forward's gates,
+    cells, tanh(c) and step mask (any object with those arrays, as for :func:`forward_recurrence`)."""
+    steps, batch, features, hidden = dims
+    dtype = np.dtype(b.dz.dtype)
+    w_hidden = b.weight.data.ptr + features * 4 * hidden * dtype.itemsize
+    gate_row = batch * 4 * hidden * dtype.itemsize
+    mask = NULL if stored.step_mask is None else stored.step_mask
+    shape_args = (np.int32(batch), np.int32(hidden))
+    for t in reversed(range(steps)):
+        _launch("lstm_backward_step", dtype.name, batch * hidden,
+                (b.dy, b.dh, b.dc, stored.gates, stored.cells, stored.tanh_c, mask, b.dz, np.int32(t), *shape_args))
+        gemm(b.dz.data.ptr + t * gate_row, w_hidden, b.dh.data.ptr, batch, hidden, 4 * hidden,
+             transpose_b=True, accumulate=stored.step_mask is not None)
 
 
 def lstm_layer_forward(
     backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
 ) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
-    dims = steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
+    dims = forward_dims(x, weight, bias, h0, c0)
     b = forward_buffers(x, weight, bias, h0, c0, step_mask, dims)
-    dtype = np.dtype(b.gates.dtype)
-    if batch > 0:
-        gemm = _Gemm(dtype)
-        w_hidden = b.weight.data.ptr + features * 4 * hidden * dtype.itemsize
-        row, gate_row = batch * hidden * dtype.itemsize, batch * 4 * hidden * dtype.itemsize
-        mask = NULL if b.step_mask is None else b.step_mask
-        shape_args = (np.int32(batch), np.int32(hidden))
-        for t in range(steps):
-            gemm(b.hidden_states.data.ptr + t * row, w_hidden, b.gates.data.ptr + t * gate_row, batch, 4 * hidden,
-                 hidden, transpose_b=False, accumulate=True)
-            _launch("lstm_forward_step", dtype.name, batch * hidden,
-                    (b.gates, b.bias, b.cells, b.hidden_states, b.tanh_c, b.y, mask, np.int32(t), *shape_args))
+    if dims[1] > 0:
+        forward_recurrence(b, dims, _Gemm(np.dtype(b.gates.dtype)))
     return forward_outputs(b)
 
 
 def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
-    dy, weight, dh, dc, dz = backward_buffers(dy, dh_last, dc_last, weight, cache)
-    steps, batch, features, hidden = cache.dims()
-    dtype = np.dtype(dz.dtype)
-    if batch > 0:
-        gemm = _Gemm(dtype)
-        w_hidden = weight.data.ptr + features * 4 * hidden * dtype.itemsize
-        gate_row = batch * 4 * hidden * dtype.itemsize
-        mask = NULL if cache.step_mask is None else cache.step_mask
-        shape_args = (np.int32(batch), np.int32(hidden))
-        for t in reversed(range(steps)):
-            _launch("lstm_backward_step", dtype.name, batch * hidden,
-                    (dy, dh, dc, cache.gates, cache.cells, cache.tanh_c, mask, dz, np.int32(t), *shape_args))
-            gemm(dz.data.ptr + t * gate_row, w_hidden, dh.data.ptr, batch, hidden, 4 * hidden,
-                 transpose_b=True, accumulate=cache.step_mask is not None)
-    dx, dweight, dbias = parameter_gradients(cache, dz, weight)
-    return dx, (dh, dc), dweight, dbias
+    b = backward_buffers(dy, dh_last, dc_last, weight, cache)
+    if cache.dims()[1] > 0:
+        backward_recurrence(b, cache, cache.dims(), _Gemm(np.dtype(b.dz.dtype)))
+    dx, dweight, dbias = parameter_gradients(cache, b.dz, b.weight)
+    return dx, (b.dh, b.dc), dweight, dbias
