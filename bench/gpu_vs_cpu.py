@@ -2,8 +2,9 @@
 lstmx on NumPy and on CuPy, one column per layer implementation the registry has for that backend here
 (``lstmx-numpy:numba``, ``lstmx-numpy:numpy``, ``lstmx-cupy:cupy``, ...), and PyTorch on CPU and cuDNN (fp32
 and TF32) when importable, in one run; on CuPy also ``lstmx-cupy:tf32`` (the registry's choice with
-``precision="tf32"``) beside cuDNN TF32, ``lstmx-cupy:cupy-tiled:tf32`` (the tiled kernels' tensor-core
-variant) and ``lstmx-cupy:cupy-graph:tf32`` (the captured stepwise loop with TF32 GEMMs).
+``precision="tf32"``) beside cuDNN TF32, and ``lstmx-cupy:<impl>:tf32`` for each path whose recurrence runs
+in TF32 then (``registry.TF32_RECURRENCE_IMPLS``: the tiled kernels' tensor-core variant, the graph's and the
+stepwise path's cuBLAS GEMMs).
 
     python bench/gpu_vs_cpu.py                       # every configuration, every available column
     python bench/gpu_vs_cpu.py --configs 64,100,256,256 --repeats 5
@@ -121,7 +122,7 @@ def available(args) -> dict[str, Callable]:
             columns[f"lstmx-{backend_name}:{name}"] = functools.partial(lstmx_step, backend_name, name)
         if backend_name == "cupy":  # the registry's choice with TensorFloat-32 GEMMs, beside cuDNN TF32
             columns["lstmx-cupy:tf32"] = functools.partial(lstmx_step, backend_name, registry.AUTO, precision="tf32")
-            for name in ("cupy-tiled", "cupy-graph"):  # the tiled kernels' tensor-core MMAs; the graph's TF32 GEMMs
+            for name in registry.TF32_RECURRENCE_IMPLS:  # each with TF32 in its recurrence too
                 if name in impls:
                     columns[f"lstmx-cupy:{name}:tf32"] = functools.partial(lstmx_step, backend_name, name,
                                                                             precision="tf32")

@@ -3,7 +3,8 @@
 Runs the float64 finite-difference check of the whole language model on every backend available here
 (NumPy always; CuPy when it and a GPU are present), the NumPy-vs-CuPy parity check in float32, and every layer
 implementation of :mod:`lstmx.registry` that runs here (layers, the loss, optimizer updates and clipping)
-against the generic path in float32 (the tiled kernels' TF32 variant too, within TF32's error); prints a table
+against the generic path in float32 (and under ``precision="tf32"`` each path whose recurrence then runs in
+TensorFloat-32, within TF32's error); prints a table
 naming the implementation each backend runs by default, and returns a non-zero exit status when any check
 fails.
 """
@@ -85,10 +86,11 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
                 label = f"{impl.name} vs generic (float32{', lengths' if masked else ''})"
                 results.append(_agreement(label, backend_name, reference,
                                           _loss_state_and_grads(backend_name, seed, lengths, impl=impl.name)))
-        if backend_name == "cupy" and "cupy-tiled" in [i.name for i in registry.available_layer_impls(backend, np.float32)]:
-            label = f"cupy-tiled tf32 vs generic (float32{', lengths' if masked else ''})"  # its tensor-core kernels
-            results.append(_agreement(label, backend_name, reference, _loss_state_and_grads(
-                backend_name, seed, lengths, impl="cupy-tiled", precision="tf32"))._replace(tolerance=TF32_TOLERANCE))
+        for impl in registry.available_layer_impls(backend, np.float32, masked) if backend_name == "cupy" else ():
+            if impl.name in registry.TF32_RECURRENCE_IMPLS:
+                label = f"{impl.name} tf32 vs generic (float32{', lengths' if masked else ''})"
+                results.append(_agreement(label, backend_name, reference, _loss_state_and_grads(
+                    backend_name, seed, lengths, impl=impl.name, precision="tf32"))._replace(tolerance=TF32_TOLERANCE))
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
                 label = f"loss {loss_impl} vs generic (float32{', lengths' if masked else ''})"

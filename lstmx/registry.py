@@ -121,6 +121,9 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
               "the Array API reference path (every backend, step masks)"),
 )
 _BY_NAME = {impl.name: impl for impl in LAYER_IMPLS}
+# the layer paths whose recurrent products run in TensorFloat-32 under precision="tf32" (cuBLAS's math mode, or
+# the tiled kernels' tensor-core MMAs); the persistent kernels' stay float32
+TF32_RECURRENCE_IMPLS = ("cupy-tiled", "cupy-graph", "cupy-stepwise")
 NAMES = tuple(_BY_NAME)
 
 class Requests:

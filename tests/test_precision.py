@@ -49,7 +49,7 @@ def test_cli_refuses_tf32_off_cupy_before_reading_any_data(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("impl", ["cupy-stepwise", "cupy-tiled", "cupy-graph"])  # cuBLAS TF32; MMAs; captured TF32
+@pytest.mark.parametrize("impl", lstmx.registry.TF32_RECURRENCE_IMPLS)
 def test_tf32_changes_the_products_within_its_precision_and_restores_the_math_mode(backend, impl):
     if not is_cupy(backend):
         pytest.skip("TensorFloat-32 exists on CuPy only (refused elsewhere: test_precision_is_checked_at_the_door)")
