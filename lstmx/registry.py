@@ -271,7 +271,9 @@ CUPY_FUSED_UPDATE_AUTO = False  # its kernels pass on the CPU emulator; not yet 
 class UpdateImpl(NamedTuple):
     """One implementation of how gradients become new parameters: a module whose ``UPDATES`` maps optimizer class
     names to functions ``(optimizer, xp, params, grads, states, lr) -> new params``, one optimizer step over
-    every tensor (:func:`lstmx.optim.update_each`'s signature), and whose ``clip_by_global_norm(backend, grads, max_norm) -> (clipped, norm)`` clips them."""
+    every tensor (:func:`lstmx.optim.update_each`'s signature; under the name "Optimizer": a step for every
+    optimizer, subclasses included), and whose ``clip_by_global_norm(backend, grads, max_norm) -> (clipped,
+    norm)`` clips them."""
 
     name: str
     module: str
@@ -287,9 +289,10 @@ class UpdateImpl(NamedTuple):
             updates = importlib.import_module(self.module).UPDATES
         except ImportError as error:
             return None, f"is not importable here ({error})"
-        if optimizer.__name__ not in updates:
+        step = updates.get(optimizer.__name__, updates.get("Optimizer"))  # a fast path names each class it runs
+        if step is None:
             return None, f"has no {optimizer.__name__} update (it has {', '.join(updates)})"
-        return updates[optimizer.__name__], None
+        return step, None
 
     def clipping(self, backend: Backend) -> tuple[Callable[..., Any] | None, str | None]:
         """``(clip_by_global_norm, None)`` when it runs on ``backend`` here, else ``(None, why not)``."""
@@ -303,7 +306,7 @@ class UpdateImpl(NamedTuple):
 
 UPDATE_IMPLS: tuple[UpdateImpl, ...] = (
     UpdateImpl("cupy-fused", "lstmx.kernels.cupy_optim", ("cupy",), CUPY_FUSED_UPDATE_AUTO,
-               "CuPy: one fused kernel launch per 8 parameter tensors and step (SGD, Adam, AdamW); global-norm "
+               "CuPy: one fused kernel launch per 8 parameter tensors and step (SGD, Adam, AdamW, RMSprop); global-norm "
                "clipping in two launches per 8 tensors"),
     UpdateImpl("generic", "lstmx.optim", None, True, "the Array API reference (every optimizer and backend)"),
 )

@@ -241,7 +241,8 @@ def test_bad_tile_shapes_are_refused(wrappers):
 
 OPTIMIZER_CASES = [("sgd", {}), ("sgd", {"momentum": 0.9, "weight_decay": 0.1}),
                    ("sgd", {"momentum": 0.5, "nesterov": True}), ("adam", {}), ("adam", {"weight_decay": 0.1}),
-                   ("adamw", {"weight_decay": 0.05})]
+                   ("adamw", {"weight_decay": 0.05}), ("rmsprop", {}),
+                   ("rmsprop", {"momentum": 0.9, "weight_decay": 0.1, "alpha": 0.9})]
 
 
 class Tensors:

@@ -231,6 +231,23 @@ def test_every_update_implementation_matches_the_generic_one(backend, name, opti
                 np.testing.assert_allclose(host(runs[0].state[key][slot]), host(value), rtol=tolerance, atol=tolerance)
 
 
+class Plain(SGD):
+    """A user's optimizer: a subclass no fast path names, so only the generic step runs it."""
+
+    def update(self, xp, param, grad, state, lr):
+        return param - lr * xp.sign(grad)
+
+
+def test_a_users_optimizer_runs_on_the_generic_step(backend):
+    model = OneParam(backend, [1.0, -2.0])
+    optimizer = Plain(model, lr=0.5)
+    assert optimizer.impl == "generic"
+    np.testing.assert_allclose(run(optimizer, backend, [[3.0, -0.1]]), [0.5, -1.5])
+    if backend.name == "cupy":
+        assert "has no Plain update (it has SGD, Adam, AdamW, RMSprop)" in str(
+            pytest.raises(registry.UpdateImplError, Plain, model, impl="cupy-fused").value)
+
+
 def test_update_implementation_choice(backend, monkeypatch):
     """Argument and context are binding, the environment variable a default; errors name the choices."""
     monkeypatch.delenv(registry.UPDATE_ENVIRONMENT_VARIABLE, raising=False)
@@ -239,15 +256,15 @@ def test_update_implementation_choice(backend, monkeypatch):
     assert Adam(model, impl="generic").impl == "generic"
     with pytest.raises(registry.UpdateImplError, match="impl must be one of auto, cupy-fused, generic; got 'fast'"):
         Adam(model, impl="fast")
-    with pytest.raises(registry.UpdateImplError, match="'cupy-fused' cannot run RMSprop here: it "):
-        RMSprop(model, impl="cupy-fused")
+    with pytest.raises(registry.UpdateImplError, match="'cupy-fused' cannot run Plain here: it "):
+        Plain(model, impl="cupy-fused")
     if backend.name != "cupy":
         with pytest.raises(registry.UpdateImplError, match=f"runs on cupy, not {backend.name}"):
             Adam(model, impl="cupy-fused")
         with registry.use_update_impl("cupy-fused"), pytest.raises(registry.UpdateImplError):
             Adam(model)
     monkeypatch.setenv(registry.UPDATE_ENVIRONMENT_VARIABLE, "cupy-fused")  # a default: falls back where it cannot run
-    assert RMSprop(model).impl == "generic"
+    assert Plain(model).impl == "generic"
     monkeypatch.setenv(registry.UPDATE_ENVIRONMENT_VARIABLE, "nonsense")
     with pytest.raises(registry.UpdateImplError, match="LSTMX_UPDATE_IMPL must be one of"):
         Adam(model)

@@ -22,7 +22,7 @@ the same row of the (B, 4H) gate block.
   (each thread a 4 × 4 tile of rows × gates from vector loads), or in the "tf32" variant warp-wide tensor-core
   MMAs (``mma.sync`` m16n8k8, TF32 operands, float32 sums). The tile shape is a launch argument
   (:mod:`lstmx.kernels.tiling`).
-- ``optim.cu``: one optimizer step (Adam/AdamW, SGD) for up to 8 parameter tensors per launch, and clipping by
+- ``optim.cu``: one optimizer step (Adam/AdamW, SGD, RMSprop) for up to 8 parameter tensors per launch, and clipping by
   the global norm in two launches for up to 8 tensors (:mod:`lstmx.kernels.cupy_optim`).
 - ``loss.cu``: the softmax cross-entropy's per-row loss and its gradient, a block per row
   (:mod:`lstmx.kernels.cupy_loss`).
@@ -60,7 +60,7 @@ def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) 
 STEPWISE_KERNELS = ("lstm_forward_step", "lstm_backward_step")
 PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")
 TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
-OPTIM_KERNELS = ("adam_update", "sgd_update", "global_norm", "scale_tensors")
+OPTIM_KERNELS = ("adam_update", "sgd_update", "rmsprop_update", "global_norm", "scale_tensors")
 LOSS_KERNELS = ("softmax_cross_entropy",)
 SOURCES = {"stepwise": STEPWISE_KERNELS, "persistent": PERSISTENT_KERNELS, "tiled": TILED_KERNELS,
            "optim": OPTIM_KERNELS, "loss": LOSS_KERNELS}  # kind → the kernels its file defines

@@ -1,7 +1,7 @@
 """CuPy fast path of the optimizer updates and the global-norm clipping: up to 8 tensors per kernel launch.
 
 The generic step (:func:`lstmx.optim.update_each`) issues about a dozen elementwise operations per tensor, each a
-launch from Python; here a step of SGD, Adam or AdamW is one launch for every 8 parameter tensors
+launch from Python; here a step of SGD, Adam, AdamW or RMSprop is one launch for every 8 parameter tensors
 (``cuda/optim.cu``, :mod:`lstmx.kernels.cuda_sources`), and the new parameters and state slots are views of one
 new flat buffer per role. The step functions have the generic one's signature
 ``(optimizer, xp, params, grads, states, lr) -> new params`` and, like it, leave every array they are given
@@ -152,7 +152,31 @@ def sgd_step(optimizer: Any, xp: Any, params: dict[str, Any], grads: Any, states
     return dict(zip(step.names, _views(new_param, step.params)))
 
 
-UPDATES = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step}  # optimizer class → its fused step
+def rmsprop_step(optimizer: Any, xp: Any, params: dict[str, Any], grads: Any, states: dict[str, dict[str, Any]],
+                 lr: float) -> dict[str, Any]:
+    """``RMSprop``'s step: one launch per 8 tensors."""
+    step = _operands(params, grads)
+    real = step.dtype.type
+    square_avg = _slots(states, step.names, "square_avg")
+    new_param, new_square_avg = (cupy.empty(step.total, dtype=step.dtype) for _ in range(2))
+    buffers, new_momentum = [NULL] * len(step.names), NULL
+    if optimizer.momentum:
+        buffers, new_momentum = _slots(states, step.names, "momentum"), cupy.empty(step.total, dtype=step.dtype)
+    scalars = (real(lr), real(optimizer.alpha), real(optimizer.eps), real(optimizer.momentum),
+               real(optimizer.weight_decay))
+    for launch in _launches([p.size for p in step.params]):
+        if launch.blocks:
+            _kernel("rmsprop_update", step.dtype.name)((launch.blocks,), (THREADS,), (
+                *_pointers(step.params, launch.taken), *_pointers(step.grads, launch.taken),
+                *_pointers(square_avg, launch.taken), *_pointers(buffers, launch.taken), *launch.extent,
+                new_param, new_square_avg, new_momentum, *scalars))
+    _store(states, step, "square_avg", new_square_avg)
+    if optimizer.momentum:
+        _store(states, step, "momentum", new_momentum)
+    return dict(zip(step.names, _views(new_param, step.params)))
+
+
+UPDATES = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step, "RMSprop": rmsprop_step}  # class → fused step
 
 
 def clip_by_global_norm(backend: Any, grads: dict[str, Any], max_norm: float) -> tuple[dict[str, Any], Any]:

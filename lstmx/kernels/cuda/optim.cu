@@ -25,7 +25,7 @@ __device__ __forceinline__ void for_each_entry(const long long first, const long
     }
 }
 
-// One optimizer step for up to 8 parameter tensors in one launch, out of place: the new parameters and state
+// One optimizer step for up to 8 parameter tensors in one launch (Adam/AdamW, SGD, RMSprop), out of place: the new parameters and state
 // slots go to separate flat buffers, so the step reads the same values as the generic path and leaves every
 // array it was given untouched. Scalars come from the host, computed as there.
 
@@ -96,6 +96,44 @@ extern "C" __global__ void sgd_update_$suffix(
             g = nesterov ? g + momentum * buffer : buffer;
         }
         new_param[e] = p - lr * g;
+    });
+}
+
+// RMSprop with optional momentum and L2 weight decay, as torch.optim.RMSprop (not centred): s ← αs + (1 − α)g²,
+// step = g / (√s + ε), with momentum buf ← μ·buf + step and step = buf; p ← p − lr·step. The buffers b0 .. b7 and
+// new_momentum may be null when momentum is 0.
+extern "C" __global__ void rmsprop_update_$suffix(
+    const $real* p0, const $real* p1, const $real* p2, const $real* p3,
+    const $real* p4, const $real* p5, const $real* p6, const $real* p7,
+    const $real* g0, const $real* g1, const $real* g2, const $real* g3,
+    const $real* g4, const $real* g5, const $real* g6, const $real* g7,
+    const $real* s0, const $real* s1, const $real* s2, const $real* s3,
+    const $real* s4, const $real* s5, const $real* s6, const $real* s7,
+    const $real* b0, const $real* b1, const $real* b2, const $real* b3,
+    const $real* b4, const $real* b5, const $real* b6, const $real* b7,
+    const long long first, const long long e0, const long long e1, const long long e2, const long long e3,
+    const long long e4, const long long e5, const long long e6, const long long e7, const long long chunk,
+    $real* __restrict__ new_param, $real* __restrict__ new_square_avg, $real* __restrict__ new_momentum,
+    const $real lr, const $real alpha, const $real eps, const $real momentum, const $real weight_decay)
+{
+    const $real* params[TENSORS] = {p0, p1, p2, p3, p4, p5, p6, p7};
+    const $real* grads[TENSORS] = {g0, g1, g2, g3, g4, g5, g6, g7};
+    const $real* square_avgs[TENSORS] = {s0, s1, s2, s3, s4, s5, s6, s7};
+    const $real* buffers[TENSORS] = {b0, b1, b2, b3, b4, b5, b6, b7};
+    const long long ends[TENSORS] = {e0, e1, e2, e3, e4, e5, e6, e7};
+    const $real one = 1;
+    for_each_entry(first, ends, chunk, [&](const int i, const long long k, const long long e) {
+        const $real p = params[i][k];
+        $real g = grads[i][k];
+        if (weight_decay != 0) g = g + weight_decay * p;
+        const $real square_avg = alpha * square_avgs[i][k] + (one - alpha) * g * g;
+        new_square_avg[e] = square_avg;
+        $real step = g / ($sqrt(square_avg) + eps);
+        if (momentum != 0) {
+            step = momentum * buffers[i][k] + step;
+            new_momentum[e] = step;
+        }
+        new_param[e] = p - lr * step;
     });
 }
 
