@@ -100,13 +100,33 @@ def _operands(params: dict[str, Any], grads: Any) -> _Step:
                  _one_dtype(contiguous, "parameters"), sum(p.size for p in contiguous))
 
 
-def _slots(states: dict[str, dict[str, Any]], names: list[str], slot: str) -> list[Any]:
-    return [cupy.ascontiguousarray(states[name][slot]) for name in names]
+def _slot(states: dict[str, dict[str, Any]], step: _Step, slot: str, kept: bool = True) -> tuple[list[Any], Any]:
+    """A state slot's arrays, one per tensor, and a new flat buffer for its next values; null pointers when the
+    optimizer keeps no such slot (``kept`` false)."""
+    if not kept:
+        return [NULL] * len(step.names), NULL
+    return [cupy.ascontiguousarray(states[name][slot]) for name in step.names], _flat(step)
 
 
-def _store(states: dict[str, dict[str, Any]], step: _Step, slot: str, flat: Any) -> None:
-    for name, view in zip(step.names, _views(flat, step.params)):
-        states[name][slot] = view
+def _flat(step: _Step) -> Any:
+    return cupy.empty(step.total, dtype=step.dtype)
+
+
+def _launch_step(kernel: str, step: _Step, slots: list[list[Any]], outputs: list[Any], scalars: tuple) -> None:
+    """``kernel`` once per 8 tensors: its pointers (parameters, gradients, then each slot's), the extent, the flat
+    outputs and the scalars."""
+    for launch in _launches([p.size for p in step.params]):
+        if launch.blocks:
+            pointers = [p for role in (step.params, step.grads, *slots) for p in _pointers(role, launch.taken)]
+            _kernel(kernel, step.dtype.name)((launch.blocks,), (THREADS,),
+                                             (*pointers, *launch.extent, *outputs, *scalars))
+
+
+def _store(states: dict[str, dict[str, Any]], step: _Step, slot: str, flat: Any, kept: bool = True) -> None:
+    """The slot's new values, as views of its flat buffer."""
+    if kept:
+        for name, view in zip(step.names, _views(flat, step.params)):
+            states[name][slot] = view
 
 
 def adam_step(optimizer: Any, xp: Any, params: dict[str, Any], grads: Any, states: dict[str, dict[str, Any]],
@@ -115,17 +135,12 @@ def adam_step(optimizer: Any, xp: Any, params: dict[str, Any], grads: Any, state
     step = _operands(params, grads)
     beta1, beta2 = optimizer.betas
     real = step.dtype.type
-    exp_avg, exp_avg_sq = _slots(states, step.names, "exp_avg"), _slots(states, step.names, "exp_avg_sq")
-    new_param, new_exp_avg, new_exp_avg_sq = (cupy.empty(step.total, dtype=step.dtype) for _ in range(3))
-    scalars = (real(lr), real(beta1), real(beta2), real(optimizer.eps), real(optimizer.weight_decay),
-               np.int32(optimizer.decoupled), real(lr / (1 - beta1**optimizer.step_count)),
-               real(math.sqrt(1 - beta2**optimizer.step_count)))
-    for launch in _launches([p.size for p in step.params]):
-        if launch.blocks:
-            _kernel("adam_update", step.dtype.name)((launch.blocks,), (THREADS,), (
-                *_pointers(step.params, launch.taken), *_pointers(step.grads, launch.taken),
-                *_pointers(exp_avg, launch.taken), *_pointers(exp_avg_sq, launch.taken), *launch.extent,
-                new_param, new_exp_avg, new_exp_avg_sq, *scalars))
+    (exp_avg, new_exp_avg), (exp_avg_sq, new_exp_avg_sq) = _slot(states, step, "exp_avg"), _slot(states, step, "exp_avg_sq")
+    new_param = _flat(step)
+    _launch_step("adam_update", step, [exp_avg, exp_avg_sq], [new_param, new_exp_avg, new_exp_avg_sq], (
+        real(lr), real(beta1), real(beta2), real(optimizer.eps), real(optimizer.weight_decay),
+        np.int32(optimizer.decoupled), real(lr / (1 - beta1**optimizer.step_count)),
+        real(math.sqrt(1 - beta2**optimizer.step_count))))
     _store(states, step, "exp_avg", new_exp_avg)
     _store(states, step, "exp_avg_sq", new_exp_avg_sq)
     return dict(zip(step.names, _views(new_param, step.params)))
@@ -136,19 +151,12 @@ def sgd_step(optimizer: Any, xp: Any, params: dict[str, Any], grads: Any, states
     """``SGD``'s step: one launch per 8 tensors."""
     step = _operands(params, grads)
     real = step.dtype.type
-    new_param = cupy.empty(step.total, dtype=step.dtype)
-    buffers, new_momentum = [NULL] * len(step.names), NULL
-    if optimizer.momentum:
-        buffers, new_momentum = _slots(states, step.names, "momentum"), cupy.empty(step.total, dtype=step.dtype)
-    scalars = (real(lr), real(optimizer.momentum), real(optimizer.weight_decay), np.int32(optimizer.nesterov),
-               np.int32(optimizer.step_count == 1))
-    for launch in _launches([p.size for p in step.params]):
-        if launch.blocks:
-            _kernel("sgd_update", step.dtype.name)((launch.blocks,), (THREADS,), (
-                *_pointers(step.params, launch.taken), *_pointers(step.grads, launch.taken),
-                *_pointers(buffers, launch.taken), *launch.extent, new_param, new_momentum, *scalars))
-    if optimizer.momentum:
-        _store(states, step, "momentum", new_momentum)
+    momentum, new_momentum = _slot(states, step, "momentum", kept=bool(optimizer.momentum))
+    new_param = _flat(step)
+    _launch_step("sgd_update", step, [momentum], [new_param, new_momentum], (
+        real(lr), real(optimizer.momentum), real(optimizer.weight_decay), np.int32(optimizer.nesterov),
+        np.int32(optimizer.step_count == 1)))
+    _store(states, step, "momentum", new_momentum, kept=bool(optimizer.momentum))
     return dict(zip(step.names, _views(new_param, step.params)))
 
 
@@ -157,22 +165,13 @@ def rmsprop_step(optimizer: Any, xp: Any, params: dict[str, Any], grads: Any, st
     """``RMSprop``'s step: one launch per 8 tensors."""
     step = _operands(params, grads)
     real = step.dtype.type
-    square_avg = _slots(states, step.names, "square_avg")
-    new_param, new_square_avg = (cupy.empty(step.total, dtype=step.dtype) for _ in range(2))
-    buffers, new_momentum = [NULL] * len(step.names), NULL
-    if optimizer.momentum:
-        buffers, new_momentum = _slots(states, step.names, "momentum"), cupy.empty(step.total, dtype=step.dtype)
-    scalars = (real(lr), real(optimizer.alpha), real(optimizer.eps), real(optimizer.momentum),
-               real(optimizer.weight_decay))
-    for launch in _launches([p.size for p in step.params]):
-        if launch.blocks:
-            _kernel("rmsprop_update", step.dtype.name)((launch.blocks,), (THREADS,), (
-                *_pointers(step.params, launch.taken), *_pointers(step.grads, launch.taken),
-                *_pointers(square_avg, launch.taken), *_pointers(buffers, launch.taken), *launch.extent,
-                new_param, new_square_avg, new_momentum, *scalars))
+    square_avg, new_square_avg = _slot(states, step, "square_avg")
+    momentum, new_momentum = _slot(states, step, "momentum", kept=bool(optimizer.momentum))
+    new_param = _flat(step)
+    _launch_step("rmsprop_update", step, [square_avg, momentum], [new_param, new_square_avg, new_momentum], (
+        real(lr), real(optimizer.alpha), real(optimizer.eps), real(optimizer.momentum), real(optimizer.weight_decay)))
     _store(states, step, "square_avg", new_square_avg)
-    if optimizer.momentum:
-        _store(states, step, "momentum", new_momentum)
+    _store(states, step, "momentum", new_momentum, kept=bool(optimizer.momentum))
     return dict(zip(step.names, _views(new_param, step.params)))
 
 
