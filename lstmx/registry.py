@@ -306,8 +306,8 @@ class UpdateImpl(NamedTuple):
 
 UPDATE_IMPLS: tuple[UpdateImpl, ...] = (
     UpdateImpl("cupy-fused", "lstmx.kernels.cupy_optim", ("cupy",), CUPY_FUSED_UPDATE_AUTO,
-               "CuPy: one fused kernel launch per 8 parameter tensors and step (SGD, Adam, AdamW, RMSprop); global-norm "
-               "clipping in two launches per 8 tensors"),
+               "CuPy: one fused kernel launch per 8 parameter tensors and step (SGD, Adam, AdamW, RMSprop); "
+               "global-norm clipping in two launches per 8 tensors"),
     UpdateImpl("generic", "lstmx.optim", None, True, "the Array API reference (every optimizer and backend)"),
 )
 UPDATE_REQUESTS = Requests("update", tuple(i.name for i in UPDATE_IMPLS), UPDATE_ENVIRONMENT_VARIABLE, UpdateImplError)

@@ -135,7 +135,8 @@ def adam_step(optimizer: Any, xp: Any, params: dict[str, Any], grads: Any, state
     step = _operands(params, grads)
     beta1, beta2 = optimizer.betas
     real = step.dtype.type
-    (exp_avg, new_exp_avg), (exp_avg_sq, new_exp_avg_sq) = _slot(states, step, "exp_avg"), _slot(states, step, "exp_avg_sq")
+    exp_avg, new_exp_avg = _slot(states, step, "exp_avg")
+    exp_avg_sq, new_exp_avg_sq = _slot(states, step, "exp_avg_sq")
     new_param = _flat(step)
     _launch_step("adam_update", step, [exp_avg, exp_avg_sq], [new_param, new_exp_avg, new_exp_avg_sq], (
         real(lr), real(beta1), real(beta2), real(optimizer.eps), real(optimizer.weight_decay),
