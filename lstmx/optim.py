@@ -140,8 +140,7 @@ class Optimizer:
             raise KeyError(f"no gradient for parameters {sorted(missing)}")
         lr = self.lr
         self.step_count += 1
-        params = dict(self.model.params)
-        self.model.params.update(self._update(self, self.model.backend.xp, params, grads, self.state, lr))
+        self.model.params.update(self._update(self, self.model.backend.xp, self.model.params, grads, self.state, lr))
 
     def update(self, xp: Any, param: Any, grad: Any, state: dict[str, Any], lr: float) -> Any:
         """The generic update of one tensor: returns the new parameter and replaces ``state``'s slots
