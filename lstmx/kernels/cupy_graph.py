@@ -29,10 +29,9 @@ import numpy as np
 from cupy_backends.cuda.libs import cublas
 
 from ..backend import Backend
-from ..layers.lstm_layer import forward_dims
 from ..precision import active_precision
 from . import cupy_layer
-from .cupy_layer import CupyLayerCache, backward_buffers, forward_buffers, forward_outputs, parameter_gradients
+from .cupy_layer import CupyLayerCache, layer_backward, layer_forward
 from .cupy_precision import TF32_TENSOR_OP_MATH
 
 MAX_GRAPHS = 4  # shapes whose graphs and buffers are kept (the least recently used is dropped)
@@ -110,7 +109,7 @@ def _capture_handle(device: int) -> tuple[int, Any]:
     return cublas.create(), cupy.empty(WORKSPACE_BYTES, dtype=np.uint8)
 
 
-def _allocate(dims: tuple[int, int, int, int], dtype: np.dtype, masked: bool) -> GraphBuffers:
+def _allocate(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool) -> GraphBuffers:
     steps, batch, features, hidden = dims
     zeros = lambda *shape: cupy.zeros(shape, dtype=dtype)  # noqa: E731 (defined values for the warm-up run)
     return GraphBuffers(zeros(features + hidden, 4 * hidden), zeros(4 * hidden),
@@ -141,7 +140,7 @@ _GRAPHS: collections.OrderedDict[tuple, LayerGraphs] = collections.OrderedDict()
 _GRAPHS_LOCK = threading.Lock()
 
 
-def _layer_graphs(dims: tuple[int, int, int, int], dtype: np.dtype, masked: bool) -> LayerGraphs:
+def _layer_graphs(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool) -> LayerGraphs:
     """The graphs and buffers of this shape on the current device, stream and precision (captured on first use)."""
     precision = active_precision() if dtype == np.float32 else "float32"
     current = cupy.cuda.get_current_stream()
@@ -167,43 +166,45 @@ def _copy(destination: Any, source: Any) -> None:
     cupy.copyto(destination, source)
 
 
+def _replay_forward(b: cupy_layer.ForwardBuffers, dims: cupy_layer.Dims) -> None:
+    """The forward recurrence on ``b``: copied into the graph's buffers, the graph, copied back."""
+    graphs = _layer_graphs(dims, np.dtype(b.gates.dtype), b.step_mask is not None)
+    g = graphs.buffers
+    with graphs.lock:
+        for name in ("weight", "bias", "step_mask", "gates"):
+            if getattr(b, name) is not None:
+                _copy(getattr(g, name), getattr(b, name))
+        _copy(g.hidden_states[0], b.hidden_states[0])
+        _copy(g.cells[0], b.cells[0])
+        graphs.forward.launch()
+        for name in ("gates", "tanh_c", "y"):
+            _copy(getattr(b, name), getattr(g, name))
+        _copy(b.hidden_states[1:], g.hidden_states[1:])
+        _copy(b.cells[1:], g.cells[1:])
+
+
+def _replay_backward(b: cupy_layer.BackwardBuffers, cache: CupyLayerCache) -> None:
+    """The backward recurrence on ``b`` and the forward's ``cache``, through the graph's buffers likewise."""
+    graphs = _layer_graphs(cache.dims(), np.dtype(b.dz.dtype), cache.step_mask is not None)
+    g = graphs.buffers
+    with graphs.lock:
+        for name in ("dy", "weight", "dh", "dc"):
+            _copy(getattr(g, name), getattr(b, name))
+        for name in ("gates", "cells", "tanh_c", "step_mask"):
+            if getattr(cache, name) is not None:
+                _copy(getattr(g, name), getattr(cache, name))
+        graphs.backward.launch()
+        for name in ("dz", "dh", "dc"):
+            _copy(getattr(b, name), getattr(g, name))
+
+
 def lstm_layer_forward(
     backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
 ) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
-    dims = forward_dims(x, weight, bias, h0, c0)
-    b = forward_buffers(x, weight, bias, h0, c0, step_mask, dims)  # the input projection already in b.gates
-    if dims[1] > 0:
-        graphs = _layer_graphs(dims, np.dtype(b.gates.dtype), b.step_mask is not None)
-        g = graphs.buffers
-        with graphs.lock:
-            for name in ("weight", "bias", "step_mask", "gates"):
-                if getattr(b, name) is not None:
-                    _copy(getattr(g, name), getattr(b, name))
-            _copy(g.hidden_states[0], b.hidden_states[0])
-            _copy(g.cells[0], b.cells[0])
-            graphs.forward.launch()
-            for name in ("gates", "tanh_c", "y"):
-                _copy(getattr(b, name), getattr(g, name))
-            _copy(b.hidden_states[1:], g.hidden_states[1:])
-            _copy(b.cells[1:], g.cells[1:])
-    return forward_outputs(b)
+    return layer_forward(_replay_forward, x, weight, bias, h0, c0, step_mask)
 
 
 def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
-    b = backward_buffers(dy, dh_last, dc_last, weight, cache)
-    if cache.dims()[1] > 0:
-        graphs = _layer_graphs(cache.dims(), np.dtype(b.dz.dtype), cache.step_mask is not None)
-        g = graphs.buffers
-        with graphs.lock:
-            for name in ("dy", "weight", "dh", "dc"):
-                _copy(getattr(g, name), getattr(b, name))
-            for name in ("gates", "cells", "tanh_c", "step_mask"):
-                if getattr(cache, name) is not None:
-                    _copy(getattr(g, name), getattr(cache, name))
-            graphs.backward.launch()
-            for name in ("dz", "dh", "dc"):
-                _copy(getattr(b, name), getattr(g, name))
-    dx, dweight, dbias = parameter_gradients(cache, b.dz, b.weight)
-    return dx, (b.dh, b.dc), dweight, dbias
+    return layer_backward(_replay_backward, dy, dh_last, dc_last, weight, cache)

@@ -14,6 +14,10 @@ The GEMMs call cuBLAS directly with precomputed pointers (the cheapest call from
 stream; the kernels take the step index, so no array is sliced per step, and nothing is read back to the host.
 The input projection, dW, db and dx are one GEMM (or sum) each over all steps. Arrays come from CuPy's memory
 pool, which reuses device memory across calls.
+
+Every CuPy layer path shares this module's shell (:func:`layer_forward` / :func:`layer_backward`: the door, the
+buffers, the projections and weight gradients) and differs only in the recurrence it runs between them: the
+loops here (also captured by ``cupy_graph``), or one cooperative launch (``cupy_persistent``, ``cupy_tiled``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from . import cuda_sources
 
 THREADS = 256  # per block of the pointwise kernels
 NULL = np.uint64(0)  # a null pointer argument: CuPy passes None as 0xffffffff, not 0 (cupy issue 9046)
+Dims = tuple[int, int, int, int]  # a layer's (T, B, D, H)
 
 
 class CupyLayerCache(NamedTuple):
@@ -43,7 +48,7 @@ class CupyLayerCache(NamedTuple):
     tanh_c: Any  # (T, B, H) tanh of each step's new cell value
     step_mask: Any  # (T, B) 1 on real steps, 0 on padding; None when every step is real
 
-    def dims(self) -> tuple[int, int, int, int]:
+    def dims(self) -> Dims:
         steps, batch, features = self.x.shape
         return steps, batch, features, self.cells.shape[2]
 
@@ -110,7 +115,7 @@ class ForwardBuffers(NamedTuple):
 
 
 def forward_buffers(x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any,
-                    dims: tuple[int, int, int, int]) -> ForwardBuffers:
+                    dims: Dims) -> ForwardBuffers:
     """Contiguous inputs, the input projection for every step (one GEMM) and the state buffers; shared with the
     persistent path (:mod:`lstmx.kernels.cupy_persistent`)."""
     steps, batch, features, hidden = dims
@@ -168,6 +173,29 @@ def parameter_gradients(cache: CupyLayerCache, dz: Any, weight: Any) -> tuple[An
     return dx, dweight, dbias
 
 
+def layer_forward(recurrence: Callable[[ForwardBuffers, Dims], None], x: Any, weight: Any, bias: Any, h0: Any,
+                  c0: Any, step_mask: Any) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+    """The forward every CuPy path shares: the door (:func:`forward_dims`), the buffers with the input
+    projection, then ``recurrence(buffers, dims)`` fills every step (not called for an empty batch), then the
+    outputs. The paths differ only in ``recurrence``."""
+    dims = forward_dims(x, weight, bias, h0, c0)
+    b = forward_buffers(x, weight, bias, h0, c0, step_mask, dims)
+    if dims[1] > 0:
+        recurrence(b, dims)
+    return forward_outputs(b)
+
+
+def layer_backward(recurrence: Callable[[BackwardBuffers, CupyLayerCache], None], dy: Any, dh_last: Any,
+                   dc_last: Any, weight: Any, cache: CupyLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any]:
+    """The mirror of :func:`layer_forward`: the checked buffers, ``recurrence(buffers, cache)`` writes every
+    step's dz and dL/dh_0, dL/dc_0 (not called for an empty batch), then the weight-gradient GEMMs."""
+    b = backward_buffers(dy, dh_last, dc_last, weight, cache)
+    if cache.dims()[1] > 0:
+        recurrence(b, cache)
+    dx, dweight, dbias = parameter_gradients(cache, b.dz, b.weight)
+    return dx, (b.dh, b.dc), dweight, dbias
+
+
 # One launch for a whole direction (the persistent paths): ``launch(kernel, dtype name, batch, hidden, args)``.
 Launch = Callable[[str, str, int, int, tuple], None]
 
@@ -175,32 +203,31 @@ Launch = Callable[[str, str, int, int, tuple], None]
 def one_launch_forward(launch: Launch, kernel: str, x: Any, weight: Any, bias: Any, h0: Any, c0: Any,
                        step_mask: Any) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
     """A forward whose recurrence is one kernel launch taking (gates, W_h, bias, cells, hidden states, tanh(c),
-    y, step mask or null, steps, batch, hidden), after the shared input projection."""
-    dims = steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
-    b = forward_buffers(x, weight, bias, h0, c0, step_mask, dims)
-    if batch > 0:
+    y, step mask or null, steps, batch, hidden)."""
+    def recurrence(b: ForwardBuffers, dims: Dims) -> None:
+        steps, batch, features, hidden = dims
         launch(kernel, np.dtype(b.gates.dtype).name, batch, hidden,
                (b.gates, b.weight[features:], b.bias, b.cells, b.hidden_states, b.tanh_c, b.y,
                 NULL if b.step_mask is None else b.step_mask, np.int32(steps), np.int32(batch), np.int32(hidden)))
-    return forward_outputs(b)
+
+    return layer_forward(recurrence, x, weight, bias, h0, c0, step_mask)
 
 
 def one_launch_backward(launch: Launch, kernel: str, dy: Any, dh_last: Any, dc_last: Any, weight: Any,
                         cache: CupyLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any]:
     """The mirror of :func:`one_launch_forward`: one launch taking (dy, W_h, gates, cells, tanh(c), step mask or
-    null, dz, dh, dc, steps, batch, hidden), then the shared weight-gradient GEMMs."""
-    b = backward_buffers(dy, dh_last, dc_last, weight, cache)
-    steps, batch, features, hidden = cache.dims()
-    if batch > 0:
+    null, dz, dh, dc, steps, batch, hidden)."""
+    def recurrence(b: BackwardBuffers, cache: CupyLayerCache) -> None:
+        steps, batch, features, hidden = cache.dims()
         launch(kernel, np.dtype(b.dz.dtype).name, batch, hidden,
                (b.dy, b.weight[features:], cache.gates, cache.cells, cache.tanh_c,
                 NULL if cache.step_mask is None else cache.step_mask, b.dz, b.dh, b.dc,
                 np.int32(steps), np.int32(batch), np.int32(hidden)))
-    dx, dweight, dbias = parameter_gradients(cache, b.dz, b.weight)
-    return dx, (b.dh, b.dc), dweight, dbias
+
+    return layer_backward(recurrence, dy, dh_last, dc_last, weight, cache)
 
 
-def forward_recurrence(b: ForwardBuffers, dims: tuple[int, int, int, int], gemm: _Gemm) -> None:
+def forward_recurrence(b: ForwardBuffers, dims: Dims, gemm: _Gemm) -> None:
     """Every forward step on ``b`` (batch > 0): the GEMM adds h_{t-1} W_h into the step's gates, then the fused
     kernel. ``b`` may be any object with ForwardBuffers' arrays (the CUDA-graph path captures this loop on its
     own buffers)."""
@@ -217,8 +244,7 @@ def forward_recurrence(b: ForwardBuffers, dims: tuple[int, int, int, int], gemm:
                 (b.gates, b.bias, b.cells, b.hidden_states, b.tanh_c, b.y, mask, np.int32(t), *shape_args))
 
 
-def backward_recurrence(b: BackwardBuffers, stored: CupyLayerCache, dims: tuple[int, int, int, int],
-                        gemm: _Gemm) -> None:
+def backward_recurrence(b: BackwardBuffers, stored: CupyLayerCache, dims: Dims, gemm: _Gemm) -> None:
     """Every backward step, in reverse (batch > 0): the fused kernel writes dz_t and dL/dc_{t-1}, then the GEMM
     writes dL/dh_{t-1} = dz_t W_hᵀ (+ the part padded rows pass through). ``stored`` gives the forward's gates,
     cells, tanh(c) and step mask (any object with those arrays, as for :func:`forward_recurrence`)."""
@@ -238,18 +264,12 @@ def backward_recurrence(b: BackwardBuffers, stored: CupyLayerCache, dims: tuple[
 def lstm_layer_forward(
     backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
 ) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
-    dims = forward_dims(x, weight, bias, h0, c0)
-    b = forward_buffers(x, weight, bias, h0, c0, step_mask, dims)
-    if dims[1] > 0:
-        forward_recurrence(b, dims, _Gemm(np.dtype(b.gates.dtype)))
-    return forward_outputs(b)
+    return layer_forward(lambda b, dims: forward_recurrence(b, dims, _Gemm(np.dtype(b.gates.dtype))),
+                         x, weight, bias, h0, c0, step_mask)
 
 
 def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
-    b = backward_buffers(dy, dh_last, dc_last, weight, cache)
-    if cache.dims()[1] > 0:
-        backward_recurrence(b, cache, cache.dims(), _Gemm(np.dtype(b.dz.dtype)))
-    dx, dweight, dbias = parameter_gradients(cache, b.dz, b.weight)
-    return dx, (b.dh, b.dc), dweight, dbias
+    return layer_backward(lambda b, stored: backward_recurrence(b, stored, stored.dims(), _Gemm(np.dtype(b.dz.dtype))),
+                          dy, dh_last, dc_last, weight, cache)
