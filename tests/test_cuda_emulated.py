@@ -475,6 +475,17 @@ def test_tiled_kernels_on_drawn_sizes_and_tile_shapes(wrappers, steps, batch, hi
         assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["stepwise", "persistent", "graph"]), steps=st.integers(1, 4), batch=st.integers(1, 9),
+       features=st.integers(1, 4), hidden=st.integers(1, 40), masked=st.booleans())
+def test_layer_paths_on_drawn_sizes(wrappers, path, steps, batch, features, hidden, masked):
+    """The other paths (the tiled one above, with its tile shapes) on hypothesis-drawn sizes."""
+    arrays, mask = problem(steps, batch, features, hidden, np.float64, masked=masked)
+    if path == "persistent":
+        assume(wrappers["cupy_persistent"].refuses_size(batch, hidden, np.float64) is None)  # the grid fits the stand-in
+    assert_close(run_path(path, wrappers, arrays, mask), reference(arrays, mask), 1e-12)
+
+
 # --- the TF32 variant of the tiled kernels: warp-wide tensor-core MMAs ----------------------------------------
 
 MMA_SHAPES = [tiling.TileShape(8, 16, 4, 8, 16), tiling.TileShape(16, 16, 8, 40, 136),
