@@ -16,10 +16,11 @@ so do allocations and copies here (the path must make none inside one).
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import sys
 import types
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -138,11 +139,22 @@ def occupancy(threads: int, shared_mem: int) -> int:
 
 
 class DeviceArray(GuardedArray):
-    """An array the stand-in allocated or was given: ``.data.ptr`` is its address, as on a CuPy array."""
+    """An array the stand-in allocated or was given: ``.data`` is its memory, as on a CuPy array (its address,
+    and a device-to-device copy into it)."""
 
     @property
     def data(self) -> Any:
-        return types.SimpleNamespace(ptr=self.ctypes.data)
+        return _MemoryPointer(self.ctypes.data)
+
+
+class _MemoryPointer(NamedTuple):
+    """``cupy.cuda.MemoryPointer``: an address."""
+
+    ptr: int
+
+    def copy_from_device_async(self, source: "_MemoryPointer", size: int, stream: Any = None) -> None:
+        _refuse_during_capture("a copy")
+        ctypes.memmove(self.ptr, source.ptr, size)
 
 
 def _device(array: np.ndarray) -> DeviceArray:
@@ -209,7 +221,7 @@ def _modules() -> dict[str, types.ModuleType]:
         zeros=_outside_capture(lambda shape, dtype=np.float64: _device(guarded(np.zeros(shape, dtype=dtype))),
                                "an allocation"),
         ascontiguousarray=_contiguous, array=lambda a, dtype=None, order="C": _contiguous(np.array(a, dtype=dtype)),
-        copyto=_outside_capture(np.copyto, "a copy"), matmul=_outside_capture(np.matmul, "a matmul"),
+        matmul=_outside_capture(np.matmul, "a matmul"),
         reshape=np.reshape, int64=np.int64, ndarray=np.ndarray,
         # CuPy's reductions give 0-d arrays (device memory), NumPy's give scalars
         sum=lambda *args, **options: np.asarray(np.sum(*args, **options)),

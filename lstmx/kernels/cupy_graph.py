@@ -163,7 +163,13 @@ def _layer_graphs(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool) -> Layer
 
 
 def _copy(destination: Any, source: Any) -> None:
-    cupy.copyto(destination, source)
+    """``destination[...] = source`` for two C-contiguous arrays of one shape and dtype, as one device-to-device
+    memcpy on the current stream (cheaper to issue from Python than a copy kernel)."""
+    if (destination.shape != source.shape or destination.dtype != source.dtype
+            or not (destination.flags.c_contiguous and source.flags.c_contiguous)):
+        raise ValueError(f"cannot copy {source.shape} {source.dtype} into the graph's {destination.shape} "
+                         f"{destination.dtype} buffer")
+    destination.data.copy_from_device_async(source.data, destination.nbytes)
 
 
 def _replay_forward(b: cupy_layer.ForwardBuffers, dims: cupy_layer.Dims) -> None:
