@@ -119,11 +119,11 @@ def _allocate(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool) -> GraphBuff
                         zeros(batch, hidden), zeros(batch, hidden))
 
 
-def _capture(stream: Any, dtype: np.dtype, precision: str, record: Callable[[cupy_layer._Gemm], None]) -> Any:
+def _capture(stream: Any, dtype: np.dtype, precision: str, record: Callable[[cupy_layer.Gemm], None]) -> Any:
     """A graph of what ``record(gemm)`` launches on ``stream``, after one run outside the capture."""
     handle, workspace = _capture_handle(cupy.cuda.Device().id)
     with stream:
-        gemm = cupy_layer._Gemm(dtype, function=_cublas_c().gemm(dtype), handle=handle)  # binds the handle to stream
+        gemm = cupy_layer.Gemm(dtype, function=_cublas_c().gemm(dtype), handle=handle)  # binds the handle to stream
         _cublas_c().set_workspace(handle, workspace)  # after the stream: binding a stream resets the workspace
         cublas.setMathMode(handle, TF32_TENSOR_OP_MATH if precision == "tf32" else DEFAULT_MATH)
         record(gemm)  # loads every kernel and cuBLAS routine before the capture

@@ -70,7 +70,7 @@ def _device_attributes(device: int) -> dict[str, int]:
     return cupy.cuda.Device(device).attributes  # queries every attribute: once per device
 
 
-class _Gemm:
+class Gemm:
     """Row-major ``C = op(A) @ op(B) + beta·C`` on raw device pointers through cuBLAS (column-major inside:
     a row-major matrix is its own transpose in column-major, so cuBLAS computes Cᵀ = op(B)ᵀ op(A)ᵀ)."""
 
@@ -227,7 +227,7 @@ def one_launch_backward(launch: Launch, kernel: str, dy: Any, dh_last: Any, dc_l
     return layer_backward(recurrence, dy, dh_last, dc_last, weight, cache)
 
 
-def forward_recurrence(b: ForwardBuffers, dims: Dims, gemm: _Gemm) -> None:
+def forward_recurrence(b: ForwardBuffers, dims: Dims, gemm: Gemm) -> None:
     """Every forward step on ``b`` (batch > 0): the GEMM adds h_{t-1} W_h into the step's gates, then the fused
     kernel. ``b`` may be any object with ForwardBuffers' arrays (the CUDA-graph path captures this loop on its
     own buffers)."""
@@ -244,7 +244,7 @@ def forward_recurrence(b: ForwardBuffers, dims: Dims, gemm: _Gemm) -> None:
                 (b.gates, b.bias, b.cells, b.hidden_states, b.tanh_c, b.y, mask, np.int32(t), *shape_args))
 
 
-def backward_recurrence(b: BackwardBuffers, stored: CupyLayerCache, dims: Dims, gemm: _Gemm) -> None:
+def backward_recurrence(b: BackwardBuffers, stored: CupyLayerCache, dims: Dims, gemm: Gemm) -> None:
     """Every backward step, in reverse (batch > 0): the fused kernel writes dz_t and dL/dc_{t-1}, then the GEMM
     writes dL/dh_{t-1} = dz_t W_hᵀ (+ the part padded rows pass through). ``stored`` gives the forward's gates,
     cells, tanh(c) and step mask (any object with those arrays, as for :func:`forward_recurrence`)."""
@@ -264,12 +264,12 @@ def backward_recurrence(b: BackwardBuffers, stored: CupyLayerCache, dims: Dims, 
 def lstm_layer_forward(
     backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
 ) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
-    return layer_forward(lambda b, dims: forward_recurrence(b, dims, _Gemm(np.dtype(b.gates.dtype))),
+    return layer_forward(lambda b, dims: forward_recurrence(b, dims, Gemm(np.dtype(b.gates.dtype))),
                          x, weight, bias, h0, c0, step_mask)
 
 
 def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
-    return layer_backward(lambda b, stored: backward_recurrence(b, stored, stored.dims(), _Gemm(np.dtype(b.dz.dtype))),
+    return layer_backward(lambda b, stored: backward_recurrence(b, stored, stored.dims(), Gemm(np.dtype(b.dz.dtype))),
                           dy, dh_last, dc_last, weight, cache)
