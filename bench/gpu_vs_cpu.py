@@ -65,6 +65,9 @@ def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: i
             """This column's footprint, as torch's max_memory_allocated counts it: the bytes CuPy's pool holds
             after one step from empty, less what other columns hold, plus this column's inputs and weights."""
             cupy.cuda.Stream.null.synchronize()
+            from lstmx.kernels.cupy_graph import release_graphs
+
+            release_graphs()  # the graph path's buffers count as this step's (captured again), not as others'
             pool.free_all_blocks()
             others = pool.used_bytes()
             step()

@@ -16,11 +16,10 @@ so do allocations and copies here (the path must make none inside one).
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import sys
 import types
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -139,22 +138,11 @@ def occupancy(threads: int, shared_mem: int) -> int:
 
 
 class DeviceArray(GuardedArray):
-    """An array the stand-in allocated or was given: ``.data`` is its memory, as on a CuPy array (its address,
-    and a device-to-device copy into it)."""
+    """An array the stand-in allocated or was given: ``.data.ptr`` is its address, as on a CuPy array."""
 
     @property
     def data(self) -> Any:
-        return _MemoryPointer(self.ctypes.data)
-
-
-class _MemoryPointer(NamedTuple):
-    """``cupy.cuda.MemoryPointer``: an address."""
-
-    ptr: int
-
-    def copy_from_device_async(self, source: "_MemoryPointer", size: int, stream: Any = None) -> None:
-        _refuse_during_capture("a copy")
-        ctypes.memmove(self.ptr, source.ptr, size)
+        return types.SimpleNamespace(ptr=self.ctypes.data)
 
 
 def _device(array: np.ndarray) -> DeviceArray:

@@ -124,35 +124,51 @@ def test_thread_order_does_not_change_results(wrappers, path):
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
-def test_graphs_are_captured_once_per_shape_and_replayed_on_each_calls_data(wrappers):
-    """Two problems of one shape, their forwards and backwards interleaved: each call's results are its own (copied
-    in and out of the graph's buffers), from one capture per direction of 2T operations."""
-    graph = wrappers["cupy_graph"]
-    problems = [problem(4, 3, 2, 9, np.float64, seed=seed, masked=True) for seed in (1, 2)]
-    outputs, caches = [], []
-    for arrays, mask in problems:
-        a = arrays
-        y, (h, c), cache = graph.lstm_layer_forward(NUMPY, a["x"], a["weight"], a["bias"], a["h0"], a["c0"],
-                                                    mask[..., None])
-        outputs.append(dict(y=y.copy(), h=h, c=c))
-        caches.append(cache)
-    for (arrays, mask), forward, cache in reversed(list(zip(problems, outputs, caches))):
-        a = arrays
-        dx, (dh0, dc0), dweight, dbias = graph.lstm_layer_backward(NUMPY, a["dy"], a["dh_last"], a["dc_last"],
-                                                                   a["weight"], cache)
-        assert_close(dict(forward, dx=dx, dh0=dh0, dc0=dc0, dweight=dweight, dbias=dbias), reference(arrays, mask), 1e-12)
-    [captured] = graph._GRAPHS.values()
-    assert (captured.forward.launches, captured.backward.launches) == (2, 2)
-    assert len(captured.forward.operations) == len(captured.backward.operations) == 2 * 4
+def graph_forward(graph, arrays, mask):
+    a = arrays
+    return graph.lstm_layer_forward(NUMPY, a["x"], a["weight"], a["bias"], a["h0"], a["c0"],
+                                    None if mask is None else mask[..., None])
 
 
-def test_graphs_of_the_least_recently_used_shape_are_dropped(wrappers, monkeypatch):
+def graph_backward(graph, arrays, cache):
+    a = arrays
+    return graph.lstm_layer_backward(NUMPY, a["dy"], a["dh_last"], a["dc_last"], a["weight"], cache)
+
+
+def test_each_live_cache_holds_its_own_buffer_set(wrappers):
+    """Three forwards of one shape whose caches all live: two take the two buffer sets (their caches are those
+    sets' arrays, nothing copied), the third runs the stepwise loop on arrays of its own; the backwards, in any
+    order and twice, give each problem its own results. Once the caches are gone a set is lent again."""
     graph = wrappers["cupy_graph"]
-    monkeypatch.setattr(graph, "MAX_GRAPHS", 2)
-    for steps in (1, 2, 3, 1):  # the first shape is dropped by the third, captured again by the fourth
+    problems = [problem(4, 3, 2, 9, np.float64, seed=seed, masked=True) for seed in (1, 2, 3)]
+    forwards = [graph_forward(graph, arrays, mask) for arrays, mask in problems]
+    sets = list(graph._SETS.values())
+    assert len(sets) == graph.SETS_PER_SHAPE == 2
+    for (_, _, cache), buffer_set in zip(forwards, sets):
+        assert cache.lease.buffer_set is buffer_set and cache.gates is buffer_set.buffers.gates
+    assert forwards[2][2].lease is None
+    for (arrays, mask), (y, (h, c), cache) in reversed(list(zip(problems, forwards))):
+        for _ in range(2):
+            dx, (dh0, dc0), dweight, dbias = graph_backward(graph, arrays, cache)
+            assert_close(dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, dweight=dweight, dbias=dbias),
+                         reference(arrays, mask), 1e-12)
+    assert [(s.forward.launches, s.backward.launches) for s in sets] == [(1, 2), (1, 2)]
+    assert len(sets[0].forward.operations) == len(sets[0].backward.operations) == 2 * 4
+    del forwards, cache
+    arrays, mask = problems[2]
+    assert_close(run_path("graph", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
+    assert len(graph._SETS) == 2 and sum(s.forward.launches for s in sets) == 3  # a set lent again, no capture
+
+
+def test_the_least_recently_used_free_set_is_dropped(wrappers, monkeypatch):
+    graph = wrappers["cupy_graph"]
+    monkeypatch.setattr(graph, "MAX_SETS", 2)
+    for steps in (1, 2, 3, 1):  # the first shape's set is dropped by the third, captured again by the fourth
         arrays, mask = problem(steps, 2, 2, 5, np.float64, seed=steps)
         assert_close(run_path("graph", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
-    assert [key[0][0] for key in graph._GRAPHS] == [3, 1]
+    assert [name[0][0][0] for name in graph._SETS] == [3, 1]
+    graph.release_graphs()
+    assert not graph._SETS
 
 
 def test_graph_path_makes_no_cupy_cublas_call_while_capturing(wrappers, monkeypatch):

@@ -1,19 +1,23 @@
 """CuPy path for one LSTM layer whose stepwise recurrence is replayed as a CUDA graph: one call per direction.
 
 The stepwise path (:mod:`lstmx.kernels.cupy_layer`) makes two calls from Python per time step, a cuBLAS GEMM and
-a fused kernel, and at small sizes the calls, not the GPU, set the pace. Here the same loop is captured once per
-problem shape (steps, batch, features, hidden, dtype, step mask or not, precision, stream) into a CUDA graph on
-buffers the graph owns, and every call afterwards copies its inputs into them, launches the graph (one call for
-all 2T operations) and copies the results out into arrays of its own, so the caches and outputs of different
-calls never share memory. Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward`` and
-the same cache as the other CuPy paths (:class:`~lstmx.kernels.cupy_layer.CupyLayerCache`); every size runs.
+a fused kernel, and at small sizes the calls, not the GPU, set the pace. Here the same loop is captured once into
+a CUDA graph per *buffer set*: arrays of one problem shape (steps, batch, features, hidden, dtype, step mask or
+not, precision, device, stream) that the captured kernels read and write. A call takes a free set, writes its
+inputs and the input projection there, and launches the graph (one call for all 2T operations).
+
+No activation is copied: the forward's cache refers to the set's arrays and holds a :class:`Lease` on the set,
+and while that cache lives no other call writes to them (the set is free again once the cache is gone). Only
+what the caller keeps is copied out: y, and dL/dh_0, dL/dc_0 from the backward. A call that finds every set of
+its shape held (:data:`SETS_PER_SHAPE`) runs the stepwise loop on arrays of its own instead. Same signatures
+as the generic ``lstm_layer_forward`` / ``lstm_layer_backward``; every size runs.
 
 CuPy's cuBLAS wrappers refuse every call while a stream is being captured, but cuBLAS itself can be captured:
 the GEMMs go through its C function (``cublasSgemm_v2`` / ``cublasDgemm_v2`` through ctypes, from the library CuPy
 loaded) on a handle of this module's own, with a workspace of its own set before the capture. Before capturing,
-the loop runs once on the graph's buffers, so every kernel and cuBLAS routine is loaded outside the capture.
-The graphs of the last :data:`MAX_GRAPHS` shapes are kept (each with buffers the size of one call's
-activations); a lock per graph keeps two threads from interleaving their copies around one launch.
+the loop runs once on the set's arrays, so every kernel and cuBLAS routine is loaded outside the capture. At most
+:data:`MAX_SETS` free sets are kept (the least recently used is dropped); :func:`release_graphs` drops them all.
+Two threads running the backward of one cache at once on one stream would share its set's dy and dz buffers.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import collections
 import ctypes
 import functools
+import itertools
 import threading
+import weakref
 from typing import Any, Callable, NamedTuple
 
 import cupy
@@ -34,7 +40,8 @@ from . import cupy_layer
 from .cupy_layer import CupyLayerCache, layer_backward, layer_forward
 from .cupy_precision import TF32_TENSOR_OP_MATH
 
-MAX_GRAPHS = 4  # shapes whose graphs and buffers are kept (the least recently used is dropped)
+MAX_SETS = 4  # free buffer sets kept, of every shape (the least recently used is dropped)
+SETS_PER_SHAPE = 2  # forwards whose caches can hold a set of one shape at once (training needs one)
 WORKSPACE_BYTES = 32 * 1024 * 1024  # the capture handle's cuBLAS workspace (NVIDIA's recommendation for Hopper)
 DEFAULT_MATH = 0  # cublasMath_t CUBLAS_DEFAULT_MATH
 
@@ -57,11 +64,29 @@ class GraphBuffers(NamedTuple):
     dc: Any  # (B, H)
 
 
-class LayerGraphs(NamedTuple):
-    buffers: GraphBuffers
-    forward: Any  # cupy.cuda.Graph: forward_recurrence on the buffers
-    backward: Any  # cupy.cuda.Graph: backward_recurrence on the buffers
-    lock: Any  # held from the first copy in to the last copy out of one call
+class BufferSet:
+    """One shape's buffers and the two graphs captured on them, lent to one forward's cache at a time."""
+
+    def __init__(self, buffers: GraphBuffers, forward: Any, backward: Any) -> None:
+        self.buffers, self.forward, self.backward = buffers, forward, backward
+        self._holder: weakref.ref | None = None  # the lease of the cache whose arrays these buffers are
+
+    def free(self) -> bool:
+        return self._holder is None or self._holder() is None
+
+    def lend(self) -> "Lease":
+        lease = Lease(self)
+        self._holder = weakref.ref(lease)
+        return lease
+
+
+class Lease:
+    """Kept in the cache of the forward that filled a buffer set: while the cache lives, the set is its own."""
+
+    __slots__ = ("buffer_set", "__weakref__")
+
+    def __init__(self, buffer_set: BufferSet) -> None:
+        self.buffer_set = buffer_set
 
 
 class _CublasC:
@@ -136,81 +161,91 @@ def _capture(stream: Any, dtype: np.dtype, precision: str, record: Callable[[cup
         return stream.end_capture()
 
 
-_GRAPHS: collections.OrderedDict[tuple, LayerGraphs] = collections.OrderedDict()
-_GRAPHS_LOCK = threading.Lock()
+_SETS: collections.OrderedDict[tuple, BufferSet] = collections.OrderedDict()  # (shape key, serial) → set
+_SETS_LOCK = threading.Lock()
+_SERIAL = itertools.count()
 
 
-def _layer_graphs(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool) -> LayerGraphs:
-    """The graphs and buffers of this shape on the current device, stream and precision (captured on first use)."""
-    precision = active_precision() if dtype == np.float32 else "float32"
+def _capture_set(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool, precision: str) -> BufferSet:
+    """New buffers of this shape and the forward and backward graphs captured on them."""
+    buffers = _allocate(dims, dtype, masked)
     current = cupy.cuda.get_current_stream()
-    key = (dims, dtype.name, masked, precision, cupy.cuda.Device().id, current.ptr)
-    with _GRAPHS_LOCK:
-        if key in _GRAPHS:
-            _GRAPHS.move_to_end(key)
-            return _GRAPHS[key]
-        buffers = _allocate(dims, dtype, masked)
-        stream = cupy.cuda.Stream(non_blocking=True)
-        stream.wait_event(current.record())  # the buffers are zeroed before the warm-up runs
-        forward = _capture(stream, dtype, precision, lambda gemm: cupy_layer.forward_recurrence(buffers, dims, gemm))
-        backward = _capture(stream, dtype, precision,
-                            lambda gemm: cupy_layer.backward_recurrence(buffers, buffers, dims, gemm))
-        current.wait_event(stream.record())  # no copy into the buffers overtakes the warm-up runs
-        _GRAPHS[key] = graphs = LayerGraphs(buffers, forward, backward, threading.Lock())
-        while len(_GRAPHS) > MAX_GRAPHS:
-            _GRAPHS.popitem(last=False)
-        return graphs
+    stream = cupy.cuda.Stream(non_blocking=True)
+    stream.wait_event(current.record())  # the buffers are zeroed before the warm-up runs
+    forward = _capture(stream, dtype, precision, lambda gemm: cupy_layer.forward_recurrence(buffers, dims, gemm))
+    backward = _capture(stream, dtype, precision,
+                        lambda gemm: cupy_layer.backward_recurrence(buffers, buffers, dims, gemm))
+    current.wait_event(stream.record())  # nothing written into the buffers overtakes the warm-up runs
+    return BufferSet(buffers, forward, backward)
 
 
-def _copy(destination: Any, source: Any) -> None:
-    """``destination[...] = source`` for two C-contiguous arrays of one shape and dtype, as one device-to-device
-    memcpy on the current stream (cheaper to issue from Python than a copy kernel)."""
-    if (destination.shape != source.shape or destination.dtype != source.dtype
-            or not (destination.flags.c_contiguous and source.flags.c_contiguous)):
-        raise ValueError(f"cannot copy {source.shape} {source.dtype} into the graph's {destination.shape} "
-                         f"{destination.dtype} buffer")
-    destination.data.copy_from_device_async(source.data, destination.nbytes)
+def _lend(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool) -> Lease | None:
+    """A lease on a free buffer set of this shape on the current device, stream and precision (captured on
+    first use); None when all :data:`SETS_PER_SHAPE` of them are held."""
+    precision = active_precision() if dtype == np.float32 else "float32"
+    key = (dims, dtype.name, masked, precision, cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)
+    with _SETS_LOCK:
+        mine = [(name, buffer_set) for name, buffer_set in _SETS.items() if name[0] == key]
+        for name, buffer_set in mine:
+            if buffer_set.free():
+                _SETS.move_to_end(name)
+                return buffer_set.lend()
+        if len(mine) >= SETS_PER_SHAPE:
+            return None
+        buffer_set = _SETS[(key, next(_SERIAL))] = _capture_set(dims, dtype, masked, precision)
+        lease = buffer_set.lend()
+        while len(_SETS) > MAX_SETS:  # drop the least recently used free set (a held one lives on in its cache)
+            oldest = next((name for name, kept in _SETS.items() if kept.free()), None)
+            if oldest is None:
+                break
+            del _SETS[oldest]
+        return lease
 
 
-def _replay_forward(b: cupy_layer.ForwardBuffers, dims: cupy_layer.Dims) -> None:
-    """The forward recurrence on ``b``: copied into the graph's buffers, the graph, copied back."""
-    graphs = _layer_graphs(dims, np.dtype(b.gates.dtype), b.step_mask is not None)
-    g = graphs.buffers
-    with graphs.lock:
-        for name in ("weight", "bias", "step_mask", "gates"):
-            if getattr(b, name) is not None:
-                _copy(getattr(g, name), getattr(b, name))
-        _copy(g.hidden_states[0], b.hidden_states[0])
-        _copy(g.cells[0], b.cells[0])
-        graphs.forward.launch()
-        for name in ("gates", "tanh_c", "y"):
-            _copy(getattr(b, name), getattr(g, name))
-        _copy(b.hidden_states[1:], g.hidden_states[1:])
-        _copy(b.cells[1:], g.cells[1:])
+def release_graphs() -> None:
+    """Drop every free buffer set and its graphs (a set a live cache holds is freed with that cache); the next
+    call of each shape captures again."""
+    with _SETS_LOCK:
+        _SETS.clear()
 
 
-def _replay_backward(b: cupy_layer.BackwardBuffers, cache: CupyLayerCache) -> None:
-    """The backward recurrence on ``b`` and the forward's ``cache``, through the graph's buffers likewise."""
-    graphs = _layer_graphs(cache.dims(), np.dtype(b.dz.dtype), cache.step_mask is not None)
-    g = graphs.buffers
-    with graphs.lock:
-        for name in ("dy", "weight", "dh", "dc"):
-            _copy(getattr(g, name), getattr(b, name))
-        for name in ("gates", "cells", "tanh_c", "step_mask"):
-            if getattr(cache, name) is not None:
-                _copy(getattr(g, name), getattr(cache, name))
-        graphs.backward.launch()
-        for name in ("dz", "dh", "dc"):
-            _copy(getattr(b, name), getattr(g, name))
+def _forward_buffers(x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any,
+                     dims: cupy_layer.Dims) -> cupy_layer.ForwardBuffers:
+    """The forward's buffers: a free set's, under a lease, else arrays of the call's own."""
+    lease = None if dims[1] == 0 else _lend(dims, np.dtype(x.dtype), step_mask is not None)
+    into = None if lease is None else lease.buffer_set.buffers
+    return cupy_layer.forward_buffers(x, weight, bias, h0, c0, step_mask, dims, into=into, lease=lease)
+
+
+def _replay_forward(b: cupy_layer.ForwardBuffers, dims: cupy_layer.Dims) -> cupy_layer.ForwardBuffers | None:
+    if b.lease is None:  # every set of this shape is held: the stepwise loop, on the call's own arrays
+        cupy_layer.forward_recurrence(b, dims, cupy_layer.Gemm(np.dtype(b.gates.dtype)))
+        return None
+    b.lease.buffer_set.forward.launch()
+    return b._replace(y=b.y.copy())  # the caller keeps y; the rest stays in the set, held by the cache
+
+
+def _backward_buffers(dy: Any, dh_last: Any, dc_last: Any, weight: Any,
+                      cache: CupyLayerCache) -> cupy_layer.BackwardBuffers:
+    into = None if cache.lease is None else cache.lease.buffer_set.buffers
+    return cupy_layer.backward_buffers(dy, dh_last, dc_last, weight, cache, into=into)
+
+
+def _replay_backward(b: cupy_layer.BackwardBuffers, cache: CupyLayerCache) -> cupy_layer.BackwardBuffers | None:
+    if cache.lease is None:
+        cupy_layer.backward_recurrence(b, cache, cache.dims(), cupy_layer.Gemm(np.dtype(b.dz.dtype)))
+        return None
+    cache.lease.buffer_set.backward.launch()
+    return b._replace(dh=b.dh.copy(), dc=b.dc.copy())  # the caller keeps these; dz is used before any next call
 
 
 def lstm_layer_forward(
     backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
 ) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
-    return layer_forward(_replay_forward, x, weight, bias, h0, c0, step_mask)
+    return layer_forward(_replay_forward, x, weight, bias, h0, c0, step_mask, buffers=_forward_buffers)
 
 
 def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
-    return layer_backward(_replay_backward, dy, dh_last, dc_last, weight, cache)
+    return layer_backward(_replay_backward, dy, dh_last, dc_last, weight, cache, buffers=_backward_buffers)

@@ -47,6 +47,7 @@ class CupyLayerCache(NamedTuple):
     gates: Any  # (T, B, 4H) activated gates i, f, g, o
     tanh_c: Any  # (T, B, H) tanh of each step's new cell value
     step_mask: Any  # (T, B) 1 on real steps, 0 on padding; None when every step is real
+    lease: Any = None  # the graph path's hold on the buffers these arrays are (cupy_graph.Lease), else None
 
     def dims(self) -> Dims:
         steps, batch, features = self.x.shape
@@ -112,32 +113,40 @@ class ForwardBuffers(NamedTuple):
     cells: Any  # (T + 1, B, H): c_0 in slot 0
     tanh_c: Any
     y: Any
+    lease: Any = None  # goes into the cache (the graph path's)
 
 
-def forward_buffers(x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any,
-                    dims: Dims) -> ForwardBuffers:
-    """Contiguous inputs, the input projection for every step (one GEMM) and the state buffers; shared with the
-    persistent path (:mod:`lstmx.kernels.cupy_persistent`)."""
+def forward_buffers(x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any, dims: Dims,
+                    into: Any = None, lease: Any = None) -> ForwardBuffers:
+    """Contiguous inputs, the input projection for every step (one GEMM) and the state buffers. ``into``: arrays
+    of this call's shapes under ForwardBuffers' names (the graph path's, which its captured kernels read and
+    write) to copy the inputs into and fill instead of allocating; ``lease`` then goes into the cache."""
     steps, batch, features, hidden = dims
     dtype = x.dtype
-    x, weight, bias = _contiguous(x), _contiguous(weight), _contiguous(bias)
-    mask = None if step_mask is None else _contiguous(cupy.reshape(step_mask, (steps, batch)).astype(dtype))
-    gates = cupy.empty((steps, batch, 4 * hidden), dtype=dtype)
+    x = _contiguous(x)
+    if into is None:
+        weight, bias = _contiguous(weight), _contiguous(bias)
+        mask = None if step_mask is None else _contiguous(cupy.reshape(step_mask, (steps, batch)).astype(dtype))
+        gates = cupy.empty((steps, batch, 4 * hidden), dtype=dtype)
+        hidden_states, cells = (cupy.empty((steps + 1, batch, hidden), dtype=dtype) for _ in range(2))
+        tanh_c, y = (cupy.empty((steps, batch, hidden), dtype=dtype) for _ in range(2))
+    else:
+        into.weight[...], into.bias[...] = weight, bias
+        if step_mask is not None:
+            into.step_mask[...] = cupy.reshape(step_mask, (steps, batch))
+        weight, bias, mask = into.weight, into.bias, into.step_mask
+        gates, hidden_states, cells, tanh_c, y = into.gates, into.hidden_states, into.cells, into.tanh_c, into.y
     cupy.matmul(cupy.reshape(x, (steps * batch, features)), weight[:features],
                 out=cupy.reshape(gates, (steps * batch, 4 * hidden)))
-    hidden_states = cupy.empty((steps + 1, batch, hidden), dtype=dtype)
-    cells = cupy.empty((steps + 1, batch, hidden), dtype=dtype)
     hidden_states[0], cells[0] = h0, c0
-    tanh_c = cupy.empty((steps, batch, hidden), dtype=dtype)
-    y = cupy.empty((steps, batch, hidden), dtype=dtype)
-    return ForwardBuffers(x, weight, bias, mask, gates, hidden_states, cells, tanh_c, y)
+    return ForwardBuffers(x, weight, bias, mask, gates, hidden_states, cells, tanh_c, y, lease)
 
 
 def forward_outputs(buffers: ForwardBuffers) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
     """``(y, (h_T, c_T), cache)`` once the recurrence has filled the buffers (the state is a copy)."""
     b = buffers
     final = (b.hidden_states[-1].copy(), b.cells[-1].copy())
-    return b.y, final, CupyLayerCache(b.x, b.hidden_states, b.cells, b.gates, b.tanh_c, b.step_mask)
+    return b.y, final, CupyLayerCache(b.x, b.hidden_states, b.cells, b.gates, b.tanh_c, b.step_mask, b.lease)
 
 
 class BackwardBuffers(NamedTuple):
@@ -150,11 +159,16 @@ class BackwardBuffers(NamedTuple):
     dz: Any  # (T, B, 4H): every step's gate gradient
 
 
-def backward_buffers(dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache) -> BackwardBuffers:
-    """Contiguous inputs, private copies of dL/dh_T and dL/dc_T and the buffer for every step's dz."""
+def backward_buffers(dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache,
+                     into: Any = None) -> BackwardBuffers:
+    """Contiguous inputs, private copies of dL/dh_T and dL/dc_T and the buffer for every step's dz; with
+    ``into`` (as for :func:`forward_buffers`), copied into its arrays of BackwardBuffers' names instead."""
     check_backward_inputs(cache.dims(), cache.gates.dtype, dy, dh_last, dc_last, weight)  # the kernels index without bounds checks
     steps, batch, _, hidden = cache.dims()
     dtype = cache.gates.dtype
+    if into is not None:
+        into.dy[...], into.weight[...], into.dh[...], into.dc[...] = dy, weight, dh_last, dc_last
+        return BackwardBuffers(into.dy, into.weight, into.dh, into.dc, into.dz)
     dh = cupy.array(dh_last, dtype=dtype, order="C")
     dc = cupy.array(dc_last, dtype=dtype, order="C")
     dz = cupy.empty((steps, batch, 4 * hidden), dtype=dtype)
@@ -173,25 +187,29 @@ def parameter_gradients(cache: CupyLayerCache, dz: Any, weight: Any) -> tuple[An
     return dx, dweight, dbias
 
 
-def layer_forward(recurrence: Callable[[ForwardBuffers, Dims], None], x: Any, weight: Any, bias: Any, h0: Any,
-                  c0: Any, step_mask: Any) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+def layer_forward(recurrence: Callable[[ForwardBuffers, Dims], ForwardBuffers | None], x: Any, weight: Any,
+                  bias: Any, h0: Any, c0: Any, step_mask: Any,
+                  buffers: Callable[..., ForwardBuffers] = forward_buffers) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
     """The forward every CuPy path shares: the door (:func:`forward_dims`), the buffers with the input
-    projection, then ``recurrence(buffers, dims)`` fills every step (not called for an empty batch), then the
-    outputs. The paths differ only in ``recurrence``."""
+    projection (``buffers``, called as :func:`forward_buffers`), then ``recurrence(buffers, dims)`` fills every
+    step (not called for an empty batch; it returns other buffers when the results are not all in those it was
+    given), then the outputs. The paths differ only in ``recurrence`` (and the graph path in ``buffers``)."""
     dims = forward_dims(x, weight, bias, h0, c0)
-    b = forward_buffers(x, weight, bias, h0, c0, step_mask, dims)
+    b = buffers(x, weight, bias, h0, c0, step_mask, dims)
     if dims[1] > 0:
-        recurrence(b, dims)
+        b = recurrence(b, dims) or b
     return forward_outputs(b)
 
 
-def layer_backward(recurrence: Callable[[BackwardBuffers, CupyLayerCache], None], dy: Any, dh_last: Any,
-                   dc_last: Any, weight: Any, cache: CupyLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any]:
+def layer_backward(recurrence: Callable[[BackwardBuffers, CupyLayerCache], BackwardBuffers | None], dy: Any,
+                   dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache,
+                   buffers: Callable[..., BackwardBuffers] = backward_buffers) -> tuple[Any, tuple[Any, Any], Any, Any]:
     """The mirror of :func:`layer_forward`: the checked buffers, ``recurrence(buffers, cache)`` writes every
-    step's dz and dL/dh_0, dL/dc_0 (not called for an empty batch), then the weight-gradient GEMMs."""
-    b = backward_buffers(dy, dh_last, dc_last, weight, cache)
+    step's dz and dL/dh_0, dL/dc_0 (not called for an empty batch; it may return other buffers likewise), then
+    the weight-gradient GEMMs."""
+    b = buffers(dy, dh_last, dc_last, weight, cache)
     if cache.dims()[1] > 0:
-        recurrence(b, cache)
+        b = recurrence(b, cache) or b
     dx, dweight, dbias = parameter_gradients(cache, b.dz, b.weight)
     return dx, (b.dh, b.dc), dweight, dbias
 
