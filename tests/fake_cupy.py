@@ -49,8 +49,8 @@ class RawKernel:
             raise RuntimeError(f"{self.name}: {threads} threads per block")
         if self.cooperative and int(np.prod(grid)) > SMS * occupancy(threads, shared_mem):
             raise RuntimeError(f"{self.name}: a cooperative grid of {grid} blocks is not co-resident")
-        run = lambda: compile_kernels(self.code, [self.name]).launch(self.name, grid, block, args, shared_mem,  # noqa: E731
-                                                                     seed=self.seed)
+        kernels = compile_kernels(self.code, [self.name])
+        run = lambda: kernels.launch(self.name, grid, block, args, shared_mem, seed=self.seed)  # noqa: E731
         if Stream.capturing is not None:
             Stream.capturing.append(run)
         else:

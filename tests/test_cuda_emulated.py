@@ -135,11 +135,13 @@ def graph_backward(graph, arrays, cache):
     return graph.lstm_layer_backward(NUMPY, a["dy"], a["dh_last"], a["dc_last"], a["weight"], cache)
 
 
-def test_each_live_cache_holds_its_own_buffer_set(wrappers):
-    """Three forwards of one shape whose caches all live: two take the two buffer sets (their caches are those
-    sets' arrays, nothing copied), the third runs the stepwise loop on arrays of its own; the backwards, in any
-    order and twice, give each problem its own results. Once the caches are gone a set is lent again."""
+def test_each_live_cache_holds_its_own_buffer_set(wrappers, monkeypatch):
+    """Three forwards of one shape whose caches all live, two sets per shape allowed: two take the two buffer sets
+    (their caches are those sets' arrays, nothing copied), the third runs the stepwise loop on arrays of its own;
+    the backwards, in any order and twice, give each problem its own results. Once the caches are gone a set is
+    lent again."""
     graph = wrappers["cupy_graph"]
+    monkeypatch.setattr(graph, "SETS_PER_SHAPE", 2)
     problems = [problem(4, 3, 2, 9, np.float64, seed=seed, masked=True) for seed in (1, 2, 3)]
     forwards = [graph_forward(graph, arrays, mask) for arrays, mask in problems]
     sets = list(graph._SETS.values())

@@ -40,8 +40,8 @@ from . import cupy_layer
 from .cupy_layer import CupyLayerCache, layer_backward, layer_forward
 from .cupy_precision import TF32_TENSOR_OP_MATH
 
-MAX_SETS = 4  # free buffer sets kept, of every shape (the least recently used is dropped)
-SETS_PER_SHAPE = 2  # forwards whose caches can hold a set of one shape at once (training needs one)
+MAX_SETS = 8  # buffer sets kept, of every shape (the least recently used free one is dropped past this)
+SETS_PER_SHAPE = 4  # caches that can hold a set of one shape at once (one per layer of that shape in a stack)
 WORKSPACE_BYTES = 32 * 1024 * 1024  # the capture handle's cuBLAS workspace (NVIDIA's recommendation for Hopper)
 DEFAULT_MATH = 0  # cublasMath_t CUBLAS_DEFAULT_MATH
 

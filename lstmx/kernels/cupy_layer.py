@@ -188,8 +188,8 @@ def parameter_gradients(cache: CupyLayerCache, dz: Any, weight: Any) -> tuple[An
 
 
 def layer_forward(recurrence: Callable[[ForwardBuffers, Dims], ForwardBuffers | None], x: Any, weight: Any,
-                  bias: Any, h0: Any, c0: Any, step_mask: Any,
-                  buffers: Callable[..., ForwardBuffers] = forward_buffers) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+                  bias: Any, h0: Any, c0: Any, step_mask: Any, buffers: Callable[..., ForwardBuffers] = forward_buffers
+                  ) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
     """The forward every CuPy path shares: the door (:func:`forward_dims`), the buffers with the input
     projection (``buffers``, called as :func:`forward_buffers`), then ``recurrence(buffers, dims)`` fills every
     step (not called for an empty batch; it returns other buffers when the results are not all in those it was
