@@ -173,6 +173,20 @@ def test_the_least_recently_used_free_set_is_dropped(wrappers, monkeypatch):
     assert not graph._SETS
 
 
+def test_graph_captures_its_gemms_in_the_precisions_math_mode(wrappers, monkeypatch):
+    """A float32 call under precision="tf32" captures on a set of its own with cuBLAS's TF32 math mode set on the
+    capture handle; outside it, the default mode."""
+    graph = wrappers["cupy_graph"]
+    modes = []
+    monkeypatch.setattr(graph.cublas, "setMathMode", lambda handle, mode: modes.append(mode))
+    arrays, mask = problem(2, 3, 2, 8, np.float32)
+    for precision in ("float32", "tf32"):
+        with matmul_precision(NUMPY, precision):
+            assert_close(run_path("graph", wrappers, arrays, mask), reference(arrays, mask), 2e-5)
+    assert modes == [graph.DEFAULT_MATH] * 2 + [graph.TF32_TENSOR_OP_MATH] * 2  # forward and backward captures
+    assert sorted(name[0][3] for name in graph._SETS) == ["float32", "tf32"]
+
+
 def test_graph_path_makes_no_cupy_cublas_call_while_capturing(wrappers, monkeypatch):
     """The stand-in refuses CuPy's cuBLAS wrappers during a capture, as CuPy does: a capture through them fails."""
     graph = wrappers["cupy_graph"]
