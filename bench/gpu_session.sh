@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (no package index there): install the carried wheels, then run what is asked:
-#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|tune|tune-tf32|lm|lm-fused   (several words run in order)
+#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|tune|tune-tf32|lm|lm-fused|lm-graph   (several words run in order)
 # Wheels missing from the GPU image (array-api-compat) travel in .whl/ (see README, "GPU machine").
 # A kernel that never returns (a grid barrier some block never reaches) hangs its process: every step runs under
 # `timeout` (STEP_TIMEOUT seconds, 540 by default), and `smoke` tries each CuPy layer path on its own first
@@ -46,6 +46,7 @@ for what in "$@"; do
         tune-tf32) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/tune_tiled.py --precision tf32 2>&1 | tee "$OUT/tune-tf32.log"; cp bench/results/tune_tiled_tf32.json "$OUT/" 2>/dev/null ;;
         lm) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy ${LM_ARGS:-} 2>&1 | tee "$OUT/lm.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/" 2>/dev/null ;;
         lm-fused) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-fused.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_fused.json" 2>/dev/null ;;
+        lm-graph) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy --impl cupy-graph --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-graph.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_graph.json" 2>/dev/null ;;
         *) echo "unknown step $what"; status=2 ;;
     esac
 done

@@ -44,7 +44,7 @@ class LstmxRunner:
                              eval_every=10**9, log_every=10**9)
         with lstmx.registry.use_update_impl(args.update_impl):
             self.trainer = Trainer(model, vocab, split, config, Path(args.out) / "lstmx", progress=False)
-        self.loss_impl = args.loss_impl
+        self.loss_impl, self.layer_impl = args.loss_impl, args.impl
         self.sync = lambda: None
         if args.backend == "cupy":
             import cupy
@@ -52,13 +52,14 @@ class LstmxRunner:
             self.sync = cupy.cuda.Stream.null.synchronize
 
     def step(self) -> None:
-        with lstmx.registry.use_loss_impl(self.loss_impl):
+        with lstmx.registry.use_loss_impl(self.loss_impl), lstmx.use_layer_impl(self.layer_impl):
             self.trainer.train_step()
         if len(self.trainer._pending) >= 100:  # what the trainer does at each log step: read the losses back
             self.trainer.take_losses()
 
     def validation_loss(self) -> float:
-        return self.trainer.evaluate()["val_loss"]
+        with lstmx.use_layer_impl(self.layer_impl):
+            return self.trainer.evaluate()["val_loss"]
 
     def info(self) -> dict:
         return {}
@@ -156,8 +157,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--skip-torch", action="store_true")
-    parser.add_argument("--update-impl", default="auto", help="lstmx optimizer update (auto, cupy-fused, generic)")
-    parser.add_argument("--loss-impl", default="auto", help="lstmx loss and gradient (auto, cupy-fused, generic)")
+    registry = lstmx.registry
+    parser.add_argument("--impl", default="auto", choices=[registry.AUTO, *registry.NAMES],
+                        help="lstmx layer implementation")
+    parser.add_argument("--update-impl", default="auto", choices=[registry.AUTO, *registry.UPDATE_REQUESTS.names],
+                        help="lstmx optimizer update")
+    parser.add_argument("--loss-impl", default="auto", choices=[registry.AUTO, *registry.LOSS_REQUESTS.names],
+                        help="lstmx loss and gradient")
     parser.add_argument("--out", default="bench/results/train_vs_torch")
     args = parser.parse_args()
 
