@@ -11,7 +11,7 @@ margins and start as NaN. Only the calls those wrappers make exist, the stepwise
 CUDA graphs (``cupy_graph``): a stream's capture records each kernel launch and each GEMM through the cuBLAS C
 function (a stand-in for ``cupy_graph``'s ctypes calls) instead of running it, and a graph's launch runs them in
 order on whatever the arrays then hold. As on a GPU, CuPy's own cuBLAS wrappers refuse calls during a capture;
-so do allocations and copies here (the path must make none inside one).
+so do allocations and ``cupy.matmul`` here (the path must make none inside one).
 """
 
 from __future__ import annotations
