@@ -192,7 +192,11 @@ def _lend(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool) -> Lease | None:
                 return buffer_set.lend()
         if len(mine) >= SETS_PER_SHAPE:
             return None
-        buffer_set = _SETS[(key, next(_SERIAL))] = _capture_set(dims, dtype, masked, precision)
+        try:
+            buffer_set = _SETS[(key, next(_SERIAL))] = _capture_set(dims, dtype, masked, precision)
+        except Exception as error:
+            raise RuntimeError(f"the CUDA-graph path could not capture its loop here ({type(error).__name__}: "
+                               f"{error}); impl='cupy-stepwise' runs the same loop without a graph") from error
         lease = buffer_set.lend()
         while len(_SETS) > MAX_SETS:  # drop the least recently used free set (a held one lives on in its cache)
             oldest = next((name for name, kept in _SETS.items() if kept.free()), None)
