@@ -162,6 +162,21 @@ def test_each_live_cache_holds_its_own_buffer_set(wrappers, monkeypatch):
     assert len(graph._SETS) == 2 and sum(s.forward.launches for s in sets) == 3  # a set lent again, no capture
 
 
+def test_a_replayed_call_launches_no_kernel_of_its_own(wrappers, monkeypatch):
+    """After the first call of a shape (the warm-up runs and captures), a training step of T = 6 steps is one graph
+    launch per direction: no kernel or GEMM call from Python per time step."""
+    graph = wrappers["cupy_graph"]
+    arrays, mask = problem(6, 3, 2, 9, np.float64, masked=True)
+    run_path("graph", wrappers, arrays, mask)
+    eager = []
+    monkeypatch.setattr(RawKernel, "__call__", lambda self, *args, **options: eager.append(self.name))
+    monkeypatch.setattr(graph.cupy_layer.Gemm, "__call__", lambda self, *args, **options: eager.append("gemm"))
+    [buffer_set] = graph._SETS.values()
+    before = buffer_set.forward.launches, buffer_set.backward.launches
+    run_path("graph", wrappers, arrays, mask)
+    assert eager == [] and (buffer_set.forward.launches, buffer_set.backward.launches) == (before[0] + 1, before[1] + 1)
+
+
 def test_the_least_recently_used_free_set_is_dropped(wrappers, monkeypatch):
     graph = wrappers["cupy_graph"]
     monkeypatch.setattr(graph, "MAX_SETS", 2)
