@@ -8,6 +8,10 @@
 // Threads that wait at different barriers of one block (or grid) are reported as a divergent barrier instead
 // of hanging.
 //
+// Vector loads and stores must be aligned as on a GPU: the kernels are built with -fsanitize=alignment and the
+// handler below stands in for the sanitizer's runtime, so an access through a misaligned float4*, double2* or
+// float2* (or any type) becomes the launch's error, where a GPU would stop the kernel ("misaligned address").
+//
 // What it does not model: memory ordering and caches (every load sees the latest store), warp-synchronous
 // execution outside shuffles, occupancy limits, and the numerics of the GPU's math functions.
 #pragma once
@@ -73,11 +77,24 @@ struct Launch {
     ucontext_t scheduler;
     Fiber* running = nullptr;
     std::string error;
+    std::string fault;  // the first misaligned access, if any
     // a value each lane puts down for a warp shuffle: (warp, lane) -> 8 bytes
     std::vector<unsigned long long> exchange;
 };
 
 inline Launch* current = nullptr;
+
+// What -fsanitize=alignment hands its handler (the layout of the sanitizer runtime's TypeMismatchData).
+struct SourceLocation {
+    const char* file;
+    unsigned line, column;
+};
+struct TypeMismatchData {
+    SourceLocation location;
+    const void* type;
+    unsigned char log_alignment;
+    unsigned char kind;
+};
 
 inline void wait_at(Wait barrier)
 {
@@ -91,6 +108,21 @@ inline unsigned char* shared_memory() { return current->shared[current->running-
 inline void body_trampoline(unsigned low, unsigned high);
 
 }  // namespace emu
+
+// The sanitizer's check failed: an access through a pointer that is not a multiple of its type's alignment.
+// The first one is the launch's error, and the thread stops there, as on a GPU (on the CPU an aligned vector
+// instruction would fault on it too): it counts as finished, so the others run on.
+extern "C" void __ubsan_handle_type_mismatch_v1(emu::TypeMismatchData* data, unsigned long long pointer)
+{
+    if (emu::current == nullptr || emu::current->running == nullptr) return;
+    if (emu::current->fault.empty()) {
+        char text[200];
+        std::snprintf(text, sizeof text, "misaligned address: an access that needs %u-byte alignment at 0x%llx (%s:%u)",
+                      1u << data->log_alignment, pointer, data->location.file, data->location.line);
+        emu::current->fault = text;
+    }
+    emu::wait_at(emu::Wait::done);  // never resumed
+}
 
 inline void __syncthreads() { emu::wait_at(emu::Wait::block); }
 inline void __threadfence() {}
@@ -283,6 +315,7 @@ inline std::string run(dim3 grid, dim3 block, size_t shared_bytes, unsigned seed
             if (group->arrived > 0 && group->arrived == group->live) release(*group, barrier);
         }
     }
+    error = launch.fault;
     for (int b = 0; b < blocks && error.empty(); ++b)
         for (size_t i = shared_bytes; i < shared_bytes + SHARED_GUARD; ++i)
             if (launch.shared[b][i] != GUARD_BYTE) {

@@ -27,6 +27,7 @@ import numpy as np
 
 HEADER = os.path.join(os.path.dirname(__file__), "cuda_emulator.h")
 COMPILER = shutil.which("g++")
+COMPILE_FLAGS = ("-std=c++17", "-O1", "-fPIC", "-Wno-unknown-pragmas", "-fsanitize=alignment")
 MARGIN = 64  # elements of NaN before and after each guarded array
 
 _SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]+?)\s+(\w+)\s*\[\s*\]\s*;")
@@ -45,7 +46,7 @@ def host_source(source: str, kernels: Iterable[str]) -> str:
         f'{{ return emu::launch_kernel({name}, dim3{{gx, gy, gz}}, dim3{{bx, by, bz}}, shared, args, seed, error,'
         f' error_size); }}\n'
         for name in kernels)
-    return f'#include "{HEADER}"\n{body}\n{launchers}'
+    return f'#include "{HEADER}"\n#line 1 "kernel"\n{body}\n{launchers}'  # errors name the kernel source's lines
 
 
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(([^)]*)\)')
@@ -167,7 +168,7 @@ def compile_kernels(source: str, kernels: Iterable[str]) -> EmulatedKernels:
         raise RuntimeError("the CUDA emulator needs g++")
     text = host_source(source, kernels)
     with open(HEADER, "rb") as header:
-        key = hashlib.sha256(text.encode() + header.read()).hexdigest()[:20]
+        key = hashlib.sha256(text.encode() + header.read() + " ".join(COMPILE_FLAGS).encode()).hexdigest()[:20]
     os.makedirs(_CACHE, exist_ok=True)
     library = os.path.join(_CACHE, f"{key}.so")
     if not os.path.exists(library):
@@ -175,10 +176,12 @@ def compile_kernels(source: str, kernels: Iterable[str]) -> EmulatedKernels:
             path = os.path.join(work, "kernels.cpp")
             with open(path, "w") as file:
                 file.write(text)
-            built = os.path.join(work, "kernels.so")
-            result = subprocess.run([COMPILER, "-std=c++17", "-O1", "-shared", "-fPIC", "-Wno-unknown-pragmas",
-                                     "-o", built, path], capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"g++ could not build the kernels for the emulator:\n{result.stderr[-4000:]}")
+            built, objects = os.path.join(work, "kernels.so"), os.path.join(work, "kernels.o")
+            # compiled with the alignment check, linked without the sanitizer's runtime: the header handles it
+            for command in ([COMPILER, *COMPILE_FLAGS, "-c", "-o", objects, path],
+                            [COMPILER, "-shared", "-o", built, objects]):
+                result = subprocess.run(command, capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise RuntimeError(f"g++ could not build the kernels for the emulator:\n{result.stderr[-4000:]}")
             os.replace(built, library)  # atomic: a parallel test never loads half a file
     return EmulatedKernels(ctypes.CDLL(library), kernel_parameters(source))

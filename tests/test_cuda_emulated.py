@@ -491,6 +491,18 @@ def test_a_store_past_the_shared_memory_is_caught(wrappers, monkeypatch):
             run_path("tiled", wrappers, arrays, mask)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_a_misaligned_vector_access_is_caught(wrappers, monkeypatch, dtype):
+    """The staged rows of h moved one element off their 16-byte boundary: the tiled forward's float4 (double2)
+    loads from them fault, as they would on a GPU."""
+    plant(monkeypatch, "tiled", "h_s = w_s + (long long)k8 * p.units * 4;", "h_s = w_s + (long long)k8 * p.units * 4 + 1;")
+    arrays, mask = problem(2, 4, 3, 33, dtype)
+    with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(4, 8, 4, 16, 32)):
+        with pytest.raises(RuntimeError, match=r"misaligned address: an access that needs (16|8)-byte alignment .*"
+                                               r"\(kernel:\d+\)"):
+            run_path("tiled", wrappers, arrays, mask)
+
+
 def test_arguments_that_do_not_match_the_kernel_signature_are_refused():
     """The emulator reads each kernel's parameters from its source and refuses a launch whose arguments differ
     (a GPU would run it on garbage): a float64 array for a float pointer, a Python or wrongly sized scalar."""
