@@ -57,6 +57,8 @@ class Parameter(NamedTuple):
     name: str
     pointer: bool
     dtype: type  # the NumPy scalar type of the value, or of the pointed-to elements
+    restrict: bool = False  # a __restrict__ pointer: no other argument reaches what it reaches
+    writes: bool = False  # a pointer to non-const elements
 
 
 def kernel_parameters(source: str) -> dict[str, list[Parameter]]:
@@ -66,7 +68,9 @@ def kernel_parameters(source: str) -> dict[str, list[Parameter]]:
         listed = []
         for declaration in parameters.split(","):
             words = re.sub(r"\b(const|__restrict__)\b|\*", " ", declaration).split()
-            listed.append(Parameter(words[-1], "*" in declaration, _C_TYPES[" ".join(words[:-1])]))
+            pointer = "*" in declaration
+            listed.append(Parameter(words[-1], pointer, _C_TYPES[" ".join(words[:-1])], "__restrict__" in declaration,
+                                    pointer and "const" not in declaration.split("*")[0]))
         kernels[name] = listed
     return kernels
 
@@ -81,8 +85,9 @@ class EmulatedKernels:
                seed: int = 0) -> None:
         """Runs ``name`` over ``grid`` × ``block`` threads with ``args`` (NumPy arrays, NumPy scalars, or
         ``np.uint64(0)`` for a null pointer), as ``cupy.RawKernel.__call__`` does; raises on arguments that do not
-        match the kernel's signature (instead of running it on them), a divergent barrier, or a store outside
-        the arrays or the shared memory."""
+        match the kernel's signature (instead of running it on them) or that overlap where a ``__restrict__``
+        pointer promises they do not, a divergent barrier, a misaligned access, or a store outside the arrays or the
+        shared memory."""
         check_arguments(name, self.parameters[name], args)
         values = [_c_value(a) for a in args]
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values))
@@ -113,6 +118,13 @@ def check_arguments(kernel: str, parameters: list[Parameter], args: tuple) -> No
         elif type(value) is not parameter.dtype:
             raise TypeError(f"{kernel}: {parameter.name} is {np.dtype(parameter.dtype).name}; got "
                             f"{type(value).__name__} {value!r}")
+    arrays = [(p, a) for p, a in zip(parameters, args) if p.pointer and isinstance(a, np.ndarray)]
+    for i, (first, a) in enumerate(arrays):  # what __restrict__ promises the compiler, which may reorder on it
+        for second, b in arrays[i + 1:]:
+            if ((first.restrict or second.restrict) and (first.writes or second.writes)
+                    and np.may_share_memory(a, b)):
+                raise ValueError(f"{kernel}: {first.name} and {second.name} overlap, but one of them is "
+                                 f"__restrict__ and one is written through")
 
 
 def _c_value(value: Any) -> Any:

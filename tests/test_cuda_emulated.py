@@ -505,7 +505,8 @@ def test_a_misaligned_vector_access_is_caught(wrappers, monkeypatch, dtype):
 
 def test_arguments_that_do_not_match_the_kernel_signature_are_refused():
     """The emulator reads each kernel's parameters from its source and refuses a launch whose arguments differ
-    (a GPU would run it on garbage): a float64 array for a float pointer, a Python or wrongly sized scalar."""
+    (a GPU would run it on garbage): a float64 array for a float pointer, a Python or wrongly sized scalar, or
+    arrays that overlap against a __restrict__ promise."""
     from .cuda_emulator import compile_kernels
 
     source = cuda_sources.source("loss", "float32")
@@ -521,6 +522,12 @@ def test_arguments_that_do_not_match_the_kernel_signature_are_refused():
             kernels.launch(name, (1,), (4,), good[:index] + (wrong,) + good[index + 1:], shared_mem=16)
     with pytest.raises(TypeError, match="takes 8 arguments, got 7"):
         kernels.launch(name, (1,), (4,), good[:7], shared_mem=16)
+    # __restrict__: an array written through one argument and reached through another is refused (the compiler may
+    # reorder such accesses); two that are only read may share memory
+    with pytest.raises(ValueError, match="logits and dlogits overlap, but one of them is __restrict__"):
+        kernels.launch(name, (1,), (4,), good[:4] + (good[0],) + good[5:], shared_mem=16)
+    logits = np.ones((2, 3), np.float32)
+    kernels.launch(name, (1,), (4,), (logits, good[1], logits.reshape(-1)[:1].reshape(()), *good[3:]), shared_mem=16)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
