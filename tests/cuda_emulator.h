@@ -77,7 +77,8 @@ struct Launch {
     ucontext_t scheduler;
     Fiber* running = nullptr;
     std::string error;
-    std::string fault;  // the first misaligned access, if any
+    std::string fault;  // the first misaligned access or grid barrier outside a cooperative launch, if any
+    bool cooperative = false;  // launched as cuLaunchCooperativeKernel does: grid barriers are allowed
     // a value each lane puts down for a warp shuffle: (warp, lane) -> 8 bytes
     std::vector<unsigned long long> exchange;
 };
@@ -105,6 +106,14 @@ inline void wait_at(Wait barrier)
 
 inline unsigned char* shared_memory() { return current->shared[current->running->block_index].data(); }
 
+// What a GPU would stop the kernel for: the first one is the launch's error, and the thread stops there (it counts
+// as finished, so the others run on).
+inline void fault(const char* what)
+{
+    if (current->fault.empty()) current->fault = what;
+    wait_at(Wait::done);  // never resumed
+}
+
 inline void body_trampoline(unsigned low, unsigned high);
 
 }  // namespace emu
@@ -115,13 +124,10 @@ inline void body_trampoline(unsigned low, unsigned high);
 extern "C" void __ubsan_handle_type_mismatch_v1(emu::TypeMismatchData* data, unsigned long long pointer)
 {
     if (emu::current == nullptr || emu::current->running == nullptr) return;
-    if (emu::current->fault.empty()) {
-        char text[200];
-        std::snprintf(text, sizeof text, "misaligned address: an access that needs %u-byte alignment at 0x%llx (%s:%u)",
-                      1u << data->log_alignment, pointer, data->location.file, data->location.line);
-        emu::current->fault = text;
-    }
-    emu::wait_at(emu::Wait::done);  // never resumed
+    char text[200];
+    std::snprintf(text, sizeof text, "misaligned address: an access that needs %u-byte alignment at 0x%llx (%s:%u)",
+                  1u << data->log_alignment, pointer, data->location.file, data->location.line);
+    emu::fault(text);
 }
 
 inline void __syncthreads() { emu::wait_at(emu::Wait::block); }
@@ -199,7 +205,11 @@ template <typename T> inline T atomicAdd(T* address, T value)
 
 namespace cooperative_groups {
 struct grid_group {
-    void sync() const { emu::wait_at(emu::Wait::grid); }
+    void sync() const
+    {
+        if (!emu::current->cooperative) emu::fault("grid.sync() in a launch that is not cooperative");
+        emu::wait_at(emu::Wait::grid);
+    }
 };
 struct thread_block {
     void sync() const { emu::wait_at(emu::Wait::block); }
@@ -230,9 +240,10 @@ constexpr size_t SHARED_GUARD = 4096;  // bytes of guard: a store past the end l
 constexpr unsigned char GUARD_BYTE = 0xa5;
 
 // Runs body() once per thread of the grid; returns "" or what went wrong.
-inline std::string run(dim3 grid, dim3 block, size_t shared_bytes, unsigned seed, void (*body)())
+inline std::string run(dim3 grid, dim3 block, size_t shared_bytes, unsigned seed, bool cooperative, void (*body)())
 {
     Launch launch;
+    launch.cooperative = cooperative;
     const int threads_per_block = (int)(block.x * block.y * block.z);
     const int blocks = (int)(grid.x * grid.y * grid.z);
     const int warps_per_block = (threads_per_block + 31) / 32;
@@ -346,12 +357,12 @@ inline void call_with(void (*kernel)(Args...), std::index_sequence<I...>)
 // Launches kernel as cuLaunchKernel would: args[i] points at the i-th argument's value.
 template <typename... Args>
 inline int launch_kernel(void (*kernel)(Args...), dim3 grid, dim3 block, size_t shared_bytes, void** args,
-                         unsigned seed, char* error, int error_size)
+                         unsigned seed, int cooperative, char* error, int error_size)
 {
     static void (*the_kernel)(Args...) = nullptr;
     the_kernel = kernel;
     launch_arguments.assign(args, args + sizeof...(Args));
-    const std::string message = run(grid, block, shared_bytes, seed, [] {
+    const std::string message = run(grid, block, shared_bytes, seed, cooperative != 0, [] {
         call_with(the_kernel, std::index_sequence_for<Args...>{});
     });
     std::snprintf(error, (size_t)error_size, "%s", message.c_str());

@@ -42,9 +42,9 @@ def host_source(source: str, kernels: Iterable[str]) -> str:
     body = body.replace("#include <cooperative_groups.h>", "")
     launchers = "".join(
         f'\nextern "C" int launch_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,'
-        f' size_t shared, void** args, unsigned seed, char* error, int error_size)\n'
-        f'{{ return emu::launch_kernel({name}, dim3{{gx, gy, gz}}, dim3{{bx, by, bz}}, shared, args, seed, error,'
-        f' error_size); }}\n'
+        f' size_t shared, void** args, unsigned seed, int cooperative, char* error, int error_size)\n'
+        f'{{ return emu::launch_kernel({name}, dim3{{gx, gy, gz}}, dim3{{bx, by, bz}}, shared, args, seed, cooperative,'
+        f' error, error_size); }}\n'
         for name in kernels)
     return f'#include "{HEADER}"\n#line 1 "kernel"\n{body}\n{launchers}'  # errors name the kernel source's lines
 
@@ -82,12 +82,13 @@ class EmulatedKernels:
         self.library, self.parameters = library, parameters
 
     def launch(self, name: str, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, shared_mem: int = 0,
-               seed: int = 0) -> None:
+               seed: int = 0, cooperative: bool = False) -> None:
         """Runs ``name`` over ``grid`` × ``block`` threads with ``args`` (NumPy arrays, NumPy scalars, or
-        ``np.uint64(0)`` for a null pointer), as ``cupy.RawKernel.__call__`` does; raises on arguments that do not
-        match the kernel's signature (instead of running it on them) or that overlap where a ``__restrict__``
-        pointer promises they do not, a divergent barrier, a misaligned access, or a store outside the arrays or the
-        shared memory."""
+        ``np.uint64(0)`` for a null pointer), as ``cupy.RawKernel.__call__`` does (``cooperative``: as a kernel
+        made with ``enable_cooperative_groups``, which alone may wait at a grid barrier); raises on arguments that
+        do not match the kernel's signature (instead of running it on them) or that overlap where a ``__restrict__``
+        pointer promises they do not, a divergent barrier, a grid barrier outside a cooperative launch, a
+        misaligned access, or a store outside the arrays or the shared memory."""
         check_arguments(name, self.parameters[name], args)
         values = [_c_value(a) for a in args]
         pointers = (ctypes.c_void_p * len(values))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values))
@@ -96,7 +97,7 @@ class EmulatedKernels:
         function = getattr(self.library, f"launch_{name}")
         function.restype = ctypes.c_int
         status = function(*(ctypes.c_uint(v) for v in (*grid3, *block3)), ctypes.c_size_t(shared_mem), pointers,
-                          ctypes.c_uint(seed), error, ctypes.c_int(len(error)))
+                          ctypes.c_uint(seed), ctypes.c_int(cooperative), error, ctypes.c_int(len(error)))
         if status != 0:
             raise RuntimeError(f"{name}: {error.value.decode()}")
         for a in args:

@@ -50,7 +50,8 @@ class RawKernel:
         if self.cooperative and int(np.prod(grid)) > SMS * occupancy(threads, shared_mem):
             raise RuntimeError(f"{self.name}: a cooperative grid of {grid} blocks is not co-resident")
         kernels = compile_kernels(self.code, [self.name])
-        run = lambda: kernels.launch(self.name, grid, block, args, shared_mem, seed=self.seed)  # noqa: E731
+        run = lambda: kernels.launch(self.name, grid, block, args, shared_mem, seed=self.seed,  # noqa: E731
+                                     cooperative=self.cooperative)
         if Stream.capturing is not None:
             Stream.capturing.append(run)
         else:

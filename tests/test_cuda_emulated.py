@@ -430,6 +430,18 @@ def test_a_missing_grid_barrier_is_caught(wrappers, monkeypatch):
     assert any(wrong) or not np.array_equal(results[0]["y"], results[1]["y"])
 
 
+@pytest.mark.parametrize("path", ["persistent", "tiled"])
+def test_a_grid_barrier_outside_a_cooperative_launch_is_caught(wrappers, path):
+    """A persistent kernel made without enable_cooperative_groups: its first grid.sync() stops the launch."""
+    wrapper = wrappers[WRAPPER_OF[path]]
+    for kernel in (cuda_sources.PERSISTENT_KERNELS if path == "persistent" else cuda_sources.TILED_KERNELS):
+        made = wrapper._kernel(kernel, "float64")
+        made.cooperative = False
+    arrays, mask = problem(3, 4, 2, 8, np.float64)
+    with pytest.raises(RuntimeError, match=r"grid.sync\(\) in a launch that is not cooperative"):
+        run_path(path, wrappers, arrays, mask)
+
+
 def test_a_barrier_skipped_by_some_threads_is_reported(wrappers, monkeypatch):
     plant(monkeypatch, "persistent", "grid.sync();  // h_{t+1}", "if (active) grid.sync();  // h_{t+1}")
     arrays, mask = problem(2, 3, 3, 40, np.float64)  # H = 40: lanes 8-31 of the second block are inactive
