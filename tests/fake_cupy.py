@@ -47,6 +47,8 @@ class RawKernel:
         threads = int(np.prod(block))
         if threads > 1024:
             raise RuntimeError(f"{self.name}: {threads} threads per block")
+        if min(grid) < 1 or min(block) < 1 or grid[0] >= 2**31 or max((*grid[1:], 1)) >= 2**16:
+            raise RuntimeError(f"{self.name}: invalid configuration argument (grid {grid}, block {block})")
         if self.cooperative and int(np.prod(grid)) > SMS * occupancy(threads, shared_mem):
             raise RuntimeError(f"{self.name}: a cooperative grid of {grid} blocks is not co-resident")
         kernels = compile_kernels(self.code, [self.name])

@@ -108,6 +108,16 @@ def test_no_time_steps_are_refused_before_any_kernel(wrappers, path):
 
 
 @pytest.mark.parametrize("path", LAYER_PATHS)
+def test_an_empty_batch_launches_no_kernel(wrappers, path):
+    """B = 0: every result is empty and no kernel is launched (a GPU refuses a grid of zero blocks; so does the
+    stand-in)."""
+    arrays, mask = problem(3, 0, 2, 5, np.float64)
+    assert_close(run_path(path, wrappers, arrays, mask), reference(arrays, mask), 1e-12)
+    with pytest.raises(RuntimeError, match="invalid configuration argument"):
+        RawKernel(cuda_sources.source("stepwise", "float64"), "lstm_forward_step_float64")((0,), (256,), ())
+
+
+@pytest.mark.parametrize("path", LAYER_PATHS)
 def test_kernels_match_generic_float32(wrappers, path):
     arrays, mask = problem(3, 6, 4, 40, np.float32, masked=True)
     result = run_path(path, wrappers, arrays, mask)
