@@ -17,6 +17,7 @@ so do allocations and ``cupy.matmul`` here (the path must make none inside one).
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import types
 from typing import Any
@@ -49,6 +50,10 @@ class RawKernel:
             raise RuntimeError(f"{self.name}: {threads} threads per block")
         if min(grid) < 1 or min(block) < 1 or grid[0] >= 2**31 or max((*grid[1:], 1)) >= 2**16:
             raise RuntimeError(f"{self.name}: invalid configuration argument (grid {grid}, block {block})")
+        bound = launch_bound(self.code, self.name)
+        if bound is not None and threads > bound:
+            raise RuntimeError(f"{self.name}: too many resources requested for launch ({threads} threads per "
+                               f"block; compiled for at most {bound})")
         if self.cooperative and int(np.prod(grid)) > SMS * occupancy(threads, shared_mem):
             raise RuntimeError(f"{self.name}: a cooperative grid of {grid} blocks is not co-resident")
         kernels = compile_kernels(self.code, [self.name])
@@ -133,6 +138,12 @@ class CublasC:
 
     def set_workspace(self, handle: int, workspace: Any) -> None:
         _refuse_during_capture("setting a cuBLAS workspace")
+
+
+def launch_bound(code: str, name: str) -> int | None:
+    """The most threads per block the kernel ``name`` was compiled for (its ``__launch_bounds__``), if any."""
+    found = re.search(r"__launch_bounds__\((\d+)[^)]*\)\s+" + re.escape(name) + r"\s*\(", code)
+    return None if found is None else int(found.group(1))
 
 
 def occupancy(threads: int, shared_mem: int) -> int:

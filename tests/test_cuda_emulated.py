@@ -117,6 +117,15 @@ def test_an_empty_batch_launches_no_kernel(wrappers, path):
         RawKernel(cuda_sources.source("stepwise", "float64"), "lstm_forward_step_float64")((0,), (256,), ())
 
 
+def test_a_block_past_the_kernels_launch_bounds_is_refused():
+    """The tiled kernels are compiled for at most MAX_THREADS threads per block; a GPU refuses a larger block."""
+    name = cuda_sources.kernel_name("lstm_forward_tiled", "float64")
+    kernel = RawKernel(cuda_sources.source("tiled", "float64"), name, enable_cooperative_groups=True)
+    assert fake_cupy.launch_bound(kernel.code, name) == tiling.MAX_THREADS
+    with pytest.raises(RuntimeError, match="too many resources requested for launch"):
+        kernel((1,), (8, 4, 32), ())
+
+
 @pytest.mark.parametrize("path", LAYER_PATHS)
 def test_kernels_match_generic_float32(wrappers, path):
     arrays, mask = problem(3, 6, 4, 40, np.float32, masked=True)
