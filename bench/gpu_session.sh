@@ -4,7 +4,8 @@
 # Wheels missing from the GPU image (array-api-compat) travel in .whl/ (see README, "GPU machine").
 # A kernel that never returns (a grid barrier some block never reaches) hangs its process: every step runs under
 # `timeout` (STEP_TIMEOUT seconds, 540 by default), and `smoke` tries each CuPy layer path on its own first
-# (SMOKE_TIMEOUT, 120), so a hang costs one line naming the path, not the session.
+# (SMOKE_TIMEOUT, 120), so a hang costs one line naming the path, not the session. Where a call may run 10 minutes
+# at most, spread the steps over calls: `smoke tests`, then `check bench`, then `tune tune-tf32 lm lm-fused lm-graph`.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
