@@ -1,4 +1,5 @@
-"""Every Python block of the README runs as written, and every ``lstmx`` command it shows parses."""
+"""Every Python block of the README runs as written, every ``lstmx`` command it shows parses, and every
+implementation the registry has is named in it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lstmx import registry
 from lstmx.cli import build_parser
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -45,3 +47,10 @@ def test_every_lstmx_command_in_the_readme_parses():
             assert refused.value.code == 2
             continue
         parser.parse_args(argv)  # exits (fails the test) on an unknown flag or a bad value
+
+
+def test_every_registered_implementation_is_named_in_the_readme():
+    """The registry's layer, update and loss implementations each appear in the README as `name`."""
+    text = README.read_text(encoding="utf-8")
+    names = [impl.name for impl in (*registry.LAYER_IMPLS, *registry.UPDATE_IMPLS, *registry.LOSS_IMPLS)]
+    assert [name for name in names if f"`{name}`" not in text] == []
