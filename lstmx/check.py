@@ -81,21 +81,21 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
     for masked in (False, True):
         lengths = [20] * 7 + [11] if masked else None
         reference = _loss_state_and_grads(backend_name, seed, lengths, impl="generic")
+        kind = f"(float32{', lengths' if masked else ''})"
         for impl in registry.available_layer_impls(backend, np.float32, masked):
-            if impl.name != "generic":
-                label = f"{impl.name} vs generic (float32{', lengths' if masked else ''})"
-                results.append(_agreement(label, backend_name, reference,
-                                          _loss_state_and_grads(backend_name, seed, lengths, impl=impl.name)))
-        for impl in registry.available_layer_impls(backend, np.float32, masked) if backend_name == "cupy" else ():
-            if impl.name in registry.TF32_RECURRENCE_IMPLS:
-                label = f"{impl.name} tf32 vs generic (float32{', lengths' if masked else ''})"
-                results.append(_agreement(label, backend_name, reference, _loss_state_and_grads(
-                    backend_name, seed, lengths, impl=impl.name, precision="tf32"))._replace(tolerance=TF32_TOLERANCE))
+            if impl.name == "generic":
+                continue
+            results.append(_agreement(f"{impl.name} vs generic {kind}", backend_name, reference,
+                                      _loss_state_and_grads(backend_name, seed, lengths, impl=impl.name)))
+            if backend_name == "cupy" and impl.name in registry.TF32_RECURRENCE_IMPLS:
+                results.append(_agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
+                                          _loss_state_and_grads(backend_name, seed, lengths, impl=impl.name,
+                                                                precision="tf32"))._replace(tolerance=TF32_TOLERANCE))
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
-                label = f"loss {loss_impl} vs generic (float32{', lengths' if masked else ''})"
-                results.append(_agreement(label, backend_name, reference, _loss_state_and_grads(
-                    backend_name, seed, lengths, impl="generic", loss_impl=loss_impl)))
+                results.append(_agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,
+                                          _loss_state_and_grads(backend_name, seed, lengths, impl="generic",
+                                                                loss_impl=loss_impl)))
     return results + update_checks(backend_name, seed)
 
 
