@@ -268,6 +268,17 @@ class UpdateImplError(ImplError):
 CUPY_FUSED_UPDATE_AUTO = False  # its kernels pass on the CPU emulator; not yet run on a GPU: by name only
 
 
+def _runnable_module(module: str, backends: tuple[str, ...] | None, backend: Backend) -> tuple[Any, str | None]:
+    """``(the module, None)`` when an implementation in ``module`` for ``backends`` (None: all) runs on ``backend``
+    here, else ``(None, why not)``: another backend, or an import that fails (an optional dependency)."""
+    if backends is not None and backend.name not in backends:
+        return None, f"runs on {', '.join(backends)}, not {backend.name}"
+    try:
+        return importlib.import_module(module), None
+    except ImportError as error:
+        return None, f"is not importable here ({error})"
+
+
 class UpdateImpl(NamedTuple):
     """One implementation of how gradients become new parameters: a module whose ``UPDATES`` maps optimizer class
     names to functions ``(optimizer, xp, params, grads, states, lr) -> new params``, one optimizer step over
@@ -283,12 +294,10 @@ class UpdateImpl(NamedTuple):
 
     def function(self, backend: Backend, optimizer: type) -> tuple[Callable[..., Any] | None, str | None]:
         """``(function, None)`` when it runs ``optimizer`` on ``backend`` here, else ``(None, why not)``."""
-        if self.backends is not None and backend.name not in self.backends:
-            return None, f"runs on {', '.join(self.backends)}, not {backend.name}"
-        try:
-            updates = importlib.import_module(self.module).UPDATES
-        except ImportError as error:
-            return None, f"is not importable here ({error})"
+        module, reason = _runnable_module(self.module, self.backends, backend)
+        if module is None:
+            return None, reason
+        updates = module.UPDATES
         step = updates.get(optimizer.__name__, updates.get("Optimizer"))  # a fast path names each class it runs
         if step is None:
             return None, f"has no {optimizer.__name__} update (it has {', '.join(updates)})"
@@ -296,12 +305,8 @@ class UpdateImpl(NamedTuple):
 
     def clipping(self, backend: Backend) -> tuple[Callable[..., Any] | None, str | None]:
         """``(clip_by_global_norm, None)`` when it runs on ``backend`` here, else ``(None, why not)``."""
-        if self.backends is not None and backend.name not in self.backends:
-            return None, f"runs on {', '.join(self.backends)}, not {backend.name}"
-        try:
-            return importlib.import_module(self.module).clip_by_global_norm, None
-        except ImportError as error:
-            return None, f"is not importable here ({error})"
+        module, reason = _runnable_module(self.module, self.backends, backend)
+        return (None, reason) if module is None else (module.clip_by_global_norm, None)
 
 
 UPDATE_IMPLS: tuple[UpdateImpl, ...] = (
@@ -363,21 +368,10 @@ class LossImpl(NamedTuple):
     auto: bool
     summary: str
 
-    def refuses(self, backend: Backend) -> str | None:
-        if self.backends is not None and backend.name not in self.backends:
-            return f"runs on {', '.join(self.backends)}, not {backend.name}"
-        try:
-            importlib.import_module(self.module)
-        except ImportError as error:
-            return f"is not importable here ({error})"
-        return None
-
     def function(self, backend: Backend) -> tuple[Callable[..., Any] | None, str | None]:
         """``(cross_entropy_and_gradient, None)`` when it runs on ``backend`` here, else ``(None, why not)``."""
-        reason = self.refuses(backend)
-        if reason is not None:
-            return None, reason
-        return importlib.import_module(self.module).cross_entropy_and_gradient, None
+        module, reason = _runnable_module(self.module, self.backends, backend)
+        return (None, reason) if module is None else (module.cross_entropy_and_gradient, None)
 
 
 LOSS_IMPLS: tuple[LossImpl, ...] = (
@@ -399,4 +393,4 @@ def choose_loss(backend: Backend, impl: str | None = None) -> tuple[str, Callabl
 
 
 def available_loss_impls(backend: Backend) -> list[str]:
-    return [impl.name for impl in LOSS_IMPLS if impl.refuses(backend) is None]
+    return [impl.name for impl in LOSS_IMPLS if impl.function(backend)[0] is not None]
