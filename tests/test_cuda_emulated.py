@@ -12,6 +12,7 @@ the CuPy suite on a GPU does that.
 from __future__ import annotations
 
 import contextlib
+import os
 import types
 from typing import Any
 
@@ -233,6 +234,20 @@ def test_graph_path_makes_no_cupy_cublas_call_while_capturing(wrappers, monkeypa
                                            "impl='cupy-stepwise' runs the same loop without a graph"):
         run_path("graph", wrappers, arrays, mask)
     assert fake_cupy.Stream.capturing is None  # the failed capture was ended
+
+
+def test_graph_path_finds_the_cublas_library_this_process_loaded(wrappers, tmp_path):
+    """The ctypes GEMMs use the libcublas CuPy loaded (whatever its CUDA major version), read from the process's
+    memory map; libcublasLt and look-alike names are not it."""
+    find = wrappers["cupy_graph"].mapped_library
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f10 r-xp 00000000 08:01 11 /opt/cuda lib/libcublasLt.so.13.1.0\n"
+                    "7f10-7f20 rw-p 00000000 00:00 0 \n"
+                    "7f20-7f30 r-xp 00000000 08:01 12 /opt/cuda lib/libcublas_fake.so\n"
+                    "7f30-7f40 r-xp 00000000 08:01 13 /opt/cuda lib/libcublas.so.13.1.0\n")
+    assert find("libcublas", str(maps)) == "/opt/cuda lib/libcublas.so.13.1.0"  # a path with a space is whole
+    assert find("libcudnn", str(maps)) is None
+    assert os.path.basename(find("libc")).startswith("libc.so")  # this process's own C library
 
 
 TILE_SHAPES = [tiling.TileShape(1, 4, 4, 8, 8), tiling.TileShape(3, 4, 8, 8, 16), tiling.TileShape(8, 12, 4, 64, 512),

@@ -26,6 +26,7 @@ import collections
 import ctypes
 import functools
 import itertools
+import os
 import threading
 import weakref
 from typing import Any, Callable, NamedTuple
@@ -93,10 +94,7 @@ class _CublasC:
     """The two cuBLAS C functions called directly (CuPy's wrappers refuse calls during a capture)."""
 
     def __init__(self) -> None:
-        from cuda import pathfinder  # how CuPy itself finds and loads cuBLAS
-
-        loaded = pathfinder.load_nvidia_dynamic_lib("cublas")
-        self.library = ctypes.CDLL(loaded.abs_path or "libcublas.so.12")  # no path: found by the loader's search
+        self.library = ctypes.CDLL(_cublas_path())
         pointer, integer = ctypes.c_void_p, ctypes.c_int
         for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
             function = getattr(self.library, name)
@@ -121,6 +119,32 @@ class _CublasC:
         status = self.library.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes)
         if status != 0:
             raise RuntimeError(f"cublasSetWorkspace_v2 returned status {status}")
+
+
+def mapped_library(stem: str, maps: str = "/proc/self/maps") -> str | None:
+    """The path of the shared library ``<stem>.so`` or ``<stem>.so.<version>`` this process has loaded, or None."""
+    with open(maps) as lines:
+        for line in lines:
+            fields = line.split(maxsplit=5)  # address, permissions, offset, device, inode, path (may hold spaces)
+            path = fields[5].strip() if len(fields) == 6 else ""
+            name = os.path.basename(path)
+            if name == f"{stem}.so" or name.startswith(f"{stem}.so."):
+                return path
+    return None
+
+
+def _cublas_path() -> str:
+    """The libcublas CuPy uses: importing CuPy's ``cublas`` module (above) loaded it, whichever CUDA major version
+    and whichever copy (wheel or toolkit) that is. Else the one ``cuda.pathfinder`` finds, as CuPy would."""
+    path = mapped_library("libcublas")
+    if path is None:
+        from cuda import pathfinder
+
+        path = pathfinder.load_nvidia_dynamic_lib("cublas").abs_path or mapped_library("libcublas")
+    if path is None:
+        raise RuntimeError("the CUDA-graph path found no libcublas loaded in this process; impl='cupy-stepwise' "
+                           "runs the same loop through CuPy's cuBLAS")
+    return path
 
 
 @functools.cache
