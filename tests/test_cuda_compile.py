@@ -1,87 +1,136 @@
-"""Every CUDA kernel source, in every variant (dtypes, TF32), compiles with NVRTC for sm_80 and sm_90: no GPU needed.
+"""Every CUDA kernel source, in every variant (dtypes, TF32), compiles with NVRTC: no GPU needed.
 
-NVRTC comes from the PyPI wheel ``nvidia-cuda-nvrtc-cu12`` (in the ``dev`` extra) and is called through ctypes;
-CuPy's own compile path asks the driver first and so cannot run on a machine without a GPU. Without the wheel
-(another platform) the test skips with the reason.
+Two NVRTCs from PyPI wheels (both in the ``dev`` extra), called through ctypes: CUDA 12's
+(``nvidia-cuda-nvrtc-cu12``) compiles for sm_80, sm_90 and compute_90, and CUDA 13's (``nvidia-cuda-nvrtc``, what
+the CUDA 13 CuPy on an H100 compiles with) for sm_90. Each reports its ptxas's registers and spills. CuPy's own
+compile path asks the driver first and so cannot run on a machine without a GPU. Without the wheels (another
+platform) the tests skip with the reason.
 """
 
 from __future__ import annotations
 
 import ctypes
 import glob
+import importlib.metadata
 import os
 import re
 import site
+from typing import NamedTuple
 
 import pytest
 
 from lstmx.kernels import cuda_sources
 
-ARCHITECTURES = ["sm_80", "sm_90", "compute_90"]
-
-
 NVIDIA = [os.path.join(p, "nvidia") for p in (*site.getsitepackages(), site.getusersitepackages())]
 
 
-def _load_nvrtc() -> ctypes.CDLL | None:
-    for folder in NVIDIA:
-        for path in sorted(glob.glob(os.path.join(folder, "cuda_nvrtc", "lib", "libnvrtc.so*"))):
-            if "builtins" not in path and "alt" not in path:
-                return ctypes.CDLL(path)
-    return None
+class Toolkit(NamedTuple):
+    name: str
+    nvrtc: ctypes.CDLL
+    includes: list[str]  # cooperative_groups.h and the nv/target header it includes
+    architectures: list[str]
 
 
-def _include_folders() -> list[str]:
-    """cooperative_groups.h (nvidia-cuda-runtime-cu12) and the nv/target header it includes (nvidia-cuda-cccl-cu12)."""
-    wanted = {"cuda_runtime": "cooperative_groups.h", "cuda_cccl": os.path.join("nv", "target")}
-    found = {}
-    for folder in NVIDIA:
-        for package, header in wanted.items():
-            if package not in found and os.path.exists(os.path.join(folder, package, "include", header)):
-                found[package] = os.path.join(folder, package, "include")
-    return list(found.values()) if len(found) == len(wanted) else []
+def _first(*patterns: str) -> str | None:
+    return next((path for folder in NVIDIA for pattern in patterns
+                 for path in sorted(glob.glob(os.path.join(folder, pattern)))), None)
 
 
-NVRTC = _load_nvrtc()
-INCLUDES = _include_folders()
+def _toolkit(name: str, library: str, builtins: str, headers: tuple[tuple[str, str], ...],
+             architectures: list[str]) -> Toolkit | None:
+    """``library``, ``builtins`` and each header's include folder are globs under site-packages/nvidia."""
+    nvrtc, builtin = _first(library), _first(builtins)
+    includes = [_first(os.path.join(folder, header)) for folder, header in headers]
+    if nvrtc is None or builtin is None or None in includes:
+        return None
+    ctypes.CDLL(builtin)  # NVRTC opens its builtins by file name: loaded here, it is found without a search path
+    folders = [path.removesuffix(header) for path, (_, header) in zip(includes, headers)]
+    return Toolkit(name, ctypes.CDLL(nvrtc), folders, architectures)
+
+
+TOOLKITS = [toolkit for toolkit in (
+    _toolkit("CUDA 12", "cuda_nvrtc/lib/libnvrtc.so.12", "cuda_nvrtc/lib/libnvrtc-builtins.so.12*",
+             (("cuda_runtime/include", "cooperative_groups.h"), ("cuda_cccl/include", "nv/target")),
+             ["sm_80", "sm_90", "compute_90"]),
+    _toolkit("CUDA 13", "cu13/lib/libnvrtc.so.13", "cu13/lib/libnvrtc-builtins.so.13*",
+             (("cu13/include", "cooperative_groups.h"), ("cu13/include/cccl", "nv/target")), ["sm_90"]),
+) if toolkit is not None]
 pytestmark = pytest.mark.skipif(
-    NVRTC is None or not INCLUDES,
-    reason="NVRTC or CUDA headers not found (pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12 "
-           "nvidia-cuda-cccl-cu12, all in the dev extra)")
+    not TOOLKITS, reason="NVRTC or CUDA headers not found (pip install nvidia-cuda-nvrtc-cu12 "
+                         "nvidia-cuda-runtime-cu12 nvidia-cuda-cccl-cu12, in the dev extra)")
+NEWEST = TOOLKITS[-1] if TOOLKITS else None
 
 
-def compile_source(source: str, name: str, architecture: str, *extra: str) -> tuple[int, str, bytes]:
-    """``(status, log, ptx)`` of compiling ``source`` with NVRTC for ``architecture`` (``extra``: more options)."""
+def compile_source(source: str, name: str, architecture: str, *extra: str,
+                   toolkit: Toolkit | None = None) -> tuple[int, str, bytes]:
+    """``(status, log, ptx)`` of compiling ``source`` with NVRTC for ``architecture`` (``extra``: more options;
+    ``toolkit``: the newest found unless given)."""
+    nvrtc, includes = (toolkit or NEWEST).nvrtc, (toolkit or NEWEST).includes
     program = ctypes.c_void_p()
-    assert NVRTC.nvrtcCreateProgram(ctypes.byref(program), source.encode(), f"{name}.cu".encode(), 0, None, None) == 0
-    options = [f"--gpu-architecture={architecture}".encode(), b"--std=c++17", *(f"-I{i}".encode() for i in INCLUDES),
+    assert nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), f"{name}.cu".encode(), 0, None, None) == 0
+    options = [f"--gpu-architecture={architecture}".encode(), b"--std=c++17", *(f"-I{i}".encode() for i in includes),
                *(option.encode() for option in extra)]
     array = (ctypes.c_char_p * len(options))(*options)
-    status = NVRTC.nvrtcCompileProgram(program, len(options), array)
+    status = nvrtc.nvrtcCompileProgram(program, len(options), array)
     size = ctypes.c_size_t()
-    NVRTC.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
     log = ctypes.create_string_buffer(size.value)
-    NVRTC.nvrtcGetProgramLog(program, log)
+    nvrtc.nvrtcGetProgramLog(program, log)
     ptx = b""
     if status == 0:
-        NVRTC.nvrtcGetPTXSize(program, ctypes.byref(size))
+        nvrtc.nvrtcGetPTXSize(program, ctypes.byref(size))
         buffer = ctypes.create_string_buffer(size.value)
-        NVRTC.nvrtcGetPTX(program, buffer)
+        nvrtc.nvrtcGetPTX(program, buffer)
         ptx = buffer.value
-    NVRTC.nvrtcDestroyProgram(ctypes.byref(program))
+    nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
     return status, log.value.decode(errors="replace"), ptx
 
 
 VARIANTS = [(kind, variant) for kind in sorted(cuda_sources.SOURCES) for variant in cuda_sources.variants(kind)]
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+TARGETS = [pytest.param(toolkit, architecture, id=f"{toolkit.name}-{architecture}".replace(" ", ""))
+           for toolkit in TOOLKITS for architecture in toolkit.architectures]
+
+
+WHEELS = {"CUDA 12": ("nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12", "nvidia-cuda-cccl-cu12"),
+          "CUDA 13": ("nvidia-cuda-nvrtc", "nvidia-cuda-runtime", "nvidia-cuda-cccl")}
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def test_every_installed_toolkit_is_found():
+    """Where a CUDA version's three wheels are installed (the dev extra brings both), its NVRTC and headers are
+    found: the globs above follow the wheels' layout, and neither version's checks skip unnoticed."""
+    installed = [name for name, wheels in WHEELS.items() if all(map(_installed, wheels))]
+    assert set(installed) <= {toolkit.name for toolkit in TOOLKITS}
+
+
+@pytest.mark.parametrize("toolkit,architecture", TARGETS)
 @pytest.mark.parametrize("kind,variant", VARIANTS)
-def test_every_kernel_compiles(kind, variant, architecture):
-    status, log, ptx = compile_source(cuda_sources.source(kind, variant), f"lstmx_{kind}_{variant}", architecture)
-    assert status == 0, f"NVRTC failed for the {kind} kernels in {variant} on {architecture}:\n{log}"
+def test_every_kernel_compiles_without_spilling_registers(kind, variant, toolkit, architecture):
+    """For a real architecture (sm_*), ptxas reports each kernel's registers and local-memory spills: none may
+    spill (a spill turns register traffic into memory traffic inside the time-step loop). Each CUDA version's
+    ptxas allocates registers its own way, so both are asked."""
+    real = architecture.startswith("sm_")
+    status, log, ptx = compile_source(cuda_sources.source(kind, variant), f"lstmx_{kind}_{variant}", architecture,
+                                      *(["--ptxas-options=-v"] if real else []), toolkit=toolkit)
+    assert status == 0, f"{toolkit.name} NVRTC failed for the {kind} kernels in {variant} on {architecture}:\n{log}"
     for kernel in cuda_sources.SOURCES[kind]:  # extern "C": the names CuPy looks up are in the PTX as written
         assert f".entry {cuda_sources.kernel_name(kernel, variant)}(".encode() in ptx
+    if real:
+        kernels = re.findall(r"Compiling entry function '(\w+)'", log)
+        spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+        registers = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
+        assert len(kernels) == len(spills) == len(registers) == len(cuda_sources.SOURCES[kind]), log
+        for kernel, (stores, loads), count in zip(kernels, spills, registers):
+            assert (stores, loads) == ("0", "0"), f"{kernel} spills {stores} bytes ({count} registers, {toolkit.name})"
 
 
 def test_the_tf32_variant_runs_its_products_on_tensor_cores():
@@ -104,18 +153,3 @@ def test_a_broken_kernel_is_reported_with_its_line():
     assert broken != cuda_sources.source("stepwise", "float32")
     status, log, _ = compile_source(broken, "broken", "sm_90")
     assert status != 0 and "broken.cu(" in log
-
-
-@pytest.mark.parametrize("kind,variant", VARIANTS)
-def test_no_kernel_spills_registers_on_sm_90(kind, variant):
-    """ptxas (run by NVRTC for a real architecture) reports each kernel's registers and local-memory spills:
-    none may spill (a spill turns register traffic into memory traffic inside the time-step loop)."""
-    status, log, _ = compile_source(cuda_sources.source(kind, variant), f"lstmx_{kind}_{variant}", "sm_90",
-                                    "--ptxas-options=-v")
-    assert status == 0, log
-    kernels = re.findall(r"Compiling entry function '(\w+)'", log)
-    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    registers = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
-    assert len(kernels) == len(spills) == len(registers) == len(cuda_sources.SOURCES[kind]), log
-    for kernel, (stores, loads), count in zip(kernels, spills, registers):
-        assert (stores, loads) == ("0", "0"), f"{kernel} spills {stores} bytes ({count} registers)"
