@@ -208,6 +208,25 @@ def test_the_least_recently_used_free_set_is_dropped(wrappers, monkeypatch):
     assert not graph._SETS
 
 
+def test_graphs_on_one_stream_share_a_cublas_workspace_and_another_stream_has_its_own(wrappers):
+    """Replays on one stream run one after another and may share the captured GEMMs' workspace; graphs on two
+    streams may run at once and may not. release_graphs drops the workspaces too (they count in a step's peak
+    memory), but a set a live cache holds keeps its own."""
+    graph = wrappers["cupy_graph"]
+    short, longer = problem(2, 2, 2, 5, np.float64), problem(3, 2, 2, 5, np.float64, seed=2)
+    for arrays, mask in (short, longer):
+        run_path("graph", wrappers, arrays, mask)
+    with fake_cupy.Stream(non_blocking=True):
+        assert_close(run_path("graph", wrappers, *short), reference(*short), 1e-12)
+    sets = list(graph._SETS.values())
+    assert sets[0].workspace is sets[1].workspace and sets[2].workspace is not sets[0].workspace
+    assert len(graph._WORKSPACES) == 2
+    _, _, cache = graph_forward(graph, *short)
+    graph.release_graphs()
+    assert not graph._SETS and not graph._WORKSPACES
+    assert cache.lease.buffer_set.workspace.nbytes == graph.WORKSPACE_BYTES
+
+
 def test_graph_captures_its_gemms_in_the_precisions_math_mode(wrappers, monkeypatch):
     """A float32 call under precision="tf32" captures on a set of its own with cuBLAS's TF32 math mode set on the
     capture handle; outside it, the default mode."""

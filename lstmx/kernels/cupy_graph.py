@@ -66,10 +66,11 @@ class GraphBuffers(NamedTuple):
 
 
 class BufferSet:
-    """One shape's buffers and the two graphs captured on them, lent to one forward's cache at a time."""
+    """One shape's buffers and the two graphs captured on them, lent to one forward's cache at a time (with the
+    cuBLAS workspace the graphs' GEMMs use, kept alive as long as they are)."""
 
-    def __init__(self, buffers: GraphBuffers, forward: Any, backward: Any) -> None:
-        self.buffers, self.forward, self.backward = buffers, forward, backward
+    def __init__(self, buffers: GraphBuffers, forward: Any, backward: Any, workspace: Any) -> None:
+        self.buffers, self.forward, self.backward, self.workspace = buffers, forward, backward, workspace
         self._holder: weakref.ref | None = None  # the lease of the cache whose arrays these buffers are
 
     def free(self) -> bool:
@@ -153,9 +154,20 @@ def _cublas_c() -> _CublasC:
 
 
 @functools.cache
-def _capture_handle(device: int) -> tuple[int, Any]:
-    """This module's cuBLAS handle on ``device`` and its workspace (kept for the life of the process)."""
-    return cublas.create(), cupy.empty(WORKSPACE_BYTES, dtype=np.uint8)
+def _capture_handle(device: int) -> int:
+    """This module's cuBLAS handle on ``device`` (kept for the life of the process)."""
+    return cublas.create()
+
+
+_WORKSPACES: dict[tuple[int, int], Any] = {}  # (device, stream the graphs launch on) → cuBLAS workspace
+
+
+def _workspace(device: int, stream: int) -> Any:
+    """The workspace of the graphs launched on ``stream``: replays on one stream run one at a time, so they can
+    share it; graphs on two streams may run at once, so each stream has its own."""
+    if (device, stream) not in _WORKSPACES:
+        _WORKSPACES[device, stream] = cupy.empty(WORKSPACE_BYTES, dtype=np.uint8)
+    return _WORKSPACES[device, stream]
 
 
 def _allocate(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool) -> GraphBuffers:
@@ -168,9 +180,11 @@ def _allocate(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool) -> GraphBuff
                         zeros(batch, hidden), zeros(batch, hidden))
 
 
-def _capture(stream: Any, dtype: np.dtype, precision: str, record: Callable[[cupy_layer.Gemm], None]) -> Any:
-    """A graph of what ``record(gemm)`` launches on ``stream``, after one run outside the capture."""
-    handle, workspace = _capture_handle(cupy.cuda.Device().id)
+def _capture(stream: Any, workspace: Any, dtype: np.dtype, precision: str,
+             record: Callable[[cupy_layer.Gemm], None]) -> Any:
+    """A graph of what ``record(gemm)`` launches on ``stream`` (its GEMMs using ``workspace``), after one run
+    outside the capture."""
+    handle = _capture_handle(cupy.cuda.Device().id)
     with stream:
         gemm = cupy_layer.Gemm(dtype, function=_cublas_c().gemm(dtype), handle=handle)  # binds the handle to stream
         _cublas_c().set_workspace(handle, workspace)  # after the stream: binding a stream resets the workspace
@@ -194,13 +208,15 @@ def _capture_set(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool, precision
     """New buffers of this shape and the forward and backward graphs captured on them."""
     buffers = _allocate(dims, dtype, masked)
     current = cupy.cuda.get_current_stream()
+    workspace = _workspace(cupy.cuda.Device().id, current.ptr)
     stream = cupy.cuda.Stream(non_blocking=True)
     stream.wait_event(current.record())  # the buffers are zeroed before the warm-up runs
-    forward = _capture(stream, dtype, precision, lambda gemm: cupy_layer.forward_recurrence(buffers, dims, gemm))
-    backward = _capture(stream, dtype, precision,
+    forward = _capture(stream, workspace, dtype, precision,
+                       lambda gemm: cupy_layer.forward_recurrence(buffers, dims, gemm))
+    backward = _capture(stream, workspace, dtype, precision,
                         lambda gemm: cupy_layer.backward_recurrence(buffers, buffers, dims, gemm))
     current.wait_event(stream.record())  # nothing written into the buffers overtakes the warm-up runs
-    return BufferSet(buffers, forward, backward)
+    return BufferSet(buffers, forward, backward, workspace)
 
 
 def _lend(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool) -> Lease | None:
@@ -231,10 +247,11 @@ def _lend(dims: cupy_layer.Dims, dtype: np.dtype, masked: bool) -> Lease | None:
 
 
 def release_graphs() -> None:
-    """Drop every free buffer set and its graphs (a set a live cache holds is freed with that cache); the next
-    call of each shape captures again."""
+    """Drop every free buffer set, its graphs and the cuBLAS workspaces (a set a live cache holds is freed with
+    that cache, and keeps its workspace till then); the next call of each shape captures again."""
     with _SETS_LOCK:
         _SETS.clear()
+        _WORKSPACES.clear()
 
 
 def _forward_buffers(x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any,
