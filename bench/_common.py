@@ -1,7 +1,9 @@
-"""Shared bench helpers: the text to train on, BLAS/thread report, medians and JSON output."""
+"""Shared bench helpers: flags that refuse bad values in one line, the text to train on, BLAS/thread report,
+medians and JSON output."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,7 +15,38 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from lstmx.cli import Parser
+
 RESULTS = Path(__file__).parent / "results"
+SIZE_NAMES = "B,T,D,H"  # batch, time steps, input features, hidden units
+
+
+def bench_parser(script: str, doc: str | None) -> Parser:
+    """A bench script's parser, as ``lstmx``'s: a bad flag or value is one line naming the flag and what it takes."""
+    return Parser(prog=f"bench/{Path(script).name}", description=(doc or "").splitlines()[0])
+
+
+def sizes(text: str) -> tuple[int, int, int, int]:
+    """argparse ``type=`` for one ``B,T,D,H`` entry: four integers ≥ 1 joined by commas."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"each entry must be {SIZE_NAMES}: four integers ≥ 1 joined by commas, "
+                                         f"got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+sizes.__name__ = SIZE_NAMES
+
+
+def text_file(text: str) -> Path:
+    """argparse ``type=``: a readable file (its UTF-8 is checked where it is read)."""
+    path = Path(text)
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"must be a readable text file, got {text!r}")
+    return path
 
 
 def english_text(max_chars: int = 1_100_000) -> tuple[str, str]:
@@ -71,7 +104,10 @@ def turn_taking_medians(runs: dict[str, tuple[Callable[[], Any], Callable[[], No
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:
+    """``RESULTS/name``, written whole or not at all (a temporary file renamed over it)."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / name
-    path.write_text(json.dumps(payload, indent=2))
+    partial = path.with_name(f".{name}.partial")
+    partial.write_text(json.dumps(payload, indent=2))
+    os.replace(partial, path)
     return path

@@ -20,7 +20,6 @@ unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in that command only; the header re
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 from pathlib import Path
@@ -29,10 +28,12 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, machine_report, turn_taking_medians, write_json  # noqa: E402
+from _common import RESULTS, bench_parser, machine_report, sizes, turn_taking_medians, write_json  # noqa: E402
 
 import lstmx  # noqa: E402
 from lstmx import registry  # noqa: E402
+from lstmx.cli import flag_type  # noqa: E402
+from lstmx.options import POSITIVE_INT  # noqa: E402
 from lstmx.precision import matmul_precision  # noqa: E402
 
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (128, 100, 1024, 1024), (256, 50, 1024, 1024)]
@@ -199,8 +200,10 @@ def draw_bars(results: list[dict[str, Any]], names: list[str]) -> Path | None:
     figure.tight_layout()
     path = RESULTS / "gpu_vs_cpu.png"
     RESULTS.mkdir(exist_ok=True)
-    figure.savefig(path)
+    partial = path.with_name(f".{path.name}.partial")  # whole or not at all, as write_json
+    figure.savefig(partial, format="png")
     plt.close(figure)
+    partial.replace(path)
     return path
 
 
@@ -210,14 +213,16 @@ def ratio(rows: dict[str, Any], top: str | None, bottom: str | None) -> float | 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="*", help="B,T,D,H entries (default: the five standard rows)")
-    parser.add_argument("--repeats", type=int, default=6, help="timed steps per column (split over the rounds)")
-    parser.add_argument("--rounds", type=int, default=3, help="turns each column takes")
+    parser = bench_parser(__file__, __doc__)
+    parser.add_argument("--configs", nargs="+", type=sizes, help="B,T,D,H entries (default: the five standard rows)")
+    parser.add_argument("--repeats", type=flag_type("--repeats", POSITIVE_INT, int), default=6,
+                        help="timed steps per column (split over the rounds)")
+    parser.add_argument("--rounds", type=flag_type("--rounds", POSITIVE_INT, int), default=3,
+                        help="turns each column takes")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU columns")
     parser.add_argument("--generic", action="store_true", help="also time the generic Array API path")
     args = parser.parse_args()
-    configs = [tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs else CONFIGS
+    configs = args.configs or CONFIGS
     machine = machine_report()
     try:
         import torch

@@ -26,11 +26,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_report, write_json  # noqa: E402
+from _common import bench_parser, machine_report, write_json  # noqa: E402
+from lstmx.backend import BACKEND_NAMES, BackendError, get_backend  # noqa: E402
+from lstmx.cli import flag_type  # noqa: E402
+from lstmx.options import NON_NEGATIVE_INT, POSITIVE_INT  # noqa: E402
 
 from lstmx import checkpoint as ckpt  # noqa: E402
 from lstmx.data import default_corpus  # noqa: E402
 from lstmx.runlog import read_log  # noqa: E402
+
+
+TWO_OR_MORE = POSITIVE_INT._replace(low=2)
 
 
 def train(folder: Path, text: Path, ranks: int, args: argparse.Namespace) -> Path:
@@ -42,27 +48,34 @@ def train(folder: Path, text: Path, ranks: int, args: argparse.Namespace) -> Pat
     if ranks > 1:
         mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
         if mpiexec is None:
-            raise SystemExit("mpiexec not found: pip install 'lstmx[mpi]'")
+            raise SystemExit("bench/ranks.py: error: mpiexec not found: pip install 'lstmx[mpi]'")
         command = [mpiexec, "-n", str(ranks), *command, "--distributed", "mpi"]
     environment = dict(os.environ)
     if args.threads:
         environment.update(OPENBLAS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
                            NUMBA_NUM_THREADS=str(args.threads))
-    subprocess.run(command, check=True, env=environment, stderr=subprocess.DEVNULL)
+    done = subprocess.run(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise SystemExit(f"bench/ranks.py: error: the {ranks}-process run failed (exit {done.returncode}): {last}")
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--backend", default="numpy")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=100)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=0, help="BLAS threads per process (0: the library's default)")
+    parser = bench_parser(__file__, __doc__)
+    parser.add_argument("--ranks", type=flag_type("--ranks", TWO_OR_MORE, int), default=2,
+                        help="processes of the data-parallel run (compared with one process)")
+    parser.add_argument("--backend", default="numpy", choices=BACKEND_NAMES)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    for flag, default in (("--steps", 100), ("--batch", 32), ("--seq-len", 100), ("--hidden", 256)):
+        parser.add_argument(flag, type=flag_type(flag, POSITIVE_INT, int), default=default)
+    parser.add_argument("--threads", type=flag_type("--threads", NON_NEGATIVE_INT, int), default=0,
+                        help="BLAS threads per process (0: the library's default)")
     args = parser.parse_args()
+    try:
+        get_backend(args.backend)
+    except BackendError as error:
+        parser.error(f"argument --backend: {error}")
     print(f"machine: {machine_report()}")
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)

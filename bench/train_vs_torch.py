@@ -17,18 +17,21 @@ For CPU timings run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset in that
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import english_text, machine_report, write_json  # noqa: E402
+from _common import bench_parser, english_text, machine_report, text_file, write_json  # noqa: E402
 
 import lstmx  # noqa: E402
+from lstmx.backend import BACKEND_NAMES  # noqa: E402
+from lstmx.cli import flag_type  # noqa: E402
+from lstmx.options import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT  # noqa: E402
 from lstmx.data import CharVocab, StreamBatches, split_ids  # noqa: E402
 from lstmx.train import TrainConfig, Trainer  # noqa: E402
 
@@ -42,8 +45,9 @@ class LstmxRunner:
         model = lstmx.LanguageModel(len(vocab), args.embedding, args.hidden, 1, backend=args.backend, seed=args.seed)
         config = TrainConfig(steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, lr=args.lr, clip_norm=5.0,
                              eval_every=10**9, log_every=10**9)
+        self.folder = tempfile.TemporaryDirectory(prefix="lstmx-bench-")  # the trainer's run folder, left empty
         with lstmx.registry.use_update_impl(args.update_impl):
-            self.trainer = Trainer(model, vocab, split, config, Path(args.out) / "lstmx", progress=False)
+            self.trainer = Trainer(model, vocab, split, config, self.folder.name, progress=False)
         self.loss_impl, self.layer_impl = args.loss_impl, args.impl
         self.sync = lambda: None
         if args.backend == "cupy":
@@ -146,16 +150,17 @@ def make_runners(args, vocab, split) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--text", help="text file (default: ~1 MB of public-domain English, see _common.py)")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=100)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--embedding", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", default="numpy")
+    parser = bench_parser(__file__, __doc__)
+    parser.add_argument("--text", type=text_file,
+                        help="UTF-8 text file (default: ~1 MB of public-domain English, see _common.py)")
+    for flag, default, what in (("--steps", 1000, "training steps"), ("--batch", 32, "sequences per step"),
+                                ("--seq-len", 100, "characters per sequence"), ("--hidden", 256, "LSTM units"),
+                                ("--embedding", 64, "embedding width")):
+        parser.add_argument(flag, type=flag_type(flag, POSITIVE_INT, int), default=default, help=what)
+    parser.add_argument("--lr", type=flag_type("--lr", POSITIVE, float), default=2e-3, help="Adam's learning rate")
+    parser.add_argument("--seed", type=flag_type("--seed", NON_NEGATIVE_INT, int), default=0)
+    parser.add_argument("--backend", default="numpy", choices=BACKEND_NAMES,
+                        help="lstmx's backend; cupy also runs PyTorch on CUDA")
     parser.add_argument("--skip-torch", action="store_true")
     registry = lstmx.registry
     parser.add_argument("--impl", default="auto", choices=[registry.AUTO, *registry.NAMES],
@@ -164,11 +169,16 @@ def main() -> None:
                         help="lstmx optimizer update")
     parser.add_argument("--loss-impl", default="auto", choices=[registry.AUTO, *registry.LOSS_REQUESTS.names],
                         help="lstmx loss and gradient")
-    parser.add_argument("--out", default="bench/results/train_vs_torch")
     args = parser.parse_args()
-
+    try:
+        lstmx.get_backend(args.backend)
+    except lstmx.BackendError as error:
+        parser.error(f"argument --backend: {error}")
     if args.text:
-        text, source = Path(args.text).read_text(encoding="utf-8"), args.text
+        try:
+            text, source = args.text.read_text(encoding="utf-8"), str(args.text)
+        except UnicodeDecodeError as error:
+            parser.error(f"argument --text: {args.text} is not UTF-8 text ({error.reason} at byte {error.start})")
     else:
         text, source = english_text()
     vocab = CharVocab.from_text(text)
@@ -196,7 +206,8 @@ def main() -> None:
         ours, theirs = rows["lstmx"], rows["pytorch"]
         print(f"\nlstmx / pytorch: val loss {ours['val_loss'] / theirs['val_loss']:.4f}×, "
               f"time per step {ours['ms_per_step'] / theirs['ms_per_step']:.2f}×")
-    path = write_json("train_vs_torch.json", {"source": source, "args": vars(args), "machine": machine, "results": rows})
+    path = write_json("train_vs_torch.json", {"source": source, "args": {**vars(args), "text": source},
+                                              "machine": machine, "results": rows})
     print(f"wrote {path}")
 
 

@@ -12,7 +12,6 @@ stepwise path beside it (at the same precision); writes bench/results/tune_tiled
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import time
@@ -21,28 +20,31 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import write_json  # noqa: E402
+from _common import bench_parser, sizes, write_json  # noqa: E402
 
 import lstmx  # noqa: E402
 from lstmx import registry  # noqa: E402
+from lstmx.cli import flag_type  # noqa: E402
 from lstmx.kernels import tiling  # noqa: E402
+from lstmx.options import POSITIVE_INT  # noqa: E402
 from lstmx.precision import matmul_precision  # noqa: E402
 
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (64, 100, 768, 768)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="*", help="B,T,D,H sizes (default: a built-in list)")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser = bench_parser(__file__, __doc__)
+    parser.add_argument("--configs", nargs="+", type=sizes, help="B,T,D,H sizes (default: a built-in list)")
+    parser.add_argument("--repeats", type=flag_type("--repeats", POSITIVE_INT, int), default=7,
+                        help="timed steps per shape (after a warm-up)")
     parser.add_argument("--precision", choices=("float32", "tf32"), default="float32")
     args = parser.parse_args()
     mma = args.precision == "tf32"
-    configs = [tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs else CONFIGS
+    configs = args.configs or CONFIGS
     try:
         backend = lstmx.get_backend("cupy")
     except lstmx.BackendError as error:
-        sys.exit(f"tune_tiled.py needs a GPU: {error}")
+        parser.exit(2, f"{parser.prog}: error: needs a GPU: {error}\n")
     import cupy
 
     module = registry.layer_impl("cupy-tiled").load()

@@ -86,7 +86,8 @@ def add_config_options(group: argparse._ArgumentGroup, config_class: type) -> No
                                metavar=field.name.upper(), help=f"{spec.help}; {_describe(spec, kind)} (default: {shown})")
 
 
-def _flag_type(name: str, range_: Range, kind: type) -> Callable[[str], Any]:
+def flag_type(name: str, range_: Range, kind: type) -> Callable[[str], Any]:
+    """argparse ``type=`` for a flag ``name`` whose value is a ``kind`` in ``range_`` (the bench scripts use it too)."""
     return _value_type(name, Spec("", range_), kind)
 
 
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--loss-impl", default=None, choices=(registry.AUTO, *(i.name for i in registry.LOSS_IMPLS)),
                      help="implementation of the loss and its gradient (default: the registry's choice, or "
                           f"${registry.LOSS_ENVIRONMENT_VARIABLE})")
-    run.add_argument("--epochs", type=_flag_type("--epochs", POSITIVE, float), default=None,
+    run.add_argument("--epochs", type=flag_type("--epochs", POSITIVE, float), default=None,
                      help="train for this many passes over the training text instead of --steps; a number > 0")
     run.add_argument("--out", default="runs/default", help="folder for log.jsonl, loss.png and last.npz (default: runs/default)")
     run.add_argument("--resume", default=None, metavar="CHECKPOINT",
@@ -127,21 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="generate text from a checkpoint")
     sample.add_argument("checkpoint")
     sample.add_argument("--prime", default="", help="text the model reads before generating (default: a newline)")
-    sample.add_argument("--length", type=_flag_type("--length", NON_NEGATIVE_INT, int), default=300,
+    sample.add_argument("--length", type=flag_type("--length", NON_NEGATIVE_INT, int), default=300,
                         help="tokens to generate; an integer ≥ 0 (default: 300)")
-    sample.add_argument("--temperature", type=_flag_type("--temperature", POSITIVE, float), default=0.8,
+    sample.add_argument("--temperature", type=flag_type("--temperature", POSITIVE, float), default=0.8,
                         help="softmax temperature; a number > 0 (default: 0.8)")
-    sample.add_argument("--top-k", type=_flag_type("--top-k", POSITIVE_INT, int), default=None,
+    sample.add_argument("--top-k", type=flag_type("--top-k", POSITIVE_INT, int), default=None,
                         help="sample among the k most likely tokens only; an integer ≥ 1 (default: all)")
     sample.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    sample.add_argument("--seed", type=_flag_type("--seed", NON_NEGATIVE_INT, int), default=0,
+    sample.add_argument("--seed", type=flag_type("--seed", NON_NEGATIVE_INT, int), default=0,
                         help="seed of the draws; an integer ≥ 0 (default: 0)")
     sample.add_argument("--backend", default="numpy", choices=BACKEND_NAMES, help="array backend (default: numpy)")
     sample.add_argument("--impl", default=None, choices=impls, help="LSTM layer implementation")
 
     check = commands.add_parser("check", help="gradient check (float64), every layer implementation against the "
                                               "generic one, and NumPy-vs-CuPy parity on this machine")
-    check.add_argument("--tolerance", type=_flag_type("--tolerance", Range(0, 1, low_inclusive=False), float),
+    check.add_argument("--tolerance", type=flag_type("--tolerance", Range(0, 1, low_inclusive=False), float),
                        default=1e-6, help="largest relative gradient error that passes; a number in (0, 1] (default: 1e-06)")
     return parser
 

@@ -1,0 +1,102 @@
+"""The bench scripts' doors and a tiny run of each that runs without a GPU.
+
+A bad flag or value is refused in one line naming the flag and what it takes (as ``lstmx`` refuses its own), before
+any work; a tiny run writes its JSON whole. The scripts run in this process (``main()`` with a patched ``argv``),
+so that these checks cost seconds, not a Python start-up each.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load(script: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", BENCH / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # puts bench/ on sys.path for its `_common`, as run from a shell
+    return module
+
+
+@pytest.fixture
+def run(monkeypatch, tmp_path):
+    """``run(script, *args)``: the script's ``main()`` with these arguments, its results written under tmp_path."""
+    monkeypatch.syspath_prepend(str(BENCH))
+
+    def run_script(script: str, *args: str) -> None:
+        module = load(script)
+        for where in (sys.modules["_common"], module):
+            if hasattr(where, "RESULTS"):
+                monkeypatch.setattr(where, "RESULTS", tmp_path)
+        monkeypatch.setattr(sys, "argv", [f"{script}.py", *args])
+        module.main()
+
+    return run_script
+
+
+REFUSED = [
+    ("gpu_vs_cpu", ["--configs", "16,200,128"], "argument --configs: each entry must be B,T,D,H: four integers ≥ 1"),
+    ("gpu_vs_cpu", ["--configs", "0,2,3,4"], "argument --configs: each entry must be B,T,D,H"),
+    ("gpu_vs_cpu", ["--configs", "a,b,c,d"], "argument --configs: each entry must be B,T,D,H"),
+    ("gpu_vs_cpu", ["--configs"], "argument --configs: expected at least one argument"),
+    ("gpu_vs_cpu", ["--repeats", "0"], "argument --repeats: must be an integer ≥ 1, got 0"),
+    ("gpu_vs_cpu", ["--rounds", "-2"], "argument --rounds: must be an integer ≥ 1, got -2"),
+    ("tune_tiled", ["--repeats", "1.5"], "argument --repeats: must be an integer ≥ 1, got '1.5'"),
+    ("tune_tiled", ["--configs", "1,2"], "argument --configs: each entry must be B,T,D,H"),
+    ("tune_tiled", ["--precision", "fp16"], "argument --precision: invalid choice: 'fp16'"),
+    ("tune_persistent", ["--rows", "4"], "unrecognized arguments: --rows 4"),
+    ("train_vs_torch", ["--steps", "0"], "argument --steps: must be an integer ≥ 1, got 0"),
+    ("train_vs_torch", ["--hidden", "-8"], "argument --hidden: must be an integer ≥ 1, got -8"),
+    ("train_vs_torch", ["--lr", "nan"], "argument --lr: must be a number > 0, got nan"),
+    ("train_vs_torch", ["--seed", "-1"], "argument --seed: must be an integer ≥ 0, got -1"),
+    ("train_vs_torch", ["--backend", "jax"], "argument --backend: invalid choice: 'jax'"),
+    ("train_vs_torch", ["--impl", "cudnn"], "argument --impl: invalid choice: 'cudnn'"),
+    ("train_vs_torch", ["--update-impl", "fast"], "argument --update-impl: invalid choice: 'fast'"),
+    ("train_vs_torch", ["--text", "/no/such/file.txt"], "argument --text: must be a readable text file"),
+    ("ranks", ["--ranks", "1"], "argument --ranks: must be an integer ≥ 2, got 1"),
+    ("ranks", ["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    ("ranks", ["--threads", "-1"], "argument --threads: must be an integer ≥ 0, got -1"),
+    ("ranks", ["--batch", "0"], "argument --batch: must be an integer ≥ 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("script,args,message", REFUSED, ids=[f"{s}{' '.join(a)}" for s, a, _ in REFUSED])
+def test_a_bad_flag_is_refused_in_one_line(run, capsys, script, args, message):
+    with pytest.raises(SystemExit) as stop:
+        run(script, *args)
+    error = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert error.count("\n") == 1 and error.startswith(f"bench/{script}.py: error: ") and message in error, error
+
+
+def test_a_text_that_is_not_utf8_is_refused_in_one_line(run, capsys, tmp_path):
+    binary = tmp_path / "latin1.txt"
+    binary.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(SystemExit):
+        run("train_vs_torch", "--text", str(binary))
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"argument --text: {binary} is not UTF-8 text" in error, error
+
+
+def test_gpu_vs_cpu_runs_a_tiny_row_and_writes_its_table(run, capsys, tmp_path):
+    run("gpu_vs_cpu", "--configs", "2,3,4,5", "--repeats", "1", "--rounds", "1")
+    [entry] = json.loads((tmp_path / "gpu_vs_cpu.json").read_text())["results"]
+    assert entry["config"] == {"B": 2, "T": 3, "D": 4, "H": 5} and not entry["failed"]
+    assert "lstmx-numpy:numpy" in entry["columns"] and entry["columns"]["lstmx-numpy:numpy"]["ms"] > 0
+    assert not list(tmp_path.glob(".*.partial"))  # written whole: no partial file left behind
+
+
+def test_train_vs_torch_runs_a_few_steps_and_leaves_no_run_folder(run, capsys, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 40, encoding="utf-8")
+    run("train_vs_torch", "--text", str(text), "--steps", "3", "--batch", "2", "--seq-len", "5", "--hidden", "8",
+        "--embedding", "4", "--skip-torch")
+    result = json.loads((tmp_path / "train_vs_torch.json").read_text())
+    assert result["args"]["text"] == str(text) and result["results"]["lstmx"]["ms_per_step"] > 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["text.txt", "train_vs_torch.json"]
