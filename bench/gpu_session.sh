@@ -8,6 +8,11 @@
 # at most, spread the steps over calls: `smoke tests`, then `check bench`, then `tune tune-tf32 lm lm-fused lm-graph`.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+STEPS="smoke tests fast-tests check bench tune tune-tf32 lm lm-fused lm-graph"
+for what in "$@"; do  # a misspelt step is refused before any runs (not found out after the others spent the call)
+    case " $STEPS " in *" $what "*) ;; *) echo "gpu_session.sh: error: unknown step '$what' (steps: $STEPS)"; exit 2 ;; esac
+done
+[ $# -gt 0 ] || { echo "gpu_session.sh: error: name one or more steps: $STEPS"; exit 2; }
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/site:$PWD"
@@ -48,7 +53,6 @@ for what in "$@"; do
         lm) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy ${LM_ARGS:-} 2>&1 | tee "$OUT/lm.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/" 2>/dev/null ;;
         lm-fused) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-fused.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_fused.json" 2>/dev/null ;;
         lm-graph) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy --impl cupy-graph --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-graph.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_graph.json" 2>/dev/null ;;
-        *) echo "unknown step $what"; status=2 ;;
     esac
 done
 exit $status

@@ -1,4 +1,4 @@
-"""The bench scripts' doors and a tiny run of each that runs without a GPU.
+"""The bench scripts' doors (and the GPU session script's) and a tiny run of each that runs without a GPU.
 
 A bad flag or value is refused in one line naming the flag and what it takes (as ``lstmx`` refuses its own), before
 any work; a tiny run writes its JSON whole. The scripts run in this process (``main()`` with a patched ``argv``),
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -100,3 +102,13 @@ def test_train_vs_torch_runs_a_few_steps_and_leaves_no_run_folder(run, capsys, t
     result = json.loads((tmp_path / "train_vs_torch.json").read_text())
     assert result["args"]["text"] == str(text) and result["results"]["lstmx"]["ms_per_step"] > 0
     assert sorted(path.name for path in tmp_path.iterdir()) == ["text.txt", "train_vs_torch.json"]
+
+
+def test_the_gpu_session_refuses_an_unknown_step_before_running_any():
+    """A misspelt step would otherwise be found out only after the steps before it had spent a GPU call."""
+    script = (BENCH / "gpu_session.sh").read_text()
+    steps = re.search(r'^STEPS="([^"]+)"', script, re.MULTILINE).group(1).split()
+    branches = set(re.findall(r"^ {8}([\w-]+)\)", script, re.MULTILINE))
+    assert set(steps) == branches  # every step named has its branch, and every branch is named
+    done = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "smoke", "tset"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == f"gpu_session.sh: error: unknown step 'tset' (steps: {' '.join(steps)})\n"
