@@ -7,6 +7,8 @@ import here (no Numba, no CuPy) is skipped with the reason.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -386,3 +388,22 @@ def test_loss_implementation_choice(backend, monkeypatch):
     monkeypatch.setenv(registry.LOSS_ENVIRONMENT_VARIABLE, "nonsense")
     with pytest.raises(registry.LossImplError, match="LSTMX_LOSS_IMPL must be one of"):
         registry.choose_loss(backend)
+
+
+def test_graph_path_on_the_gpu_captures_once_per_shape_with_the_cublas_cupy_uses(backend):
+    """On CuPy: the ctypes GEMMs call the libcublas CuPy loaded (of the runtime's CUDA major version); the first
+    call of a shape captures, the next replays on the same buffer set (no new set), both matching the generic path;
+    release_graphs frees the sets and workspaces no cache holds. The emulator tests the rest (leases, eviction)."""
+    impl = registry.layer_impl("cupy-graph")
+    module = runnable(impl, backend)
+    import cupy
+
+    major = cupy.cuda.runtime.runtimeGetVersion() // 1000
+    assert os.path.basename(module._cublas_path()).startswith(f"libcublas.so.{major}")
+    module.release_graphs()
+    arrays, grads = random_layer(backend, 7, 3, 5, 33, np.float64)
+    for _ in range(2):
+        assert_matches_generic(module, backend, arrays, grads, 1e-12)
+    assert len(module._SETS) == 1 and len(module._WORKSPACES) == 1
+    module.release_graphs()
+    assert not module._SETS and not module._WORKSPACES
