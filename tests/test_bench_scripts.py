@@ -110,5 +110,7 @@ def test_the_gpu_session_refuses_an_unknown_step_before_running_any():
     steps = re.search(r'^STEPS="([^"]+)"', script, re.MULTILINE).group(1).split()
     branches = set(re.findall(r"^ {8}([\w-]+)\)", script, re.MULTILINE))
     assert set(steps) == branches  # every step named has its branch, and every branch is named
+    cpu_only = re.findall(r"--ignore=(\S+?)[ \"]", re.search(r'^CPU_ONLY="[^"]+"', script, re.MULTILINE).group(0))
+    assert cpu_only and all((BENCH.parent / path).is_file() for path in cpu_only)  # the GPU run skips real files
     done = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "smoke", "tset"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stdout == f"gpu_session.sh: error: unknown step 'tset' (steps: {' '.join(steps)})\n"
