@@ -266,6 +266,7 @@ def test_graph_path_finds_the_cublas_library_this_process_loaded(wrappers, tmp_p
                     "7f30-7f40 r-xp 00000000 08:01 13 /opt/cuda lib/libcublas.so.13.1.0\n")
     assert find("libcublas", str(maps)) == "/opt/cuda lib/libcublas.so.13.1.0"  # a path with a space is whole
     assert find("libcudnn", str(maps)) is None
+    assert find("libcublas", str(tmp_path / "no-such-map")) is None  # then cuda.pathfinder is asked
     assert os.path.basename(find("libc")).startswith("libc.so")  # this process's own C library
 
 

@@ -123,14 +123,18 @@ class _CublasC:
 
 
 def mapped_library(stem: str, maps: str = "/proc/self/maps") -> str | None:
-    """The path of the shared library ``<stem>.so`` or ``<stem>.so.<version>`` this process has loaded, or None."""
-    with open(maps) as lines:
-        for line in lines:
-            fields = line.split(maxsplit=5)  # address, permissions, offset, device, inode, path (may hold spaces)
-            path = fields[5].strip() if len(fields) == 6 else ""
-            name = os.path.basename(path)
-            if name == f"{stem}.so" or name.startswith(f"{stem}.so."):
-                return path
+    """The path of the shared library ``<stem>.so`` or ``<stem>.so.<version>`` this process has loaded, or None
+    (also where the process's memory map cannot be read)."""
+    try:
+        with open(maps) as lines:
+            for line in lines:
+                fields = line.split(maxsplit=5)  # address, permissions, offset, device, inode, path (may hold spaces)
+                path = fields[5].strip() if len(fields) == 6 else ""
+                name = os.path.basename(path)
+                if name == f"{stem}.so" or name.startswith(f"{stem}.so."):
+                    return path
+    except OSError:
+        pass
     return None
 
 
