@@ -103,6 +103,9 @@ CUPY_TILED_AUTO = ()  # its kernels pass on the CPU emulator; not yet run on a G
 CUPY_GRAPH_AUTO = ()  # its captures and replays pass on the CPU emulator's stand-in; not yet run on a GPU
 FLOATS = ("float32", "float64")
 
+# In order of preference: "auto" runs the first that takes the call (dtype among its auto_dtypes, mask, size). A
+# path that joins "auto" after a GPU run goes where its measured rows put it (bench/gpu_vs_cpu.py prints the
+# fastest CuPy column per row).
 LAYER_IMPLS: tuple[LayerImpl, ...] = (
     LayerImpl("cupy-persistent", "lstmx.kernels.cupy_persistent", ("cupy",), FLOATS, CUPY_PERSISTENT_AUTO, True, True,
               "CuPy: one cooperative kernel per direction for all steps (small hidden sizes)"),
