@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from lstmx import registry
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -105,11 +107,14 @@ def test_train_vs_torch_runs_a_few_steps_and_leaves_no_run_folder(run, capsys, t
 
 
 def test_the_gpu_session_refuses_an_unknown_step_before_running_any():
-    """A misspelt step would otherwise be found out only after the steps before it had spent a GPU call."""
+    """A misspelt step would otherwise be found out only after the steps before it had spent a GPU call; the smoke
+    step tries every CuPy layer path in the registry, and the modules it leaves to CI exist."""
     script = (BENCH / "gpu_session.sh").read_text()
     steps = re.search(r'^STEPS="([^"]+)"', script, re.MULTILINE).group(1).split()
     branches = set(re.findall(r"^ {8}([\w-]+)\)", script, re.MULTILINE))
     assert set(steps) == branches  # every step named has its branch, and every branch is named
+    smoked = re.search(r"^ +for impl in ([\w -]+); do", script, re.MULTILINE).group(1).split()
+    assert sorted(smoked) == sorted(impl.name for impl in registry.LAYER_IMPLS if impl.backends == ("cupy",))
     cpu_only = re.findall(r"--ignore=(\S+?)[ \"]", re.search(r'^CPU_ONLY="[^"]+"', script, re.MULTILINE).group(0))
     assert cpu_only and all((BENCH.parent / path).is_file() for path in cpu_only)  # the GPU run skips real files
     done = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "smoke", "tset"], capture_output=True, text=True)
