@@ -31,9 +31,9 @@ class Toolkit(NamedTuple):
     architectures: list[str]
 
 
-def _first(*patterns: str) -> str | None:
-    return next((path for folder in NVIDIA for pattern in patterns
-                 for path in sorted(glob.glob(os.path.join(folder, pattern)))), None)
+def _first(pattern: str) -> str | None:
+    """The first file matching ``pattern`` under site-packages/nvidia, or None."""
+    return next((path for folder in NVIDIA for path in sorted(glob.glob(os.path.join(folder, pattern)))), None)
 
 
 def _toolkit(name: str, library: str, builtins: str, headers: tuple[tuple[str, str], ...],
@@ -57,7 +57,8 @@ TOOLKITS = [toolkit for toolkit in (
 ) if toolkit is not None]
 pytestmark = pytest.mark.skipif(
     not TOOLKITS, reason="NVRTC or CUDA headers not found (pip install nvidia-cuda-nvrtc-cu12 "
-                         "nvidia-cuda-runtime-cu12 nvidia-cuda-cccl-cu12, in the dev extra)")
+                         "nvidia-cuda-runtime-cu12 nvidia-cuda-cccl-cu12, or CUDA 13's nvidia-cuda-nvrtc "
+                         "nvidia-cuda-runtime nvidia-cuda-cccl: all in the dev extra)")
 NEWEST = TOOLKITS[-1] if TOOLKITS else None
 
 
