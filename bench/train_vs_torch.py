@@ -31,8 +31,8 @@ from _common import bench_parser, english_text, machine_report, text_file, write
 import lstmx  # noqa: E402
 from lstmx.backend import BACKEND_NAMES  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
-from lstmx.options import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT  # noqa: E402
 from lstmx.data import CharVocab, StreamBatches, split_ids  # noqa: E402
+from lstmx.options import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT  # noqa: E402
 from lstmx.train import TrainConfig, Trainer  # noqa: E402
 
 
