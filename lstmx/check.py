@@ -4,15 +4,16 @@ Runs the float64 finite-difference check of the whole language model on every ba
 (NumPy always; CuPy when it and a GPU are present), the NumPy-vs-CuPy parity check in float32, and every layer
 implementation of :mod:`lstmx.registry` that runs here (layers, the loss, optimizer updates and clipping)
 against the generic path in float32 (and under ``precision="tf32"`` each path whose recurrence then runs in
-TensorFloat-32, within TF32's error); prints a table
-naming the implementation each backend runs by default, and returns a non-zero exit status when any check
-fails.
+TensorFloat-32, within TF32's error); prints a table naming the implementation each backend runs by default,
+and returns a non-zero exit status when any check fails. An implementation that raises fails its own row, with
+the error, and the other checks still run (a path's first run on a new GPU should cost its row, not the table).
 """
 
 from __future__ import annotations
 
+import math
 import sys
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -59,18 +60,26 @@ def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | Non
     return host
 
 
-def _agreement(check: str, backend_name: str, reference: dict, other: dict) -> CheckResult:
+def _agreement(check: str, backend_name: str, reference: dict, compute: Callable[[], dict],
+               tolerance: float = PARITY_TOLERANCE) -> CheckResult:
+    """How far ``compute()``'s host arrays are from ``reference``'s (each relative to its largest entry); a
+    ``compute`` that raises fails the row with its error in one line."""
+    try:
+        other = compute()
+    except Exception as error:  # noqa: BLE001 (reported in the row; the other checks go on)
+        message = f"{type(error).__name__}: {error}".splitlines()[0][:160]
+        return CheckResult(check, backend_name, math.inf, tolerance, f"raised {message}")
     errors = {name: max_relative_error(other[name].astype(np.float64), reference[name].astype(np.float64))[0]
               for name in reference}
     worst = max(errors, key=errors.get)
-    return CheckResult(check, backend_name, errors[worst], PARITY_TOLERANCE, f"worst: {worst}")
+    return CheckResult(check, backend_name, errors[worst], tolerance, f"worst: {worst}")
 
 
 def parity_check(first: str, second: str, seed: int = 0) -> CheckResult:
     """Same seed on two backends → same loss, gradients and final state to float32 tolerance."""
     lengths = [20] * 7 + [11]
-    return _agreement(f"parity {first} vs {second} (float32)", second,
-                      _loss_state_and_grads(first, seed, lengths), _loss_state_and_grads(second, seed, lengths))
+    return _agreement(f"parity {first} vs {second} (float32)", second, _loss_state_and_grads(first, seed, lengths),
+                      lambda: _loss_state_and_grads(second, seed, lengths))
 
 
 def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
@@ -82,20 +91,18 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
         lengths = [20] * 7 + [11] if masked else None
         reference = _loss_state_and_grads(backend_name, seed, lengths, impl="generic")
         kind = f"(float32{', lengths' if masked else ''})"
+        run = lambda **options: lambda: _loss_state_and_grads(backend_name, seed, lengths, **options)  # noqa: E731
         for impl in registry.available_layer_impls(backend, np.float32, masked):
             if impl.name == "generic":
                 continue
-            results.append(_agreement(f"{impl.name} vs generic {kind}", backend_name, reference,
-                                      _loss_state_and_grads(backend_name, seed, lengths, impl=impl.name)))
+            results.append(_agreement(f"{impl.name} vs generic {kind}", backend_name, reference, run(impl=impl.name)))
             if backend_name == "cupy" and impl.name in registry.TF32_RECURRENCE_IMPLS:
                 results.append(_agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
-                                          _loss_state_and_grads(backend_name, seed, lengths, impl=impl.name,
-                                                                precision="tf32"))._replace(tolerance=TF32_TOLERANCE))
+                                          run(impl=impl.name, precision="tf32"), TF32_TOLERANCE))
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
                 results.append(_agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,
-                                          _loss_state_and_grads(backend_name, seed, lengths, impl="generic",
-                                                                loss_impl=loss_impl)))
+                                          run(impl="generic", loss_impl=loss_impl)))
     return results + update_checks(backend_name, seed)
 
 
@@ -106,30 +113,33 @@ def update_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
     from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 
     backend = get_backend(backend_name)
+    model = LanguageModel(50, 16, 32, backend=backend_name, seed=seed)
+    rng = np.random.default_rng(seed)
+    steps = [{k: rng.standard_normal(p.shape) for k, p in model.params.items()} for _ in range(3)]
+
+    def trained(name: str, impl: str) -> dict:
+        """The state after three steps of optimizer ``name`` run by ``impl``, from the same model and gradients."""
+        trainee = LanguageModel(50, 16, 32, backend=backend_name, seed=seed)
+        optimizer = make_optimizer(name, trainee, 1e-2, impl=impl)
+        for grads in steps:
+            optimizer.step({k: backend.asarray(g, dtype=trainee.dtype) for k, g in grads.items()})
+        return trainee.state_dict()
+
+    def clipped(impl: str) -> dict:
+        grads = {k: backend.asarray(g, dtype=model.dtype) for k, g in steps[0].items()}
+        scaled, norm = clip_grad_norm(backend, grads, 1.0, impl=impl)
+        return {"norm": np.atleast_1d(to_numpy(norm)), **{k: to_numpy(g) for k, g in scaled.items()}}
+
     results = []
     for name, optimizer in OPTIMIZERS.items():
         for impl in registry.available_update_impls(backend, optimizer):
-            if impl == "generic":
-                continue
-            rng = np.random.default_rng(seed)
-            models = [LanguageModel(50, 16, 32, backend=backend_name, seed=seed) for _ in range(2)]
-            runs = [make_optimizer(name, models[0], 1e-2, impl=impl), make_optimizer(name, models[1], 1e-2, impl="generic")]
-            for _ in range(3):
-                grads = {k: rng.standard_normal(p.shape) for k, p in models[0].params.items()}
-                for optimizer_run, model in zip(runs, models):
-                    optimizer_run.step({k: backend.asarray(g, dtype=model.dtype) for k, g in grads.items()})
-            results.append(_agreement(f"update {impl} vs generic ({name}, float32)", backend_name,
-                                      models[1].state_dict(), models[0].state_dict()))
-    model = LanguageModel(50, 16, 32, backend=backend_name, seed=seed)
-    rng = np.random.default_rng(seed)
-    grads = {k: backend.asarray(rng.standard_normal(p.shape), dtype=model.dtype) for k, p in model.params.items()}
+            if impl != "generic":
+                results.append(_agreement(f"update {impl} vs generic ({name}, float32)", backend_name,
+                                          trained(name, "generic"), lambda: trained(name, impl)))
     for impl in registry.available_clipping_impls(backend):
         if impl != "generic":
-            host = {}
-            for run in (impl, "generic"):
-                clipped, norm = clip_grad_norm(backend, grads, 1.0, impl=run)
-                host[run] = {"norm": np.atleast_1d(to_numpy(norm)), **{k: to_numpy(g) for k, g in clipped.items()}}
-            results.append(_agreement(f"clipping {impl} vs generic (float32)", backend_name, host["generic"], host[impl]))
+            results.append(_agreement(f"clipping {impl} vs generic (float32)", backend_name, clipped("generic"),
+                                      lambda: clipped(impl)))
     return results
 
 

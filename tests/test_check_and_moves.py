@@ -71,3 +71,46 @@ def test_model_and_optimizer_move_between_backends(backend):
     optimizer.to(model.backend)
     assert model.backend.name == "numpy"
     assert all(isinstance(p, np.ndarray) for p in model.params.values())
+
+
+def test_an_implementation_that_raises_fails_its_own_row_and_the_rest_still_run(monkeypatch, capsys):
+    """A path whose first run on a new GPU raises costs its row (error named), not the table."""
+    compute = check_module._loss_state_and_grads
+
+    def breaking(backend_name, seed, lengths, impl=None, **options):
+        if impl == "numpy":
+            raise RuntimeError("the kernel could not launch\nsecond line")
+        return compute(backend_name, seed, lengths, impl=impl, **options)
+
+    monkeypatch.setattr(check_module, "_loss_state_and_grads", breaking)
+    assert main(["check"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    [broken] = [line for line in lines if line.startswith("numpy vs generic (float32)")]
+    assert "inf" in broken and "FAIL" in broken and broken.endswith("raised RuntimeError: the kernel could not launch")
+    assert any(line.startswith("numba vs generic (float32)") and "pass" in line for line in lines)  # went on
+    assert lines[-1].endswith("1 failed")
+
+
+def test_update_and_clipping_checks_compare_each_fast_path_and_report_one_that_raises(monkeypatch):
+    """The update and clipping rows (they run on a GPU, where fast paths exist): a stand-in fast path that is the
+    generic one agrees exactly; one that raises for one optimizer fails that row alone."""
+    import lstmx.optim as optim
+
+    make, clip = optim.make_optimizer, optim.clip_grad_norm
+
+    def make_optimizer(name, model, lr, impl=None, **options):
+        if impl == "stand-in" and name == "adam":
+            raise RuntimeError("no Adam kernel here")
+        return make(name, model, lr, impl="generic" if impl == "stand-in" else impl, **options)
+
+    monkeypatch.setattr(optim, "make_optimizer", make_optimizer)
+    monkeypatch.setattr(optim, "clip_grad_norm", lambda backend, grads, limit, impl=None: clip(backend, grads, limit))
+    monkeypatch.setattr(lstmx.registry, "available_update_impls", lambda backend, optimizer: ["generic", "stand-in"])
+    monkeypatch.setattr(lstmx.registry, "available_clipping_impls", lambda backend: ["generic", "stand-in"])
+    rows = {row.check: row for row in check_module.update_checks("numpy")}
+    assert set(rows) == {f"update stand-in vs generic ({name}, float32)" for name in optim.OPTIMIZERS} | {
+        "clipping stand-in vs generic (float32)"}
+    failed = [row for row in rows.values() if not row.passed]
+    assert [row.check for row in failed] == ["update stand-in vs generic (adam, float32)"]
+    assert failed[0].detail == "raised RuntimeError: no Adam kernel here"
+    assert all(row.error == 0 for row in rows.values() if row.passed)
