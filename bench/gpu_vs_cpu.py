@@ -10,6 +10,7 @@ stepwise path's cuBLAS GEMMs).
     python bench/gpu_vs_cpu.py --configs 64,100,256,256 --repeats 5
     python bench/gpu_vs_cpu.py --no-cpu              # GPU columns only (large rows are slow on a CPU)
     python bench/gpu_vs_cpu.py --generic             # also the generic Array API path's columns
+    python bench/gpu_vs_cpu.py --skip-impl cupy-tiled    # without one path's columns (it failed on this GPU)
 
 Columns absent on this machine (no GPU, no torch, no numba) are marked "-", a column whose first step raised
 "FAIL" (its error is printed and kept in the JSON; the other columns go on). Times are medians over --repeats
@@ -120,7 +121,7 @@ def available(args) -> dict[str, Callable]:
             continue
         default = registry.choose_layer_impl(backend, np.float32, False).name
         impls = [i.name for i in registry.available_layer_impls(backend, np.float32)
-                 if args.generic or i.name != "generic" or i.name == default]
+                 if (args.generic or i.name != "generic" or i.name == default) and i.name not in args.skip_impl]
         print(f"lstmx on {backend_name}: the registry runs {default!r} by default; columns for {', '.join(impls)}")
         for name in impls:
             columns[f"lstmx-{backend_name}:{name}"] = functools.partial(lstmx_step, backend_name, name)
@@ -221,7 +222,12 @@ def main() -> None:
                         help="turns each column takes")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU columns")
     parser.add_argument("--generic", action="store_true", help="also time the generic Array API path")
+    parser.add_argument("--skip-impl", action="append", default=[], choices=registry.NAMES, metavar="IMPL",
+                        help="leave out this layer implementation's columns (repeatable; e.g. one that failed its "
+                             "first GPU run)")
     args = parser.parse_args()
+    if args.skip_impl:
+        print(f"left out: the columns of {', '.join(args.skip_impl)}")
     configs = args.configs or CONFIGS
     machine = machine_report()
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -51,6 +52,7 @@ REFUSED = [
     ("gpu_vs_cpu", ["--configs"], "argument --configs: expected at least one argument"),
     ("gpu_vs_cpu", ["--repeats", "0"], "argument --repeats: must be an integer ≥ 1, got 0"),
     ("gpu_vs_cpu", ["--rounds", "-2"], "argument --rounds: must be an integer ≥ 1, got -2"),
+    ("gpu_vs_cpu", ["--skip-impl", "cudnn"], "argument --skip-impl: invalid choice: 'cudnn'"),
     ("tune_tiled", ["--repeats", "1.5"], "argument --repeats: must be an integer ≥ 1, got '1.5'"),
     ("tune_tiled", ["--configs", "1,2"], "argument --configs: each entry must be B,T,D,H"),
     ("tune_tiled", ["--precision", "fp16"], "argument --precision: invalid choice: 'fp16'"),
@@ -77,6 +79,13 @@ def test_a_bad_flag_is_refused_in_one_line(run, capsys, script, args, message):
     error = capsys.readouterr().err
     assert stop.value.code == 2
     assert error.count("\n") == 1 and error.startswith(f"bench/{script}.py: error: ") and message in error, error
+
+
+def test_gpu_vs_cpu_leaves_out_the_columns_of_a_skipped_implementation(run, capsys, tmp_path):
+    run("gpu_vs_cpu", "--configs", "2,3,4,5", "--repeats", "1", "--rounds", "1", "--skip-impl", "numpy")
+    [entry] = json.loads((tmp_path / "gpu_vs_cpu.json").read_text())["results"]
+    assert "lstmx-numpy:numpy" not in entry["columns"] and entry["columns"]
+    assert "left out: the columns of numpy" in capsys.readouterr().out
 
 
 def test_a_text_that_is_not_utf8_is_refused_in_one_line(run, capsys, tmp_path):
@@ -119,3 +128,32 @@ def test_the_gpu_session_refuses_an_unknown_step_before_running_any():
     assert cpu_only and all((BENCH.parent / path).is_file() for path in cpu_only)  # the GPU run skips real files
     done = subprocess.run(["bash", str(BENCH / "gpu_session.sh"), "smoke", "tset"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stdout == f"gpu_session.sh: error: unknown step 'tset' (steps: {' '.join(steps)})\n"
+
+
+@pytest.mark.parametrize("failing", ["cupy-tiled", "cupy-graph"])
+def test_the_gpu_session_leaves_out_a_path_that_failed_its_smoke_run(tmp_path, failing):
+    """With python3 and nvidia-smi stand-ins recording each call: the path whose smoke run fails is named in
+    SMOKE_FAILED, the tests step deselects its tests, the bench step its columns, and lm-graph is skipped when
+    the graph path failed (a hanging kernel would otherwise stall those steps until their timeouts)."""
+    tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    tools.mkdir()
+    (tools / "python3").write_text(f'#!/bin/sh\nprintf "%s|" "$@" >>"{calls}"; echo >>"{calls}"\n'
+                                   f'case "$*" in *"test_fast_layer_matches_generic and {failing}"*) exit 1 ;; esac\n')
+    (tools / "nvidia-smi").write_text("#!/bin/sh\necho a stand-in GPU\n")
+    for tool in tools.iterdir():
+        tool.chmod(0o755)
+    environment = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
+                   "SMOKE_FAILED": str(tmp_path / "smoke_failed.txt")}
+    done = subprocess.run(["bash", "bench/gpu_session.sh", "smoke", "tests", "bench", "lm-graph"], cwd=BENCH.parent,
+                          env=environment, capture_output=True, text=True)
+    recorded = calls.read_text().splitlines()
+    keyword = failing.removeprefix("cupy-")
+    assert (tmp_path / "smoke_failed.txt").read_text() == f"{failing}\n"
+    assert f"smoke {failing}: FAILED" in done.stdout and done.returncode == 1
+    [tests] = [call for call in recorded if "--ignore=tests/test_cuda_emulated.py|" in call]
+    assert f"|-k|not {keyword}|tests|" in tests
+    [bench] = [call for call in recorded if call.startswith("bench/gpu_vs_cpu.py|")]
+    assert f"|--skip-impl|{failing}|" in bench
+    graph_runs = [call for call in recorded if "|--impl|cupy-graph|" in call]
+    assert (graph_runs == []) == (failing == "cupy-graph")
+    assert ("lm-graph: left out (cupy-graph failed the smoke step)" in done.stdout) == (failing == "cupy-graph")
