@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import types
 from typing import Any
 
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import lstmx
+from lstmx import registry
 from lstmx.kernels import cuda_sources, tiling
 from lstmx.layers import lstm_layer as generic
 from lstmx.layers.lstm_layer import LayerInputError
@@ -729,3 +731,75 @@ def test_the_tf32_path_chooses_its_own_shape_on_the_device(wrappers):
     result = run_tf32(wrappers, arrays, mask)
     assert max(relative_error(result, reference(arrays, mask)).values()) < 1e-2
     assert max(relative_error(result, run_path("tiled", wrappers, arrays, mask)).values()) > 1e-5
+
+
+@pytest.fixture
+def on_numpy(wrappers, monkeypatch):
+    """``on_numpy(name)``: the registry's CuPy layer path ``name``, its module bound to the stand-in, made to run
+    on the NumPy backend, so that whole models run through it (and through the emulated kernels) here."""
+    def allow(name: str) -> str:
+        monkeypatch.setitem(registry._BY_NAME, name, registry._BY_NAME[name]._replace(backends=("numpy",)))
+        return name
+
+    return allow
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The names of the emulated kernels launched (or captured) during the test, in order."""
+    names, launch = [], RawKernel.__call__
+
+    def counted(self, *args, **options):
+        names.append(self.name)
+        return launch(self, *args, **options)
+
+    monkeypatch.setattr(RawKernel, "__call__", counted)
+    return names
+
+
+def model_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 11, (5, 3)), rng.integers(0, 11, (5, 3))
+
+
+@pytest.mark.parametrize("path", [f"cupy-{path}" for path in LAYER_PATHS])
+def test_a_two_layer_language_model_through_each_cupy_path_matches_generic(on_numpy, launches, path):
+    """The whole model (embedding, two layers of different input sizes, head, loss) with each CuPy layer path
+    under both layers, on lengths and on full batches, twice in a row (the graph path lends its sets again):
+    its loss, final state and every gradient as the generic path's, 1e-12 in float64."""
+    model = lstmx.LanguageModel(11, 5, 8, 2, backend="numpy", dtype="float64", seed=3)
+    tokens, targets = model_inputs()
+    for lengths in (None, [5, 3, 1], None):
+        outputs = {impl: model.loss(tokens, targets, lengths=lengths, impl=impl) for impl in ("generic", on_numpy(path))}
+        fast, slow = outputs[path], outputs["generic"]
+        assert_close({"loss": fast.loss, "h": fast.state[0][1], **fast.grads},
+                     {"loss": slow.loss, "h": slow.state[0][1], **slow.grads}, 1e-12)
+    kernels = {"cupy-stepwise": "lstm_forward_step", "cupy-graph": "lstm_forward_step",
+               "cupy-persistent": "lstm_forward_persistent", "cupy-tiled": "lstm_forward_tiled"}[path]
+    assert any(name.startswith(kernels) for name in launches)  # the path's own kernels ran, emulated
+
+
+def test_a_language_model_trains_through_the_graph_path_as_through_the_generic_one(on_numpy, tmp_path):
+    """Training (state carried from window to window, Adam, clipping) and evaluation through the graph path: the
+    same losses as the generic path's, and its buffer sets are lent again from step to step rather than captured
+    anew (one set per layer shape for training, more for evaluation's batch)."""
+    from lstmx.data import CharVocab, split_ids
+    from lstmx.train import TrainConfig, Trainer
+
+    graph = sys.modules["lstmx.kernels.cupy_graph"]
+    text = "the quick brown fox jumps over the lazy dog; " * 12
+    vocab = CharVocab.from_text(text)
+    split = split_ids(vocab.encode(text), 0.25)
+    config = TrainConfig(steps=4, batch_size=2, seq_len=6, lr=1e-2, clip_norm=1.0, eval_every=10**9, log_every=10**9)
+    results = {}
+    for impl in ("generic", on_numpy("cupy-graph")):
+        model = lstmx.LanguageModel(len(vocab), 5, 8, 2, backend="numpy", dtype="float64", seed=1)
+        trainer = Trainer(model, vocab, split, config, tmp_path / impl, progress=False)
+        with lstmx.use_layer_impl(impl):
+            for _ in range(4):
+                trainer.train_step()
+            results[impl] = (trainer.take_losses(), trainer.evaluate()["val_loss"])
+    np.testing.assert_allclose(results["cupy-graph"][0], results["generic"][0], rtol=1e-12)
+    np.testing.assert_allclose(results["cupy-graph"][1], results["generic"][1], rtol=1e-12)
+    shapes = {name[0][0] for name in graph._SETS}
+    assert len(graph._SETS) == len(shapes) >= 2  # one set per (T, B, D, H) (two layers): lent again, not added
