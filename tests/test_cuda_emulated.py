@@ -779,10 +779,21 @@ def test_a_two_layer_language_model_through_each_cupy_path_matches_generic(on_nu
     assert any(name.startswith(kernels) for name in launches)  # the path's own kernels ran, emulated
 
 
-def test_a_language_model_trains_through_the_graph_path_as_through_the_generic_one(on_numpy, tmp_path):
-    """Training (state carried from window to window, Adam, clipping) and evaluation through the graph path: the
-    same losses as the generic path's, and its buffer sets are lent again from step to step rather than captured
-    anew (one set per layer shape for training, more for evaluation's batch)."""
+@pytest.fixture
+def fused_on_numpy(monkeypatch):
+    """The registry's fused CuPy loss and updates (modules bound to the stand-in) made to run on NumPy."""
+    for table in ("UPDATE_IMPLS", "LOSS_IMPLS"):
+        monkeypatch.setattr(registry, table, tuple(impl._replace(backends=("numpy",)) if impl.name == "cupy-fused"
+                                                    else impl for impl in getattr(registry, table)))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_language_model_recipe_trains_through_every_cupy_path_as_through_the_generic_ones(
+        on_numpy, fused_on_numpy, launches, tmp_path, optimizer):
+    """The GPU recipe (`lstmx train --backend cupy --impl cupy-graph --update-impl cupy-fused --loss-impl
+    cupy-fused`): training with the state carried from window to window, global-norm clipping and the optimizer,
+    then evaluation, all through the emulated kernels: the same losses as the generic paths' (float64). The
+    graph path's buffer sets are lent again from step to step (one per layer shape), not captured anew."""
     from lstmx.data import CharVocab, split_ids
     from lstmx.train import TrainConfig, Trainer
 
@@ -790,16 +801,22 @@ def test_a_language_model_trains_through_the_graph_path_as_through_the_generic_o
     text = "the quick brown fox jumps over the lazy dog; " * 12
     vocab = CharVocab.from_text(text)
     split = split_ids(vocab.encode(text), 0.25)
-    config = TrainConfig(steps=4, batch_size=2, seq_len=6, lr=1e-2, clip_norm=1.0, eval_every=10**9, log_every=10**9)
+    config = TrainConfig(steps=4, batch_size=2, seq_len=6, lr=1e-2, clip_norm=1.0, optimizer=optimizer,
+                         eval_every=10**9, log_every=10**9)
     results = {}
-    for impl in ("generic", on_numpy("cupy-graph")):
+    for layer, fused in (("generic", "generic"), (on_numpy("cupy-graph"), "cupy-fused")):
         model = lstmx.LanguageModel(len(vocab), 5, 8, 2, backend="numpy", dtype="float64", seed=1)
-        trainer = Trainer(model, vocab, split, config, tmp_path / impl, progress=False)
-        with lstmx.use_layer_impl(impl):
+        with registry.use_update_impl(fused):
+            trainer = Trainer(model, vocab, split, config, tmp_path / layer, progress=False)
+        assert trainer.optimizer.impl == fused
+        with lstmx.use_layer_impl(layer), registry.use_loss_impl(fused):
             for _ in range(4):
                 trainer.train_step()
-            results[impl] = (trainer.take_losses(), trainer.evaluate()["val_loss"])
-    np.testing.assert_allclose(results["cupy-graph"][0], results["generic"][0], rtol=1e-12)
-    np.testing.assert_allclose(results["cupy-graph"][1], results["generic"][1], rtol=1e-12)
+            results[layer] = (trainer.take_losses(), trainer.evaluate()["val_loss"], model.state_dict())
+    (losses, val_loss, state), (expected_losses, expected_val, expected_state) = results["cupy-graph"], results["generic"]
+    np.testing.assert_allclose(losses, expected_losses, rtol=1e-12)
+    np.testing.assert_allclose(val_loss, expected_val, rtol=1e-12)
+    assert_close(state, expected_state, 1e-11)
     shapes = {name[0][0] for name in graph._SETS}
     assert len(graph._SETS) == len(shapes) >= 2  # one set per (T, B, D, H) (two layers): lent again, not added
+    assert {"softmax_cross_entropy", "global_norm", f"{optimizer}_update"} <= {n.rsplit("_", 1)[0] for n in launches}
