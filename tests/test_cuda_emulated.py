@@ -791,7 +791,8 @@ def fused_on_numpy(monkeypatch):
 def test_the_language_model_recipe_trains_through_every_cupy_path_as_through_the_generic_ones(
         on_numpy, fused_on_numpy, launches, tmp_path, optimizer):
     """The GPU recipe (`lstmx train --backend cupy --impl cupy-graph --update-impl cupy-fused --loss-impl
-    cupy-fused`): training with the state carried from window to window, global-norm clipping and the optimizer,
+    cupy-fused`): training with the state carried from window to window, dropout between the layers, global-norm
+    clipping and the optimizer,
     then evaluation, all through the emulated kernels: the same losses as the generic paths' (float64). The
     graph path's buffer sets are lent again from step to step (one per layer shape), not captured anew."""
     from lstmx.data import CharVocab, split_ids
@@ -805,7 +806,7 @@ def test_the_language_model_recipe_trains_through_every_cupy_path_as_through_the
                          eval_every=10**9, log_every=10**9)
     results = {}
     for layer, fused in (("generic", "generic"), (on_numpy("cupy-graph"), "cupy-fused")):
-        model = lstmx.LanguageModel(len(vocab), 5, 8, 2, backend="numpy", dtype="float64", seed=1)
+        model = lstmx.LanguageModel(len(vocab), 5, 8, 2, 0.25, backend="numpy", dtype="float64", seed=1)
         with registry.use_update_impl(fused):
             trainer = Trainer(model, vocab, split, config, tmp_path / layer, progress=False)
         assert trainer.optimizer.impl == fused
