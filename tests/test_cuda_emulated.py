@@ -792,9 +792,9 @@ def test_the_language_model_recipe_trains_through_every_cupy_path_as_through_the
         on_numpy, fused_on_numpy, launches, tmp_path, optimizer):
     """The GPU recipe (`lstmx train --backend cupy --impl cupy-graph --update-impl cupy-fused --loss-impl
     cupy-fused`): training with the state carried from window to window, dropout between the layers, global-norm
-    clipping and the optimizer,
-    then evaluation, all through the emulated kernels: the same losses as the generic paths' (float64). The
-    graph path's buffer sets are lent again from step to step (one per layer shape), not captured anew."""
+    clipping and the optimizer, then evaluation, all through the emulated kernels: the same losses as the generic
+    paths' (float64). The graph path's buffer sets are lent again from step to step (one per layer shape), not
+    captured anew."""
     from lstmx.data import CharVocab, split_ids
     from lstmx.train import TrainConfig, Trainer
 
