@@ -779,6 +779,18 @@ def test_a_two_layer_language_model_through_each_cupy_path_matches_generic(on_nu
     assert any(name.startswith(kernels) for name in launches)  # the path's own kernels ran, emulated
 
 
+def test_a_deep_stack_of_one_shape_runs_through_the_graph_path_past_its_sets(on_numpy):
+    """Five layers of one shape in one model: four take the buffer sets of that shape, the fifth runs the stepwise
+    loop on arrays of its own, and the model's loss and gradients are the generic path's."""
+    graph = sys.modules["lstmx.kernels.cupy_graph"]
+    model = lstmx.LanguageModel(11, 8, 8, 5, backend="numpy", dtype="float64", seed=4)
+    tokens, targets = model_inputs(seed=1)
+    fast = model.loss(tokens, targets, lengths=[5, 4, 2], impl=on_numpy("cupy-graph"))
+    slow = model.loss(tokens, targets, lengths=[5, 4, 2], impl="generic")
+    assert_close({"loss": fast.loss, **fast.grads}, {"loss": slow.loss, **slow.grads}, 1e-12)
+    assert len(graph._SETS) == graph.SETS_PER_SHAPE == 4 and len({name[0] for name in graph._SETS}) == 1
+
+
 @pytest.fixture
 def fused_on_numpy(monkeypatch):
     """The registry's fused CuPy loss and updates (modules bound to the stand-in) made to run on NumPy."""
