@@ -791,6 +791,21 @@ def test_a_deep_stack_of_one_shape_runs_through_the_graph_path_past_its_sets(on_
     assert len(graph._SETS) == graph.SETS_PER_SHAPE == 4 and len({name[0] for name in graph._SETS}) == 1
 
 
+@pytest.mark.parametrize("path", ["cupy-graph", "cupy-tiled"])
+def test_sampling_through_a_cupy_path_writes_the_generic_paths_text(on_numpy, path):
+    """Generation (the prime, then one step at a time from the carried state, no backward) through the path."""
+    from lstmx.data import CharVocab
+    from lstmx.sample import sample
+
+    vocab = CharVocab.from_text("abcdefgh ij")
+    model = lstmx.LanguageModel(len(vocab), 5, 8, 2, backend="numpy", dtype="float64", seed=2)
+    texts = {}
+    for impl in ("generic", on_numpy(path)):
+        with lstmx.use_layer_impl(impl):
+            texts[impl] = sample(model, vocab, "abc", 12, temperature=2.0, seed=5)
+    assert texts[path] == texts["generic"] and len(texts[path]) == 12
+
+
 @pytest.fixture
 def fused_on_numpy(monkeypatch):
     """The registry's fused CuPy loss and updates (modules bound to the stand-in) made to run on NumPy."""
