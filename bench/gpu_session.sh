@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (no package index there): install the carried wheels, then run what is asked:
-#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|tune|tune-tf32|lm|lm-fused|lm-graph   (several words run in order)
+#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|tune|tune-tf32|lm|lm-fused|lm-graph|sanitize
+#   (several words run in order)
 # Wheels missing from the GPU image (array-api-compat) travel in .whl/ (see README, "GPU machine").
 # A kernel that never returns (a grid barrier some block never reaches) hangs its process: every step runs under
 # `timeout` (STEP_TIMEOUT seconds, 540 by default), and `smoke` tries each CuPy layer path on its own first
 # (SMOKE_TIMEOUT, 120), so a hang costs one line naming the path, not the session. Where a call may run 10 minutes
-# at most, spread the steps over calls: `smoke tests`, then `check bench`, then `tune tune-tf32 lm lm-fused lm-graph`.
+# at most, spread the steps over calls: `smoke tests`, then `check bench`, then `tune tune-tf32 lm lm-fused lm-graph`,
+# then, with time left, `sanitize` (NVIDIA's compute-sanitizer over bench/gpu_sanitize.py: SANITIZE_RUNS lists
+# path:tool pairs, "+fused" adding the fused loss, clipping and updates; each run under SANITIZE_TIMEOUT, 240 s).
 # A path that fails or hangs in `smoke` is written to $SMOKE_FAILED (kept between calls on a warm machine), and the
 # later steps leave it out (`tests` deselects its tests, `bench` its columns, `lm-graph` is skipped for cupy-graph),
 # so one broken path does not stall or poison (a CUDA error sticks to the process) the others' results.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-STEPS="smoke tests fast-tests check bench tune tune-tf32 lm lm-fused lm-graph"
+STEPS="smoke tests fast-tests check bench tune tune-tf32 lm lm-fused lm-graph sanitize"
 for what in "$@"; do  # a misspelt step is refused before any runs (not found out after the others spent the call)
     case " $STEPS " in *" $what "*) ;; *) echo "gpu_session.sh: error: unknown step '$what' (steps: $STEPS)"; exit 2 ;; esac
 done
@@ -75,6 +78,18 @@ for what in "$@"; do
         lm-graph)
             if left_out | grep -qx cupy-graph; then echo "lm-graph: left out (cupy-graph failed the smoke step)"; continue; fi
             step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy --impl cupy-graph --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-graph.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_graph.json" 2>/dev/null ;;
+        sanitize)
+            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck}; do
+                path=${run%%:*}; tool=${run#*:}; fused=""
+                case "$path" in *+fused) fused=--fused; path=${path%+fused} ;; esac
+                log="$OUT/sanitize-$path-$tool.log"
+                step "sanitize $run" "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+                    --print-limit 20 python3 bench/gpu_sanitize.py --impl "cupy-$path" $fused >"$log" 2>&1
+                rc=$?
+                [ $rc -eq 0 ] || status=1
+                echo "sanitize $run: rc $rc; $(grep -m1 -e 'ERROR SUMMARY' -e 'TIMED OUT' "$log" | sed 's/^=* *//');" \
+                     "$(grep -c ' pass$' "$log") pass, $(grep -c ' FAIL$' "$log") FAIL"
+            done ;;
     esac
 done
 exit $status

@@ -69,6 +69,7 @@ REFUSED = [
     ("ranks", ["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
     ("ranks", ["--threads", "-1"], "argument --threads: must be an integer ≥ 0, got -1"),
     ("ranks", ["--batch", "0"], "argument --batch: must be an integer ≥ 1, got 0"),
+    ("gpu_sanitize", ["--impl", "numba"], "argument --impl: invalid choice: 'numba'"),
 ]
 
 
@@ -157,3 +158,27 @@ def test_the_gpu_session_leaves_out_a_path_that_failed_its_smoke_run(tmp_path, f
     graph_runs = [call for call in recorded if "|--impl|cupy-graph|" in call]
     assert (graph_runs == []) == (failing == "cupy-graph")
     assert ("lm-graph: left out (cupy-graph failed the smoke step)" in done.stdout) == (failing == "cupy-graph")
+
+
+def test_the_gpu_session_runs_the_sanitizer_over_each_listed_path_and_tool(tmp_path):
+    """With a compute-sanitizer stand-in: each path:tool pair runs bench/gpu_sanitize.py under that tool (with
+    --fused where asked), and the step's line names the sanitizer's error summary and the script's pass count."""
+    tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    tools.mkdir()
+    (tools / "compute-sanitizer").write_text(
+        f'#!/bin/sh\nprintf "%s|" "$@" >>"{calls}"; echo >>"{calls}"\n'
+        'echo "a check  1.0e-07 (worst: loss)  pass"; echo "========= ERROR SUMMARY: 0 errors"\n')
+    (tools / "python3").write_text("#!/bin/sh\nexit 0\n")
+    (tools / "nvidia-smi").write_text("#!/bin/sh\necho a stand-in GPU\n")
+    for tool in tools.iterdir():
+        tool.chmod(0o755)
+    environment = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
+                   "SMOKE_FAILED": str(tmp_path / "smoke_failed.txt"),
+                   "SANITIZE_RUNS": "tiled:racecheck graph+fused:memcheck"}
+    done = subprocess.run(["bash", "bench/gpu_session.sh", "sanitize"], cwd=BENCH.parent, env=environment,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert calls.read_text().splitlines() == [
+        "--tool|racecheck|--error-exitcode|9|--print-limit|20|python3|bench/gpu_sanitize.py|--impl|cupy-tiled|",
+        "--tool|memcheck|--error-exitcode|9|--print-limit|20|python3|bench/gpu_sanitize.py|--impl|cupy-graph|--fused|"]
+    assert "sanitize tiled:racecheck: rc 0; ERROR SUMMARY: 0 errors; 1 pass, 0 FAIL" in done.stdout

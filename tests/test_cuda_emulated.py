@@ -12,9 +12,11 @@ the CuPy suite on a GPU does that.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,7 @@ from .fake_cupy import RawKernel, fake_cupy_modules
 pytestmark = pytest.mark.skipif(COMPILER is None, reason="the CUDA emulator needs g++")
 
 NUMPY = lstmx.get_backend("numpy")
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 LAYER_PATHS = ("stepwise", "persistent", "tiled", "graph")
 SHAPES = [(3, 5, 4, 33), (1, 1, 2, 8), (4, 9, 3, 64), (2, 2, 5, 40)]  # (T, B, D, H): H not a multiple of 32, B = 1, T = 1
 
@@ -812,6 +815,19 @@ def fused_on_numpy(monkeypatch):
     for table in ("UPDATE_IMPLS", "LOSS_IMPLS"):
         monkeypatch.setattr(registry, table, tuple(impl._replace(backends=("numpy",)) if impl.name == "cupy-fused"
                                                     else impl for impl in getattr(registry, table)))
+
+
+@pytest.mark.parametrize("path", [f"cupy-{path}" for path in LAYER_PATHS])
+def test_the_gpu_sanitizer_script_passes_each_path_through_the_emulated_kernels(on_numpy, fused_on_numpy, capsys,
+                                                                               path):
+    """bench/gpu_sanitize.py (what the GPU session runs under compute-sanitizer) compares each path, and the fused
+    loss, clipping and updates, with the generic ones; here on the stand-in, every line passes."""
+    spec = importlib.util.spec_from_file_location("gpu_sanitize", BENCH / "gpu_sanitize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.check(NUMPY, on_numpy(path), fused=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * 3 and all(line.endswith("pass") for line in lines), lines  # 2 dtypes × 3 comparisons
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
