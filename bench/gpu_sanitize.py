@@ -44,7 +44,8 @@ def compare(label: str, fast: dict, slow: dict, dtype: str) -> bool:
 
 
 def host(output) -> dict:
-    return {"loss": to_numpy(output.loss), "h": to_numpy(output.state[-1][0]),
+    h, c = output.state  # each (layers, batch, hidden)
+    return {"loss": to_numpy(output.loss), "h": to_numpy(h), "c": to_numpy(c),
             **{name: to_numpy(grad) for name, grad in output.grads.items()}}
 
 

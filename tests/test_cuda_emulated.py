@@ -768,15 +768,15 @@ def model_inputs(seed=0):
 @pytest.mark.parametrize("path", [f"cupy-{path}" for path in LAYER_PATHS])
 def test_a_two_layer_language_model_through_each_cupy_path_matches_generic(on_numpy, launches, path):
     """The whole model (embedding, two layers of different input sizes, head, loss) with each CuPy layer path
-    under both layers, on lengths and on full batches, twice in a row (the graph path lends its sets again):
-    its loss, final state and every gradient as the generic path's, 1e-12 in float64."""
+    under both layers, on a full batch, with lengths, then on a full batch again (the graph path lends its sets
+    again): its loss, final h and c of both layers and every gradient as the generic path's, 1e-12 in float64."""
     model = lstmx.LanguageModel(11, 5, 8, 2, backend="numpy", dtype="float64", seed=3)
     tokens, targets = model_inputs()
     for lengths in (None, [5, 3, 1], None):
         outputs = {impl: model.loss(tokens, targets, lengths=lengths, impl=impl) for impl in ("generic", on_numpy(path))}
         fast, slow = outputs[path], outputs["generic"]
-        assert_close({"loss": fast.loss, "h": fast.state[0][1], **fast.grads},
-                     {"loss": slow.loss, "h": slow.state[0][1], **slow.grads}, 1e-12)
+        assert_close({"loss": fast.loss, "h": fast.state[0], "c": fast.state[1], **fast.grads},
+                     {"loss": slow.loss, "h": slow.state[0], "c": slow.state[1], **slow.grads}, 1e-12)
     kernels = {"cupy-stepwise": "lstm_forward_step", "cupy-graph": "lstm_forward_step",
                "cupy-persistent": "lstm_forward_persistent", "cupy-tiled": "lstm_forward_tiled"}[path]
     assert any(name.startswith(kernels) for name in launches)  # the path's own kernels ran, emulated
