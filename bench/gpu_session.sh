@@ -88,7 +88,7 @@ for what in "$@"; do
                 rc=$?
                 [ $rc -eq 0 ] || status=1
                 echo "sanitize $run: rc $rc; $(grep -m1 -e 'ERROR SUMMARY' -e 'TIMED OUT' "$log" | sed 's/^=* *//');" \
-                     "$(grep -c ' pass$' "$log") pass, $(grep -c ' FAIL$' "$log") FAIL"
+                     "$(grep -c '  pass  ' "$log") pass, $(grep -c '  FAIL  ' "$log") FAIL"  # rows of lstmx check's table
             done ;;
     esac
 done

@@ -11,6 +11,7 @@ the error, and the other checks still run (a path's first run on a new GPU shoul
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from typing import Any, Callable, NamedTuple
@@ -37,6 +38,16 @@ class CheckResult(NamedTuple):
         return self.error < self.tolerance
 
 
+HEADER = f"{'check':<40} {'backend':<8} {'max rel. error':>14} {'tolerance':>10}  result  detail"
+
+
+def row(result: CheckResult) -> str:
+    """One line of the table under :data:`HEADER`."""
+    r = result
+    return (f"{r.check:<40} {r.backend:<8} {r.error:>14.2e} {r.tolerance:>10.0e}  {'pass' if r.passed else 'FAIL':<6}  "
+            f"{r.detail}")
+
+
 def gradient_check(backend_name: str, tolerance: float) -> CheckResult:
     rows = check_language_model(backend_name)
     worst = max(rows, key=lambda row: row.max_relative_error)
@@ -53,15 +64,19 @@ def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | Non
     tokens, targets = rng.integers(0, 50, (20, 8)), rng.integers(0, 50, (20, 8))
     model = LanguageModel(50, 16, 32, 2, backend=backend_name, seed=seed, precision=precision)
     backend = model.backend
-    output = model.loss(backend.asarray(tokens), backend.asarray(targets), lengths=lengths, impl=impl,
-                        loss_impl=loss_impl)
-    host = {"loss": np.atleast_1d(to_numpy(output.loss)), "h": to_numpy(output.state[0])}
-    host.update({name: to_numpy(grad) for name, grad in output.grads.items()})
-    return host
+    return host_arrays(model.loss(backend.asarray(tokens), backend.asarray(targets), lengths=lengths, impl=impl,
+                                  loss_impl=loss_impl))
 
 
-def _agreement(check: str, backend_name: str, reference: dict, compute: Callable[[], dict],
-               tolerance: float = PARITY_TOLERANCE) -> CheckResult:
+def host_arrays(output: Any) -> dict[str, np.ndarray]:
+    """A model's loss output as host arrays by name: the loss, the final h and c of every layer, every gradient."""
+    h, c = output.state  # each (layers, batch, hidden)
+    return {"loss": np.atleast_1d(to_numpy(output.loss)), "h": to_numpy(h), "c": to_numpy(c),
+            **{name: to_numpy(grad) for name, grad in output.grads.items()}}
+
+
+def agreement(check: str, backend_name: str, reference: dict, compute: Callable[[], dict],
+              tolerance: float = PARITY_TOLERANCE) -> CheckResult:
     """How far ``compute()``'s host arrays are from ``reference``'s (each relative to its largest entry); a
     ``compute`` that raises fails the row with its error in one line."""
     try:
@@ -78,7 +93,7 @@ def _agreement(check: str, backend_name: str, reference: dict, compute: Callable
 def parity_check(first: str, second: str, seed: int = 0) -> CheckResult:
     """Same seed on two backends → same loss, gradients and final state to float32 tolerance."""
     lengths = [20] * 7 + [11]
-    return _agreement(f"parity {first} vs {second} (float32)", second, _loss_state_and_grads(first, seed, lengths),
+    return agreement(f"parity {first} vs {second} (float32)", second, _loss_state_and_grads(first, seed, lengths),
                       lambda: _loss_state_and_grads(second, seed, lengths))
 
 
@@ -91,18 +106,21 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
         lengths = [20] * 7 + [11] if masked else None
         reference = _loss_state_and_grads(backend_name, seed, lengths, impl="generic")
         kind = f"(float32{', lengths' if masked else ''})"
-        run = lambda **options: lambda: _loss_state_and_grads(backend_name, seed, lengths, **options)  # noqa: E731
+
+        def run(**options: Any) -> Callable[[], dict]:
+            return functools.partial(_loss_state_and_grads, backend_name, seed, lengths, **options)
+
         for impl in registry.available_layer_impls(backend, np.float32, masked):
             if impl.name == "generic":
                 continue
-            results.append(_agreement(f"{impl.name} vs generic {kind}", backend_name, reference, run(impl=impl.name)))
+            results.append(agreement(f"{impl.name} vs generic {kind}", backend_name, reference, run(impl=impl.name)))
             if backend_name == "cupy" and impl.name in registry.TF32_RECURRENCE_IMPLS:
-                results.append(_agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
-                                          run(impl=impl.name, precision="tf32"), TF32_TOLERANCE))
+                results.append(agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
+                                         run(impl=impl.name, precision="tf32"), TF32_TOLERANCE))
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
-                results.append(_agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,
-                                          run(impl="generic", loss_impl=loss_impl)))
+                results.append(agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,
+                                         run(impl="generic", loss_impl=loss_impl)))
     return results + update_checks(backend_name, seed)
 
 
@@ -134,12 +152,12 @@ def update_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
     for name, optimizer in OPTIMIZERS.items():
         for impl in registry.available_update_impls(backend, optimizer):
             if impl != "generic":
-                results.append(_agreement(f"update {impl} vs generic ({name}, float32)", backend_name,
-                                          trained(name, "generic"), lambda: trained(name, impl)))
+                results.append(agreement(f"update {impl} vs generic ({name}, float32)", backend_name,
+                                         trained(name, "generic"), lambda: trained(name, impl)))
     for impl in registry.available_clipping_impls(backend):
         if impl != "generic":
-            results.append(_agreement(f"clipping {impl} vs generic (float32)", backend_name, clipped("generic"),
-                                      lambda: clipped(impl)))
+            results.append(agreement(f"clipping {impl} vs generic (float32)", backend_name, clipped("generic"),
+                                     lambda: clipped(impl)))
     return results
 
 
@@ -166,10 +184,9 @@ def run_checks(tolerance: float = 1e-6, out: Any = None) -> int:
         results += [gradient_check("cupy", tolerance), parity_check("numpy", "cupy"), *implementation_checks("cupy")]
     for name in ("numpy", "cupy") if has_gpu else ("numpy",):
         print(f"layer implementation on {name} by default: {default_impls(name)}", file=out)
-    print(f"{'check':<40} {'backend':<8} {'max rel. error':>14} {'tolerance':>10}  result  detail", file=out)
-    for r in results:
-        print(f"{r.check:<40} {r.backend:<8} {r.error:>14.2e} {r.tolerance:>10.0e}  "
-              f"{'pass' if r.passed else 'FAIL':<6}  {r.detail}", file=out)
+    print(HEADER, file=out)
+    for result in results:
+        print(row(result), file=out)
     if not has_gpu:
         print(f"CuPy checks skipped: {reason}", file=out)
     failed = [r for r in results if not r.passed]

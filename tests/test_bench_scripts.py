@@ -167,7 +167,8 @@ def test_the_gpu_session_runs_the_sanitizer_over_each_listed_path_and_tool(tmp_p
     tools.mkdir()
     (tools / "compute-sanitizer").write_text(
         f'#!/bin/sh\nprintf "%s|" "$@" >>"{calls}"; echo >>"{calls}"\n'
-        'echo "a check  1.0e-07 (worst: loss)  pass"; echo "========= ERROR SUMMARY: 0 errors"\n')
+        'echo "cupy-tiled float32   cupy   1.00e-07   2e-05  pass    worst: loss"\n'
+        'echo "========= ERROR SUMMARY: 0 errors"\n')
     (tools / "python3").write_text("#!/bin/sh\nexit 0\n")
     (tools / "nvidia-smi").write_text("#!/bin/sh\necho a stand-in GPU\n")
     for tool in tools.iterdir():

@@ -825,9 +825,10 @@ def test_the_gpu_sanitizer_script_passes_each_path_through_the_emulated_kernels(
     spec = importlib.util.spec_from_file_location("gpu_sanitize", BENCH / "gpu_sanitize.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.check(NUMPY, on_numpy(path), fused=True)
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 * 3 and all(line.endswith("pass") for line in lines), lines  # 2 dtypes × 3 comparisons
+    results = script.check(NUMPY, on_numpy(path), fused=True)
+    assert len(results) == 2 * 3 and all(result.passed for result in results), results  # 2 dtypes × 3 comparisons
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.startswith("check") and len(rows) == 6 and all("  pass  " in line for line in rows), rows
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
