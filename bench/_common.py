@@ -38,9 +38,6 @@ def sizes(text: str) -> tuple[int, int, int, int]:
     return values  # type: ignore[return-value]
 
 
-sizes.__name__ = SIZE_NAMES
-
-
 def text_file(text: str) -> Path:
     """argparse ``type=``: a readable file (its UTF-8 is checked where it is read)."""
     path = Path(text)

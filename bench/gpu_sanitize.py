@@ -41,8 +41,9 @@ def check(backend: lstmx.Backend, impl: str, fused: bool) -> list[CheckResult]:
     rng = np.random.default_rng(0)
     tokens = backend.asarray(rng.integers(0, VOCAB, (STEPS, BATCH)))
     targets = backend.asarray(rng.integers(0, VOCAB, (STEPS, BATCH)))
-    model = lambda dtype: lstmx.LanguageModel(VOCAB, EMBEDDING, HIDDEN, LAYERS, backend=backend, dtype=dtype,  # noqa: E731
-                                              seed=0)
+
+    def model(dtype: str) -> lstmx.LanguageModel:
+        return lstmx.LanguageModel(VOCAB, EMBEDDING, HIDDEN, LAYERS, backend=backend, dtype=dtype, seed=0)
 
     def losses(dtype: str, lengths: list[int] | None, layer: str, loss: str) -> dict:
         return host_arrays(model(dtype).loss(tokens, targets, lengths=lengths, impl=layer, loss_impl=loss))

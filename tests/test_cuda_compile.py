@@ -66,10 +66,12 @@ def compile_source(source: str, name: str, architecture: str, *extra: str,
                    toolkit: Toolkit | None = None) -> tuple[int, str, bytes]:
     """``(status, log, ptx)`` of compiling ``source`` with NVRTC for ``architecture`` (``extra``: more options;
     ``toolkit``: the newest found unless given)."""
-    nvrtc, includes = (toolkit or NEWEST).nvrtc, (toolkit or NEWEST).includes
+    toolkit = toolkit or NEWEST
+    nvrtc = toolkit.nvrtc
     program = ctypes.c_void_p()
     assert nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), f"{name}.cu".encode(), 0, None, None) == 0
-    options = [f"--gpu-architecture={architecture}".encode(), b"--std=c++17", *(f"-I{i}".encode() for i in includes),
+    options = [f"--gpu-architecture={architecture}".encode(), b"--std=c++17",
+               *(f"-I{folder}".encode() for folder in toolkit.includes),
                *(option.encode() for option in extra)]
     array = (ctypes.c_char_p * len(options))(*options)
     status = nvrtc.nvrtcCompileProgram(program, len(options), array)
