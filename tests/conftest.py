@@ -41,3 +41,13 @@ def backend(request: pytest.FixtureRequest):
 @pytest.fixture
 def xp(backend):
     return backend.xp
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _in_a_scratch_folder(tmp_path_factory: pytest.TempPathFactory):
+    """The suite runs in a folder of its own, not in the checkout: a command's default output (``lstmx train``
+    writes ``runs/default``) neither lands among the user's files nor meets a run the user made there (the
+    README's main job writes ``runs/default`` in the checkout before its test command runs)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
