@@ -1,4 +1,5 @@
-"""One LSTM training step (forward over T steps + full BPTT with weight gradients, float32), side by side:
+"""One LSTM training step (forward over T steps + full BPTT with weight gradients, float32 or --dtype float64), side
+by side:
 lstmx on NumPy and on CuPy, one column per layer implementation the registry has for that backend here
 (``lstmx-numpy:numba``, ``lstmx-numpy:numpy``, ``lstmx-cupy:cupy``, ...), and PyTorch on CPU and cuDNN (fp32
 and TF32) when importable, in one run; on CuPy also ``lstmx-cupy:tf32`` (the registry's choice with
@@ -11,6 +12,7 @@ stepwise path's cuBLAS GEMMs).
     python bench/gpu_vs_cpu.py --no-cpu              # GPU columns only (large rows are slow on a CPU)
     python bench/gpu_vs_cpu.py --generic             # also the generic Array API path's columns
     python bench/gpu_vs_cpu.py --skip-impl cupy-tiled    # without one path's columns (it failed on this GPU)
+    python bench/gpu_vs_cpu.py --dtype float64 --no-cpu   # float64 (no TF32 columns); writes gpu_vs_cpu_float64.*
 
 Columns absent on this machine (no GPU, no torch, no numba) are marked "-", a column whose first step raised
 "FAIL" (its error is printed and kept in the JSON; the other columns go on). Times are medians over --repeats
@@ -37,14 +39,15 @@ from lstmx.cli import flag_type  # noqa: E402
 from lstmx.options import POSITIVE_INT  # noqa: E402
 from lstmx.precision import matmul_precision  # noqa: E402
 
+CUDNN = {"float32": "cudnn-fp32", "float64": "cudnn-fp64"}  # PyTorch's cuDNN column at each dtype
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (128, 100, 1024, 1024), (256, 50, 1024, 1024)]
 
 
 def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: int, hidden: int,
-               precision: str = "float32") -> tuple[Callable, Callable, Callable] | None:
+               precision: str = "float32", dtype: str = "float32") -> tuple[Callable, Callable, Callable] | None:
     """The column's (step, sync, peak memory) functions; None where the implementation refuses this size (at
     this precision: the TF32 tiled kernels have their own tile shapes)."""
-    model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0, precision=precision)
+    model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0, precision=precision, dtype=dtype)
     backend = model.backend
     if impl != registry.AUTO:
         with matmul_precision(backend, precision):
@@ -81,13 +84,14 @@ def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: i
     return step, lambda: None, lambda: None
 
 
-def torch_step(device: str, tf32: bool, batch: int, steps: int, features: int, hidden: int):
+def torch_step(device: str, tf32: bool, dtype: str, batch: int, steps: int, features: int, hidden: int):
     import torch
 
     torch.manual_seed(0)
-    lstm = torch.nn.LSTM(features, hidden).to(device)
-    x = torch.randn(steps, batch, features, device=device, requires_grad=True)  # dx too, as lstmx computes it
-    dy = torch.randn(steps, batch, hidden, device=device)
+    kind = getattr(torch, dtype)
+    lstm = torch.nn.LSTM(features, hidden).to(device, kind)
+    x = torch.randn(steps, batch, features, device=device, dtype=kind, requires_grad=True)  # dx too, as lstmx's
+    dy = torch.randn(steps, batch, hidden, device=device, dtype=kind)
     peak = [0]
 
     def step():
@@ -119,13 +123,14 @@ def available(args) -> dict[str, Callable]:
         except lstmx.BackendError as error:
             print(f"lstmx-{backend_name} absent: {error}")
             continue
-        default = registry.choose_layer_impl(backend, np.float32, False).name
-        impls = [i.name for i in registry.available_layer_impls(backend, np.float32)
+        default = registry.choose_layer_impl(backend, getattr(np, args.dtype), False).name
+        impls = [i.name for i in registry.available_layer_impls(backend, getattr(np, args.dtype))
                  if (args.generic or i.name != "generic" or i.name == default) and i.name not in args.skip_impl]
-        print(f"lstmx on {backend_name}: the registry runs {default!r} by default; columns for {', '.join(impls)}")
+        print(f"lstmx on {backend_name}: columns for {', '.join(impls)} (the registry's choice per row: gpu/cudnn)")
         for name in impls:
-            columns[f"lstmx-{backend_name}:{name}"] = functools.partial(lstmx_step, backend_name, name)
-        if backend_name == "cupy":  # the registry's choice with TensorFloat-32 GEMMs, beside cuDNN TF32
+            columns[f"lstmx-{backend_name}:{name}"] = functools.partial(lstmx_step, backend_name, name,
+                                                                         dtype=args.dtype)
+        if backend_name == "cupy" and args.dtype == "float32":  # the registry's choice with TF32, beside cuDNN's
             columns["lstmx-cupy:tf32"] = functools.partial(lstmx_step, backend_name, registry.AUTO, precision="tf32")
             for name in registry.TF32_RECURRENCE_IMPLS:  # each with TF32 in its recurrence too
                 if name in impls:
@@ -135,10 +140,11 @@ def available(args) -> dict[str, Callable]:
         import torch
 
         if not args.no_cpu:
-            columns["torch-cpu"] = lambda *c: torch_step("cpu", False, *c)
+            columns["torch-cpu"] = functools.partial(torch_step, "cpu", False, args.dtype)
         if torch.cuda.is_available():
-            columns["cudnn-fp32"] = lambda *c: torch_step("cuda", False, *c)
-            columns["cudnn-tf32"] = lambda *c: torch_step("cuda", True, *c)
+            columns[CUDNN[args.dtype]] = functools.partial(torch_step, "cuda", False, args.dtype)
+            if args.dtype == "float32":
+                columns["cudnn-tf32"] = functools.partial(torch_step, "cuda", True, args.dtype)
         else:
             print("cuDNN columns absent: torch sees no CUDA device")
     except ImportError:
@@ -166,16 +172,17 @@ def working_columns(columns: dict[str, Callable], config: tuple[int, ...]) -> tu
     return made, failed
 
 
-def default_column(backend_name: str, batch: int, hidden: int) -> str | None:
+def default_column(backend_name: str, batch: int, hidden: int, dtype: str) -> str | None:
     """The column of the implementation the registry picks for this size on ``backend_name`` (None: absent)."""
     try:
         backend = lstmx.get_backend(backend_name)
     except lstmx.BackendError:
         return None
-    return f"lstmx-{backend_name}:{registry.choose_layer_impl(backend, np.float32, False, None, (batch, hidden)).name}"
+    chosen = registry.choose_layer_impl(backend, getattr(np, dtype), False, None, (batch, hidden))
+    return f"lstmx-{backend_name}:{chosen.name}"
 
 
-def draw_bars(results: list[dict[str, Any]], names: list[str]) -> Path | None:
+def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str) -> Path | None:
     """Grouped bars, one group per configuration, one colour per column, log scale in ms."""
     try:
         import matplotlib
@@ -195,17 +202,22 @@ def draw_bars(results: list[dict[str, Any]], names: list[str]) -> Path | None:
     axis.set_xlabel("B, T, D, H")
     axis.set_ylabel("ms per training step (log)")
     axis.set_yscale("log")
-    axis.set_title("One LSTM training step (forward + BPTT), float32")
+    axis.set_title(f"One LSTM training step (forward + BPTT), {dtype}")
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    path = RESULTS / "gpu_vs_cpu.png"
+    path = RESULTS / f"{output_name(dtype)}.png"
     RESULTS.mkdir(exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # whole or not at all, as write_json
     figure.savefig(partial, format="png")
     plt.close(figure)
     partial.replace(path)
     return path
+
+
+def output_name(dtype: str) -> str:
+    """The JSON's and the PNG's name (without suffix) for a run in ``dtype``."""
+    return "gpu_vs_cpu" if dtype == "float32" else f"gpu_vs_cpu_{dtype}"
 
 
 def ratio(rows: dict[str, Any], top: str | None, bottom: str | None) -> float | None:
@@ -221,6 +233,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=flag_type("--rounds", POSITIVE_INT, int), default=3,
                         help="turns each column takes")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU columns")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="the layers' dtype (float64: no TF32 columns, cuDNN in float64)")
     parser.add_argument("--generic", action="store_true", help="also time the generic Array API path")
     parser.add_argument("--skip-impl", action="append", default=[], choices=registry.NAMES, metavar="IMPL",
                         help="leave out this layer implementation's columns (repeatable; e.g. one that failed its "
@@ -251,9 +265,10 @@ def main() -> None:
                          "peak_gpu_mb": None if peak is None else peak / 2**20}
             print(f"  {config} {name:<17} {1e3 * seconds:9.2f} ms", flush=True)
         del made
-        gpu, cpu = default_column("cupy", batch, config[3]), default_column("numpy", batch, config[3])
+        gpu = default_column("cupy", batch, config[3], args.dtype)
+        cpu = default_column("numpy", batch, config[3], args.dtype)
         results.append({"config": dict(zip("BTDH", config)), "columns": row, "failed": failed,
-                        "ratios": {"lstmx-gpu/cudnn-fp32": ratio(row, gpu, "cudnn-fp32"),
+                        "ratios": {"lstmx-gpu/cudnn": ratio(row, gpu, CUDNN[args.dtype]),
                                    "lstmx-tf32/cudnn-tf32": ratio(row, "lstmx-cupy:tf32", "cudnn-tf32"),
                                    "lstmx-cpu/torch-cpu": ratio(row, cpu, "torch-cpu"),
                                    "gpu speed-up (lstmx cpu/gpu)": ratio(row, cpu, gpu)}})
@@ -268,18 +283,18 @@ def main() -> None:
         cells = " ".join(f"{row[n]['ms']:>{widths[n]}.2f}" if n in row
                          else f"{'FAIL' if n in entry['failed'] else '-':>{widths[n]}}" for n in names)
         fmt = lambda v: f"{v:>9.2f}" if v is not None else f"{'-':>9}"  # noqa: E731
-        print(f"{c['B']:>4} {c['T']:>4} {c['D']:>5} {c['H']:>5} | {cells} | {fmt(r['lstmx-gpu/cudnn-fp32'])}  "
+        print(f"{c['B']:>4} {c['T']:>4} {c['D']:>5} {c['H']:>5} | {cells} | {fmt(r['lstmx-gpu/cudnn'])}  "
               f"{fmt(r['lstmx-tf32/cudnn-tf32'])}  "
               f"{fmt(r['lstmx-cpu/torch-cpu'])}  {fmt(r['gpu speed-up (lstmx cpu/gpu)'])}")
     fastest = []
     for entry in results:
         ours = {n: v["ms"] for n, v in entry["columns"].items() if n.startswith("lstmx-cupy:") and "tf32" not in n}
-        if ours and "cudnn-fp32" in entry["columns"]:
+        if ours and CUDNN[args.dtype] in entry["columns"]:
             best = min(ours, key=ours.get)
-            fastest.append(f"  {tuple(entry['config'].values())}: {best} {ours[best]:.2f} ms = "
-                           f"{ours[best] / entry['columns']['cudnn-fp32']['ms']:.2f}× cuDNN fp32")
+            fastest.append(f"  B,T,D,H = {','.join(map(str, entry['config'].values()))}: {best} {ours[best]:.2f} ms = "
+                           f"{ours[best] / entry['columns'][CUDNN[args.dtype]]['ms']:.2f}× {CUDNN[args.dtype]}")
     if fastest:
-        print("\nfastest lstmx-cupy float32 column per row (which implementation would earn \"auto\" there):")
+        print(f"\nfastest lstmx-cupy {args.dtype} column per row (which implementation would earn \"auto\" there):")
         print("\n".join(fastest))
     print("\ntokens/s: " + "; ".join(
         f"{tuple(e['config'].values())}: " + ", ".join(f"{n} {e['columns'][n]['tokens_per_s']:,.0f}" for n in e["columns"])
@@ -288,8 +303,9 @@ def main() -> None:
              if v["peak_gpu_mb"] is not None}
     if peaks:
         print("peak GPU memory (MiB): " + "; ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
-    print(f"wrote {write_json('gpu_vs_cpu.json', {'machine': machine, 'results': results})}")
-    png = draw_bars(results, names)
+    report = {"machine": machine, "dtype": args.dtype, "results": results}
+    print(f"wrote {write_json(output_name(args.dtype) + '.json', report)}")
+    png = draw_bars(results, names, args.dtype)
     if png is not None:
         print(f"wrote {png}")
 

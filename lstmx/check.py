@@ -98,13 +98,14 @@ def parity_check(first: str, second: str, seed: int = 0) -> CheckResult:
 
 
 def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
-    """Each layer implementation that runs on ``backend_name`` here against the generic path, in float32
-    (on unmasked batches, and on masked ones for those that take step masks)."""
+    """Each layer and loss implementation that runs on ``backend_name`` here against the generic paths, in
+    float32 (on unmasked batches, and on masked ones for those that take step masks). Every row changes one
+    implementation: the others run their generic path, whatever "auto" would pick."""
     backend = get_backend(backend_name)
     results = []
     for masked in (False, True):
         lengths = [20] * 7 + [11] if masked else None
-        reference = _loss_state_and_grads(backend_name, seed, lengths, impl="generic")
+        reference = _loss_state_and_grads(backend_name, seed, lengths, impl="generic", loss_impl="generic")
         kind = f"(float32{', lengths' if masked else ''})"
 
         def run(**options: Any) -> Callable[[], dict]:
@@ -113,10 +114,11 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
         for impl in registry.available_layer_impls(backend, np.float32, masked):
             if impl.name == "generic":
                 continue
-            results.append(agreement(f"{impl.name} vs generic {kind}", backend_name, reference, run(impl=impl.name)))
+            results.append(agreement(f"{impl.name} vs generic {kind}", backend_name, reference,
+                                     run(impl=impl.name, loss_impl="generic")))
             if backend_name == "cupy" and impl.name in registry.TF32_RECURRENCE_IMPLS:
                 results.append(agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
-                                         run(impl=impl.name, precision="tf32"), TF32_TOLERANCE))
+                                         run(impl=impl.name, loss_impl="generic", precision="tf32"), TF32_TOLERANCE))
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
                 results.append(agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,
@@ -161,10 +163,21 @@ def update_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
     return results
 
 
+EXAMPLE_HIDDEN_SIZES = (128, 256, 512, 1024)  # batch 32
+
+
 def default_impls(backend_name: str) -> str:
+    """What "auto" runs on ``backend_name`` per dtype, at a few hidden sizes where the choice depends on size."""
     backend = get_backend(backend_name)
-    return ", ".join(f"{dtype}: {registry.choose_layer_impl(backend, getattr(np, dtype), False).name}"
-                     for dtype in ("float32", "float64"))
+    described = []
+    for dtype in ("float32", "float64"):
+        names = [registry.choose_layer_impl(backend, getattr(np, dtype), False, None, (32, hidden)).name
+                 for hidden in EXAMPLE_HIDDEN_SIZES]
+        if len(set(names)) == 1:
+            described.append(f"{dtype}: {names[0]}")
+        else:
+            described.append(f"{dtype}: " + ", ".join(f"H={h} {n}" for h, n in zip(EXAMPLE_HIDDEN_SIZES, names)))
+    return "; ".join(described)
 
 
 def available_gpu_backend() -> tuple[bool, str]:

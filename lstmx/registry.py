@@ -55,6 +55,8 @@ class LayerImpl(NamedTuple):
     step_masks: bool  # handles variable-length batches
     size_limited: bool  # its module's refuses_size(batch, hidden, dtype) says which sizes it runs
     summary: str
+    auto_max_hidden: dict[str, int] | None = None  # per dtype, the largest hidden size "auto" picks it for (a dtype
+    # not named, or None: every size it runs)
 
     def refuses(self, backend: Backend, dtype: Any, masked: bool, sizes: tuple[int, int] | None = None) -> str | None:
         """None when this implementation can run the call here, else why not (for error messages and skips).
@@ -76,6 +78,15 @@ class LayerImpl(NamedTuple):
             return module.refuses_size(*sizes, dtype)
         return None
 
+    def auto_takes(self, dtype: Any, sizes: tuple[int, int] | None) -> bool:
+        """Whether "auto" may pick it for ``dtype`` and ``sizes`` = (batch, hidden) (None: any size): its auto
+        dtypes and hidden-size limit. Whether it can run the call at all is :meth:`refuses`'s to say."""
+        name = dtype_name(dtype)
+        if name not in self.auto_dtypes:
+            return False
+        limit = None if self.auto_max_hidden is None else self.auto_max_hidden.get(name)
+        return limit is None or sizes is None or sizes[1] <= limit
+
     def largest_hidden(self, backend: Backend, dtype: Any, batch: int, upper: int = 4096) -> int:
         """The largest hidden size up to ``upper`` this implementation runs for ``batch`` rows here, at which the
         next size up is refused (0 when none runs); a bisection over :meth:`refuses`."""
@@ -96,21 +107,27 @@ class LayerImpl(NamedTuple):
 
 
 # Which dtypes "auto" picks each CuPy path for: a path that has not yet passed the CuPy suite on a GPU is () and
-# runs only when asked for by name.
-CUPY_STEPWISE_AUTO = ("float32", "float64")  # passed on an H100
-CUPY_PERSISTENT_AUTO = ("float32", "float64")  # passed on an H100
-CUPY_TILED_AUTO = ()  # its kernels pass on the CPU emulator; not yet run on a GPU
-CUPY_GRAPH_AUTO = ()  # its captures and replays pass on the CPU emulator's stand-in; not yet run on a GPU
+# runs only when asked for by name. All four passed it on an H100 (README, "GPU"); where "auto" runs which one
+# follows bench/gpu_vs_cpu.py's fastest column per row there (--dtype float32 and float64).
+CUPY_TILED_AUTO = ("float32", "float64")
+CUPY_PERSISTENT_AUTO = ("float32",)  # in float64 the graph path beat it at every size it runs
+CUPY_GRAPH_AUTO = ("float32", "float64")
+CUPY_STEPWISE_AUTO = ("float32", "float64")
+# Up to these hidden sizes the tiled kernels beat every other path on the H100's rows; above them the graph path's
+# cuBLAS GEMMs did (float32 at H = 512, float64 at H = 256), though the tiles still fit.
+CUPY_TILED_AUTO_MAX_HIDDEN = {"float32": 256, "float64": 128}
 FLOATS = ("float32", "float64")
 
-# In order of preference: "auto" runs the first that takes the call (dtype among its auto_dtypes, mask, size). A
-# path that joins "auto" after a GPU run goes where its measured rows put it (bench/gpu_vs_cpu.py prints the
-# fastest CuPy column per row).
+# In order of preference: "auto" runs the first that takes the call (dtype among its auto_dtypes, hidden size
+# within its auto_max_hidden, then mask and size). Where the tiled kernels are not picked, the float32 persistent
+# kernels (small hidden sizes) come before the graph path, which they beat at H = 128; the graph path then runs
+# every size, and the stepwise path what no other takes (it is the fallback the others' errors name).
 LAYER_IMPLS: tuple[LayerImpl, ...] = (
+    LayerImpl("cupy-tiled", "lstmx.kernels.cupy_tiled", ("cupy",), FLOATS, CUPY_TILED_AUTO, True, True,
+              "CuPy: register-tiled cooperative kernels, W_h split over units × rows (sizes whose tiles fit on chip)",
+              CUPY_TILED_AUTO_MAX_HIDDEN),
     LayerImpl("cupy-persistent", "lstmx.kernels.cupy_persistent", ("cupy",), FLOATS, CUPY_PERSISTENT_AUTO, True, True,
               "CuPy: one cooperative kernel per direction for all steps (small hidden sizes)"),
-    LayerImpl("cupy-tiled", "lstmx.kernels.cupy_tiled", ("cupy",), FLOATS, CUPY_TILED_AUTO, True, True,
-              "CuPy: register-tiled cooperative kernels, W_h split over units × rows (sizes whose tiles fit on chip)"),
     LayerImpl("cupy-graph", "lstmx.kernels.cupy_graph", ("cupy",), FLOATS, CUPY_GRAPH_AUTO, True, False,
               "CuPy: the stepwise path's GEMMs and kernels captured once per shape as a CUDA graph, one launch per "
               "direction (every size)"),
@@ -211,7 +228,7 @@ def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | No
             raise LayerImplError(f"layer implementation {name!r} cannot run this call: it {reason}; "
                                  f"implementations that can: {', '.join(able)}")
     for candidate in LAYER_IMPLS:
-        if dtype_name(dtype) in candidate.auto_dtypes and candidate.refuses(backend, dtype, masked, sizes) is None:
+        if candidate.auto_takes(dtype, sizes) and candidate.refuses(backend, dtype, masked, sizes) is None:
             return candidate
     raise LayerImplError(f"no layer implementation runs {dtype_name(dtype)} on {backend.name}")  # generic always does
 
@@ -268,7 +285,7 @@ UPDATE_ENVIRONMENT_VARIABLE = "LSTMX_UPDATE_IMPL"
 class UpdateImplError(ImplError):
     """An optimizer-update implementation that does not exist or cannot run this optimizer here."""
 
-CUPY_FUSED_UPDATE_AUTO = False  # its kernels pass on the CPU emulator; not yet run on a GPU: by name only
+CUPY_FUSED_UPDATE_AUTO = True  # passed the CuPy suite and lstmx check on an H100 (every optimizer, clipping)
 
 
 def _runnable_module(module: str, backends: tuple[str, ...] | None, backend: Backend) -> tuple[Any, str | None]:
@@ -358,7 +375,7 @@ LOSS_ENVIRONMENT_VARIABLE = "LSTMX_LOSS_IMPL"
 
 class LossImplError(ImplError):
     """A loss implementation that does not exist or cannot run here."""
-CUPY_FUSED_LOSS_AUTO = False  # its kernel passes on the CPU emulator; not yet run on a GPU: by name only
+CUPY_FUSED_LOSS_AUTO = True  # passed the CuPy suite and lstmx check on an H100
 
 
 class LossImpl(NamedTuple):

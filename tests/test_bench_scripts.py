@@ -53,6 +53,7 @@ REFUSED = [
     ("gpu_vs_cpu", ["--repeats", "0"], "argument --repeats: must be an integer ≥ 1, got 0"),
     ("gpu_vs_cpu", ["--rounds", "-2"], "argument --rounds: must be an integer ≥ 1, got -2"),
     ("gpu_vs_cpu", ["--skip-impl", "cudnn"], "argument --skip-impl: invalid choice: 'cudnn'"),
+    ("gpu_vs_cpu", ["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
     ("tune_tiled", ["--repeats", "1.5"], "argument --repeats: must be an integer ≥ 1, got '1.5'"),
     ("tune_tiled", ["--configs", "1,2"], "argument --configs: each entry must be B,T,D,H"),
     ("tune_tiled", ["--precision", "fp16"], "argument --precision: invalid choice: 'fp16'"),
@@ -104,6 +105,15 @@ def test_gpu_vs_cpu_runs_a_tiny_row_and_writes_its_table(run, capsys, tmp_path):
     assert entry["config"] == {"B": 2, "T": 3, "D": 4, "H": 5} and not entry["failed"]
     assert "lstmx-numpy:numpy" in entry["columns"] and entry["columns"]["lstmx-numpy:numpy"]["ms"] > 0
     assert not list(tmp_path.glob(".*.partial"))  # written whole: no partial file left behind
+
+
+def test_gpu_vs_cpu_runs_float64_under_a_name_of_its_own(run, capsys, tmp_path):
+    run("gpu_vs_cpu", "--configs", "2,3,4,5", "--repeats", "1", "--rounds", "1", "--dtype", "float64")
+    report = json.loads((tmp_path / "gpu_vs_cpu_float64.json").read_text())
+    assert report["dtype"] == "float64" and not (tmp_path / "gpu_vs_cpu.json").exists()
+    [entry] = report["results"]
+    assert entry["columns"]["lstmx-numpy:numpy"]["ms"] > 0 and not any("tf32" in name for name in entry["columns"])
+    assert "fp32" not in capsys.readouterr().out.split("\n", 1)[1]  # no float32 column or ratio is claimed
 
 
 def test_train_vs_torch_runs_a_few_steps_and_leaves_no_run_folder(run, capsys, tmp_path):

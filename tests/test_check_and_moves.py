@@ -73,6 +73,25 @@ def test_model_and_optimizer_move_between_backends(backend):
     assert all(isinstance(p, np.ndarray) for p in model.params.values())
 
 
+def test_each_check_row_changes_one_implementation_and_runs_generic_paths_for_the_rest(monkeypatch):
+    """Where "auto" runs fast paths (the fused loss on CuPy), the reference and every layer row still pin the loss
+    to the generic path, and the loss rows the layer: a row compares one implementation, not whatever auto picks."""
+    compute, calls = check_module._loss_state_and_grads, []
+
+    def recording(backend_name, seed, lengths, impl=None, loss_impl=None, **options):
+        calls.append((impl, loss_impl))
+        loss_impl = "generic" if loss_impl == "cupy-fused" else loss_impl  # the stand-in for the fused loss
+        return compute(backend_name, seed, lengths, impl=impl, loss_impl=loss_impl, **options)
+
+    monkeypatch.setattr(check_module, "_loss_state_and_grads", recording)
+    monkeypatch.setattr(lstmx.registry, "available_loss_impls", lambda backend: ["generic", "cupy-fused"])
+    results = check_module.implementation_checks("numpy")
+    assert all(impl is not None and loss_impl is not None for impl, loss_impl in calls), calls
+    assert ("generic", "generic") in calls and ("generic", "cupy-fused") in calls
+    assert {impl for impl, loss_impl in calls if loss_impl == "generic"} >= {"generic", "numpy"}
+    assert any(r.check == "loss cupy-fused vs generic (float32)" for r in results)
+
+
 def test_an_implementation_that_raises_fails_its_own_row_and_the_rest_still_run(monkeypatch, capsys):
     """A path whose first run on a new GPU raises costs its row (error named), not the table."""
     compute = check_module._loss_state_and_grads

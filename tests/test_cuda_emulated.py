@@ -32,6 +32,7 @@ from lstmx.layers.lstm_layer import LayerInputError
 from lstmx.precision import matmul_precision
 
 from . import fake_cupy
+from .conftest import REAL_TF32_MIN_HIDDEN
 from .cuda_emulator import COMPILER
 from .fake_cupy import RawKernel, fake_cupy_modules
 
@@ -734,6 +735,20 @@ def test_the_tf32_path_chooses_its_own_shape_on_the_device(wrappers):
     result = run_tf32(wrappers, arrays, mask)
     assert max(relative_error(result, reference(arrays, mask)).values()) < 1e-2
     assert max(relative_error(result, run_path("tiled", wrappers, arrays, mask)).values()) > 1e-5
+
+
+def test_tf32_runs_the_mma_kernels_from_their_threshold_up(wrappers, monkeypatch):
+    """precision="tf32" runs the tiled MMA variant from ``tiling.TF32_MIN_HIDDEN`` units up (where it measured
+    faster) and the float32 kernels below, with the results of the float32 path there; float64 is never TF32."""
+    tiled = wrappers["cupy_tiled"]
+    monkeypatch.setattr(tiling, "TF32_MIN_HIDDEN", REAL_TF32_MIN_HIDDEN)  # the suite lowers it to 0
+    with matmul_precision(NUMPY, "tf32"):
+        assert [tiled.kernel_variant(np.float32, h) for h in (33, REAL_TF32_MIN_HIDDEN - 1, REAL_TF32_MIN_HIDDEN)] \
+            == ["float32", "float32", "tf32"]
+        assert tiled.kernel_variant(np.float64, 4 * REAL_TF32_MIN_HIDDEN) == "float64"
+    assert tiled.kernel_variant(np.float32, 4 * REAL_TF32_MIN_HIDDEN) == "float32"  # precision="float32"
+    arrays, mask = problem(3, 5, 4, 33, np.float32, masked=True)
+    assert_close(run_tf32(wrappers, arrays, mask), run_path("tiled", wrappers, arrays, mask), 0)
 
 
 @pytest.fixture

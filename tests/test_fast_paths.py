@@ -7,6 +7,7 @@ import here (no Numba, no CuPy) is skipped with the reason.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -163,7 +164,7 @@ def test_registry_chooses_by_backend_dtype_and_mask(monkeypatch):
         registry.choose_layer_impl(NUMPY, np.float32, True, "numpy")
     with pytest.raises(registry.LayerImplError, match="runs on numpy, not array_api_strict"):
         registry.choose_layer_impl(strict, strict.xp.float32, False, "numpy")
-    with pytest.raises(registry.LayerImplError, match="impl must be one of auto, cupy-persistent, cupy-tiled, cupy-graph, cupy-stepwise, numba, numpy, generic"):
+    with pytest.raises(registry.LayerImplError, match="impl must be one of auto, cupy-tiled, cupy-persistent, cupy-graph, cupy-stepwise, numba, numpy, generic"):
         registry.choose_layer_impl(NUMPY, np.float32, False, "fast")
     monkeypatch.setenv(registry.ENVIRONMENT_VARIABLE, "nonsense")
     with pytest.raises(registry.LayerImplError, match="LSTMX_LAYER_IMPL must be one of"):
@@ -305,9 +306,43 @@ def test_size_limited_paths_at_their_limit_and_one_past_it(backend):
             module.lstm_layer_forward(backend, *arrays)
 
 
+def test_auto_picks_a_path_only_within_its_dtypes_and_hidden_limit():
+    """"auto" weighs a path's auto dtypes and hidden-size limit before whether it can run the call at all."""
+    tiled, limit = registry.layer_impl("cupy-tiled"), registry.CUPY_TILED_AUTO_MAX_HIDDEN
+    assert tiled.auto_max_hidden == limit
+    for dtype in (np.float32, np.float64):
+        largest = limit[np.dtype(dtype).name]
+        assert tiled.auto_takes(dtype, (32, largest)) and not tiled.auto_takes(dtype, (32, largest + 1))
+        assert tiled.auto_takes(dtype, None)  # no sizes given: the limit cannot apply
+    assert not registry.layer_impl("cupy-persistent").auto_takes(np.float64, (32, 8))
+    generic = registry.layer_impl("generic")
+    assert generic.auto_max_hidden is None and generic.auto_takes(np.float64, (32, 10**6))
+    assert not registry.layer_impl("numba").auto_takes(np.float64, (32, 8))
+
+
+def test_auto_on_cupy_runs_the_paths_measured_fastest(backend, monkeypatch):
+    """On CuPy, "auto" runs the tiled kernels up to their hidden limit, the graph path above it (also for masked
+    batches), and the fused loss and updates."""
+    if backend.name != "cupy":
+        pytest.skip("auto's CuPy choices")
+    from lstmx.optim import Adam
+
+    for variable in (registry.ENVIRONMENT_VARIABLE, registry.LOSS_ENVIRONMENT_VARIABLE,
+                     registry.UPDATE_ENVIRONMENT_VARIABLE):
+        monkeypatch.delenv(variable, raising=False)
+
+    for dtype in (np.float32, np.float64):
+        choose = functools.partial(registry.choose_layer_impl, backend, dtype)
+        largest = registry.CUPY_TILED_AUTO_MAX_HIDDEN[np.dtype(dtype).name]
+        assert choose(False, None, (32, largest)).name == choose(True, None, (32, largest)).name == "cupy-tiled"
+        assert choose(False, None, (32, largest + 1)).name == choose(True, None, (128, 1024)).name == "cupy-graph"
+    assert registry.choose_loss(backend)[0] == "cupy-fused"
+    assert registry.choose_update(backend, Adam)[0] == registry.choose_clipping(backend)[0] == "cupy-fused"
+
+
 def test_persistent_path_refuses_a_grid_that_cannot_be_resident_at_once(backend):
     """CuPy would shrink a cooperative grid that does not fit (and the kernel would compute garbage): the
-    path refuses such a batch instead, and "auto" takes the stepwise path."""
+    path refuses such a batch instead (under "auto" another path takes it)."""
     impl = registry.layer_impl("cupy-persistent")
     module = runnable(impl, backend, np.float32)
     hidden = 128

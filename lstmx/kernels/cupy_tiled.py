@@ -4,14 +4,14 @@ for hidden sizes whose W_h no longer fits one block per 32 units (:mod:`lstmx.ke
 Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward``, and the same buffers, input
 projection and weight-gradient GEMMs as the other CuPy paths. The kernels (``cuda/tiled.cu``,
 :mod:`lstmx.kernels.cuda_sources`) split W_h over a 2-D grid (units × batch rows) and tile the per-step product
-in registers; under ``precision="tf32"`` (:func:`lstmx.precision.active_precision`) float32 layers run the
-kernels' TF32 variant, whose products are tensor-core MMAs. The tile shape is chosen per (batch, hidden,
+in registers; under ``precision="tf32"`` (:func:`lstmx.precision.active_precision`) float32 layers of at least
+``tiling.TF32_MIN_HIDDEN`` units run the kernels' TF32 variant, whose products are tensor-core MMAs. The tile shape is chosen per (batch, hidden,
 variant) by :func:`lstmx.kernels.tiling.choose_tile_shape` or given with :func:`use_tile_shape` (the tuner does).
 Every launch checks the grid against the device's co-resident limit first: CuPy would silently shrink a
 cooperative grid, and the kernel would compute garbage.
 
-The registry runs this path only when asked for by name (``impl="cupy-tiled"``) until it has passed the CuPy
-suite on a GPU; its kernels are tested on the CPU by the emulator (``tests/test_cuda_emulated.py``).
+"auto" runs this path for float32 up to ``registry.CUPY_TILED_AUTO_MAX_HIDDEN`` units; its kernels are tested on
+the GPU against the generic path and on the CPU by the emulator (``tests/test_cuda_emulated.py``).
 """
 
 from __future__ import annotations
@@ -61,10 +61,12 @@ def _resident_blocks(kernel: str, variant: str, threads: int, shared: int, devic
     return sms * driver.occupancyMaxActiveBlocksPerMultiprocessor(_kernel(kernel, variant).kernel.ptr, threads, shared)
 
 
-def kernel_variant(dtype: Any) -> str:
-    """The kernels a layer of ``dtype`` runs now: "tf32" for float32 under ``precision="tf32"``, else the dtype."""
+def kernel_variant(dtype: Any, hidden: int) -> str:
+    """The kernels a layer of ``dtype`` and ``hidden`` units runs now: "tf32" for float32 under
+    ``precision="tf32"`` from ``tiling.TF32_MIN_HIDDEN`` units up, else the dtype."""
     dtype = np.dtype(dtype).name
-    return "tf32" if dtype == "float32" and active_precision() == "tf32" else dtype
+    tf32 = dtype == "float32" and active_precision() == "tf32" and hidden >= tiling.TF32_MIN_HIDDEN
+    return "tf32" if tf32 else dtype
 
 
 def _shape_for(batch: int, hidden: int, variant: str) -> tiling.TileShape | None:
@@ -79,7 +81,7 @@ def _shape_for(batch: int, hidden: int, variant: str) -> tiling.TileShape | None
 def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
     """None when a layer of this batch and hidden size runs here (at the active precision), else why not (for
     the registry)."""
-    variant = kernel_variant(dtype)
+    variant = kernel_variant(dtype, hidden)
     shape = _shape_for(batch, hidden, variant)
     if shape is None:
         return f"has no tile shape for batch {batch} × hidden {hidden} in {variant} that fits this GPU"
@@ -103,7 +105,7 @@ def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> No
     reason = refuses_size(batch, hidden, dtype)
     if reason is not None:
         raise ValueError(f"the tiled CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
-    variant = kernel_variant(dtype)
+    variant = kernel_variant(dtype, hidden)
     shape = _shape_for(batch, hidden, variant)
     chunk = shape.forward_chunk if kernel == "lstm_forward_tiled" else shape.backward_chunk
     _kernel(kernel, variant)(shape.grid(batch, hidden), shape.block(), (*args, np.int32(chunk)),
