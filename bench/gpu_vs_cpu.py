@@ -191,7 +191,8 @@ def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str) -> Pa
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    figure, axis = plt.subplots(figsize=(max(7, 1.6 * len(results) * max(1, len(names)) / 3), 4.5), dpi=110)
+    figure, axis = plt.subplots(figsize=(min(14, max(7, 0.25 * len(results) * max(1, len(names)))) + 3, 4.5),
+                                dpi=110)  # + 3 inches for the legend beside the axes
     width = 0.8 / max(1, len(names))
     for k, name in enumerate(names):
         xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(results))]
@@ -204,7 +205,7 @@ def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str) -> Pa
     axis.set_yscale("log")
     axis.set_title(f"One LSTM training step (forward + BPTT), {dtype}")
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     figure.tight_layout()
     path = RESULTS / f"{output_name(dtype)}.png"
     RESULTS.mkdir(exist_ok=True)
