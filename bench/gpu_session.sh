@@ -67,14 +67,12 @@ for what in "$@"; do
         check)
             [ -z "$(left_out)" ] || echo "check: runs every path, $(left_out | tr '\n' ' ')included (each fails its own row)"
             step "$what" "${STEP_TIMEOUT:-540}" python3 -m lstmx.cli check 2>&1 | tee "$OUT/check.log" || status=1 ;;
-        bench)
-            step "$what" "${STEP_TIMEOUT:-540}" python3 bench/gpu_vs_cpu.py --no-cpu --repeats 9 \
-                $(for impl in $(left_out); do echo "--skip-impl $impl"; done) 2>&1 | tee "$OUT/bench.log" | grep -v "^  ("
-            cp bench/results/gpu_vs_cpu.* "$OUT/" 2>/dev/null ;;
-        bench-f64)
-            step "$what" "${STEP_TIMEOUT:-540}" python3 bench/gpu_vs_cpu.py --no-cpu --dtype float64 --repeats 5 \
-                $(for impl in $(left_out); do echo "--skip-impl $impl"; done) 2>&1 | tee "$OUT/bench-f64.log" | grep -v "^  ("
-            cp bench/results/gpu_vs_cpu_float64.* "$OUT/" 2>/dev/null ;;
+        bench|bench-f64)  # float32 (9 repeats), or float64 (5: its rows only decide "auto", no TF32 columns)
+            if [ "$what" = bench ]; then dtype=float32 repeats=9 name=gpu_vs_cpu
+            else dtype=float64 repeats=5 name=gpu_vs_cpu_float64; fi
+            step "$what" "${STEP_TIMEOUT:-540}" python3 bench/gpu_vs_cpu.py --no-cpu --dtype $dtype --repeats $repeats \
+                $(for impl in $(left_out); do echo "--skip-impl $impl"; done) 2>&1 | tee "$OUT/$what.log" | grep -v "^  ("
+            cp bench/results/$name.* "$OUT/" 2>/dev/null ;;
         tune) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/tune_tiled.py 2>&1 | tee "$OUT/tune.log"; cp bench/results/tune_tiled.json "$OUT/" 2>/dev/null ;;
         tune-tf32) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/tune_tiled.py --precision tf32 2>&1 | tee "$OUT/tune-tf32.log"; cp bench/results/tune_tiled_tf32.json "$OUT/" 2>/dev/null ;;
         lm) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy ${LM_ARGS:-} 2>&1 | tee "$OUT/lm.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/" 2>/dev/null ;;

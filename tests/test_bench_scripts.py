@@ -131,7 +131,8 @@ def test_the_gpu_session_refuses_an_unknown_step_before_running_any():
     step tries every CuPy layer path in the registry, and the modules it leaves to CI exist."""
     script = (BENCH / "gpu_session.sh").read_text()
     steps = re.search(r'^STEPS="([^"]+)"', script, re.MULTILINE).group(1).split()
-    branches = set(re.findall(r"^ {8}([\w-]+)\)", script, re.MULTILINE))
+    branches = {step for pattern in re.findall(r"^ {8}([\w|-]+)\)", script, re.MULTILINE)
+                for step in pattern.split("|")}  # a branch may serve several steps ("bench|bench-f64")
     assert set(steps) == branches  # every step named has its branch, and every branch is named
     smoked = re.search(r"^ +for impl in ([\w -]+); do", script, re.MULTILINE).group(1).split()
     assert sorted(smoked) == sorted(impl.name for impl in registry.LAYER_IMPLS if impl.backends == ("cupy",))
@@ -155,16 +156,18 @@ def test_the_gpu_session_leaves_out_a_path_that_failed_its_smoke_run(tmp_path, f
         tool.chmod(0o755)
     environment = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
                    "SMOKE_FAILED": str(tmp_path / "smoke_failed.txt")}
-    done = subprocess.run(["bash", "bench/gpu_session.sh", "smoke", "tests", "bench", "lm-graph"], cwd=BENCH.parent,
-                          env=environment, capture_output=True, text=True)
+    done = subprocess.run(["bash", "bench/gpu_session.sh", "smoke", "tests", "bench", "bench-f64", "lm-graph"],
+                          cwd=BENCH.parent, env=environment, capture_output=True, text=True)
     recorded = calls.read_text().splitlines()
     keyword = failing.removeprefix("cupy-")
     assert (tmp_path / "smoke_failed.txt").read_text() == f"{failing}\n"
     assert f"smoke {failing}: FAILED" in done.stdout and done.returncode == 1
     [tests] = [call for call in recorded if "--ignore=tests/test_cuda_emulated.py|" in call]
     assert f"|-k|not {keyword}|tests|" in tests
-    [bench] = [call for call in recorded if call.startswith("bench/gpu_vs_cpu.py|")]
-    assert f"|--skip-impl|{failing}|" in bench
+    benches = [call for call in recorded if call.startswith("bench/gpu_vs_cpu.py|")]
+    assert [("|--dtype|float32|" in call, "|--dtype|float64|" in call) for call in benches] == [(True, False),
+                                                                                               (False, True)]
+    assert all(f"|--skip-impl|{failing}|" in call for call in benches)
     graph_runs = [call for call in recorded if "|--impl|cupy-graph|" in call]
     assert (graph_runs == []) == (failing == "cupy-graph")
     assert ("lm-graph: left out (cupy-graph failed the smoke step)" in done.stdout) == (failing == "cupy-graph")

@@ -5,13 +5,15 @@ Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward``,
 projection and weight-gradient GEMMs as the other CuPy paths. The kernels (``cuda/tiled.cu``,
 :mod:`lstmx.kernels.cuda_sources`) split W_h over a 2-D grid (units × batch rows) and tile the per-step product
 in registers; under ``precision="tf32"`` (:func:`lstmx.precision.active_precision`) float32 layers of at least
-``tiling.TF32_MIN_HIDDEN`` units run the kernels' TF32 variant, whose products are tensor-core MMAs. The tile shape is chosen per (batch, hidden,
-variant) by :func:`lstmx.kernels.tiling.choose_tile_shape` or given with :func:`use_tile_shape` (the tuner does).
+``tiling.TF32_MIN_HIDDEN`` units run the kernels' TF32 variant, whose products are tensor-core MMAs. The tile
+shape is chosen per (batch, hidden, variant) by :func:`lstmx.kernels.tiling.choose_tile_shape` or given with
+:func:`use_tile_shape` (the tuner does).
 Every launch checks the grid against the device's co-resident limit first: CuPy would silently shrink a
 cooperative grid, and the kernel would compute garbage.
 
-"auto" runs this path for float32 up to ``registry.CUPY_TILED_AUTO_MAX_HIDDEN`` units; its kernels are tested on
-the GPU against the generic path and on the CPU by the emulator (``tests/test_cuda_emulated.py``).
+"auto" runs this path up to the hidden size ``registry.CUPY_TILED_AUTO_MAX_HIDDEN`` gives for the dtype; its
+kernels are tested on the GPU against the generic path and on the CPU by the emulator
+(``tests/test_cuda_emulated.py``).
 """
 
 from __future__ import annotations
