@@ -70,10 +70,9 @@ class LayerImpl(NamedTuple):
             return f"computes {', '.join(self.dtypes)}, not {dtype_name(dtype)}"
         if masked and not self.step_masks:
             return "takes no step mask (lengths)"
-        try:
-            module = self.load()
-        except ImportError as error:
-            return f"is not importable here ({error})"
+        module, reason = _runnable_module(self.module, None, backend)  # its backend was checked first
+        if module is None:
+            return reason
         if self.size_limited and sizes is not None:
             return module.refuses_size(*sizes, dtype)
         return None
