@@ -34,6 +34,12 @@ class Backend(NamedTuple):
         """Copy host values (NumPy arrays, lists, scalars) onto this backend's device."""
         return self.xp.asarray(values, dtype=dtype, device=self.device)
 
+    def contiguous(self, values: Any) -> Any:
+        """``values`` in row-major order (a copy when they are not): the fast paths read dense arrays. Other
+        namespaces run only the generic path, which assumes no layout."""
+        make = getattr(self.xp, "ascontiguousarray", None) if self.name in ("numpy", "cupy") else None
+        return values if make is None else make(values)
+
     def dtype(self, dtype: Any) -> Any:
         """A dtype of this namespace from a name ("float32") or a dtype object."""
         if isinstance(dtype, str):

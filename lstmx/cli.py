@@ -178,6 +178,9 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         data = DataConfig(**given_data)
         model_config = ModelConfig(**given_model)
+    if model_config.proj_size >= model_config.hidden_size:  # before any data is read
+        raise OptionError(f"--proj-size must be below --hidden-size ({model_config.hidden_size}), got "
+                          f"{model_config.proj_size} (0: no projection)")
     if given_train.get("precision", "float32") != "float32":  # before any data is read: tf32 needs CuPy, float32
         from .backend import get_backend
         from .precision import check_precision
@@ -235,8 +238,9 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             config = TrainConfig(**given_train)
             model = LanguageModel(len(vocab), model_config.embedding_size, model_config.hidden_size,
-                                  model_config.num_layers, model_config.dropout, backend=args.backend,
-                                  dtype=model_config.dtype, seed=config.seed, precision=config.precision)
+                                  model_config.num_layers, model_config.dropout, proj_size=model_config.proj_size,
+                                  backend=args.backend, dtype=model_config.dtype, seed=config.seed,
+                                  precision=config.precision)
             trainer = Trainer(model, vocab, split, config, out, progress=progress, data=data, comm=comm)
         say(f"{trainer.model.num_parameters():,} parameters on {trainer.model.backend.name}; training to step "
              f"{trainer.config.steps} (from step {trainer.step}); writing to {out}")

@@ -1,8 +1,9 @@
 """Public models: :class:`LSTM` (a stack of layers) and :class:`LanguageModel` (Embedding → LSTM → Linear).
 
-Both hold their LSTM layers through one :class:`LSTMStack` (parameter names, initialisation, forward and
-backward of the stack); the math lives in :mod:`lstmx.layers` and :mod:`lstmx.stack`. ``backward`` returns
-gradients as a dict with the same names as ``params``.
+Both hold their recurrent layers through one :class:`Stack` (a cell, its parameter names and initialisation, one
+or two directions, the forward and backward of the stack); the math lives in :mod:`lstmx.cells`,
+:mod:`lstmx.layers` and :mod:`lstmx.stack`. ``backward`` returns gradients as a dict with the same names as
+``params``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from . import init, registry
+from . import registry
+from . import init
 from .backend import Backend, check_same_backend
+from .cells import Cell, lstm_cell
 from .layers import (
     IGNORE_INDEX,
     cross_entropy_forward,
@@ -26,45 +29,89 @@ from .layers import (
 from .layers.embedding import EmbeddingCache
 from .layers.linear import LinearCache
 from .module import Module, State
-from .stack import LSTMCache, LayerParams, lstm_backward, lstm_forward
-from .validate import check_finite, check_float_array, check_token_array, lengths_to_mask
+from .stack import LSTMCache, StackCache, TimeReversal, stack_backward, stack_forward, time_reversal
+from .validate import check_finite, check_float_array, check_lengths, check_token_array, mask_of_lengths
 
 
-class LSTMStack(NamedTuple):
-    """The LSTM layers of a model: ``{prefix}weight_l{k}`` (D_k + H, 4H) and ``{prefix}bias_l{k}`` (4H,)."""
+class Stack(NamedTuple):
+    """The recurrent layers of a model: ``cell`` over ``num_layers`` layers, in one or two directions.
+
+    Parameter names: ``{prefix}{suffix}_l{k}`` for each of the cell's suffixes (``weight``, ``bias``, and
+    ``projection`` for the projected cell), with ``_reverse`` appended for the reverse direction (PyTorch's
+    naming). The state is the cell's: h (L·dirs, B, R) and c (L·dirs, B, H), index ``k * dirs + d``.
+    """
 
     prefix: str
+    cell: Cell
     input_size: int
-    hidden_size: int
     num_layers: int
+    bidirectional: bool = False
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """The features of y: dirs · R."""
+        return self.directions * self.cell.output_size
+
+    def layer_input_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.output_size
+
+    def parameter_names(self, layer: int, direction: int) -> tuple[str, ...]:
+        suffix = "_reverse" if direction else ""
+        return tuple(f"{self.prefix}{stem}_l{layer}{suffix}" for stem in self.cell.parameter_suffixes)
 
     def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         host = {}
         for k in range(self.num_layers):
-            weight, bias = init.lstm_layer(rng, self.input_size if k == 0 else self.hidden_size, self.hidden_size)
-            host[f"{self.prefix}weight_l{k}"], host[f"{self.prefix}bias_l{k}"] = weight, bias
+            for d in range(self.directions):
+                host.update(zip(self.parameter_names(k, d), self.cell.initialize(rng, self.layer_input_size(k))))
         return host
 
-    def layer_params(self, params: dict[str, Any]) -> list[LayerParams]:
-        return [(params[f"{self.prefix}weight_l{k}"], params[f"{self.prefix}bias_l{k}"]) for k in range(self.num_layers)]
+    def layer_params(self, params: dict[str, Any]) -> list[list[tuple[Any, ...]]]:
+        return [[tuple(params[name] for name in self.parameter_names(k, d)) for d in range(self.directions)]
+                for k in range(self.num_layers)]
 
-    def named_grads(self, layer_grads: list[LayerParams]) -> dict[str, Any]:
+    def named_grads(self, layer_grads: list[list[tuple[Any, ...]]]) -> dict[str, Any]:
         grads = {}
-        for k, (dweight, dbias) in enumerate(layer_grads):
-            grads[f"{self.prefix}weight_l{k}"], grads[f"{self.prefix}bias_l{k}"] = dweight, dbias
+        for k, layer in enumerate(layer_grads):
+            for d, dparams in enumerate(layer):
+                grads.update(zip(self.parameter_names(k, d), dparams))
         return grads
 
-    def forward(self, model: Module, x: Any, state: State | None, step_mask: Any, dropout_masks: tuple[Any, ...],
-                impl: str | None) -> tuple[Any, State, LSTMCache]:
-        """Run the stack on checked input; ``state`` (checked here) defaults to zeros."""
-        h0, c0 = model._initial_state(state, self.num_layers, x.shape[1], self.hidden_size)
-        return lstm_forward(model.backend, self.layer_params(model.params), x, h0, c0, step_mask, dropout_masks, impl)
+    def state_shapes(self, batch: int) -> tuple[tuple[int, int, int], ...]:
+        return tuple((self.num_layers * self.directions, batch, size) for size in self.cell.state_sizes())
 
-    def backward(self, model: Module, dy: Any, cache: LSTMCache, dstate: State | None) -> tuple[Any, State, dict]:
+    def reversal(self, backend: Backend, steps: int, batch: int, lengths: np.ndarray | None) -> TimeReversal | None:
+        """How the reverse direction reverses time (None without one)."""
+        return time_reversal(backend, steps, batch, lengths) if self.bidirectional else None
+
+    def forward(self, model: Module, x: Any, state: State | None, lengths: np.ndarray | None,
+                dropout_masks: tuple[Any, ...], impl: str | None) -> tuple[Any, State, StackCache]:
+        """Run the stack on checked input (``lengths``: checked host lengths or None); ``state`` (checked here)
+        defaults to zeros. The layer implementation is chosen here, once, and named in the cache."""
+        steps, batch = x.shape[0], x.shape[1]
+        initial = model._initial_state(state, self.state_shapes(batch))
+        chosen = registry.choose_layer_impl(model.backend, x.dtype, lengths is not None, impl,
+                                            (batch, self.cell.hidden_size), self.cell.kind)
+        step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
+        return stack_forward(model.backend, self.cell, chosen.name, chosen.load(), self.layer_params(model.params),
+                             x, initial, step_mask, dropout_masks, self.reversal(model.backend, steps, batch, lengths))
+
+    def backward(self, model: Module, dy: Any, cache: StackCache, dstate: State | None) -> tuple[Any, State, dict]:
         """Mirror of :meth:`forward`: ``(dx, (dh0, dc0), grads by parameter name)``; ``dstate`` checked here."""
-        dh, dc = model._initial_state(dstate, self.num_layers, cache.batch, self.hidden_size)
-        dx, dstate0, layer_grads = lstm_backward(model.backend, self.layer_params(model.params), dy, dh, dc, cache)
+        final = model._initial_state(dstate, self.state_shapes(cache.batch), "dstate")
+        kernel = registry.layer_impl(cache.impl).load()
+        dx, dstate0, layer_grads = stack_backward(model.backend, self.cell, kernel, dy, final, cache)
         return dx, dstate0, self.named_grads(layer_grads)
+
+
+def _check_proj_size(proj_size: Any, hidden_size: int) -> None:
+    if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) or not 0 <= proj_size < hidden_size:
+        raise ValueError(f"proj_size must be an integer in [0, hidden_size) = [0, {hidden_size}) (0: no projection), "
+                         f"got {proj_size!r}")
 
 
 def _check_positive(**sizes: int) -> None:
@@ -80,11 +127,16 @@ def _check_cache_type(cache: Any, expected: type) -> None:
 
 
 class LSTM(Module):
-    """A multi-layer LSTM on any Array API backend with exact backpropagation through time.
+    """A multi-layer LSTM on any Array API backend with exact backpropagation through time, with PyTorch
+    ``nn.LSTM``'s options, shapes and parameter layout (fused as below).
 
-    Parameters per layer k: ``weight_l{k}`` (D_k + H, 4H), rows for the input then for h_{t-1}, columns for the
-    gates i, f, g, o; ``bias_l{k}`` (4H,). Dropout (training mode only) acts between layers. ``precision="tf32"``
-    (CuPy, float32) runs the cuBLAS GEMMs on TensorFloat-32 tensor cores (:mod:`lstmx.precision`).
+    Parameters per layer k (and ``..._reverse`` for the reverse direction): ``weight_l{k}`` (D_k + R, 4H), rows
+    for the input then for h_{t-1}, columns for the gates i, f, g, o; ``bias_l{k}`` (4H,); with ``proj_size``
+    P > 0 also ``projection_l{k}`` (H, P), and R = P (:class:`lstmx.cells.LSTMPCell`), else R = H. Dropout
+    (training mode only) acts between layers. ``bidirectional`` runs each layer in both directions and
+    concatenates them (y has 2R features). ``batch_first`` takes x and gives y as (B, T, ·); states stay
+    (L·dirs, B, ·). ``precision="tf32"`` (CuPy, float32) runs the cuBLAS GEMMs on TensorFloat-32 tensor cores
+    (:mod:`lstmx.precision`).
     """
 
     def __init__(
@@ -94,54 +146,90 @@ class LSTM(Module):
         num_layers: int = 1,
         dropout: float = 0.0,
         *,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        batch_first: bool = False,
         backend: Any = "numpy",
         dtype: Any = "float32",
         seed: int = 0,
         precision: str = "float32",
     ) -> None:
         _check_positive(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        _check_proj_size(proj_size, hidden_size)
+        _check_flags(bidirectional=bidirectional, batch_first=batch_first)
         super().__init__(backend, dtype, seed, dropout, precision)
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.stack = LSTMStack("", input_size, hidden_size, num_layers)
+        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
+        self.proj_size, self.bidirectional, self.batch_first = int(proj_size), bidirectional, batch_first
+        self.stack = Stack("", lstm_cell(self.hidden_size, self.proj_size), self.input_size, self.num_layers,
+                           bidirectional)
         self._set_host_params(self.stack.init_params(np.random.default_rng(seed)))
+
+    @property
+    def output_size(self) -> int:
+        """The features of y: dirs · (proj_size or hidden_size)."""
+        return self.stack.output_size
 
     def config(self) -> dict[str, Any]:
         return {"input_size": self.input_size, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "bidirectional": self.bidirectional, "proj_size": self.proj_size,
+                "batch_first": self.batch_first}
+
+    def _time_major(self, name: str, values: Any, features: int, steps: int | None = None,
+                    batch: int | None = None) -> Any:
+        """Check ``values`` ((T, B, F), or (B, T, F) when batch_first) and return them as (T, B, F)."""
+        shape = (batch, steps, features) if self.batch_first else (steps, batch, features)
+        check_float_array(self.backend, name, values, shape, self.dtype)
+        if not self.batch_first:
+            return values
+        return self.backend.contiguous(self.backend.xp.permute_dims(values, (1, 0, 2)))
+
+    def _as_given(self, values: Any) -> Any:
+        """(T, B, F) → the layout the caller uses."""
+        return self.backend.xp.permute_dims(values, (1, 0, 2)) if self.batch_first else values
 
     def forward(
         self, x: Any, state: State | None = None, lengths: Any = None, *, check_finite: bool = False,
         impl: str | None = None,
     ) -> tuple[Any, State, LSTMCache]:
-        """``x`` (T, B, input_size) → ``(y (T, B, H), (h_T, c_T) (L, B, H) each, cache)``.
+        """``x`` (T, B, input_size) → ``(y (T, B, dirs·R), (h_T (L·dirs, B, R), c_T (L·dirs, B, H)), cache)``
+        ((B, T, ·) for x and y when ``batch_first``).
 
         ``state`` is the initial ``(h0, c0)`` (zeros when None); ``lengths`` (B,) integers in [0, T] mark
-        variable-length sequences: padded steps output zeros and keep the state, so the final state is each
+        variable-length sequences (a packed sequence's semantics): padded steps output zeros and keep the
+        state, so the final state is each sequence's last real step, and the reverse direction starts at each
         sequence's last real step. ``check_finite`` also refuses NaN/Inf in ``x`` (one host sync). ``impl``
         names the layer implementation (:mod:`lstmx.registry`; default: the registry's choice).
         """
-        check_float_array(self.backend, "x", x, (None, None, self.input_size), self.dtype)
+        x = self._time_major("x", x, self.input_size)
         steps, batch = x.shape[0], x.shape[1]
         if steps == 0:
             raise ValueError("x is an empty sequence (T = 0 time steps)")
         if check_finite:
             _check_finite_all(self.backend, x=x, state=state)
-        step_mask = None if lengths is None else lengths_to_mask(self.backend, lengths, steps, batch, self.dtype)
-        masks = self._dropout_masks((steps, batch, self.hidden_size), self.num_layers - 1)
+        host_lengths = None if lengths is None else check_lengths(self.backend, lengths, steps, batch)
+        masks = self._dropout_masks((steps, batch, self.output_size), self.num_layers - 1)
         with self._matmuls():
-            return self.stack.forward(self, x, state, step_mask, masks, impl)
+            y, final, cache = self.stack.forward(self, x, state, host_lengths, masks, impl)
+        return self._as_given(y), final, cache
 
     def backward(self, dy: Any, cache: LSTMCache, dstate: State | None = None) -> tuple[Any, State, dict[str, Any]]:
-        """Exact BPTT from ``dy`` = dL/dy (T, B, H) and optional ``dstate`` = dL/d(h_T, c_T).
+        """Exact BPTT from ``dy`` = dL/dy (shaped as y) and optional ``dstate`` = dL/d(h_T, c_T).
 
         ``cache`` must come from this model's latest forward with its current parameters. Returns
-        ``(dx, (dh0, dc0), grads)`` with ``grads`` keyed like ``params``.
+        ``(dx, (dh0, dc0), grads)`` with dx shaped as x and ``grads`` keyed like ``params``.
         """
         _check_cache_type(cache, LSTMCache)
-        self._check_cache_owner(tuple(array for pair in cache.layer_params for array in pair))
-        check_float_array(self.backend, "dy", dy, (cache.steps, cache.batch, self.hidden_size), self.dtype)
+        self._check_cache_owner(cache.parameter_arrays())
+        dy = self._time_major("dy", dy, self.output_size, cache.steps, cache.batch)
         with self._matmuls():
-            return self.stack.backward(self, dy, cache, dstate)
+            dx, dstate0, grads = self.stack.backward(self, dy, cache, dstate)
+        return self._as_given(dx), dstate0, grads
+
+
+def _check_flags(**flags: Any) -> None:
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _check_finite_all(backend: Backend, **arrays: Any) -> None:
@@ -171,9 +259,10 @@ class LossOutput(NamedTuple):
 class LanguageModel(Module):
     """Token ids → Embedding → LSTM → (dropout) → Linear → logits over the vocabulary.
 
-    Parameter names: ``embedding.weight`` (V, E); ``lstm.weight_l{k}``, ``lstm.bias_l{k}`` as in :class:`LSTM`;
-    ``head.weight`` (H, V), ``head.bias`` (V,). Dropout acts between LSTM layers and on the LSTM output.
-    ``precision`` as in :class:`LSTM`.
+    Parameter names: ``embedding.weight`` (V, E); ``lstm.weight_l{k}``, ``lstm.bias_l{k}`` (and
+    ``lstm.projection_l{k}`` with ``proj_size``) as in :class:`LSTM`; ``head.weight`` (R, V), ``head.bias`` (V,),
+    R = proj_size or hidden_size. Dropout acts between LSTM layers and on the LSTM output. ``precision`` as in
+    :class:`LSTM`. A causal language model cannot look ahead, so ``bidirectional=True`` is refused.
     """
 
     def __init__(
@@ -184,6 +273,8 @@ class LanguageModel(Module):
         num_layers: int = 1,
         dropout: float = 0.0,
         *,
+        proj_size: int = 0,
+        bidirectional: bool = False,
         backend: Any = "numpy",
         dtype: Any = "float32",
         seed: int = 0,
@@ -191,23 +282,30 @@ class LanguageModel(Module):
     ) -> None:
         _check_positive(vocab_size=vocab_size, embedding_size=embedding_size, hidden_size=hidden_size,
                         num_layers=num_layers)
+        _check_proj_size(proj_size, hidden_size)
+        if bidirectional is not False:
+            raise ValueError("bidirectional must be False for a LanguageModel: a causal language model cannot look "
+                             "ahead (use lstmx.LSTM(bidirectional=True) as an encoder)")
         super().__init__(backend, dtype, seed, dropout, precision)
-        self.vocab_size, self.embedding_size = vocab_size, embedding_size
-        self.hidden_size, self.num_layers = hidden_size, num_layers
-        self.stack = LSTMStack("lstm.", embedding_size, hidden_size, num_layers)
+        self.vocab_size, self.embedding_size = int(vocab_size), int(embedding_size)
+        self.hidden_size, self.num_layers, self.proj_size = int(hidden_size), int(num_layers), int(proj_size)
+        self.stack = Stack("lstm.", lstm_cell(self.hidden_size, self.proj_size), self.embedding_size,
+                           self.num_layers)
         rng = np.random.default_rng(seed)
-        host = {"embedding.weight": init.embedding(rng, vocab_size, embedding_size)}
+        host = {"embedding.weight": init.embedding(rng, self.vocab_size, self.embedding_size)}
         host.update(self.stack.init_params(rng))
-        host["head.weight"], host["head.bias"] = init.linear(rng, hidden_size, vocab_size)
+        host["head.weight"], host["head.bias"] = init.linear(rng, self.output_size, self.vocab_size)
         self._set_host_params(host)
+
+    @property
+    def output_size(self) -> int:
+        """R: the LSTM's output features (proj_size or hidden_size), the head's input."""
+        return self.stack.output_size
 
     def config(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
-                "hidden_size": self.hidden_size, "num_layers": self.num_layers, "dropout": self.dropout}
-
-    def initial_state(self, batch: int) -> State:
-        """Zero state ``(h, c)``, each (num_layers, batch, hidden_size)."""
-        return self._initial_state(None, self.num_layers, batch, self.hidden_size)
+                "hidden_size": self.hidden_size, "num_layers": self.num_layers, "dropout": self.dropout,
+                "proj_size": self.proj_size}
 
     def forward(
         self, tokens: Any, state: State | None = None, lengths: Any = None, *, check_input: bool = True,
@@ -218,32 +316,32 @@ class LanguageModel(Module):
         ``check_input`` verifies the ids lie in the vocabulary (one host sync; training loops that built the
         batches themselves may turn it off). ``impl`` names the LSTM layer implementation (:mod:`lstmx.registry`).
         """
-        step_mask = self._step_mask(tokens, lengths, check_input)
+        host_lengths = self._lengths(tokens, lengths, check_input)
         with self._matmuls():
-            return self._forward(tokens, state, step_mask, impl)
+            return self._forward(tokens, state, host_lengths, impl)
 
-    def _step_mask(self, tokens: Any, lengths: Any, check_input: bool) -> Any:
-        """Validate ``tokens`` and turn ``lengths`` into the (T, B, 1) step mask (None: every step real)."""
+    def _lengths(self, tokens: Any, lengths: Any, check_input: bool) -> np.ndarray | None:
+        """Validate ``tokens`` and ``lengths``: the checked host lengths (None: every step real)."""
         check_same_backend(self.backend, "tokens", tokens)
         if check_input:
             check_token_array(self.backend, "tokens", tokens, 2, self.vocab_size)
         if tokens.ndim != 2 or tokens.shape[0] == 0:
             raise ValueError(f"tokens must be a non-empty sequence of shape (T, B), got {tuple(tokens.shape)}")
-        return None if lengths is None else lengths_to_mask(self.backend, lengths, *tokens.shape, self.dtype)
+        return None if lengths is None else check_lengths(self.backend, lengths, *tokens.shape)
 
     def draw_dropout_masks(self, steps: int, batch: int) -> tuple[Any, ...]:
         """The dropout masks a training forward of (steps, batch) tokens would draw (None entries in eval mode or
         without dropout): one per LSTM layer, the last acting on the LSTM output. Drawing them first lets a
         caller hand slices of one batch's masks to several forwards (``dropout_masks=``)."""
-        return self._dropout_masks((steps, batch, self.hidden_size), self.num_layers)
+        return self._dropout_masks((steps, batch, self.output_size), self.num_layers)
 
-    def _forward(self, tokens: Any, state: State | None, step_mask: Any, impl: str | None,
+    def _forward(self, tokens: Any, state: State | None, lengths: np.ndarray | None, impl: str | None,
                  dropout_masks: Sequence[Any] | None = None) -> tuple[Any, State, LanguageModelCache]:
         steps, batch = tokens.shape
         vectors, embedding_cache = embedding_forward(self.backend, tokens, self.params["embedding.weight"])
         masks = self._given_masks(dropout_masks, steps, batch) if dropout_masks is not None else \
             self.draw_dropout_masks(steps, batch)
-        y, final, lstm_cache = self.stack.forward(self, vectors, state, step_mask, masks[:-1], impl)
+        y, final, lstm_cache = self.stack.forward(self, vectors, state, lengths, masks[:-1], impl)
         logits, head_cache = linear_forward(
             self.backend, dropout_forward(y, masks[-1]), self.params["head.weight"], self.params["head.bias"]
         )
@@ -255,7 +353,8 @@ class LanguageModel(Module):
             raise ValueError(f"dropout_masks must hold {self.num_layers} masks (one per layer), got {len(masks)}")
         for k, mask in enumerate(masks):
             if mask is not None:
-                check_float_array(self.backend, f"dropout_masks[{k}]", mask, (steps, batch, self.hidden_size), self.dtype)
+                check_float_array(self.backend, f"dropout_masks[{k}]", mask, (steps, batch, self.output_size),
+                                  self.dtype)
         return tuple(masks)
 
     def backward(
@@ -303,19 +402,20 @@ class LanguageModel(Module):
         and its gradient (:func:`lstmx.registry.choose_loss`). Returns a :class:`LossOutput`
         ``(loss, grads, state, initial_state_grad)``.
         """
-        step_mask = self._step_mask(inputs, lengths, check_input)
+        host_lengths = self._lengths(inputs, lengths, check_input)
         if check_input:
             _check_targets(self.backend, targets, inputs.shape, self.vocab_size, ignore_index)
         with self._matmuls():
-            return self._loss(inputs, targets, state, step_mask, ignore_index, grads, impl, dropout_masks, loss_impl)
+            return self._loss(inputs, targets, state, host_lengths, ignore_index, grads, impl, dropout_masks,
+                              loss_impl)
 
-    def _loss(self, inputs: Any, targets: Any, state: State | None, step_mask: Any, ignore_index: int, grads: bool,
-              impl: str | None, dropout_masks: Sequence[Any] | None, loss_impl: str | None) -> LossOutput:
-        logits, final, cache = self._forward(inputs, state, step_mask, impl, dropout_masks)
+    def _loss(self, inputs: Any, targets: Any, state: State | None, lengths: np.ndarray | None, ignore_index: int,
+              grads: bool, impl: str | None, dropout_masks: Sequence[Any] | None, loss_impl: str | None) -> LossOutput:
+        logits, final, cache = self._forward(inputs, state, lengths, impl, dropout_masks)
         xp = self.backend.xp
         flat_targets = xp.reshape(targets, (-1,))
-        if step_mask is not None:  # steps past a sequence's length do not count
-            real = xp.reshape(step_mask, (-1,)) > 0
+        if lengths is not None:  # steps past a sequence's length do not count
+            real = self.backend.asarray((np.arange(inputs.shape[0])[:, None] < lengths[None, :]).reshape(-1))
             flat_targets = xp.where(real, flat_targets, xp.full_like(flat_targets, ignore_index))
         flat_logits = xp.reshape(logits, (-1, self.vocab_size))
         if not grads:

@@ -15,7 +15,7 @@ from .layers import dropout_mask
 from .precision import check_precision, matmul_precision
 from .validate import CacheMismatchError, check_float_array
 
-State = tuple[Any, Any]  # (h, c), each (num_layers, B, H)
+State = tuple[Any, Any]  # (h, c): h (L·dirs, B, R), c (L·dirs, B, H)
 
 
 class Module:
@@ -111,12 +111,13 @@ class Module:
                 "the parameters changed since: an optimizer step, load_state_dict or to()); run forward again"
             )
 
-    def _initial_state(self, state: State | None, num_layers: int, batch: int, hidden: int) -> State:
+    def _initial_state(self, state: State | None, shapes: tuple[tuple[int, ...], ...], name: str = "state") -> State:
+        """``state`` checked against ``shapes`` (h's, then c's), or zeros of those shapes when None."""
         if state is None:
-            zeros = self.backend.xp.zeros((num_layers, batch, hidden), dtype=self.dtype, device=self.backend.device)
-            return zeros, zeros
-        if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError("state must be a pair (h, c) of arrays, each (num_layers, batch, hidden_size)")
-        for name, value in zip(("state h", "state c"), state):
-            check_float_array(self.backend, name, value, (num_layers, batch, hidden), self.dtype)
-        return state[0], state[1]
+            return tuple(self.backend.xp.zeros(shape, dtype=self.dtype, device=self.backend.device) for shape in shapes)
+        if not isinstance(state, (tuple, list)) or len(state) != len(shapes):
+            described = " and ".join(str(shape) for shape in shapes)
+            raise TypeError(f"{name} must be a pair (h, c) of arrays shaped {described}")
+        for part, value, shape in zip(("h", "c"), state, shapes):
+            check_float_array(self.backend, f"{name} {part}", value, shape, self.dtype)
+        return tuple(state)

@@ -134,5 +134,6 @@ class ModelConfig:
     embedding_size: int = option(64, "embedding width E", POSITIVE_INT)
     hidden_size: int = option(256, "LSTM hidden size H", POSITIVE_INT)
     num_layers: int = option(1, "stacked LSTM layers", POSITIVE_INT)
+    proj_size: int = option(0, "LSTM projection width P, below the hidden size (0: no projection)", NON_NEGATIVE_INT)
     dropout: float = option(0.0, "dropout between layers and before the head (training only)", FRACTION)
     dtype: str = option("float32", "parameter and activation dtype", choices=("float32", "float64"))

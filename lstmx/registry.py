@@ -55,10 +55,12 @@ class LayerImpl(NamedTuple):
     step_masks: bool  # handles variable-length batches
     size_limited: bool  # its module's refuses_size(batch, hidden, dtype) says which sizes it runs
     summary: str
+    cells: tuple[str, ...] = ("lstm",)  # the kinds of cell (lstmx.cells) it runs
     auto_max_hidden: dict[str, int] | None = None  # per dtype, the largest hidden size "auto" picks it for (a dtype
     # not named, or None: every size it runs)
 
-    def refuses(self, backend: Backend, dtype: Any, masked: bool, sizes: tuple[int, int] | None = None) -> str | None:
+    def refuses(self, backend: Backend, dtype: Any, masked: bool, sizes: tuple[int, int] | None = None,
+                cell: str = "lstm") -> str | None:
         """None when this implementation can run the call here, else why not (for error messages and skips).
 
         Cheap checks first, then the import (optional dependencies), then ``sizes`` = (batch, hidden) for
@@ -68,6 +70,8 @@ class LayerImpl(NamedTuple):
             return f"runs on {', '.join(self.backends)}, not {backend.name}"
         if dtype_name(dtype) not in self.dtypes:
             return f"computes {', '.join(self.dtypes)}, not {dtype_name(dtype)}"
+        if cell not in self.cells:
+            return f"runs the {', '.join(self.cells)} cell, not {cell} (proj_size)"
         if masked and not self.step_masks:
             return "takes no step mask (lengths)"
         module, reason = _runnable_module(self.module, None, backend)  # its backend was checked first
@@ -121,23 +125,35 @@ FLOATS = ("float32", "float64")
 # within its auto_max_hidden, then mask and size). Where the tiled kernels are not picked, the float32 persistent
 # kernels (small hidden sizes) come before the graph path, which they beat at H = 128; the graph path then runs
 # every size, and the stepwise path what no other takes (it is the fallback the others' errors name).
+LSTM_ONLY = ("lstm",)
+EVERY_CELL = ("lstm", "lstmp")
+
 LAYER_IMPLS: tuple[LayerImpl, ...] = (
-    LayerImpl("cupy-tiled", "lstmx.kernels.cupy_tiled", ("cupy",), FLOATS, CUPY_TILED_AUTO, True, True,
-              "CuPy: register-tiled cooperative kernels, W_h split over units × rows (sizes whose tiles fit on chip)",
-              CUPY_TILED_AUTO_MAX_HIDDEN),
-    LayerImpl("cupy-persistent", "lstmx.kernels.cupy_persistent", ("cupy",), FLOATS, CUPY_PERSISTENT_AUTO, True, True,
-              "CuPy: one cooperative kernel per direction for all steps (small hidden sizes)"),
-    LayerImpl("cupy-graph", "lstmx.kernels.cupy_graph", ("cupy",), FLOATS, CUPY_GRAPH_AUTO, True, False,
-              "CuPy: the stepwise path's GEMMs and kernels captured once per shape as a CUDA graph, one launch per "
-              "direction (every size)"),
-    LayerImpl("cupy-stepwise", "lstmx.kernels.cupy_layer", ("cupy",), FLOATS, CUPY_STEPWISE_AUTO, True, False,
-              "CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size)"),
-    LayerImpl("numba", "lstmx.kernels.numba_layer", ("numpy",), FLOATS, ("float32",), False, False,
-              "NumPy + Numba: one compiled pointwise loop per time step and direction (float32 tanh approximated)"),
-    LayerImpl("numpy", "lstmx.kernels.numpy_layer", ("numpy",), FLOATS, FLOATS, False, False,
-              "NumPy: in-place ufuncs into reused host buffers"),
-    LayerImpl("generic", "lstmx.layers.lstm_layer", None, FLOATS, FLOATS, True, False,
-              "the Array API reference path (every backend, step masks)"),
+    LayerImpl(name="cupy-tiled", module="lstmx.kernels.cupy_tiled", backends=("cupy",), dtypes=FLOATS,
+              auto_dtypes=CUPY_TILED_AUTO, step_masks=True, size_limited=True, cells=LSTM_ONLY,
+              auto_max_hidden=CUPY_TILED_AUTO_MAX_HIDDEN,
+              summary="CuPy: register-tiled cooperative kernels, W_h split over units × rows (sizes whose tiles "
+                      "fit on chip)"),
+    LayerImpl(name="cupy-persistent", module="lstmx.kernels.cupy_persistent", backends=("cupy",), dtypes=FLOATS,
+              auto_dtypes=CUPY_PERSISTENT_AUTO, step_masks=True, size_limited=True, cells=LSTM_ONLY,
+              summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes)"),
+    LayerImpl(name="cupy-graph", module="lstmx.kernels.cupy_graph", backends=("cupy",), dtypes=FLOATS,
+              auto_dtypes=CUPY_GRAPH_AUTO, step_masks=True, size_limited=False, cells=LSTM_ONLY,
+              summary="CuPy: the stepwise path's GEMMs and kernels captured once per shape as a CUDA graph, one "
+                      "launch per direction (every size)"),
+    LayerImpl(name="cupy-stepwise", module="lstmx.kernels.cupy_layer", backends=("cupy",), dtypes=FLOATS,
+              auto_dtypes=CUPY_STEPWISE_AUTO, step_masks=True, size_limited=False, cells=LSTM_ONLY,
+              summary="CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size)"),
+    LayerImpl(name="numba", module="lstmx.kernels.numba_layer", backends=("numpy",), dtypes=FLOATS,
+              auto_dtypes=("float32",), step_masks=False, size_limited=False, cells=LSTM_ONLY,
+              summary="NumPy + Numba: one compiled pointwise loop per time step and direction (float32 tanh "
+                      "approximated)"),
+    LayerImpl(name="numpy", module="lstmx.kernels.numpy_layer", backends=("numpy",), dtypes=FLOATS,
+              auto_dtypes=FLOATS, step_masks=False, size_limited=False, cells=LSTM_ONLY,
+              summary="NumPy: in-place ufuncs into reused host buffers"),
+    LayerImpl(name="generic", module="lstmx.layers.lstm_layer", backends=None, dtypes=FLOATS, auto_dtypes=FLOATS,
+              step_masks=True, size_limited=False, cells=EVERY_CELL,
+              summary="the Array API reference path (every backend, cell and step mask)"),
 )
 _BY_NAME = {impl.name: impl for impl in LAYER_IMPLS}
 # the layer paths whose recurrent products run in TensorFloat-32 under precision="tf32" (cuBLAS's math mode, or
@@ -213,21 +229,21 @@ def requested_impl(impl: str | None = None) -> tuple[str, bool]:
 
 
 def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | None = None,
-                      sizes: tuple[int, int] | None = None) -> LayerImpl:
+                      sizes: tuple[int, int] | None = None, cell: str = "lstm") -> LayerImpl:
     """The implementation that runs a layer of ``dtype`` on ``backend`` (``masked``: a step mask is given;
-    ``sizes``: (batch, hidden), for implementations that run only some sizes)."""
+    ``sizes``: (batch, hidden), for implementations that run only some sizes; ``cell``: the cell's kind)."""
     name, binding = requested_impl(impl)
     if name != AUTO:
         chosen = _BY_NAME[name]
-        reason = chosen.refuses(backend, dtype, masked, sizes)
+        reason = chosen.refuses(backend, dtype, masked, sizes, cell)
         if reason is None:
             return chosen
         if binding:
-            able = [i.name for i in available_layer_impls(backend, dtype, masked, sizes)]
+            able = [i.name for i in available_layer_impls(backend, dtype, masked, sizes, cell)]
             raise LayerImplError(f"layer implementation {name!r} cannot run this call: it {reason}; "
                                  f"implementations that can: {', '.join(able)}")
     for candidate in LAYER_IMPLS:
-        if candidate.auto_takes(dtype, sizes) and candidate.refuses(backend, dtype, masked, sizes) is None:
+        if candidate.auto_takes(dtype, sizes) and candidate.refuses(backend, dtype, masked, sizes, cell) is None:
             return candidate
     raise LayerImplError(f"no layer implementation runs {dtype_name(dtype)} on {backend.name}")  # generic always does
 
@@ -241,9 +257,9 @@ def layer_impl(name: str) -> LayerImpl:
 
 
 def available_layer_impls(backend: Backend, dtype: Any, masked: bool = False,
-                          sizes: tuple[int, int] | None = None) -> list[LayerImpl]:
+                          sizes: tuple[int, int] | None = None, cell: str = "lstm") -> list[LayerImpl]:
     """Every implementation that can run such a call here (what the tests compare against the generic path)."""
-    return [i for i in LAYER_IMPLS if i.refuses(backend, dtype, masked, sizes) is None]
+    return [i for i in LAYER_IMPLS if i.refuses(backend, dtype, masked, sizes, cell) is None]
 
 
 # --- the embedding gradient's scatter-add ------------------------------------------------------------------

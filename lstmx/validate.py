@@ -59,8 +59,8 @@ def check_token_array(
         raise ValueError(f"{name} holds ids outside [0, {vocab_size}){allowed}")
 
 
-def lengths_to_mask(backend: Backend, lengths: Any, steps: int, batch: int, dtype: Any) -> Any:
-    """Per-sequence lengths (B,) → step mask (T, B, 1) of ``dtype``, or None when every step is real."""
+def check_lengths(backend: Backend, lengths: Any, steps: int, batch: int) -> np.ndarray | None:
+    """Per-sequence lengths (B,) integers in [0, T], as host integers; None when every sequence has T steps."""
     if array_api_compat.is_array_api_obj(lengths) and not isinstance(lengths, np.ndarray):
         check_same_backend(backend, "lengths", lengths)
     host = to_numpy(lengths) if array_api_compat.is_array_api_obj(lengths) else np.asarray(lengths)
@@ -70,10 +70,20 @@ def lengths_to_mask(backend: Backend, lengths: Any, steps: int, batch: int, dtyp
         raise ValueError(f"lengths must have shape ({batch},), one per sequence, got {host.shape}")
     if batch and (host.min() < 0 or host.max() > steps):
         raise ValueError(f"lengths must lie in [0, {steps}] (the number of steps), got min {host.min()} max {host.max()}")
-    if bool(np.all(host == steps)):
+    return None if bool(np.all(host == steps)) else host.astype(np.int64)
+
+
+def mask_of_lengths(backend: Backend, lengths: np.ndarray | None, steps: int, dtype: Any) -> Any:
+    """Checked host lengths (:func:`check_lengths`) → step mask (T, B, 1) of ``dtype``; None for None."""
+    if lengths is None:
         return None
-    mask = np.arange(steps)[:, None, None] < host[None, :, None]
+    mask = np.arange(steps)[:, None, None] < lengths[None, :, None]
     return backend.asarray(mask.astype(np.float64), dtype=dtype)
+
+
+def lengths_to_mask(backend: Backend, lengths: Any, steps: int, batch: int, dtype: Any) -> Any:
+    """Per-sequence lengths (B,) → step mask (T, B, 1) of ``dtype``, or None when every step is real."""
+    return mask_of_lengths(backend, check_lengths(backend, lengths, steps, batch), steps, dtype)
 
 
 class CacheMismatchError(ValueError):

@@ -371,7 +371,7 @@ def test_a_cache_from_another_model_or_older_parameters_is_refused(backend, impl
     for other in (lstmx.LSTM(5, 8, 2, backend=backend, seed=0), lstmx.LSTM(5, 6, 2, backend=backend, seed=0)):
         with pytest.raises(CacheMismatchError, match="not made by this model's forward"):
             other.backward(backend.xp.ones((4, 3, other.hidden_size), dtype=backend.xp.float32), cache)
-    with pytest.raises(TypeError, match="cache must be the LSTMCache returned by this model's forward"):
+    with pytest.raises(TypeError, match="cache must be the StackCache returned by this model's forward"):
         model.backward(dy, cache.layers[0])
     _, _, grads = model.backward(dy, cache)
     SGD(model, lr=0.1).step(grads)

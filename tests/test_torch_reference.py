@@ -20,12 +20,13 @@ pytestmark = pytest.mark.torch
 RTOL = 1e-10
 
 
-def close(ours, theirs, name):
+def close(ours, theirs, name, rtol=RTOL):
     theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
     ours = host(ours)
+    assert ours.shape == theirs.shape, f"{name}: shape {ours.shape}, expected {theirs.shape}"
     scale = max(np.max(np.abs(theirs)), 1e-300)
     error = np.max(np.abs(ours - theirs)) / scale if theirs.size else 0.0
-    assert error < RTOL, f"{name}: relative error {error:.2e}"
+    assert error < rtol, f"{name}: relative error {error:.2e}"
 
 
 @pytest.mark.parametrize("layers,lengths", [(1, None), (3, None), (2, [5, 3, 1])])
@@ -134,7 +135,138 @@ def test_keras_layout_round_trip(backend):
 
 
 def test_unsupported_torch_layouts_are_refused():
-    with pytest.raises(ValueError, match="bidirectional"):
-        lstm_from_torch(torch.nn.LSTM(3, 4, bidirectional=True).state_dict())
     with pytest.raises(KeyError, match="no PyTorch LSTM weights"):
         lstm_from_torch({"weight": np.ones(3)})
+    state = torch.nn.LSTM(3, 4).state_dict()
+    with pytest.raises(ValueError, match="is not an nn.LSTM parameter"):
+        lstm_from_torch({**state, "weight_xx_l0": state["weight_ih_l0"]})
+    with pytest.raises(ValueError, match=r"weight_hh_l0 has shape \(16, 3\), expected \(16, 4\)"):
+        lstm_from_torch({**state, "weight_hh_l0": state["weight_hh_l0"][:, :3]})
+    with pytest.raises(ValueError, match="causal"):
+        language_model_from_torch({"embedding.weight": np.ones((5, 3)), "head.weight": np.ones((5, 8)),
+                                   "head.bias": np.ones(5),
+                                   **{f"lstm.{k}": v for k, v in torch.nn.LSTM(3, 4, bidirectional=True).state_dict().items()}})
+
+
+def _configurations():
+    """Random nn.LSTM configurations: bidirectional × proj_size × batch_first × lengths × h0/c0 × 1-3 layers."""
+    rng = np.random.default_rng(19)
+    drawn = []
+    for case in range(10):
+        drawn.append(dict(layers=int(rng.integers(1, 4)), bidirectional=bool(case % 2), proj=int(rng.integers(0, 2)) * 3,
+                          batch_first=bool(rng.integers(0, 2)), lengths=bool(case % 3 != 0), initial=bool(case % 4 != 1),
+                          bias=case != 4))
+    return drawn
+
+
+CONFIGURATIONS = _configurations()
+
+
+@pytest.mark.parametrize("config", CONFIGURATIONS, ids=lambda c: "-".join(f"{k}={int(v)}" for k, v in c.items()))
+def test_every_nn_lstm_configuration_matches_torch_in_float64(backend, config):
+    """Outputs, final states and every gradient (input, initial state, each weight) within 1e-9 relative, on
+    every implementation the registry has for the configuration here."""
+    from lstmx import registry
+
+    layers, bidirectional, proj = config["layers"], config["bidirectional"], config["proj"]
+    steps, batch, features, hidden = 5, 3, 4, 6
+    directions = 2 if bidirectional else 1
+    width = proj or hidden
+    torch.manual_seed(len(CONFIGURATIONS) + layers)
+    reference = torch.nn.LSTM(features, hidden, layers, bias=config["bias"], bidirectional=bidirectional,
+                              proj_size=proj, batch_first=config["batch_first"]).double()
+    lengths = [5, 2, 4] if config["lengths"] else None
+    rng = np.random.default_rng(7)
+    x_shape = (batch, steps, features) if config["batch_first"] else (steps, batch, features)
+    x = torch.tensor(rng.standard_normal(x_shape), requires_grad=True)
+    h0 = torch.tensor(rng.standard_normal((directions * layers, batch, width)), requires_grad=True)
+    c0 = torch.tensor(rng.standard_normal((directions * layers, batch, hidden)), requires_grad=True)
+    y_shape = x_shape[:2] + (directions * width,)
+    dy, dh, dc = (rng.standard_normal(s) for s in [y_shape, tuple(h0.shape), tuple(c0.shape)])
+    if lengths is not None:  # padded outputs are zeros in both libraries: their gradient must not count
+        real = (np.arange(steps)[:, None] < np.array(lengths)[None, :])
+        dy *= (real.T if config["batch_first"] else real)[..., None]
+    initial = (h0, c0) if config["initial"] else None
+
+    if lengths is None:
+        y_ref, (h_ref, c_ref) = reference(x, initial)
+    else:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths), batch_first=config["batch_first"],
+                                                         enforce_sorted=False)
+        out, (h_ref, c_ref) = reference(packed, initial)
+        y_ref, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=config["batch_first"], total_length=steps)
+    (y_ref * torch.from_numpy(dy)).sum().add_((h_ref * torch.from_numpy(dh)).sum()).add_(
+        (c_ref * torch.from_numpy(dc)).sum()).backward()
+
+    model = lstm_from_torch(reference.state_dict(), batch_first=config["batch_first"], backend=backend)
+    cell = "lstmp" if proj else "lstm"
+    impls = registry.available_layer_impls(model.backend, model.dtype, lengths is not None, (batch, hidden), cell)
+    assert "generic" in [i.name for i in impls]
+    b = model.backend
+    state = (b.asarray(h0.detach().numpy()), b.asarray(c0.detach().numpy())) if config["initial"] else None
+    for impl in impls:
+        y, (h, c), cache = model.forward(b.asarray(x.detach().numpy()), state, lengths, impl=impl.name)
+        assert cache.impl == impl.name
+        dx, (dh0, dc0), grads = model.backward(b.asarray(dy), cache, (b.asarray(dh), b.asarray(dc)))
+        compared = [("y", y, y_ref), ("h", h, h_ref), ("c", c, c_ref), ("dx", dx, x.grad)]
+        if config["initial"]:
+            compared += [("dh0", dh0, h0.grad), ("dc0", dc0, c0.grad)]
+        for name, ours, theirs in compared:
+            close(ours, theirs, f"{impl.name} {name}", 1e-9)
+        theirs = dict(reference.named_parameters())
+        for k in range(layers):
+            d_in = features if k == 0 else directions * width
+            for suffix in ("", "_reverse")[:directions]:
+                weight = host(grads[f"weight_l{k}{suffix}"])
+                close(weight[:d_in].T, theirs[f"weight_ih_l{k}{suffix}"].grad, f"dweight_ih_l{k}{suffix}", 1e-9)
+                close(weight[d_in:].T, theirs[f"weight_hh_l{k}{suffix}"].grad, f"dweight_hh_l{k}{suffix}", 1e-9)
+                if config["bias"]:
+                    close(grads[f"bias_l{k}{suffix}"], theirs[f"bias_ih_l{k}{suffix}"].grad, f"dbias_l{k}{suffix}", 1e-9)
+                if proj:
+                    close(host(grads[f"projection_l{k}{suffix}"]).T, theirs[f"weight_hr_l{k}{suffix}"].grad,
+                          f"dweight_hr_l{k}{suffix}", 1e-9)
+    exported = lstm_to_torch(model, bias=config["bias"])
+    assert set(exported) == set(reference.state_dict())
+    again = torch.nn.LSTM(features, hidden, layers, bias=config["bias"], bidirectional=bidirectional, proj_size=proj,
+                          batch_first=config["batch_first"]).double()
+    again.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()})
+    for name, value in again.state_dict().items():
+        if "bias" not in name:
+            np.testing.assert_array_equal(value.numpy(), reference.state_dict()[name].numpy())
+
+
+def test_keras_bidirectional_layout_round_trip(backend):
+    torch.manual_seed(5)
+    reference = torch.nn.LSTM(3, 4, 2, bidirectional=True).double()
+    model = lstm_from_torch(reference.state_dict(), backend=backend)
+    keras_weights = lstm_to_keras(model)
+    assert [w.shape for w in keras_weights[1]] == [(8, 16), (4, 16), (16,)] * 2
+    again = lstm_from_keras(keras_weights, backend=backend)
+    assert again.bidirectional
+    x = np.random.default_rng(5).standard_normal((4, 2, 3))
+    y_ref, _ = reference(torch.from_numpy(x))
+    y, _, _ = again.forward(again.backend.asarray(x))
+    close(y, y_ref, "keras bidirectional round trip")
+    with pytest.raises(ValueError, match="Keras has no projected LSTM"):
+        lstm_to_keras(lstm_from_torch(torch.nn.LSTM(3, 4, proj_size=2).state_dict()))
+
+
+def test_projected_language_model_matches_torch(backend):
+    torch.manual_seed(6)
+    reference = TorchCharLM(9, 5, 7, 2)
+    reference.lstm = torch.nn.LSTM(5, 7, 2, proj_size=4)
+    reference.head = torch.nn.Linear(4, 9)
+    reference = reference.double()
+    model = language_model_from_torch(reference.state_dict(), backend=backend)
+    assert model.proj_size == 4
+    tokens = np.random.default_rng(6).integers(0, 9, (6, 3))
+    targets = np.random.default_rng(7).integers(0, 9, (6, 3))
+    logits = reference(torch.from_numpy(tokens))
+    loss_ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 9), torch.from_numpy(targets).reshape(-1))
+    loss_ref.backward()
+    output = model.loss(model.backend.asarray(tokens), model.backend.asarray(targets))
+    close(output.loss, loss_ref, "loss")
+    close(host(output.grads["lstm.projection_l1"]).T, reference.lstm.weight_hr_l1.grad, "dweight_hr_l1")
+    close(host(output.grads["head.weight"]).T, reference.head.weight.grad, "dhead")
+    exported = language_model_to_torch(model)
+    assert set(exported) == set(reference.state_dict())

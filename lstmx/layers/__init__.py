@@ -6,7 +6,7 @@ from .dropout import dropout_backward, dropout_forward, dropout_mask
 from .embedding import embedding_backward, embedding_forward
 from .linear import linear_backward, linear_forward
 from .loss import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward, log_softmax
-from .lstm_layer import LSTMLayerCache, lstm_layer_backward, lstm_layer_forward
+from .lstm_layer import LSTMLayerCache, lstm_layer_backward, lstm_layer_forward, lstmp_layer_backward, lstmp_layer_forward
 
 __all__ = [
     "IGNORE_INDEX",
@@ -25,4 +25,6 @@ __all__ = [
     "log_softmax",
     "lstm_layer_backward",
     "lstm_layer_forward",
+    "lstmp_layer_backward",
+    "lstmp_layer_forward",
 ]

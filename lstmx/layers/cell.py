@@ -1,15 +1,6 @@
 """The pointwise part of one LSTM time step (everything but the recurrent matmul), generic Array API.
 
-With ``z_t = x_t W_x + h_{t-1} W_h + b`` split into four blocks of width H in the order **i, f, g, o**::
-
-    i_t = σ(z_i)        input gate
-    f_t = σ(z_f)        forget gate
-    g_t = tanh(z_g)     candidate cell
-    o_t = σ(z_o)        output gate
-    c_t = f_t * c_{t-1} + i_t * g_t
-    h_t = o_t * tanh(c_t)
-
-These are the only place the LSTM equations are written; everything else refers to them.
+The equations are :class:`lstmx.cells.LSTMCell`'s docstring; here is how the generic path computes them.
 
 All four activations come from one ``tanh``: σ(z) = ½·tanh(½z) + ½ and tanh(z) = 1·tanh(1·z) + 0, so with
 a per-column ``scale`` s (½ on the i, f, o columns, 1 on g) the gates are ``tanh(s·z)·s + (1 − s)``.

@@ -1,9 +1,10 @@
 """One LSTM layer over a whole sequence: forward and its exact backpropagation through time.
 
-The layer's weight is one fused matrix ``W`` of shape (D + H, 4H): rows ``[:D]`` act on the input x_t, rows
-``[D:]`` on the previous hidden state h_{t-1}; columns are the gate blocks i, f, g, o (equations in
-:mod:`lstmx.layers.cell`). The input projection for all T steps is one matmul before the loop; only the
-recurrent matmul runs per step; the weight gradient is one matmul over all steps after the backward loop.
+The layer's weight is one fused matrix ``W`` of shape (D + R, 4H): rows ``[:D]`` act on the input x_t, rows
+``[D:]`` on the previous hidden state h_{t-1} of width R (H, or P for the projected cell); columns are the gate
+blocks i, f, g, o (equations in :class:`lstmx.cells.LSTMCell` and :class:`lstmx.cells.LSTMPCell`). The input
+projection for all T steps is one matmul before the loop; only the recurrent matmul (and the cell's projection)
+runs per step; the weight gradients are one matmul each over all steps after the backward loop.
 
 Variable lengths come in as a step mask m (``step_mask``, (T, B, 1)), 1 on real steps and 0 on padding. On
 a padded step the state is carried unchanged and the output is zero::
@@ -11,6 +12,9 @@ a padded step the state is carried unchanged and the output is zero::
     y_t = m_t · h'_t        h_t = y_t + (1 − m_t) · h_{t−1}        c_t = m_t · c'_t + (1 − m_t) · c_{t−1}
 
 where h'_t, c'_t are the cell's new values. ``step_mask=None`` means every step is real.
+
+``lstm_layer_*`` run :class:`~lstmx.cells.LSTMCell`, ``lstmp_layer_*`` :class:`~lstmx.cells.LSTMPCell`: one loop,
+the projection an option of it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ class LSTMLayerCache(NamedTuple):
     """What the backward pass of one layer needs from its forward pass."""
 
     x: Any  # (T, B, D) the layer's input
-    h_prev: Any  # (T, B, H) h_{t-1} seen by step t (h0 at t = 0)
+    h_prev: Any  # (T, B, R) h_{t-1} seen by step t (h0 at t = 0)
     c_prev: Any  # (T, B, H) c_{t-1} seen by step t (c0 at t = 0)
     gates: Any  # (T, B, 4H) activated gates i, f, g, o
     tanh_c: Any  # (T, B, H) tanh of the cell's new value c'_t
@@ -35,7 +39,12 @@ class LSTMLayerCache(NamedTuple):
     def dims(self) -> tuple[int, int, int, int]:
         """(steps, batch, features, hidden) this cache was made for."""
         steps, batch, features = self.x.shape
-        return steps, batch, features, self.h_prev.shape[-1]
+        return steps, batch, features, self.c_prev.shape[-1]
+
+    @property
+    def output_size(self) -> int:
+        """R: the width of h (H, or P with a projection)."""
+        return self.h_prev.shape[-1]
 
 
 class LayerInputError(ValueError):
@@ -49,33 +58,41 @@ def _expect(name: str, array: Any, shape: tuple[int, ...], dtype: Any) -> None:
         raise LayerInputError(f"{name} has dtype {array.dtype}, expected {dtype} (the layer input's)")
 
 
-def forward_dims(x: Any, weight: Any, bias: Any, h0: Any, c0: Any) -> tuple[int, int, int, int]:
+def forward_dims(x: Any, weight: Any, bias: Any, h0: Any, c0: Any, projection: Any = None) -> tuple[int, int, int, int]:
     """``(steps, batch, features, hidden)`` of one layer's forward, after checking every shape and dtype fits.
 
-    Every implementation calls this first, so a compiled kernel never runs on arrays that do not fit.
+    Every implementation calls this first, so a compiled kernel never runs on arrays that do not fit. Without a
+    ``projection`` h0 is (B, H); with one (H, P), h0 is (B, P).
     """
-    if x.ndim != 3 or h0.ndim != 2:
-        raise LayerInputError(f"x must be (T, B, D) and h0 (B, H); got {tuple(x.shape)} and {tuple(h0.shape)}")
+    if x.ndim != 3 or h0.ndim != 2 or c0.ndim != 2:
+        raise LayerInputError(f"x must be (T, B, D) and h0, c0 (B, *); got {tuple(x.shape)}, {tuple(h0.shape)} "
+                              f"and {tuple(c0.shape)}")
     steps, batch, features = x.shape
     if steps == 0:
         raise LayerInputError("x is an empty sequence (T = 0 time steps); a layer needs T >= 1")
-    hidden = h0.shape[1]
-    _expect("h0", h0, (batch, hidden), x.dtype)
+    hidden = c0.shape[1]
+    output = hidden if projection is None else h0.shape[1]
+    _expect("h0", h0, (batch, output), x.dtype)
     _expect("c0", c0, (batch, hidden), x.dtype)
-    _expect("weight", weight, (features + hidden, 4 * hidden), x.dtype)
+    _expect("weight", weight, (features + output, 4 * hidden), x.dtype)
     _expect("bias", bias, (4 * hidden,), x.dtype)
+    if projection is not None:
+        _expect("projection", projection, (hidden, output), x.dtype)
     return steps, batch, features, hidden
 
 
 def check_backward_inputs(dims: tuple[int, int, int, int], dtype: Any, dy: Any, dh_last: Any, dc_last: Any,
-                          weight: Any) -> None:
-    """The gradients and weight handed to a backward fit the ``(steps, batch, features, hidden)`` and dtype of
+                          weight: Any, projection: Any = None) -> None:
+    """The gradients and weights handed to a backward fit the ``(steps, batch, features, hidden)`` and dtype of
     its cache."""
     steps, batch, features, hidden = dims
-    _expect("dy", dy, (steps, batch, hidden), dtype)
-    _expect("dh_last", dh_last, (batch, hidden), dtype)
+    output = hidden if projection is None else projection.shape[-1]
+    _expect("dy", dy, (steps, batch, output), dtype)
+    _expect("dh_last", dh_last, (batch, output), dtype)
     _expect("dc_last", dc_last, (batch, hidden), dtype)
-    _expect("weight", weight, (features + hidden, 4 * hidden), dtype)
+    _expect("weight", weight, (features + output, 4 * hidden), dtype)
+    if projection is not None:
+        _expect("projection", projection, (hidden, output), dtype)
 
 
 def lstm_layer_forward(
@@ -85,8 +102,23 @@ def lstm_layer_forward(
 
     Returns ``(y, (h_T, c_T), cache)`` with y of shape (T, B, H).
     """
+    return _layer_forward(backend, x, weight, bias, None, h0, c0, step_mask)
+
+
+def lstmp_layer_forward(
+    backend: Backend, x: Any, weight: Any, bias: Any, projection: Any, h0: Any, c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
+    """Run one projected layer over ``x`` (T, B, D) from ``h0`` (B, P) and ``c0`` (B, H).
+
+    Returns ``(y, (h_T, c_T), cache)`` with y of shape (T, B, P).
+    """
+    return _layer_forward(backend, x, weight, bias, projection, h0, c0, step_mask)
+
+
+def _layer_forward(backend: Backend, x: Any, weight: Any, bias: Any, projection: Any, h0: Any, c0: Any,
+                   step_mask: Any) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
     xp = backend.xp
-    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
+    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0, projection)
     gate = gate_affine(backend, hidden, x.dtype)
     w_hidden = weight[features:, :]
     x_proj = xp.reshape(xp.reshape(x, (steps * batch, features)) @ weight[:features, :] + bias, (steps, batch, 4 * hidden))
@@ -97,6 +129,8 @@ def lstm_layer_forward(
         h_prevs.append(h)
         c_prevs.append(c)
         gates, c_new, tanh_c, h_new = cell.cell_forward(xp, x_proj[t, ...] + h @ w_hidden, c, gate)
+        if projection is not None:
+            h_new = h_new @ projection
         if step_mask is None:
             y, h, c = h_new, h_new, c_new
         else:
@@ -120,21 +154,40 @@ def lstm_layer_backward(
     ``dy`` (T, B, H) is dL/dy, ``(dh_last, dc_last)`` dL/d(h_T, c_T). Returns
     ``(dx, (dh0, dc0), dweight, dbias)``.
     """
+    dx, dstate0, dweight, dbias, _ = _layer_backward(backend, dy, dh_last, dc_last, weight, None, cache)
+    return dx, dstate0, dweight, dbias
+
+
+def lstmp_layer_backward(
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any, cache: LSTMLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any, Any]:
+    """Mirror of :func:`lstmp_layer_forward`: ``(dx, (dh0, dc0), dweight, dbias, dprojection)``."""
+    return _layer_backward(backend, dy, dh_last, dc_last, weight, projection, cache)
+
+
+def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any,
+                    cache: LSTMLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any, Any]:
     xp = backend.xp
     x, h_prevs, c_prevs, gate_steps, tanh_cs, step_mask = cache
     steps, batch, features, hidden = cache.dims()
-    check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight)
+    if projection is None and cache.output_size != hidden:
+        raise LayerInputError("the cache was made by a projected layer; its backward needs the projection")
+    check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight, projection)
     gate = gate_affine(backend, hidden, x.dtype)
     w_hidden_t = weight[features:, :].T
+    projection_t = None if projection is None else projection.T
 
     dh_next, dc_next = dh_last, dc_last  # dL/dh_t and dL/dc_t arriving from step t+1
-    dz_steps = []
+    dz_steps, dh_outs = [], []
     for t in reversed(range(steps)):
         if step_mask is None:
             dh_new, dc_in = dy[t, ...] + dh_next, dc_next
         else:
             real = step_mask[t, ...]
             dh_new, dc_in = real * (dy[t, ...] + dh_next), real * dc_next
+        if projection_t is not None:  # dL/dh'_t reaches the cell's o ⊙ tanh(c_t) through W_hr
+            dh_outs.append(dh_new)
+            dh_new = dh_new @ projection_t
         dz, dc_prev = cell.cell_backward(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...], tanh_cs[t, ...], gate)
         dh_prev = dz @ w_hidden_t
         if step_mask is not None:  # padded steps pass the state's gradient straight through
@@ -144,8 +197,13 @@ def lstm_layer_backward(
         dh_next, dc_next = dh_prev, dc_prev
 
     dz_all = xp.reshape(xp.stack(dz_steps[::-1]), (steps * batch, 4 * hidden))
-    layer_inputs = xp.reshape(xp.concat([x, h_prevs], axis=-1), (steps * batch, features + hidden))
+    layer_inputs = xp.reshape(xp.concat([x, h_prevs], axis=-1), (steps * batch, features + cache.output_size))
     dweight = layer_inputs.T @ dz_all
     dbias = xp.sum(dz_all, axis=0)
     dx = xp.reshape(dz_all @ weight[:features, :].T, (steps, batch, features))
-    return dx, (dh_next, dc_next), dweight, dbias
+    dprojection = None
+    if projection is not None:
+        unprojected = gate_steps[..., 3 * hidden :] * tanh_cs  # o_t ⊙ tanh(c_t), what W_hr multiplied
+        dprojection = (xp.reshape(unprojected, (steps * batch, hidden)).T
+                       @ xp.reshape(xp.stack(dh_outs[::-1]), (steps * batch, cache.output_size)))
+    return dx, (dh_next, dc_next), dweight, dbias, dprojection
