@@ -43,6 +43,10 @@ def tests_gpu(session: nox.Session) -> None:
 
 @nox.session(name="tests-torch")
 def tests_torch(session: nox.Session) -> None:
-    """The PyTorch comparison tests (marked ``torch``); torch is a test-only reference, never a dependency."""
+    """The PyTorch comparison tests (marked ``torch``) on every CPU backend, PyTorch tensors (``backend="torch"``)
+    included, then the gradient checks on PyTorch tensors. torch is a test-only reference, never a dependency."""
     session.install("-e", ".[dev]", "torch==2.13.0")
-    session.run("pytest", "-m", "torch", "--backends", "numpy,array_api_strict", *session.posargs, success_codes=PYTEST_OK)
+    session.run("pytest", "-m", "torch", "--backends", "numpy,array_api_strict,torch", *session.posargs,
+                success_codes=PYTEST_OK)
+    session.run("pytest", "--backends", "torch", "tests/test_gradients.py", "tests/test_backends.py", *session.posargs,
+                success_codes=PYTEST_OK)

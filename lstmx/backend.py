@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import array_api_compat
 import numpy as np
 
-BACKEND_NAMES = ("numpy", "cupy", "array_api_strict")
+BACKEND_NAMES = ("numpy", "cupy", "array_api_strict", "torch")
 
 
 class BackendError(RuntimeError):
@@ -82,6 +82,12 @@ def _namespace_by_name(name: str) -> Any:
         except ImportError as error:
             raise BackendError("backend='array_api_strict' needs: pip install array-api-strict") from error
         return xp
+    if name == "torch":
+        try:
+            import array_api_compat.torch as xp
+        except ImportError as error:
+            raise BackendError("backend='torch' needs PyTorch: pip install torch (lstmx itself never needs it)") from error
+        return xp
     raise BackendError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
 
 
@@ -92,10 +98,16 @@ def _name_of_namespace(xp: Any) -> str:
         return "cupy"
     if array_api_compat.is_array_api_strict_namespace(xp):
         return "array_api_strict"
+    if array_api_compat.is_torch_namespace(xp):
+        return "torch"
     return getattr(xp, "__name__", type(xp).__name__)
 
 
 def _default_device(xp: Any) -> Any:
+    if array_api_compat.is_torch_namespace(xp):  # the device tensors are made on unless told otherwise
+        import torch
+
+        return torch.get_default_device()
     return xp.__array_namespace_info__().default_device()
 
 
@@ -155,6 +167,8 @@ def to_numpy(array: Any) -> np.ndarray:
         return np.asarray(array)
     if array_api_compat.is_cupy_array(array):
         return array.get()
+    if array_api_compat.is_torch_array(array):
+        return array.detach().cpu().numpy()
     if array_api_compat.is_array_api_obj(array):
         return np.from_dlpack(array)
     return np.asarray(array)

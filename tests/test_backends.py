@@ -117,3 +117,25 @@ def test_dropout_only_in_training_mode():
     second, _, _ = model.forward(x)
     assert cache.dropout_masks == (None,)
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.torch
+def test_torch_tensors_are_a_named_backend():
+    """backend="torch" (or a tensor) runs the generic path on PyTorch tensors on the tensors' device, with the same
+    weights as NumPy for the same seed, and refuses tensors of another backend in one line."""
+    torch = pytest.importorskip("torch")
+    assert get_backend("torch").name == "torch"
+    x = torch.zeros((3, 2, 4), dtype=torch.float64)
+    assert get_backend(x).name == "torch" and get_backend(x).device == x.device
+    model = LSTM(4, 5, 2, bidirectional=True, proj_size=2, backend=x, dtype="float64", seed=4)
+    reference = LSTM(4, 5, 2, bidirectional=True, proj_size=2, backend="numpy", dtype="float64", seed=4)
+    for name, value in reference.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[name], value)
+    inputs = np.random.default_rng(0).standard_normal((3, 2, 4))
+    y, (h, c), cache = model.forward(torch.from_numpy(inputs), lengths=[3, 1])
+    assert isinstance(y, torch.Tensor) and tuple(h.shape) == (4, 2, 2) and tuple(c.shape) == (4, 2, 5)
+    assert cache.impl == "generic"
+    y_numpy, _, _ = reference.forward(inputs, lengths=[3, 1])
+    np.testing.assert_allclose(host(y), y_numpy, rtol=0, atol=1e-14)
+    with pytest.raises(MixedBackendError, match="numpy array but the model lives on torch"):
+        model.forward(inputs)

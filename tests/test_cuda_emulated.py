@@ -797,6 +797,25 @@ def test_a_two_layer_language_model_through_each_cupy_path_matches_generic(on_nu
     assert any(name.startswith(kernels) for name in launches)  # the path's own kernels ran, emulated
 
 
+@pytest.mark.parametrize("path", [f"cupy-{path}" for path in LAYER_PATHS])
+def test_a_bidirectional_stack_through_each_cupy_path_matches_generic(on_numpy, launches, path):
+    """Two bidirectional layers (the second reading both directions' 2H features), batch-first, with and without
+    lengths, through each CuPy layer path's emulated kernels: y, the final h and c of every layer and direction,
+    and every gradient as the generic path's (1e-12, float64). Each direction is one launch of the path."""
+    model = lstmx.LSTM(3, 8, 2, bidirectional=True, batch_first=True, backend="numpy", dtype="float64", seed=6)
+    rng = np.random.default_rng(6)
+    x, dy = rng.standard_normal((3, 5, 3)), rng.standard_normal((3, 5, 16))
+    dh, dc = rng.standard_normal((4, 3, 8)), rng.standard_normal((4, 3, 8))
+    for lengths in (None, [5, 2, 4]):
+        results = []
+        for impl in ("generic", on_numpy(path)):
+            y, (h, c), cache = model.forward(x, lengths=lengths, impl=impl)
+            dx, (dh0, dc0), grads = model.backward(dy, cache, (dh, dc))
+            results.append({"y": y, "h": h, "c": c, "dx": dx, "dh0": dh0, "dc0": dc0, **grads})
+        assert_close(results[1], results[0], 1e-12)
+    assert sum(name.startswith("lstm_forward") for name in launches) >= 4  # two layers × two directions
+
+
 def test_a_deep_stack_of_one_shape_runs_through_the_graph_path_past_its_sets(on_numpy):
     """Five layers of one shape in one model: four take the buffer sets of that shape, the fifth runs the stepwise
     loop on arrays of its own, and the model's loss and gradients are the generic path's."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import numpy as np
 import pytest
@@ -442,3 +443,49 @@ def test_graph_path_on_the_gpu_captures_once_per_shape_with_the_cublas_cupy_uses
     assert len(module._SETS) == 1 and len(module._WORKSPACES) == 1
     module.release_graphs()
     assert not module._SETS and not module._WORKSPACES
+
+
+EVERY_IMPL = [pytest.param(impl, id=impl.name) for impl in registry.LAYER_IMPLS]
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-12), (np.float32, 2e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4, 1]], ids=["full-length", "lengths"])
+def test_bidirectional_stacks_match_the_generic_path(backend, impl, dtype, tolerance, lengths):
+    """Two bidirectional layers through each implementation that takes the call give the generic path's outputs,
+    final states and every gradient: the stack runs the reverse direction through the same implementation."""
+    runnable(impl, backend, dtype, lengths is not None)
+    model = lstmx.LSTM(3, 5, 2, bidirectional=True, backend=backend, dtype=np.dtype(dtype).name, seed=8)
+    rng = np.random.default_rng(8)
+    x = backend.asarray(rng.standard_normal((5, 4, 3)), dtype=model.dtype)
+    h0, c0 = (backend.asarray(rng.standard_normal((4, 4, 5)), dtype=model.dtype) for _ in range(2))
+    dy = backend.asarray(rng.standard_normal((5, 4, 10)), dtype=model.dtype)
+    dh, dc = (backend.asarray(rng.standard_normal((4, 4, 5)), dtype=model.dtype) for _ in range(2))
+    results = []
+    for name in (impl.name, "generic"):
+        y, (h, c), cache = model.forward(x, (h0, c0), lengths, impl=name)
+        assert cache.impl == name
+        dx, (dh0, dc0), grads = model.backward(dy, cache, (dh, dc))
+        results.append({"y": y, "h": h, "c": c, "dx": dx, "dh0": dh0, "dc0": dc0, **grads})
+    for key, reference in results[1].items():
+        expected = to_numpy(reference).astype(np.float64)
+        error = np.max(np.abs(to_numpy(results[0][key]) - expected)) / max(np.max(np.abs(expected)), 1e-30)
+        assert error < tolerance, f"{impl.name} {key}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("impl", EVERY_IMPL)
+def test_an_implementation_refuses_a_cell_it_does_not_run(backend, impl):
+    """Asked for by name, a path that does not run the projected cell raises naming why and who can; none falls
+    back by itself. Those that run it say so in the registry and run it."""
+    model = lstmx.LSTM(3, 4, proj_size=2, backend=backend, dtype="float64")
+    x = backend.asarray(np.ones((2, 1, 3)), dtype=model.dtype)
+    if "lstmp" in impl.cells:
+        if impl.refuses(backend, model.dtype, False, (1, 4), "lstmp") is None:
+            assert model.forward(x, impl=impl.name)[2].impl == impl.name
+        return
+    reason = impl.refuses(backend, model.dtype, False, (1, 4), "lstmp")
+    if impl.backends is None or backend.name in impl.backends:
+        assert reason == "runs the lstm cell, not lstmp (proj_size)"
+    with pytest.raises(registry.LayerImplError, match=re.escape(f"'{impl.name}' cannot run this call: it {reason}")):
+        model.forward(x, impl=impl.name)
+    assert model.forward(x)[2].impl in [i.name for i in registry.LAYER_IMPLS if "lstmp" in i.cells]

@@ -69,30 +69,50 @@ def test_lstm_layer_with_lengths(backend):
     assert_rows_pass(lstm_layer_rows(backend, steps=5, batch=4, lengths=[5, 2, 1, 0]))
 
 
-@pytest.mark.parametrize("lengths", [[4, 2, 3], None], ids=["lengths", "full-length"])
-def test_lstm_stack_with_dropout_lengths_and_state(backend, lengths):
-    """Full-length batches take each backend's fast path where it has one (NumPy), masked ones the generic path."""
+STACKS = [pytest.param(lengths, bidirectional, proj, batch_first, id=f"{name}-{label}")
+          for lengths, name in (([4, 2, 3], "lengths"), (None, "full-length"))
+          for bidirectional, proj, batch_first, label in ((False, 0, False, "plain"), (True, 0, False, "bidirectional"),
+                                                          (False, 1, False, "projected"),
+                                                          (True, 1, True, "bidirectional-projected-batch-first"))
+          if lengths is not None or label in ("plain", "bidirectional-projected-batch-first")]
+
+
+@pytest.mark.parametrize("lengths,bidirectional,proj,batch_first", STACKS)
+def test_lstm_stack_with_dropout_lengths_and_state(backend, lengths, bidirectional, proj, batch_first):
+    """Every layer implementation the registry has for the stack here (the NumPy fast paths on full-length
+    batches of the plain cell, the generic path everywhere), checked against finite differences."""
+    from lstmx import registry
+
     rng = np.random.default_rng(1)
     steps, batch, features, hidden, layers = 4, 3, 2, 3, 3
-    model = LSTM(features, hidden, layers, dropout=0.4, backend=backend, dtype="float64", seed=3)
-    inputs = {**model.state_dict(), "x": rng.standard_normal((steps, batch, features)),
-              "h0": rng.standard_normal((layers, batch, hidden)), "c0": rng.standard_normal((layers, batch, hidden))}
-    loss_weights = [rng.standard_normal((steps, batch, hidden)), rng.standard_normal((layers, batch, hidden)),
-                    rng.standard_normal((layers, batch, hidden))]
+    if bidirectional or proj:  # smaller, so every backend checks every entry in seconds; two layers show the
+        hidden, layers = 2, 2  # second reading dirs·R features
+    model = LSTM(features, hidden, layers, dropout=0.4, bidirectional=bidirectional, proj_size=proj,
+                 batch_first=batch_first, backend=backend, dtype="float64", seed=3)
+    dirs, width = (2 if bidirectional else 1), proj or hidden
+    x_shape = (batch, steps, features) if batch_first else (steps, batch, features)
+    inputs = {**model.state_dict(), "x": rng.standard_normal(x_shape),
+              "h0": rng.standard_normal((dirs * layers, batch, width)),
+              "c0": rng.standard_normal((dirs * layers, batch, hidden))}
+    loss_weights = [rng.standard_normal(x_shape[:2] + (dirs * width,)), rng.standard_normal((dirs * layers, batch, width)),
+                    rng.standard_normal((dirs * layers, batch, hidden))]
+    impls = registry.available_layer_impls(backend, model.dtype, lengths is not None, (batch, hidden),
+                                           model.stack.cell.kind)
+    for impl in impls:
+        def run(values):
+            model.params = {name: backend.asarray(values[name]) for name in model.params}
+            model.dropout_rng = np.random.default_rng(7)  # the same dropout masks every evaluation
+            state = (backend.asarray(values["h0"]), backend.asarray(values["c0"]))
+            y, (h, c), cache = model.forward(backend.asarray(values["x"]), state, lengths, impl=impl.name)
+            return (y, h, c), cache
 
-    def run(values):
-        model.params = {name: backend.asarray(values[name]) for name in model.params}
-        model.dropout_rng = np.random.default_rng(7)  # the same dropout masks every evaluation
-        state = (backend.asarray(values["h0"]), backend.asarray(values["c0"]))
-        y, (h, c), cache = model.forward(backend.asarray(values["x"]), state, lengths)
-        return (y, h, c), cache
-
-    _, cache = run(inputs)
-    assert all(mask is not None for mask in cache.dropout_masks)
-    dy, dh, dc = (backend.asarray(w) for w in loss_weights)
-    dx, (dh0, dc0), grads = model.backward(dy, cache, (dh, dc))
-    numeric = finite_difference(lambda values: weighted_sum(backend, run(values)[0], loss_weights), inputs)
-    assert_rows_pass(compare({**grads, "x": dx, "h0": dh0, "c0": dc0}, numeric))
+        _, cache = run(inputs)
+        assert cache.impl == impl.name and all(mask is not None for mask in cache.dropout_masks)
+        dy, dh, dc = (backend.asarray(w) for w in loss_weights)
+        dx, (dh0, dc0), grads = model.backward(dy, cache, (dh, dc))
+        assert set(grads) == set(model.params)
+        numeric = finite_difference(lambda values: weighted_sum(backend, run(values)[0], loss_weights), inputs)
+        assert_rows_pass(compare({**grads, "x": dx, "h0": dh0, "c0": dc0}, numeric))
 
 
 def test_linear(backend):
