@@ -20,7 +20,7 @@ import numpy as np
 
 from . import registry
 from .backend import BackendError, get_backend, to_numpy
-from .gradcheck import check_language_model, max_relative_error
+from .gradcheck import check_language_model, check_lstm, max_relative_error
 
 PARITY_TOLERANCE = 1e-4  # float32: relative to each tensor's largest entry
 TF32_TOLERANCE = 2e-2  # TensorFloat-32 products keep 10 mantissa bits
@@ -53,6 +53,34 @@ def gradient_check(backend_name: str, tolerance: float) -> CheckResult:
     worst = max(rows, key=lambda row: row.max_relative_error)
     return CheckResult("gradients (float64)", backend_name, worst.max_relative_error, tolerance,
                        f"worst: {worst.name}; {sum(r.entries for r in rows)} entries")
+
+
+def stack_gradient_checks(backend_name: str, tolerance: float) -> list[CheckResult]:
+    """Float64 gradient checks of a bidirectional and of a projected LSTM stack (generic path, with lengths)."""
+    results = []
+    for label, options in (("bidirectional LSTM", dict(bidirectional=True, proj_size=0)),
+                           ("LSTMP (proj_size)", dict(bidirectional=False, proj_size=2)),
+                           ("bidirectional LSTMP", dict(bidirectional=True, proj_size=2))):
+        rows = check_lstm(backend_name, **options)
+        worst = max(rows, key=lambda r: r.max_relative_error)
+        results.append(CheckResult(f"gradients {label} (float64)", backend_name, worst.max_relative_error, tolerance,
+                                   f"worst: {worst.name}; {sum(r.entries for r in rows)} entries"))
+    return results
+
+
+def _stack_outputs(backend_name: str, seed: int, lengths: list[int] | None, impl: str) -> dict[str, np.ndarray]:
+    """A float32 two-layer bidirectional LSTM's y, final state and every gradient (host copies) under ``impl``."""
+    from .models import LSTM
+
+    model = LSTM(16, 32, 2, bidirectional=True, backend=backend_name, seed=seed)
+    rng = np.random.default_rng(seed)
+    backend = model.backend
+    x = backend.asarray(rng.standard_normal((20, 8, 16)), dtype=model.dtype)
+    dy = backend.asarray(rng.standard_normal((20, 8, 64)), dtype=model.dtype)
+    y, (h, c), cache = model.forward(x, lengths=lengths, impl=impl)
+    dx, _, grads = model.backward(dy, cache)
+    return {"y": to_numpy(y), "h": to_numpy(h), "c": to_numpy(c), "dx": to_numpy(dx),
+            **{name: to_numpy(grad) for name, grad in grads.items()}}
 
 
 def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | None, impl: str | None = None,
@@ -119,6 +147,9 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
             if backend_name == "cupy" and impl.name in registry.TF32_RECURRENCE_IMPLS:
                 results.append(agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
                                          run(impl=impl.name, loss_impl="generic", precision="tf32"), TF32_TOLERANCE))
+            results.append(agreement(f"{impl.name} vs generic (bidirectional{', lengths' if masked else ''})",
+                                     backend_name, _stack_outputs(backend_name, seed, lengths, "generic"),
+                                     functools.partial(_stack_outputs, backend_name, seed, lengths, impl.name)))
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
                 results.append(agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,
@@ -191,10 +222,12 @@ def available_gpu_backend() -> tuple[bool, str]:
 def run_checks(tolerance: float = 1e-6, out: Any = None) -> int:
     """Run every check available here, print the table to ``out`` (stdout), return the exit status."""
     out = out or sys.stdout
-    results = [gradient_check("numpy", tolerance), *implementation_checks("numpy")]
+    results = [gradient_check("numpy", tolerance), *stack_gradient_checks("numpy", tolerance),
+               *implementation_checks("numpy")]
     has_gpu, reason = available_gpu_backend()
     if has_gpu:
-        results += [gradient_check("cupy", tolerance), parity_check("numpy", "cupy"), *implementation_checks("cupy")]
+        results += [gradient_check("cupy", tolerance), *stack_gradient_checks("cupy", tolerance),
+                    parity_check("numpy", "cupy"), *implementation_checks("cupy")]
     for name in ("numpy", "cupy") if has_gpu else ("numpy",):
         print(f"layer implementation on {name} by default: {default_impls(name)}", file=out)
     print(HEADER, file=out)

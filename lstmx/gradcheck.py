@@ -91,3 +91,38 @@ def check_language_model(backend: Any = "numpy", seed: int = 0) -> list[GradChec
     analytic = {**output.grads, "h0": output.initial_state_grad[0], "c0": output.initial_state_grad[1]}
     numeric = finite_difference(lambda h: float(to_numpy(run(h, grads=False).loss)), host)
     return compare(analytic, numeric)
+
+
+def check_lstm(backend: Any = "numpy", *, bidirectional: bool = True, proj_size: int = 2, impl: str | None = None,
+               seed: int = 0) -> list[GradCheckRow]:
+    """Gradient check of a 2-layer :class:`~lstmx.models.LSTM` (dropout, lengths, (h0, c0)) with two directions
+    and/or a projection, under a random linear loss of y, h_T and c_T; ``impl`` names the layer implementation."""
+    from .models import LSTM
+
+    resolved: Backend = get_backend(backend)
+    rng = np.random.default_rng(seed)
+    steps, batch, features, hidden, layers = 4, 3, 2, 3, 2
+    model = LSTM(features, hidden, layers, 0.3, bidirectional=bidirectional, proj_size=proj_size, backend=resolved,
+                 dtype="float64", seed=seed)
+    directions, width = (2 if bidirectional else 1), proj_size or hidden
+    lengths = None if impl not in (None, "generic") else [steps, 2, 1]
+    host = {**model.state_dict(), "x": rng.standard_normal((steps, batch, features)),
+            "h0": 0.5 * rng.standard_normal((directions * layers, batch, width)),
+            "c0": 0.5 * rng.standard_normal((directions * layers, batch, hidden))}
+    weights = [rng.standard_normal((steps, batch, directions * width)), rng.standard_normal(host["h0"].shape),
+               rng.standard_normal(host["c0"].shape)]
+
+    def run(values: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
+        model.params = {name: resolved.asarray(values[name]) for name in model.params}
+        model.dropout_rng = np.random.default_rng(seed + 1)  # the same dropout masks at every evaluation
+        state = (resolved.asarray(values["h0"]), resolved.asarray(values["c0"]))
+        y, (h, c), cache = model.forward(resolved.asarray(values["x"]), state, lengths, impl=impl)
+        return (y, h, c), cache
+
+    def loss(values: Mapping[str, np.ndarray]) -> float:
+        return float(sum(np.sum(to_numpy(o) * w) for o, w in zip(run(values)[0], weights)))
+
+    _, cache = run(host)
+    dy, dh, dc = (resolved.asarray(w) for w in weights)
+    dx, (dh0, dc0), grads = model.backward(dy, cache, (dh, dc))
+    return compare({**grads, "x": dx, "h0": dh0, "c0": dc0}, finite_difference(loss, host))

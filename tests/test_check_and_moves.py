@@ -18,6 +18,9 @@ def test_check_command_passes_and_prints_a_table(capsys):
     assert main(["check"]) == 0
     out = capsys.readouterr().out
     assert "gradients (float64)" in out and "pass" in out and "FAIL" not in out
+    for row in ("gradients bidirectional LSTM (float64)", "gradients LSTMP (proj_size) (float64)",
+                "gradients bidirectional LSTMP (float64)", "numpy vs generic (bidirectional)"):
+        assert row in out
     assert out.strip().splitlines()[-1].endswith("0 failed")
 
 
