@@ -58,9 +58,22 @@ def english_text(max_chars: int = 1_100_000) -> tuple[str, str]:
     return default_corpus(max_chars), "Python stdlib source (install Debian's bible-kjv for the English text)"
 
 
+def _processor_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; the platform's word elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_report() -> dict[str, Any]:
     """CPU, thread count and which BLAS kernel NumPy runs (threadpoolctl), for the tables' header."""
-    report: dict[str, Any] = {"cpu_count": os.cpu_count(), "machine": platform.machine(),
+    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                              "processor": _processor_name(), "cpu_count": os.cpu_count(),
+                              "machine": platform.machine(),
                               "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
                               "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE")}
     try:

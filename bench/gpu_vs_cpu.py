@@ -13,6 +13,7 @@ stepwise path's cuBLAS GEMMs).
     python bench/gpu_vs_cpu.py --generic             # also the generic Array API path's columns
     python bench/gpu_vs_cpu.py --skip-impl cupy-tiled    # without one path's columns (it failed on this GPU)
     python bench/gpu_vs_cpu.py --dtype float64 --no-cpu   # float64 (no TF32 columns); writes gpu_vs_cpu_float64.*
+    python bench/gpu_vs_cpu.py --bidirectional --configs 64,100,256,256   # both directions, against PyTorch's own
 
 Columns absent on this machine (no GPU, no torch, no numba) are marked "-", a column whose first step raised
 "FAIL" (its error is printed and kept in the JSON; the other columns go on). Times are medians over --repeats
@@ -44,10 +45,12 @@ CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (128, 
 
 
 def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: int, hidden: int,
-               precision: str = "float32", dtype: str = "float32") -> tuple[Callable, Callable, Callable] | None:
+               precision: str = "float32", dtype: str = "float32",
+               bidirectional: bool = False) -> tuple[Callable, Callable, Callable] | None:
     """The column's (step, sync, peak memory) functions; None where the implementation refuses this size (at
     this precision: the TF32 tiled kernels have their own tile shapes)."""
-    model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0, precision=precision, dtype=dtype)
+    model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0, precision=precision, dtype=dtype,
+                       bidirectional=bidirectional)
     backend = model.backend
     if impl != registry.AUTO:
         with matmul_precision(backend, precision):
@@ -55,7 +58,7 @@ def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: i
                 return None
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal((steps, batch, features)), dtype=model.dtype)
-    dy = backend.asarray(rng.standard_normal((steps, batch, hidden)), dtype=model.dtype)
+    dy = backend.asarray(rng.standard_normal((steps, batch, model.output_size)), dtype=model.dtype)
 
     def step():
         _, _, cache = model.forward(x, impl=impl)
@@ -84,14 +87,15 @@ def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: i
     return step, lambda: None, lambda: None
 
 
-def torch_step(device: str, tf32: bool, dtype: str, batch: int, steps: int, features: int, hidden: int):
+def torch_step(device: str, tf32: bool, dtype: str, batch: int, steps: int, features: int, hidden: int,
+               bidirectional: bool = False):
     import torch
 
     torch.manual_seed(0)
     kind = getattr(torch, dtype)
-    lstm = torch.nn.LSTM(features, hidden).to(device, kind)
+    lstm = torch.nn.LSTM(features, hidden, bidirectional=bidirectional).to(device, kind)
     x = torch.randn(steps, batch, features, device=device, dtype=kind, requires_grad=True)  # dx too, as lstmx's
-    dy = torch.randn(steps, batch, hidden, device=device, dtype=kind)
+    dy = torch.randn(steps, batch, (2 if bidirectional else 1) * hidden, device=device, dtype=kind)
     peak = [0]
 
     def step():
@@ -129,22 +133,25 @@ def available(args) -> dict[str, Callable]:
         print(f"lstmx on {backend_name}: columns for {', '.join(impls)} (the registry's choice per row: gpu/cudnn)")
         for name in impls:
             columns[f"lstmx-{backend_name}:{name}"] = functools.partial(lstmx_step, backend_name, name,
-                                                                         dtype=args.dtype)
+                                                                         dtype=args.dtype, bidirectional=args.bidirectional)
         if backend_name == "cupy" and args.dtype == "float32":  # the registry's choice with TF32, beside cuDNN's
-            columns["lstmx-cupy:tf32"] = functools.partial(lstmx_step, backend_name, registry.AUTO, precision="tf32")
+            columns["lstmx-cupy:tf32"] = functools.partial(lstmx_step, backend_name, registry.AUTO, precision="tf32",
+                                                           bidirectional=args.bidirectional)
             for name in registry.TF32_RECURRENCE_IMPLS:  # each with TF32 in its recurrence too
                 if name in impls:
                     columns[f"lstmx-cupy:{name}:tf32"] = functools.partial(lstmx_step, backend_name, name,
-                                                                            precision="tf32")
+                                                                            precision="tf32",
+                                                                            bidirectional=args.bidirectional)
     try:
         import torch
 
+        both = {"bidirectional": args.bidirectional}
         if not args.no_cpu:
-            columns["torch-cpu"] = functools.partial(torch_step, "cpu", False, args.dtype)
+            columns["torch-cpu"] = functools.partial(torch_step, "cpu", False, args.dtype, **both)
         if torch.cuda.is_available():
-            columns[CUDNN[args.dtype]] = functools.partial(torch_step, "cuda", False, args.dtype)
+            columns[CUDNN[args.dtype]] = functools.partial(torch_step, "cuda", False, args.dtype, **both)
             if args.dtype == "float32":
-                columns["cudnn-tf32"] = functools.partial(torch_step, "cuda", True, args.dtype)
+                columns["cudnn-tf32"] = functools.partial(torch_step, "cuda", True, args.dtype, **both)
         else:
             print("cuDNN columns absent: torch sees no CUDA device")
     except ImportError:
@@ -182,7 +189,7 @@ def default_column(backend_name: str, batch: int, hidden: int, dtype: str) -> st
     return f"lstmx-{backend_name}:{chosen.name}"
 
 
-def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str) -> Path | None:
+def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str, bidirectional: bool = False) -> Path | None:
     """Grouped bars, one group per configuration, one colour per column, log scale in ms."""
     try:
         import matplotlib
@@ -203,11 +210,11 @@ def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str) -> Pa
     axis.set_xlabel("B, T, D, H")
     axis.set_ylabel("ms per training step (log)")
     axis.set_yscale("log")
-    axis.set_title(f"One LSTM training step (forward + BPTT), {dtype}")
+    axis.set_title(f"One {'bidirectional ' if bidirectional else ''}LSTM training step (forward + BPTT), {dtype}")
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     figure.tight_layout()
-    path = RESULTS / f"{output_name(dtype)}.png"
+    path = RESULTS / f"{output_name(dtype, bidirectional)}.png"
     RESULTS.mkdir(exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # whole or not at all, as write_json
     figure.savefig(partial, format="png")
@@ -216,9 +223,9 @@ def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str) -> Pa
     return path
 
 
-def output_name(dtype: str) -> str:
-    """The JSON's and the PNG's name (without suffix) for a run in ``dtype``."""
-    return "gpu_vs_cpu" if dtype == "float32" else f"gpu_vs_cpu_{dtype}"
+def output_name(dtype: str, bidirectional: bool = False) -> str:
+    """The JSON's and the PNG's name (without suffix) for a run in ``dtype`` (and both directions)."""
+    return ("gpu_vs_cpu" if dtype == "float32" else f"gpu_vs_cpu_{dtype}") + ("_bidirectional" if bidirectional else "")
 
 
 def ratio(rows: dict[str, Any], top: str | None, bottom: str | None) -> float | None:
@@ -237,6 +244,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="the layers' dtype (float64: no TF32 columns, cuDNN in float64)")
     parser.add_argument("--generic", action="store_true", help="also time the generic Array API path")
+    parser.add_argument("--bidirectional", action="store_true",
+                        help="both directions per layer (lstmx and PyTorch); writes gpu_vs_cpu*_bidirectional.*")
     parser.add_argument("--skip-impl", action="append", default=[], choices=registry.NAMES, metavar="IMPL",
                         help="leave out this layer implementation's columns (repeatable; e.g. one that failed its "
                              "first GPU run)")
@@ -304,9 +313,9 @@ def main() -> None:
              if v["peak_gpu_mb"] is not None}
     if peaks:
         print("peak GPU memory (MiB): " + "; ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
-    report = {"machine": machine, "dtype": args.dtype, "results": results}
-    print(f"wrote {write_json(output_name(args.dtype) + '.json', report)}")
-    png = draw_bars(results, names, args.dtype)
+    report = {"machine": machine, "dtype": args.dtype, "bidirectional": args.bidirectional, "results": results}
+    print(f"wrote {write_json(output_name(args.dtype, args.bidirectional) + '.json', report)}")
+    png = draw_bars(results, names, args.dtype, args.bidirectional)
     if png is not None:
         print(f"wrote {png}")
 

@@ -1,5 +1,6 @@
-"""Every Python block of the README runs as written, every ``lstmx`` command it shows parses, and every
-implementation the registry has is named in it."""
+"""Every Python block of the README and of docs/*.md runs as written, every ``lstmx`` command they show parses,
+every implementation the registry has is named in the README, the README stays a front door (at most 200
+lines) whose links resolve, and docs/benchmarks.md is what bench/report.py makes of docs/results/."""
 
 from __future__ import annotations
 
@@ -14,28 +15,33 @@ import pytest
 from lstmx import registry
 from lstmx.cli import build_parser
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
-PYTHON = [code for language, code in BLOCKS if language == "python"]
+PYTHON = [(page, code) for page in PAGES
+          for language, code in re.findall(r"```(\w+)\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+          if language == "python"]
 
 
-@pytest.mark.parametrize("code", PYTHON, ids=[f"python-block-{k}" for k in range(len(PYTHON))])
-def test_python_block_runs_as_written(code, tmp_path):
+@pytest.mark.parametrize("page,code", PYTHON, ids=[f"{page.stem}-python-block-{k}" for k, (page, _) in enumerate(PYTHON)])
+def test_python_block_runs_as_written(page, code, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
 
 
 def test_readme_has_the_blocks_it_promises():
-    assert len(PYTHON) >= 2
+    assert len([page for page, _ in PYTHON if page == README]) >= 2
     bash = [code for language, code in BLOCKS if language == "bash"]
     assert any("lstmx train" in code for code in bash) and any("nox -s tests-cpu tests-torch" in code for code in bash)
 
 
-def test_every_lstmx_command_in_the_readme_parses():
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.stem)
+def test_every_lstmx_command_in_the_docs_parses(page):
     """Commands quoted inline (`lstmx ...` or `.venv/bin/lstmx ...`) name real subcommands and flags."""
-    text = " ".join(README.read_text(encoding="utf-8").split())
+    text = " ".join(page.read_text(encoding="utf-8").split())
     commands = re.findall(r"`(?:\.venv/bin/)?lstmx ((?:train|sample|check)[^`]*)`( prints `[^`]*`)?", text)
-    assert len(commands) >= 4
+    assert len(commands) >= (4 if page == README else 0)
     parser = build_parser()
     for command, printed in commands:
         argv = [word for word in shlex.split(command) if word != "..."]
@@ -54,3 +60,17 @@ def test_every_registered_implementation_is_named_in_the_readme():
     text = README.read_text(encoding="utf-8")
     names = [impl.name for impl in (*registry.LAYER_IMPLS, *registry.UPDATE_IMPLS, *registry.LOSS_IMPLS)]
     assert [name for name in names if f"`{name}`" not in text] == []
+
+
+def test_the_readme_is_a_front_door_whose_links_resolve():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#]+\.md)\)", page.read_text(encoding="utf-8")):
+            assert (page.parent / target).is_file(), f"{page.name} links to {target}, which does not exist"
+
+
+def test_the_benchmark_page_is_generated_from_the_kept_json():
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "report.py"), "--check"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
