@@ -24,7 +24,12 @@ from typing import Any, Callable, Mapping, NamedTuple
 import numpy as np
 
 FORMAT = "lstmx-checkpoint"
-VERSION = 2  # 2: the JSON lists the arrays ("arrays": name → [shape, dtype]); version 1 files still load
+# 3: model configs name every layer option (LSTM: bidirectional, proj_size, batch_first; LanguageModel: proj_size)
+# 2: the JSON lists the arrays ("arrays": name → [shape, dtype])
+# Files of versions 1 and 2 still load: their models had none of version 3's options (:func:`model_config`).
+VERSION = 3
+OPTIONS_BEFORE_VERSION_3 = {"LSTM": {"bidirectional": False, "proj_size": 0, "batch_first": False},
+                            "LanguageModel": {"proj_size": 0}}
 META_KEY = "__lstmx__.json"
 
 
@@ -131,12 +136,22 @@ def model_from_checkpoint(checkpoint: Checkpoint, backend: Any = "numpy") -> Any
     if not isinstance(described, dict) or described.get("class") not in classes:
         raise CheckpointError(f"checkpoint describes no known model (got {described!r})")
     try:
-        model = classes[described["class"]](**described["config"], backend=backend, dtype=described["dtype"],
-                                            seed=described.get("seed", 0))
+        model = classes[described["class"]](**model_config(checkpoint.meta), backend=backend,
+                                            dtype=described["dtype"], seed=described.get("seed", 0))
         model.load_state_dict(checkpoint.group("params"))
     except (TypeError, KeyError, ValueError) as error:
         raise CheckpointError(f"checkpoint parameters do not fit its model config: {error}") from None
     return model
+
+
+def model_config(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's constructor arguments a checkpoint's metadata records, in this version's terms: a file of
+    version 1 or 2 gets the options its models did not have, at the values they had then."""
+    described = meta["model"]
+    config = dict(described["config"])
+    if meta.get("version", 1) < 3:
+        config = {**OPTIONS_BEFORE_VERSION_3.get(described["class"], {}), **config}
+    return config
 
 
 def save_model(path: str | os.PathLike, model: Any, vocab: Any = None, extra: Mapping[str, Any] | None = None) -> Path:

@@ -260,13 +260,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _resumed_configs(checkpoint: Any, path: str) -> tuple[DataConfig, ModelConfig, dict[str, Any]]:
+    from .checkpoint import model_config
+
     meta = checkpoint.meta
     if not isinstance(meta.get("vocab"), dict) or "train_config" not in meta:
         raise ValueError(f"{path} holds no training run (a model-only checkpoint?); it cannot resume training")
     described = meta.get("model", {})
     if described.get("class") != "LanguageModel":
         raise ValueError(f"{path} holds a {described.get('class')!r}, not a language model")
-    model = ModelConfig(**{k: v for k, v in described["config"].items() if k != "vocab_size"}, dtype=described["dtype"])
+    model = ModelConfig(**{k: v for k, v in model_config(meta).items() if k != "vocab_size"}, dtype=described["dtype"])
     data = DataConfig(**meta["data_config"]) if meta.get("data_config") else None
     return data, model, meta["train_config"]
 

@@ -207,3 +207,36 @@ def test_a_version_1_checkpoint_without_manifest_still_loads(tmp_path):
     loaded, _ = ckpt.load_model(path)
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[name], value)
+
+
+def test_checkpoints_of_format_version_2_still_load_and_compute_what_they_did():
+    """Files written by the version before bidirectional and projected layers (format 2, kept in tests/data)
+    load through the reader for the old format and give the outputs that version computed."""
+    from pathlib import Path
+
+    from lstmx.checkpoint import load, load_model
+
+    data = Path(__file__).parent / "data"
+    expected = np.load(data / "v2_outputs.npz")
+    model, vocab = load_model(data / "language_model_v2.npz")
+    assert load(data / "language_model_v2.npz").meta["version"] == 2 and model.proj_size == 0
+    assert vocab is not None and len(vocab) == model.vocab_size
+    logits, _, _ = model.forward(np.array([[0, 1], [2, 3], [4, 5]]))
+    np.testing.assert_array_equal(logits, expected["logits"])
+    lstm, _ = load_model(data / "lstm_v2.npz")
+    assert not lstm.bidirectional and not lstm.batch_first and lstm.dtype_name == "float64"
+    y, _, _ = lstm.forward(np.ones((3, 2, 3)))
+    np.testing.assert_array_equal(y, expected["y"])
+
+
+def test_a_bidirectional_projected_model_round_trips_through_a_checkpoint(tmp_path):
+    from lstmx import LSTM
+    from lstmx.checkpoint import load, load_model, save_model
+
+    model = LSTM(3, 5, 2, bidirectional=True, proj_size=2, batch_first=True, dtype="float64", seed=1)
+    save_model(tmp_path / "m.npz", model)
+    assert load(tmp_path / "m.npz").meta["version"] == 3
+    again, _ = load_model(tmp_path / "m.npz")
+    assert (again.bidirectional, again.proj_size, again.batch_first) == (True, 2, True)
+    x = np.random.default_rng(0).standard_normal((2, 4, 3))
+    np.testing.assert_array_equal(again.forward(x)[0], model.forward(x)[0])
