@@ -229,6 +229,8 @@ def run_checks(tolerance: float = 1e-6, out: Any = None) -> int:
         results += [gradient_check("cupy", tolerance), *stack_gradient_checks("cupy", tolerance),
                     parity_check("numpy", "cupy"), *implementation_checks("cupy")]
     for name in ("numpy", "cupy") if has_gpu else ("numpy",):
+        here = registry.available_layer_impls(get_backend(name), np.float32, False, None, "lstm")
+        print(f"layer implementations on {name}: " + "; ".join(f"{i.name} ({i.summary})" for i in here), file=out)
         print(f"layer implementation on {name} by default: {default_impls(name)}", file=out)
     print(HEADER, file=out)
     for result in results:

@@ -215,7 +215,6 @@ class Requests:
 
 
 LAYER_REQUESTS = Requests("layer", NAMES, ENVIRONMENT_VARIABLE, LayerImplError)
-check_impl_name = LAYER_REQUESTS.check
 
 
 def use_layer_impl(name: str) -> contextlib.AbstractContextManager[None]:
