@@ -20,9 +20,10 @@ from .backend import BACKEND_NAMES, BackendError
 from .distributed import ENGINES, DistributedError, SingleProcess, communicator
 from .options import (NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, DataConfig, ModelConfig, OptionError, Range, Spec,
                       check_value, spec_of)
+from .run_folder import RunFolder, RunFolderError, check_run_folder
 
-RUN_FILES = ("log.jsonl", "loss.png", "last.npz")
-ABORT_GRACE_SECONDS = 1.0  # what a run writes into --out (besides temporary files)
+ABORT_GRACE_SECONDS = 1.0  # how long a failing rank lets the launcher pass its message on before MPI_Abort
+DEFAULT_OUT = Path("runs/default")
 NONE_WORDS = ("none", "off")
 
 
@@ -94,11 +95,17 @@ def flag_type(name: str, range_: Range, kind: type) -> Callable[[str], Any]:
 def build_parser() -> argparse.ArgumentParser:
     from .train import TrainConfig
 
+    from . import __version__
+
     parser = Parser(prog="lstmx", description="Train and sample LSTM language models.")
+    parser.add_argument("--version", action="version", version=f"lstmx {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     impls = (registry.AUTO, *registry.NAMES)
 
-    train = commands.add_parser("train", help="train a language model on a text file (default: Python's own stdlib source)")
+    train = commands.add_parser("train", help="train a language model on a text file (default: Python's own stdlib source)",
+                                description="Train a character or word language model on TEXT (default: the Python "
+                                            "standard library's source), writing log.jsonl, loss.png and last.npz "
+                                            "into --out.")
     train.add_argument("text", nargs="?", help="UTF-8 text file; omitted: the embedded default corpus")
     run = train.add_argument_group("run")
     run.add_argument("--backend", default="numpy", choices=BACKEND_NAMES, help="array backend (default: numpy)")
@@ -112,11 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
                           f"${registry.LOSS_ENVIRONMENT_VARIABLE})")
     run.add_argument("--epochs", type=flag_type("--epochs", POSITIVE, float), default=None,
                      help="train for this many passes over the training text instead of --steps; a number > 0")
-    run.add_argument("--out", default="runs/default", help="folder for log.jsonl, loss.png and last.npz (default: runs/default)")
+    run.add_argument("--out", default=None, help="folder for log.jsonl, loss.png and last.npz (default: runs/default, "
+                                                  "or the folder of --resume); locked while the run uses it")
     run.add_argument("--resume", default=None, metavar="CHECKPOINT",
                      help="continue the run a checkpoint holds (into its own folder); only --steps/--epochs, --lr, "
                           "--eval-every, --eval-max-windows, --log-every and the sample options may change")
-    run.add_argument("--overwrite", action="store_true", help="start over in an --out folder that holds a run")
+    run.add_argument("--allow-new-text", action="store_true",
+                     help="with --resume: train on a TEXT other than the checkpoint's (fine-tuning on purpose)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start over in an --out folder that holds a run (it is replaced once the new run has "
+                          "written its first checkpoint, and kept when the new run fails before that)")
     run.add_argument("--distributed", default="none", choices=ENGINES,
                      help="data-parallel training across the ranks of an MPI launch (mpiexec -n N ...): mpi for CPU "
                           "processes (or GPUs staged through the host), nccl for one GPU per rank (default: none)")
@@ -125,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(train.add_argument_group("model"), ModelConfig)
     add_config_options(train.add_argument_group("training"), TrainConfig)
 
-    sample = commands.add_parser("sample", help="generate text from a checkpoint")
+    sample = commands.add_parser("sample", help="generate text from a checkpoint",
+                                 description="Generate text from a language-model checkpoint, written to stdout as "
+                                             "it is generated.")
     sample.add_argument("checkpoint")
     sample.add_argument("--prime", default="", help="text the model reads before generating (default: a newline)")
     sample.add_argument("--length", type=flag_type("--length", NON_NEGATIVE_INT, int), default=300,
@@ -141,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--impl", default=None, choices=impls, help="LSTM layer implementation")
 
     check = commands.add_parser("check", help="gradient check (float64), every layer implementation against the "
-                                              "generic one, and NumPy-vs-CuPy parity on this machine")
+                                              "generic one, and NumPy-vs-CuPy parity on this machine",
+                                description="Prove on this machine that the gradients are exact (float64 finite "
+                                            "differences), that every implementation agrees with the generic path, "
+                                            "and that NumPy and CuPy agree; exits 1 when a row fails.")
     check.add_argument("--tolerance", type=flag_type("--tolerance", Range(0, 1, low_inclusive=False), float),
                        default=1e-6, help="largest relative gradient error that passes; a number in (0, 1] (default: 1e-06)")
     return parser
@@ -158,16 +175,23 @@ def _flag(name: str) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """``lstmx train``: every door checked (flags, text, vocabulary, model, implementations, data sizes, the
+    folder) before anything is written; then the run, in its locked folder."""
     from . import LanguageModel
     from .checkpoint import load as load_checkpoint
-    from .data import CharVocab, WordVocab, default_corpus, split_ids, vocab_from_config
+    from .checkpoint import model_from_checkpoint
+    from .data import CharVocab, WordVocab, default_corpus, split_ids, text_fingerprint, vocab_from_config
     from .train import TrainConfig, Trainer, resumable
 
     given_data, given_model, given_train = (_given(args, c) for c in (DataConfig, ModelConfig, TrainConfig))
     if args.epochs is not None and "steps" in given_train:
         raise OptionError("--steps and --epochs exclude each other: give one")
     comm = args.comm
-    out = Path(args.out)
+    if args.resume and not Path(args.resume).is_file():
+        raise OptionError(f"--resume {args.resume}: " + ("is a folder, not a checkpoint file"
+                                                         if Path(args.resume).is_dir() else "no such file"))
+    out = Path(args.out) if args.out is not None else Path(args.resume).parent if args.resume else DEFAULT_OUT
+    check_run_folder(out)
     resumed = load_checkpoint(args.resume) if args.resume else None
     if resumed is not None:
         data, model_config, saved_train = _resumed_configs(resumed, args.resume)
@@ -178,6 +202,7 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         data = DataConfig(**given_data)
         model_config = ModelConfig(**given_model)
+        _refuse_ineffective_flags(given_data, data)
     if model_config.proj_size >= model_config.hidden_size:  # before any data is read
         raise OptionError(f"--proj-size must be below --hidden-size ({model_config.hidden_size}), got "
                           f"{model_config.proj_size} (0: no projection)")
@@ -189,74 +214,161 @@ def run_train(args: argparse.Namespace) -> int:
             check_precision(given_train["precision"], get_backend(args.backend), model_config.dtype)
         except ValueError as error:
             raise OptionError(f"--precision: {error}") from None
-    refusal = None
-    if comm.rank == 0:  # one rank looks at (and may clear) the folder; every rank learns the verdict
-        try:
-            _prepare_out(out, args)
-        except OptionError as error:
-            refusal = str(error)
-    if comm.broadcast_object(refusal) is not None:
-        raise OptionError(refusal if comm.rank == 0 else "rank 0 refused --out (its message says why)")
 
-    if args.text is None:
-        text, source = default_corpus(data.max_chars), "the Python standard library's source (embedded default corpus)"
-    else:
-        path = Path(args.text)
-        if not path.is_file():
-            raise FileNotFoundError(f"text file {path} does not exist")
-        text, source = path.read_text(encoding="utf-8")[: data.max_chars], str(path)
-    if not text.strip():
-        raise ValueError(f"the text from {source} is empty")
-
+    text, source = _read_text(args.text, data.max_chars)
+    fingerprint = text_fingerprint(text)
     if resumed is not None:
+        saved = resumed.meta.get("text_fingerprint")
+        if saved is not None and saved != fingerprint and not args.allow_new_text:
+            raise OptionError(f"TEXT ({source}) is not the text the checkpoint {args.resume} trained on; give that "
+                              "text, or --allow-new-text to fine-tune on this one on purpose")
         vocab = vocab_from_config(resumed.meta["vocab"])
     elif data.level == "char":
         vocab = CharVocab.from_text(text)
     else:
         vocab = WordVocab.from_text(text, data.min_count, "<unk>" if data.unk else None)
+        if len(vocab) < 2:
+            raise OptionError(f"--min-count {data.min_count} leaves one token ({vocab.symbols[0]!r}) in the vocabulary: "
+                              "nothing to predict; lower --min-count")
     split = split_ids(vocab.encode(text), data.validation, data.test)
-    say = _say if comm.rank == 0 else (lambda line: None)
-    say(f"{len(text):,} characters from {source}; {len(vocab)} {vocab.level} tokens; "
-        f"{len(split.train):,} train / {len(split.validation):,} validation tokens"
-        + (f"; {comm.size} ranks ({comm.engine})" if comm.size > 1 else ""))
-
-    batch_size = (resumed.meta["train_config"] if resumed else given_train).get("batch_size", TrainConfig.batch_size)
-    seq_len = (resumed.meta["train_config"] if resumed else given_train).get("seq_len", TrainConfig.seq_len)
+    saved_config = resumed.meta["train_config"] if resumed else given_train
+    batch_size = saved_config.get("batch_size", TrainConfig.batch_size)
+    seq_len = saved_config.get("seq_len", TrainConfig.seq_len)
+    _check_data_sizes(split, batch_size)
     if args.epochs is not None:
         from .data import windows_per_epoch
 
         given_train["steps"] = max(1, int(round(args.epochs * windows_per_epoch(len(split.train), batch_size, seq_len))))
-    progress = not args.no_progress
+
     with _implementations(args.impl, args.update_impl, args.loss_impl):
         if resumed is not None:
-            overrides = {k: v for k, v in given_train.items() if resumable(k)}
-            for name, value in overrides.items():
-                if value != resumed.meta["train_config"].get(name):
-                    say(f"resuming with {_flag(name)} {value} (the checkpoint had {resumed.meta['train_config'].get(name)})")
-            trainer = Trainer.resume(resumed, split, out, backend=args.backend, overrides=overrides, progress=progress,
-                                     comm=comm)
+            model = model_from_checkpoint(resumed, args.backend)
         else:
             config = TrainConfig(**given_train)
             model = LanguageModel(len(vocab), model_config.embedding_size, model_config.hidden_size,
                                   model_config.num_layers, model_config.dropout, proj_size=model_config.proj_size,
                                   backend=args.backend, dtype=model_config.dtype, seed=config.seed,
                                   precision=config.precision)
-            trainer = Trainer(model, vocab, split, config, out, progress=progress, data=data, comm=comm)
-        say(f"{trainer.model.num_parameters():,} parameters on {trainer.model.backend.name}; training to step "
-             f"{trainer.config.steps} (from step {trainer.step}); writing to {out}")
+        _check_implementations(model, batch_size, saved_config.get("optimizer", TrainConfig.optimizer))
+
+        folder = RunFolder(out)
+        refusal = None
+        if comm.rank == 0:  # one rank looks at (and may set aside) the folder; every rank learns the verdict
+            try:
+                folder.lock(say=_say)
+                _prepare_out(folder, args)
+            except (OptionError, RunFolderError) as error:
+                folder.release()
+                refusal = str(error)
+        if comm.broadcast_object(refusal) is not None:
+            raise OptionError(refusal if comm.rank == 0 else "rank 0 refused --out (its message says why)")
         try:
-            records = trainer.run()
-        except KeyboardInterrupt as interrupt:
-            if interrupt.args:  # the trainer saved the step it finished
-                say(f"{interrupt.args[0]}; continue with --resume {out / 'last.npz'}")
-            raise
-        if len(split.test):
-            _report_test(trainer, split.test)
+            return _train_in(folder, args, resumed, model, vocab, split, data, given_train, fingerprint, source)
+        finally:
+            if comm.rank == 0:
+                if not folder.settle():
+                    _say(f"the new run wrote no checkpoint: the earlier run in {out} is back as it was")
+                folder.release()
+
+
+def _train_in(folder: RunFolder, args: argparse.Namespace, resumed: Any, model: Any, vocab: Any, split: Any,
+              data: DataConfig, given_train: dict[str, Any], fingerprint: str, source: str) -> int:
+    from .train import TrainConfig, Trainer, resumable
+
+    comm, out = args.comm, folder.path
+    say = _say if comm.rank == 0 else (lambda line: None)
+    say(f"{len(split.train) + len(split.validation) + len(split.test):,} tokens from {source}; {len(vocab)} "
+        f"{vocab.level} tokens; {len(split.train):,} train / {len(split.validation):,} validation tokens"
+        + (f"; {comm.size} ranks ({comm.engine})" if comm.size > 1 else ""))
+    progress = not args.no_progress
+    if resumed is not None:
+        overrides = {k: v for k, v in given_train.items() if resumable(k)}
+        for name, value in overrides.items():
+            if value != resumed.meta["train_config"].get(name):
+                say(f"resuming with {_flag(name)} {value} (the checkpoint had {resumed.meta['train_config'].get(name)})")
+        trainer = Trainer.resume(resumed, split, out, backend=args.backend, overrides=overrides, progress=progress,
+                                 comm=comm, model=model)
+    else:
+        trainer = Trainer(model, vocab, split, TrainConfig(**given_train), out, progress=progress, data=data,
+                          comm=comm)
+    trainer.text_fingerprint = fingerprint
+    say(f"{trainer.model.num_parameters():,} parameters on {trainer.model.backend.name}; training to step "
+        f"{trainer.config.steps} (from step {trainer.step}); writing to {out}")
+    try:
+        records = trainer.run()
+    except KeyboardInterrupt as interrupt:
+        if interrupt.args:  # the trainer saved the step it finished
+            say(f"{interrupt.args[0]}; continue with --resume {out / 'last.npz'}")
+        raise
+    if len(split.test):
+        _report_test(trainer, split.test)
     train_losses = [r["train_loss"] for r in records if "train_loss" in r]
     if train_losses:
         say(f"train loss {train_losses[0]:.3f} → {train_losses[-1]:.3f} nats/token; checkpoint {out / 'last.npz'}; "
-             f"curve {out / 'loss.png'}")
+            f"curve {out / 'loss.png'}")
     return 0
+
+
+def _read_text(name: str | None, max_chars: int) -> tuple[str, str]:
+    """The training text (at most ``max_chars``) and where it came from; one line naming TEXT when unreadable."""
+    from .data import default_corpus
+
+    if name is None:
+        return default_corpus(max_chars), "the Python standard library's source (embedded default corpus)"
+    path = Path(name)
+    if not path.exists():
+        raise OptionError(f"TEXT {path} does not exist")
+    if not path.is_file():
+        raise OptionError(f"TEXT {path} is a folder, not a text file")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            text = handle.read(max_chars)
+    except UnicodeDecodeError as error:
+        raise OptionError(f"TEXT {path} is not UTF-8 text (byte {error.start} of what was read cannot be "
+                          "decoded); a binary file?") from None
+    except OSError as error:
+        raise OptionError(f"TEXT {path} cannot be read: {error.strerror}") from None
+    if not text.strip():
+        raise OptionError(f"TEXT {path} is empty (or only whitespace)")
+    return text, str(path)
+
+
+def _refuse_ineffective_flags(given: dict[str, Any], data: DataConfig) -> None:
+    """Flags that would change nothing in the configuration chosen are refused, naming why."""
+    if data.level == "char":
+        for name in ("unk", "min_count"):
+            if name in given:
+                raise OptionError(f"{_flag(name)} applies to --level word only; at character level every "
+                                  "character of the text has its own token")
+    elif "min_count" in given and not data.unk:
+        raise OptionError("--min-count needs --unk: rare words must map to <unk> (without it every word keeps its "
+                          "own token)")
+
+
+def _check_data_sizes(split: Any, batch_size: int) -> None:
+    """The training split fills the batch's streams, and a validation split asked for can validate."""
+    if len(split.train) < 2 * batch_size:
+        raise OptionError(f"the training split holds {len(split.train)} tokens, too few for --batch-size "
+                          f"{batch_size} streams of at least 2 tokens each: give a longer text or a smaller "
+                          "--batch-size")
+    if 0 < len(split.validation) < 2 * batch_size:
+        raise OptionError(f"the validation split holds {len(split.validation)} tokens, too few for --batch-size "
+                          f"{batch_size} streams of at least 2 tokens each, so validation would never run: raise "
+                          "--validation, lower --batch-size, or give --validation 0 to train without it")
+
+
+def _check_implementations(model: Any, batch_size: int, optimizer: str) -> None:
+    """The layer, loss and update implementations asked for run this model here (before any work starts)."""
+    from .optim import OPTIMIZERS
+
+    backend = model.backend
+    try:
+        registry.choose_layer_impl(backend, model.dtype, False, None, (batch_size, model.hidden_size),
+                                   model.stack.cell.kind)
+        registry.choose_loss(backend)
+        registry.choose_update(backend, OPTIMIZERS[optimizer.lower()])
+    except registry.ImplError as error:
+        raise OptionError(str(error)) from None
 
 
 def _resumed_configs(checkpoint: Any, path: str) -> tuple[DataConfig, ModelConfig, dict[str, Any]]:
@@ -284,21 +396,17 @@ def _refuse_conflicts(given: dict[str, Any], saved: Any, what: str) -> None:
                               f"keeps {what}; leave the flag out, or start a new run")
 
 
-def _prepare_out(out: Path, args: argparse.Namespace) -> None:
-    """Refuse an --out folder that holds another run, unless resuming that run or told to overwrite it."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise OptionError(f"--out {out} is a file, not a folder")
-    entries = sorted(p.name for p in out.iterdir())
+def _prepare_out(folder: RunFolder, args: argparse.Namespace) -> None:
+    """Refuse a locked --out folder that holds another run, unless resuming that run or told to overwrite it
+    (the earlier run is then set aside until the new one has checkpointed)."""
+    out = folder.path
+    entries = folder.entries()
     if not entries:
         return
     if args.resume and Path(args.resume).resolve().parent == out.resolve():
         return
     if args.overwrite:
-        for name in entries:
-            if name in RUN_FILES or (name.startswith(".") and name.endswith(".tmp")):
-                (out / name).unlink()
+        folder.set_aside()
         return
     shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
     if args.resume:
@@ -367,8 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             args.comm = communicator(args.distributed)
         return handlers[args.command](args)
-    except (BackendError, FileNotFoundError, ValueError, TypeError, KeyError, FloatingPointError,
-            DistributedError) as error:
+    except (BackendError, OSError, ValueError, TypeError, KeyError, FloatingPointError, DistributedError) as error:
         _fail(args, f"lstmx {args.command}: error: {error}", 2)
         return 2
     except KeyboardInterrupt:

@@ -7,6 +7,8 @@ right starting state for the next (carried over without gradient by the trainer)
 
 from __future__ import annotations
 
+import hashlib
+
 import re
 import sys
 import sysconfig
@@ -172,6 +174,11 @@ class StreamBatches:
 
     def __iter__(self) -> Iterator[Window]:
         return (self.window(k) for k in range(len(self)))
+
+
+def text_fingerprint(text: str) -> str:
+    """A short SHA-256 of a training text (its UTF-8 bytes): what a checkpoint keeps to tell its text from another."""
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def default_corpus(max_chars: int = 2_000_000) -> str:

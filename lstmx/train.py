@@ -122,6 +122,7 @@ class Trainer:
         self.window_index = 0
         self.epoch = 0
         self.state: Any = None
+        self.text_fingerprint: str | None = None  # lstmx.data.text_fingerprint of the training text, when known
         self._pending: list[tuple[int, Any, Any]] = []  # (step, loss, norm) not yet read back from the device
         self._losses: list[float] = []  # read back, not yet logged
 
@@ -353,6 +354,7 @@ class Trainer:
             "data_config": None if self.data is None else dataclasses.asdict(self.data),
             "progress": {"step": self.step, "epoch": self.epoch, "window_index": self.window_index},
             "rng": {"dropout": self.model.dropout_rng.bit_generator.state},
+            "text_fingerprint": self.text_fingerprint,
         }
         arrays = {f"params/{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optimizer/{k}": v for k, v in optimizer_arrays.items()})
@@ -363,12 +365,13 @@ class Trainer:
     @classmethod
     def resume(cls, source: str | Path | ckpt.Checkpoint, split: Split, out_dir: str | Path, *,
                backend: Any = "numpy", steps: int | None = None, overrides: dict[str, Any] | None = None,
-               **options: Any) -> "Trainer":
+               model: Any = None, **options: Any) -> "Trainer":
         """Rebuild a trainer from a checkpoint written by :meth:`save` (a path, or one already loaded).
 
         ``steps`` may extend the run; ``overrides`` may change the fields of :class:`TrainConfig` marked
         ``on_resume="override"`` (the learning rate, evaluation and logging intervals, samples). Records in
-        ``out_dir/log.jsonl`` after the checkpoint's step are dropped.
+        ``out_dir/log.jsonl`` after the checkpoint's step are dropped. ``model``: the checkpoint's model already
+        rebuilt (:func:`lstmx.checkpoint.model_from_checkpoint`), else it is rebuilt here on ``backend``.
         """
         checkpoint = source if isinstance(source, ckpt.Checkpoint) else ckpt.load(source)
         meta = checkpoint.meta
@@ -383,7 +386,7 @@ class Trainer:
         if refused:
             raise ValueError(f"{', '.join(refused)} cannot change when resuming; start a new run instead")
         config = dataclasses.replace(config, **changes)
-        model = ckpt.model_from_checkpoint(checkpoint, backend)
+        model = model if model is not None else ckpt.model_from_checkpoint(checkpoint, backend)
         model.precision = config.precision
         data = DataConfig(**meta["data_config"]) if meta.get("data_config") else None
         trainer = cls(model, vocab_from_config(meta["vocab"]), split, config, out_dir, data=data, **options)
@@ -391,6 +394,7 @@ class Trainer:
         progress = meta["progress"]
         trainer.step, trainer.epoch, trainer.window_index = progress["step"], progress["epoch"], progress["window_index"]
         model.dropout_rng.bit_generator.state = meta["rng"]["dropout"]
+        trainer.text_fingerprint = meta.get("text_fingerprint")
         carried = checkpoint.group("state")
         if carried:
             trainer.load_global_state(carried["h"], carried["c"])
