@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-k", type=flag_type("--top-k", POSITIVE_INT, int), default=None,
                         help="sample among the k most likely tokens only; an integer ≥ 1 (default: all)")
     sample.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    sample.add_argument("--num-samples", type=flag_type("--num-samples", POSITIVE_INT, int), default=1,
+                        help="independent samples, generated as one batch (sample k seeded --seed + k); an integer "
+                             "≥ 1 (default: 1, streamed as it is generated)")
     sample.add_argument("--seed", type=flag_type("--seed", NON_NEGATIVE_INT, int), default=0,
                         help="seed of the draws; an integer ≥ 0 (default: 0)")
     sample.add_argument("--backend", default="numpy", choices=BACKEND_NAMES, help="array backend (default: numpy)")
@@ -444,16 +448,29 @@ def _report_test(trainer: Any, test_ids: Any) -> None:
 
 def run_sample(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError, load_model
-    from .sample import sample
+    from .sample import generate, samples
 
     model, vocab = load_model(args.checkpoint, args.backend)
     if vocab is None or not hasattr(model, "vocab_size"):
         raise CheckpointError(f"{args.checkpoint} holds no language model with a vocabulary; nothing to sample")
+    options = dict(temperature=args.temperature, top_k=args.top_k, greedy=args.greedy, seed=args.seed)
+    joiner = vocab.separator if args.prime and not args.prime.endswith((" ", "\n")) else ""
     with _implementations(args.impl):
-        text = sample(model, vocab, args.prime, args.length, temperature=args.temperature, top_k=args.top_k,
-                      greedy=args.greedy, seed=args.seed)
-    joiner = vocab.separator if args.prime and text and not args.prime.endswith((" ", "\n")) else ""
-    sys.stdout.write(args.prime + joiner + text + "\n")
+        if args.num_samples == 1:  # streamed: the text grows on stdout as each token is drawn
+            sys.stdout.write(args.prime)
+            drawn, written = [], ""
+            for (token,) in generate(model, vocab, args.prime, args.length, **options):
+                drawn.append(token)
+                text = vocab.decode(drawn)  # decoding only ever appends (word level joins tokens by spaces)
+                sys.stdout.write((joiner if not written else "") + text[len(written):])
+                sys.stdout.flush()
+                written = text
+            sys.stdout.write("\n")
+            return 0
+        texts = samples(model, vocab, args.prime, args.length, num_samples=args.num_samples, **options)
+    for k, text in enumerate(texts):
+        sys.stdout.write(f"--- sample {k + 1} of {len(texts)} (seed {args.seed + k}) ---\n"
+                         f"{args.prime}{joiner if text else ''}{text}\n")
     return 0
 
 
@@ -471,6 +488,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     handlers = {"train": run_train, "sample": run_sample, "check": run_check}
     args.comm = SingleProcess()
+    with warnings.catch_warnings():
+        warnings.simplefilter("once")  # a warning repeated every step is said once
+        warnings.showwarning = _show_warning
+        return _run(handlers, args)
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: Any = None) -> None:
+    """A Python warning (lstmx's own, NumPy's overflow on a diverging run, a plotting library's) as one line."""
+    text = str(message).splitlines()[0] if str(message) else category.__name__
+    origin = "" if text.startswith("lstmx: ") else f" ({category.__name__} from {Path(filename).parent.name}/"\
+                                                     f"{Path(filename).name}:{lineno})"
+    print(f"lstmx: warning: {text.removeprefix('lstmx: ')}{origin}", file=sys.stderr, flush=True)
+
+
+def _run(handlers: dict[str, Callable[[argparse.Namespace], int]], args: argparse.Namespace) -> int:
     try:
         if args.command == "train":
             args.comm = communicator(args.distributed)

@@ -8,6 +8,7 @@ or two directions, the forward and backward of the stack); the math lives in :mo
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -158,6 +159,9 @@ class LSTM(Module):
         _check_proj_size(proj_size, hidden_size)
         _check_flags(bidirectional=bidirectional, batch_first=batch_first)
         super().__init__(backend, dtype, seed, dropout, precision)
+        if self.dropout and num_layers == 1:
+            warnings.warn(f"lstmx: dropout={dropout} has no effect with num_layers=1: an LSTM's dropout acts between "
+                          "its layers", UserWarning, stacklevel=2)
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.proj_size, self.bidirectional, self.batch_first = int(proj_size), bidirectional, batch_first
         self.stack = Stack("", lstm_cell(self.hidden_size, self.proj_size), self.input_size, self.num_layers,
@@ -215,8 +219,10 @@ class LSTM(Module):
     def backward(self, dy: Any, cache: LSTMCache, dstate: State | None = None) -> tuple[Any, State, dict[str, Any]]:
         """Exact BPTT from ``dy`` = dL/dy (shaped as y) and optional ``dstate`` = dL/d(h_T, c_T).
 
-        ``cache`` must come from this model's latest forward with its current parameters. Returns
-        ``(dx, (dh0, dc0), grads)`` with dx shaped as x and ``grads`` keyed like ``params``.
+        ``cache`` must come from this model's latest forward with its current parameters (matched by the
+        parameter arrays themselves: one replaced since, as an optimizer step does, is refused; a change written
+        into a parameter array in place is not detected). Returns ``(dx, (dh0, dc0), grads)`` with dx shaped as x
+        and ``grads`` keyed like ``params``.
         """
         _check_cache_type(cache, LSTMCache)
         self._check_cache_owner(cache.parameter_arrays())

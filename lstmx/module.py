@@ -68,16 +68,17 @@ class Module:
         return sum(int(np.prod(p.shape)) for p in self.params.values())
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Host NumPy copies of every parameter, by name."""
-        return {name: to_numpy(value) for name, value in self.params.items()}
+        """Host NumPy copies of every parameter, by name: changing them leaves the model as it is."""
+        return {name: np.array(to_numpy(value), copy=True) for name, value in self.params.items()}
 
     def load_state_dict(self, arrays: Mapping[str, Any]) -> None:
-        """Replace every parameter; names and shapes must match exactly (a clear error otherwise)."""
+        """Replace every parameter with a copy of ``arrays`` (any backend; the caller's arrays are never shared);
+        names and shapes must match exactly (a clear error otherwise)."""
         missing = sorted(set(self.params) - set(arrays))
         unexpected = sorted(set(arrays) - set(self.params))
         if missing or unexpected:
             raise KeyError(f"parameter names do not match: missing {missing}, unexpected {unexpected}")
-        host = {name: np.asarray(to_numpy(value)) for name, value in arrays.items()}
+        host = {name: np.array(to_numpy(value), copy=True) for name, value in arrays.items()}
         for name, value in host.items():
             if value.shape != tuple(self.params[name].shape):
                 raise ValueError(f"parameter {name!r} has shape {value.shape}, expected {tuple(self.params[name].shape)}")

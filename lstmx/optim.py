@@ -130,17 +130,40 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
-        """The learning rate the next :meth:`step` will use."""
-        return self.schedule(self.step_count)
+        """The learning rate the next :meth:`step` will use (the schedule's value, checked: finite and > 0)."""
+        value = self.schedule(self.step_count)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(value) or value <= 0:
+            raise OptionError(f"the learning-rate schedule gave {value!r} at step {self.step_count}; a learning "
+                              "rate must be a finite number > 0")
+        return float(value)
 
     def step(self, grads: Mapping[str, Any]) -> None:
-        """Apply one update to ``model.params`` from ``grads`` (keyed like the params)."""
-        missing = set(self.model.params) - set(grads)
-        if missing:
-            raise KeyError(f"no gradient for parameters {sorted(missing)}")
+        """Apply one update to ``model.params`` from ``grads``: exactly the params' names, each of its parameter's
+        shape and dtype, on the model's backend and device (checked here, in one line naming the parameter)."""
+        self.check_grads(grads)
         lr = self.lr
         self.step_count += 1
         self.model.params.update(self._update(self, self.model.backend.xp, self.model.params, grads, self.state, lr))
+
+    def check_grads(self, grads: Mapping[str, Any]) -> None:
+        """Refuse gradients that do not fit the model's parameters (a shape that merely broadcasts, another dtype
+        or backend would change the parameters silently)."""
+        from .backend import check_same_backend, dtype_name
+
+        params = self.model.params
+        missing, unexpected = sorted(set(params) - set(grads)), sorted(set(grads) - set(params))
+        if missing or unexpected:
+            raise KeyError(f"grads must have exactly the parameters' names: missing {missing}, unexpected {unexpected}")
+        for name, param in params.items():
+            grad = grads[name]
+            check_same_backend(self.model.backend, f"grads[{name!r}]", grad)
+            if tuple(grad.shape) != tuple(param.shape):
+                raise ValueError(f"grads[{name!r}] has shape {tuple(grad.shape)}, expected the parameter's "
+                                 f"{tuple(param.shape)}")
+            if grad.dtype != param.dtype:
+                raise TypeError(f"grads[{name!r}] has dtype {dtype_name(grad.dtype)}, expected the parameter's "
+                                f"{dtype_name(param.dtype)}")
 
     def update(self, xp: Any, param: Any, grad: Any, state: dict[str, Any], lr: float) -> Any:
         """The generic update of one tensor: returns the new parameter and replaces ``state``'s slots

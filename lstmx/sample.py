@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -22,6 +22,53 @@ def next_token_distribution(logits: np.ndarray, temperature: float, top_k: int |
     return weights / weights.sum()
 
 
+def _check_sampling(model: Any, vocab: CharVocab, length: int, temperature: float, top_k: int | None,
+                    greedy: bool, num_samples: int = 1) -> None:
+    check_arguments(length=(length, NON_NEGATIVE_INT), num_samples=(num_samples, POSITIVE_INT))
+    if not greedy and POSITIVE.check(temperature) is not None:
+        raise OptionError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature!r}")
+    if top_k is not None:
+        check_arguments(top_k=(top_k, POSITIVE_INT))
+    if len(vocab) != model.vocab_size:
+        raise ValueError(f"vocabulary has {len(vocab)} entries but the model expects {model.vocab_size}")
+
+
+def generate(
+    model: Any,
+    vocab: CharVocab,
+    prime: str = "",
+    length: int = 200,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    greedy: bool = False,
+    seed: int = 0,
+    num_samples: int = 1,
+) -> Iterator[list[int]]:
+    """Yield, step by step, the next token of each of ``num_samples`` independent samples (a list of ids), after
+    every sample has read ``prime``. The samples run as one batch; sample k draws from its own generator seeded
+    ``seed + k``, so sample 0 is the single sample of ``seed``. Arguments as :func:`sample`."""
+    _check_sampling(model, vocab, length, temperature, top_k, greedy, num_samples)
+    if not prime:
+        prime = "\n" if "\n" in vocab.index else vocab.symbols[0]
+    ids = vocab.encode(prime)  # unknown characters are a clear error here
+    rngs = [np.random.default_rng(seed + k) for k in range(num_samples)]
+    backend, was_training = model.backend, model.training
+    model.eval()
+    try:
+        tokens = backend.asarray(np.repeat(ids.reshape(-1, 1), num_samples, axis=1))
+        logits, state, _ = model.forward(tokens)
+        for _ in range(length):
+            rows = to_numpy(logits[-1, ...])
+            step = [int(np.argmax(row)) if greedy else
+                    int(rng.choice(row.size, p=next_token_distribution(row, temperature, top_k)))
+                    for row, rng in zip(rows, rngs)]
+            yield step
+            logits, state, _ = model.forward(backend.asarray(np.array([step])), state, check_input=False)
+    finally:
+        model.train(was_training)
+
+
 def sample(
     model: Any,
     vocab: CharVocab,
@@ -38,28 +85,13 @@ def sample(
     ``greedy`` takes the most likely token each step; otherwise tokens are drawn from the softmax of
     logits / ``temperature``, restricted to the ``top_k`` most likely when set. The same seed gives the same text.
     """
-    check_arguments(length=(length, NON_NEGATIVE_INT))
-    if not greedy and POSITIVE.check(temperature) is not None:
-        raise OptionError(f"temperature must be > 0 (use greedy=True for argmax decoding), got {temperature!r}")
-    if top_k is not None:
-        check_arguments(top_k=(top_k, POSITIVE_INT))
-    if len(vocab) != model.vocab_size:
-        raise ValueError(f"vocabulary has {len(vocab)} entries but the model expects {model.vocab_size}")
-    if not prime:
-        prime = "\n" if "\n" in vocab.index else vocab.symbols[0]
-    ids = vocab.encode(prime)  # unknown characters are a clear error here
-    rng = np.random.default_rng(seed)
-    backend, was_training = model.backend, model.training
-    model.eval()
-    try:
-        tokens = backend.asarray(ids.reshape(-1, 1))
-        logits, state, _ = model.forward(tokens)
-        generated = []
-        for _ in range(length):
-            row = to_numpy(logits[-1, 0, ...])
-            token = int(np.argmax(row)) if greedy else int(rng.choice(row.size, p=next_token_distribution(row, temperature, top_k)))
-            generated.append(token)
-            logits, state, _ = model.forward(backend.asarray(np.array([[token]])), state, check_input=False)
-    finally:
-        model.train(was_training)
+    generated = [step[0] for step in generate(model, vocab, prime, length, temperature=temperature, top_k=top_k,
+                                              greedy=greedy, seed=seed)]
     return vocab.decode(generated)
+
+
+def samples(model: Any, vocab: CharVocab, prime: str = "", length: int = 200, *, num_samples: int = 1,
+            **options: Any) -> list[str]:
+    """``num_samples`` independent texts generated in one batch (sample k as :func:`sample` with ``seed + k``)."""
+    steps = list(generate(model, vocab, prime, length, num_samples=num_samples, **options))
+    return [vocab.decode([step[k] for step in steps]) for k in range(num_samples)]

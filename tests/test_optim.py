@@ -171,7 +171,7 @@ def test_optimizer_errors():
         make_optimizer("lion", model, 0.1)
     with pytest.raises(ValueError, match="lr must be a number > 0, got 0"):
         Adam(model, lr=0.0)
-    with pytest.raises(KeyError, match="no gradient for parameters"):
+    with pytest.raises(KeyError, match="grads must have exactly the parameters. names: missing"):
         Adam(model).step({})
     meta, arrays = Adam(model).state_dict()
     with pytest.raises(ValueError, match="optimizer state is for 'Adam', not SGD"):
@@ -268,3 +268,70 @@ def test_update_implementation_choice(backend, monkeypatch):
     monkeypatch.setenv(registry.UPDATE_ENVIRONMENT_VARIABLE, "nonsense")
     with pytest.raises(registry.UpdateImplError, match="LSTMX_UPDATE_IMPL must be one of"):
         Adam(model)
+
+
+def test_optimizer_refuses_gradients_that_do_not_fit_in_one_line():
+    """An extra key, a shape that would only broadcast, another dtype or another backend is refused naming the
+    parameter, before any parameter changes."""
+    import array_api_strict
+
+    from lstmx import LSTM
+    from lstmx.optim import SGD, Adam
+
+    model = LSTM(2, 3, dtype="float32")
+    before = model.state_dict()
+    optimizer = Adam(model, lr=1e-2)
+    good = {name: np.zeros(p.shape, dtype=np.float32) for name, p in model.params.items()}
+    cases = [({**good, "extra": np.zeros(1, np.float32)}, KeyError, "unexpected \\['extra'\\]"),
+             ({k: v for k, v in good.items() if k != "bias_l0"}, KeyError, "missing \\['bias_l0'\\]"),
+             ({**good, "bias_l0": np.float32(1.0) * np.ones((), np.float32)}, ValueError,
+              r"grads\['bias_l0'\] has shape \(\), expected the parameter's \(12,\)"),
+             ({**good, "weight_l0": good["weight_l0"].astype(np.float64)}, TypeError,
+              r"grads\['weight_l0'\] has dtype float64, expected the parameter's float32"),
+             ({**good, "bias_l0": array_api_strict.zeros((12,), dtype=array_api_strict.float32)}, Exception,
+              r"grads\['bias_l0'\] is a array_api_strict array but the model lives on numpy")]
+    for grads, error, message in cases:
+        with pytest.raises(error, match=message):
+            optimizer.step(grads)
+    assert all(np.array_equal(model.state_dict()[k], v) for k, v in before.items())
+    assert optimizer.step_count == 0
+    for bad in (float("nan"), -1.0, 0.0):
+        with pytest.raises(ValueError, match="learning-rate schedule gave"):
+            SGD(model, lr=lambda step, bad=bad: bad).step(good)
+
+
+def test_state_dict_is_a_copy_and_load_state_dict_copies_in():
+    from lstmx import LSTM
+
+    model = LSTM(2, 3, dtype="float64")
+    state = model.state_dict()
+    state["bias_l0"][:] = 7.0
+    assert not np.any(model.params["bias_l0"] == 7.0)
+    mine = {name: value.copy() for name, value in state.items()}
+    model.load_state_dict(mine)
+    mine["bias_l0"][:] = -1.0
+    assert np.all(model.params["bias_l0"] == 7.0)
+
+
+def test_integer_sizes_of_numpy_type_are_plain_ints_and_save(tmp_path):
+    from lstmx import LSTM, LanguageModel
+    from lstmx.checkpoint import load_model, save_model
+
+    model = LSTM(np.int64(3), np.int32(4), np.int64(2), proj_size=np.int64(2))
+    assert all(type(getattr(model, name)) is int for name in ("input_size", "hidden_size", "num_layers", "proj_size"))
+    save_model(tmp_path / "m.npz", model)
+    assert load_model(tmp_path / "m.npz")[0].hidden_size == 4
+    assert type(LanguageModel(np.int64(5), np.int64(3), np.int64(4)).vocab_size) is int
+
+
+def test_dropout_that_cannot_act_is_said_once():
+    from lstmx import LSTM, LanguageModel
+
+    with pytest.warns(UserWarning, match="dropout=0.5 has no effect with num_layers=1"):
+        LSTM(2, 3, dropout=0.5)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LSTM(2, 3, 2, dropout=0.5)
+        LanguageModel(5, 3, 4, dropout=0.5)  # a language model's dropout also acts on the LSTM's output

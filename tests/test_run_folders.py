@@ -188,3 +188,24 @@ def test_flags_without_effect_are_refused_naming_why(tmp_path, capsys, extra, me
     assert run_tiny(tmp_path, "--out", str(tmp_path / "run"), *extra) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_warnings_reach_the_terminal_as_one_lstmx_line_each_once(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    import numpy as np
+
+    from lstmx.train import Trainer
+
+    def noisy(self):
+        for _ in range(3):  # a diverging run overflows at every step
+            np.exp(np.float32(1000.0))
+        warnings.warn("lstmx: something the user should know", UserWarning)
+        return []
+
+    monkeypatch.setattr(Trainer, "run", noisy)
+    assert run_tiny(tmp_path, "--out", str(tmp_path / "run")) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lstmx: warning")]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("lstmx: warning: overflow encountered") and "RuntimeWarning from" in lines[0]
+    assert lines[1] == "lstmx: warning: something the user should know"

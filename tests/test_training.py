@@ -205,3 +205,47 @@ def test_trainer_passes_optimizer_settings_through(tmp_path):
     assert (trainer.optimizer.momentum, trainer.optimizer.weight_decay) == (0.5, 0.01)
     assert trainer.optimizer.schedule(0) == pytest.approx(0.15) and trainer.optimizer.schedule(9) > 0.01
     assert trainer.optimizer.schedule(10) == pytest.approx(0.01)
+
+
+def test_sample_streams_its_text_and_makes_several_samples_in_one_batch(tmp_path, capsys):
+    """`lstmx sample` writes the text as it is generated (the same text the library's sample returns), and
+    --num-samples N gives N texts in one batch: sample k is the single sample of --seed + k, and they differ."""
+    from lstmx.checkpoint import load_model
+    from lstmx.sample import generate, sample, samples
+
+    text_file = tmp_path / "corpus.txt"
+    text_file.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", str(text_file), "--steps", "2", "--batch-size", "2", "--seq-len", "8", "--hidden-size", "8",
+                 "--embedding-size", "4", "--out", str(out), "--no-progress", "--sample-length", "0"]) == 0
+    model, vocab = load_model(out / "last.npz")
+    capsys.readouterr()
+
+    writes = []
+
+    class Recording:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    import sys as system
+    real = system.stdout
+    system.stdout = Recording()
+    try:
+        assert main(["sample", str(out / "last.npz"), "--length", "30", "--prime", "the", "--seed", "3"]) == 0
+    finally:
+        system.stdout = real
+    assert len(writes) >= 30  # one write per generated token, not one at the end
+    assert "".join(writes) == "the" + sample(model, vocab, "the", 30, temperature=0.8, seed=3) + "\n"
+
+    batch = samples(model, vocab, "the", 25, num_samples=3, temperature=1.5, seed=7)
+    assert batch == [sample(model, vocab, "the", 25, temperature=1.5, seed=7 + k) for k in range(3)]
+    assert len(set(batch)) == 3
+    steps = list(generate(model, vocab, "the", 4, num_samples=2, greedy=True))
+    assert [len(step) for step in steps] == [2, 2, 2, 2] and all(a == b for a, b in steps)
+    assert main(["sample", str(out / "last.npz"), "--length", "10", "--num-samples", "2", "--seed", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "--- sample 1 of 2 (seed 5) ---" in printed and "--- sample 2 of 2 (seed 6) ---" in printed
+    assert main(["sample", str(out / "last.npz"), "--num-samples", "0"]) == 2
