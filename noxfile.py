@@ -50,3 +50,13 @@ def tests_torch(session: nox.Session) -> None:
                 success_codes=PYTEST_OK)
     session.run("pytest", "--backends", "torch", "tests/test_gradients.py", "tests/test_backends.py", *session.posargs,
                 success_codes=PYTEST_OK)
+
+
+@nox.session(name="mutation")
+def mutation(session: nox.Session) -> None:
+    """Mutation testing (mutmut) of the pure-Python modules named in pyproject.toml's [tool.mutmut]: each mutant
+    (a changed constant, operator, argument, a dropped line) must make a test fail. Slow; CI does not run it.
+    ``nox -s mutation`` runs every mutant; ``nox -s mutation -- "lstmx.optim*"`` the mutants of one module."""
+    session.install("-e", ".[dev]", "mutmut==3.8.1")
+    session.run("mutmut", "run", *session.posargs, success_codes=[0, 1])
+    session.run("mutmut", "results")

@@ -158,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--backend", default="numpy", choices=BACKEND_NAMES, help="array backend (default: numpy)")
     sample.add_argument("--impl", default=None, choices=impls, help="LSTM layer implementation")
 
+    export = commands.add_parser("export", help="write a checkpoint's model as an ONNX graph",
+                                 description="Write the model of a checkpoint as an ONNX graph (one ONNX LSTM node per "
+                                             "layer, evaluation mode), runnable by onnxruntime; needs lstmx[onnx].")
+    export.add_argument("checkpoint")
+    export.add_argument("output", help="the .onnx file to write (atomically)")
+    export.add_argument("--with-state", action="store_true", help="the graph also takes h0 and c0")
+    export.add_argument("--with-lengths", action="store_true", help="the graph also takes lengths (int32, one per "
+                                                                     "sequence)")
+
     check = commands.add_parser("check", help="gradient check (float64), every layer implementation against the "
                                               "generic one, and NumPy-vs-CuPy parity on this machine",
                                 description="Prove on this machine that the gradients are exact (float64 finite "
@@ -474,6 +483,19 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .interop.onnx import export
+
+    if not Path(args.checkpoint).is_file():
+        raise OptionError(f"CHECKPOINT {args.checkpoint} does not exist")
+    check_run_folder(Path(args.output).parent, "OUTPUT's folder")
+    model, _ = load_model(args.checkpoint)
+    path = export(model.eval(), args.output, with_state=args.with_state, with_lengths=args.with_lengths)
+    _say(f"wrote {path} ({type(model).__name__}, {model.num_parameters():,} parameters)")
+    return 0
+
+
 def run_check(args: argparse.Namespace) -> int:
     from .check import run_checks
 
@@ -486,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    handlers = {"train": run_train, "sample": run_sample, "check": run_check}
+    handlers = {"train": run_train, "sample": run_sample, "export": run_export, "check": run_check}
     args.comm = SingleProcess()
     with warnings.catch_warnings():
         warnings.simplefilter("once")  # a warning repeated every step is said once

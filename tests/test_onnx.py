@@ -1,0 +1,174 @@
+"""ONNX: lstmx's forward against onnxruntime running an ONNX LSTM node built here with onnx.helper (not by lstmx's
+exporter), then every exportable model through lstmx's exporter, onnx.checker and onnxruntime, and back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstmx
+from lstmx.cli import main
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from lstmx.interop.onnx import OnnxError, export, load  # noqa: E402
+
+TOLERANCE = 1e-5  # float32
+
+
+def run(path_or_bytes, feeds):
+    session = ort.InferenceSession(path_or_bytes if isinstance(path_or_bytes, (bytes, str)) else str(path_or_bytes),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def handmade_node(direction, w, r, b, with_lengths, with_state):
+    """One ONNX LSTM node, its weights as initializers, written from the operator's specification."""
+    dirs, four_h, features = w.shape
+    hidden = four_h // 4
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", features])]
+    node_inputs = ["X", "W", "R", "B", "seq" if with_lengths else "", "h0" if with_state else "",
+                   "c0" if with_state else ""]
+    if with_lengths:
+        inputs.append(helper.make_tensor_value_info("seq", TensorProto.INT32, ["B"]))
+    if with_state:
+        inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [dirs, "B", hidden]) for n in ("h0", "c0")]
+    while node_inputs[-1] == "":
+        node_inputs.pop()
+    node = helper.make_node("LSTM", node_inputs, ["Y", "Y_h", "Y_c"], hidden_size=hidden, direction=direction)
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in (
+        ("Y", ["T", dirs, "B", hidden]), ("Y_h", [dirs, "B", hidden]), ("Y_c", [dirs, "B", hidden]))]
+    graph = helper.make_graph([node], "handmade", inputs, outputs,
+                              [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (("W", w), ("R", r), ("B", b))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "sequence_lens"])
+def test_the_lstm_matches_onnxruntimes_lstm_operator(direction, with_lengths):
+    """ONNX's gate order (i, o, f, c), its two biases, both directions, sequence_lens and the initial state, as
+    onnxruntime computes them: lstmx's forward is the same within 1e-5 in float32."""
+    rng = np.random.default_rng(0)
+    dirs, hidden, features, steps, batch = (2 if direction == "bidirectional" else 1), 5, 3, 6, 4
+    w = 0.5 * rng.standard_normal((dirs, 4 * hidden, features))
+    r = 0.5 * rng.standard_normal((dirs, 4 * hidden, hidden))
+    b = 0.3 * rng.standard_normal((dirs, 8 * hidden))
+    x = rng.standard_normal((steps, batch, features)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((dirs, batch, hidden)).astype(np.float32) for _ in range(2))
+    lengths = np.array([6, 2, 4, 1], dtype=np.int32) if with_lengths else None
+    feeds = {"X": x, "h0": h0, "c0": c0, **({"seq": lengths} if with_lengths else {})}
+    y_ref, h_ref, c_ref = run(handmade_node(direction, w, r, b, with_lengths, True), feeds)
+
+    onnx_to_lstmx = [0, 2, 3, 1]  # lstmx block k (i, f, g, o) is ONNX block onnx_to_lstmx[k] (i, o, f, c)
+    def blocks(a):
+        return np.concatenate([a[j * hidden:(j + 1) * hidden] for j in onnx_to_lstmx])
+
+    model = lstmx.LSTM(features, hidden, bidirectional=dirs == 2)
+    params = {}
+    for d, suffix in enumerate(("", "_reverse")[:dirs]):
+        params[f"weight_l0{suffix}"] = np.concatenate([blocks(w[d]).T, blocks(r[d]).T])
+        params[f"bias_l0{suffix}"] = blocks(b[d, :4 * hidden] + b[d, 4 * hidden:])
+    model.load_state_dict(params)
+    y, (h, c), _ = model.forward(x, (h0, c0), None if lengths is None else lengths.astype(np.int64))
+    expected_y = np.transpose(y_ref, (0, 2, 1, 3)).reshape(steps, batch, dirs * hidden)  # (T, dirs, B, H) → ours
+    np.testing.assert_allclose(y, expected_y, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(h, h_ref, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(c, c_ref, atol=TOLERANCE, rtol=0)
+
+
+MODELS = {
+    "plain": lambda: lstmx.LSTM(3, 5, 2, seed=1),
+    "bidirectional": lambda: lstmx.LSTM(3, 5, 2, bidirectional=True, seed=2),
+    "batch-first": lambda: lstmx.LSTM(3, 4, 1, bidirectional=True, batch_first=True, seed=3),
+}
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("with_state,with_lengths", [(False, False), (True, True)], ids=["x-only", "state-lengths"])
+def test_exported_models_pass_the_checker_and_run_as_lstmx_at_other_shapes(tmp_path, kind, with_state, with_lengths):
+    model = MODELS[kind]().eval()
+    path = export(model, tmp_path / "m.onnx", with_state=with_state, with_lengths=with_lengths)
+    onnx.checker.check_model(onnx.load(str(path)))
+    rng = np.random.default_rng(4)
+    for steps, batch in ((7, 3), (2, 5)):  # T and B other than any fixed at export: both are dynamic
+        shape = (batch, steps, 3) if model.batch_first else (steps, batch, 3)
+        x = rng.standard_normal(shape).astype(np.float32)
+        state_shape = (model.num_layers * model.stack.directions, batch, model.hidden_size)
+        h0, c0 = (rng.standard_normal(state_shape).astype(np.float32) for _ in range(2))
+        lengths = rng.integers(1, steps + 1, batch).astype(np.int32)
+        feeds = {"x": x, **({"h0": h0, "c0": c0} if with_state else {}),
+                 **({"lengths": lengths} if with_lengths else {})}
+        y_ref, h_ref, c_ref = run(path, feeds)
+        y, (h, c), _ = model.forward(x, (h0, c0) if with_state else None,
+                                     lengths.astype(np.int64) if with_lengths else None)
+        for ours, theirs in ((y, y_ref), (h, h_ref), (c, c_ref)):
+            np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
+    again = load(path)
+    assert type(again) is type(model) and again.bidirectional == model.bidirectional
+    assert again.batch_first == model.batch_first
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[name], value)  # load(export(model)): the same weights
+
+
+def test_a_language_model_exports_and_comes_back(tmp_path):
+    model = lstmx.LanguageModel(11, 4, 6, 2, seed=5).eval()
+    path = export(model, tmp_path / "lm.onnx")
+    tokens = np.random.default_rng(5).integers(0, 11, (9, 3))
+    logits_ref, h_ref, c_ref = run(path, {"tokens": tokens.astype(np.int64)})
+    logits, (h, c), _ = model.forward(tokens)
+    np.testing.assert_allclose(logits, logits_ref, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(h, h_ref, atol=TOLERANCE, rtol=0)
+    again = load(path)
+    assert isinstance(again, lstmx.LanguageModel)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[name], value)
+
+
+def test_what_onnx_cannot_say_is_refused_in_one_line(tmp_path):
+    with pytest.raises(OnnxError, match="proj_size must be 0 to export"):
+        export(lstmx.LSTM(3, 5, proj_size=2), tmp_path / "p.onnx")
+    rng = np.random.default_rng(0)
+    w, r, b = rng.standard_normal((1, 8, 3)), rng.standard_normal((1, 8, 2)), rng.standard_normal((1, 16))
+    model = onnx.load_from_string(handmade_node("forward", w, r, b, False, False))
+    model.graph.node[0].attribute.append(helper.make_attribute("clip", 3.0))
+    onnx.save(model, str(tmp_path / "clip.onnx"))
+    with pytest.raises(OnnxError, match="has clip=3.0; lstmx cannot represent it"):
+        load(tmp_path / "clip.onnx")
+    model = onnx.load_from_string(handmade_node("forward", w, r, b, False, False))
+    model.graph.node[0].attribute.append(helper.make_attribute("activations", ["Relu", "Tanh", "Tanh"]))
+    onnx.save(model, str(tmp_path / "relu.onnx"))
+    with pytest.raises(OnnxError, match="lstmx runs Sigmoid, Tanh, Tanh only"):
+        load(tmp_path / "relu.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(OnnxError, match="is not a readable ONNX model"):
+        load(tmp_path / "junk.onnx")
+
+
+def test_a_handmade_graph_imports_as_the_model_it_describes(tmp_path):
+    rng = np.random.default_rng(1)
+    w, r, b = rng.standard_normal((2, 12, 4)), rng.standard_normal((2, 12, 3)), rng.standard_normal((2, 24))
+    data = handmade_node("bidirectional", w, r, b, False, False)
+    (tmp_path / "h.onnx").write_bytes(data)
+    model = load(tmp_path / "h.onnx")
+    x = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    y_ref, h_ref, _ = run(data, {"X": x})
+    y, (h, _), _ = model.forward(x)
+    np.testing.assert_allclose(y, np.transpose(y_ref, (0, 2, 1, 3)).reshape(5, 2, 6), atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(h, h_ref, atol=TOLERANCE, rtol=0)
+
+
+def test_lstmx_export_writes_a_checkpoints_model(tmp_path, capsys):
+    from lstmx.checkpoint import save_model
+    from lstmx.data import CharVocab
+
+    vocab = CharVocab.from_text("abcdef")
+    model = lstmx.LanguageModel(len(vocab), 3, 4, seed=0)
+    save_model(tmp_path / "m.npz", model, vocab)
+    assert main(["export", str(tmp_path / "m.npz"), str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").is_file() and "wrote" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "none.npz"), str(tmp_path / "x.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,189 @@
+"""Every option value that enters the math is tested with an expected value that differs between the right formula
+and each plausible wrong one (a swapped argument, a dropped term, a changed constant): dropout's probability and
+scaling, the optimizers' hyper-parameters, the loss's normalisation over real tokens, the state carried across
+windows and reset at epoch ends, tokenisation round trips."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lstmx import LanguageModel
+from lstmx.data import CharVocab, WordVocab, split_ids
+from lstmx.layers import dropout_mask
+from lstmx.optim import SGD, Adam, AdamW, RMSprop
+
+from .helpers import host
+from .test_optim import OneParam, run
+
+
+@pytest.mark.parametrize("p", [0.2, 0.7])
+def test_dropout_drops_a_fraction_p_and_scales_the_rest_by_one_over_one_minus_p(backend, p):
+    """Wrong: keeping p instead of 1 − p (the fraction), scaling by 1/p or not at all (the values)."""
+    mask = host(dropout_mask(backend, np.random.default_rng(0), (400, 500), p, backend.xp.float64))
+    dropped = np.mean(mask == 0)
+    assert abs(dropped - p) < 0.01  # 200,000 draws: the standard error is ~0.001
+    np.testing.assert_allclose(np.unique(mask[mask != 0]), [1 / (1 - p)], rtol=1e-15)
+    assert abs(mask.mean() - 1) < 0.02  # so E[x · mask] = x
+
+
+def test_a_language_models_dropout_probability_reaches_its_masks():
+    model = LanguageModel(5, 3, 4, 2, dropout=0.25, seed=0)
+    masks = model.draw_dropout_masks(300, 40)
+    assert len(masks) == 2  # between the layers, and on the LSTM's output
+    for mask in masks:
+        assert abs(np.mean(mask == 0) - 0.25) < 0.02
+        np.testing.assert_allclose(np.unique(mask[mask != 0]), [1 / 0.75], rtol=1e-6)
+    assert all(m is None for m in model.eval().draw_dropout_masks(3, 2))
+
+
+# The hyper-parameters below are far from their defaults and from each other, so swapping two, dropping one or
+# using its default changes the result well beyond the tolerance.
+GRADS = [[0.5, -2.0], [-1.0, 0.25], [2.0, 1.0]]
+
+
+def adam_by_hand(w, grads, lr, beta1, beta2, eps, weight_decay, decoupled):
+    w, m, v = np.array(w, float), np.zeros(2), np.zeros(2)
+    for t, g in enumerate(np.array(grads, float), start=1):
+        if decoupled:
+            w = w * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * w
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        w = w - lr / (1 - beta1**t) * m / (np.sqrt(v) / math.sqrt(1 - beta2**t) + eps)
+    return w
+
+
+@pytest.mark.parametrize("cls,decoupled", [(Adam, False), (AdamW, True)])
+def test_adam_uses_each_of_its_hyperparameters(backend, cls, decoupled):
+    options = dict(lr=0.05, betas=(0.5, 0.8), eps=0.3, weight_decay=0.2)
+    out = run(cls(OneParam(backend, [1.0, -1.5]), **options), backend, GRADS)
+    expected = adam_by_hand([1.0, -1.5], GRADS, 0.05, 0.5, 0.8, 0.3, 0.2, decoupled)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    wrong = [adam_by_hand([1.0, -1.5], GRADS, 0.05, 0.8, 0.5, 0.3, 0.2, decoupled),  # betas swapped
+             adam_by_hand([1.0, -1.5], GRADS, 0.05, 0.5, 0.8, 1e-8, 0.2, decoupled),  # eps dropped
+             adam_by_hand([1.0, -1.5], GRADS, 0.05, 0.5, 0.8, 0.3, 0.0, decoupled),  # weight decay dropped
+             adam_by_hand([1.0, -1.5], GRADS, 0.05, 0.5, 0.8, 0.3, 0.2, not decoupled)]  # the other decay
+    assert all(np.max(np.abs(w - expected)) > 1e-4 for w in wrong)
+
+
+def rmsprop_by_hand(w, grads, lr, alpha, eps, momentum, weight_decay):
+    w, v, buf = np.array(w, float), np.zeros(2), np.zeros(2)
+    for g in np.array(grads, float):
+        g = g + weight_decay * w
+        v = alpha * v + (1 - alpha) * g * g
+        step = g / (np.sqrt(v) + eps)
+        if momentum:
+            buf = momentum * buf + step
+            step = buf
+        w = w - lr * step
+    return w
+
+
+def test_rmsprop_uses_each_of_its_hyperparameters(backend):
+    out = run(RMSprop(OneParam(backend, [1.0, -1.5]), lr=0.05, alpha=0.6, eps=0.4, momentum=0.3, weight_decay=0.2),
+              backend, GRADS)
+    expected = rmsprop_by_hand([1.0, -1.5], GRADS, 0.05, 0.6, 0.4, 0.3, 0.2)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    for wrong in (rmsprop_by_hand([1.0, -1.5], GRADS, 0.05, 0.4, 0.4, 0.3, 0.2),  # 1 − alpha for alpha
+                  rmsprop_by_hand([1.0, -1.5], GRADS, 0.05, 0.6, 1e-8, 0.3, 0.2),
+                  rmsprop_by_hand([1.0, -1.5], GRADS, 0.05, 0.6, 0.4, 0.0, 0.2),
+                  rmsprop_by_hand([1.0, -1.5], GRADS, 0.05, 0.6, 0.4, 0.3, 0.0)):
+        assert np.max(np.abs(wrong - expected)) > 1e-4
+
+
+def sgd_by_hand(w, grads, lr, momentum, nesterov, weight_decay):
+    w, buf = np.array(w, float), None
+    for g in np.array(grads, float):
+        g = g + weight_decay * w
+        if momentum:
+            buf = g if buf is None else momentum * buf + g
+            g = g + momentum * buf if nesterov else buf
+        w = w - lr * g
+    return w
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_uses_each_of_its_hyperparameters(backend, nesterov):
+    out = run(SGD(OneParam(backend, [1.0, -1.5]), lr=0.05, momentum=0.6, nesterov=nesterov, weight_decay=0.2),
+              backend, GRADS)
+    expected = sgd_by_hand([1.0, -1.5], GRADS, 0.05, 0.6, nesterov, 0.2)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    for wrong in (sgd_by_hand([1.0, -1.5], GRADS, 0.05, 0.4, nesterov, 0.2),
+                  sgd_by_hand([1.0, -1.5], GRADS, 0.05, 0.6, not nesterov, 0.2),
+                  sgd_by_hand([1.0, -1.5], GRADS, 0.05, 0.6, nesterov, 0.0)):
+        assert np.max(np.abs(wrong - expected)) > 1e-4
+
+
+def test_the_loss_is_the_mean_over_real_tokens_only(backend):
+    """Steps past a sequence's length and ignored targets do not count, in the sum or in the count. Wrong: the
+    mean over every position, the sum, or a count that includes padding."""
+    model = LanguageModel(7, 3, 4, backend=backend, dtype="float64", seed=2)
+    rng = np.random.default_rng(2)
+    tokens, targets = rng.integers(0, 7, (5, 3)), rng.integers(0, 7, (5, 3))
+    targets[1, 0] = -100
+    lengths = [5, 2, 4]
+    b = model.backend
+    logits = host(model.forward(b.asarray(tokens), lengths=lengths)[0])
+    log_probs = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    real = (np.arange(5)[:, None] < np.array(lengths)[None, :]) & (targets != -100)
+    picked = np.take_along_axis(log_probs, np.where(real, targets, 0)[..., None], -1)[..., 0]
+    expected = -np.sum(picked * real) / real.sum()
+    for impl_loss in (model.loss(b.asarray(tokens), b.asarray(targets), lengths=lengths).loss,
+                      model.loss(b.asarray(tokens), b.asarray(targets), lengths=lengths, grads=False).loss):
+        np.testing.assert_allclose(float(host(impl_loss)), expected, rtol=1e-12)
+    assert abs(-np.sum(picked * real) / real.size - expected) > 1e-3  # the mean over every position differs
+
+
+def test_the_trainer_carries_the_state_between_windows_and_resets_it_each_epoch(tmp_path, monkeypatch):
+    """The state handed to window k is the final state of window k − 1 in the same epoch, and None at the
+    first window of every epoch. Wrong: never reset, reset every window, or carry the state of another window."""
+    from lstmx.train import TrainConfig, Trainer
+
+    text = "abcdefghij " * 60
+    vocab = CharVocab.from_text(text)
+    split = split_ids(vocab.encode(text), 0.0)
+    config = TrainConfig(steps=9, batch_size=2, seq_len=100, eval_every=10**9, log_every=10**9, sample_length=0)
+    model = LanguageModel(len(vocab), 3, 4, seed=0)
+    trainer = Trainer(model, vocab, split, config, tmp_path, progress=False)
+    windows = len(trainer.train_batches)
+    assert 2 <= windows < 9  # the run crosses at least one epoch end
+    seen, real_loss = [], LanguageModel.loss
+
+    def recording(self, inputs, targets, state=None, *args, **options):
+        output = real_loss(self, inputs, targets, state, *args, **options)
+        seen.append((state, output.state))
+        return output
+
+    monkeypatch.setattr(LanguageModel, "loss", recording)
+    for _ in range(9):
+        trainer.train_step()
+    for step, (given, _) in enumerate(seen):
+        if step % windows == 0:
+            assert given is None, f"step {step} starts an epoch: no carried state"
+        else:
+            assert given is seen[step - 1][1], f"step {step} must carry step {step - 1}'s final state"
+
+
+@pytest.mark.parametrize("text", ["hello, world\n\nsecond line: tabs\tand  spaces!\n", "a\nb\n c \n\nd"])
+def test_character_tokens_round_trip_exactly(text):
+    vocab = CharVocab.from_text(text)
+    assert vocab.decode(vocab.encode(text)) == text
+    assert len(vocab.encode(text)) == len(text)  # one token per character, none merged or dropped
+    again = CharVocab(vocab.symbols)
+    np.testing.assert_array_equal(again.encode(text), vocab.encode(text))
+
+
+def test_word_tokens_round_trip_up_to_spacing_and_unk_counts_exactly():
+    text = "the cat sat.\nthe dog sat, then the cat ran!\n"
+    vocab = WordVocab.from_text(text)
+    assert vocab.decode(vocab.encode(text)) == "the cat sat .\nthe dog sat , then the cat ran !\n"
+    rare = WordVocab.from_text(text, min_count=2, unk="<unk>")
+    assert sorted(rare.symbols) == sorted(["\n", "<unk>", "cat", "sat", "the"])
+    ids = rare.encode(text)
+    assert int(np.sum(ids == rare.index["<unk>"])) == 6  # ., dog, ",", then, ran, !, and nothing else
+    assert rare.decode(rare.encode("the cat")) == "the cat"
