@@ -40,7 +40,7 @@ def test_readme_has_the_blocks_it_promises():
 def test_every_lstmx_command_in_the_docs_parses(page):
     """Commands quoted inline (`lstmx ...` or `.venv/bin/lstmx ...`) name real subcommands and flags."""
     text = " ".join(page.read_text(encoding="utf-8").split())
-    commands = re.findall(r"`(?:\.venv/bin/)?lstmx ((?:train|sample|check)[^`]*)`( prints `[^`]*`)?", text)
+    commands = re.findall(r"`(?:\.venv/bin/)?lstmx ((?:train|sample|export|check)[^`]*)`( prints `[^`]*`)?", text)
     assert len(commands) >= (4 if page == README else 0)
     parser = build_parser()
     for command, printed in commands:
