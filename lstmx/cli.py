@@ -260,7 +260,7 @@ def run_train(args: argparse.Namespace) -> int:
             config = TrainConfig(**given_train)
             model = LanguageModel(len(vocab), model_config.embedding_size, model_config.hidden_size,
                                   model_config.num_layers, model_config.dropout, proj_size=model_config.proj_size,
-                                  backend=args.backend, dtype=model_config.dtype, seed=config.seed,
+                                  checkpoint_every=model_config.checkpoint_every, backend=args.backend, dtype=model_config.dtype, seed=config.seed,
                                   precision=config.precision)
         _check_implementations(model, batch_size, saved_config.get("optimizer", TrainConfig.optimizer))
 

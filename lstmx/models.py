@@ -30,7 +30,7 @@ from .layers import (
 from .layers.embedding import EmbeddingCache
 from .layers.linear import LinearCache
 from .module import Module, State
-from .stack import LSTMCache, StackCache, TimeReversal, stack_backward, stack_forward, time_reversal
+from .stack import LSTMCache, StackCache, TimeReversal, stack_backward, stack_forward, stack_infer, time_reversal
 from .validate import check_finite, check_float_array, check_lengths, check_token_array, mask_of_lengths
 
 
@@ -99,7 +99,19 @@ class Stack(NamedTuple):
                                             (batch, self.cell.hidden_size), self.cell.kind)
         step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
         return stack_forward(model.backend, self.cell, chosen.name, chosen.load(), self.layer_params(model.params),
-                             x, initial, step_mask, dropout_masks, self.reversal(model.backend, steps, batch, lengths))
+                             x, initial, step_mask, dropout_masks, self.reversal(model.backend, steps, batch, lengths),
+                             model.checkpoint_every)
+
+    def infer(self, model: Module, x: Any, state: State | None, lengths: np.ndarray | None,
+              impl: str | None) -> tuple[Any, State]:
+        """:meth:`forward` without dropout, keeping nothing for a backward (:func:`lstmx.stack.stack_infer`)."""
+        steps, batch = x.shape[0], x.shape[1]
+        initial = model._initial_state(state, self.state_shapes(batch))
+        chosen = registry.choose_layer_impl(model.backend, x.dtype, lengths is not None, impl,
+                                            (batch, self.cell.hidden_size), self.cell.kind)
+        step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
+        return stack_infer(model.backend, self.cell, chosen.load(), self.layer_params(model.params), x, initial,
+                           step_mask, self.reversal(model.backend, steps, batch, lengths))
 
     def backward(self, model: Module, dy: Any, cache: StackCache, dstate: State | None) -> tuple[Any, State, dict]:
         """Mirror of :meth:`forward`: ``(dx, (dh0, dc0), grads by parameter name)``; ``dstate`` checked here."""
@@ -107,6 +119,15 @@ class Stack(NamedTuple):
         kernel = registry.layer_impl(cache.impl).load()
         dx, dstate0, layer_grads = stack_backward(model.backend, self.cell, kernel, dy, final, cache)
         return dx, dstate0, self.named_grads(layer_grads)
+
+
+def _check_checkpoint_every(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer (steps between kept states) or None, got "
+                         f"{value!r}")
+    return int(value)
 
 
 def _check_proj_size(proj_size: Any, hidden_size: int) -> None:
@@ -150,12 +171,14 @@ class LSTM(Module):
         bidirectional: bool = False,
         proj_size: int = 0,
         batch_first: bool = False,
+        checkpoint_every: int | None = None,
         backend: Any = "numpy",
         dtype: Any = "float32",
         seed: int = 0,
         precision: str = "float32",
     ) -> None:
         _check_positive(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        self.checkpoint_every = _check_checkpoint_every(checkpoint_every)
         _check_proj_size(proj_size, hidden_size)
         _check_flags(bidirectional=bidirectional, batch_first=batch_first)
         super().__init__(backend, dtype, seed, dropout, precision)
@@ -176,7 +199,7 @@ class LSTM(Module):
     def config(self) -> dict[str, Any]:
         return {"input_size": self.input_size, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "dropout": self.dropout, "bidirectional": self.bidirectional, "proj_size": self.proj_size,
-                "batch_first": self.batch_first}
+                "batch_first": self.batch_first, "checkpoint_every": self.checkpoint_every}
 
     def _time_major(self, name: str, values: Any, features: int, steps: int | None = None,
                     batch: int | None = None) -> Any:
@@ -215,6 +238,18 @@ class LSTM(Module):
         with self._matmuls():
             y, final, cache = self.stack.forward(self, x, state, host_lengths, masks, impl)
         return self._as_given(y), final, cache
+
+    def infer(self, x: Any, state: State | None = None, lengths: Any = None, *,
+              impl: str | None = None) -> tuple[Any, State]:
+        """``(y, (h_T, c_T))`` as :meth:`forward` gives them in evaluation mode, keeping nothing for a backward:
+        the memory beyond y does not grow with T."""
+        x = self._time_major("x", x, self.input_size)
+        if x.shape[0] == 0:
+            raise ValueError("x is an empty sequence (T = 0 time steps)")
+        host_lengths = None if lengths is None else check_lengths(self.backend, lengths, x.shape[0], x.shape[1])
+        with self._matmuls():
+            y, final = self.stack.infer(self, x, state, host_lengths, impl)
+        return self._as_given(y), final
 
     def backward(self, dy: Any, cache: LSTMCache, dstate: State | None = None) -> tuple[Any, State, dict[str, Any]]:
         """Exact BPTT from ``dy`` = dL/dy (shaped as y) and optional ``dstate`` = dL/d(h_T, c_T).
@@ -281,6 +316,7 @@ class LanguageModel(Module):
         *,
         proj_size: int = 0,
         bidirectional: bool = False,
+        checkpoint_every: int | None = None,
         backend: Any = "numpy",
         dtype: Any = "float32",
         seed: int = 0,
@@ -288,6 +324,7 @@ class LanguageModel(Module):
     ) -> None:
         _check_positive(vocab_size=vocab_size, embedding_size=embedding_size, hidden_size=hidden_size,
                         num_layers=num_layers)
+        self.checkpoint_every = _check_checkpoint_every(checkpoint_every)
         _check_proj_size(proj_size, hidden_size)
         if bidirectional is not False:
             raise ValueError("bidirectional must be False for a LanguageModel: a causal language model cannot look "
@@ -311,7 +348,7 @@ class LanguageModel(Module):
     def config(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers, "dropout": self.dropout,
-                "proj_size": self.proj_size}
+                "proj_size": self.proj_size, "checkpoint_every": self.checkpoint_every}
 
     def forward(
         self, tokens: Any, state: State | None = None, lengths: Any = None, *, check_input: bool = True,
@@ -325,6 +362,17 @@ class LanguageModel(Module):
         host_lengths = self._lengths(tokens, lengths, check_input)
         with self._matmuls():
             return self._forward(tokens, state, host_lengths, impl)
+
+    def infer(self, tokens: Any, state: State | None = None, lengths: Any = None, *, check_input: bool = True,
+              impl: str | None = None) -> tuple[Any, State]:
+        """``(logits, (h_T, c_T))`` as :meth:`forward` gives them in evaluation mode, keeping nothing for a
+        backward (evaluation and sampling use it)."""
+        host_lengths = self._lengths(tokens, lengths, check_input)
+        with self._matmuls():
+            vectors, _ = embedding_forward(self.backend, tokens, self.params["embedding.weight"])
+            y, final = self.stack.infer(self, vectors, state, host_lengths, impl)
+            logits, _ = linear_forward(self.backend, y, self.params["head.weight"], self.params["head.bias"])
+        return logits, final
 
     def _lengths(self, tokens: Any, lengths: Any, check_input: bool) -> np.ndarray | None:
         """Validate ``tokens`` and ``lengths``: the checked host lengths (None: every step real)."""
@@ -417,7 +465,12 @@ class LanguageModel(Module):
 
     def _loss(self, inputs: Any, targets: Any, state: State | None, lengths: np.ndarray | None, ignore_index: int,
               grads: bool, impl: str | None, dropout_masks: Sequence[Any] | None, loss_impl: str | None) -> LossOutput:
-        logits, final, cache = self._forward(inputs, state, lengths, impl, dropout_masks)
+        if grads or (self.training and self.dropout):
+            logits, final, cache = self._forward(inputs, state, lengths, impl, dropout_masks)
+        else:  # nothing to backpropagate and no dropout to draw: keep nothing
+            vectors, _ = embedding_forward(self.backend, inputs, self.params["embedding.weight"])
+            y, final = self.stack.infer(self, vectors, state, lengths, impl)
+            logits, _ = linear_forward(self.backend, y, self.params["head.weight"], self.params["head.bias"])
         xp = self.backend.xp
         flat_targets = xp.reshape(targets, (-1,))
         if lengths is not None:  # steps past a sequence's length do not count

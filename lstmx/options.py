@@ -135,5 +135,8 @@ class ModelConfig:
     hidden_size: int = option(256, "LSTM hidden size H", POSITIVE_INT)
     num_layers: int = option(1, "stacked LSTM layers", POSITIVE_INT)
     proj_size: int = option(0, "LSTM projection width P, below the hidden size (0: no projection)", NON_NEGATIVE_INT)
+    checkpoint_every: int | None = option(None, "keep the LSTM state every K steps and recompute the rest in the "
+                                                "backward (memory O(T/K + K) instead of O(T); exact gradients)",
+                                          POSITIVE_INT, optional=True)
     dropout: float = option(0.0, "dropout between layers and before the head (training only)", FRACTION)
     dtype: str = option("float32", "parameter and activation dtype", choices=("float32", "float64"))

@@ -57,14 +57,14 @@ def generate(
     model.eval()
     try:
         tokens = backend.asarray(np.repeat(ids.reshape(-1, 1), num_samples, axis=1))
-        logits, state, _ = model.forward(tokens)
+        logits, state = model.infer(tokens)
         for _ in range(length):
             rows = to_numpy(logits[-1, ...])
             step = [int(np.argmax(row)) if greedy else
                     int(rng.choice(row.size, p=next_token_distribution(row, temperature, top_k)))
                     for row, rng in zip(rows, rngs)]
             yield step
-            logits, state, _ = model.forward(backend.asarray(np.array([step])), state, check_input=False)
+            logits, state = model.infer(backend.asarray(np.array([step])), state, check_input=False)
     finally:
         model.train(was_training)
 

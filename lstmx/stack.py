@@ -11,6 +11,13 @@ back. Every implementation therefore runs both directions; none has a direction 
 
 The implementation (:mod:`lstmx.registry`) is chosen once per forward at the model boundary and recorded in the
 cache; the backward runs the implementation the cache names.
+
+**Checkpointing over time** (``checkpoint_every`` = K): the forward runs each layer and direction in segments of
+K steps and keeps only each segment's starting state (and each layer's input); the backward runs each segment's
+forward again, from its saved state, then its backward, last segment first. The gradients are exact (the same
+arithmetic as without checkpointing), the kept activations O(T/K) states per layer plus one segment's O(K)
+while it is recomputed. :func:`stack_infer` runs the same segments and keeps nothing, for evaluation and
+sampling: memory independent of T beyond the output. Any implementation runs segments: they are shorter layers.
 """
 
 from __future__ import annotations
@@ -54,6 +61,16 @@ def time_reversal(backend: Backend, steps: int, batch: int, lengths: np.ndarray 
     return TimeReversal(backend.asarray(rows.reshape(-1).astype(np.int64)), steps, batch)
 
 
+class Segments(NamedTuple):
+    """What a checkpointed layer and direction keeps: the state at the start of each segment of ``length`` steps."""
+
+    starts: tuple[tuple[Any, ...], ...]
+    length: int
+
+
+INFERENCE_SEGMENT = 64  # steps run at once by stack_infer: long enough for the GEMMs, short enough to bound memory
+
+
 class StackCache(NamedTuple):
     impl: str  # registry name of the layer implementation that made the layer caches
     layer_params: tuple[tuple[LayerParams, ...], ...]  # [layer][direction]: the exact arrays the forward used
@@ -62,6 +79,8 @@ class StackCache(NamedTuple):
     reversal: TimeReversal | None  # how the reverse direction reversed time (None: one direction)
     steps: int
     batch: int
+    step_mask: Any = None  # kept when checkpointed: the segments are run again
+    layer_inputs: tuple[Any, ...] | None = None  # each layer's input, when checkpointed (layers hold Segments)
 
     def parameter_arrays(self) -> tuple[Any, ...]:
         """Every parameter array the forward used, flat (what a model compares with its current ones)."""
@@ -82,21 +101,29 @@ def stack_forward(
     step_mask: Any = None,
     dropout_masks: Sequence[Any] | None = None,
     reversal: TimeReversal | None = None,
+    checkpoint_every: int | None = None,
 ) -> tuple[Any, tuple[Any, ...], StackCache]:
     """``x`` (T, B, D) and ``state`` (h0 (L·dirs, B, R), c0 (L·dirs, B, H)) → ``y`` (T, B, dirs·R), final state
     (same shapes), cache. ``layers[k][d]`` holds layer k's parameters in direction d; ``reversal`` is required
-    when there are two directions. ``kernel`` is the implementation module named ``impl_name``."""
+    when there are two directions. ``kernel`` is the implementation module named ``impl_name``;
+    ``checkpoint_every`` = K keeps only every K-th state (module docstring)."""
     xp = backend.xp
     directions = len(layers[0])
     masks = tuple(dropout_masks) if dropout_masks is not None else (None,) * (len(layers) - 1)
-    inputs, finals, caches = x, [], []
+    inputs, finals, caches, layer_inputs = x, [], [], []
     for k, layer in enumerate(layers):
         outputs, layer_caches = [], []
+        layer_inputs.append(inputs)
         for d, params in enumerate(layer):
             index = k * directions + d
             seen = inputs if d == 0 else reversal(backend, inputs)
-            y, final, cache = cell.layer_forward(kernel, backend, seen, tuple(params),
-                                                 tuple(s[index, ...] for s in state), step_mask)
+            initial = tuple(s[index, ...] for s in state)
+            if checkpoint_every is None:
+                y, final, cache = cell.layer_forward(kernel, backend, seen, tuple(params), initial, step_mask)
+            else:
+                y, final, starts = _segments_forward(backend, cell, kernel, seen, tuple(params), initial, step_mask,
+                                                     checkpoint_every, keep=True)
+                cache = Segments(starts, checkpoint_every)
             outputs.append(y if d == 0 else reversal(backend, y))
             finals.append(final)
             layer_caches.append(cache)
@@ -104,9 +131,76 @@ def stack_forward(
         inputs = dropout_forward(y, masks[k]) if k < len(layers) - 1 else y
         caches.append(tuple(layer_caches))
     final_state = tuple(xp.stack([f[s] for f in finals]) for s in range(len(state)))
+    checkpointed = checkpoint_every is not None
     cache = StackCache(impl_name, tuple(tuple(tuple(p) for p in layer) for layer in layers), tuple(caches), masks,
-                       reversal if directions == 2 else None, x.shape[0], x.shape[1])
+                       reversal if directions == 2 else None, x.shape[0], x.shape[1],
+                       step_mask if checkpointed else None, tuple(layer_inputs) if checkpointed else None)
     return inputs, final_state, cache
+
+
+def _segments_forward(backend: Backend, cell: Cell, kernel: ModuleType, x: Any, params: tuple[Any, ...],
+                      state: tuple[Any, ...], step_mask: Any, length: int,
+                      keep: bool) -> tuple[Any, tuple[Any, ...], tuple[tuple[Any, ...], ...]]:
+    """One layer and direction over ``x`` in segments of ``length`` steps, each cache dropped as soon as it is
+    made: ``(y, final state, the state at each segment's start (when ``keep``))``."""
+    xp = backend.xp
+    outputs, starts = [], []
+    for start in range(0, x.shape[0], length):
+        stop = min(start + length, x.shape[0])
+        if keep:
+            starts.append(state)
+        mask = None if step_mask is None else step_mask[start:stop, ...]
+        y, state, _ = cell.layer_forward(kernel, backend, x[start:stop, ...], params, state, mask)
+        outputs.append(y)
+    return (outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=0)), state, tuple(starts)
+
+
+def _segments_backward(backend: Backend, cell: Cell, kernel: ModuleType, x: Any, dy: Any, dstate: tuple[Any, ...],
+                       params: tuple[Any, ...], segments: Segments,
+                       step_mask: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+    """Mirror of :func:`_segments_forward` with ``keep``: each segment's forward again from its saved state, then
+    its backward, last segment first; the parameter gradients summed over the segments."""
+    xp = backend.xp
+    dxs, total = [], None
+    for number in reversed(range(len(segments.starts))):
+        start = number * segments.length
+        stop = min(start + segments.length, x.shape[0])
+        mask = None if step_mask is None else step_mask[start:stop, ...]
+        _, _, cache = cell.layer_forward(kernel, backend, x[start:stop, ...], params, segments.starts[number], mask)
+        dx, dstate, dparams = cell.layer_backward(kernel, backend, backend.contiguous(dy[start:stop, ...]), dstate,
+                                                  params, cache)
+        dxs.append(dx)
+        total = dparams if total is None else tuple(a + b for a, b in zip(total, dparams))
+    return (dxs[0] if len(dxs) == 1 else xp.concat(dxs[::-1], axis=0)), dstate, total
+
+
+def stack_infer(
+    backend: Backend,
+    cell: Cell,
+    kernel: ModuleType,
+    layers: Sequence[Sequence[LayerParams]],
+    x: Any,
+    state: Sequence[Any],
+    step_mask: Any = None,
+    reversal: TimeReversal | None = None,
+    segment: int = INFERENCE_SEGMENT,
+) -> tuple[Any, tuple[Any, ...]]:
+    """The forward of :func:`stack_forward` (no dropout: evaluation) that keeps nothing for a backward: ``(y,
+    final state)``, each layer run in segments of ``segment`` steps whose caches are dropped at once."""
+    xp = backend.xp
+    directions = len(layers[0])
+    inputs, finals = x, []
+    for k, layer in enumerate(layers):
+        outputs = []
+        for d, params in enumerate(layer):
+            seen = inputs if d == 0 else reversal(backend, inputs)
+            y, final, _ = _segments_forward(backend, cell, kernel, seen, tuple(params),
+                                            tuple(s[k * directions + d, ...] for s in state), step_mask, segment,
+                                            keep=False)
+            outputs.append(y if d == 0 else reversal(backend, y))
+            finals.append(final)
+        inputs = outputs[0] if directions == 1 else xp.concat(outputs, axis=-1)
+    return inputs, tuple(xp.stack([f[s] for f in finals]) for s in range(len(state)))
 
 
 def stack_backward(
@@ -134,8 +228,13 @@ def stack_backward(
                 part = xp.asarray(dy[..., :width], copy=True)  # a contiguous copy: kernels read dense arrays
             else:
                 part = cache.reversal(backend, dy[..., width:])
-            dx, d0, dparams = cell.layer_backward(kernel, backend, part, tuple(s[index, ...] for s in dstate),
-                                                  layers[k][d], cache.layers[k][d])
+            final = tuple(s[index, ...] for s in dstate)
+            if cache.layer_inputs is None:
+                dx, d0, dparams = cell.layer_backward(kernel, backend, part, final, layers[k][d], cache.layers[k][d])
+            else:
+                seen = cache.layer_inputs[k] if d == 0 else cache.reversal(backend, cache.layer_inputs[k])
+                dx, d0, dparams = _segments_backward(backend, cell, kernel, seen, part, final, layers[k][d],
+                                                     cache.layers[k][d], cache.step_mask)
             dx = dx if d == 0 else cache.reversal(backend, dx)
             dx_sum = dx if dx_sum is None else dx_sum + dx
             grads[k].append(dparams)

@@ -240,6 +240,7 @@ def test_every_flag_reaches_its_setting(config, field, tmp_path, monkeypatch):
     values = {"train": dataclasses.asdict(built["train"]), "data": dataclasses.asdict(built["data"]),
               "model": {"embedding_size": model.embedding_size, "hidden_size": model.hidden_size,
                         "num_layers": model.num_layers, "proj_size": model.proj_size, "dropout": model.dropout,
+                        "checkpoint_every": model.checkpoint_every,
                         "dtype": model.dtype_name}}
     group = {DataConfig: "data", ModelConfig: "model", TrainConfig: "train"}[config]
     expected = True if _is_bool(field) else _field_type(field)(non_default(field))
