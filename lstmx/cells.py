@@ -16,6 +16,9 @@ import numpy as np
 
 from . import init
 from .backend import Backend
+from .layers.cell import CellOptions
+
+PLAIN = CellOptions()
 
 
 @runtime_checkable
@@ -24,6 +27,7 @@ class Cell(Protocol):
 
     kind: str  # the registry's key: implementations name the kinds of cell they run
     hidden_size: int  # H: the width of the cell state c
+    options: CellOptions  # the variants in use (implementations name the options they take)
 
     @property
     def output_size(self) -> int:
@@ -67,9 +71,18 @@ class LSTMCell(NamedTuple):
     in the Array API; each fast path fuses the same math into its own loops and is tested against it).
     Parameters per layer: ``weight`` (D + H, 4H), rows ``[:D]`` acting on x_t and ``[D:]`` on h_{t-1}; ``bias``
     (4H,). State: (h, c), each of width H.
+
+    **Options** (``options``, the ONNX LSTM operator's variants; the generic path runs them):
+
+    - ``peepholes``: ``z_i += p_i ⊙ c_{t-1}``, ``z_f += p_f ⊙ c_{t-1}``, ``z_o += p_o ⊙ c_t`` (Gers & Schmidhuber
+      2000), with a parameter ``peephole`` (3H,) = [p_i, p_f, p_o], zero at initialisation;
+    - ``input_forget``: ``f_t = 1 − i_t`` (the coupled input-forget gate; z_f and its weights are unused);
+    - ``cell_clip`` = C: each gate's pre-activation (peepholes included) is clipped to [−C, C] before its
+      activation, as ONNX's ``clip``; the gradient is zero where it was clipped.
     """
 
     hidden_size: int
+    options: CellOptions = PLAIN
     kind: str = "lstm"
 
     @property
@@ -78,24 +91,31 @@ class LSTMCell(NamedTuple):
 
     @property
     def parameter_suffixes(self) -> tuple[str, ...]:
-        return ("weight", "bias")
+        return ("weight", "bias", "peephole") if self.options.peepholes else ("weight", "bias")
 
     def parameter_shapes(self, input_size: int) -> tuple[tuple[int, ...], ...]:
-        return (input_size + self.hidden_size, 4 * self.hidden_size), (4 * self.hidden_size,)
+        shapes = ((input_size + self.hidden_size, 4 * self.hidden_size), (4 * self.hidden_size,))
+        return shapes + (((3 * self.hidden_size,),) if self.options.peepholes else ())
 
     def initialize(self, rng: np.random.Generator, input_size: int) -> tuple[np.ndarray, ...]:
-        return init.lstm_layer(rng, input_size, self.hidden_size)
+        weight, bias = init.lstm_layer(rng, input_size, self.hidden_size)
+        return (weight, bias, np.zeros(3 * self.hidden_size)) if self.options.peepholes else (weight, bias)
 
     def state_sizes(self) -> tuple[int, ...]:
         return self.hidden_size, self.hidden_size
 
     def layer_forward(self, kernel: ModuleType, backend: Backend, x: Any, params: tuple[Any, ...],
                       state: tuple[Any, ...], step_mask: Any) -> tuple[Any, tuple[Any, ...], Any]:
+        if self.options != PLAIN:
+            return _variant_forward(kernel, backend, x, params[0], params[1], None, params[2:], self.options,
+                                    state, step_mask)
         weight, bias = params
         return kernel.lstm_layer_forward(backend, x, weight, bias, state[0], state[1], step_mask)
 
     def layer_backward(self, kernel: ModuleType, backend: Backend, dy: Any, dstate: tuple[Any, ...],
                        params: tuple[Any, ...], cache: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+        if self.options != PLAIN:
+            return _variant_backward(kernel, backend, dy, dstate, params[0], None, params[2:], self.options, cache)
         dx, dstate0, dweight, dbias = kernel.lstm_layer_backward(backend, dy, dstate[0], dstate[1], params[0], cache)
         return dx, dstate0, (dweight, dbias)
 
@@ -114,6 +134,7 @@ class LSTMPCell(NamedTuple):
 
     hidden_size: int
     proj_size: int
+    options: CellOptions = PLAIN  # as :class:`LSTMCell`'s
     kind: str = "lstmp"
 
     @property
@@ -122,32 +143,57 @@ class LSTMPCell(NamedTuple):
 
     @property
     def parameter_suffixes(self) -> tuple[str, ...]:
-        return ("weight", "bias", "projection")
+        return ("weight", "bias", "projection") + (("peephole",) if self.options.peepholes else ())
 
     def parameter_shapes(self, input_size: int) -> tuple[tuple[int, ...], ...]:
         hidden, proj = self.hidden_size, self.proj_size
-        return (input_size + proj, 4 * hidden), (4 * hidden,), (hidden, proj)
+        shapes = ((input_size + proj, 4 * hidden), (4 * hidden,), (hidden, proj))
+        return shapes + (((3 * hidden,),) if self.options.peepholes else ())
 
     def initialize(self, rng: np.random.Generator, input_size: int) -> tuple[np.ndarray, ...]:
         weight, bias = init.lstm_layer(rng, input_size, self.hidden_size, recurrent_size=self.proj_size)
-        return weight, bias, init.projection(rng, self.hidden_size, self.proj_size)
+        params = (weight, bias, init.projection(rng, self.hidden_size, self.proj_size))
+        return params + ((np.zeros(3 * self.hidden_size),) if self.options.peepholes else ())
 
     def state_sizes(self) -> tuple[int, ...]:
         return self.proj_size, self.hidden_size
 
     def layer_forward(self, kernel: ModuleType, backend: Backend, x: Any, params: tuple[Any, ...],
                       state: tuple[Any, ...], step_mask: Any) -> tuple[Any, tuple[Any, ...], Any]:
+        if self.options != PLAIN:
+            return _variant_forward(kernel, backend, x, params[0], params[1], params[2], params[3:], self.options,
+                                    state, step_mask)
         weight, bias, projection = params
         return kernel.lstmp_layer_forward(backend, x, weight, bias, projection, state[0], state[1], step_mask)
 
     def layer_backward(self, kernel: ModuleType, backend: Backend, dy: Any, dstate: tuple[Any, ...],
                        params: tuple[Any, ...], cache: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+        if self.options != PLAIN:
+            return _variant_backward(kernel, backend, dy, dstate, params[0], params[2], params[3:], self.options,
+                                     cache)
         weight, _, projection = params
         dx, dstate0, dweight, dbias, dprojection = kernel.lstmp_layer_backward(
             backend, dy, dstate[0], dstate[1], weight, projection, cache)
         return dx, dstate0, (dweight, dbias, dprojection)
 
 
-def lstm_cell(hidden_size: int, proj_size: int = 0) -> Cell:
-    """The cell of ``nn.LSTM(hidden_size=..., proj_size=...)``: :class:`LSTMPCell` when ``proj_size`` > 0."""
-    return LSTMPCell(hidden_size, proj_size) if proj_size else LSTMCell(hidden_size)
+def _variant_forward(kernel: ModuleType, backend: Backend, x: Any, weight: Any, bias: Any, projection: Any,
+                     peephole: tuple[Any, ...], options: CellOptions, state: tuple[Any, ...],
+                     step_mask: Any) -> tuple[Any, tuple[Any, ...], Any]:
+    return kernel.lstm_variant_layer_forward(backend, x, weight, bias, projection, peephole[0] if peephole else None,
+                                             options, state[0], state[1], step_mask)
+
+
+def _variant_backward(kernel: ModuleType, backend: Backend, dy: Any, dstate: tuple[Any, ...], weight: Any,
+                      projection: Any, peephole: tuple[Any, ...], options: CellOptions,
+                      cache: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+    dx, dstate0, dweight, dbias, dprojection, dpeephole = kernel.lstm_variant_layer_backward(
+        backend, dy, dstate[0], dstate[1], weight, projection, peephole[0] if peephole else None, options, cache)
+    grads = (dweight, dbias) + ((dprojection,) if projection is not None else ())
+    return dx, dstate0, grads + ((dpeephole,) if options.peepholes else ())
+
+
+def lstm_cell(hidden_size: int, proj_size: int = 0, options: CellOptions = PLAIN) -> Cell:
+    """The cell of ``nn.LSTM(hidden_size=..., proj_size=...)``: :class:`LSTMPCell` when ``proj_size`` > 0, with
+    the variants ``options``."""
+    return LSTMPCell(hidden_size, proj_size, options) if proj_size else LSTMCell(hidden_size, options)

@@ -260,7 +260,9 @@ def run_train(args: argparse.Namespace) -> int:
             config = TrainConfig(**given_train)
             model = LanguageModel(len(vocab), model_config.embedding_size, model_config.hidden_size,
                                   model_config.num_layers, model_config.dropout, proj_size=model_config.proj_size,
-                                  checkpoint_every=model_config.checkpoint_every, backend=args.backend, dtype=model_config.dtype, seed=config.seed,
+                                  checkpoint_every=model_config.checkpoint_every, peepholes=model_config.peepholes,
+                                  input_forget=model_config.input_forget, cell_clip=model_config.cell_clip,
+                                  backend=args.backend, dtype=model_config.dtype, seed=config.seed,
                                   precision=config.precision)
         _check_implementations(model, batch_size, saved_config.get("optimizer", TrainConfig.optimizer))
 
@@ -377,7 +379,7 @@ def _check_implementations(model: Any, batch_size: int, optimizer: str) -> None:
     backend = model.backend
     try:
         registry.choose_layer_impl(backend, model.dtype, False, None, (batch_size, model.hidden_size),
-                                   model.stack.cell.kind)
+                                   model.stack.cell.kind, model.stack.cell.options.names())
         registry.choose_loss(backend)
         registry.choose_update(backend, OPTIMIZERS[optimizer.lower()])
     except registry.ImplError as error:

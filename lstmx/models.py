@@ -17,6 +17,7 @@ from . import registry
 from . import init
 from .backend import Backend, check_same_backend
 from .cells import Cell, lstm_cell
+from .layers.cell import CellOptions
 from .layers import (
     IGNORE_INDEX,
     cross_entropy_forward,
@@ -96,7 +97,7 @@ class Stack(NamedTuple):
         steps, batch = x.shape[0], x.shape[1]
         initial = model._initial_state(state, self.state_shapes(batch))
         chosen = registry.choose_layer_impl(model.backend, x.dtype, lengths is not None, impl,
-                                            (batch, self.cell.hidden_size), self.cell.kind)
+                                            (batch, self.cell.hidden_size), self.cell.kind, self.cell.options.names())
         step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
         return stack_forward(model.backend, self.cell, chosen.name, chosen.load(), self.layer_params(model.params),
                              x, initial, step_mask, dropout_masks, self.reversal(model.backend, steps, batch, lengths),
@@ -108,7 +109,7 @@ class Stack(NamedTuple):
         steps, batch = x.shape[0], x.shape[1]
         initial = model._initial_state(state, self.state_shapes(batch))
         chosen = registry.choose_layer_impl(model.backend, x.dtype, lengths is not None, impl,
-                                            (batch, self.cell.hidden_size), self.cell.kind)
+                                            (batch, self.cell.hidden_size), self.cell.kind, self.cell.options.names())
         step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
         return stack_infer(model.backend, self.cell, chosen.load(), self.layer_params(model.params), x, initial,
                            step_mask, self.reversal(model.backend, steps, batch, lengths))
@@ -128,6 +129,14 @@ def _check_checkpoint_every(value: Any) -> int | None:
         raise ValueError(f"checkpoint_every must be a positive integer (steps between kept states) or None, got "
                          f"{value!r}")
     return int(value)
+
+
+def _cell_options(peepholes: Any, input_forget: Any, cell_clip: Any) -> CellOptions:
+    _check_flags(peepholes=peepholes, input_forget=input_forget)
+    if cell_clip is not None and (isinstance(cell_clip, bool) or not isinstance(cell_clip, (int, float, np.number))
+                                  or not np.isfinite(cell_clip) or cell_clip <= 0):
+        raise ValueError(f"cell_clip must be a finite number > 0 (or None: no clipping), got {cell_clip!r}")
+    return CellOptions(bool(peepholes), bool(input_forget), None if cell_clip is None else float(cell_clip))
 
 
 def _check_proj_size(proj_size: Any, hidden_size: int) -> None:
@@ -171,6 +180,9 @@ class LSTM(Module):
         bidirectional: bool = False,
         proj_size: int = 0,
         batch_first: bool = False,
+        peepholes: bool = False,
+        input_forget: bool = False,
+        cell_clip: float | None = None,
         checkpoint_every: int | None = None,
         backend: Any = "numpy",
         dtype: Any = "float32",
@@ -179,6 +191,7 @@ class LSTM(Module):
     ) -> None:
         _check_positive(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         self.checkpoint_every = _check_checkpoint_every(checkpoint_every)
+        self.cell_options = _cell_options(peepholes, input_forget, cell_clip)
         _check_proj_size(proj_size, hidden_size)
         _check_flags(bidirectional=bidirectional, batch_first=batch_first)
         super().__init__(backend, dtype, seed, dropout, precision)
@@ -187,8 +200,8 @@ class LSTM(Module):
                           "its layers", UserWarning, stacklevel=2)
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.proj_size, self.bidirectional, self.batch_first = int(proj_size), bidirectional, batch_first
-        self.stack = Stack("", lstm_cell(self.hidden_size, self.proj_size), self.input_size, self.num_layers,
-                           bidirectional)
+        self.stack = Stack("", lstm_cell(self.hidden_size, self.proj_size, self.cell_options), self.input_size,
+                           self.num_layers, bidirectional)
         self._set_host_params(self.stack.init_params(np.random.default_rng(seed)))
 
     @property
@@ -199,7 +212,8 @@ class LSTM(Module):
     def config(self) -> dict[str, Any]:
         return {"input_size": self.input_size, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "dropout": self.dropout, "bidirectional": self.bidirectional, "proj_size": self.proj_size,
-                "batch_first": self.batch_first, "checkpoint_every": self.checkpoint_every}
+                "batch_first": self.batch_first, "checkpoint_every": self.checkpoint_every,
+                **self.cell_options._asdict()}
 
     def _time_major(self, name: str, values: Any, features: int, steps: int | None = None,
                     batch: int | None = None) -> Any:
@@ -316,6 +330,9 @@ class LanguageModel(Module):
         *,
         proj_size: int = 0,
         bidirectional: bool = False,
+        peepholes: bool = False,
+        input_forget: bool = False,
+        cell_clip: float | None = None,
         checkpoint_every: int | None = None,
         backend: Any = "numpy",
         dtype: Any = "float32",
@@ -325,6 +342,7 @@ class LanguageModel(Module):
         _check_positive(vocab_size=vocab_size, embedding_size=embedding_size, hidden_size=hidden_size,
                         num_layers=num_layers)
         self.checkpoint_every = _check_checkpoint_every(checkpoint_every)
+        self.cell_options = _cell_options(peepholes, input_forget, cell_clip)
         _check_proj_size(proj_size, hidden_size)
         if bidirectional is not False:
             raise ValueError("bidirectional must be False for a LanguageModel: a causal language model cannot look "
@@ -332,8 +350,8 @@ class LanguageModel(Module):
         super().__init__(backend, dtype, seed, dropout, precision)
         self.vocab_size, self.embedding_size = int(vocab_size), int(embedding_size)
         self.hidden_size, self.num_layers, self.proj_size = int(hidden_size), int(num_layers), int(proj_size)
-        self.stack = Stack("lstm.", lstm_cell(self.hidden_size, self.proj_size), self.embedding_size,
-                           self.num_layers)
+        self.stack = Stack("lstm.", lstm_cell(self.hidden_size, self.proj_size, self.cell_options),
+                           self.embedding_size, self.num_layers)
         rng = np.random.default_rng(seed)
         host = {"embedding.weight": init.embedding(rng, self.vocab_size, self.embedding_size)}
         host.update(self.stack.init_params(rng))
@@ -348,7 +366,7 @@ class LanguageModel(Module):
     def config(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers, "dropout": self.dropout,
-                "proj_size": self.proj_size, "checkpoint_every": self.checkpoint_every}
+                "proj_size": self.proj_size, "checkpoint_every": self.checkpoint_every, **self.cell_options._asdict()}
 
     def forward(
         self, tokens: Any, state: State | None = None, lengths: Any = None, *, check_input: bool = True,

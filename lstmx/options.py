@@ -135,6 +135,10 @@ class ModelConfig:
     hidden_size: int = option(256, "LSTM hidden size H", POSITIVE_INT)
     num_layers: int = option(1, "stacked LSTM layers", POSITIVE_INT)
     proj_size: int = option(0, "LSTM projection width P, below the hidden size (0: no projection)", NON_NEGATIVE_INT)
+    peepholes: bool = option(False, "peephole connections: i and f see c_{t-1}, o sees c_t (ONNX's P)")
+    input_forget: bool = option(False, "couple the forget gate to the input gate: f = 1 - i (ONNX's input_forget)")
+    cell_clip: float | None = option(None, "clip every gate's pre-activation to [-C, C] (ONNX's clip)", POSITIVE,
+                                     optional=True)
     checkpoint_every: int | None = option(None, "keep the LSTM state every K steps and recompute the rest in the "
                                                 "backward (memory O(T/K + K) instead of O(T); exact gradients)",
                                           POSITIVE_INT, optional=True)

@@ -56,11 +56,12 @@ class LayerImpl(NamedTuple):
     size_limited: bool  # its module's refuses_size(batch, hidden, dtype) says which sizes it runs
     summary: str
     cells: tuple[str, ...] = ("lstm",)  # the kinds of cell (lstmx.cells) it runs
+    cell_options: tuple[str, ...] = ()  # the cell options (lstmx.layers.cell.CellOptions) it takes
     auto_max_hidden: dict[str, int] | None = None  # per dtype, the largest hidden size "auto" picks it for (a dtype
     # not named, or None: every size it runs)
 
     def refuses(self, backend: Backend, dtype: Any, masked: bool, sizes: tuple[int, int] | None = None,
-                cell: str = "lstm") -> str | None:
+                cell: str = "lstm", options: tuple[str, ...] = ()) -> str | None:
         """None when this implementation can run the call here, else why not (for error messages and skips).
 
         Cheap checks first, then the import (optional dependencies), then ``sizes`` = (batch, hidden) for
@@ -72,6 +73,9 @@ class LayerImpl(NamedTuple):
             return f"computes {', '.join(self.dtypes)}, not {dtype_name(dtype)}"
         if cell not in self.cells:
             return f"runs the {', '.join(self.cells)} cell, not {cell} (proj_size)"
+        untaken = [option for option in options if option not in self.cell_options]
+        if untaken:
+            return f"takes no {', '.join(untaken)}"
         if masked and not self.step_masks:
             return "takes no step mask (lengths)"
         module, reason = _runnable_module(self.module, None, backend)  # its backend was checked first
@@ -153,7 +157,8 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
               summary="NumPy: in-place ufuncs into reused host buffers"),
     LayerImpl(name="generic", module="lstmx.layers.lstm_layer", backends=None, dtypes=FLOATS, auto_dtypes=FLOATS,
               step_masks=True, size_limited=False, cells=EVERY_CELL,
-              summary="the Array API reference path (every backend, cell and step mask)"),
+              cell_options=("peepholes", "input_forget", "cell_clip"),
+              summary="the Array API reference path (every backend, cell, cell option and step mask)"),
 )
 _BY_NAME = {impl.name: impl for impl in LAYER_IMPLS}
 # the layer paths whose recurrent products run in TensorFloat-32 under precision="tf32" (cuBLAS's math mode, or
@@ -228,21 +233,23 @@ def requested_impl(impl: str | None = None) -> tuple[str, bool]:
 
 
 def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | None = None,
-                      sizes: tuple[int, int] | None = None, cell: str = "lstm") -> LayerImpl:
+                      sizes: tuple[int, int] | None = None, cell: str = "lstm",
+                      options: tuple[str, ...] = ()) -> LayerImpl:
     """The implementation that runs a layer of ``dtype`` on ``backend`` (``masked``: a step mask is given;
     ``sizes``: (batch, hidden), for implementations that run only some sizes; ``cell``: the cell's kind)."""
     name, binding = requested_impl(impl)
     if name != AUTO:
         chosen = _BY_NAME[name]
-        reason = chosen.refuses(backend, dtype, masked, sizes, cell)
+        reason = chosen.refuses(backend, dtype, masked, sizes, cell, options)
         if reason is None:
             return chosen
         if binding:
-            able = [i.name for i in available_layer_impls(backend, dtype, masked, sizes, cell)]
+            able = [i.name for i in available_layer_impls(backend, dtype, masked, sizes, cell, options)]
             raise LayerImplError(f"layer implementation {name!r} cannot run this call: it {reason}; "
                                  f"implementations that can: {', '.join(able)}")
     for candidate in LAYER_IMPLS:
-        if candidate.auto_takes(dtype, sizes) and candidate.refuses(backend, dtype, masked, sizes, cell) is None:
+        if candidate.auto_takes(dtype, sizes) and candidate.refuses(backend, dtype, masked, sizes, cell,
+                                                                    options) is None:
             return candidate
     raise LayerImplError(f"no layer implementation runs {dtype_name(dtype)} on {backend.name}")  # generic always does
 
@@ -256,9 +263,10 @@ def layer_impl(name: str) -> LayerImpl:
 
 
 def available_layer_impls(backend: Backend, dtype: Any, masked: bool = False,
-                          sizes: tuple[int, int] | None = None, cell: str = "lstm") -> list[LayerImpl]:
+                          sizes: tuple[int, int] | None = None, cell: str = "lstm",
+                          options: tuple[str, ...] = ()) -> list[LayerImpl]:
     """Every implementation that can run such a call here (what the tests compare against the generic path)."""
-    return [i for i in LAYER_IMPLS if i.refuses(backend, dtype, masked, sizes, cell) is None]
+    return [i for i in LAYER_IMPLS if i.refuses(backend, dtype, masked, sizes, cell, options) is None]
 
 
 # --- the embedding gradient's scatter-add ------------------------------------------------------------------

@@ -24,54 +24,70 @@ def run(path_or_bytes, feeds):
     return session.run(None, feeds)
 
 
-def handmade_node(direction, w, r, b, with_lengths, with_state):
-    """One ONNX LSTM node, its weights as initializers, written from the operator's specification."""
+def handmade_node(direction, w, r, b, with_lengths, with_state, p=None, **attributes):
+    """One ONNX LSTM node, its weights as initializers, written from the operator's specification (``p``: the
+    peepholes (dirs, 3H); ``attributes``: input_forget, clip)."""
     dirs, four_h, features = w.shape
     hidden = four_h // 4
     inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", features])]
     node_inputs = ["X", "W", "R", "B", "seq" if with_lengths else "", "h0" if with_state else "",
-                   "c0" if with_state else ""]
+                   "c0" if with_state else "", "" if p is None else "P"]
     if with_lengths:
         inputs.append(helper.make_tensor_value_info("seq", TensorProto.INT32, ["B"]))
     if with_state:
         inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [dirs, "B", hidden]) for n in ("h0", "c0")]
     while node_inputs[-1] == "":
         node_inputs.pop()
-    node = helper.make_node("LSTM", node_inputs, ["Y", "Y_h", "Y_c"], hidden_size=hidden, direction=direction)
+    node = helper.make_node("LSTM", node_inputs, ["Y", "Y_h", "Y_c"], hidden_size=hidden, direction=direction,
+                            **attributes)
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in (
         ("Y", ["T", dirs, "B", hidden]), ("Y_h", [dirs, "B", hidden]), ("Y_c", [dirs, "B", hidden]))]
     graph = helper.make_graph([node], "handmade", inputs, outputs,
-                              [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (("W", w), ("R", r), ("B", b))])
+                              [numpy_helper.from_array(a.astype(np.float32), n) for n, a in
+                               (("W", w), ("R", r), ("B", b), ("P", p)) if a is not None])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
 
+VARIANTS = {"plain": {}, "peepholes": {"peepholes": True}, "input_forget": {"input_forget": True},
+            "clip": {"cell_clip": 0.7}, "all": {"peepholes": True, "input_forget": True, "cell_clip": 1.1}}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "sequence_lens"])
-def test_the_lstm_matches_onnxruntimes_lstm_operator(direction, with_lengths):
-    """ONNX's gate order (i, o, f, c), its two biases, both directions, sequence_lens and the initial state, as
-    onnxruntime computes them: lstmx's forward is the same within 1e-5 in float32."""
+def test_the_lstm_matches_onnxruntimes_lstm_operator(direction, with_lengths, variant):
+    """ONNX's gate order (i, o, f, c), its two biases, peepholes (P, order i, o, f), input_forget, clip, both
+    directions, sequence_lens and the initial state, as onnxruntime computes them: lstmx's forward is the same
+    within 1e-5 in float32."""
     rng = np.random.default_rng(0)
     dirs, hidden, features, steps, batch = (2 if direction == "bidirectional" else 1), 5, 3, 6, 4
-    w = 0.5 * rng.standard_normal((dirs, 4 * hidden, features))
-    r = 0.5 * rng.standard_normal((dirs, 4 * hidden, hidden))
+    w = 1.5 * rng.standard_normal((dirs, 4 * hidden, features))  # large enough that clipping bites
+    r = 0.8 * rng.standard_normal((dirs, 4 * hidden, hidden))
     b = 0.3 * rng.standard_normal((dirs, 8 * hidden))
+    options = VARIANTS[variant]
+    p = rng.standard_normal((dirs, 3 * hidden)) if options.get("peepholes") else None
+    attributes = {"input_forget": 1} if options.get("input_forget") else {}
+    if options.get("cell_clip"):
+        attributes["clip"] = options["cell_clip"]
     x = rng.standard_normal((steps, batch, features)).astype(np.float32)
     h0, c0 = (rng.standard_normal((dirs, batch, hidden)).astype(np.float32) for _ in range(2))
     lengths = np.array([6, 2, 4, 1], dtype=np.int32) if with_lengths else None
     feeds = {"X": x, "h0": h0, "c0": c0, **({"seq": lengths} if with_lengths else {})}
-    y_ref, h_ref, c_ref = run(handmade_node(direction, w, r, b, with_lengths, True), feeds)
+    y_ref, h_ref, c_ref = run(handmade_node(direction, w, r, b, with_lengths, True, p, **attributes), feeds)
 
     onnx_to_lstmx = [0, 2, 3, 1]  # lstmx block k (i, f, g, o) is ONNX block onnx_to_lstmx[k] (i, o, f, c)
     def blocks(a):
         return np.concatenate([a[j * hidden:(j + 1) * hidden] for j in onnx_to_lstmx])
 
-    model = lstmx.LSTM(features, hidden, bidirectional=dirs == 2)
+    model = lstmx.LSTM(features, hidden, bidirectional=dirs == 2, **options)
     params = {}
     for d, suffix in enumerate(("", "_reverse")[:dirs]):
         params[f"weight_l0{suffix}"] = np.concatenate([blocks(w[d]).T, blocks(r[d]).T])
         params[f"bias_l0{suffix}"] = blocks(b[d, :4 * hidden] + b[d, 4 * hidden:])
+        if p is not None:  # ONNX's (i, o, f) → lstmx's (i, f, o)
+            params[f"peephole_l0{suffix}"] = np.concatenate([p[d, :hidden], p[d, 2 * hidden:], p[d, hidden:2 * hidden]])
     model.load_state_dict(params)
     y, (h, c), _ = model.forward(x, (h0, c0), None if lengths is None else lengths.astype(np.int64))
     expected_y = np.transpose(y_ref, (0, 2, 1, 3)).reshape(steps, batch, dirs * hidden)  # (T, dirs, B, H) → ours
@@ -84,7 +100,16 @@ MODELS = {
     "plain": lambda: lstmx.LSTM(3, 5, 2, seed=1),
     "bidirectional": lambda: lstmx.LSTM(3, 5, 2, bidirectional=True, seed=2),
     "batch-first": lambda: lstmx.LSTM(3, 4, 1, bidirectional=True, batch_first=True, seed=3),
+    "variants": lambda: _with_random_peepholes(lstmx.LSTM(3, 4, 2, bidirectional=True, peepholes=True,
+                                                          input_forget=True, cell_clip=1.2, seed=4)),
 }
+
+
+def _with_random_peepholes(model):
+    state = model.state_dict()
+    rng = np.random.default_rng(9)
+    model.load_state_dict({k: rng.standard_normal(v.shape) if "peephole" in k else v for k, v in state.items()})
+    return model
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
@@ -134,10 +159,10 @@ def test_what_onnx_cannot_say_is_refused_in_one_line(tmp_path):
     rng = np.random.default_rng(0)
     w, r, b = rng.standard_normal((1, 8, 3)), rng.standard_normal((1, 8, 2)), rng.standard_normal((1, 16))
     model = onnx.load_from_string(handmade_node("forward", w, r, b, False, False))
-    model.graph.node[0].attribute.append(helper.make_attribute("clip", 3.0))
-    onnx.save(model, str(tmp_path / "clip.onnx"))
-    with pytest.raises(OnnxError, match="has clip=3.0; lstmx cannot represent it"):
-        load(tmp_path / "clip.onnx")
+    model.graph.node[0].attribute.append(helper.make_attribute("layout", 1))
+    onnx.save(model, str(tmp_path / "layout.onnx"))
+    with pytest.raises(OnnxError, match="has layout=1; lstmx reads layout 0"):
+        load(tmp_path / "layout.onnx")
     model = onnx.load_from_string(handmade_node("forward", w, r, b, False, False))
     model.graph.node[0].attribute.append(helper.make_attribute("activations", ["Relu", "Tanh", "Tanh"]))
     onnx.save(model, str(tmp_path / "relu.onnx"))

@@ -187,3 +187,33 @@ def test_word_tokens_round_trip_up_to_spacing_and_unk_counts_exactly():
     ids = rare.encode(text)
     assert int(np.sum(ids == rare.index["<unk>"])) == 6  # ., dog, ",", then, ran, !, and nothing else
     assert rare.decode(rare.encode("the cat")) == "the cat"
+
+
+def test_log_softmax_shifts_by_each_rows_own_maximum(backend):
+    """Adding the maximum instead of subtracting it, or shifting every row by the global maximum, is the same
+    mathematics but overflows or underflows: large logits stay finite, and rows far apart stay exact."""
+    from lstmx.layers import log_softmax
+
+    logits = backend.asarray(np.array([[[0.0, 1.0, 2.0], [1000.0, 1001.0, 1002.0]],
+                                       [[-5.0, 0.0, 5.0], [800.0, 0.0, -800.0]]]))  # (2, 2, 3): any leading axes
+    out = host(log_softmax(backend, logits))
+    row = np.array([0.0, 1.0, 2.0])
+    expected = row - np.log(np.sum(np.exp(row)))
+    np.testing.assert_allclose(out[0, 0], expected, rtol=1e-12)
+    np.testing.assert_allclose(out[0, 1], expected, rtol=1e-12)
+    assert np.all(np.isfinite(out[1, 0])) and out[1, 1, 0] == 0.0
+
+
+def test_the_loss_of_one_real_token_is_its_own_nll_and_ignore_index_is_any_value(backend):
+    """The count of real tokens is not clamped above 1 (a count of 1 stays 1), and a caller's ignore_index
+    reaches the fused and generic entry points alike; the gradient keeps the logits' dtype."""
+    from lstmx.layers.loss import cross_entropy_and_gradient, cross_entropy_forward
+
+    logits = backend.asarray(np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]]))
+    targets = backend.asarray(np.array([0, -1]))
+    loss, _ = cross_entropy_forward(backend, logits, targets, ignore_index=-1)
+    nll = -(2.0 - np.log(np.exp(2.0) + 1.0 + np.exp(-1.0)))
+    np.testing.assert_allclose(float(host(loss)), nll, rtol=1e-12)
+    fused_loss, dlogits = cross_entropy_and_gradient(backend, logits, targets, ignore_index=-1)
+    np.testing.assert_allclose(float(host(fused_loss)), nll, rtol=1e-12)
+    assert dlogits.dtype == logits.dtype and np.all(host(dlogits)[1] == 0.0)

@@ -14,9 +14,10 @@ T and B are dynamic axes. Layout of one node's weights (ONNX's gate order is i, 
 (dirs, 8H) = [bias, zeros]. The projected cell (``proj_size``) has no ONNX operator and is refused in one line
 (a ``Scan`` body for it is not written yet).
 
-Import (:func:`load`) rebuilds the model from the nodes' weights and attributes, refusing in one line what lstmx
-cannot represent (other activations, peepholes, ``clip``, ``input_forget``, ``layout=1``, layers that do not
-chain). ``onnx`` is needed (the optional ``[onnx]`` extra); lstmx itself never imports it elsewhere.
+Peepholes (``P``, in ONNX's order i, o, f), ``input_forget`` and ``clip`` are the cell options of the same names
+(:class:`lstmx.cells.LSTMCell`). Import (:func:`load`) rebuilds the model from the nodes' weights and attributes,
+refusing in one line what lstmx cannot represent (other activations, ``layout=1``, a reverse-only node, layers that
+do not chain or differ in their options). ``onnx`` is needed (the optional ``[onnx]`` extra); lstmx itself never imports it elsewhere.
 """
 
 from __future__ import annotations
@@ -56,15 +57,27 @@ def _reorder(blocks: np.ndarray, hidden: int, to_onnx: bool) -> np.ndarray:
     return np.concatenate([parts[j] for j in inverse])
 
 
+PEEPHOLE_ORDER = (0, 2, 1)  # ONNX's P is (i, o, f); lstmx's peephole (i, f, o)
+
+
+def _peephole_order(vector: np.ndarray, hidden: int) -> np.ndarray:
+    """Swap the f and o blocks of a (3H,) peephole vector: lstmx ↔ ONNX (its own inverse)."""
+    parts = [vector[k * hidden:(k + 1) * hidden] for k in range(3)]
+    return np.concatenate([parts[k] for k in PEEPHOLE_ORDER])
+
+
 def _node_weights(params: dict[str, np.ndarray], prefix: str, layer: int, directions: int, features: int,
-                  hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    w, r, b = [], [], []
+                  hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    w, r, b, p = [], [], [], []
     for suffix in ("", "_reverse")[:directions]:
         weight, bias = params[f"{prefix}weight_l{layer}{suffix}"], params[f"{prefix}bias_l{layer}{suffix}"]
         w.append(_reorder(weight[:features].T, hidden, True))
         r.append(_reorder(weight[features:].T, hidden, True))
         b.append(np.concatenate([_reorder(bias, hidden, True), np.zeros_like(bias)]))
-    return np.stack(w), np.stack(r), np.stack(b)
+        peephole = params.get(f"{prefix}peephole_l{layer}{suffix}")
+        if peephole is not None:
+            p.append(_peephole_order(peephole, hidden))
+    return np.stack(w), np.stack(r), np.stack(b), (np.stack(p) if p else None)
 
 
 def export(model: LSTM | LanguageModel, path: str | os.PathLike, *, with_state: bool = False,
@@ -118,15 +131,19 @@ def export(model: LSTM | LanguageModel, path: str | os.PathLike, *, with_state: 
     merged_shape = constant("merge_directions", np.array([0, 0, -1], dtype=np.int64))
     for k in range(layers):
         features = model.stack.layer_input_size(k)
-        w, r, b = _node_weights(params, prefix, k, directions, features, hidden)
+        w, r, b, peephole = _node_weights(params, prefix, k, directions, features, hidden)
         node_inputs = [f"layer_input_{k}", constant(f"W_l{k}", w), constant(f"R_l{k}", r), constant(f"B_l{k}", b),
                        "lengths" if with_lengths else "", f"h0_l{k}" if with_state else "",
-                       f"c0_l{k}" if with_state else ""]
+                       f"c0_l{k}" if with_state else "", "" if peephole is None else constant(f"P_l{k}", peephole)]
         while node_inputs[-1] == "":
             node_inputs.pop()
+        options = model.cell_options
+        variants = {"input_forget": 1} if options.input_forget else {}
+        if options.cell_clip is not None:
+            variants["clip"] = float(options.cell_clip)
         nodes.append(helper.make_node(
             "LSTM", node_inputs, [f"Y_l{k}", f"h_l{k}", f"c_l{k}"], name=f"lstm_l{k}", hidden_size=hidden,
-            direction="bidirectional" if directions == 2 else "forward"))
+            direction="bidirectional" if directions == 2 else "forward", **variants))
         # Y (T, dirs, B, H) → (T, B, dirs, H) → (T, B, dirs·H), the next layer's input
         nodes += [helper.make_node("Transpose", [f"Y_l{k}"], [f"Y_l{k}_tb"], perm=[0, 2, 1, 3]),
                   helper.make_node("Reshape", [f"Y_l{k}_tb", merged_shape], [f"layer_input_{k + 1}"])]
@@ -191,11 +208,17 @@ def load(path: str | os.PathLike, *, backend: Any = "numpy", dtype: Any = None) 
         if any(activations[i:i + 3] != DEFAULT_ACTIVATIONS for i in range(0, len(activations), 3)) \
                 or "activation_alpha" in attributes or "activation_beta" in attributes:
             raise OnnxError(f"{label} has activations {list(activations)}; lstmx runs Sigmoid, Tanh, Tanh only")
-        for name, allowed in (("clip", None), ("input_forget", 0), ("layout", 0)):
-            if name in attributes and attributes[name] != allowed:
-                raise OnnxError(f"{label} has {name}={attributes[name]}; lstmx cannot represent it")
-        if len(node.input) > 7 and node.input[7]:
-            raise OnnxError(f"{label} has peepholes (input P); lstmx's LSTM has none")
+        if attributes.get("layout", 0) != 0:
+            raise OnnxError(f"{label} has layout={attributes['layout']}; lstmx reads layout 0 (time-major) graphs")
+        node_options = (len(node.input) > 7 and bool(node.input[7]), bool(attributes.get("input_forget", 0)),
+                        attributes.get("clip"))
+        if k == 0:
+            cell_options = node_options
+        elif node_options != cell_options:
+            raise OnnxError(f"{label} has other peepholes, input_forget or clip than the first layer; lstmx's layers "
+                            "share one cell")
+        if node_options[0] and node.input[7] not in weights:
+            raise OnnxError(f"{label}: its peepholes {node.input[7]!r} are not a constant of the graph")
         direction = attributes.get("direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else direction
         if direction == "reverse":
@@ -222,22 +245,26 @@ def load(path: str | os.PathLike, *, backend: Any = "numpy", dtype: Any = None) 
                                                              _reorder(r[d], hidden, False).T])
             bias = np.zeros(4 * hidden, dtype=w.dtype) if b is None else b[d, :4 * hidden] + b[d, 4 * hidden:]
             params[f"bias_l{k}{suffix}"] = _reorder(bias, hidden, False)
+            if node_options[0]:
+                params[f"peephole_l{k}{suffix}"] = _peephole_order(weights[node.input[7]][d], hidden)
     properties = {p.key: p.value for p in graph_model.metadata_props}
     gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in weights]
     matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     adds = [n for n in graph.node if n.op_type == "Add" and n.input[1] in weights]
     chosen = dtype or w.dtype.name
+    variants = dict(peepholes=cell_options[0], input_forget=cell_options[1], cell_clip=cell_options[2])
     if gathers and matmuls and adds:
         table, head_weight, head_bias = (weights[gathers[0].input[0]], weights[matmuls[-1].input[1]],
                                          weights[adds[-1].input[1]])
         if directions != 1:
             raise OnnxError(f"{source}: a bidirectional LSTM cannot be a LanguageModel's (a causal model)")
         model: LSTM | LanguageModel = LanguageModel(table.shape[0], table.shape[1], hidden, len(lstm_nodes),
-                                                    backend=backend, dtype=chosen)
+                                                    backend=backend, dtype=chosen, **variants)
         params = {"embedding.weight": table, **{f"lstm.{k}": v for k, v in params.items()},
                   "head.weight": head_weight, "head.bias": head_bias}
     else:
         model = LSTM(features[0], hidden, len(lstm_nodes), bidirectional=directions == 2,
-                     batch_first=properties.get("lstmx.batch_first") == "True", backend=backend, dtype=chosen)
+                     batch_first=properties.get("lstmx.batch_first") == "True", backend=backend, dtype=chosen,
+                     **variants)
     model.load_state_dict(params)
     return model

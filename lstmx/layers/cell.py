@@ -61,3 +61,85 @@ def cell_backward(
     shifted = gates - gate.shift
     dz = d_gates * (gate.scale_squared - shifted * shifted)  # σ(1-σ) on i, f, o; 1-g² on g (module docstring)
     return dz, dc * f
+
+
+class CellOptions(NamedTuple):
+    """The LSTM variants of the ONNX LSTM operator, as options of the cell (:class:`lstmx.cells.LSTMCell`)."""
+
+    peepholes: bool = False  # i and f see c_{t-1}, o sees c_t, through per-unit weights p_i, p_f, p_o
+    input_forget: bool = False  # the forget gate coupled to the input gate: f = 1 − i
+    cell_clip: float | None = None  # every gate's pre-activation clipped to [−C, C] (gradient zero outside)
+
+    def names(self) -> tuple[str, ...]:
+        """The options in use, as the registry names them."""
+        return tuple(name for name, on in (("peepholes", self.peepholes), ("input_forget", self.input_forget),
+                                           ("cell_clip", self.cell_clip is not None)) if on)
+
+
+class VariantStep(NamedTuple):
+    """What the backward of one variant step needs beyond the plain step's gates and tanh(c_t)."""
+
+    c_new: Any  # (B, H) c_t, which o's peephole multiplied
+    unclipped: Any  # (B, 4H) 1 where a pre-activation lay inside [−C, C], else 0; None without clipping
+
+
+def _clipped(xp: Any, z: Any, clip: float | None) -> tuple[Any, Any]:
+    if clip is None:
+        return z, None
+    inside = xp.astype(xp.abs(z) <= clip, z.dtype)
+    return xp.clip(z, -clip, clip), inside
+
+
+def variant_cell_forward(xp: Any, z: Any, c_prev: Any, peephole: Any,
+                         options: CellOptions) -> tuple[Any, Any, Any, Any, VariantStep]:
+    """:func:`cell_forward` with the options: ``(gates, c, tanh_c, h, step)``; ``peephole`` (3H,) holds p_i,
+    p_f, p_o (None without peepholes). The equations are :class:`lstmx.cells.LSTMCell`'s."""
+    hidden = c_prev.shape[-1]
+    zi, zf, zg, zo = (z[:, k * hidden:(k + 1) * hidden] for k in range(4))
+    if options.peepholes:
+        zi = zi + peephole[:hidden] * c_prev
+        zf = zf + peephole[hidden:2 * hidden] * c_prev
+    zi, inside_i = _clipped(xp, zi, options.cell_clip)
+    zf, inside_f = _clipped(xp, zf, options.cell_clip)
+    zg, inside_g = _clipped(xp, zg, options.cell_clip)
+    i = 1 / (1 + xp.exp(-zi))
+    f = 1 - i if options.input_forget else 1 / (1 + xp.exp(-zf))
+    g = xp.tanh(zg)
+    c = f * c_prev + i * g
+    if options.peepholes:
+        zo = zo + peephole[2 * hidden:] * c
+    zo, inside_o = _clipped(xp, zo, options.cell_clip)
+    o = 1 / (1 + xp.exp(-zo))
+    tanh_c = xp.tanh(c)
+    unclipped = None if options.cell_clip is None else xp.concat([inside_i, inside_f, inside_g, inside_o], axis=-1)
+    return xp.concat([i, f, g, o], axis=-1), c, tanh_c, o * tanh_c, VariantStep(c, unclipped)
+
+
+def variant_cell_backward(xp: Any, dh: Any, dc_next: Any, gates: Any, c_prev: Any, tanh_c: Any, peephole: Any,
+                          options: CellOptions, step: VariantStep) -> tuple[Any, Any, Any]:
+    """Mirror of :func:`variant_cell_forward`: ``(dz, dc_prev, dpeephole)`` (dpeephole (3H,) or None)."""
+    hidden = c_prev.shape[-1]
+    i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
+    unclipped = (None,) * 4 if step.unclipped is None else tuple(
+        step.unclipped[:, k * hidden:(k + 1) * hidden] for k in range(4))
+
+    def through_clip(gradient: Any, inside: Any) -> Any:
+        return gradient if inside is None else gradient * inside
+
+    dzo = through_clip(dh * tanh_c * o * (1 - o), unclipped[3])
+    dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+    if options.peepholes:
+        dc = dc + dzo * peephole[2 * hidden:]
+    di, df, dg = dc * g, dc * c_prev, dc * i
+    if options.input_forget:  # f = 1 − i: the forget gate's gradient reaches i with a minus sign
+        di, df = di - df, None
+    dzi = through_clip(di * i * (1 - i), unclipped[0])
+    dzf = xp.zeros_like(dzi) if df is None else through_clip(df * f * (1 - f), unclipped[1])
+    dzg = through_clip(dg * (1 - g * g), unclipped[2])
+    dc_prev = dc * f
+    dpeephole = None
+    if options.peepholes:
+        dc_prev = dc_prev + dzi * peephole[:hidden] + dzf * peephole[hidden:2 * hidden]
+        dpeephole = xp.concat([xp.sum(dzi * c_prev, axis=0), xp.sum(dzf * c_prev, axis=0),
+                               xp.sum(dzo * step.c_new, axis=0)])
+    return xp.concat([dzi, dzf, dzg, dzo], axis=-1), dc_prev, dpeephole

@@ -23,7 +23,9 @@ from typing import Any, NamedTuple
 
 from ..backend import Backend
 from . import cell
-from .cell import gate_affine
+from .cell import CellOptions, VariantStep, gate_affine
+
+PLAIN = CellOptions()
 
 
 class LSTMLayerCache(NamedTuple):
@@ -35,6 +37,7 @@ class LSTMLayerCache(NamedTuple):
     gates: Any  # (T, B, 4H) activated gates i, f, g, o
     tanh_c: Any  # (T, B, H) tanh of the cell's new value c'_t
     step_mask: Any  # (T, B, 1) 1 on real steps, 0 on padding; None when every step is real
+    variant: VariantStep | None = None  # with cell options: c_t (T, B, H) and the clip masks (T, B, 4H) per step
 
     def dims(self) -> tuple[int, int, int, int]:
         """(steps, batch, features, hidden) this cache was made for."""
@@ -115,20 +118,38 @@ def lstmp_layer_forward(
     return _layer_forward(backend, x, weight, bias, projection, h0, c0, step_mask)
 
 
+def lstm_variant_layer_forward(
+    backend: Backend, x: Any, weight: Any, bias: Any, projection: Any, peephole: Any, options: CellOptions, h0: Any,
+    c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
+    """A layer of the cell with ``options`` (peepholes ``peephole`` (3H,) = p_i, p_f, p_o; ``input_forget``;
+    ``cell_clip``), with or without a ``projection``."""
+    return _layer_forward(backend, x, weight, bias, projection, h0, c0, step_mask, peephole, options)
+
+
 def _layer_forward(backend: Backend, x: Any, weight: Any, bias: Any, projection: Any, h0: Any, c0: Any,
-                   step_mask: Any) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
+                   step_mask: Any, peephole: Any = None,
+                   options: CellOptions = PLAIN) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
     xp = backend.xp
     steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0, projection)
+    if options.peepholes:
+        _expect("peephole", peephole, (3 * hidden,), x.dtype)
+    variant = options != PLAIN
     gate = gate_affine(backend, hidden, x.dtype)
     w_hidden = weight[features:, :]
     x_proj = xp.reshape(xp.reshape(x, (steps * batch, features)) @ weight[:features, :] + bias, (steps, batch, 4 * hidden))
 
     h, c = h0, c0
-    outputs, h_prevs, c_prevs, gate_steps, tanh_cs = [], [], [], [], []
+    outputs, h_prevs, c_prevs, gate_steps, tanh_cs, variant_steps = [], [], [], [], [], []
     for t in range(steps):
         h_prevs.append(h)
         c_prevs.append(c)
-        gates, c_new, tanh_c, h_new = cell.cell_forward(xp, x_proj[t, ...] + h @ w_hidden, c, gate)
+        z = x_proj[t, ...] + h @ w_hidden
+        if variant:
+            gates, c_new, tanh_c, h_new, step = cell.variant_cell_forward(xp, z, c, peephole, options)
+            variant_steps.append(step)
+        else:
+            gates, c_new, tanh_c, h_new = cell.cell_forward(xp, z, c, gate)
         if projection is not None:
             h_new = h_new @ projection
         if step_mask is None:
@@ -142,7 +163,12 @@ def _layer_forward(backend: Backend, x: Any, weight: Any, bias: Any, projection:
         gate_steps.append(gates)
         tanh_cs.append(tanh_c)
 
-    cache = LSTMLayerCache(x, xp.stack(h_prevs), xp.stack(c_prevs), xp.stack(gate_steps), xp.stack(tanh_cs), step_mask)
+    kept = None
+    if variant:
+        kept = VariantStep(xp.stack([v.c_new for v in variant_steps]),
+                           None if options.cell_clip is None else xp.stack([v.unclipped for v in variant_steps]))
+    cache = LSTMLayerCache(x, xp.stack(h_prevs), xp.stack(c_prevs), xp.stack(gate_steps), xp.stack(tanh_cs), step_mask,
+                           kept)
     return xp.stack(outputs), (h, c), cache
 
 
@@ -165,10 +191,21 @@ def lstmp_layer_backward(
     return _layer_backward(backend, dy, dh_last, dc_last, weight, projection, cache)
 
 
+def lstm_variant_layer_backward(
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any, peephole: Any,
+    options: CellOptions, cache: LSTMLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any, Any, Any]:
+    """Mirror of :func:`lstm_variant_layer_forward`: ``(dx, (dh0, dc0), dweight, dbias, dprojection,
+    dpeephole)`` (None for what the layer does not have)."""
+    return _layer_backward(backend, dy, dh_last, dc_last, weight, projection, cache, peephole, options)
+
+
 def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any,
-                    cache: LSTMLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any, Any]:
+                    cache: LSTMLayerCache, peephole: Any = None, options: CellOptions = PLAIN) -> tuple[Any, ...]:
     xp = backend.xp
-    x, h_prevs, c_prevs, gate_steps, tanh_cs, step_mask = cache
+    x, h_prevs, c_prevs, gate_steps, tanh_cs, step_mask, kept = cache
+    if (kept is None) != (options == PLAIN):
+        raise LayerInputError("the cache was made with other cell options than this backward's")
     steps, batch, features, hidden = cache.dims()
     if projection is None and cache.output_size != hidden:
         raise LayerInputError("the cache was made by a projected layer; its backward needs the projection")
@@ -178,7 +215,7 @@ def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weigh
     projection_t = None if projection is None else projection.T
 
     dh_next, dc_next = dh_last, dc_last  # dL/dh_t and dL/dc_t arriving from step t+1
-    dz_steps, dh_outs = [], []
+    dz_steps, dh_outs, dpeephole = [], [], None
     for t in reversed(range(steps)):
         if step_mask is None:
             dh_new, dc_in = dy[t, ...] + dh_next, dc_next
@@ -188,7 +225,15 @@ def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weigh
         if projection_t is not None:  # dL/dh'_t reaches the cell's o ⊙ tanh(c_t) through W_hr
             dh_outs.append(dh_new)
             dh_new = dh_new @ projection_t
-        dz, dc_prev = cell.cell_backward(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...], tanh_cs[t, ...], gate)
+        if kept is None:
+            dz, dc_prev = cell.cell_backward(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...], tanh_cs[t, ...],
+                                             gate)
+        else:
+            step = VariantStep(kept.c_new[t, ...], None if kept.unclipped is None else kept.unclipped[t, ...])
+            dz, dc_prev, dp = cell.variant_cell_backward(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...],
+                                                         tanh_cs[t, ...], peephole, options, step)
+            if dp is not None:
+                dpeephole = dp if dpeephole is None else dpeephole + dp
         dh_prev = dz @ w_hidden_t
         if step_mask is not None:  # padded steps pass the state's gradient straight through
             dh_prev = dh_prev + (1 - real) * dh_next
@@ -206,4 +251,8 @@ def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weigh
         unprojected = gate_steps[..., 3 * hidden :] * tanh_cs  # o_t ⊙ tanh(c_t), what W_hr multiplied
         dprojection = (xp.reshape(unprojected, (steps * batch, hidden)).T
                        @ xp.reshape(xp.stack(dh_outs[::-1]), (steps * batch, cache.output_size)))
-    return dx, (dh_next, dc_next), dweight, dbias, dprojection
+    if options == PLAIN:
+        return dx, (dh_next, dc_next), dweight, dbias, dprojection
+    if options.peepholes and dpeephole is None:
+        dpeephole = xp.zeros_like(peephole)
+    return dx, (dh_next, dc_next), dweight, dbias, dprojection, dpeephole

@@ -1,0 +1,115 @@
+"""The LSTM variants (peepholes, input_forget, cell_clip) as cell options: exact gradients alone and combined with
+both directions, a projection, lengths and several layers, on every backend; what each option changes; and the
+fast paths that do not take them refuse them by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lstmx
+from lstmx import registry
+from lstmx.gradcheck import compare, finite_difference
+
+from .helpers import host, weighted_sum
+from .test_gradients import assert_rows_pass
+
+CASES = {
+    "peepholes": dict(peepholes=True),
+    "input_forget": dict(input_forget=True),
+    "cell_clip": dict(cell_clip=0.6),
+    "all-bidirectional-projected": dict(peepholes=True, input_forget=True, cell_clip=0.9, bidirectional=True,
+                                        proj_size=1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_variant_gradients_match_finite_differences(backend, case):
+    options = CASES[case]
+    rng = np.random.default_rng(11)
+    steps, batch, features, hidden = 4, 2, 2, 2
+    layers = 1 if "bidirectional" in options else 2  # two layers of both directions: tests/test_gradients.py
+    model = lstmx.LSTM(features, hidden, layers, backend=backend, dtype="float64", seed=3, **options)
+    # weights large enough that clipping bites somewhere, peepholes non-zero
+    host_params = {k: (rng.standard_normal(v.shape) * (2.0 if "weight" in k else 1.0)) for k, v in model.state_dict().items()}
+    dirs, width = model.stack.directions, model.stack.cell.output_size
+    inputs = {**host_params, "x": rng.standard_normal((steps, batch, features)),
+              "h0": rng.standard_normal((layers * dirs, batch, width)),
+              "c0": rng.standard_normal((layers * dirs, batch, hidden))}
+    weights = [rng.standard_normal((steps, batch, dirs * width)), rng.standard_normal((layers * dirs, batch, width)),
+               rng.standard_normal((layers * dirs, batch, hidden))]
+
+    def run(values):
+        model.params = {name: backend.asarray(values[name]) for name in model.params}
+        y, (h, c), cache = model.forward(backend.asarray(values["x"]),
+                                         (backend.asarray(values["h0"]), backend.asarray(values["c0"])), [4, 3])
+        return (y, h, c), cache
+
+    _, cache = run(inputs)
+    if "cell_clip" in options:  # the check covers clipped and unclipped entries
+        clipped = host(cache.layers[0][0].variant.unclipped)
+        assert 0 < clipped.mean() < 1
+    dy, dh, dc = (backend.asarray(w) for w in weights)
+    dx, (dh0, dc0), grads = model.backward(dy, cache, (dh, dc))
+    assert set(grads) == set(model.params)
+    numeric = finite_difference(lambda values: weighted_sum(backend, run(values)[0], weights), inputs, eps=1e-6)
+    assert_rows_pass(compare({**grads, "x": dx, "h0": dh0, "c0": dc0}, numeric))
+
+
+def one_step(**options):
+    model = lstmx.LSTM(1, 1, dtype="float64", **options)
+    params = {"weight_l0": np.array([[0.5, 1.0, 2.0, -1.0], [0.0, 0.0, 0.0, 0.0]]), "bias_l0": np.zeros(4)}
+    if options.get("peepholes"):
+        params["peephole_l0"] = np.array([0.3, -0.7, 1.1])
+    model.load_state_dict(params)
+    y, (h, c), _ = model.forward(np.ones((1, 1, 1)), (np.zeros((1, 1, 1)), np.full((1, 1, 1), 0.5)))
+    return float(h[0, 0, 0]), float(c[0, 0, 0])
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def test_each_option_changes_what_it_should():
+    """One unit, one step, by hand: peepholes add p_i·c_{t-1}, p_f·c_{t-1} and p_o·c_t (not c_{t-1}); the coupled
+    gate is f = 1 − i (not 1 − f or f); the clip bounds every gate's pre-activation."""
+    c_prev = 0.5
+    i, f, g, o = sigmoid(0.5), sigmoid(1.0), np.tanh(2.0), sigmoid(-1.0)
+    plain_c = f * c_prev + i * g
+    assert one_step() == pytest.approx((o * np.tanh(plain_c), plain_c), rel=1e-12)
+    pi, pf, po = sigmoid(0.5 + 0.3 * c_prev), sigmoid(1.0 - 0.7 * c_prev), None
+    peep_c = pf * c_prev + pi * g
+    po = sigmoid(-1.0 + 1.1 * peep_c)
+    assert one_step(peepholes=True) == pytest.approx((po * np.tanh(peep_c), peep_c), rel=1e-12)
+    coupled_c = (1 - i) * c_prev + i * g
+    assert one_step(input_forget=True) == pytest.approx((o * np.tanh(coupled_c), coupled_c), rel=1e-12)
+    ci, cf, cg, co = sigmoid(0.5), sigmoid(0.8), np.tanh(0.8), sigmoid(-0.8)
+    clip_c = cf * c_prev + ci * cg
+    assert one_step(cell_clip=0.8) == pytest.approx((co * np.tanh(clip_c), clip_c), rel=1e-12)
+
+
+@pytest.mark.parametrize("impl", [i for i in registry.LAYER_IMPLS if i.name != "generic"], ids=lambda i: i.name)
+def test_paths_that_take_no_option_refuse_it_by_name(impl):
+    model = lstmx.LSTM(2, 3, peepholes=True, cell_clip=2.0)
+    with pytest.raises(registry.LayerImplError, match=f"'{impl.name}' cannot run this call"):
+        model.forward(np.ones((2, 1, 2), np.float32), impl=impl.name)
+    assert model.forward(np.ones((2, 1, 2), np.float32))[2].impl == "generic"
+    if impl.backends == ("numpy",):
+        assert impl.refuses(model.backend, model.dtype, False, None, "lstm", ("peepholes",)) == "takes no peepholes"
+
+
+def test_variants_reach_the_command_line_and_checkpoints(tmp_path):
+    from lstmx.checkpoint import load_model
+    from lstmx.cli import main
+
+    from .test_checkpoint import TEXT
+
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    assert main(["train", str(text), "--steps", "2", "--batch-size", "2", "--seq-len", "8", "--hidden-size", "6",
+                 "--embedding-size", "4", "--peepholes", "--input-forget", "--cell-clip", "3", "--out",
+                 str(tmp_path / "r"), "--no-progress", "--sample-length", "0"]) == 0
+    model, _ = load_model(tmp_path / "r" / "last.npz")
+    assert model.cell_options == (True, True, 3.0) and "lstm.peephole_l0" in model.params
+    with pytest.raises(ValueError, match="cell_clip must be a finite number > 0"):
+        lstmx.LSTM(2, 3, cell_clip=-1.0)
