@@ -238,10 +238,8 @@ def test_every_flag_reaches_its_setting(config, field, tmp_path, monkeypatch):
     if field.name == "precision":
         assert model.precision == non_default(field)
     values = {"train": dataclasses.asdict(built["train"]), "data": dataclasses.asdict(built["data"]),
-              "model": {"embedding_size": model.embedding_size, "hidden_size": model.hidden_size,
-                        "num_layers": model.num_layers, "proj_size": model.proj_size, "dropout": model.dropout,
-                        "checkpoint_every": model.checkpoint_every,
-                        "dtype": model.dtype_name}}
+              "model": {f.name: {**model.config(), "dtype": model.dtype_name}[f.name]
+                        for f in dataclasses.fields(ModelConfig)}}
     group = {DataConfig: "data", ModelConfig: "model", TrainConfig: "train"}[config]
     expected = True if _is_bool(field) else _field_type(field)(non_default(field))
     assert values[group][field.name] == expected
