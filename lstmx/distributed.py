@@ -185,8 +185,19 @@ def agree(comm: Any, facts: dict[str, Any]) -> None:
     for rank, theirs in enumerate(everyone):
         for key in facts:
             if theirs.get(key) != everyone[0].get(key):
-                raise DistributedError(f"rank {rank} disagrees with rank 0 on {key}: {_short(theirs.get(key))} "
-                                       f"against {_short(everyone[0].get(key))}")
+                path, mine, first = _first_difference(theirs.get(key), everyone[0].get(key))
+                raise DistributedError(f"rank {rank} disagrees with rank 0 on {key}{path}: {_short(mine)} "
+                                       f"against {_short(first)}")
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any]:
+    """Where two JSON-able values first differ (a path like ``["config"]["hidden_size"]``), and the two values
+    there: the message names the setting, not a long record cut short."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}[{json.dumps(key)}]")
+    return path, a, b
 
 
 def _short(value: Any) -> str:
