@@ -65,11 +65,29 @@ def before_after_table(name: str, report: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def memory_table(name: str, report: dict[str, Any]) -> list[str]:
+    """A checkpoint_memory.py run: time and peak memory of one long-sequence step, plain against checkpointed."""
+    c = report["config"]
+    lines = [f"### `{name}`: one training step at T = {c['T']:,}, B = {c['B']}, D = H = {c['H']} (float32)", "",
+             machine_line(report["machine"]), "", "| column | s/step | peak MiB (what the step keeps and works in) |",
+             "|---|---|---|"]
+    for column, row in report["rows"].items():
+        lines.append(f"| {column} | {row['seconds']:.2f} | {row['peak_mib']:,.0f} |")
+    lines.append("")
+    lines.append("; ".join(f"{k}: {v:.2f}" for k, v in report["ratios"].items()))
+    return lines + [""]
+
+
 def generated() -> str:
     lines = [BEGIN, ""]
     for path in sorted(RESULTS.glob("*.json")):
         report = json.loads(path.read_text())
-        lines += before_after_table(path.stem, report) if "rows" in report else step_table(path.stem, report)
+        if isinstance(report.get("rows"), dict):
+            lines += memory_table(path.stem, report)
+        elif "rows" in report:
+            lines += before_after_table(path.stem, report)
+        else:
+            lines += step_table(path.stem, report)
     return "\n".join(lines + [END])
 
 

@@ -28,10 +28,12 @@ FORMAT = "lstmx-checkpoint"
 # 2: the JSON lists the arrays ("arrays": name → [shape, dtype])
 # Files of versions 1 and 2 still load: their models had none of version 3's options (:func:`model_config`).
 VERSION = 3
-_CELL_OPTIONS_BEFORE_VERSION_3 = {"peepholes": False, "input_forget": False, "cell_clip": None}
+_CELL_OPTIONS_BEFORE_VERSION_3 = {"peepholes": False, "input_forget": False, "cell_clip": None, "weight_drop": 0.0,
+                                  "locked_dropout": False}
 OPTIONS_BEFORE_VERSION_3 = {"LSTM": {"bidirectional": False, "proj_size": 0, "batch_first": False,
                                      "checkpoint_every": None, **_CELL_OPTIONS_BEFORE_VERSION_3},
-                            "LanguageModel": {"proj_size": 0, "checkpoint_every": None, **_CELL_OPTIONS_BEFORE_VERSION_3}}
+                            "LanguageModel": {"proj_size": 0, "checkpoint_every": None, **_CELL_OPTIONS_BEFORE_VERSION_3,
+                                              "embedding_dropout": 0.0, "tie_weights": False}}
 META_KEY = "__lstmx__.json"
 
 

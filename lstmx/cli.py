@@ -25,6 +25,7 @@ from .run_folder import RunFolder, RunFolderError, check_run_folder
 
 ABORT_GRACE_SECONDS = 1.0  # how long a failing rank lets the launcher pass its message on before MPI_Abort
 DEFAULT_OUT = Path("runs/default")
+AWD_SET = {"dropout": 0.4, "locked_dropout": True, "weight_drop": 0.5, "embedding_dropout": 0.1, "tie_weights": True}
 NONE_WORDS = ("none", "off")
 
 
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="data-parallel training across the ranks of an MPI launch (mpiexec -n N ...): mpi for CPU "
                           "processes (or GPUs staged through the host), nccl for one GPU per rank (default: none)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar or step lines")
+    run.add_argument("--awd", action="store_true",
+                     help="the AWD-LSTM regularisation set: --dropout 0.4 --locked-dropout --weight-drop 0.5 "
+                          "--embedding-dropout 0.1 --tie-weights (a flag given explicitly wins)")
     add_config_options(train.add_argument_group("data"), DataConfig)
     add_config_options(train.add_argument_group("model"), ModelConfig)
     add_config_options(train.add_argument_group("training"), TrainConfig)
@@ -197,6 +201,8 @@ def run_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, Trainer, resumable
 
     given_data, given_model, given_train = (_given(args, c) for c in (DataConfig, ModelConfig, TrainConfig))
+    if args.awd:
+        given_model = {**AWD_SET, **given_model}
     if args.epochs is not None and "steps" in given_train:
         raise OptionError("--steps and --epochs exclude each other: give one")
     comm = args.comm
@@ -216,6 +222,10 @@ def run_train(args: argparse.Namespace) -> int:
         data = DataConfig(**given_data)
         model_config = ModelConfig(**given_model)
         _refuse_ineffective_flags(given_data, data)
+    width = model_config.proj_size or model_config.hidden_size
+    if model_config.tie_weights and model_config.embedding_size != width:
+        raise OptionError(f"--tie-weights needs --embedding-size ({model_config.embedding_size}) equal to the LSTM's "
+                          f"output size ({width}: --proj-size, or --hidden-size without one)")
     if model_config.proj_size >= model_config.hidden_size:  # before any data is read
         raise OptionError(f"--proj-size must be below --hidden-size ({model_config.hidden_size}), got "
                           f"{model_config.proj_size} (0: no projection)")
@@ -262,7 +272,9 @@ def run_train(args: argparse.Namespace) -> int:
                                   model_config.num_layers, model_config.dropout, proj_size=model_config.proj_size,
                                   checkpoint_every=model_config.checkpoint_every, peepholes=model_config.peepholes,
                                   input_forget=model_config.input_forget, cell_clip=model_config.cell_clip,
-                                  backend=args.backend, dtype=model_config.dtype, seed=config.seed,
+                                  weight_drop=model_config.weight_drop, locked_dropout=model_config.locked_dropout,
+                                  embedding_dropout=model_config.embedding_dropout,
+                                  tie_weights=model_config.tie_weights, backend=args.backend, dtype=model_config.dtype, seed=config.seed,
                                   precision=config.precision)
         _check_implementations(model, batch_size, saved_config.get("optimizer", TrainConfig.optimizer))
 

@@ -20,6 +20,7 @@ from .cells import Cell, lstm_cell
 from .layers.cell import CellOptions
 from .layers import (
     IGNORE_INDEX,
+    dropout_mask,
     cross_entropy_forward,
     dropout_backward,
     dropout_forward,
@@ -99,9 +100,42 @@ class Stack(NamedTuple):
         chosen = registry.choose_layer_impl(model.backend, x.dtype, lengths is not None, impl,
                                             (batch, self.cell.hidden_size), self.cell.kind, self.cell.options.names())
         step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
-        return stack_forward(model.backend, self.cell, chosen.name, chosen.load(), self.layer_params(model.params),
-                             x, initial, step_mask, dropout_masks, self.reversal(model.backend, steps, batch, lengths),
-                             model.checkpoint_every)
+        layers = self.layer_params(model.params)
+        weight_masks = self._weight_masks(model)
+        y, final, cache = stack_forward(model.backend, self.cell, chosen.name, chosen.load(),
+                                        self._dropped(layers, weight_masks), x, initial, step_mask, dropout_masks,
+                                        self.reversal(model.backend, steps, batch, lengths), model.checkpoint_every)
+        if weight_masks is not None:  # the cache names the parameters themselves, and the masks
+            cache = cache._replace(layer_params=tuple(tuple(tuple(p) for p in layer) for layer in layers),
+                                   weight_masks=weight_masks)
+        return y, final, cache
+
+    def _weight_masks(self, model: Module) -> tuple[tuple[Any, ...], ...] | None:
+        """DropConnect (``weight_drop``, training only): one mask per layer and direction on the recurrent rows
+        W_h of its weight, drawn on the host, {0, 1/(1 − p)}."""
+        p = getattr(model, "weight_drop", 0.0)
+        if not model.training or not p:
+            return None
+        shape = (self.cell.output_size, 4 * self.cell.hidden_size)
+        return tuple(tuple(dropout_mask(model.backend, model.dropout_rng, shape, p, model.dtype)
+                           for _ in range(self.directions)) for _ in range(self.num_layers))
+
+    def _dropped(self, layers: Any, masks: tuple[tuple[Any, ...], ...] | None) -> Any:
+        """The layers' parameters with W_h ⊙ mask in place of W_h (the weight every implementation then runs)."""
+        if masks is None:
+            return layers
+        dropped = []
+        for k, layer in enumerate(layers):
+            rows = self.layer_input_size(k)
+            dropped.append([(self._concat(params[0][:rows, ...], params[0][rows:, ...] * masks[k][d]),
+                             *params[1:]) for d, params in enumerate(layer)])
+        return dropped
+
+    @staticmethod
+    def _concat(top: Any, bottom: Any) -> Any:
+        import array_api_compat
+
+        return array_api_compat.array_namespace(top).concat([top, bottom], axis=0)
 
     def infer(self, model: Module, x: Any, state: State | None, lengths: np.ndarray | None,
               impl: str | None) -> tuple[Any, State]:
@@ -118,8 +152,22 @@ class Stack(NamedTuple):
         """Mirror of :meth:`forward`: ``(dx, (dh0, dc0), grads by parameter name)``; ``dstate`` checked here."""
         final = model._initial_state(dstate, self.state_shapes(cache.batch), "dstate")
         kernel = registry.layer_impl(cache.impl).load()
-        dx, dstate0, layer_grads = stack_backward(model.backend, self.cell, kernel, dy, final, cache)
+        masks = cache.weight_masks
+        ran = cache if masks is None else cache._replace(layer_params=tuple(
+            tuple(tuple(p) for p in layer) for layer in self._dropped(cache.layer_params, masks)))
+        dx, dstate0, layer_grads = stack_backward(model.backend, self.cell, kernel, dy, final, ran)
+        if masks is not None:  # dL/dW_h = dL/d(W_h ⊙ mask) ⊙ mask
+            for k, layer in enumerate(layer_grads):
+                rows = self.layer_input_size(k)
+                layer_grads[k] = [(self._concat(g[0][:rows, ...], g[0][rows:, ...] * masks[k][d]), *g[1:])
+                                  for d, g in enumerate(layer)]
         return dx, dstate0, self.named_grads(layer_grads)
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+    return float(value)
 
 
 def _check_checkpoint_every(value: Any) -> int | None:
@@ -183,6 +231,8 @@ class LSTM(Module):
         peepholes: bool = False,
         input_forget: bool = False,
         cell_clip: float | None = None,
+        weight_drop: float = 0.0,
+        locked_dropout: bool = False,
         checkpoint_every: int | None = None,
         backend: Any = "numpy",
         dtype: Any = "float32",
@@ -192,6 +242,9 @@ class LSTM(Module):
         _check_positive(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         self.checkpoint_every = _check_checkpoint_every(checkpoint_every)
         self.cell_options = _cell_options(peepholes, input_forget, cell_clip)
+        self.weight_drop = _check_fraction("weight_drop", weight_drop)
+        _check_flags(locked_dropout=locked_dropout)
+        self.locked_dropout = bool(locked_dropout)
         _check_proj_size(proj_size, hidden_size)
         _check_flags(bidirectional=bidirectional, batch_first=batch_first)
         super().__init__(backend, dtype, seed, dropout, precision)
@@ -213,7 +266,7 @@ class LSTM(Module):
         return {"input_size": self.input_size, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "dropout": self.dropout, "bidirectional": self.bidirectional, "proj_size": self.proj_size,
                 "batch_first": self.batch_first, "checkpoint_every": self.checkpoint_every,
-                **self.cell_options._asdict()}
+                **self.cell_options._asdict(), "weight_drop": self.weight_drop, "locked_dropout": self.locked_dropout}
 
     def _time_major(self, name: str, values: Any, features: int, steps: int | None = None,
                     batch: int | None = None) -> Any:
@@ -300,6 +353,7 @@ class LanguageModelCache(NamedTuple):
     lstm: LSTMCache
     output_dropout: Any  # mask on the LSTM output before the head, or None
     head: LinearCache
+    embedding_mask: Any = None  # (V, 1) embedding-dropout mask, or None
 
 
 class LossOutput(NamedTuple):
@@ -333,6 +387,10 @@ class LanguageModel(Module):
         peepholes: bool = False,
         input_forget: bool = False,
         cell_clip: float | None = None,
+        weight_drop: float = 0.0,
+        locked_dropout: bool = False,
+        embedding_dropout: float = 0.0,
+        tie_weights: bool = False,
         checkpoint_every: int | None = None,
         backend: Any = "numpy",
         dtype: Any = "float32",
@@ -343,6 +401,15 @@ class LanguageModel(Module):
                         num_layers=num_layers)
         self.checkpoint_every = _check_checkpoint_every(checkpoint_every)
         self.cell_options = _cell_options(peepholes, input_forget, cell_clip)
+        self.weight_drop = _check_fraction("weight_drop", weight_drop)
+        self.embedding_dropout = _check_fraction("embedding_dropout", embedding_dropout)
+        _check_flags(locked_dropout=locked_dropout, tie_weights=tie_weights)
+        self.locked_dropout, self.tie_weights = bool(locked_dropout), bool(tie_weights)
+        width = proj_size or hidden_size
+        if self.tie_weights and embedding_size != width:
+            raise ValueError(f"tie_weights needs embedding_size = the LSTM's output size (proj_size or hidden_size), "
+                             f"got {embedding_size} and {width}; set proj_size={embedding_size} or "
+                             f"embedding_size={width}")
         _check_proj_size(proj_size, hidden_size)
         if bidirectional is not False:
             raise ValueError("bidirectional must be False for a LanguageModel: a causal language model cannot look "
@@ -356,7 +423,13 @@ class LanguageModel(Module):
         host = {"embedding.weight": init.embedding(rng, self.vocab_size, self.embedding_size)}
         host.update(self.stack.init_params(rng))
         host["head.weight"], host["head.bias"] = init.linear(rng, self.output_size, self.vocab_size)
+        if self.tie_weights:  # the head multiplies by the embedding's transpose: one matrix, two uses
+            del host["head.weight"]
         self._set_host_params(host)
+
+    def _head_weight(self) -> Any:
+        """The head's (R, V) matrix: its own, or the embedding's transpose when the weights are tied."""
+        return self.params["embedding.weight"].T if self.tie_weights else self.params["head.weight"]
 
     @property
     def output_size(self) -> int:
@@ -366,7 +439,9 @@ class LanguageModel(Module):
     def config(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers, "dropout": self.dropout,
-                "proj_size": self.proj_size, "checkpoint_every": self.checkpoint_every, **self.cell_options._asdict()}
+                "proj_size": self.proj_size, "checkpoint_every": self.checkpoint_every, **self.cell_options._asdict(),
+                "weight_drop": self.weight_drop, "locked_dropout": self.locked_dropout,
+                "embedding_dropout": self.embedding_dropout, "tie_weights": self.tie_weights}
 
     def forward(
         self, tokens: Any, state: State | None = None, lengths: Any = None, *, check_input: bool = True,
@@ -389,7 +464,7 @@ class LanguageModel(Module):
         with self._matmuls():
             vectors, _ = embedding_forward(self.backend, tokens, self.params["embedding.weight"])
             y, final = self.stack.infer(self, vectors, state, host_lengths, impl)
-            logits, _ = linear_forward(self.backend, y, self.params["head.weight"], self.params["head.bias"])
+            logits, _ = linear_forward(self.backend, y, self._head_weight(), self.params["head.bias"])
         return logits, final
 
     def _lengths(self, tokens: Any, lengths: Any, check_input: bool) -> np.ndarray | None:
@@ -407,17 +482,28 @@ class LanguageModel(Module):
         caller hand slices of one batch's masks to several forwards (``dropout_masks=``)."""
         return self._dropout_masks((steps, batch, self.output_size), self.num_layers)
 
+    def _embedding_mask(self) -> Any:
+        """Embedding dropout (training only): whole tokens dropped, one (V, 1) mask of {0, 1/(1 − p)} per
+        forward; None otherwise."""
+        if not self.training or not self.embedding_dropout:
+            return None
+        return dropout_mask(self.backend, self.dropout_rng, (self.vocab_size, 1), self.embedding_dropout, self.dtype)
+
     def _forward(self, tokens: Any, state: State | None, lengths: np.ndarray | None, impl: str | None,
                  dropout_masks: Sequence[Any] | None = None) -> tuple[Any, State, LanguageModelCache]:
         steps, batch = tokens.shape
-        vectors, embedding_cache = embedding_forward(self.backend, tokens, self.params["embedding.weight"])
+        embedding_mask = self._embedding_mask()
+        table = self.params["embedding.weight"]
+        vectors, embedding_cache = embedding_forward(self.backend, tokens,
+                                                     table if embedding_mask is None else table * embedding_mask)
         masks = self._given_masks(dropout_masks, steps, batch) if dropout_masks is not None else \
             self.draw_dropout_masks(steps, batch)
         y, final, lstm_cache = self.stack.forward(self, vectors, state, lengths, masks[:-1], impl)
         logits, head_cache = linear_forward(
-            self.backend, dropout_forward(y, masks[-1]), self.params["head.weight"], self.params["head.bias"]
+            self.backend, dropout_forward(y, masks[-1]), self._head_weight(), self.params["head.bias"]
         )
-        cache = LanguageModelCache(tuple(self.params.values()), embedding_cache, lstm_cache, masks[-1], head_cache)
+        cache = LanguageModelCache(tuple(self.params.values()), embedding_cache, lstm_cache, masks[-1], head_cache,
+                                   embedding_mask)
         return logits, final, cache
 
     def _given_masks(self, masks: Sequence[Any], steps: int, batch: int) -> tuple[Any, ...]:
@@ -425,8 +511,8 @@ class LanguageModel(Module):
             raise ValueError(f"dropout_masks must hold {self.num_layers} masks (one per layer), got {len(masks)}")
         for k, mask in enumerate(masks):
             if mask is not None:
-                check_float_array(self.backend, f"dropout_masks[{k}]", mask, (steps, batch, self.output_size),
-                                  self.dtype)
+                check_float_array(self.backend, f"dropout_masks[{k}]", mask,
+                                  (1 if self.locked_dropout else steps, batch, self.output_size), self.dtype)
         return tuple(masks)
 
     def backward(
@@ -444,12 +530,17 @@ class LanguageModel(Module):
             return self._backward(dlogits, cache, dstate)
 
     def _backward(self, dlogits: Any, cache: LanguageModelCache, dstate: State | None) -> tuple[dict[str, Any], State]:
-        dy, dhead_weight, dhead_bias = linear_backward(self.backend, dlogits, self.params["head.weight"], cache.head)
+        dy, dhead_weight, dhead_bias = linear_backward(self.backend, dlogits, self._head_weight(), cache.head)
         dvectors, dstate0, grads = self.stack.backward(self, dropout_backward(dy, cache.output_dropout), cache.lstm,
                                                        dstate)
         _, scatter_add = registry.choose_scatter_add(self.backend, self.vocab_size)
-        grads = {"embedding.weight": embedding_backward(self.backend, dvectors, cache.embedding, scatter_add),
-                 **grads, "head.weight": dhead_weight, "head.bias": dhead_bias}
+        dtable = embedding_backward(self.backend, dvectors, cache.embedding, scatter_add)
+        if cache.embedding_mask is not None:
+            dtable = dtable * cache.embedding_mask
+        if self.tie_weights:  # the embedding is used twice: its gradient is the sum of both uses
+            grads = {"embedding.weight": dtable + dhead_weight.T, **grads, "head.bias": dhead_bias}
+        else:
+            grads = {"embedding.weight": dtable, **grads, "head.weight": dhead_weight, "head.bias": dhead_bias}
         return grads, dstate0
 
     def loss(
@@ -483,12 +574,12 @@ class LanguageModel(Module):
 
     def _loss(self, inputs: Any, targets: Any, state: State | None, lengths: np.ndarray | None, ignore_index: int,
               grads: bool, impl: str | None, dropout_masks: Sequence[Any] | None, loss_impl: str | None) -> LossOutput:
-        if grads or (self.training and self.dropout):
+        if grads or (self.training and (self.dropout or self.weight_drop or self.embedding_dropout)):
             logits, final, cache = self._forward(inputs, state, lengths, impl, dropout_masks)
         else:  # nothing to backpropagate and no dropout to draw: keep nothing
             vectors, _ = embedding_forward(self.backend, inputs, self.params["embedding.weight"])
             y, final = self.stack.infer(self, vectors, state, lengths, impl)
-            logits, _ = linear_forward(self.backend, y, self.params["head.weight"], self.params["head.bias"])
+            logits, _ = linear_forward(self.backend, y, self._head_weight(), self.params["head.bias"])
         xp = self.backend.xp
         flat_targets = xp.reshape(targets, (-1,))
         if lengths is not None:  # steps past a sequence's length do not count

@@ -97,10 +97,14 @@ class Module:
         self._set_host_params(host)
         return self
 
+    locked_dropout = False  # one dropout mask per sequence, the same at every step (set by the models)
+
     def _dropout_masks(self, shape: tuple[int, ...], count: int) -> tuple[Any, ...]:
+        """Masks for (T, B, F) activations; with ``locked_dropout`` each is (1, B, F), the same at every step."""
         if not self.training or self.dropout == 0.0:
             return (None,) * count
-        return tuple(dropout_mask(self.backend, self.dropout_rng, shape, self.dropout, self.dtype) for _ in range(count))
+        drawn = (1, *shape[1:]) if self.locked_dropout else shape
+        return tuple(dropout_mask(self.backend, self.dropout_rng, drawn, self.dropout, self.dtype) for _ in range(count))
 
     def _check_cache_owner(self, cached_params: tuple[Any, ...]) -> None:
         """Refuse a cache whose forward ran on other parameter arrays: another model's, or this model's before

@@ -139,6 +139,13 @@ class ModelConfig:
     input_forget: bool = option(False, "couple the forget gate to the input gate: f = 1 - i (ONNX's input_forget)")
     cell_clip: float | None = option(None, "clip every gate's pre-activation to [-C, C] (ONNX's clip)", POSITIVE,
                                      optional=True)
+    weight_drop: float = option(0.0, "DropConnect on the recurrent weights W_h, one mask per forward (AWD-LSTM)",
+                                FRACTION)
+    locked_dropout: bool = option(False, "dropout with one mask per sequence, the same at every step (AWD-LSTM)")
+    embedding_dropout: float = option(0.0, "drop whole tokens of the embedding, one mask per forward (AWD-LSTM)",
+                                      FRACTION)
+    tie_weights: bool = option(False, "the output layer multiplies by the embedding's transpose (needs "
+                                      "--embedding-size = --proj-size or --hidden-size)")
     checkpoint_every: int | None = option(None, "keep the LSTM state every K steps and recompute the rest in the "
                                                 "backward (memory O(T/K + K) instead of O(T); exact gradients)",
                                           POSITIVE_INT, optional=True)

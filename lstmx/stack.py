@@ -81,6 +81,7 @@ class StackCache(NamedTuple):
     batch: int
     step_mask: Any = None  # kept when checkpointed: the segments are run again
     layer_inputs: tuple[Any, ...] | None = None  # each layer's input, when checkpointed (layers hold Segments)
+    weight_masks: tuple[tuple[Any, ...], ...] | None = None  # [layer][direction] DropConnect masks on W_h, or None
 
     def parameter_arrays(self) -> tuple[Any, ...]:
         """Every parameter array the forward used, flat (what a model compares with its current ones)."""

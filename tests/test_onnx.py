@@ -197,3 +197,14 @@ def test_lstmx_export_writes_a_checkpoints_model(tmp_path, capsys):
     assert (tmp_path / "m.onnx").is_file() and "wrote" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "none.npz"), str(tmp_path / "x.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_tied_awd_language_model_exports_in_evaluation_mode(tmp_path):
+    model = lstmx.LanguageModel(11, 4, 6, 2, proj_size=4, dropout=0.4, weight_drop=0.5, locked_dropout=True,
+                                embedding_dropout=0.1, tie_weights=True, seed=6)
+    with pytest.raises(OnnxError, match="proj_size must be 0"):
+        export(model, tmp_path / "p.onnx")
+    tied = lstmx.LanguageModel(11, 6, 6, 2, dropout=0.4, weight_drop=0.5, tie_weights=True, seed=6).eval()
+    path = export(tied, tmp_path / "tied.onnx")
+    tokens = np.random.default_rng(6).integers(0, 11, (5, 2))
+    np.testing.assert_allclose(tied.forward(tokens)[0], run(path, {"tokens": tokens})[0], atol=TOLERANCE, rtol=0)

@@ -151,7 +151,8 @@ def export(model: LSTM | LanguageModel, path: str | os.PathLike, *, with_state: 
         nodes.append(helper.make_node("Concat", [f"{part}_l{k}" for k in range(layers)], [part], axis=0))
     width = directions * hidden
     if language:
-        nodes += [helper.make_node("MatMul", [f"layer_input_{layers}", constant("head.weight", params["head.weight"])],
+        head_weight = host(model._head_weight())  # with tied weights, the embedding's transpose
+        nodes += [helper.make_node("MatMul", [f"layer_input_{layers}", constant("head.weight", head_weight)],
                                    ["head_product"]),
                   helper.make_node("Add", ["head_product", constant("head.bias", params["head.bias"])], ["logits"])]
         outputs = [helper.make_tensor_value_info("logits", elem, ["T", "B", model.vocab_size])]

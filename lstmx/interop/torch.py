@@ -132,6 +132,9 @@ def lstm_from_torch(state_dict: Mapping[str, Any], *, batch_first: bool = False,
 
 
 def _model_layout(model: LSTM | LanguageModel, bias: bool) -> TorchLayout:
+    used = model.cell_options.names()
+    if used:
+        raise ValueError(f"{', '.join(used)} cannot be exported to PyTorch: nn.LSTM has no such option")
     input_size = model.input_size if isinstance(model, LSTM) else model.embedding_size
     return TorchLayout(input_size, model.hidden_size, model.num_layers, getattr(model, "bidirectional", False),
                        model.proj_size, bias)
@@ -169,6 +172,6 @@ def language_model_to_torch(model: LanguageModel, *, embedding: str = "embedding
     """The inverse of :func:`language_model_from_torch`."""
     state = {embedding: host(model.params["embedding.weight"])}
     state.update(lstm_params_to_torch(model.params, _model_layout(model, True), lstm, source_prefix="lstm."))
-    state[f"{head}weight"] = np.ascontiguousarray(host(model.params["head.weight"]).T)
+    state[f"{head}weight"] = np.ascontiguousarray(host(model._head_weight()).T)  # tied: the embedding itself
     state[f"{head}bias"] = host(model.params["head.bias"])
     return state
