@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (no package index there): install the carried wheels, then run what is asked:
-#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|bench-f64|tune|tune-tf32|lm|lm-fused|lm-graph|sanitize
+#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|bench-f64|bench-bidirectional|tune|tune-tf32|lm|lm-fused|lm-graph|sanitize
 #   (several words run in order)
 # Wheels missing from the GPU image (array-api-compat) travel in .whl/ (see README, "GPU machine").
 # A kernel that never returns (a grid barrier some block never reaches) hangs its process: every step runs under
@@ -14,7 +14,7 @@
 # so one broken path does not stall or poison (a CUDA error sticks to the process) the others' results.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-STEPS="smoke tests fast-tests check bench bench-f64 tune tune-tf32 lm lm-fused lm-graph sanitize"
+STEPS="smoke tests fast-tests check bench bench-f64 bench-bidirectional tune tune-tf32 lm lm-fused lm-graph sanitize"
 for what in "$@"; do  # a misspelt step is refused before any runs (not found out after the others spent the call)
     case " $STEPS " in *" $what "*) ;; *) echo "gpu_session.sh: error: unknown step '$what' (steps: $STEPS)"; exit 2 ;; esac
 done
@@ -73,6 +73,11 @@ for what in "$@"; do
             step "$what" "${STEP_TIMEOUT:-540}" python3 bench/gpu_vs_cpu.py --no-cpu --dtype $dtype --repeats $repeats \
                 $(for impl in $(left_out); do echo "--skip-impl $impl"; done) 2>&1 | tee "$OUT/$what.log" | grep -v "^  ("
             cp bench/results/$name.* "$OUT/" 2>/dev/null ;;
+        bench-bidirectional)  # both directions against cuDNN's bidirectional LSTM, on the issue's row
+            step "$what" "${STEP_TIMEOUT:-540}" python3 bench/gpu_vs_cpu.py --no-cpu --bidirectional --configs 64,100,256,256 \
+                16,200,128,128 --repeats 9 $(for impl in $(left_out); do echo "--skip-impl $impl"; done) 2>&1 \
+                | tee "$OUT/$what.log" | grep -v "^  ("
+            cp bench/results/gpu_vs_cpu_bidirectional.* "$OUT/" 2>/dev/null ;;
         tune) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/tune_tiled.py 2>&1 | tee "$OUT/tune.log"; cp bench/results/tune_tiled.json "$OUT/" 2>/dev/null ;;
         tune-tf32) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/tune_tiled.py --precision tf32 2>&1 | tee "$OUT/tune-tf32.log"; cp bench/results/tune_tiled_tf32.json "$OUT/" 2>/dev/null ;;
         lm) step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy ${LM_ARGS:-} 2>&1 | tee "$OUT/lm.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/" 2>/dev/null ;;
