@@ -321,6 +321,7 @@ def _train_in(folder: RunFolder, args: argparse.Namespace, resumed: Any, model: 
     trainer.text_fingerprint = fingerprint
     say(f"{trainer.model.num_parameters():,} parameters on {trainer.model.backend.name}; training to step "
         f"{trainer.config.steps} (from step {trainer.step}); writing to {out}")
+    say(f"plan: {trainer.plan.describe()}")
     try:
         records = trainer.run()
     except KeyboardInterrupt as interrupt:

@@ -16,6 +16,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .backend import is_host, to_numpy
 from .data import CharVocab, Split, StreamBatches, vocab_from_config
+from .plan import resolve_plan
 from .distributed import SingleProcess, agree, fingerprint, flatten, shard, unflatten
 from .models import LanguageModel
 from .precision import PRECISIONS
@@ -116,6 +117,9 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer, model, schedule, **_optimizer_options(config))
         self.read_every = 1 if is_host(model.backend) else config.log_every
         self.shards = self._micro_batches(config.batch_size)
+        # every choice resolved once, here, for the largest micro-batch, and passed down at each step (lstmx.plan)
+        self.plan = resolve_plan(model, type(self.optimizer), max(b - a for a, b in self.shards),
+                                 update=self.optimizer.impl)
         if self.comm.size > 1:
             self._join_ranks(split)
         self.step = 0
@@ -160,14 +164,15 @@ class Trainer:
         model, backend = self.model, self.model.backend
         if not self._shared():
             output = model.loss(window.inputs, window.targets, None if self.state is None else self.state[0],
-                                check_input=False)
+                                check_input=False, impl=self.plan.layer, loss_impl=self.plan.loss)
             return output.loss, output.grads, [output.state]
         masks = model.draw_dropout_masks(window.inputs.shape[0], self.config.batch_size)
         loss, grads, states = None, None, []
         for k, (start, stop) in enumerate(self.shards):
             output = model.loss(window.inputs[:, start:stop], window.targets[:, start:stop],
                                 None if self.state is None else self.state[k], check_input=False,
-                                dropout_masks=[m if m is None else m[:, start:stop, :] for m in masks])
+                                dropout_masks=[m if m is None else m[:, start:stop, :] for m in masks],
+                                impl=self.plan.layer, loss_impl=self.plan.loss)
             weight = (stop - start) / self.config.batch_size
             part = {name: g * weight for name, g in output.grads.items()}
             grads = part if grads is None else {name: grads[name] + g for name, g in part.items()}
@@ -188,7 +193,7 @@ class Trainer:
             grads = clip_grad_value(self.model.backend, grads, self.config.clip_value)
         norm = None
         if self.config.clip_norm is not None:
-            grads, norm = clip_grad_norm(self.model.backend, grads, self.config.clip_norm, impl=self.optimizer.impl)
+            grads, norm = clip_grad_norm(self.model.backend, grads, self.config.clip_norm, impl=self.plan.update)
         self._pending.append((self.step + 1, loss, norm))
         if self.read_every == 1:
             self.read_losses()  # on the host a read costs nothing, and a bad step stops before its update
@@ -231,7 +236,7 @@ class Trainer:
             for index in range(min(limit, len(batches))):
                 window = batches.window(index)
                 output = self.model.loss(window.inputs[:, start:stop], window.targets[:, start:stop], state,
-                                         grads=False, check_input=False)
+                                         grads=False, check_input=False, impl=self.plan.layer)
                 tokens = int(np.prod(window.targets.shape))  # every rank's: the loss below is weighted by its share
                 part = output.loss * (tokens * (stop - start) / batches.batch_size)
                 total = part if total is None else total + part

@@ -885,13 +885,13 @@ def test_the_language_model_recipe_trains_through_every_cupy_path_as_through_the
     results = {}
     for layer, fused in (("generic", "generic"), (on_numpy("cupy-graph"), "cupy-fused")):
         model = lstmx.LanguageModel(len(vocab), 5, 8, 2, 0.25, backend="numpy", dtype="float64", seed=1)
-        with registry.use_update_impl(fused):
+        with registry.use_update_impl(fused), lstmx.use_layer_impl(layer), registry.use_loss_impl(fused):
             trainer = Trainer(model, vocab, split, config, tmp_path / layer, progress=False)
-        assert trainer.optimizer.impl == fused
-        with lstmx.use_layer_impl(layer), registry.use_loss_impl(fused):
-            for _ in range(4):
-                trainer.train_step()
-            results[layer] = (trainer.take_losses(), trainer.evaluate()["val_loss"], model.state_dict())
+        assert trainer.optimizer.impl == fused  # the requests are read once, into the trainer's plan
+        assert (trainer.plan.layer, trainer.plan.loss, trainer.plan.update) == (layer, fused, fused)
+        for _ in range(4):
+            trainer.train_step()
+        results[layer] = (trainer.take_losses(), trainer.evaluate()["val_loss"], model.state_dict())
     (losses, val_loss, state), (expected_losses, expected_val, expected_state) = results["cupy-graph"], results["generic"]
     np.testing.assert_allclose(losses, expected_losses, rtol=1e-12)
     np.testing.assert_allclose(val_loss, expected_val, rtol=1e-12)

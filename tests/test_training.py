@@ -249,3 +249,33 @@ def test_sample_streams_its_text_and_makes_several_samples_in_one_batch(tmp_path
     printed = capsys.readouterr().out
     assert "--- sample 1 of 2 (seed 5) ---" in printed and "--- sample 2 of 2 (seed 6) ---" in printed
     assert main(["sample", str(out / "last.npz"), "--num-samples", "0"]) == 2
+
+
+def test_the_trainer_resolves_its_plan_once_and_passes_it_down(tmp_path, monkeypatch):
+    """The layer, loss, update and scatter choices are made when the trainer is built (from the requests then);
+    a context entered later, or an environment variable set later, changes nothing; each step passes the plan's
+    names down explicitly."""
+    from lstmx import registry
+    from lstmx.train import Trainer
+
+    from .test_checkpoint import small_trainer
+
+    with registry.use_layer_impl("numpy"):
+        trainer, _ = small_trainer(tmp_path, steps=2)
+    assert trainer.plan.layer == "numpy" and trainer.plan.update == trainer.optimizer.impl
+    seen = []
+    real = type(trainer.model).loss
+
+    def recording(self, *args, **options):
+        seen.append((options.get("impl"), options.get("loss_impl")))
+        return real(self, *args, **options)
+
+    monkeypatch.setattr(type(trainer.model), "loss", recording)
+    monkeypatch.setenv("LSTMX_LAYER_IMPL", "generic")
+    with registry.use_layer_impl("generic"):
+        trainer.train_step()
+    assert seen == [("numpy", trainer.plan.loss)]
+    assert "layers numpy" in trainer.plan.describe()
+    with pytest.raises(registry.LayerImplError, match="'cupy-graph' cannot run this call"):
+        with registry.use_layer_impl("cupy-graph"):
+            small_trainer(tmp_path / "other", steps=2)
