@@ -247,7 +247,8 @@ def test_every_flag_reaches_its_setting(config, field, tmp_path, monkeypatch):
     assert others == {k: v for k, v in dataclasses.asdict(config()).items() if k in others}
 
 
-NEEDS = {"unk": ["--level", "word"], "min_count": ["--level", "word", "--unk"]}
+NEEDS = {"unk": ["--level", "word"], "min_count": ["--level", "word", "--unk"],
+         "tie_weights": ["--embedding-size", "256"]}  # = the default hidden size
 
 
 def _flag_of(name: str) -> str:
