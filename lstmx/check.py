@@ -60,7 +60,11 @@ def stack_gradient_checks(backend_name: str, tolerance: float) -> list[CheckResu
     results = []
     for label, options in (("bidirectional LSTM", dict(bidirectional=True, proj_size=0)),
                            ("LSTMP (proj_size)", dict(bidirectional=False, proj_size=2)),
-                           ("bidirectional LSTMP", dict(bidirectional=True, proj_size=2))):
+                           ("bidirectional LSTMP", dict(bidirectional=True, proj_size=2)),
+                           ("LSTM variants", dict(bidirectional=True, proj_size=0, peepholes=True,
+                                                  input_forget=True, cell_clip=1.0)),
+                           ("weight drop", dict(bidirectional=False, proj_size=0, weight_drop=0.4,
+                                                locked_dropout=True))):
         rows = check_lstm(backend_name, **options)
         worst = max(rows, key=lambda r: r.max_relative_error)
         results.append(CheckResult(f"gradients {label} (float64)", backend_name, worst.max_relative_error, tolerance,
