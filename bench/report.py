@@ -78,11 +78,39 @@ def memory_table(name: str, report: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def generation_table(name: str, report: dict[str, Any]) -> list[str]:
+    """A generate_vs_torch.py run: tokens/s and GFLOP/s per number of samples, lstmx against PyTorch's loop."""
+    m = report["model"]
+    lines = [f"### `{name}`: generation, {report['tokens']} tokens per sample (V {m['V']}, E {m['E']}, H {m['H']})",
+             "", machine_line(report["machine"]), "",
+             "| samples | lstmx tokens/s | PyTorch tokens/s | lstmx / PyTorch | lstmx GFLOP/s |", "|---|---|---|---|---|"]
+    for samples, row in report["samples"].items():
+        torch_rate = row.get("torch", {}).get("tokens_per_s")
+        ratio = row.get("lstmx / torch")
+        lines.append(f"| {samples} | {row['lstmx']['tokens_per_s']:,.0f} | "
+                     f"{'–' if torch_rate is None else f'{torch_rate:,.0f}'} | {'–' if ratio is None else f'{ratio:.2f}'}"
+                     f" | {row['lstmx']['gflops']:.2f} |")
+    return lines + [""]
+
+
+def runs_table(name: str, report: dict[str, Any]) -> list[str]:
+    """Whole training runs compared at the same step."""
+    lines = [f"### `{name}`: {report['what']}", "", machine_line(report["machine"]), "", report["how"], "",
+             "| run | step | validation loss (nats/token) | perplexity |", "|---|---|---|---|"]
+    for row in report["runs"]:
+        lines.append(f"| `{row['run']}` | {row['step']} | {row['val_loss']:.4f} | {row['val_ppl']:.2f} |")
+    return lines + [""]
+
+
 def generated() -> str:
     lines = [BEGIN, ""]
     for path in sorted(RESULTS.glob("*.json")):
         report = json.loads(path.read_text())
-        if isinstance(report.get("rows"), dict):
+        if "samples" in report:
+            lines += generation_table(path.stem, report)
+        elif "runs" in report:
+            lines += runs_table(path.stem, report)
+        elif isinstance(report.get("rows"), dict):
             lines += memory_table(path.stem, report)
         elif "rows" in report:
             lines += before_after_table(path.stem, report)

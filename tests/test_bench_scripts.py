@@ -196,3 +196,18 @@ def test_the_gpu_session_runs_the_sanitizer_over_each_listed_path_and_tool(tmp_p
         "--tool|racecheck|--error-exitcode|9|--print-limit|20|python3|bench/gpu_sanitize.py|--impl|cupy-tiled|",
         "--tool|memcheck|--error-exitcode|9|--print-limit|20|python3|bench/gpu_sanitize.py|--impl|cupy-graph|--fused|"]
     assert "sanitize tiled:racecheck: rc 0; ERROR SUMMARY: 0 errors; 1 pass, 0 FAIL" in done.stdout
+
+
+def test_the_memory_and_generation_benchmarks_run_on_a_tiny_problem(run, tmp_path, capsys):
+    """bench/checkpoint_memory.py and bench/generate_vs_torch.py run, print their tables and write their JSON;
+    docs/benchmarks.md renders the checkpoint run's JSON (bench/report.py)."""
+    import json
+
+    run("checkpoint_memory", "--steps", "60", "--batch", "2", "--hidden", "8", "--every", "10", "--repeats", "1")
+    report = json.loads((tmp_path / "checkpoint_memory.json").read_text())
+    assert set(report["rows"]) == {"plain", "checkpoint_every=10"} and report["ratios"]["memory plain / checkpointed"] > 1
+    run("generate_vs_torch", "--tokens", "5", "--samples", "1", "3", "--rounds", "1")
+    report = json.loads((tmp_path / "generate_vs_torch.json").read_text())
+    assert set(report["samples"]) == {"1", "3"} and report["samples"]["3"]["lstmx"]["tokens_per_s"] > 0
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and "peak MiB" in out

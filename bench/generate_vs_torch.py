@@ -1,0 +1,113 @@
+"""Text generation, tokens per second: lstmx's sampler (``lstmx.sample.generate``) against PyTorch's own token
+loop on the same model (the README's: E 64, H 256, V 96), with 1 and with N samples per call, in one run (the
+two take turns).
+
+    python bench/generate_vs_torch.py                   # 1 and 64 samples, 300 tokens each
+    python bench/generate_vs_torch.py --tokens 100 --samples 1 8
+
+Both loops draw each token on the host from the softmax of the last logits (temperature 1), as lstmx's sampler
+does; PyTorch runs under ``torch.inference_mode()``. Also reports the GFLOP/s the tokens amount to (a token of
+one sample is ~2 · (E + H) · 4H + 2 · H · V multiply-adds). Writes bench/results/generate_vs_torch.json.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import bench_parser, machine_report, write_json  # noqa: E402
+
+import lstmx  # noqa: E402
+from lstmx.cli import flag_type  # noqa: E402
+from lstmx.data import CharVocab  # noqa: E402
+from lstmx.interop import language_model_to_torch  # noqa: E402
+from lstmx.options import POSITIVE_INT  # noqa: E402
+from lstmx.sample import generate  # noqa: E402
+
+VOCAB, EMBEDDING, HIDDEN = 96, 64, 256
+
+
+def lstmx_run(model, vocab, tokens: int, samples: int) -> float:
+    start = time.perf_counter()
+    for _ in generate(model, vocab, "def ", tokens, temperature=1.0, seed=0, num_samples=samples):
+        pass
+    return time.perf_counter() - start
+
+
+def torch_run(torch, net, prime: list[int], tokens: int, samples: int) -> float:
+    embedding, lstm, head = net
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        x = torch.tensor(prime, dtype=torch.int64)[:, None].repeat(1, samples)
+        y, state = lstm(embedding(x))
+        logits = head(y[-1])
+        for _ in range(tokens):
+            probabilities = torch.softmax(logits.double(), dim=-1).numpy()
+            drawn = [int(rng.choice(VOCAB, p=row / row.sum())) for row in probabilities]
+            y, state = lstm(embedding(torch.tensor([drawn], dtype=torch.int64)), state)
+            logits = head(y[-1])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = bench_parser(__file__, __doc__)
+    parser.add_argument("--tokens", type=flag_type("--tokens", POSITIVE_INT, int), default=300,
+                        help="tokens generated per sample")
+    parser.add_argument("--samples", type=flag_type("--samples", POSITIVE_INT, int), nargs="+", default=[1, 64],
+                        help="samples per call (one row each)")
+    parser.add_argument("--rounds", type=flag_type("--rounds", POSITIVE_INT, int), default=3,
+                        help="turns each column takes")
+    args = parser.parse_args()
+    machine = machine_report()
+    symbols = [chr(32 + k) for k in range(VOCAB - 1)] + ["\n"]
+    vocab = CharVocab(symbols)
+    model = lstmx.LanguageModel(VOCAB, EMBEDDING, HIDDEN, seed=0)
+    columns = {"lstmx": lambda n: lstmx_run(model, vocab, args.tokens, n)}
+    try:
+        import torch
+
+        machine["torch_threads"] = torch.get_num_threads()
+        state = {k: torch.from_numpy(v) for k, v in language_model_to_torch(model).items()}
+        embedding, lstm = torch.nn.Embedding(VOCAB, EMBEDDING), torch.nn.LSTM(EMBEDDING, HIDDEN)
+        head = torch.nn.Linear(HIDDEN, VOCAB)
+        embedding.weight.data = state["embedding.weight"]
+        lstm.load_state_dict({k[len("lstm."):]: v for k, v in state.items() if k.startswith("lstm.")})
+        head.weight.data, head.bias.data = state["head.weight"], state["head.bias"]
+        prime = [int(i) for i in vocab.encode("def ")]
+        columns["torch"] = lambda n: torch_run(torch, (embedding, lstm, head), prime, args.tokens, n)
+    except ImportError:
+        print("PyTorch column absent: torch is not installed")
+    print(f"machine: {machine}")
+    flops_per_token = 2 * ((EMBEDDING + HIDDEN) * 4 * HIDDEN + HIDDEN * VOCAB)
+    rows = {}
+    for samples in args.samples:
+        times: dict[str, list[float]] = {name: [] for name in columns}
+        for name, run in columns.items():
+            run(samples)  # warm-up (compiles, allocates)
+        for _ in range(args.rounds):
+            for name, run in columns.items():
+                times[name].append(run(samples))
+        rows[str(samples)] = {}
+        for name, values in times.items():
+            seconds = statistics.median(values)
+            rate = samples * args.tokens / seconds
+            rows[str(samples)][name] = {"tokens_per_s": rate, "gflops": rate * flops_per_token / 1e9}
+            print(f"  {samples:>3} samples  {name:<6} {rate:>10,.0f} tokens/s  {rate * flops_per_token / 1e9:6.2f} GFLOP/s",
+                  flush=True)
+        if "torch" in times:
+            ratio = rows[str(samples)]["lstmx"]["tokens_per_s"] / rows[str(samples)]["torch"]["tokens_per_s"]
+            rows[str(samples)]["lstmx / torch"] = ratio
+            print(f"  {samples:>3} samples  lstmx / torch tokens/s: {ratio:.2f}")
+    report = {"machine": machine, "model": {"V": VOCAB, "E": EMBEDDING, "H": HIDDEN}, "tokens": args.tokens,
+              "samples": rows}
+    print(f"wrote {write_json('generate_vs_torch.json', report)}")
+
+
+if __name__ == "__main__":
+    main()
