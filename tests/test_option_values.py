@@ -217,3 +217,88 @@ def test_the_loss_of_one_real_token_is_its_own_nll_and_ignore_index_is_any_value
     fused_loss, dlogits = cross_entropy_and_gradient(backend, logits, targets, ignore_index=-1)
     np.testing.assert_allclose(float(host(fused_loss)), nll, rtol=1e-12)
     assert dlogits.dtype == logits.dtype and np.all(host(dlogits)[1] == 0.0)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: __import__("lstmx.optim", fromlist=["x"]).step_decay(0.0, 10), "lr must be a number > 0"),
+    (lambda: __import__("lstmx.optim", fromlist=["x"]).step_decay(0.1, 10, 0.0), "gamma must be a number > 0"),
+    (lambda: __import__("lstmx.optim", fromlist=["x"]).step_decay(0.1, 0), "step_size must be an integer"),
+    (lambda: __import__("lstmx.optim", fromlist=["x"]).exponential_decay(-1.0, 0.5), "lr must be a number > 0"),
+    (lambda: __import__("lstmx.optim", fromlist=["x"]).warmup_cosine(0.0, 10), "lr must be a number > 0"),
+    (lambda: __import__("lstmx.optim", fromlist=["x"]).warmup_cosine(0.1, 0), "total_steps must be an integer"),
+    (lambda: __import__("lstmx.optim", fromlist=["x"]).warmup_cosine(0.1, 10, -1), "warmup_steps must be"),
+    (lambda: __import__("lstmx.optim", fromlist=["x"]).warmup_cosine(0.1, 10, 0, -0.1), "min_lr must be"),
+])
+def test_schedules_refuse_each_bad_argument_by_name(make, message):
+    from lstmx.options import OptionError
+
+    with pytest.raises(OptionError, match=message):
+        make()
+
+
+def test_schedule_defaults_and_the_cosine_end():
+    from lstmx.optim import make_schedule
+
+    step = make_schedule("step", 1.0, 10)  # defaults: gamma 0.5 every 1000 steps
+    assert step(999) == 1.0 and step(1000) == 0.5 and step(2000) == 0.25
+    cosine = make_schedule("cosine", 1.0, 11, warmup_steps=1)  # min_lr 0 by default; 10 decay steps
+    assert cosine(0) == 1.0 and cosine(11) == pytest.approx(0.0) and cosine(6) == pytest.approx(0.5)
+    assert make_schedule("exponential", 2.0, 5, gamma=0.5)(2) == 0.5
+
+
+@pytest.mark.parametrize("name,options,slots", [
+    ("sgd", {}, set()), ("sgd", {"momentum": 0.5}, {"momentum"}), ("rmsprop", {}, {"square_avg"}),
+    ("rmsprop", {"momentum": 0.5}, {"square_avg", "momentum"}), ("adam", {}, {"exp_avg", "exp_avg_sq"})])
+def test_optimizer_state_holds_exactly_its_slots_and_hyperparameters(name, options, slots):
+    """The saved state names every hyper-parameter (a resumed run must not fall back to defaults) and no slot an
+    optimizer does not use; a missing slot is refused on load."""
+    from lstmx import LSTM
+    from lstmx.optim import make_optimizer
+
+    model = LSTM(2, 3)
+    optimizer = make_optimizer(name, model, 0.01, **options)
+    meta, arrays = optimizer.state_dict()
+    assert {key.split("/")[-1] for key in arrays} == slots
+    expected = {"sgd": {"weight_decay", "momentum", "nesterov"}, "rmsprop": {"weight_decay", "alpha", "eps", "momentum"},
+                "adam": {"weight_decay", "betas", "eps"}}[name]
+    assert set(meta["hyperparameters"]) == expected and meta["type"] == type(optimizer).__name__
+    if arrays:
+        broken = dict(arrays)
+        broken.pop(next(iter(broken)))
+        with pytest.raises(ValueError, match="is missing or has the wrong shape"):
+            make_optimizer(name, model, 0.01, **options).load_state_dict(meta, broken)
+    loaded = make_optimizer(name, model, 0.01, **options)
+    loaded.load_state_dict(meta, arrays)
+    assert all(v.dtype == model.dtype for slots_ in loaded.state.values() for v in slots_.values())
+
+
+def test_adamw_default_decay_and_nesterov_needs_momentum():
+    from lstmx import LSTM
+    from lstmx.optim import SGD, AdamW
+    from lstmx.options import OptionError
+
+    assert AdamW(LSTM(2, 3)).weight_decay == 0.01 and AdamW(LSTM(2, 3)).eps == 1e-8
+    with pytest.raises(ValueError, match="Nesterov momentum needs momentum > 0"):
+        SGD(LSTM(2, 3), nesterov=True)
+    with pytest.raises(OptionError, match="betas must be a pair"):
+        __import__("lstmx.optim", fromlist=["x"]).Adam(LSTM(2, 3), betas=(0.9,))
+    with pytest.raises(OptionError, match="beta1 must"):
+        __import__("lstmx.optim", fromlist=["x"]).Adam(LSTM(2, 3), betas=(1.0, 0.9))
+    with pytest.raises(OptionError, match="eps must be a number > 0"):
+        __import__("lstmx.optim", fromlist=["x"]).RMSprop(LSTM(2, 3), eps=0.0)
+
+
+def test_a_first_momentum_step_is_the_gradient_and_clipping_scales_by_the_norm():
+    """Heavy-ball momentum's first buffer is the gradient itself (not momentum · 0 + g on a later step's rule),
+    and clipping scales by max_norm / (‖g‖ + 1e-6) exactly."""
+    from lstmx.backend import get_backend
+    from lstmx.optim import SGD, clip_grad_norm
+
+    backend = get_backend("numpy")
+    model = OneParam(backend, [0.0])
+    out = run(SGD(model, lr=1.0, momentum=0.5), backend, [[2.0], [0.0]])
+    np.testing.assert_allclose(out, [-2.0 - 1.0])  # buffers 2, then 0.5 · 2 + 0
+    grads = {"w": np.array([3.0, 4.0])}
+    clipped, norm = clip_grad_norm(backend, grads, 1.0)
+    np.testing.assert_allclose(clipped["w"], np.array([3.0, 4.0]) / (5.0 + 1e-6), rtol=1e-15)
+    assert float(norm) == 5.0
