@@ -1,0 +1,116 @@
+"""The data and sampling modules' doors and edge cases, exactly: each message, each boundary, each default (the
+tests that kill what the mutation session found alive in lstmx.data and lstmx.sample)."""
+
+from __future__ import annotations
+
+import hashlib
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lstmx import LanguageModel
+from lstmx.data import (CharVocab, StreamBatches, VocabularyError, WordVocab, default_corpus, split_ids,
+                        text_fingerprint, vocab_from_config, windows_per_epoch)
+from lstmx.backend import get_backend
+from lstmx.options import OptionError
+from lstmx.sample import generate, next_token_distribution, sample
+
+NUMPY = get_backend("numpy")
+
+
+def test_vocabulary_doors_say_exactly_what_is_wrong():
+    assert len(CharVocab(["a"])) == 1  # one symbol is a vocabulary
+    with pytest.raises(VocabularyError, match=r"^a vocabulary needs at least one symbol \(is the text empty\?\)$"):
+        CharVocab([])
+    with pytest.raises(VocabularyError, match="^vocabulary symbols must be unique$"):
+        CharVocab(["a", "a"])
+    with pytest.raises(VocabularyError, match="^cannot build a vocabulary from empty text$"):
+        CharVocab.from_text("")
+    with pytest.raises(VocabularyError, match="^cannot build a vocabulary from text with no words$"):
+        WordVocab.from_text("   ")
+    with pytest.raises(VocabularyError, match="the unknown-word token '<unk>' must be one of the symbols"):
+        WordVocab(["a"], unk="<unk>")
+    with pytest.raises(VocabularyError, match="^unknown vocabulary level 'bytes'$"):
+        vocab_from_config({"level": "bytes", "symbols": ["a"]})
+    assert all(isinstance(s, str) for s in WordVocab.from_text("a b a").symbols)  # no unk: nothing appended
+
+
+def test_encode_and_decode_keep_their_types_and_shapes():
+    vocab = CharVocab.from_text("abc")
+    ids = vocab.encode("cab")
+    assert ids.dtype == np.int64 and list(ids) == [2, 0, 1]
+    assert vocab.decode(np.array([[0, 1], [2, 0]])) == "abca"  # any shape, read in order
+    words = WordVocab.from_text("a b\nc")
+    assert words.decode(words.encode("a b\nc")) == "a b\nc"
+    assert words.decode(words.encode("a\n b")) == "a\nb" and words.decode(words.encode("a \nb")) == "a\nb"
+    assert words.decode(np.array([[words.index["a"]], [words.index["\n"]], [words.index["b"]]])) == "a\nb"
+
+
+@pytest.mark.parametrize("validation,test", [(1.0, 0.0), (1.5, 0.0), (0.0, 1.0), (0.0, 1.5), (0.5, 0.5)])
+def test_split_fractions_are_refused_at_each_bound(validation, test):
+    with pytest.raises(ValueError, match=r"^validation and test fractions must be in \[0, 1\) and sum to less than 1"):
+        split_ids(np.arange(100), validation, test)
+
+
+def test_windows_and_streams_at_their_bounds():
+    assert windows_per_epoch(21, 2, 1) == 9  # streams of 10 tokens: 9 targets each, one step per window
+    assert windows_per_epoch(21, 2, 3) == 3
+    batches = StreamBatches(NUMPY, np.arange(4, dtype=np.int32), 2, 1)  # streams of exactly 2 tokens, T = 1
+    assert batches.streams.dtype == np.int64 and len(batches) == 1
+    for batch, steps in ((0, 5), (2, 0)):
+        with pytest.raises(ValueError, match="^batch_size and steps must be at least 1$"):
+            StreamBatches(NUMPY, np.arange(10), batch, steps)
+    with pytest.raises(ValueError, match="3 tokens are too few for 2 streams: each needs at least 2 tokens"):
+        StreamBatches(NUMPY, np.arange(3), 2, 1)
+
+
+def test_a_text_fingerprint_is_the_first_32_hex_digits_of_its_utf8_sha256():
+    text = "día"
+    assert text_fingerprint(text) == "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def test_the_default_corpus_is_the_ascii_standard_library_less_tests_and_idlelib():
+    corpus = default_corpus(300_000)
+    assert len(corpus) == 300_000 and corpus.isascii()
+    root = Path(sysconfig.get_paths()["stdlib"])
+    first = [p for p in sorted(root.rglob("*.py")) if not {"test", "tests", "idlelib", "lib2to3"} & set(
+        p.relative_to(root).parts)][:2]
+    texts = [p.read_text(encoding="ascii") for p in first]
+    assert corpus.startswith(texts[0] + texts[1][:100])  # files joined with nothing between them, in path order
+    excluded = [root / "test" / "test_grammar.py", root / "idlelib" / "editor.py", root / "lib2to3" / "main.py"]
+    for path in excluded:
+        if path.exists():
+            assert path.read_text(encoding="utf-8", errors="replace")[200:400] not in corpus
+
+
+def test_the_default_corpus_says_where_it_looked_when_it_finds_nothing(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    with pytest.raises(RuntimeError, match=rf"no Python source found under {tmp_path} \(Python "
+                                           rf"{sys.version.split()[0]}\)"):
+        default_corpus(100)
+
+
+def test_next_token_distribution_is_float64_and_keeps_exactly_top_k():
+    logits = np.array([0.1, 2.0, -1.0, 1.5, 0.7], dtype=np.float32)
+    p = next_token_distribution(logits, 1.0, 2)
+    assert p.dtype == np.float64 and np.count_nonzero(p) == 2 and p[1] > p[3] > 0
+    np.testing.assert_allclose(p[[1, 3]], np.exp([2.0, 1.5]) / np.exp([2.0, 1.5]).sum(), rtol=1e-6)
+    full = next_token_distribution(logits, 2.0, 5)  # top_k = V: every token stays
+    np.testing.assert_allclose(full, np.exp(logits / 2.0) / np.exp(logits / 2.0).sum(), rtol=1e-6)
+
+
+def test_sampling_doors_and_defaults():
+    vocab = CharVocab.from_text("abcd")
+    model = LanguageModel(4, 3, 4, seed=0)
+    with pytest.raises(OptionError, match="length must be an integer ≥ 0"):
+        sample(model, vocab, "a", -1)
+    with pytest.raises(OptionError, match="num_samples must be an integer ≥ 1"):
+        list(generate(model, vocab, "a", 3, num_samples=0))
+    with pytest.raises(ValueError, match="^vocabulary has 3 entries but the model expects 4$"):
+        sample(model, CharVocab.from_text("abc"), "a", 3)
+    text = sample(model, vocab, "a")
+    assert len(text) == 200 and text == sample(model, vocab, "a", 200, temperature=1.0, seed=0)
