@@ -302,3 +302,32 @@ def test_a_first_momentum_step_is_the_gradient_and_clipping_scales_by_the_norm()
     clipped, norm = clip_grad_norm(backend, grads, 1.0)
     np.testing.assert_allclose(clipped["w"], np.array([3.0, 4.0]) / (5.0 + 1e-6), rtol=1e-15)
     assert float(norm) == 5.0
+
+
+def test_the_remaining_optimizer_doors_exactly():
+    """Kills what the mutation session left alive in lstmx.optim (each case names the mutant's class)."""
+    from lstmx import LSTM, registry
+    from lstmx.backend import get_backend
+    from lstmx.optim import SGD, AdamW, RMSprop, clip_grad_norm, make_optimizer, make_schedule
+    from lstmx.options import OptionError
+
+    cosine = make_schedule("cosine", 1.0, 3, warmup_steps=2)  # one decay step: progress 1 at step 3
+    assert cosine(3) == pytest.approx(0.0) and cosine(2) == pytest.approx(1.0)
+    assert make_schedule("step", 1.0, 10, gamma=0.1, step_size=2)(4) == pytest.approx(0.01)  # gamma reaches it
+    with pytest.raises(ValueError, match="^Nesterov momentum needs momentum > 0$"):
+        SGD(LSTM(2, 3), nesterov=True)
+    with pytest.raises(OptionError, match="momentum must"):
+        RMSprop(LSTM(2, 3), momentum=1.5)
+    with pytest.raises(ValueError, match=r"^unknown optimizer 'lion'; expected one of sgd, adam, adamw, rmsprop$"):
+        make_optimizer("lion", LSTM(2, 3), 0.1)
+    for cls in (AdamW, RMSprop):  # the impl argument reaches the registry (cupy-fused does not run on NumPy)
+        with pytest.raises(registry.UpdateImplError, match="'cupy-fused' cannot run"):
+            cls(LSTM(2, 3), impl="cupy-fused")
+    backend = get_backend("numpy")
+    clipped, _ = clip_grad_norm(backend, {"w": np.array([3.0, 4.0], dtype=np.float32)}, 1.0)
+    assert clipped["w"].dtype == np.float32
+    wide = LSTM(2, 3, dtype="float64")
+    meta, arrays = make_optimizer("adam", wide, 0.01).state_dict()  # float64 state
+    narrow = make_optimizer("adam", LSTM(2, 3, dtype="float32"), 0.01)
+    narrow.load_state_dict(meta, arrays)
+    assert all(v.dtype == np.float32 for slots in narrow.state.values() for v in slots.values())
