@@ -114,3 +114,48 @@ def test_sampling_doors_and_defaults():
         sample(model, CharVocab.from_text("abc"), "a", 3)
     text = sample(model, vocab, "a")
     assert len(text) == 200 and text == sample(model, vocab, "a", 200, temperature=1.0, seed=0)
+
+
+def test_the_default_corpus_takes_exactly_the_ascii_sources_outside_the_skipped_folders(tmp_path, monkeypatch):
+    """On a made-up standard library: every skipped folder left out, a non-ASCII file left out (not a stop), the
+    files joined in path order with nothing between them, cut at max_chars."""
+    files = {"a_first.py": "A" * 5, "b/test/t.py": "T", "b/tests/t.py": "U", "c/idlelib/i.py": "I",
+             "d/lib2to3/l.py": "L", "e/site-packages/s.py": "S", "f/dist-packages/d.py": "D",
+             "g/__pycache__/p.py": "P", "h_accents.py": "é", "i_last.py": "Z" * 5, "j/ok.py": "K" * 5}
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    assert default_corpus(100) == "AAAAAZZZZZKKKKK"
+    assert default_corpus(7) == "AAAAAZZ"
+    assert default_corpus(5) == "AAAAA"
+
+
+def test_generation_carries_the_state_from_token_to_token_and_leaves_the_mode_as_it_found_it():
+    """The sampler's tokens are those of a reference loop written here: the prime read once, then each drawn
+    token fed with the state the last step left; the prime defaults to a newline when the vocabulary has one
+    (else its first symbol); a model in training mode is back in training mode afterwards."""
+    vocab = CharVocab.from_text("ab\ncd")
+    model = LanguageModel(len(vocab), 3, 5, seed=3, dtype="float64")
+    drawn = sample(model, vocab, "", 12, temperature=1.3, top_k=3, seed=4)
+    assert model.training  # put back
+
+    rng = np.random.default_rng(4)
+    model.eval()
+    logits, state = model.infer(np.array([[vocab.index["\n"]]]))
+    expected = []
+    for _ in range(12):
+        p = next_token_distribution(np.asarray(logits[-1, 0]), 1.3, 3)
+        token = int(rng.choice(p.size, p=p))
+        expected.append(token)
+        logits, state = model.infer(np.array([[token]]), state)
+    model.train()
+    assert drawn == vocab.decode(expected)
+    no_newline = CharVocab.from_text("xyz")
+    other = LanguageModel(3, 3, 5, seed=3, dtype="float64")
+    assert sample(other, no_newline, "", 8, greedy=True) == sample(other, no_newline, "x", 8, greedy=True)
+    words = WordVocab.from_text("b\na")
+    assert words.decode(np.array([words.index["\n"], words.index["b"]])) == "\nb"  # a leading newline, no space
+    assert list(generate(model, vocab, "a", 2, greedy=True, num_samples=2))[0][0] == \
+        list(generate(model, vocab, "a", 2, greedy=True))[0][0]
