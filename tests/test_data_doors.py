@@ -129,6 +129,7 @@ def test_the_default_corpus_takes_exactly_the_ascii_sources_outside_the_skipped_
     monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
     assert default_corpus(100) == "AAAAAZZZZZKKKKK"
     assert default_corpus(7) == "AAAAAZZ"
+    assert default_corpus(6) == "AAAAAZ"  # one file is not enough: the running total starts at 0
     assert default_corpus(5) == "AAAAA"
 
 
@@ -159,3 +160,26 @@ def test_generation_carries_the_state_from_token_to_token_and_leaves_the_mode_as
     assert words.decode(np.array([words.index["\n"], words.index["b"]])) == "\nb"  # a leading newline, no space
     assert list(generate(model, vocab, "a", 2, greedy=True, num_samples=2))[0][0] == \
         list(generate(model, vocab, "a", 2, greedy=True))[0][0]
+
+
+def test_generate_checks_its_arguments_and_has_samples_defaults(monkeypatch):
+    vocab = CharVocab(["a", "\n", "b"])  # the newline is not the first symbol here
+    model = LanguageModel(3, 3, 4, seed=0)
+    primes = []
+    real = CharVocab.encode
+    monkeypatch.setattr(CharVocab, "encode", lambda self, text: primes.append(text) or real(self, text))
+    steps = list(generate(model, vocab))
+    assert len(steps) == 200 and primes == ["\n"]  # defaults: 200 tokens after a newline
+    assert [s[0] for s in steps] == [s[0] for s in generate(model, vocab, "\n", 200, temperature=1.0, seed=0)]
+    no_newline = CharVocab(["y", "x"])
+    list(generate(LanguageModel(2, 3, 4, seed=0), no_newline, "", 1))
+    assert primes[-1] == "y"  # the first symbol
+    with pytest.raises(OptionError, match="top_k must be an integer ≥ 1"):
+        list(generate(model, vocab, "a", 2, top_k=0))
+    assert len(list(generate(model, vocab, "a", 2, greedy=True, temperature=0.0))) == 2  # greedy needs none
+
+
+def test_top_k_keeps_the_k_largest_of_many():
+    logits = np.random.default_rng(3).standard_normal(50)
+    p = next_token_distribution(logits, 1.0, 3)
+    assert set(np.flatnonzero(p)) == set(np.argsort(logits)[-3:])
