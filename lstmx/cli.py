@@ -222,6 +222,7 @@ def run_train(args: argparse.Namespace) -> int:
         data = DataConfig(**given_data)
         model_config = ModelConfig(**given_model)
         _refuse_ineffective_flags(given_data, data)
+        _refuse_ineffective_training_flags(given_train)
     width = model_config.proj_size or model_config.hidden_size
     if model_config.tie_weights and model_config.embedding_size != width:
         raise OptionError(f"--tie-weights needs --embedding-size ({model_config.embedding_size}) equal to the LSTM's "
@@ -371,6 +372,20 @@ def _refuse_ineffective_flags(given: dict[str, Any], data: DataConfig) -> None:
     elif "min_count" in given and not data.unk:
         raise OptionError("--min-count needs --unk: rare words must map to <unk> (without it every word keeps its "
                           "own token)")
+
+
+def _refuse_ineffective_training_flags(given: dict[str, Any]) -> None:
+    """Training flags that the chosen optimizer or schedule would ignore are refused, naming why."""
+    from .train import TrainConfig
+
+    optimizer = given.get("optimizer", TrainConfig.optimizer)
+    if "momentum" in given and optimizer not in ("sgd", "rmsprop"):
+        raise OptionError(f"--momentum applies to --optimizer sgd or rmsprop; {optimizer} has its own moments "
+                          "(its betas)")
+    schedule = given.get("schedule", TrainConfig.schedule)
+    for name in ("warmup_steps", "min_lr"):
+        if name in given and schedule != "cosine":
+            raise OptionError(f"{_flag(name)} applies to --schedule cosine only, not {schedule}")
 
 
 def _check_data_sizes(split: Any, batch_size: int) -> None:

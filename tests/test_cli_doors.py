@@ -248,7 +248,9 @@ def test_every_flag_reaches_its_setting(config, field, tmp_path, monkeypatch):
 
 
 NEEDS = {"unk": ["--level", "word"], "min_count": ["--level", "word", "--unk"],
-         "tie_weights": ["--embedding-size", "256"]}  # = the default hidden size
+         "tie_weights": ["--embedding-size", "256"],  # = the default hidden size
+         "momentum": ["--optimizer", "sgd"], "warmup_steps": ["--schedule", "cosine"],
+         "min_lr": ["--schedule", "cosine"]}
 
 
 def _flag_of(name: str) -> str:

@@ -183,6 +183,9 @@ def test_file_system_doors_are_one_line_naming_the_path_before_any_step(tmp_path
     (["--min-count", "3"], "--min-count applies to --level word only"),
     (["--level", "word", "--min-count", "3"], "--min-count needs --unk"),
     (["--level", "word", "--unk", "--min-count", "1000000"], "leaves one token"),
+    (["--momentum", "0.5"], "--momentum applies to --optimizer sgd or rmsprop"),
+    (["--warmup-steps", "5"], "--warmup-steps applies to --schedule cosine only, not constant"),
+    (["--min-lr", "0.001", "--schedule", "step"], "--min-lr applies to --schedule cosine only, not step"),
 ])
 def test_flags_without_effect_are_refused_naming_why(tmp_path, capsys, extra, message):
     assert run_tiny(tmp_path, "--out", str(tmp_path / "run"), *extra) == 2
