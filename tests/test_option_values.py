@@ -331,3 +331,21 @@ def test_the_remaining_optimizer_doors_exactly():
     narrow = make_optimizer("adam", LSTM(2, 3, dtype="float32"), 0.01)
     narrow.load_state_dict(meta, arrays)
     assert all(v.dtype == np.float32 for slots in narrow.state.values() for v in slots.values())
+
+
+def test_an_optimizer_moves_to_its_models_backend_only():
+    from lstmx import LSTM
+    from lstmx.backend import get_backend
+    from lstmx.optim import Adam
+
+    model = LSTM(2, 3)
+    optimizer = Adam(model, lr=0.01)
+    optimizer.step({name: np.ones(p.shape, np.float32) for name, p in model.params.items()})
+    strict = get_backend("array_api_strict")
+    with pytest.raises(ValueError, match="^move the model to 'array_api_strict' first; it is on 'numpy'$"):
+        optimizer.to(strict)
+    model.to(strict)
+    assert optimizer.to(strict) is optimizer and optimizer.impl == "generic" and callable(optimizer._update)
+    moment = optimizer.state["bias_l0"]["exp_avg"]
+    assert get_backend(moment).name == "array_api_strict" and float(host(moment)[0]) == pytest.approx(0.1)
+    optimizer.step({name: strict.asarray(np.ones(p.shape), dtype=p.dtype) for name, p in model.params.items()})
