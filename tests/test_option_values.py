@@ -349,3 +349,23 @@ def test_an_optimizer_moves_to_its_models_backend_only():
     moment = optimizer.state["bias_l0"]["exp_avg"]
     assert get_backend(moment).name == "array_api_strict" and float(host(moment)[0]) == pytest.approx(0.1)
     optimizer.step({name: strict.asarray(np.ones(p.shape), dtype=p.dtype) for name, p in model.params.items()})
+
+
+def test_the_documented_defaults_are_the_defaults():
+    """Each public default a caller relies on, by behaviour (PyTorch's learning rates, the schedules' and the
+    split's and the sampler's defaults)."""
+    from lstmx import LSTM, LanguageModel
+    from lstmx.data import CharVocab, default_corpus, split_ids
+    from lstmx.optim import SGD, Adam, AdamW, RMSprop, make_schedule, step_decay, warmup_cosine
+    from lstmx.sample import samples
+
+    model = LSTM(2, 3)
+    assert [cls(model).lr for cls in (SGD, Adam, AdamW, RMSprop)] == [0.1, 1e-3, 1e-3, 1e-2]
+    assert step_decay(1.0, 1)(1) == 0.5
+    cosine = warmup_cosine(1.0, 10)
+    assert cosine(0) == 1.0 and cosine(10) == pytest.approx(0.0)  # no warm-up, down to 0
+    assert make_schedule("cosine", 1.0, 10)(1) == pytest.approx(0.5 * (1 + np.cos(0.1 * np.pi)))
+    assert len(split_ids(np.arange(100)).validation) == 10 and len(split_ids(np.arange(100)).test) == 0
+    assert len(default_corpus()) == 2_000_000
+    vocab = CharVocab.from_text("abcd")
+    assert [len(t) for t in samples(LanguageModel(4, 3, 4, seed=0), vocab, length=3, num_samples=2)] == [3, 3]
