@@ -369,3 +369,14 @@ def test_the_documented_defaults_are_the_defaults():
     assert len(default_corpus()) == 2_000_000
     vocab = CharVocab.from_text("abcd")
     assert [len(t) for t in samples(LanguageModel(4, 3, 4, seed=0), vocab, length=3, num_samples=2)] == [3, 3]
+
+
+def test_a_gradient_of_another_dtype_is_named_by_its_own_dtype():
+    from lstmx import LSTM
+    from lstmx.optim import SGD
+
+    model = LSTM(2, 3)
+    grads = {name: np.zeros(p.shape, np.float32) for name, p in model.params.items()}
+    grads["bias_l0"] = grads["bias_l0"].astype(np.float16)
+    with pytest.raises(TypeError, match=r"grads\['bias_l0'\] has dtype float16, expected the parameter's float32"):
+        SGD(model).step(grads)
