@@ -364,6 +364,7 @@ def test_the_documented_defaults_are_the_defaults():
     assert step_decay(1.0, 1)(1) == 0.5
     cosine = warmup_cosine(1.0, 10)
     assert cosine(0) == 1.0 and cosine(10) == pytest.approx(0.0)  # no warm-up, down to 0
+    assert cosine(1) == pytest.approx(0.5 * (1 + np.cos(0.1 * np.pi)))  # decaying from the first step
     assert make_schedule("cosine", 1.0, 10)(1) == pytest.approx(0.5 * (1 + np.cos(0.1 * np.pi)))
     assert len(split_ids(np.arange(100)).validation) == 10 and len(split_ids(np.arange(100)).test) == 0
     assert len(default_corpus()) == 2_000_000
