@@ -381,3 +381,12 @@ def test_a_gradient_of_another_dtype_is_named_by_its_own_dtype():
     grads["bias_l0"] = grads["bias_l0"].astype(np.float16)
     with pytest.raises(TypeError, match=r"grads\['bias_l0'\] has dtype float16, expected the parameter's float32"):
         SGD(model).step(grads)
+
+
+def test_samples_makes_one_text_of_200_tokens_by_default():
+    from lstmx import LanguageModel
+    from lstmx.data import CharVocab
+    from lstmx.sample import samples
+
+    texts = samples(LanguageModel(4, 3, 4, seed=0), CharVocab.from_text("abcd"))
+    assert [len(t) for t in texts] == [200]
