@@ -223,6 +223,7 @@ def run_train(args: argparse.Namespace) -> int:
         model_config = ModelConfig(**given_model)
         _refuse_ineffective_flags(given_data, data)
         _refuse_ineffective_training_flags(given_train)
+        _refuse_flags_without_validation(given_train, data)
     width = model_config.proj_size or model_config.hidden_size
     if model_config.tie_weights and model_config.embedding_size != width:
         raise OptionError(f"--tie-weights needs --embedding-size ({model_config.embedding_size}) equal to the LSTM's "
@@ -386,6 +387,16 @@ def _refuse_ineffective_training_flags(given: dict[str, Any]) -> None:
     for name in ("warmup_steps", "min_lr"):
         if name in given and schedule != "cosine":
             raise OptionError(f"{_flag(name)} applies to --schedule cosine only, not {schedule}")
+    if "sample_temperature" in given and given.get("sample_length", TrainConfig.sample_length) == 0:
+        raise OptionError("--sample-temperature has no effect with --sample-length 0 (no samples are drawn)")
+
+
+def _refuse_flags_without_validation(given_train: dict[str, Any], data: DataConfig) -> None:
+    if data.validation == 0:
+        for name in ("eval_max_windows",):
+            if name in given_train:
+                raise OptionError(f"{_flag(name)} has no effect with --validation 0 (there is nothing to validate "
+                                  "on)")
 
 
 def _check_data_sizes(split: Any, batch_size: int) -> None:

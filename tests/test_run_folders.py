@@ -186,6 +186,8 @@ def test_file_system_doors_are_one_line_naming_the_path_before_any_step(tmp_path
     (["--momentum", "0.5"], "--momentum applies to --optimizer sgd or rmsprop"),
     (["--warmup-steps", "5"], "--warmup-steps applies to --schedule cosine only, not constant"),
     (["--min-lr", "0.001", "--schedule", "step"], "--min-lr applies to --schedule cosine only, not step"),
+    (["--sample-length", "0", "--sample-temperature", "2"], "--sample-temperature has no effect with --sample-length 0"),
+    (["--validation", "0", "--eval-max-windows", "3"], "--eval-max-windows has no effect with --validation 0"),
 ])
 def test_flags_without_effect_are_refused_naming_why(tmp_path, capsys, extra, message):
     assert run_tiny(tmp_path, "--out", str(tmp_path / "run"), *extra) == 2
