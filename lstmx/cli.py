@@ -392,11 +392,8 @@ def _refuse_ineffective_training_flags(given: dict[str, Any]) -> None:
 
 
 def _refuse_flags_without_validation(given_train: dict[str, Any], data: DataConfig) -> None:
-    if data.validation == 0:
-        for name in ("eval_max_windows",):
-            if name in given_train:
-                raise OptionError(f"{_flag(name)} has no effect with --validation 0 (there is nothing to validate "
-                                  "on)")
+    if data.validation == 0 and "eval_max_windows" in given_train:
+        raise OptionError("--eval-max-windows has no effect with --validation 0 (there is nothing to validate on)")
 
 
 def _check_data_sizes(split: Any, batch_size: int) -> None:

@@ -97,18 +97,24 @@ class Stack(NamedTuple):
         defaults to zeros. The layer implementation is chosen here, once, and named in the cache."""
         steps, batch = x.shape[0], x.shape[1]
         initial = model._initial_state(state, self.state_shapes(batch))
-        chosen = registry.choose_layer_impl(model.backend, x.dtype, lengths is not None, impl,
-                                            (batch, self.cell.hidden_size), self.cell.kind, self.cell.options.names())
+        chosen = self._chosen(model, x, lengths, impl)
         step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
         layers = self.layer_params(model.params)
         weight_masks = self._weight_masks(model)
         y, final, cache = stack_forward(model.backend, self.cell, chosen.name, chosen.load(),
-                                        self._dropped(layers, weight_masks), x, initial, step_mask, dropout_masks,
+                                        self._dropped(model.backend.xp, layers, weight_masks), x, initial, step_mask,
+                                        dropout_masks,
                                         self.reversal(model.backend, steps, batch, lengths), model.checkpoint_every)
         if weight_masks is not None:  # the cache names the parameters themselves, and the masks
             cache = cache._replace(layer_params=tuple(tuple(tuple(p) for p in layer) for layer in layers),
                                    weight_masks=weight_masks)
         return y, final, cache
+
+    def _chosen(self, model: Module, x: Any, lengths: np.ndarray | None, impl: str | None) -> Any:
+        """The layer implementation for this call (the registry's choice, or ``impl``, checked)."""
+        return registry.choose_layer_impl(model.backend, x.dtype, lengths is not None, impl,
+                                          (x.shape[1], self.cell.hidden_size), self.cell.kind,
+                                          self.cell.options.names())
 
     def _weight_masks(self, model: Module) -> tuple[tuple[Any, ...], ...] | None:
         """DropConnect (``weight_drop``, training only): one mask per layer and direction on the recurrent rows
@@ -120,30 +126,24 @@ class Stack(NamedTuple):
         return tuple(tuple(dropout_mask(model.backend, model.dropout_rng, shape, p, model.dtype)
                            for _ in range(self.directions)) for _ in range(self.num_layers))
 
-    def _dropped(self, layers: Any, masks: tuple[tuple[Any, ...], ...] | None) -> Any:
-        """The layers' parameters with W_h ⊙ mask in place of W_h (the weight every implementation then runs)."""
+    def _dropped(self, xp: Any, layers: Any, masks: tuple[tuple[Any, ...], ...] | None) -> Any:
+        """The layers' parameters (or their gradients) with W_h ⊙ mask in place of W_h: the weight every
+        implementation runs, and dL/dW_h from dL/d(W_h ⊙ mask)."""
         if masks is None:
             return layers
         dropped = []
         for k, layer in enumerate(layers):
             rows = self.layer_input_size(k)
-            dropped.append([(self._concat(params[0][:rows, ...], params[0][rows:, ...] * masks[k][d]),
+            dropped.append([(xp.concat([params[0][:rows, ...], params[0][rows:, ...] * masks[k][d]], axis=0),
                              *params[1:]) for d, params in enumerate(layer)])
         return dropped
-
-    @staticmethod
-    def _concat(top: Any, bottom: Any) -> Any:
-        import array_api_compat
-
-        return array_api_compat.array_namespace(top).concat([top, bottom], axis=0)
 
     def infer(self, model: Module, x: Any, state: State | None, lengths: np.ndarray | None,
               impl: str | None) -> tuple[Any, State]:
         """:meth:`forward` without dropout, keeping nothing for a backward (:func:`lstmx.stack.stack_infer`)."""
         steps, batch = x.shape[0], x.shape[1]
         initial = model._initial_state(state, self.state_shapes(batch))
-        chosen = registry.choose_layer_impl(model.backend, x.dtype, lengths is not None, impl,
-                                            (batch, self.cell.hidden_size), self.cell.kind, self.cell.options.names())
+        chosen = self._chosen(model, x, lengths, impl)
         step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
         return stack_infer(model.backend, self.cell, chosen.load(), self.layer_params(model.params), x, initial,
                            step_mask, self.reversal(model.backend, steps, batch, lengths))
@@ -152,16 +152,11 @@ class Stack(NamedTuple):
         """Mirror of :meth:`forward`: ``(dx, (dh0, dc0), grads by parameter name)``; ``dstate`` checked here."""
         final = model._initial_state(dstate, self.state_shapes(cache.batch), "dstate")
         kernel = registry.layer_impl(cache.impl).load()
-        masks = cache.weight_masks
+        masks, xp = cache.weight_masks, model.backend.xp
         ran = cache if masks is None else cache._replace(layer_params=tuple(
-            tuple(tuple(p) for p in layer) for layer in self._dropped(cache.layer_params, masks)))
+            tuple(tuple(p) for p in layer) for layer in self._dropped(xp, cache.layer_params, masks)))
         dx, dstate0, layer_grads = stack_backward(model.backend, self.cell, kernel, dy, final, ran)
-        if masks is not None:  # dL/dW_h = dL/d(W_h ⊙ mask) ⊙ mask
-            for k, layer in enumerate(layer_grads):
-                rows = self.layer_input_size(k)
-                layer_grads[k] = [(self._concat(g[0][:rows, ...], g[0][rows:, ...] * masks[k][d]), *g[1:])
-                                  for d, g in enumerate(layer)]
-        return dx, dstate0, self.named_grads(layer_grads)
+        return dx, dstate0, self.named_grads(self._dropped(xp, layer_grads, masks))
 
 
 def _check_fraction(name: str, value: Any) -> float:
