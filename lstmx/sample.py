@@ -85,9 +85,7 @@ def sample(
     ``greedy`` takes the most likely token each step; otherwise tokens are drawn from the softmax of
     logits / ``temperature``, restricted to the ``top_k`` most likely when set. The same seed gives the same text.
     """
-    generated = [step[0] for step in generate(model, vocab, prime, length, temperature=temperature, top_k=top_k,
-                                              greedy=greedy, seed=seed)]
-    return vocab.decode(generated)
+    return samples(model, vocab, prime, length, temperature=temperature, top_k=top_k, greedy=greedy, seed=seed)[0]
 
 
 def samples(model: Any, vocab: CharVocab, prime: str = "", length: int = 200, *, num_samples: int = 1,
