@@ -17,6 +17,7 @@ import numpy as np
 from . import init
 from .backend import Backend
 from .layers.cell import CellOptions
+from .layers.lstm_layer import ExtraParams
 
 PLAIN = CellOptions()
 
@@ -47,8 +48,10 @@ class Cell(Protocol):
         """The width of each state entry: (h, c) for the LSTM family."""
 
     def layer_forward(self, kernel: ModuleType, backend: Backend, x: Any, params: tuple[Any, ...],
-                      state: tuple[Any, ...], step_mask: Any) -> tuple[Any, tuple[Any, ...], Any]:
-        """``(y (T, B, H_out), final state, cache)`` of one layer over ``x`` (T, B, D), run by ``kernel``."""
+                      state: tuple[Any, ...], step_mask: Any, noise: Any = None) -> tuple[Any, tuple[Any, ...], Any]:
+        """``(y (T, B, H_out), final state, cache)`` of one layer over ``x`` (T, B, D), run by ``kernel``;
+        ``noise`` (:class:`lstmx.layers.lstm_layer.LayerNoise`) holds a training forward's zoneout and
+        recurrent-dropout masks (None: evaluation)."""
 
     def layer_backward(self, kernel: ModuleType, backend: Backend, dy: Any, dstate: tuple[Any, ...],
                        params: tuple[Any, ...], cache: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
@@ -78,7 +81,19 @@ class LSTMCell(NamedTuple):
       2000), with a parameter ``peephole`` (3H,) = [p_i, p_f, p_o], zero at initialisation;
     - ``input_forget``: ``f_t = 1 − i_t`` (the coupled input-forget gate; z_f and its weights are unused);
     - ``cell_clip`` = C: each gate's pre-activation (peepholes included) is clipped to [−C, C] before its
-      activation, as ONNX's ``clip``; the gradient is zero where it was clipped.
+      activation, as ONNX's ``clip``; the gradient is zero where it was clipped;
+    - ``layer_norm`` (Ba et al. 2016): ``z_t = LN_x(x_t W_x) + LN_h(h_{t-1} W_h) + b`` and
+      ``h_t = o_t ⊙ tanh(LN_c(c_t))`` (c_t itself is carried unnormalised), each LN over its row
+      (:mod:`lstmx.layers.norm`) with its own gain and bias: parameters ``norm_x``, ``norm_h`` (2, 4H) and
+      ``norm_c`` (2, H), row 0 the gain (initially 1), row 1 the bias (initially 0);
+    - ``zoneout`` = (z_c, z_h) (Krueger et al. 2017): in training, with masks m drawn per step and unit,
+      ``c_t = m^c ⊙ c_{t-1} + (1 − m^c) ⊙ c'_t`` and ``h_t = m^h ⊙ h_{t-1} + (1 − m^h) ⊙ h'_t`` (c'_t, h'_t the
+      values above; P(m = 1) = z); in evaluation m is replaced by its expectation z; the output is h_t;
+    - ``recurrent_dropout`` = p (Gal & Ghahramani 2016, Keras's): in training h_{t-1} is multiplied by one mask
+      per sequence, of 0 and 1/(1 − p), before W_h, the same mask at every step; nothing in evaluation.
+
+    The options compose: the peepholes and the clip act on the pre-activations after the layer norms, zoneout on
+    the state after the projection (h'_t is the projected h).
     """
 
     hidden_size: int
@@ -91,31 +106,29 @@ class LSTMCell(NamedTuple):
 
     @property
     def parameter_suffixes(self) -> tuple[str, ...]:
-        return ("weight", "bias", "peephole") if self.options.peepholes else ("weight", "bias")
+        return ("weight", "bias") + _option_suffixes(self.options)
 
     def parameter_shapes(self, input_size: int) -> tuple[tuple[int, ...], ...]:
         shapes = ((input_size + self.hidden_size, 4 * self.hidden_size), (4 * self.hidden_size,))
-        return shapes + (((3 * self.hidden_size,),) if self.options.peepholes else ())
+        return shapes + _option_shapes(self.options, self.hidden_size)
 
     def initialize(self, rng: np.random.Generator, input_size: int) -> tuple[np.ndarray, ...]:
-        weight, bias = init.lstm_layer(rng, input_size, self.hidden_size)
-        return (weight, bias, np.zeros(3 * self.hidden_size)) if self.options.peepholes else (weight, bias)
+        return init.lstm_layer(rng, input_size, self.hidden_size) + _option_initial(self.options, self.hidden_size)
 
     def state_sizes(self) -> tuple[int, ...]:
         return self.hidden_size, self.hidden_size
 
     def layer_forward(self, kernel: ModuleType, backend: Backend, x: Any, params: tuple[Any, ...],
-                      state: tuple[Any, ...], step_mask: Any) -> tuple[Any, tuple[Any, ...], Any]:
+                      state: tuple[Any, ...], step_mask: Any, noise: Any = None) -> tuple[Any, tuple[Any, ...], Any]:
         if self.options != PLAIN:
-            return _variant_forward(kernel, backend, x, params[0], params[1], None, params[2:], self.options,
-                                    state, step_mask)
+            return _variant_forward(self, kernel, backend, x, params, state, step_mask, noise)
         weight, bias = params
         return kernel.lstm_layer_forward(backend, x, weight, bias, state[0], state[1], step_mask)
 
     def layer_backward(self, kernel: ModuleType, backend: Backend, dy: Any, dstate: tuple[Any, ...],
                        params: tuple[Any, ...], cache: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
         if self.options != PLAIN:
-            return _variant_backward(kernel, backend, dy, dstate, params[0], None, params[2:], self.options, cache)
+            return _variant_backward(self, kernel, backend, dy, dstate, params, cache)
         dx, dstate0, dweight, dbias = kernel.lstm_layer_backward(backend, dy, dstate[0], dstate[1], params[0], cache)
         return dx, dstate0, (dweight, dbias)
 
@@ -143,54 +156,69 @@ class LSTMPCell(NamedTuple):
 
     @property
     def parameter_suffixes(self) -> tuple[str, ...]:
-        return ("weight", "bias", "projection") + (("peephole",) if self.options.peepholes else ())
+        return ("weight", "bias", "projection") + _option_suffixes(self.options)
 
     def parameter_shapes(self, input_size: int) -> tuple[tuple[int, ...], ...]:
         hidden, proj = self.hidden_size, self.proj_size
         shapes = ((input_size + proj, 4 * hidden), (4 * hidden,), (hidden, proj))
-        return shapes + (((3 * hidden,),) if self.options.peepholes else ())
+        return shapes + _option_shapes(self.options, hidden)
 
     def initialize(self, rng: np.random.Generator, input_size: int) -> tuple[np.ndarray, ...]:
         weight, bias = init.lstm_layer(rng, input_size, self.hidden_size, recurrent_size=self.proj_size)
         params = (weight, bias, init.projection(rng, self.hidden_size, self.proj_size))
-        return params + ((np.zeros(3 * self.hidden_size),) if self.options.peepholes else ())
+        return params + _option_initial(self.options, self.hidden_size)
 
     def state_sizes(self) -> tuple[int, ...]:
         return self.proj_size, self.hidden_size
 
     def layer_forward(self, kernel: ModuleType, backend: Backend, x: Any, params: tuple[Any, ...],
-                      state: tuple[Any, ...], step_mask: Any) -> tuple[Any, tuple[Any, ...], Any]:
+                      state: tuple[Any, ...], step_mask: Any, noise: Any = None) -> tuple[Any, tuple[Any, ...], Any]:
         if self.options != PLAIN:
-            return _variant_forward(kernel, backend, x, params[0], params[1], params[2], params[3:], self.options,
-                                    state, step_mask)
+            return _variant_forward(self, kernel, backend, x, params, state, step_mask, noise)
         weight, bias, projection = params
         return kernel.lstmp_layer_forward(backend, x, weight, bias, projection, state[0], state[1], step_mask)
 
     def layer_backward(self, kernel: ModuleType, backend: Backend, dy: Any, dstate: tuple[Any, ...],
                        params: tuple[Any, ...], cache: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
         if self.options != PLAIN:
-            return _variant_backward(kernel, backend, dy, dstate, params[0], params[2], params[3:], self.options,
-                                     cache)
+            return _variant_backward(self, kernel, backend, dy, dstate, params, cache)
         weight, _, projection = params
         dx, dstate0, dweight, dbias, dprojection = kernel.lstmp_layer_backward(
             backend, dy, dstate[0], dstate[1], weight, projection, cache)
         return dx, dstate0, (dweight, dbias, dprojection)
 
 
-def _variant_forward(kernel: ModuleType, backend: Backend, x: Any, weight: Any, bias: Any, projection: Any,
-                     peephole: tuple[Any, ...], options: CellOptions, state: tuple[Any, ...],
-                     step_mask: Any) -> tuple[Any, tuple[Any, ...], Any]:
-    return kernel.lstm_variant_layer_forward(backend, x, weight, bias, projection, peephole[0] if peephole else None,
-                                             options, state[0], state[1], step_mask)
+def _option_suffixes(options: CellOptions) -> tuple[str, ...]:
+    """The parameters the options add, after the cell's own (their names are :class:`ExtraParams`' fields)."""
+    return (("peephole",) if options.peepholes else ()) + (("norm_x", "norm_h", "norm_c") if options.layer_norm
+                                                           else ())
 
 
-def _variant_backward(kernel: ModuleType, backend: Backend, dy: Any, dstate: tuple[Any, ...], weight: Any,
-                      projection: Any, peephole: tuple[Any, ...], options: CellOptions,
-                      cache: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
-    dx, dstate0, dweight, dbias, dprojection, dpeephole = kernel.lstm_variant_layer_backward(
-        backend, dy, dstate[0], dstate[1], weight, projection, peephole[0] if peephole else None, options, cache)
-    grads = (dweight, dbias) + ((dprojection,) if projection is not None else ())
-    return dx, dstate0, grads + ((dpeephole,) if options.peepholes else ())
+def _option_shapes(options: CellOptions, hidden: int) -> tuple[tuple[int, ...], ...]:
+    shapes = {"peephole": (3 * hidden,), "norm_x": (2, 4 * hidden), "norm_h": (2, 4 * hidden), "norm_c": (2, hidden)}
+    return tuple(shapes[name] for name in _option_suffixes(options))
+
+
+def _option_initial(options: CellOptions, hidden: int) -> tuple[np.ndarray, ...]:
+    """Peepholes start at zero, each layer norm as the identity (gain 1, bias 0)."""
+    return tuple(np.zeros(shape) if name == "peephole" else np.stack([np.ones(shape[1]), np.zeros(shape[1])])
+                 for name, shape in zip(_option_suffixes(options), _option_shapes(options, hidden)))
+
+
+def _variant_forward(cell: Cell, kernel: ModuleType, backend: Backend, x: Any, params: tuple[Any, ...],
+                     state: tuple[Any, ...], step_mask: Any, noise: Any) -> tuple[Any, tuple[Any, ...], Any]:
+    extra = ExtraParams(**dict(zip(cell.parameter_suffixes[2:], params[2:])))
+    return kernel.lstm_variant_layer_forward(backend, x, params[0], params[1], extra, cell.options, state[0],
+                                             state[1], step_mask, noise)
+
+
+def _variant_backward(cell: Cell, kernel: ModuleType, backend: Backend, dy: Any, dstate: tuple[Any, ...],
+                      params: tuple[Any, ...], cache: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+    suffixes = cell.parameter_suffixes[2:]
+    extra = ExtraParams(**dict(zip(suffixes, params[2:])))
+    dx, dstate0, dweight, dbias, dextra = kernel.lstm_variant_layer_backward(
+        backend, dy, dstate[0], dstate[1], params[0], extra, cell.options, cache)
+    return dx, dstate0, (dweight, dbias) + tuple(getattr(dextra, name) for name in suffixes)
 
 
 def lstm_cell(hidden_size: int, proj_size: int = 0, options: CellOptions = PLAIN) -> Cell:

@@ -274,6 +274,8 @@ def run_train(args: argparse.Namespace) -> int:
                                   model_config.num_layers, model_config.dropout, proj_size=model_config.proj_size,
                                   checkpoint_every=model_config.checkpoint_every, peepholes=model_config.peepholes,
                                   input_forget=model_config.input_forget, cell_clip=model_config.cell_clip,
+                                  layer_norm=model_config.layer_norm, zoneout=model_config.zoneout,
+                                  recurrent_dropout=model_config.recurrent_dropout,
                                   weight_drop=model_config.weight_drop, locked_dropout=model_config.locked_dropout,
                                   embedding_dropout=model_config.embedding_dropout,
                                   tie_weights=model_config.tie_weights, backend=args.backend, dtype=model_config.dtype, seed=config.seed,

@@ -22,6 +22,7 @@ from .layers import (
     IGNORE_INDEX,
     dropout_mask,
     cross_entropy_forward,
+    keep_mask,
     dropout_backward,
     dropout_forward,
     embedding_backward,
@@ -30,6 +31,7 @@ from .layers import (
     linear_forward,
 )
 from .layers.embedding import EmbeddingCache
+from .layers.lstm_layer import LayerNoise
 from .layers.linear import LinearCache
 from .module import Module, State
 from .stack import LSTMCache, StackCache, TimeReversal, stack_backward, stack_forward, stack_infer, time_reversal
@@ -97,24 +99,45 @@ class Stack(NamedTuple):
         defaults to zeros. The layer implementation is chosen here, once, and named in the cache."""
         steps, batch = x.shape[0], x.shape[1]
         initial = model._initial_state(state, self.state_shapes(batch))
-        chosen = self._chosen(model, x, lengths, impl)
+        cell = self.cell_in_effect(model.training)
+        chosen = self._chosen(model, cell, x, lengths, impl)
         step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
         layers = self.layer_params(model.params)
         weight_masks = self._weight_masks(model)
-        y, final, cache = stack_forward(model.backend, self.cell, chosen.name, chosen.load(),
+        y, final, cache = stack_forward(model.backend, cell, chosen.name, chosen.load(),
                                         self._dropped(model.backend.xp, layers, weight_masks), x, initial, step_mask,
                                         dropout_masks,
-                                        self.reversal(model.backend, steps, batch, lengths), model.checkpoint_every)
+                                        self.reversal(model.backend, steps, batch, lengths), model.checkpoint_every,
+                                        self._noise(model, cell, steps, batch))
         if weight_masks is not None:  # the cache names the parameters themselves, and the masks
             cache = cache._replace(layer_params=tuple(tuple(tuple(p) for p in layer) for layer in layers),
                                    weight_masks=weight_masks)
         return y, final, cache
 
-    def _chosen(self, model: Module, x: Any, lengths: np.ndarray | None, impl: str | None) -> Any:
+    def cell_in_effect(self, training: bool) -> Cell:
+        """The cell a forward in this mode runs: its options as they act then (:meth:`CellOptions.in_effect`)."""
+        return self.cell._replace(options=self.cell.options.in_effect(training))
+
+    def _chosen(self, model: Module, cell: Cell, x: Any, lengths: np.ndarray | None, impl: str | None) -> Any:
         """The layer implementation for this call (the registry's choice, or ``impl``, checked)."""
         return registry.choose_layer_impl(model.backend, x.dtype, lengths is not None, impl,
-                                          (x.shape[1], self.cell.hidden_size), self.cell.kind,
-                                          self.cell.options.names())
+                                          (x.shape[1], cell.hidden_size), cell.kind, cell.options.names())
+
+    def _noise(self, model: Module, cell: Cell, steps: int, batch: int) -> tuple[tuple[LayerNoise, ...], ...] | None:
+        """Zoneout's and recurrent dropout's masks for a training forward, per layer and direction, drawn on the
+        host; None in evaluation or without them."""
+        options = cell.options
+        (zoneout_c, zoneout_h), p = options.zoneout, options.recurrent_dropout
+        if not model.training or not (zoneout_c or zoneout_h or p):
+            return None
+        backend, rng, dtype, width = model.backend, model.dropout_rng, model.dtype, cell.output_size
+
+        def drawn() -> LayerNoise:
+            return LayerNoise(dropout_mask(backend, rng, (batch, width), p, dtype) if p else None,
+                              keep_mask(backend, rng, (steps, batch, cell.hidden_size), zoneout_c, dtype)
+                              if zoneout_c else None,
+                              keep_mask(backend, rng, (steps, batch, width), zoneout_h, dtype) if zoneout_h else None)
+        return tuple(tuple(drawn() for _ in range(self.directions)) for _ in range(self.num_layers))
 
     def _weight_masks(self, model: Module) -> tuple[tuple[Any, ...], ...] | None:
         """DropConnect (``weight_drop``, training only): one mask per layer and direction on the recurrent rows
@@ -143,9 +166,10 @@ class Stack(NamedTuple):
         """:meth:`forward` without dropout, keeping nothing for a backward (:func:`lstmx.stack.stack_infer`)."""
         steps, batch = x.shape[0], x.shape[1]
         initial = model._initial_state(state, self.state_shapes(batch))
-        chosen = self._chosen(model, x, lengths, impl)
+        cell = self.cell_in_effect(False)
+        chosen = self._chosen(model, cell, x, lengths, impl)
         step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
-        return stack_infer(model.backend, self.cell, chosen.load(), self.layer_params(model.params), x, initial,
+        return stack_infer(model.backend, cell, chosen.load(), self.layer_params(model.params), x, initial,
                            step_mask, self.reversal(model.backend, steps, batch, lengths))
 
     def backward(self, model: Module, dy: Any, cache: StackCache, dstate: State | None) -> tuple[Any, State, dict]:
@@ -155,7 +179,7 @@ class Stack(NamedTuple):
         masks, xp = cache.weight_masks, model.backend.xp
         ran = cache if masks is None else cache._replace(layer_params=tuple(
             tuple(tuple(p) for p in layer) for layer in self._dropped(xp, cache.layer_params, masks)))
-        dx, dstate0, layer_grads = stack_backward(model.backend, self.cell, kernel, dy, final, ran)
+        dx, dstate0, layer_grads = stack_backward(model.backend, cache.cell, kernel, dy, final, ran)
         return dx, dstate0, self.named_grads(self._dropped(xp, layer_grads, masks))
 
 
@@ -174,12 +198,29 @@ def _check_checkpoint_every(value: Any) -> int | None:
     return int(value)
 
 
-def _cell_options(peepholes: Any, input_forget: Any, cell_clip: Any) -> CellOptions:
-    _check_flags(peepholes=peepholes, input_forget=input_forget)
+def _cell_options(peepholes: Any, input_forget: Any, cell_clip: Any, layer_norm: Any, zoneout: Any,
+                  recurrent_dropout: Any) -> CellOptions:
+    _check_flags(peepholes=peepholes, input_forget=input_forget, layer_norm=layer_norm)
     if cell_clip is not None and (isinstance(cell_clip, bool) or not isinstance(cell_clip, (int, float, np.number))
                                   or not np.isfinite(cell_clip) or cell_clip <= 0):
         raise ValueError(f"cell_clip must be a finite number > 0 (or None: no clipping), got {cell_clip!r}")
-    return CellOptions(bool(peepholes), bool(input_forget), None if cell_clip is None else float(cell_clip))
+    return CellOptions(bool(peepholes), bool(input_forget), None if cell_clip is None else float(cell_clip),
+                       bool(layer_norm), _check_zoneout(zoneout),
+                       _check_fraction("recurrent_dropout", recurrent_dropout))
+
+
+def _options_config(options: CellOptions) -> dict[str, Any]:
+    """The cell options as constructor arguments: zoneout as one probability when z_c = z_h."""
+    zoneout_c, zoneout_h = options.zoneout
+    return {**options._asdict(), "zoneout": zoneout_c if zoneout_c == zoneout_h else options.zoneout}
+
+
+def _check_zoneout(value: Any) -> tuple[float, float]:
+    """``z`` or ``(z_c, z_h)``, each in [0, 1), as the pair (z_c, z_h)."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2:
+        raise ValueError(f"zoneout must be one probability or a pair (z_c, z_h), each in [0, 1), got {value!r}")
+    return (_check_fraction("zoneout", pair[0]), _check_fraction("zoneout", pair[1]))
 
 
 def _check_proj_size(proj_size: Any, hidden_size: int) -> None:
@@ -226,6 +267,9 @@ class LSTM(Module):
         peepholes: bool = False,
         input_forget: bool = False,
         cell_clip: float | None = None,
+        layer_norm: bool = False,
+        zoneout: float | tuple[float, float] = 0.0,
+        recurrent_dropout: float = 0.0,
         weight_drop: float = 0.0,
         locked_dropout: bool = False,
         checkpoint_every: int | None = None,
@@ -236,7 +280,8 @@ class LSTM(Module):
     ) -> None:
         _check_positive(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         self.checkpoint_every = _check_checkpoint_every(checkpoint_every)
-        self.cell_options = _cell_options(peepholes, input_forget, cell_clip)
+        self.cell_options = _cell_options(peepholes, input_forget, cell_clip, layer_norm, zoneout,
+                                          recurrent_dropout)
         self.weight_drop = _check_fraction("weight_drop", weight_drop)
         _check_flags(locked_dropout=locked_dropout)
         self.locked_dropout = bool(locked_dropout)
@@ -261,7 +306,7 @@ class LSTM(Module):
         return {"input_size": self.input_size, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "dropout": self.dropout, "bidirectional": self.bidirectional, "proj_size": self.proj_size,
                 "batch_first": self.batch_first, "checkpoint_every": self.checkpoint_every,
-                **self.cell_options._asdict(), "weight_drop": self.weight_drop, "locked_dropout": self.locked_dropout}
+                **_options_config(self.cell_options), "weight_drop": self.weight_drop, "locked_dropout": self.locked_dropout}
 
     def _time_major(self, name: str, values: Any, features: int, steps: int | None = None,
                     batch: int | None = None) -> Any:
@@ -382,6 +427,9 @@ class LanguageModel(Module):
         peepholes: bool = False,
         input_forget: bool = False,
         cell_clip: float | None = None,
+        layer_norm: bool = False,
+        zoneout: float | tuple[float, float] = 0.0,
+        recurrent_dropout: float = 0.0,
         weight_drop: float = 0.0,
         locked_dropout: bool = False,
         embedding_dropout: float = 0.0,
@@ -395,7 +443,8 @@ class LanguageModel(Module):
         _check_positive(vocab_size=vocab_size, embedding_size=embedding_size, hidden_size=hidden_size,
                         num_layers=num_layers)
         self.checkpoint_every = _check_checkpoint_every(checkpoint_every)
-        self.cell_options = _cell_options(peepholes, input_forget, cell_clip)
+        self.cell_options = _cell_options(peepholes, input_forget, cell_clip, layer_norm, zoneout,
+                                          recurrent_dropout)
         self.weight_drop = _check_fraction("weight_drop", weight_drop)
         self.embedding_dropout = _check_fraction("embedding_dropout", embedding_dropout)
         _check_flags(locked_dropout=locked_dropout, tie_weights=tie_weights)
@@ -422,6 +471,12 @@ class LanguageModel(Module):
             del host["head.weight"]
         self._set_host_params(host)
 
+    def _draws_masks(self) -> bool:
+        """Whether a forward in this mode draws random masks (then even a loss without gradients runs it)."""
+        options = self.cell_options
+        return self.training and bool(self.dropout or self.weight_drop or self.embedding_dropout
+                                      or any(options.zoneout) or options.recurrent_dropout)
+
     def _head_weight(self) -> Any:
         """The head's (R, V) matrix: its own, or the embedding's transpose when the weights are tied."""
         return self.params["embedding.weight"].T if self.tie_weights else self.params["head.weight"]
@@ -434,7 +489,7 @@ class LanguageModel(Module):
     def config(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers, "dropout": self.dropout,
-                "proj_size": self.proj_size, "checkpoint_every": self.checkpoint_every, **self.cell_options._asdict(),
+                "proj_size": self.proj_size, "checkpoint_every": self.checkpoint_every, **_options_config(self.cell_options),
                 "weight_drop": self.weight_drop, "locked_dropout": self.locked_dropout,
                 "embedding_dropout": self.embedding_dropout, "tie_weights": self.tie_weights}
 
@@ -569,7 +624,7 @@ class LanguageModel(Module):
 
     def _loss(self, inputs: Any, targets: Any, state: State | None, lengths: np.ndarray | None, ignore_index: int,
               grads: bool, impl: str | None, dropout_masks: Sequence[Any] | None, loss_impl: str | None) -> LossOutput:
-        if grads or (self.training and (self.dropout or self.weight_drop or self.embedding_dropout)):
+        if grads or self._draws_masks():
             logits, final, cache = self._forward(inputs, state, lengths, impl, dropout_masks)
         else:  # nothing to backpropagate and no dropout to draw: keep nothing
             vectors, _ = embedding_forward(self.backend, inputs, self.params["embedding.weight"])

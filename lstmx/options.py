@@ -139,6 +139,12 @@ class ModelConfig:
     input_forget: bool = option(False, "couple the forget gate to the input gate: f = 1 - i (ONNX's input_forget)")
     cell_clip: float | None = option(None, "clip every gate's pre-activation to [-C, C] (ONNX's clip)", POSITIVE,
                                      optional=True)
+    layer_norm: bool = option(False, "layer-normalised LSTM (Ba et al. 2016): LN on x W_x, on h W_h and on c before "
+                                     "its tanh")
+    zoneout: float = option(0.0, "zoneout (Krueger et al. 2017): each unit of c and h keeps its previous value with "
+                                 "this probability in training (its expectation in evaluation)", FRACTION)
+    recurrent_dropout: float = option(0.0, "variational dropout on h_{t-1}, one mask per sequence (Keras's "
+                                           "recurrent_dropout)", FRACTION)
     weight_drop: float = option(0.0, "DropConnect on the recurrent weights W_h, one mask per forward (AWD-LSTM)",
                                 FRACTION)
     locked_dropout: bool = option(False, "dropout with one mask per sequence, the same at every step (AWD-LSTM)")

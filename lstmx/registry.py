@@ -157,7 +157,7 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
               summary="NumPy: in-place ufuncs into reused host buffers"),
     LayerImpl(name="generic", module="lstmx.layers.lstm_layer", backends=None, dtypes=FLOATS, auto_dtypes=FLOATS,
               step_masks=True, size_limited=False, cells=EVERY_CELL,
-              cell_options=("peepholes", "input_forget", "cell_clip"),
+              cell_options=("peepholes", "input_forget", "cell_clip", "layer_norm", "zoneout", "recurrent_dropout"),
               summary="the Array API reference path (every backend, cell, cell option and step mask)"),
 )
 _BY_NAME = {impl.name: impl for impl in LAYER_IMPLS}

@@ -82,6 +82,8 @@ class StackCache(NamedTuple):
     step_mask: Any = None  # kept when checkpointed: the segments are run again
     layer_inputs: tuple[Any, ...] | None = None  # each layer's input, when checkpointed (layers hold Segments)
     weight_masks: tuple[tuple[Any, ...], ...] | None = None  # [layer][direction] DropConnect masks on W_h, or None
+    noise: tuple[tuple[Any, ...], ...] | None = None  # [layer][direction] LayerNoise (zoneout, recurrent dropout)
+    cell: Cell | None = None  # the cell the forward ran (its options as in effect in that mode)
 
     def parameter_arrays(self) -> tuple[Any, ...]:
         """Every parameter array the forward used, flat (what a model compares with its current ones)."""
@@ -103,11 +105,13 @@ def stack_forward(
     dropout_masks: Sequence[Any] | None = None,
     reversal: TimeReversal | None = None,
     checkpoint_every: int | None = None,
+    noise: Sequence[Sequence[Any]] | None = None,
 ) -> tuple[Any, tuple[Any, ...], StackCache]:
     """``x`` (T, B, D) and ``state`` (h0 (L·dirs, B, R), c0 (L·dirs, B, H)) → ``y`` (T, B, dirs·R), final state
     (same shapes), cache. ``layers[k][d]`` holds layer k's parameters in direction d; ``reversal`` is required
     when there are two directions. ``kernel`` is the implementation module named ``impl_name``;
-    ``checkpoint_every`` = K keeps only every K-th state (module docstring)."""
+    ``checkpoint_every`` = K keeps only every K-th state (module docstring); ``noise[k][d]`` holds a training
+    forward's :class:`~lstmx.layers.lstm_layer.LayerNoise` for layer k and direction d (None: evaluation)."""
     xp = backend.xp
     directions = len(layers[0])
     masks = tuple(dropout_masks) if dropout_masks is not None else (None,) * (len(layers) - 1)
@@ -119,11 +123,12 @@ def stack_forward(
             index = k * directions + d
             seen = inputs if d == 0 else reversal(backend, inputs)
             initial = tuple(s[index, ...] for s in state)
+            drawn = None if noise is None else noise[k][d]
             if checkpoint_every is None:
-                y, final, cache = cell.layer_forward(kernel, backend, seen, tuple(params), initial, step_mask)
+                y, final, cache = cell.layer_forward(kernel, backend, seen, tuple(params), initial, step_mask, drawn)
             else:
                 y, final, starts = _segments_forward(backend, cell, kernel, seen, tuple(params), initial, step_mask,
-                                                     checkpoint_every, keep=True)
+                                                     checkpoint_every, keep=True, noise=drawn)
                 cache = Segments(starts, checkpoint_every)
             outputs.append(y if d == 0 else reversal(backend, y))
             finals.append(final)
@@ -135,13 +140,14 @@ def stack_forward(
     checkpointed = checkpoint_every is not None
     cache = StackCache(impl_name, tuple(tuple(tuple(p) for p in layer) for layer in layers), tuple(caches), masks,
                        reversal if directions == 2 else None, x.shape[0], x.shape[1],
-                       step_mask if checkpointed else None, tuple(layer_inputs) if checkpointed else None)
+                       step_mask if checkpointed else None, tuple(layer_inputs) if checkpointed else None,
+                       noise=None if noise is None else tuple(tuple(layer) for layer in noise), cell=cell)
     return inputs, final_state, cache
 
 
 def _segments_forward(backend: Backend, cell: Cell, kernel: ModuleType, x: Any, params: tuple[Any, ...],
-                      state: tuple[Any, ...], step_mask: Any, length: int,
-                      keep: bool) -> tuple[Any, tuple[Any, ...], tuple[tuple[Any, ...], ...]]:
+                      state: tuple[Any, ...], step_mask: Any, length: int, keep: bool,
+                      noise: Any = None) -> tuple[Any, tuple[Any, ...], tuple[tuple[Any, ...], ...]]:
     """One layer and direction over ``x`` in segments of ``length`` steps, each cache dropped as soon as it is
     made: ``(y, final state, the state at each segment's start (when ``keep``))``."""
     xp = backend.xp
@@ -151,14 +157,15 @@ def _segments_forward(backend: Backend, cell: Cell, kernel: ModuleType, x: Any, 
         if keep:
             starts.append(state)
         mask = None if step_mask is None else step_mask[start:stop, ...]
-        y, state, _ = cell.layer_forward(kernel, backend, x[start:stop, ...], params, state, mask)
+        drawn = None if noise is None else noise.window(start, stop)
+        y, state, _ = cell.layer_forward(kernel, backend, x[start:stop, ...], params, state, mask, drawn)
         outputs.append(y)
     return (outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=0)), state, tuple(starts)
 
 
 def _segments_backward(backend: Backend, cell: Cell, kernel: ModuleType, x: Any, dy: Any, dstate: tuple[Any, ...],
-                       params: tuple[Any, ...], segments: Segments,
-                       step_mask: Any) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+                       params: tuple[Any, ...], segments: Segments, step_mask: Any,
+                       noise: Any = None) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
     """Mirror of :func:`_segments_forward` with ``keep``: each segment's forward again from its saved state, then
     its backward, last segment first; the parameter gradients summed over the segments."""
     xp = backend.xp
@@ -167,7 +174,9 @@ def _segments_backward(backend: Backend, cell: Cell, kernel: ModuleType, x: Any,
         start = number * segments.length
         stop = min(start + segments.length, x.shape[0])
         mask = None if step_mask is None else step_mask[start:stop, ...]
-        _, _, cache = cell.layer_forward(kernel, backend, x[start:stop, ...], params, segments.starts[number], mask)
+        drawn = None if noise is None else noise.window(start, stop)
+        _, _, cache = cell.layer_forward(kernel, backend, x[start:stop, ...], params, segments.starts[number], mask,
+                                         drawn)
         dx, dstate, dparams = cell.layer_backward(kernel, backend, backend.contiguous(dy[start:stop, ...]), dstate,
                                                   params, cache)
         dxs.append(dx)
@@ -235,7 +244,8 @@ def stack_backward(
             else:
                 seen = cache.layer_inputs[k] if d == 0 else cache.reversal(backend, cache.layer_inputs[k])
                 dx, d0, dparams = _segments_backward(backend, cell, kernel, seen, part, final, layers[k][d],
-                                                     cache.layers[k][d], cache.step_mask)
+                                                     cache.layers[k][d], cache.step_mask,
+                                                     None if cache.noise is None else cache.noise[k][d])
             dx = dx if d == 0 else cache.reversal(backend, dx)
             dx_sum = dx if dx_sum is None else dx_sum + dx
             grads[k].append(dparams)

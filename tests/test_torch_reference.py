@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstmx import LanguageModel
+from lstmx import LSTM, LanguageModel
 from lstmx.interop import (language_model_from_torch, language_model_to_torch, lstm_from_keras, lstm_from_torch,
                            lstm_to_keras, lstm_to_torch)
 
@@ -270,3 +270,56 @@ def test_projected_language_model_matches_torch(backend):
     close(host(output.grads["head.weight"]).T, reference.head.weight.grad, "dhead")
     exported = language_model_to_torch(model)
     assert set(exported) == set(reference.state_dict())
+
+
+class TorchLayerNormLSTM(torch.nn.Module):
+    """The layer-normalised LSTM written in the test from ``torch.nn.LayerNorm`` and the formula of
+    :class:`lstmx.cells.LSTMCell`: z = LN_x(x W_x) + LN_h(h W_h) + b, h = o ⊙ tanh(LN_c(c)), c carried raw."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.w_x = torch.nn.Parameter(torch.randn(input_size, 4 * hidden_size, dtype=torch.float64) * 0.5)
+        self.w_h = torch.nn.Parameter(torch.randn(hidden_size, 4 * hidden_size, dtype=torch.float64) * 0.5)
+        self.b = torch.nn.Parameter(torch.randn(4 * hidden_size, dtype=torch.float64))
+        self.ln_x, self.ln_h = (torch.nn.LayerNorm(4 * hidden_size, dtype=torch.float64) for _ in range(2))
+        self.ln_c = torch.nn.LayerNorm(hidden_size, dtype=torch.float64)
+        for norm in (self.ln_x, self.ln_h, self.ln_c):
+            torch.nn.init.normal_(norm.weight)
+            torch.nn.init.normal_(norm.bias)
+
+    def forward(self, x, h, c):
+        outputs = []
+        for t in range(x.shape[0]):
+            i, f, g, o = (self.ln_x(x[t] @ self.w_x) + self.ln_h(h @ self.w_h) + self.b).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(self.ln_c(c))
+            outputs.append(h)
+        return torch.stack(outputs), h, c
+
+
+def test_layer_norm_lstm_matches_a_torch_layer_norm_reference(backend):
+    torch.manual_seed(3)
+    reference = TorchLayerNormLSTM(3, 5)
+    rng = np.random.default_rng(3)
+    x = torch.tensor(rng.standard_normal((6, 2, 3)), requires_grad=True)
+    h0 = torch.tensor(rng.standard_normal((2, 5)), requires_grad=True)
+    c0 = torch.tensor(rng.standard_normal((2, 5)), requires_grad=True)
+    y_ref, h_ref, c_ref = reference(x, h0, c0)
+    dy = rng.standard_normal(y_ref.shape)
+    (y_ref * torch.from_numpy(dy)).sum().backward()
+
+    model = LSTM(3, 5, layer_norm=True, backend=backend, dtype="float64")
+    pair = lambda norm: np.stack([norm.weight.detach().numpy(), norm.bias.detach().numpy()])  # noqa: E731
+    model.load_state_dict({"weight_l0": np.concatenate([reference.w_x.detach().numpy(), reference.w_h.detach().numpy()]),
+                           "bias_l0": reference.b.detach().numpy(), "norm_x_l0": pair(reference.ln_x),
+                           "norm_h_l0": pair(reference.ln_h), "norm_c_l0": pair(reference.ln_c)})
+    b = model.backend
+    y, (h, c), cache = model.forward(b.asarray(x.detach().numpy()), (b.asarray(h0.detach().numpy()[None]),
+                                                                    b.asarray(c0.detach().numpy()[None])))
+    dx, (dh0, dc0), grads = model.backward(b.asarray(dy), cache)
+    for name, ours, theirs in [("y", y, y_ref), ("h", h[0, ...], h_ref), ("c", c[0, ...], c_ref), ("dx", dx, x.grad),
+                               ("dh0", dh0[0, ...], h0.grad), ("dc0", dc0[0, ...], c0.grad), ("db", grads["bias_l0"], reference.b.grad),
+                               ("dweight", grads["weight_l0"], torch.cat([reference.w_x.grad, reference.w_h.grad]))]:
+        close(ours, theirs, name)
+    for name, norm in [("norm_x_l0", reference.ln_x), ("norm_h_l0", reference.ln_h), ("norm_c_l0", reference.ln_c)]:
+        close(grads[name], torch.stack([norm.weight.grad, norm.bias.grad]), name)

@@ -2,7 +2,7 @@
 each ``*_backward`` takes that cache and mirrors the forward in reverse."""
 
 from .cell import cell_backward, cell_forward
-from .dropout import dropout_backward, dropout_forward, dropout_mask
+from .dropout import dropout_backward, dropout_forward, dropout_mask, keep_mask
 from .embedding import embedding_backward, embedding_forward
 from .linear import linear_backward, linear_forward
 from .loss import IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward, log_softmax
@@ -20,6 +20,7 @@ __all__ = [
     "dropout_mask",
     "embedding_backward",
     "embedding_forward",
+    "keep_mask",
     "linear_backward",
     "linear_forward",
     "log_softmax",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import Backend
+from .norm import NormCache, layer_norm_backward, layer_norm_forward
 
 
 class GateAffine(NamedTuple):
@@ -64,16 +65,26 @@ def cell_backward(
 
 
 class CellOptions(NamedTuple):
-    """The LSTM variants of the ONNX LSTM operator, as options of the cell (:class:`lstmx.cells.LSTMCell`)."""
+    """The LSTM variants, as options of the cell (:class:`lstmx.cells.LSTMCell` writes their equations)."""
 
     peepholes: bool = False  # i and f see c_{t-1}, o sees c_t, through per-unit weights p_i, p_f, p_o
     input_forget: bool = False  # the forget gate coupled to the input gate: f = 1 − i
     cell_clip: float | None = None  # every gate's pre-activation clipped to [−C, C] (gradient zero outside)
+    layer_norm: bool = False  # LN on x W_x, on h W_h and on c before its tanh, each with its own gain and bias
+    zoneout: tuple[float, float] = (0.0, 0.0)  # (z_c, z_h): the probability each unit keeps its previous value
+    recurrent_dropout: float = 0.0  # variational dropout on h_{t-1}: one mask per sequence (training only)
 
     def names(self) -> tuple[str, ...]:
         """The options in use, as the registry names them."""
         return tuple(name for name, on in (("peepholes", self.peepholes), ("input_forget", self.input_forget),
-                                           ("cell_clip", self.cell_clip is not None)) if on)
+                                           ("cell_clip", self.cell_clip is not None),
+                                           ("layer_norm", self.layer_norm), ("zoneout", any(self.zoneout)),
+                                           ("recurrent_dropout", self.recurrent_dropout > 0)) if on)
+
+    def in_effect(self, training: bool) -> "CellOptions":
+        """The options a forward in this mode computes: recurrent dropout acts only in training (zoneout acts in
+        both: by its masks in training, by its expectation in evaluation)."""
+        return self if training else self._replace(recurrent_dropout=0.0)
 
 
 class VariantStep(NamedTuple):
@@ -81,6 +92,7 @@ class VariantStep(NamedTuple):
 
     c_new: Any  # (B, H) c_t, which o's peephole multiplied
     unclipped: Any  # (B, 4H) 1 where a pre-activation lay inside [−C, C], else 0; None without clipping
+    c_norm: NormCache | None = None  # LN(c_t)'s cache with layer_norm, else None
 
 
 def _clipped(xp: Any, z: Any, clip: float | None) -> tuple[Any, Any]:
@@ -90,10 +102,11 @@ def _clipped(xp: Any, z: Any, clip: float | None) -> tuple[Any, Any]:
     return xp.clip(z, -clip, clip), inside
 
 
-def variant_cell_forward(xp: Any, z: Any, c_prev: Any, peephole: Any,
+def variant_cell_forward(xp: Any, z: Any, c_prev: Any, peephole: Any, norm_c: Any,
                          options: CellOptions) -> tuple[Any, Any, Any, Any, VariantStep]:
     """:func:`cell_forward` with the options: ``(gates, c, tanh_c, h, step)``; ``peephole`` (3H,) holds p_i,
-    p_f, p_o (None without peepholes). The equations are :class:`lstmx.cells.LSTMCell`'s."""
+    p_f, p_o (None without peepholes), ``norm_c`` (2, H) the gain and bias of LN(c_t) (None without layer_norm);
+    ``tanh_c`` is tanh(LN(c_t)) with layer norm. The equations are :class:`lstmx.cells.LSTMCell`'s."""
     hidden = c_prev.shape[-1]
     zi, zf, zg, zo = (z[:, k * hidden:(k + 1) * hidden] for k in range(4))
     if options.peepholes:
@@ -110,14 +123,20 @@ def variant_cell_forward(xp: Any, z: Any, c_prev: Any, peephole: Any,
         zo = zo + peephole[2 * hidden:] * c
     zo, inside_o = _clipped(xp, zo, options.cell_clip)
     o = 1 / (1 + xp.exp(-zo))
-    tanh_c = xp.tanh(c)
+    c_norm = None
+    if options.layer_norm:
+        normalized_c, c_norm = layer_norm_forward(xp, c, norm_c)
+        tanh_c = xp.tanh(normalized_c)
+    else:
+        tanh_c = xp.tanh(c)
     unclipped = None if options.cell_clip is None else xp.concat([inside_i, inside_f, inside_g, inside_o], axis=-1)
-    return xp.concat([i, f, g, o], axis=-1), c, tanh_c, o * tanh_c, VariantStep(c, unclipped)
+    return xp.concat([i, f, g, o], axis=-1), c, tanh_c, o * tanh_c, VariantStep(c, unclipped, c_norm)
 
 
 def variant_cell_backward(xp: Any, dh: Any, dc_next: Any, gates: Any, c_prev: Any, tanh_c: Any, peephole: Any,
-                          options: CellOptions, step: VariantStep) -> tuple[Any, Any, Any]:
-    """Mirror of :func:`variant_cell_forward`: ``(dz, dc_prev, dpeephole)`` (dpeephole (3H,) or None)."""
+                          norm_c: Any, options: CellOptions, step: VariantStep) -> tuple[Any, Any, Any, Any]:
+    """Mirror of :func:`variant_cell_forward`: ``(dz, dc_prev, dpeephole, dnorm_c)`` (the last two None for
+    what the cell does not have)."""
     hidden = c_prev.shape[-1]
     i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
     unclipped = (None,) * 4 if step.unclipped is None else tuple(
@@ -127,7 +146,11 @@ def variant_cell_backward(xp: Any, dh: Any, dc_next: Any, gates: Any, c_prev: An
         return gradient if inside is None else gradient * inside
 
     dzo = through_clip(dh * tanh_c * o * (1 - o), unclipped[3])
-    dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+    dc_through_h = dh * o * (1 - tanh_c * tanh_c)  # dL/d(what the tanh took): c_t, or LN(c_t)
+    dnorm_c = None
+    if options.layer_norm:
+        dc_through_h, dnorm_c = layer_norm_backward(xp, dc_through_h, norm_c, step.c_norm)
+    dc = dc_next + dc_through_h
     if options.peepholes:
         dc = dc + dzo * peephole[2 * hidden:]
     di, df, dg = dc * g, dc * c_prev, dc * i
@@ -142,4 +165,4 @@ def variant_cell_backward(xp: Any, dh: Any, dc_next: Any, gates: Any, c_prev: An
         dc_prev = dc_prev + dzi * peephole[:hidden] + dzf * peephole[hidden:2 * hidden]
         dpeephole = xp.concat([xp.sum(dzi * c_prev, axis=0), xp.sum(dzf * c_prev, axis=0),
                                xp.sum(dzo * step.c_new, axis=0)])
-    return xp.concat([dzi, dzf, dzg, dzo], axis=-1), dc_prev, dpeephole
+    return xp.concat([dzi, dzf, dzg, dzo], axis=-1), dc_prev, dpeephole, dnorm_c

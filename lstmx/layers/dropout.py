@@ -15,6 +15,11 @@ def dropout_mask(backend: Backend, rng: np.random.Generator, shape: tuple[int, .
     return backend.asarray(keep.astype(np.float64) / (1.0 - p), dtype=dtype)
 
 
+def keep_mask(backend: Backend, rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype: Any) -> Any:
+    """A mask of 1 with probability ``p`` and 0 otherwise (zoneout's: which units keep their previous value)."""
+    return backend.asarray((rng.random(shape) < p).astype(np.float64), dtype=dtype)
+
+
 def dropout_forward(x: Any, mask: Any) -> Any:
     return x if mask is None else x * mask
 

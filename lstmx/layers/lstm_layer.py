@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from ..backend import Backend
 from . import cell
 from .cell import CellOptions, VariantStep, gate_affine
+from .norm import NormCache, layer_norm_backward, layer_norm_forward
 
 PLAIN = CellOptions()
 
@@ -37,7 +38,7 @@ class LSTMLayerCache(NamedTuple):
     gates: Any  # (T, B, 4H) activated gates i, f, g, o
     tanh_c: Any  # (T, B, H) tanh of the cell's new value c'_t
     step_mask: Any  # (T, B, 1) 1 on real steps, 0 on padding; None when every step is real
-    variant: VariantStep | None = None  # with cell options: c_t (T, B, H) and the clip masks (T, B, 4H) per step
+    variant: "VariantCache | None" = None  # with cell options: what their backward needs
 
     def dims(self) -> tuple[int, int, int, int]:
         """(steps, batch, features, hidden) this cache was made for."""
@@ -105,7 +106,7 @@ def lstm_layer_forward(
 
     Returns ``(y, (h_T, c_T), cache)`` with y of shape (T, B, H).
     """
-    return _layer_forward(backend, x, weight, bias, None, h0, c0, step_mask)
+    return _layer_forward(backend, x, weight, bias, ExtraParams(), h0, c0, step_mask)
 
 
 def lstmp_layer_forward(
@@ -115,43 +116,114 @@ def lstmp_layer_forward(
 
     Returns ``(y, (h_T, c_T), cache)`` with y of shape (T, B, P).
     """
-    return _layer_forward(backend, x, weight, bias, projection, h0, c0, step_mask)
+    return _layer_forward(backend, x, weight, bias, ExtraParams(projection), h0, c0, step_mask)
+
+
+class ExtraParams(NamedTuple):
+    """One layer's parameters beyond ``weight`` and ``bias``, named as the cells name them (None: not used)."""
+
+    projection: Any = None  # (H, P) W_hr of the projected cell
+    peephole: Any = None  # (3H,) p_i, p_f, p_o
+    norm_x: Any = None  # (2, 4H) gain and bias of LN(x_t W_x)
+    norm_h: Any = None  # (2, 4H) gain and bias of LN(h_{t-1} W_h)
+    norm_c: Any = None  # (2, H) gain and bias of LN(c_t)
+
+
+class LayerNoise(NamedTuple):
+    """The random masks of one training forward of one layer and direction (None: that regulariser is off).
+
+    Without a LayerNoise (evaluation) zoneout acts by its expectation, z_c and z_h, and recurrent dropout not at
+    all."""
+
+    recurrent: Any = None  # (B, R) variational dropout on h_{t-1}, 0 or 1/(1 − p), the same at every step
+    zoneout_c: Any = None  # (T, B, H) 1 where a unit of c keeps its previous value, else 0
+    zoneout_h: Any = None  # (T, B, R) the same for h
+
+    def window(self, start: int, stop: int) -> "LayerNoise":
+        """The masks of steps [start, stop) (a segment of a checkpointed layer)."""
+        def part(mask: Any) -> Any:
+            return None if mask is None else mask[start:stop, ...]
+        return LayerNoise(self.recurrent, part(self.zoneout_c), part(self.zoneout_h))
+
+
+class VariantCache(NamedTuple):
+    """What the backward of a layer with cell options keeps beyond :class:`LSTMLayerCache`'s plain fields."""
+
+    c_new: Any  # (T, B, H) each step's c'_t, which o's peephole multiplied
+    unclipped: Any  # (T, B, 4H) the clip masks, or None
+    c_norm: NormCache | None  # LN(c'_t) per step (T, B, ·), or None
+    x_norm: NormCache | None  # LN(x_t W_x) over all steps ((T·B), ·), or None
+    h_norm: NormCache | None  # LN(h_{t-1} W_h) per step (T, B, ·), or None
+    noise: LayerNoise | None  # the masks the forward drew (None: evaluation)
 
 
 def lstm_variant_layer_forward(
-    backend: Backend, x: Any, weight: Any, bias: Any, projection: Any, peephole: Any, options: CellOptions, h0: Any,
-    c0: Any, step_mask: Any = None
+    backend: Backend, x: Any, weight: Any, bias: Any, extra: ExtraParams, options: CellOptions, h0: Any, c0: Any,
+    step_mask: Any = None, noise: LayerNoise | None = None
 ) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
-    """A layer of the cell with ``options`` (peepholes ``peephole`` (3H,) = p_i, p_f, p_o; ``input_forget``;
-    ``cell_clip``), with or without a ``projection``."""
-    return _layer_forward(backend, x, weight, bias, projection, h0, c0, step_mask, peephole, options)
+    """A layer of the cell with ``options`` and the ``extra`` parameters they need (a projection, peepholes,
+    layer-norm gains and biases); ``noise`` holds a training forward's zoneout and recurrent-dropout masks
+    (None: evaluation). Equations in :class:`lstmx.cells.LSTMCell`."""
+    return _layer_forward(backend, x, weight, bias, extra, h0, c0, step_mask, options, noise)
 
 
-def _layer_forward(backend: Backend, x: Any, weight: Any, bias: Any, projection: Any, h0: Any, c0: Any,
-                   step_mask: Any, peephole: Any = None,
-                   options: CellOptions = PLAIN) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
-    xp = backend.xp
-    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0, projection)
+def _stacked_norms(xp: Any, caches: list[NormCache]) -> NormCache | None:
+    return None if not caches or caches[0] is None else NormCache(xp.stack([n.normalized for n in caches]),
+                                                                  xp.stack([n.inverse_std for n in caches]))
+
+
+def _check_extra(extra: ExtraParams, options: CellOptions, hidden: int, dtype: Any) -> None:
     if options.peepholes:
-        _expect("peephole", peephole, (3 * hidden,), x.dtype)
+        _expect("peephole", extra.peephole, (3 * hidden,), dtype)
+    if options.layer_norm:
+        _expect("norm_x", extra.norm_x, (2, 4 * hidden), dtype)
+        _expect("norm_h", extra.norm_h, (2, 4 * hidden), dtype)
+        _expect("norm_c", extra.norm_c, (2, hidden), dtype)
+
+
+def _layer_forward(backend: Backend, x: Any, weight: Any, bias: Any, extra: ExtraParams, h0: Any, c0: Any,
+                   step_mask: Any, options: CellOptions = PLAIN,
+                   noise: LayerNoise | None = None) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
+    xp = backend.xp
+    projection = extra.projection
+    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0, projection)
+    _check_extra(extra, options, hidden, x.dtype)
     variant = options != PLAIN
     gate = gate_affine(backend, hidden, x.dtype)
     w_hidden = weight[features:, :]
-    x_proj = xp.reshape(xp.reshape(x, (steps * batch, features)) @ weight[:features, :] + bias, (steps, batch, 4 * hidden))
+    x_product = xp.reshape(x, (steps * batch, features)) @ weight[:features, :]
+    x_norm = None
+    if options.layer_norm:
+        x_product, x_norm = layer_norm_forward(xp, x_product, extra.norm_x)
+    x_proj = xp.reshape(x_product + bias, (steps, batch, 4 * hidden))
+    recurrent = None if noise is None else noise.recurrent
+    keep_c, keep_h = options.zoneout  # evaluation: zoneout's expectation; training: the masks below
 
     h, c = h0, c0
-    outputs, h_prevs, c_prevs, gate_steps, tanh_cs, variant_steps = [], [], [], [], [], []
+    outputs, h_prevs, c_prevs, gate_steps, tanh_cs, variant_steps, h_norms = [], [], [], [], [], [], []
     for t in range(steps):
-        h_prevs.append(h)
+        seen_h = h if recurrent is None else h * recurrent
+        h_prevs.append(seen_h)  # what W_h multiplies
         c_prevs.append(c)
-        z = x_proj[t, ...] + h @ w_hidden
+        h_product = seen_h @ w_hidden
+        if options.layer_norm:
+            h_product, h_norm = layer_norm_forward(xp, h_product, extra.norm_h)
+            h_norms.append(h_norm)
+        z = x_proj[t, ...] + h_product
         if variant:
-            gates, c_new, tanh_c, h_new, step = cell.variant_cell_forward(xp, z, c, peephole, options)
+            gates, c_new, tanh_c, h_new, step = cell.variant_cell_forward(xp, z, c, extra.peephole, extra.norm_c,
+                                                                          options)
             variant_steps.append(step)
         else:
             gates, c_new, tanh_c, h_new = cell.cell_forward(xp, z, c, gate)
         if projection is not None:
             h_new = h_new @ projection
+        if noise is not None:
+            keep_c = 0.0 if noise.zoneout_c is None else noise.zoneout_c[t, ...]
+            keep_h = 0.0 if noise.zoneout_h is None else noise.zoneout_h[t, ...]
+        if options.zoneout != (0.0, 0.0):  # each unit keeps its previous value with probability z
+            c_new = keep_c * c + (1 - keep_c) * c_new
+            h_new = keep_h * h + (1 - keep_h) * h_new
         if step_mask is None:
             y, h, c = h_new, h_new, c_new
         else:
@@ -165,8 +237,10 @@ def _layer_forward(backend: Backend, x: Any, weight: Any, bias: Any, projection:
 
     kept = None
     if variant:
-        kept = VariantStep(xp.stack([v.c_new for v in variant_steps]),
-                           None if options.cell_clip is None else xp.stack([v.unclipped for v in variant_steps]))
+        kept = VariantCache(xp.stack([v.c_new for v in variant_steps]),
+                            None if options.cell_clip is None else xp.stack([v.unclipped for v in variant_steps]),
+                            _stacked_norms(xp, [v.c_norm for v in variant_steps]), x_norm,
+                            _stacked_norms(xp, h_norms), noise)
     cache = LSTMLayerCache(x, xp.stack(h_prevs), xp.stack(c_prevs), xp.stack(gate_steps), xp.stack(tanh_cs), step_mask,
                            kept)
     return xp.stack(outputs), (h, c), cache
@@ -180,7 +254,7 @@ def lstm_layer_backward(
     ``dy`` (T, B, H) is dL/dy, ``(dh_last, dc_last)`` dL/d(h_T, c_T). Returns
     ``(dx, (dh0, dc0), dweight, dbias)``.
     """
-    dx, dstate0, dweight, dbias, _ = _layer_backward(backend, dy, dh_last, dc_last, weight, None, cache)
+    dx, dstate0, dweight, dbias, _ = _layer_backward(backend, dy, dh_last, dc_last, weight, ExtraParams(), cache)
     return dx, dstate0, dweight, dbias
 
 
@@ -188,40 +262,55 @@ def lstmp_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any, cache: LSTMLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any, Any]:
     """Mirror of :func:`lstmp_layer_forward`: ``(dx, (dh0, dc0), dweight, dbias, dprojection)``."""
-    return _layer_backward(backend, dy, dh_last, dc_last, weight, projection, cache)
+    dx, dstate0, dweight, dbias, dextra = _layer_backward(backend, dy, dh_last, dc_last, weight,
+                                                          ExtraParams(projection), cache)
+    return dx, dstate0, dweight, dbias, dextra.projection
 
 
 def lstm_variant_layer_backward(
-    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any, peephole: Any,
-    options: CellOptions, cache: LSTMLayerCache
-) -> tuple[Any, tuple[Any, Any], Any, Any, Any, Any]:
-    """Mirror of :func:`lstm_variant_layer_forward`: ``(dx, (dh0, dc0), dweight, dbias, dprojection,
-    dpeephole)`` (None for what the layer does not have)."""
-    return _layer_backward(backend, dy, dh_last, dc_last, weight, projection, cache, peephole, options)
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, extra: ExtraParams, options: CellOptions,
+    cache: LSTMLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
+    """Mirror of :func:`lstm_variant_layer_forward`: ``(dx, (dh0, dc0), dweight, dbias, dextra)``, ``dextra``
+    holding the gradient of each parameter ``extra`` holds."""
+    return _layer_backward(backend, dy, dh_last, dc_last, weight, extra, cache, options)
 
 
-def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any,
-                    cache: LSTMLayerCache, peephole: Any = None, options: CellOptions = PLAIN) -> tuple[Any, ...]:
+def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, extra: ExtraParams,
+                    cache: LSTMLayerCache, options: CellOptions = PLAIN) -> tuple[Any, ...]:
     xp = backend.xp
     x, h_prevs, c_prevs, gate_steps, tanh_cs, step_mask, kept = cache
     if (kept is None) != (options == PLAIN):
         raise LayerInputError("the cache was made with other cell options than this backward's")
+    projection = extra.projection
     steps, batch, features, hidden = cache.dims()
     if projection is None and cache.output_size != hidden:
         raise LayerInputError("the cache was made by a projected layer; its backward needs the projection")
     check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight, projection)
+    _check_extra(extra, options, hidden, x.dtype)
     gate = gate_affine(backend, hidden, x.dtype)
     w_hidden_t = weight[features:, :].T
     projection_t = None if projection is None else projection.T
+    noise = None if kept is None else kept.noise
+    recurrent = None if noise is None else noise.recurrent
+    keep_c, keep_h = options.zoneout
 
     dh_next, dc_next = dh_last, dc_last  # dL/dh_t and dL/dc_t arriving from step t+1
-    dz_steps, dh_outs, dpeephole = [], [], None
+    dz_steps, dh_product_steps, dh_outs = [], [], []
+    dpeephole = dnorm_h = dnorm_c = None
     for t in reversed(range(steps)):
         if step_mask is None:
             dh_new, dc_in = dy[t, ...] + dh_next, dc_next
         else:
             real = step_mask[t, ...]
             dh_new, dc_in = real * (dy[t, ...] + dh_next), real * dc_next
+        carried_h = carried_c = None
+        if options.zoneout != (0.0, 0.0):  # the kept share goes straight to the previous state
+            if noise is not None:
+                keep_c = 0.0 if noise.zoneout_c is None else noise.zoneout_c[t, ...]
+                keep_h = 0.0 if noise.zoneout_h is None else noise.zoneout_h[t, ...]
+            carried_h, carried_c = keep_h * dh_new, keep_c * dc_in
+            dh_new, dc_in = (1 - keep_h) * dh_new, (1 - keep_c) * dc_in
         if projection_t is not None:  # dL/dh'_t reaches the cell's o ⊙ tanh(c_t) through W_hr
             dh_outs.append(dh_new)
             dh_new = dh_new @ projection_t
@@ -229,30 +318,48 @@ def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weigh
             dz, dc_prev = cell.cell_backward(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...], tanh_cs[t, ...],
                                              gate)
         else:
-            step = VariantStep(kept.c_new[t, ...], None if kept.unclipped is None else kept.unclipped[t, ...])
-            dz, dc_prev, dp = cell.variant_cell_backward(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...],
-                                                         tanh_cs[t, ...], peephole, options, step)
-            if dp is not None:
-                dpeephole = dp if dpeephole is None else dpeephole + dp
-        dh_prev = dz @ w_hidden_t
+            c_norm = None if kept.c_norm is None else NormCache(kept.c_norm.normalized[t, ...],
+                                                                kept.c_norm.inverse_std[t, ...])
+            step = VariantStep(kept.c_new[t, ...], None if kept.unclipped is None else kept.unclipped[t, ...], c_norm)
+            dz, dc_prev, dp, dn = cell.variant_cell_backward(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...],
+                                                             tanh_cs[t, ...], extra.peephole, extra.norm_c, options,
+                                                             step)
+            dpeephole, dnorm_c = _summed(dpeephole, dp), _summed(dnorm_c, dn)
+        dh_product = dz
+        if options.layer_norm:
+            dh_product, dn = layer_norm_backward(xp, dz, extra.norm_h, NormCache(kept.h_norm.normalized[t, ...],
+                                                                                 kept.h_norm.inverse_std[t, ...]))
+            dnorm_h = _summed(dnorm_h, dn)
+        dh_prev = dh_product @ w_hidden_t
+        if recurrent is not None:
+            dh_prev = dh_prev * recurrent
+        if carried_h is not None:
+            dh_prev, dc_prev = dh_prev + carried_h, dc_prev + carried_c
         if step_mask is not None:  # padded steps pass the state's gradient straight through
             dh_prev = dh_prev + (1 - real) * dh_next
             dc_prev = dc_prev + (1 - real) * dc_next
         dz_steps.append(dz)
+        dh_product_steps.append(dh_product)
         dh_next, dc_next = dh_prev, dc_prev
 
     dz_all = xp.reshape(xp.stack(dz_steps[::-1]), (steps * batch, 4 * hidden))
-    layer_inputs = xp.reshape(xp.concat([x, h_prevs], axis=-1), (steps * batch, features + cache.output_size))
-    dweight = layer_inputs.T @ dz_all
+    dx_product, dnorm_x = dz_all, None
+    if options.layer_norm:
+        dx_product, dnorm_x = layer_norm_backward(xp, dz_all, extra.norm_x, kept.x_norm)
+    dh_product_all = dz_all if not options.layer_norm else xp.reshape(xp.stack(dh_product_steps[::-1]),
+                                                                      (steps * batch, 4 * hidden))
+    dweight = xp.concat([xp.reshape(x, (steps * batch, features)).T @ dx_product,
+                         xp.reshape(h_prevs, (steps * batch, cache.output_size)).T @ dh_product_all], axis=0)
     dbias = xp.sum(dz_all, axis=0)
-    dx = xp.reshape(dz_all @ weight[:features, :].T, (steps, batch, features))
+    dx = xp.reshape(dx_product @ weight[:features, :].T, (steps, batch, features))
     dprojection = None
     if projection is not None:
         unprojected = gate_steps[..., 3 * hidden :] * tanh_cs  # o_t ⊙ tanh(c_t), what W_hr multiplied
         dprojection = (xp.reshape(unprojected, (steps * batch, hidden)).T
                        @ xp.reshape(xp.stack(dh_outs[::-1]), (steps * batch, cache.output_size)))
-    if options == PLAIN:
-        return dx, (dh_next, dc_next), dweight, dbias, dprojection
-    if options.peepholes and dpeephole is None:
-        dpeephole = xp.zeros_like(peephole)
-    return dx, (dh_next, dc_next), dweight, dbias, dprojection, dpeephole
+    dextra = ExtraParams(dprojection, dpeephole, dnorm_x, dnorm_h, dnorm_c)
+    return dx, (dh_next, dc_next), dweight, dbias, dextra
+
+
+def _summed(total: Any, part: Any) -> Any:
+    return part if total is None else total + part
