@@ -100,15 +100,23 @@ MODELS = {
     "plain": lambda: lstmx.LSTM(3, 5, 2, seed=1),
     "bidirectional": lambda: lstmx.LSTM(3, 5, 2, bidirectional=True, seed=2),
     "batch-first": lambda: lstmx.LSTM(3, 4, 1, bidirectional=True, batch_first=True, seed=3),
-    "variants": lambda: _with_random_peepholes(lstmx.LSTM(3, 4, 2, bidirectional=True, peepholes=True,
-                                                          input_forget=True, cell_clip=1.2, seed=4)),
+    "variants": lambda: _with_random_options(lstmx.LSTM(3, 4, 2, bidirectional=True, peepholes=True,
+                                                        input_forget=True, cell_clip=1.2, seed=4)),
+    # through Scan bodies: what the LSTM operator cannot express
+    "projected": lambda: lstmx.LSTM(3, 5, 2, bidirectional=True, proj_size=2, seed=5),
+    "layer-normalised": lambda: _with_random_options(lstmx.LSTM(3, 4, 2, bidirectional=True, layer_norm=True, seed=6)),
+    "everything": lambda: _with_random_options(lstmx.LSTM(3, 5, 2, bidirectional=True, proj_size=3, layer_norm=True,
+                                                          peepholes=True, input_forget=True, cell_clip=1.5,
+                                                          zoneout=(0.2, 0.4), batch_first=True, seed=7)),
 }
 
 
-def _with_random_peepholes(model):
+def _with_random_options(model):
+    """Peepholes and layer-norm gains and biases away from their initial values, so the graph must use them."""
     state = model.state_dict()
     rng = np.random.default_rng(9)
-    model.load_state_dict({k: rng.standard_normal(v.shape) if "peephole" in k else v for k, v in state.items()})
+    model.load_state_dict({k: rng.standard_normal(v.shape) if "peephole" in k or "norm" in k else v
+                           for k, v in state.items()})
     return model
 
 
@@ -122,8 +130,9 @@ def test_exported_models_pass_the_checker_and_run_as_lstmx_at_other_shapes(tmp_p
     for steps, batch in ((7, 3), (2, 5)):  # T and B other than any fixed at export: both are dynamic
         shape = (batch, steps, 3) if model.batch_first else (steps, batch, 3)
         x = rng.standard_normal(shape).astype(np.float32)
-        state_shape = (model.num_layers * model.stack.directions, batch, model.hidden_size)
-        h0, c0 = (rng.standard_normal(state_shape).astype(np.float32) for _ in range(2))
+        layers = model.num_layers * model.stack.directions
+        h0 = rng.standard_normal((layers, batch, model.stack.cell.output_size)).astype(np.float32)
+        c0 = rng.standard_normal((layers, batch, model.hidden_size)).astype(np.float32)
         lengths = rng.integers(1, steps + 1, batch).astype(np.int32)
         feeds = {"x": x, **({"h0": h0, "c0": c0} if with_state else {}),
                  **({"lengths": lengths} if with_lengths else {})}
@@ -133,8 +142,10 @@ def test_exported_models_pass_the_checker_and_run_as_lstmx_at_other_shapes(tmp_p
         for ours, theirs in ((y, y_ref), (h, h_ref), (c, c_ref)):
             np.testing.assert_allclose(ours, theirs, atol=TOLERANCE, rtol=0)
     again = load(path)
-    assert type(again) is type(model) and again.bidirectional == model.bidirectional
-    assert again.batch_first == model.batch_first
+    assert type(again) is type(model)
+    config, expected = again.config(), model.config()
+    assert config.pop("cell_clip") == pytest.approx(expected.pop("cell_clip"))  # ONNX's clip is a float32
+    assert config == expected
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(again.state_dict()[name], value)  # load(export(model)): the same weights
 
@@ -154,8 +165,6 @@ def test_a_language_model_exports_and_comes_back(tmp_path):
 
 
 def test_what_onnx_cannot_say_is_refused_in_one_line(tmp_path):
-    with pytest.raises(OnnxError, match="proj_size must be 0 to export"):
-        export(lstmx.LSTM(3, 5, proj_size=2), tmp_path / "p.onnx")
     rng = np.random.default_rng(0)
     w, r, b = rng.standard_normal((1, 8, 3)), rng.standard_normal((1, 8, 2)), rng.standard_normal((1, 16))
     model = onnx.load_from_string(handmade_node("forward", w, r, b, False, False))
@@ -201,9 +210,14 @@ def test_lstmx_export_writes_a_checkpoints_model(tmp_path, capsys):
 
 def test_a_tied_awd_language_model_exports_in_evaluation_mode(tmp_path):
     model = lstmx.LanguageModel(11, 4, 6, 2, proj_size=4, dropout=0.4, weight_drop=0.5, locked_dropout=True,
-                                embedding_dropout=0.1, tie_weights=True, seed=6)
-    with pytest.raises(OnnxError, match="proj_size must be 0"):
-        export(model, tmp_path / "p.onnx")
+                                embedding_dropout=0.1, tie_weights=True, layer_norm=True, zoneout=0.1, seed=6).eval()
+    path = export(model, tmp_path / "p.onnx")  # projected and layer-normalised: Scan bodies
+    tokens = np.random.default_rng(6).integers(0, 11, (5, 2))
+    logits, h, c = run(path, {"tokens": tokens})
+    np.testing.assert_allclose(model.forward(tokens)[0], logits, atol=TOLERANCE, rtol=0)
+    assert h.shape == (2, 2, 4) and c.shape == (2, 2, 6)
+    again = load(path)
+    assert again.config() == model.config() and "head.weight" not in again.params
     tied = lstmx.LanguageModel(11, 6, 6, 2, dropout=0.4, weight_drop=0.5, tie_weights=True, seed=6).eval()
     path = export(tied, tmp_path / "tied.onnx")
     tokens = np.random.default_rng(6).integers(0, 11, (5, 2))

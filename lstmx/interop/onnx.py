@@ -11,17 +11,20 @@ directions in one node, ``direction="bidirectional"``), in evaluation mode (no d
 
 T and B are dynamic axes. Layout of one node's weights (ONNX's gate order is i, o, f, c; lstmx's i, f, g, o):
 ``W`` (dirs, 4H, D) = lstmx's input rows transposed, ``R`` (dirs, 4H, H) its recurrent rows transposed, ``B``
-(dirs, 8H) = [bias, zeros]. The projected cell (``proj_size``) has no ONNX operator and is refused in one line
-(a ``Scan`` body for it is not written yet).
+(dirs, 8H) = [bias, zeros]. What the operator cannot express — the projected cell (``proj_size``), ``layer_norm``
+and zoneout's evaluation-mode expectation — is written as one ``Scan`` node per layer and direction instead
+(:mod:`lstmx.interop.onnx_scan`), from the standard operators; any ONNX runtime runs it.
 
 Peepholes (``P``, in ONNX's order i, o, f), ``input_forget`` and ``clip`` are the cell options of the same names
 (:class:`lstmx.cells.LSTMCell`). Import (:func:`load`) rebuilds the model from the nodes' weights and attributes,
 refusing in one line what lstmx cannot represent (other activations, ``layout=1``, a reverse-only node, layers that
-do not chain or differ in their options). ``onnx`` is needed (the optional ``[onnx]`` extra); lstmx itself never imports it elsewhere.
+do not chain or differ in their options); a graph of Scan layers that lstmx exported loads back through the
+configuration it records (``lstmx.config``) and its initializers, which carry the parameters' own names. ``onnx`` is needed (the optional ``[onnx]`` extra); lstmx itself never imports it elsewhere.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ import numpy as np
 
 from ..models import LSTM, LanguageModel
 from ._host import host
+from .onnx_scan import ScanLayers
 
 OPSET = 17
 ONNX_GATES = (0, 3, 1, 2)  # ONNX block j (i, o, f, c) is lstmx block ONNX_GATES[j] (i, f, g, o)
@@ -91,9 +95,6 @@ def export(model: LSTM | LanguageModel, path: str | os.PathLike, *, with_state: 
 
     if not isinstance(model, (LSTM, LanguageModel)):
         raise OnnxError(f"model must be an lstmx LSTM or LanguageModel, got {type(model).__name__}")
-    if model.proj_size:
-        raise OnnxError("proj_size must be 0 to export: the ONNX LSTM operator has no projection (a Scan body for "
-                        "the projected cell is not written yet)")
     params = {name: host(value) for name, value in model.params.items()}
     dtype = np.dtype(model.dtype_name)
     elem = {np.dtype("float32"): TensorProto.FLOAT, np.dtype("float64"): TensorProto.DOUBLE}[dtype]
@@ -103,10 +104,13 @@ def export(model: LSTM | LanguageModel, path: str | os.PathLike, *, with_state: 
     directions = 1 if language else model.stack.directions
     batch_first = getattr(model, "batch_first", False)
     nodes, initializers, inputs = [], [], []
-    state_shape = [layers * directions, "B", hidden]
+    h_shape = [layers * directions, "B", model.stack.cell.output_size]
+    c_shape = [layers * directions, "B", hidden]
+    options = model.cell_options
+    scanned = bool(model.proj_size or options.layer_norm or any(options.zoneout))
 
     def constant(name: str, value: np.ndarray) -> str:
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(value) if value.ndim else value, name))
         return name
 
     if language:
@@ -121,23 +125,33 @@ def export(model: LSTM | LanguageModel, path: str | os.PathLike, *, with_state: 
         else:
             nodes.append(helper.make_node("Identity", ["x"], ["layer_input_0"]))
     if with_state:
-        inputs += [helper.make_tensor_value_info("h0", elem, state_shape),
-                   helper.make_tensor_value_info("c0", elem, state_shape)]
+        inputs += [helper.make_tensor_value_info("h0", elem, h_shape),
+                   helper.make_tensor_value_info("c0", elem, c_shape)]
         split = constant("state_split", np.full(layers, directions, dtype=np.int64))
         nodes += [helper.make_node("Split", ["h0", split], [f"h0_l{k}" for k in range(layers)], axis=0),
                   helper.make_node("Split", ["c0", split], [f"c0_l{k}" for k in range(layers)], axis=0)]
     if with_lengths:
         inputs.append(helper.make_tensor_value_info("lengths", TensorProto.INT32, ["B"]))
-    merged_shape = constant("merge_directions", np.array([0, 0, -1], dtype=np.int64))
+    if scanned:  # the model's own parameters, under their own names, which the Scan bodies read
+        scan = ScanLayers(helper, elem, dtype, nodes, constant, model, prefix, with_lengths)
+        for k in range(layers):
+            for d in range(directions):
+                for name in model.stack.parameter_names(k, d):
+                    constant(name, params[name])
     for k in range(layers):
         features = model.stack.layer_input_size(k)
+        if scanned:
+            scan.layer(k, f"layer_input_{k}", features, (f"h0_l{k}", f"c0_l{k}") if with_state else None,
+                       (f"layer_input_{k + 1}", f"h_l{k}", f"c_l{k}"))
+            continue
+        if k == 0:
+            merged_shape = constant("merge_directions", np.array([0, 0, -1], dtype=np.int64))
         w, r, b, peephole = _node_weights(params, prefix, k, directions, features, hidden)
         node_inputs = [f"layer_input_{k}", constant(f"W_l{k}", w), constant(f"R_l{k}", r), constant(f"B_l{k}", b),
                        "lengths" if with_lengths else "", f"h0_l{k}" if with_state else "",
                        f"c0_l{k}" if with_state else "", "" if peephole is None else constant(f"P_l{k}", peephole)]
         while node_inputs[-1] == "":
             node_inputs.pop()
-        options = model.cell_options
         variants = {"input_forget": 1} if options.input_forget else {}
         if options.cell_clip is not None:
             variants["clip"] = float(options.cell_clip)
@@ -149,7 +163,6 @@ def export(model: LSTM | LanguageModel, path: str | os.PathLike, *, with_state: 
                   helper.make_node("Reshape", [f"Y_l{k}_tb", merged_shape], [f"layer_input_{k + 1}"])]
     for part in ("h", "c"):
         nodes.append(helper.make_node("Concat", [f"{part}_l{k}" for k in range(layers)], [part], axis=0))
-    width = directions * hidden
     if language:
         head_weight = host(model._head_weight())  # with tied weights, the embedding's transpose
         nodes += [helper.make_node("MatMul", [f"layer_input_{layers}", constant("head.weight", head_weight)],
@@ -157,19 +170,21 @@ def export(model: LSTM | LanguageModel, path: str | os.PathLike, *, with_state: 
                   helper.make_node("Add", ["head_product", constant("head.bias", params["head.bias"])], ["logits"])]
         outputs = [helper.make_tensor_value_info("logits", elem, ["T", "B", model.vocab_size])]
     else:
+        width = model.output_size
         y_shape = ["B", "T", width] if batch_first else ["T", "B", width]
         if batch_first:
             nodes.append(helper.make_node("Transpose", [f"layer_input_{layers}"], ["y"], perm=[1, 0, 2]))
         else:
             nodes.append(helper.make_node("Identity", [f"layer_input_{layers}"], ["y"]))
         outputs = [helper.make_tensor_value_info("y", elem, y_shape)]
-    outputs += [helper.make_tensor_value_info("h", elem, state_shape),
-                helper.make_tensor_value_info("c", elem, state_shape)]
+    outputs += [helper.make_tensor_value_info("h", elem, h_shape),
+                helper.make_tensor_value_info("c", elem, c_shape)]
     graph = helper.make_graph(nodes, f"lstmx_{type(model).__name__}", inputs, outputs, initializers)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                                    producer_name="lstmx")
     helper.set_model_props(onnx_model, {"lstmx.class": type(model).__name__,
-                                        "lstmx.batch_first": str(bool(batch_first))})
+                                        "lstmx.batch_first": str(bool(batch_first)),
+                                        "lstmx.config": json.dumps(model.config())})
     onnx.checker.check_model(onnx_model)
     return atomic_write(path, lambda handle: handle.write(onnx_model.SerializeToString()))
 
@@ -197,8 +212,11 @@ def load(path: str | os.PathLike, *, backend: Any = "numpy", dtype: Any = None) 
     graph = graph_model.graph
     weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     lstm_nodes = [n for n in graph.node if n.op_type == "LSTM"]
+    properties = {p.key: p.value for p in graph_model.metadata_props}
+    if not lstm_nodes and "lstmx.config" in properties and any(n.op_type == "Scan" for n in graph.node):
+        return _load_scanned(properties, weights, backend, dtype, source)
     if not lstm_nodes:
-        raise OnnxError(f"{source} holds no ONNX LSTM node")
+        raise OnnxError(f"{source} holds no ONNX LSTM node (nor the Scan layers of a graph lstmx exported)")
     params: dict[str, np.ndarray] = {}
     hidden = directions = None
     features = []
@@ -248,7 +266,6 @@ def load(path: str | os.PathLike, *, backend: Any = "numpy", dtype: Any = None) 
             params[f"bias_l{k}{suffix}"] = _reorder(bias, hidden, False)
             if node_options[0]:
                 params[f"peephole_l{k}{suffix}"] = _peephole_order(weights[node.input[7]][d], hidden)
-    properties = {p.key: p.value for p in graph_model.metadata_props}
     gathers = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in weights]
     matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     adds = [n for n in graph.node if n.op_type == "Add" and n.input[1] in weights]
@@ -268,4 +285,26 @@ def load(path: str | os.PathLike, *, backend: Any = "numpy", dtype: Any = None) 
                      batch_first=properties.get("lstmx.batch_first") == "True", backend=backend, dtype=chosen,
                      **variants)
     model.load_state_dict(params)
+    return model
+
+
+def _load_scanned(properties: dict[str, str], weights: dict[str, np.ndarray], backend: Any, dtype: Any,
+                  source: Path) -> LSTM | LanguageModel:
+    """A model :func:`export` wrote with Scan layers: its recorded configuration, and its parameters from the
+    initializers of the same names."""
+    kinds = {"LSTM": LSTM, "LanguageModel": LanguageModel}
+    kind = kinds.get(properties.get("lstmx.class", ""))
+    if kind is None:
+        raise OnnxError(f"{source}: lstmx.class {properties.get('lstmx.class')!r} is not one of {sorted(kinds)}")
+    try:
+        config = json.loads(properties["lstmx.config"])
+    except ValueError as error:
+        raise OnnxError(f"{source}: its lstmx.config is not JSON ({error})") from None
+    probe = kind(**config)  # the parameter names and dtype the configuration has
+    missing = [name for name in probe.params if name not in weights]
+    if missing:
+        raise OnnxError(f"{source}: the initializers {missing} of its lstmx model are missing")
+    chosen = dtype or weights[next(iter(probe.params))].dtype.name
+    model = kind(**config, backend=backend, dtype=chosen)
+    model.load_state_dict({name: weights[name] for name in model.params})
     return model
