@@ -93,6 +93,19 @@ def generation_table(name: str, report: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def variant_table(name: str, report: dict[str, Any]) -> list[str]:
+    """A variant_cost.py run: each variant's training step, on the path auto picks and on the generic one."""
+    c = report["config"]
+    lines = [f"### `{name}`: one layer's forward + backward per variant (B {c['B']}, T {c['T']}, D {c['D']}, "
+             f"H {c['H']}, float32)", "", machine_line(report["machine"]), "",
+             "| variant | auto's path | auto ms | × plain (same path) | generic ms | × plain generic |",
+             "|---|---|---|---|---|---|"]
+    for variant, row in report["variants"].items():
+        lines.append(f"| `{variant}` | {row['impl']} | {row['auto_ms']:.1f} | {row['auto / plain auto']:.2f} | "
+                     f"{row['generic_ms']:.1f} | {row['generic / plain generic']:.2f} |")
+    return lines + [""]
+
+
 def runs_table(name: str, report: dict[str, Any]) -> list[str]:
     """Whole training runs compared at the same step."""
     lines = [f"### `{name}`: {report['what']}", "", machine_line(report["machine"]), "", report["how"], "",
@@ -108,6 +121,8 @@ def generated() -> str:
         report = json.loads(path.read_text())
         if "samples" in report:
             lines += generation_table(path.stem, report)
+        elif "variants" in report:
+            lines += variant_table(path.stem, report)
         elif "runs" in report:
             lines += runs_table(path.stem, report)
         elif isinstance(report.get("rows"), dict):

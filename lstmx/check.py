@@ -64,7 +64,9 @@ def stack_gradient_checks(backend_name: str, tolerance: float) -> list[CheckResu
                            ("LSTM variants", dict(bidirectional=True, proj_size=0, peepholes=True,
                                                   input_forget=True, cell_clip=1.0)),
                            ("weight drop", dict(bidirectional=False, proj_size=0, weight_drop=0.4,
-                                                locked_dropout=True))):
+                                                locked_dropout=True)),
+                           ("LN-LSTMP, zoneout", dict(bidirectional=True, proj_size=2, layer_norm=True,
+                                                              zoneout=(0.2, 0.4), recurrent_dropout=0.3))):
         rows = check_lstm(backend_name, **options)
         worst = max(rows, key=lambda r: r.max_relative_error)
         results.append(CheckResult(f"gradients {label} (float64)", backend_name, worst.max_relative_error, tolerance,
@@ -72,11 +74,13 @@ def stack_gradient_checks(backend_name: str, tolerance: float) -> list[CheckResu
     return results
 
 
-def _stack_outputs(backend_name: str, seed: int, lengths: list[int] | None, impl: str) -> dict[str, np.ndarray]:
-    """A float32 two-layer bidirectional LSTM's y, final state and every gradient (host copies) under ``impl``."""
+def _stack_outputs(backend_name: str, seed: int, lengths: list[int] | None, impl: str,
+                   **options: Any) -> dict[str, np.ndarray]:
+    """A float32 two-layer bidirectional LSTM's y, final state and every gradient (host copies) under ``impl``,
+    with the cell ``options`` (a new model each call: the same masks for zoneout and recurrent dropout)."""
     from .models import LSTM
 
-    model = LSTM(16, 32, 2, bidirectional=True, backend=backend_name, seed=seed)
+    model = LSTM(16, 32, 2, bidirectional=True, backend=backend_name, seed=seed, **options)
     rng = np.random.default_rng(seed)
     backend = model.backend
     x = backend.asarray(rng.standard_normal((20, 8, 16)), dtype=model.dtype)
@@ -154,11 +158,24 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
             results.append(agreement(f"{impl.name} vs generic (bidirectional{', lengths' if masked else ''})",
                                      backend_name, _stack_outputs(backend_name, seed, lengths, "generic"),
                                      functools.partial(_stack_outputs, backend_name, seed, lengths, impl.name)))
+            if impl.cell_options and not masked:
+                options = _every_option(impl.cell_options)
+                results.append(agreement(f"{impl.name} vs generic (cell options)", backend_name,
+                                         _stack_outputs(backend_name, seed, None, "generic", **options),
+                                         functools.partial(_stack_outputs, backend_name, seed, None, impl.name,
+                                                           **options)))
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
                 results.append(agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,
                                          run(impl="generic", loss_impl=loss_impl)))
     return results + update_checks(backend_name, seed)
+
+
+def _every_option(names: tuple[str, ...]) -> dict[str, Any]:
+    """Model arguments that turn on each cell option of ``names``, at values where each acts."""
+    values = {"peepholes": True, "input_forget": True, "cell_clip": 3.0, "layer_norm": True, "zoneout": (0.2, 0.3),
+              "recurrent_dropout": 0.2}
+    return {name: values[name] for name in names}
 
 
 def update_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:

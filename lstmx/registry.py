@@ -131,6 +131,7 @@ FLOATS = ("float32", "float64")
 # every size, and the stepwise path what no other takes (it is the fallback the others' errors name).
 LSTM_ONLY = ("lstm",)
 EVERY_CELL = ("lstm", "lstmp")
+EVERY_OPTION = ("peepholes", "input_forget", "cell_clip", "layer_norm", "zoneout", "recurrent_dropout")
 
 LAYER_IMPLS: tuple[LayerImpl, ...] = (
     LayerImpl(name="cupy-tiled", module="lstmx.kernels.cupy_tiled", backends=("cupy",), dtypes=FLOATS,
@@ -150,14 +151,15 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
               summary="CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size)"),
     LayerImpl(name="numba", module="lstmx.kernels.numba_layer", backends=("numpy",), dtypes=FLOATS,
               auto_dtypes=("float32",), step_masks=False, size_limited=False, cells=LSTM_ONLY,
+              cell_options=EVERY_OPTION,
               summary="NumPy + Numba: one compiled pointwise loop per time step and direction (float32 tanh "
-                      "approximated)"),
+                      "approximated; every cell option)"),
     LayerImpl(name="numpy", module="lstmx.kernels.numpy_layer", backends=("numpy",), dtypes=FLOATS,
               auto_dtypes=FLOATS, step_masks=False, size_limited=False, cells=LSTM_ONLY,
               summary="NumPy: in-place ufuncs into reused host buffers"),
     LayerImpl(name="generic", module="lstmx.layers.lstm_layer", backends=None, dtypes=FLOATS, auto_dtypes=FLOATS,
               step_masks=True, size_limited=False, cells=EVERY_CELL,
-              cell_options=("peepholes", "input_forget", "cell_clip", "layer_norm", "zoneout", "recurrent_dropout"),
+              cell_options=EVERY_OPTION,
               summary="the Array API reference path (every backend, cell, cell option and step mask)"),
 )
 _BY_NAME = {impl.name: impl for impl in LAYER_IMPLS}

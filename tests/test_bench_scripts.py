@@ -71,6 +71,8 @@ REFUSED = [
     ("ranks", ["--threads", "-1"], "argument --threads: must be an integer ≥ 0, got -1"),
     ("ranks", ["--batch", "0"], "argument --batch: must be an integer ≥ 1, got 0"),
     ("gpu_sanitize", ["--impl", "numba"], "argument --impl: invalid choice: 'numba'"),
+    ("variant_cost", ["--config", "1,2"], "argument --config: each entry must be B,T,D,H"),
+    ("variant_cost", ["--repeats", "0"], "argument --repeats: must be an integer ≥ 1, got 0"),
 ]
 
 
@@ -211,3 +213,19 @@ def test_the_memory_and_generation_benchmarks_run_on_a_tiny_problem(run, tmp_pat
     assert set(report["samples"]) == {"1", "3"} and report["samples"]["3"]["lstmx"]["tokens_per_s"] > 0
     out = capsys.readouterr().out
     assert "tokens/s" in out and "peak MiB" in out
+
+
+def test_the_variant_cost_benchmark_runs_on_a_tiny_problem(run, tmp_path, capsys):
+    """bench/variant_cost.py times every variant on its auto path and on the generic one, and bench/report.py
+    renders its JSON."""
+    import json
+
+    run("variant_cost", "--config", "2,3,4,4", "--repeats", "1")
+    report = json.loads((tmp_path / "variant_cost.json").read_text())
+    assert set(report["variants"]) == {"plain", "peepholes", "input_forget", "cell_clip", "layer_norm", "zoneout",
+                                       "recurrent_dropout", "weight_drop", "everything"}
+    assert report["variants"]["plain"]["auto / plain auto"] == 1.0
+    assert report["variants"]["layer_norm"]["impl"] == "numba"  # the Numba path takes every cell option
+    assert "× plain" in capsys.readouterr().out
+    report_module = load("report")
+    assert "`variant_cost`" in "\n".join(report_module.variant_table("variant_cost", report))

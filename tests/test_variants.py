@@ -105,12 +105,14 @@ def test_each_option_changes_what_it_should():
     assert one_step(cell_clip=0.8) == pytest.approx((co * np.tanh(clip_c), clip_c), rel=1e-12)
 
 
-@pytest.mark.parametrize("impl", [i for i in registry.LAYER_IMPLS if i.name != "generic"], ids=lambda i: i.name)
+@pytest.mark.parametrize("impl", [i for i in registry.LAYER_IMPLS if i.name != "generic" and "peepholes" not in i.cell_options],
+                         ids=lambda i: i.name)
 def test_paths_that_take_no_option_refuse_it_by_name(impl):
     model = lstmx.LSTM(2, 3, peepholes=True, cell_clip=2.0)
     with pytest.raises(registry.LayerImplError, match=f"'{impl.name}' cannot run this call"):
         model.forward(np.ones((2, 1, 2), np.float32), impl=impl.name)
-    assert model.forward(np.ones((2, 1, 2), np.float32))[2].impl == "generic"
+    chosen = model.forward(np.ones((2, 1, 2), np.float32))[2].impl  # "auto" picks a path that takes them
+    assert "peepholes" in registry.layer_impl(chosen).cell_options
     if impl.backends == ("numpy",):
         assert impl.refuses(model.backend, model.dtype, False, None, "lstm", ("peepholes",)) == "takes no peepholes"
 
@@ -204,3 +206,20 @@ def test_recurrent_dropout_masks_h_before_the_recurrent_product_with_one_mask_pe
     y_eval, _, cache = model.forward(x, (h0, c0))
     np.testing.assert_allclose(y_eval, _reference_steps(params, x, h0[0], c0[0]), rtol=1e-12, atol=1e-12)
     assert cache.impl != "generic"  # nothing of the option acts in evaluation: a fast path runs it
+
+
+def test_the_architecture_table_of_paths_and_variants_is_the_registrys():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and cells[0].strip("`") in registry.NAMES:
+            rows[cells[0].strip("`")] = cells[1:]
+    assert set(rows) == set(registry.NAMES)
+    for impl in registry.LAYER_IMPLS:
+        kinds, options, masks = rows[impl.name]
+        assert kinds.split(", ") == list(impl.cells)
+        assert options == (", ".join(impl.cell_options) or "–")
+        assert masks == ("yes" if impl.step_masks else "no")

@@ -134,3 +134,7 @@ def lstm_layer_backward(
         np.matmul(dz_all[t], w_hidden_t, out=dh_next)
     dx, dweight, dbias = numpy_layer.parameter_gradients(inputs_and_h_prev, dz_all, weight)
     return dx, (dh_next, dc), dweight, dbias
+
+
+# the layers with cell options: their own module, exposed here, where the registry's "numba" entry points
+from .numba_variants import lstm_variant_layer_backward, lstm_variant_layer_forward  # noqa: E402

@@ -16,8 +16,9 @@ def dropout_mask(backend: Backend, rng: np.random.Generator, shape: tuple[int, .
 
 
 def keep_mask(backend: Backend, rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype: Any) -> Any:
-    """A mask of 1 with probability ``p`` and 0 otherwise (zoneout's: which units keep their previous value)."""
-    return backend.asarray((rng.random(shape) < p).astype(np.float64), dtype=dtype)
+    """A mask of 1 with probability ``p`` and 0 otherwise (zoneout's: which units keep their previous value).
+    Drawn in float32: a mask per step and unit is many draws, and a probability needs no more digits."""
+    return backend.asarray((rng.random(shape, dtype=np.float32) < p).astype(np.float32), dtype=dtype)
 
 
 def dropout_forward(x: Any, mask: Any) -> Any:

@@ -1,0 +1,148 @@
+"""Every fast path that declares cell options in the registry, against the generic path, option by option.
+
+The list comes from :data:`lstmx.registry.LAYER_IMPLS` (each implementation's ``cell_options``): a path that
+starts taking an option is tested here without a line added. For each option (and all together) the fast path's
+forward and backward equal the generic ones (float64 to 1e-12, float32 to 2e-5) in training (the masks held
+fixed) and in evaluation, on hypothesis-drawn shapes with B = 1 and T = 1 among them; either backward consumes the
+other's cache; and the finite-difference check passes through the fast path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lstmx
+from lstmx import registry
+from lstmx.gradcheck import compare, finite_difference
+from lstmx.layers import lstm_layer as generic
+
+from .helpers import host, weighted_sum
+from .test_gradients import assert_rows_pass
+
+SETTINGS = {"peepholes": dict(peepholes=True), "input_forget": dict(input_forget=True),
+            "cell_clip": dict(cell_clip=0.7), "layer_norm": dict(layer_norm=True), "zoneout": dict(zoneout=(0.3, 0.5)),
+            "recurrent_dropout": dict(recurrent_dropout=0.4)}
+CASES = [pytest.param(impl, option, id=f"{impl.name}-{option}")
+         for impl in registry.LAYER_IMPLS if impl.name != "generic" and impl.cell_options
+         for option in (*impl.cell_options, "all")]
+
+
+def _options(impl, option):
+    if option != "all":
+        return SETTINGS[option]
+    return {k: v for name in impl.cell_options for k, v in SETTINGS[name].items()}
+
+
+def _model(backend, impl, option, dtype, seed=0, layers=2, **shape):
+    model = lstmx.LSTM(shape.get("features", 3), shape.get("hidden", 4), layers, backend=backend, dtype=dtype,
+                       seed=seed, **_options(impl, option))
+    rng = np.random.default_rng(seed)
+    # peepholes and layer-norm gains away from their initial values; weights large enough that clipping bites
+    model.load_state_dict({k: rng.standard_normal(v.shape) * (1.5 if "weight" in k else 1.0)
+                           for k, v in model.state_dict().items()})
+    return model
+
+
+def _run(model, impl_name, x, dy):
+    model.dropout_rng = np.random.default_rng(7)  # the same zoneout and recurrent-dropout masks for both paths
+    y, (h, c), cache = model.forward(x, impl=impl_name)
+    dx, (dh0, dc0), grads = model.backward(dy, cache)
+    return {"y": y, "h": h, "c": c, "dx": dx, "dh0": dh0, "dc0": dc0, **grads}, cache
+
+
+def _assert_close(fast, reference, tolerance):
+    for name, value in reference.items():
+        expected, got = host(value), host(fast[name])
+        scale = max(1.0, float(np.max(np.abs(expected))))
+        assert np.max(np.abs(got - expected)) / scale < tolerance, name
+
+
+def _runnable(impl, backend, dtype, option):
+    reason = impl.refuses(backend, dtype, False, None, "lstm", tuple(_options_names(impl, option)))
+    if reason is not None:
+        pytest.skip(f"{impl.name}: {reason}")
+
+
+def _options_names(impl, option):
+    return impl.cell_options if option == "all" else (option,)
+
+
+@pytest.mark.parametrize("impl,option", CASES)
+@pytest.mark.parametrize("dtype,tolerance", [("float64", 1e-12), ("float32", 2e-5)])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "evaluation"])
+def test_a_fast_path_computes_each_option_as_the_generic_path(backend, impl, option, dtype, tolerance, training):
+    _runnable(impl, backend, dtype, option)
+    model = _model(backend, impl, option, dtype)
+    if not training:
+        model.eval()
+    rng = np.random.default_rng(1)
+    x = backend.asarray(rng.standard_normal((6, 3, 3)), dtype=model.dtype)
+    dy = backend.asarray(rng.standard_normal((6, 3, 4)), dtype=model.dtype)
+    fast, cache = _run(model, impl.name, x, dy)
+    reference, _ = _run(model, "generic", x, dy)
+    assert cache.impl == impl.name
+    _assert_close(fast, reference, tolerance)
+
+
+@pytest.mark.parametrize("impl,option", [c for c in CASES if c.values[1] == "all"])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.integers(1, 5), batch=st.integers(1, 4), features=st.integers(1, 4), hidden=st.integers(1, 5))
+def test_a_fast_path_with_every_option_matches_on_drawn_shapes(backend, impl, option, steps, batch, features, hidden):
+    _runnable(impl, backend, "float64", option)
+    model = _model(backend, impl, option, "float64", layers=1, features=features, hidden=hidden)
+    rng = np.random.default_rng(steps * 100 + batch * 10 + hidden)
+    x = backend.asarray(rng.standard_normal((steps, batch, features)), dtype=model.dtype)
+    dy = backend.asarray(rng.standard_normal((steps, batch, hidden)), dtype=model.dtype)
+    fast, _ = _run(model, impl.name, x, dy)
+    reference, _ = _run(model, "generic", x, dy)
+    _assert_close(fast, reference, 1e-12)
+
+
+@pytest.mark.parametrize("impl,option", [c for c in CASES if c.values[1] == "all"])
+def test_either_backward_consumes_the_other_paths_cache(backend, impl, option):
+    _runnable(impl, backend, "float64", option)
+    model = _model(backend, impl, option, "float64", layers=1)
+    kernel, options = impl.load(), model.stack.cell.options
+    rng = np.random.default_rng(3)
+    x = backend.asarray(rng.standard_normal((5, 2, 3)))
+    h0, c0 = (backend.asarray(rng.standard_normal((2, 4))) for _ in range(2))
+    dy, dh, dc = (backend.asarray(rng.standard_normal(s)) for s in [(5, 2, 4), (2, 4), (2, 4)])
+    params = model.stack.layer_params(model.params)[0][0]
+    extra = generic.ExtraParams(**dict(zip(model.stack.cell.parameter_suffixes[2:], params[2:])))
+    noise = generic.LayerNoise(backend.asarray((rng.random((2, 4)) > 0.4) / 0.6),
+                               backend.asarray((rng.random((5, 2, 4)) < 0.3) * 1.0),
+                               backend.asarray((rng.random((5, 2, 4)) < 0.5) * 1.0))
+    results = []
+    for forward, backward in ((kernel, generic), (generic, kernel)):
+        _, _, cache = forward.lstm_variant_layer_forward(backend, x, params[0], params[1], extra, options, h0, c0,
+                                                         None, noise)
+        results.append(backward.lstm_variant_layer_backward(backend, dy, dh, dc, params[0], extra, options, cache))
+    (dx_a, state_a, dw_a, db_a, extra_a), (dx_b, state_b, dw_b, db_b, extra_b) = results
+    for a, b in [(dx_a, dx_b), (*state_a, *state_b)[0::2], (*state_a, *state_b)[1::2], (dw_a, dw_b), (db_a, db_b),
+                 *[(p, q) for p, q in zip(extra_a, extra_b) if p is not None]]:
+        np.testing.assert_allclose(host(a), host(b), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl,option", [c for c in CASES if c.values[1] == "all"])
+def test_gradients_through_a_fast_path_match_finite_differences(backend, impl, option):
+    _runnable(impl, backend, "float64", option)
+    model = _model(backend, impl, option, "float64", seed=2)
+    options = _options(impl, option)
+    rng = np.random.default_rng(2)
+    inputs = {**model.state_dict(), "x": rng.standard_normal((4, 2, 3))}
+    weights = [rng.standard_normal((4, 2, 4))]
+
+    def run(values):
+        model.params = {name: backend.asarray(values[name]) for name in model.params}
+        model.dropout_rng = np.random.default_rng(9)
+        y, _, cache = model.forward(backend.asarray(values["x"]), impl=impl.name)
+        return (y,), cache
+
+    _, cache = run(inputs)
+    dx, _, grads = model.backward(backend.asarray(weights[0]), cache)
+    eps = 1e-6 if "cell_clip" in options else 1e-5 if "layer_norm" in options else 1e-4
+    numeric = finite_difference(lambda values: weighted_sum(backend, run(values)[0], weights), inputs, eps=eps)
+    assert_rows_pass(compare({**grads, "x": dx}, numeric))
