@@ -24,6 +24,7 @@ from .gradcheck import check_language_model, check_lstm, max_relative_error
 
 PARITY_TOLERANCE = 1e-4  # float32: relative to each tensor's largest entry
 TF32_TOLERANCE = 2e-2  # TensorFloat-32 products keep 10 mantissa bits
+FLOAT64_TOLERANCE = 1e-10  # the same math in float64: only the summation order differs
 
 
 class CheckResult(NamedTuple):
@@ -74,13 +75,13 @@ def stack_gradient_checks(backend_name: str, tolerance: float) -> list[CheckResu
     return results
 
 
-def _stack_outputs(backend_name: str, seed: int, lengths: list[int] | None, impl: str,
+def _stack_outputs(backend_name: str, seed: int, lengths: list[int] | None, impl: str, dtype: str = "float32",
                    **options: Any) -> dict[str, np.ndarray]:
-    """A float32 two-layer bidirectional LSTM's y, final state and every gradient (host copies) under ``impl``,
-    with the cell ``options`` (a new model each call: the same masks for zoneout and recurrent dropout)."""
+    """A two-layer bidirectional LSTM's y, final state and every gradient (host copies) under ``impl``, with the
+    cell ``options`` (a new model each call: the same masks for zoneout and recurrent dropout)."""
     from .models import LSTM
 
-    model = LSTM(16, 32, 2, bidirectional=True, backend=backend_name, seed=seed, **options)
+    model = LSTM(16, 32, 2, bidirectional=True, backend=backend_name, seed=seed, dtype=dtype, **options)
     rng = np.random.default_rng(seed)
     backend = model.backend
     x = backend.asarray(rng.standard_normal((20, 8, 16)), dtype=model.dtype)
@@ -158,12 +159,13 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
             results.append(agreement(f"{impl.name} vs generic (bidirectional{', lengths' if masked else ''})",
                                      backend_name, _stack_outputs(backend_name, seed, lengths, "generic"),
                                      functools.partial(_stack_outputs, backend_name, seed, lengths, impl.name)))
-            if impl.cell_options and not masked:
+            if impl.cell_options and not masked and "float64" in impl.dtypes:
+                # in float64: layer norms over few units amplify float32 rounding (either path's) past 1e-4
                 options = _every_option(impl.cell_options)
-                results.append(agreement(f"{impl.name} vs generic (cell options)", backend_name,
-                                         _stack_outputs(backend_name, seed, None, "generic", **options),
+                results.append(agreement(f"{impl.name} vs generic (options, float64)", backend_name,
+                                         _stack_outputs(backend_name, seed, None, "generic", "float64", **options),
                                          functools.partial(_stack_outputs, backend_name, seed, None, impl.name,
-                                                           **options)))
+                                                           "float64", **options), FLOAT64_TOLERANCE))
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
                 results.append(agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,
