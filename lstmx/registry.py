@@ -59,6 +59,8 @@ class LayerImpl(NamedTuple):
     cell_options: tuple[str, ...] = ()  # the cell options (lstmx.layers.cell.CellOptions) it takes
     auto_max_hidden: dict[str, int] | None = None  # per dtype, the largest hidden size "auto" picks it for (a dtype
     # not named, or None: every size it runs)
+    auto_cell_options: tuple[str, ...] | None = None  # the cell options "auto" gives it (None: every one it takes;
+    # fewer where its kernels for the others have not yet run on a GPU)
 
     def refuses(self, backend: Backend, dtype: Any, masked: bool, sizes: tuple[int, int] | None = None,
                 cell: str = "lstm", options: tuple[str, ...] = ()) -> str | None:
@@ -85,11 +87,15 @@ class LayerImpl(NamedTuple):
             return module.refuses_size(*sizes, dtype)
         return None
 
-    def auto_takes(self, dtype: Any, sizes: tuple[int, int] | None) -> bool:
-        """Whether "auto" may pick it for ``dtype`` and ``sizes`` = (batch, hidden) (None: any size): its auto
-        dtypes and hidden-size limit. Whether it can run the call at all is :meth:`refuses`'s to say."""
+    def auto_takes(self, dtype: Any, sizes: tuple[int, int] | None, options: tuple[str, ...] = ()) -> bool:
+        """Whether "auto" may pick it for ``dtype``, ``sizes`` = (batch, hidden) (None: any size) and the cell
+        ``options``: its auto dtypes, hidden-size limit and auto options. Whether it can run the call at all is
+        :meth:`refuses`'s to say."""
         name = dtype_name(dtype)
         if name not in self.auto_dtypes:
+            return False
+        auto_options = self.cell_options if self.auto_cell_options is None else self.auto_cell_options
+        if any(option not in auto_options for option in options):
             return False
         limit = None if self.auto_max_hidden is None else self.auto_max_hidden.get(name)
         return limit is None or sizes is None or sizes[1] <= limit
@@ -148,7 +154,9 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
                       "launch per direction (every size)"),
     LayerImpl(name="cupy-stepwise", module="lstmx.kernels.cupy_layer", backends=("cupy",), dtypes=FLOATS,
               auto_dtypes=CUPY_STEPWISE_AUTO, step_masks=True, size_limited=False, cells=LSTM_ONLY,
-              summary="CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size)"),
+              cell_options=EVERY_OPTION, auto_cell_options=(),  # its variant kernels have run in the emulator only
+              summary="CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size; every cell option, "
+                      "by name)"),
     LayerImpl(name="numba", module="lstmx.kernels.numba_layer", backends=("numpy",), dtypes=FLOATS,
               auto_dtypes=("float32",), step_masks=False, size_limited=False, cells=LSTM_ONLY,
               cell_options=EVERY_OPTION,
@@ -250,7 +258,7 @@ def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | No
             raise LayerImplError(f"layer implementation {name!r} cannot run this call: it {reason}; "
                                  f"implementations that can: {', '.join(able)}")
     for candidate in LAYER_IMPLS:
-        if candidate.auto_takes(dtype, sizes) and candidate.refuses(backend, dtype, masked, sizes, cell,
+        if candidate.auto_takes(dtype, sizes, options) and candidate.refuses(backend, dtype, masked, sizes, cell,
                                                                     options) is None:
             return candidate
     raise LayerImplError(f"no layer implementation runs {dtype_name(dtype)} on {backend.name}")  # generic always does

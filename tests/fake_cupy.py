@@ -29,7 +29,7 @@ from .cuda_emulator import GuardedArray, compile_kernels, guarded
 SMS = 8
 SHARED_BYTES = 96 * 1024
 THREADS_PER_SM = 2048
-WRAPPERS = ("cupy_layer", "cupy_persistent", "cupy_tiled", "cupy_graph", "cupy_optim", "cupy_loss")
+WRAPPERS = ("cupy_layer", "cupy_variants", "cupy_persistent", "cupy_tiled", "cupy_graph", "cupy_optim", "cupy_loss")
 
 
 class RawKernel:

@@ -899,3 +899,86 @@ def test_the_language_model_recipe_trains_through_every_cupy_path_as_through_the
     shapes = {name[0][0] for name in graph._SETS}
     assert len(graph._SETS) == len(shapes) >= 2  # one set per (T, B, D, H) (two layers): lent again, not added
     assert {"softmax_cross_entropy", "global_norm", f"{optimizer}_update"} <= {n.rsplit("_", 1)[0] for n in launches}
+
+
+VARIANT_OPTIONS = {"peepholes": dict(peepholes=True), "input_forget": dict(input_forget=True),
+                   "cell_clip": dict(cell_clip=0.8), "layer_norm": dict(layer_norm=True),
+                   "zoneout": dict(zoneout=(0.3, 0.5)), "recurrent_dropout": dict(recurrent_dropout=0.4),
+                   "everything": dict(peepholes=True, input_forget=True, cell_clip=1.2, layer_norm=True,
+                                      zoneout=(0.2, 0.4), recurrent_dropout=0.3)}
+
+
+def variant_problem(options, steps, batch, features, hidden, training, masked, seed=0):
+    """A layer's arguments for the variant functions: the cell options, ``ExtraParams``, and the masks a training
+    forward would draw (``LayerNoise``; None in evaluation)."""
+    from lstmx.layers.cell import CellOptions
+    from lstmx.layers.lstm_layer import ExtraParams, LayerNoise
+
+    arrays, mask = problem(steps, batch, features, hidden, np.float64, seed, masked)
+    cell_options = CellOptions(**{k: (tuple(v) if k == "zoneout" else v) for k, v in options.items()})
+    rng = np.random.default_rng(seed + 1)
+    extra = ExtraParams(None, rng.standard_normal(3 * hidden) if cell_options.peepholes else None,
+                        *((rng.standard_normal((2, n)) for n in (4 * hidden, 4 * hidden, hidden))
+                          if cell_options.layer_norm else (None, None, None)))
+    zoneout_c, zoneout_h = cell_options.zoneout
+    noise = None
+    if training:
+        noise = LayerNoise((rng.random((batch, hidden)) >= 0.4) / 0.6 if cell_options.recurrent_dropout else None,
+                           (rng.random((steps, batch, hidden)) < zoneout_c) * 1.0 if zoneout_c else None,
+                           (rng.random((steps, batch, hidden)) < zoneout_h) * 1.0 if zoneout_h else None)
+    return arrays, mask, cell_options, extra, noise
+
+
+def variant_forward_and_backward(module, backward_module, arrays, mask, options, extra, noise):
+    a = arrays
+    step_mask = None if mask is None else mask[..., None]
+    y, (h, c), cache = module.lstm_variant_layer_forward(NUMPY, a["x"], a["weight"], a["bias"], extra, options, a["h0"],
+                                                         a["c0"], step_mask, noise)
+    dx, (dh0, dc0), dweight, dbias, dextra = backward_module.lstm_variant_layer_backward(
+        NUMPY, a["dy"], a["dh_last"], a["dc_last"], a["weight"], extra, options, cache)
+    result = dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, dweight=dweight, dbias=dbias)
+    result.update({f"d{name}": value for name, value in dextra._asdict().items() if value is not None})
+    return result
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "evaluation"])
+@pytest.mark.parametrize("case", list(VARIANT_OPTIONS))
+@pytest.mark.parametrize("shape", [(3, 5, 4, 33), (1, 1, 2, 8), (4, 3, 3, 130)], ids=lambda s: "T{}B{}D{}H{}".format(*s))
+def test_variant_kernels_match_generic_float64(wrappers, case, shape, training, masked):
+    """The stepwise path's kernels for every cell option against the generic path, and either backward on the
+    other's cache (H = 130: more units than a block's threads, so each thread runs several)."""
+    arrays, mask, options, extra, noise = variant_problem(VARIANT_OPTIONS[case], *shape, training, masked)
+    expected = variant_forward_and_backward(generic, generic, arrays, mask, options, extra, noise)
+    stepwise = wrappers["cupy_layer"]
+    assert_close(variant_forward_and_backward(stepwise, stepwise, arrays, mask, options, extra, noise), expected,
+                 1e-12)
+    assert_close(variant_forward_and_backward(stepwise, generic, arrays, mask, options, extra, noise), expected, 1e-12)
+    assert_close(variant_forward_and_backward(generic, stepwise, arrays, mask, options, extra, noise), expected, 1e-12)
+
+
+def test_variant_kernels_do_not_depend_on_thread_order(wrappers):
+    arrays, mask, options, extra, noise = variant_problem(VARIANT_OPTIONS["everything"], 3, 4, 3, 40, True, True)
+    stepwise = wrappers["cupy_layer"]
+    results = []
+    for seed in (0, 1):
+        RawKernel.seed = seed
+        try:
+            results.append(variant_forward_and_backward(stepwise, stepwise, arrays, mask, options, extra, noise))
+        finally:
+            RawKernel.seed = 0
+    for name, value in results[0].items():
+        np.testing.assert_array_equal(results[1][name], value, err_msg=name)
+
+
+def test_variant_kernels_match_generic_float32(wrappers):
+    arrays, mask, options, extra, noise = variant_problem(VARIANT_OPTIONS["everything"], 4, 3, 5, 16, True, True)
+    expected = variant_forward_and_backward(generic, generic, arrays, mask, options, extra, noise)
+    single = {k: v.astype(np.float32) for k, v in arrays.items()}
+    extra32 = type(extra)(*(None if v is None else v.astype(np.float32) for v in extra))
+    noise32 = type(noise)(*(None if v is None else v.astype(np.float32) for v in noise))
+    got = variant_forward_and_backward(wrappers["cupy_layer"], wrappers["cupy_layer"], single,
+                                       mask.astype(np.float32), options, extra32, noise32)
+    for name, value in expected.items():
+        scale = max(1.0, float(np.max(np.abs(value))))
+        assert np.max(np.abs(np.asarray(got[name], np.float64) - value)) / scale < 2e-4, name

@@ -146,3 +146,12 @@ def test_gradients_through_a_fast_path_match_finite_differences(backend, impl, o
     eps = 1e-6 if "cell_clip" in options else 1e-5 if "layer_norm" in options else 1e-4
     numeric = finite_difference(lambda values: weighted_sum(backend, run(values)[0], weights), inputs, eps=eps)
     assert_rows_pass(compare({**grads, "x": dx}, numeric))
+
+
+def test_auto_gives_a_path_only_the_options_it_is_trusted_with():
+    """The CuPy stepwise path's variant kernels have not run on a GPU yet: asked for by name they run, but "auto"
+    picks them for no cell option; the Numba path's are "auto"'s for float32."""
+    stepwise, numba = registry.layer_impl("cupy-stepwise"), registry.layer_impl("numba")
+    assert "layer_norm" in stepwise.cell_options
+    assert stepwise.auto_takes("float32", (8, 64)) and not stepwise.auto_takes("float32", (8, 64), ("layer_norm",))
+    assert numba.auto_takes("float32", (8, 64), numba.cell_options)

@@ -221,5 +221,6 @@ def test_the_architecture_table_of_paths_and_variants_is_the_registrys():
     for impl in registry.LAYER_IMPLS:
         kinds, options, masks = rows[impl.name]
         assert kinds.split(", ") == list(impl.cells)
-        assert options == (", ".join(impl.cell_options) or "–")
+        by_name_only = impl.cell_options and impl.auto_cell_options == ()
+        assert options == (", ".join(impl.cell_options) or "–") + (" (by name only)" if by_name_only else "")
         assert masks == ("yes" if impl.step_masks else "no")

@@ -1,7 +1,7 @@
 """CUDA C++ sources of the CuPy paths, one variant per dtype (and a TF32 variant of the tiled kernels).
 
-The kernels live in ``lstmx/kernels/cuda/`` (``cell.cuh``, the LSTM cell the layer kernels share, and one ``.cu``
-file per kind below), each a :class:`string.Template` that :func:`source` fills in for a variant: ``$real`` (float
+The kernels live in ``lstmx/kernels/cuda/`` (``cell.cuh``, the LSTM cell the plain layer kernels share, and one
+``.cu`` file per kind below), each a :class:`string.Template` that :func:`source` fills in for a variant: ``$real`` (float
 or double), ``$tanh``, ``$sqrt``, ``$exp``, ``$log`` (its math functions), ``$suffix`` (the variant's name, the
 end of every kernel's name), ``$max_threads`` (the tiled kernels' launch bound) and ``$mma`` (1 in the "tf32"
 variant). Plain strings, no CuPy import: the offline test compiles every variant with NVRTC on a machine without
@@ -26,6 +26,9 @@ the same row of the (B, 4H) gate block.
   the global norm in two launches for up to 8 tensors (:mod:`lstmx.kernels.cupy_optim`).
 - ``loss.cu``: the softmax cross-entropy's per-row loss and its gradient, a block per row
   (:mod:`lstmx.kernels.cupy_loss`).
+- ``variants.cu``: the stepwise path's steps with cell options (peepholes, ``input_forget``, ``cell_clip``,
+  ``layer_norm``, zoneout, recurrent dropout), a block per batch row so the layer norms reduce in shared memory,
+  and a row-wise layer norm (:mod:`lstmx.kernels.cupy_variants`).
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")
 TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
 OPTIM_KERNELS = ("adam_update", "sgd_update", "rmsprop_update", "global_norm", "scale_tensors")
 LOSS_KERNELS = ("softmax_cross_entropy",)
+VARIANT_KERNELS = ("row_norm_forward", "row_norm_backward", "lstm_variant_forward_step", "lstm_variant_backward_step")
 SOURCES = {"stepwise": STEPWISE_KERNELS, "persistent": PERSISTENT_KERNELS, "tiled": TILED_KERNELS,
-           "optim": OPTIM_KERNELS, "loss": LOSS_KERNELS}  # kind → the kernels its file defines
+           "optim": OPTIM_KERNELS, "loss": LOSS_KERNELS, "variants": VARIANT_KERNELS}  # kind → its file's kernels
 
 
 def variants(kind: str) -> tuple[str, ...]:

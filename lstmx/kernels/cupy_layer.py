@@ -291,3 +291,8 @@ def lstm_layer_backward(
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
     return layer_backward(lambda b, stored: backward_recurrence(b, stored, stored.dims(), Gemm(np.dtype(b.dz.dtype))),
                           dy, dh_last, dc_last, weight, cache)
+
+
+# the layers with cell options: their own module and kernels, exposed here, where the registry's "cupy-stepwise"
+# entry points
+from .cupy_variants import lstm_variant_layer_backward, lstm_variant_layer_forward  # noqa: E402
