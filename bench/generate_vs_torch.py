@@ -5,8 +5,9 @@ two take turns).
     python bench/generate_vs_torch.py                   # 1 and 64 samples, 300 tokens each
     python bench/generate_vs_torch.py --tokens 100 --samples 1 8
 
-Both loops draw each token on the host from the softmax of the last logits (temperature 1), as lstmx's sampler
-does; PyTorch runs under ``torch.inference_mode()``. Also reports the GFLOP/s the tokens amount to (a token of
+The lstmx column runs the token loop the registry picks (``lstmx.registry.choose_generation``: the compiled
+Numba loop where Numba is installed), the lstmx-generic column the reference loop (the model's inference forward
+per token). Each draws every token from the softmax of the last logits (temperature 1); PyTorch runs under ``torch.inference_mode()``. Also reports the GFLOP/s the tokens amount to (a token of
 one sample is ~2 · (E + H) · 4H + 2 · H · V multiply-adds). Writes bench/results/generate_vs_torch.json.
 """
 
@@ -32,9 +33,9 @@ from lstmx.sample import generate  # noqa: E402
 VOCAB, EMBEDDING, HIDDEN = 96, 64, 256
 
 
-def lstmx_run(model, vocab, tokens: int, samples: int) -> float:
+def lstmx_run(model, vocab, tokens: int, samples: int, impl: str | None = None) -> float:
     start = time.perf_counter()
-    for _ in generate(model, vocab, "def ", tokens, temperature=1.0, seed=0, num_samples=samples):
+    for _ in generate(model, vocab, "def ", tokens, temperature=1.0, seed=0, num_samples=samples, impl=impl):
         pass
     return time.perf_counter() - start
 
@@ -68,7 +69,9 @@ def main() -> None:
     symbols = [chr(32 + k) for k in range(VOCAB - 1)] + ["\n"]
     vocab = CharVocab(symbols)
     model = lstmx.LanguageModel(VOCAB, EMBEDDING, HIDDEN, seed=0)
-    columns = {"lstmx": lambda n: lstmx_run(model, vocab, args.tokens, n)}
+    columns = {"lstmx": lambda n: lstmx_run(model, vocab, args.tokens, n),
+               "lstmx-generic": lambda n: lstmx_run(model, vocab, args.tokens, n, "generic")}
+    machine["lstmx_generation_impl"] = lstmx.registry.choose_generation(model)[0]
     try:
         import torch
 

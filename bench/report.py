@@ -83,11 +83,14 @@ def generation_table(name: str, report: dict[str, Any]) -> list[str]:
     m = report["model"]
     lines = [f"### `{name}`: generation, {report['tokens']} tokens per sample (V {m['V']}, E {m['E']}, H {m['H']})",
              "", machine_line(report["machine"]), "",
-             "| samples | lstmx tokens/s | PyTorch tokens/s | lstmx / PyTorch | lstmx GFLOP/s |", "|---|---|---|---|---|"]
+             "| samples | lstmx tokens/s | lstmx generic loop tokens/s | PyTorch tokens/s | lstmx / PyTorch | "
+             "lstmx GFLOP/s |", "|---|---|---|---|---|---|"]
     for samples, row in report["samples"].items():
         torch_rate = row.get("torch", {}).get("tokens_per_s")
+        generic_rate = row.get("lstmx-generic", {}).get("tokens_per_s")
         ratio = row.get("lstmx / torch")
         lines.append(f"| {samples} | {row['lstmx']['tokens_per_s']:,.0f} | "
+                     f"{'–' if generic_rate is None else f'{generic_rate:,.0f}'} | "
                      f"{'–' if torch_rate is None else f'{torch_rate:,.0f}'} | {'–' if ratio is None else f'{ratio:.2f}'}"
                      f" | {row['lstmx']['gflops']:.2f} |")
     return lines + [""]

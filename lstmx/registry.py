@@ -444,5 +444,55 @@ def choose_loss(backend: Backend, impl: str | None = None) -> tuple[str, Callabl
     return LOSS_REQUESTS.choose(impl, LOSS_IMPLS, lambda candidate: candidate.function(backend), "run here")
 
 
+# --- text generation's token loop ---------------------------------------------------------------------------
+
+GENERATION_ENVIRONMENT_VARIABLE = "LSTMX_GENERATION_IMPL"
+
+
+class GenerationImplError(ImplError):
+    """A generation implementation that does not exist or cannot run this model here."""
+
+
+class GenerationImpl(NamedTuple):
+    """One implementation of ``token_steps(model, logits, state, length, rngs, temperature, top_k, greedy)``: the
+    loop of :func:`lstmx.sample.generate` after the prime (:mod:`lstmx.sample` has the generic one)."""
+
+    name: str
+    module: str
+    backends: tuple[str, ...] | None
+    cells: tuple[str, ...]  # the kinds of cell it runs, with no cell option in effect in evaluation
+    auto: bool
+    summary: str
+
+    def function(self, model: Any) -> tuple[Callable[..., Any] | None, str | None]:
+        """``(token_steps, None)`` when it runs ``model`` here, else ``(None, why not)``."""
+        cell = model.stack.cell
+        options = cell.options.in_effect(False).names()
+        if cell.kind not in self.cells or (options and self.cells != EVERY_CELL):
+            return None, f"runs the plain {', '.join(self.cells)} cell, not {cell.kind} with {', '.join(options)}"
+        module, reason = _runnable_module(self.module, self.backends, model.backend)
+        return (None, reason) if module is None else (module.token_steps, None)
+
+
+GENERATION_IMPLS: tuple[GenerationImpl, ...] = (
+    GenerationImpl("numba", "lstmx.kernels.numba_generate", ("numpy",), LSTM_ONLY, True,
+                   "NumPy + Numba: the whole token loop compiled (embedding, layers, head, softmax, draw)"),
+    GenerationImpl("generic", "lstmx.sample", None, EVERY_CELL, True,
+                   "the reference: the model's inference forward per token, the draw on the host"),
+)
+GENERATION_REQUESTS = Requests("generation", tuple(i.name for i in GENERATION_IMPLS), GENERATION_ENVIRONMENT_VARIABLE,
+                               GenerationImplError)
+
+
+def choose_generation(model: Any, impl: str | None = None) -> tuple[str, Callable[..., Any]]:
+    """``(name, token_steps)`` for generating from ``model``, asked for as :class:`Requests` says."""
+    return GENERATION_REQUESTS.choose(impl, GENERATION_IMPLS, lambda candidate: candidate.function(model),
+                                      "generate from this model here")
+
+
+def available_generation_impls(model: Any) -> list[str]:
+    return [impl.name for impl in GENERATION_IMPLS if impl.function(model)[0] is not None]
+
+
 def available_loss_impls(backend: Backend) -> list[str]:
     return [impl.name for impl in LOSS_IMPLS if impl.function(backend)[0] is not None]

@@ -44,29 +44,45 @@ def generate(
     greedy: bool = False,
     seed: int = 0,
     num_samples: int = 1,
+    impl: str | None = None,
 ) -> Iterator[list[int]]:
     """Yield, step by step, the next token of each of ``num_samples`` independent samples (a list of ids), after
     every sample has read ``prime``. The samples run as one batch; sample k draws from its own generator seeded
-    ``seed + k``, so sample 0 is the single sample of ``seed``. Arguments as :func:`sample`."""
+    ``seed + k``, so sample 0 is the single sample of ``seed``. ``impl`` names the token loop's implementation
+    (:func:`lstmx.registry.choose_generation`; default: the registry's choice). Arguments as :func:`sample`."""
+    from . import registry
+
     _check_sampling(model, vocab, length, temperature, top_k, greedy, num_samples)
+    _, token_steps = registry.choose_generation(model, impl)
     if not prime:
         prime = "\n" if "\n" in vocab.index else vocab.symbols[0]
     ids = vocab.encode(prime)  # unknown characters are a clear error here
     rngs = [np.random.default_rng(seed + k) for k in range(num_samples)]
-    backend, was_training = model.backend, model.training
+    was_training = model.training
     model.eval()
     try:
-        tokens = backend.asarray(np.repeat(ids.reshape(-1, 1), num_samples, axis=1))
+        tokens = model.backend.asarray(np.repeat(ids.reshape(-1, 1), num_samples, axis=1))
         logits, state = model.infer(tokens)
-        for _ in range(length):
-            rows = to_numpy(logits[-1, ...])
-            step = [int(np.argmax(row)) if greedy else
-                    int(rng.choice(row.size, p=next_token_distribution(row, temperature, top_k)))
-                    for row, rng in zip(rows, rngs)]
-            yield step
-            logits, state = model.infer(backend.asarray(np.array([step])), state, check_input=False)
+        yield from token_steps(model, logits[-1, ...], state, length, rngs, temperature, top_k, greedy)
     finally:
         model.train(was_training)
+
+
+def token_steps(model: Any, logits: Any, state: Any, length: int, rngs: list[np.random.Generator],
+                temperature: float, top_k: int | None, greedy: bool) -> Iterator[list[int]]:
+    """The generic token loop: from the last logits (B, V) and the state after the prime, each step draws every
+    sample's token on the host (sample k from ``rngs[k]``, as ``Generator.choice``) and runs the model's inference
+    forward on it."""
+    backend = model.backend
+    for step_number in range(length):
+        rows = to_numpy(logits)
+        step = [int(np.argmax(row)) if greedy else
+                int(rng.choice(row.size, p=next_token_distribution(row, temperature, top_k)))
+                for row, rng in zip(rows, rngs)]
+        yield step
+        if step_number + 1 < length:
+            all_logits, state = model.infer(backend.asarray(np.array([step])), state, check_input=False)
+            logits = all_logits[-1, ...]
 
 
 def sample(
@@ -79,13 +95,16 @@ def sample(
     top_k: int | None = None,
     greedy: bool = False,
     seed: int = 0,
+    impl: str | None = None,
 ) -> str:
     """Generate ``length`` tokens after ``prime`` and return the generated text (without the prime).
 
     ``greedy`` takes the most likely token each step; otherwise tokens are drawn from the softmax of
     logits / ``temperature``, restricted to the ``top_k`` most likely when set. The same seed gives the same text.
+    ``impl`` names the token loop's implementation (:func:`lstmx.registry.choose_generation`).
     """
-    return samples(model, vocab, prime, length, temperature=temperature, top_k=top_k, greedy=greedy, seed=seed)[0]
+    return samples(model, vocab, prime, length, temperature=temperature, top_k=top_k, greedy=greedy, seed=seed,
+                   impl=impl)[0]
 
 
 def samples(model: Any, vocab: CharVocab, prime: str = "", length: int = 200, *, num_samples: int = 1,
