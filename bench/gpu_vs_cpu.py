@@ -228,6 +228,29 @@ def output_name(dtype: str, bidirectional: bool = False) -> str:
     return ("gpu_vs_cpu" if dtype == "float32" else f"gpu_vs_cpu_{dtype}") + ("_bidirectional" if bidirectional else "")
 
 
+def training_flops(config: tuple[int, ...], directions: int) -> float:
+    """The multiply-adds (×2) of one layer's training step: the forward's products over all steps (x W_x and
+    h W_h, 2·T·B·(D + H)·4H) and the backward's two as large (dx and dh, dW), per direction."""
+    batch, steps, features, hidden = config
+    return 3 * 2.0 * steps * batch * (features + hidden) * 4 * hidden * directions
+
+
+def cpu_gemm_rate(dtype: str, size: int = 2048, repeats: int = 5) -> float:
+    """This machine's large-GEMM rate (GFLOP/s) through NumPy's BLAS, measured now: the limit a CPU step can
+    approach."""
+    import time
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
+    a @ b  # warm-up: threads started, pages touched
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2.0 * size ** 3 / float(np.median(times)) / 1e9
+
+
 def ratio(rows: dict[str, Any], top: str | None, bottom: str | None) -> float | None:
     a, b = rows.get(top), rows.get(bottom)
     return None if a is None or b is None else a["ms"] / b["ms"]
@@ -260,6 +283,8 @@ def main() -> None:
         machine["torch_threads"] = torch.get_num_threads()
     except ImportError:
         pass
+    if not args.no_cpu:
+        machine["cpu_gemm_gflops"] = cpu_gemm_rate(args.dtype)
     print(f"machine: {machine}")
     columns = available(args)
     results = []
@@ -269,10 +294,13 @@ def main() -> None:
         medians = turn_taking_medians({name: (step, sync) for name, (step, sync, _) in made.items()},
                                       args.repeats, args.rounds, warmed=True)  # working_columns ran a step each
         row: dict[str, Any] = {}
+        flops = training_flops(config, 2 if args.bidirectional else 1)
         for name, seconds in medians.items():
             peak = made[name][2]()
             row[name] = {"ms": 1e3 * seconds, "tokens_per_s": batch * steps / seconds,
-                         "peak_gpu_mb": None if peak is None else peak / 2**20}
+                         "peak_gpu_mb": None if peak is None else peak / 2**20, "gflops": flops / seconds / 1e9}
+            if "cpu_gemm_gflops" in machine and (name.startswith("lstmx-numpy") or name == "torch-cpu"):
+                row[name]["fraction_of_cpu_gemm"] = row[name]["gflops"] / machine["cpu_gemm_gflops"]
             print(f"  {config} {name:<17} {1e3 * seconds:9.2f} ms", flush=True)
         del made
         gpu = default_column("cupy", batch, config[3], args.dtype)
@@ -306,6 +334,13 @@ def main() -> None:
     if fastest:
         print(f"\nfastest lstmx-cupy {args.dtype} column per row (which implementation would earn \"auto\" there):")
         print("\n".join(fastest))
+    if "cpu_gemm_gflops" in machine:
+        print(f"\nGFLOP/s of the CPU columns, and their fraction of this machine's large-GEMM rate "
+              f"({machine['cpu_gemm_gflops']:.1f} GFLOP/s, {args.dtype}, measured in this run):")
+        for entry in results:
+            cpu_columns = {n: v for n, v in entry["columns"].items() if "fraction_of_cpu_gemm" in v}
+            print(f"  {','.join(map(str, entry['config'].values()))}: " + "; ".join(
+                f"{n} {v['gflops']:.1f} ({100 * v['fraction_of_cpu_gemm']:.0f} %)" for n, v in cpu_columns.items()))
     print("\ntokens/s: " + "; ".join(
         f"{tuple(e['config'].values())}: " + ", ".join(f"{n} {e['columns'][n]['tokens_per_s']:,.0f}" for n in e["columns"])
         for e in results))

@@ -51,6 +51,16 @@ def step_table(name: str, report: dict[str, Any]) -> list[str]:
         ratio = entry["ratios"].get("lstmx-cpu/torch-cpu")
         lines.append(f"| {', '.join(str(v) for v in entry['config'].values())} | " + " | ".join(cells)
                      + f" | {'–' if ratio is None else f'{ratio:.2f}'} |")
+    rate = report["machine"].get("cpu_gemm_gflops")
+    if rate is not None:  # runs since the GEMM rate was measured with them
+        cpu = [c for c in columns if any("fraction_of_cpu_gemm" in e["columns"].get(c, {}) for e in results)]
+        lines += ["", f"GFLOP/s of the CPU columns (fraction of this machine's large-GEMM rate, {rate:.1f} GFLOP/s, "
+                      "measured in the same run):", "",
+                  "| B, T, D, H | " + " | ".join(f"{c} GFLOP/s" for c in cpu) + " |", "|---|" + "---|" * len(cpu)]
+        for entry in results:
+            cells = [f"{entry['columns'][c]['gflops']:.1f} ({100 * entry['columns'][c]['fraction_of_cpu_gemm']:.0f} %)"
+                     if c in entry["columns"] else "–" for c in cpu]
+            lines.append(f"| {', '.join(str(v) for v in entry['config'].values())} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
