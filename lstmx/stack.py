@@ -23,7 +23,7 @@ sampling: memory independent of T beyond the output. Any implementation runs seg
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -93,6 +93,33 @@ class StackCache(NamedTuple):
 LSTMCache = StackCache  # the name the models' docs and error messages use
 
 
+def _over_layers(backend: Backend, layers: Sequence[Sequence[LayerParams]], x: Any, state: Sequence[Any],
+                 dropout_masks: Sequence[Any], reversal: TimeReversal | None,
+                 run: Callable[[int, int, Any, tuple[Any, ...], tuple[Any, ...]], tuple[Any, tuple[Any, ...], Any]]
+                 ) -> tuple[Any, tuple[Any, ...], list[tuple[Any, ...]], list[Any]]:
+    """The layer and direction loop :func:`stack_forward` and :func:`stack_infer` share: ``run(k, d, input as
+    direction d sees it, params, initial state) -> (y as it sees it, final state, cache)`` for each layer k and
+    direction d, the reverse direction's input and output reversed in time, the directions' outputs
+    concatenated and dropout applied between layers. Returns ``(y, final state, [layer caches per direction],
+    [each layer's input])``."""
+    xp = backend.xp
+    directions = len(layers[0])
+    inputs, finals, caches, layer_inputs = x, [], [], []
+    for k, layer in enumerate(layers):
+        outputs, layer_caches = [], []
+        layer_inputs.append(inputs)
+        for d, params in enumerate(layer):
+            seen = inputs if d == 0 else reversal(backend, inputs)
+            y, final, cache = run(k, d, seen, tuple(params), tuple(s[k * directions + d, ...] for s in state))
+            outputs.append(y if d == 0 else reversal(backend, y))
+            finals.append(final)
+            layer_caches.append(cache)
+        y = outputs[0] if directions == 1 else xp.concat(outputs, axis=-1)
+        inputs = dropout_forward(y, dropout_masks[k]) if k < len(layers) - 1 else y
+        caches.append(tuple(layer_caches))
+    return inputs, tuple(xp.stack([f[s] for f in finals]) for s in range(len(state))), caches, layer_inputs
+
+
 def stack_forward(
     backend: Backend,
     cell: Cell,
@@ -112,37 +139,23 @@ def stack_forward(
     when there are two directions. ``kernel`` is the implementation module named ``impl_name``;
     ``checkpoint_every`` = K keeps only every K-th state (module docstring); ``noise[k][d]`` holds a training
     forward's :class:`~lstmx.layers.lstm_layer.LayerNoise` for layer k and direction d (None: evaluation)."""
-    xp = backend.xp
-    directions = len(layers[0])
     masks = tuple(dropout_masks) if dropout_masks is not None else (None,) * (len(layers) - 1)
-    inputs, finals, caches, layer_inputs = x, [], [], []
-    for k, layer in enumerate(layers):
-        outputs, layer_caches = [], []
-        layer_inputs.append(inputs)
-        for d, params in enumerate(layer):
-            index = k * directions + d
-            seen = inputs if d == 0 else reversal(backend, inputs)
-            initial = tuple(s[index, ...] for s in state)
-            drawn = None if noise is None else noise[k][d]
-            if checkpoint_every is None:
-                y, final, cache = cell.layer_forward(kernel, backend, seen, tuple(params), initial, step_mask, drawn)
-            else:
-                y, final, starts = _segments_forward(backend, cell, kernel, seen, tuple(params), initial, step_mask,
-                                                     checkpoint_every, keep=True, noise=drawn)
-                cache = Segments(starts, checkpoint_every)
-            outputs.append(y if d == 0 else reversal(backend, y))
-            finals.append(final)
-            layer_caches.append(cache)
-        y = outputs[0] if directions == 1 else xp.concat(outputs, axis=-1)
-        inputs = dropout_forward(y, masks[k]) if k < len(layers) - 1 else y
-        caches.append(tuple(layer_caches))
-    final_state = tuple(xp.stack([f[s] for f in finals]) for s in range(len(state)))
+
+    def run(k: int, d: int, seen: Any, params: tuple[Any, ...], initial: tuple[Any, ...]) -> tuple[Any, ...]:
+        drawn = None if noise is None else noise[k][d]
+        if checkpoint_every is None:
+            return cell.layer_forward(kernel, backend, seen, params, initial, step_mask, drawn)
+        y, final, starts = _segments_forward(backend, cell, kernel, seen, params, initial, step_mask,
+                                             checkpoint_every, keep=True, noise=drawn)
+        return y, final, Segments(starts, checkpoint_every)
+
+    y, final_state, caches, layer_inputs = _over_layers(backend, layers, x, state, masks, reversal, run)
     checkpointed = checkpoint_every is not None
     cache = StackCache(impl_name, tuple(tuple(tuple(p) for p in layer) for layer in layers), tuple(caches), masks,
-                       reversal if directions == 2 else None, x.shape[0], x.shape[1],
+                       reversal if len(layers[0]) == 2 else None, x.shape[0], x.shape[1],
                        step_mask if checkpointed else None, tuple(layer_inputs) if checkpointed else None,
                        noise=None if noise is None else tuple(tuple(layer) for layer in noise), cell=cell)
-    return inputs, final_state, cache
+    return y, final_state, cache
 
 
 def _segments_forward(backend: Backend, cell: Cell, kernel: ModuleType, x: Any, params: tuple[Any, ...],
@@ -197,20 +210,11 @@ def stack_infer(
 ) -> tuple[Any, tuple[Any, ...]]:
     """The forward of :func:`stack_forward` (no dropout: evaluation) that keeps nothing for a backward: ``(y,
     final state)``, each layer run in segments of ``segment`` steps whose caches are dropped at once."""
-    xp = backend.xp
-    directions = len(layers[0])
-    inputs, finals = x, []
-    for k, layer in enumerate(layers):
-        outputs = []
-        for d, params in enumerate(layer):
-            seen = inputs if d == 0 else reversal(backend, inputs)
-            y, final, _ = _segments_forward(backend, cell, kernel, seen, tuple(params),
-                                            tuple(s[k * directions + d, ...] for s in state), step_mask, segment,
-                                            keep=False)
-            outputs.append(y if d == 0 else reversal(backend, y))
-            finals.append(final)
-        inputs = outputs[0] if directions == 1 else xp.concat(outputs, axis=-1)
-    return inputs, tuple(xp.stack([f[s] for f in finals]) for s in range(len(state)))
+    def run(k: int, d: int, seen: Any, params: tuple[Any, ...], initial: tuple[Any, ...]) -> tuple[Any, ...]:
+        return _segments_forward(backend, cell, kernel, seen, params, initial, step_mask, segment, keep=False)
+
+    y, final_state, _, _ = _over_layers(backend, layers, x, state, (None,) * (len(layers) - 1), reversal, run)
+    return y, final_state
 
 
 def stack_backward(
