@@ -37,8 +37,41 @@ __device__ __forceinline__ $real clipped(const $real z, const $real clip, $real*
     return within ? z : (z < 0 ? -clip : clip);
 }
 
-// LN over each row of values (rows, width), one block per row: normalized, inverse_std and out = gain * normalized
-// + bias (out may be values itself).
+// LN of one row of width values by the whole block, each thread taking every blockDim.x-th value (as every loop
+// here, so a thread reads back only what it wrote): normalized, and out = gain * normalized + bias (out may be
+// values itself). Returns 1 / sqrt(var + eps).
+__device__ $real normalise_row(const $real* values, const $real* gain_and_bias, $real* normalized, $real* out,
+                               const int width, $real* shared)
+{
+    $real sum = 0;
+    for (int k = threadIdx.x; k < width; k += blockDim.x) sum += values[k];
+    const $real mean = block_sum(sum, shared) / width;
+    $real squares = 0;
+    for (int k = threadIdx.x; k < width; k += blockDim.x) squares += (values[k] - mean) * (values[k] - mean);
+    const $real inverse = ($real)1 / $sqrt(block_sum(squares, shared) / width + ($real)NORM_EPSILON);
+    for (int k = threadIdx.x; k < width; k += blockDim.x) {
+        const $real n = (values[k] - mean) * inverse;
+        normalized[k] = n;
+        out[k] = n * gain_and_bias[k] + gain_and_bias[width + k];
+    }
+    return inverse;
+}
+
+// The mirror of normalise_row: dvalues from dout (dL/d its out).
+__device__ void normalise_row_backward(const $real* dout, const $real* normalized, const $real inverse,
+                                       const $real* gain_and_bias, $real* dvalues, const int width, $real* shared)
+{
+    $real sum = 0, weighted = 0;
+    for (int k = threadIdx.x; k < width; k += blockDim.x) {
+        sum += dout[k] * gain_and_bias[k];
+        weighted += dout[k] * gain_and_bias[k] * normalized[k];
+    }
+    const $real mean = block_sum(sum, shared) / width, mean_weighted = block_sum(weighted, shared) / width;
+    for (int k = threadIdx.x; k < width; k += blockDim.x)
+        dvalues[k] = inverse * (dout[k] * gain_and_bias[k] - mean - normalized[k] * mean_weighted);
+}
+
+// LN over each row of values (rows, width), one block per row (out may be values itself).
 extern "C" __global__ void row_norm_forward_$suffix(
     const $real* values, const $real* __restrict__ gain_and_bias, $real* __restrict__ normalized,
     $real* __restrict__ inverse_std, $real* out, const int rows, const int width)
@@ -46,22 +79,12 @@ extern "C" __global__ void row_norm_forward_$suffix(
     extern __shared__ $real shared[];
     const long long r = blockIdx.x;
     if (r >= rows) return;  // the whole block
-    const $real* v = values + r * width;
-    $real sum = 0;
-    for (int k = threadIdx.x; k < width; k += blockDim.x) sum += v[k];
-    const $real mean = block_sum(sum, shared) / width;
-    $real squares = 0;
-    for (int k = threadIdx.x; k < width; k += blockDim.x) squares += (v[k] - mean) * (v[k] - mean);
-    const $real inverse = ($real)1 / $sqrt(block_sum(squares, shared) / width + ($real)NORM_EPSILON);
-    for (int k = threadIdx.x; k < width; k += blockDim.x) {
-        const $real n = (v[k] - mean) * inverse;
-        normalized[r * width + k] = n;
-        out[r * width + k] = n * gain_and_bias[k] + gain_and_bias[width + k];
-    }
+    const $real inverse = normalise_row(values + r * width, gain_and_bias, normalized + r * width, out + r * width,
+                                        width, shared);
     if (threadIdx.x == 0) inverse_std[r] = inverse;
 }
 
-// The mirror of row_norm_forward: dvalues from dout, per row.
+// The mirror of row_norm_forward, per row.
 extern "C" __global__ void row_norm_backward_$suffix(
     const $real* __restrict__ dout, const $real* __restrict__ normalized, const $real* __restrict__ inverse_std,
     const $real* __restrict__ gain_and_bias, $real* __restrict__ dvalues, const int rows, const int width)
@@ -69,16 +92,8 @@ extern "C" __global__ void row_norm_backward_$suffix(
     extern __shared__ $real shared[];
     const long long r = blockIdx.x;
     if (r >= rows) return;
-    const $real* d = dout + r * width;
-    const $real* n = normalized + r * width;
-    $real sum = 0, weighted = 0;
-    for (int k = threadIdx.x; k < width; k += blockDim.x) {
-        sum += d[k] * gain_and_bias[k];
-        weighted += d[k] * gain_and_bias[k] * n[k];
-    }
-    const $real mean = block_sum(sum, shared) / width, mean_weighted = block_sum(weighted, shared) / width;
-    for (int k = threadIdx.x; k < width; k += blockDim.x)
-        dvalues[r * width + k] = inverse_std[r] * (d[k] * gain_and_bias[k] - mean - n[k] * mean_weighted);
+    normalise_row_backward(dout + r * width, normalized + r * width, inverse_std[r], gain_and_bias, dvalues + r * width,
+                           width, shared);
 }
 
 // One forward step t of row blockIdx.x. recurrent holds h_{t-1} W_h for this step (layer-normalised here, in
@@ -120,17 +135,7 @@ extern "C" __global__ void lstm_variant_forward_step_$suffix(
     const $real one = 1;
     $real* rec = recurrent + b * width;
     if (norm_h != nullptr) {
-        $real sum = 0;
-        for (int k = threadIdx.x; k < width; k += blockDim.x) sum += rec[k];
-        const $real mean = block_sum(sum, shared) / width;
-        $real squares = 0;
-        for (int k = threadIdx.x; k < width; k += blockDim.x) squares += (rec[k] - mean) * (rec[k] - mean);
-        const $real inverse = one / $sqrt(block_sum(squares, shared) / width + ($real)NORM_EPSILON);
-        for (int k = threadIdx.x; k < width; k += blockDim.x) {
-            const $real n = (rec[k] - mean) * inverse;
-            h_normalized[step_row * width + k] = n;
-            rec[k] = n * norm_h[k] + norm_h[width + k];
-        }
+        const $real inverse = normalise_row(rec, norm_h, h_normalized + step_row * width, rec, width, shared);
         if (threadIdx.x == 0) h_inverse_std[step_row] = inverse;
         __syncthreads();  // every unit reads gate values other threads normalised
     }
@@ -139,7 +144,6 @@ extern "C" __global__ void lstm_variant_forward_step_$suffix(
     $real* inside = unclipped == nullptr ? nullptr : unclipped + step_row * width;
     const long long now = step_row * hidden;  // (t, b, 0) of a (T, B, H) array
     const long long before = (long long)b * hidden + (long long)t * batch * hidden;  // (t, b, 0) of cells
-    $real sum = 0;
     for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
         const $real cp = cells[before + j];
         $real zi = xg[j] + rec[j], zf = xg[hidden + j] + rec[hidden + j];
@@ -158,26 +162,15 @@ extern "C" __global__ void lstm_variant_forward_step_$suffix(
         const $real o = sigmoid(clipped(zo, clip, inside == nullptr ? nullptr : inside + 3 * hidden + j));
         gate[j] = i; gate[hidden + j] = f; gate[2 * hidden + j] = g; gate[3 * hidden + j] = o;
         c_new[now + j] = c;
-        sum += c;
     }
-    $real mean = 0, inverse = 0;
-    if (norm_c != nullptr) {
-        mean = block_sum(sum, shared) / hidden;
-        $real squares = 0;
-        for (int j = threadIdx.x; j < hidden; j += blockDim.x) squares += (c_new[now + j] - mean) * (c_new[now + j] - mean);
-        inverse = one / $sqrt(block_sum(squares, shared) / hidden + ($real)NORM_EPSILON);
+    if (norm_c != nullptr) {  // LN(c'_t) into tanh_c, whose tanh the loop below takes
+        const $real inverse = normalise_row(c_new + now, norm_c, c_normalized + now, tanh_c + now, hidden, shared);
         if (threadIdx.x == 0) c_inverse_std[step_row] = inverse;
     }
     const $real m = step_mask == nullptr ? one : step_mask[step_row];
     for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
         const $real cp = cells[before + j], hp = hidden_states[before + j], c = c_new[now + j];
-        $real squashed = c;
-        if (norm_c != nullptr) {
-            const $real n = (c - mean) * inverse;
-            c_normalized[now + j] = n;
-            squashed = n * norm_c[j] + norm_c[hidden + j];
-        }
-        const $real tc = $tanh(squashed);
+        const $real tc = $tanh(norm_c != nullptr ? tanh_c[now + j] : c);
         tanh_c[now + j] = tc;
         $real h = gate[3 * hidden + j] * tc, c_out = c;
         const $real kc = keep_c == nullptr ? zoneout_c : keep_c[now + j];
@@ -292,15 +285,6 @@ extern "C" __global__ void lstm_variant_backward_step_$suffix(
     }
     if (norm_h == nullptr) return;  // the whole block: dz is the gradient of h W_h
     __syncthreads();  // the LN of h W_h reads the whole row of dz
-    const $real* n = h_normalized + step_row * width;
-    sum = 0;
-    weighted = 0;
-    for (int k = threadIdx.x; k < width; k += blockDim.x) {
-        sum += d[k] * norm_h[k];
-        weighted += d[k] * norm_h[k] * n[k];
-    }
-    mean = block_sum(sum, shared) / width;
-    mean_weighted = block_sum(weighted, shared) / width;
-    for (int k = threadIdx.x; k < width; k += blockDim.x)
-        dh_product[step_row * width + k] = h_inverse_std[step_row] * (d[k] * norm_h[k] - mean - n[k] * mean_weighted);
+    normalise_row_backward(d, h_normalized + step_row * width, h_inverse_std[step_row], norm_h,
+                           dh_product + step_row * width, width, shared);
 }
