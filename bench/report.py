@@ -119,6 +119,21 @@ def variant_table(name: str, report: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def recipe_table(name: str, report: dict[str, Any]) -> list[str]:
+    """A train_vs_torch.py run: the same language-model recipe in lstmx and PyTorch, taking turns."""
+    a = report["args"]
+    lines = [f"### `{name}`: the language-model recipe, lstmx against PyTorch ({a['steps']} steps, batch {a['batch']}, "
+             f"T {a['seq_len']}, E {a['embedding']}, H {a['hidden']}, {a['backend']}; {report['source']})", "",
+             machine_line(report["machine"]), "", "| framework | validation loss (nats/char) | ms/step |", "|---|---|---|"]
+    for framework, row in report["results"].items():
+        lines.append(f"| {framework} | {row['val_loss']:.4f} | {row['ms_per_step']:.1f} |")
+    ours, theirs = report["results"].get("lstmx"), report["results"].get("pytorch")
+    if ours and theirs:
+        lines += ["", f"lstmx / PyTorch: time per step {ours['ms_per_step'] / theirs['ms_per_step']:.2f}×, validation "
+                      f"loss {ours['val_loss'] / theirs['val_loss']:.3f}×"]
+    return lines + [""]
+
+
 def runs_table(name: str, report: dict[str, Any]) -> list[str]:
     """Whole training runs compared at the same step."""
     lines = [f"### `{name}`: {report['what']}", "", machine_line(report["machine"]), "", report["how"], "",
@@ -136,6 +151,8 @@ def generated() -> str:
             lines += generation_table(path.stem, report)
         elif "variants" in report:
             lines += variant_table(path.stem, report)
+        elif "source" in report:
+            lines += recipe_table(path.stem, report)
         elif "runs" in report:
             lines += runs_table(path.stem, report)
         elif isinstance(report.get("rows"), dict):

@@ -127,6 +127,8 @@ def test_train_vs_torch_runs_a_few_steps_and_leaves_no_run_folder(run, capsys, t
     result = json.loads((tmp_path / "train_vs_torch.json").read_text())
     assert result["args"]["text"] == str(text) and result["results"]["lstmx"]["ms_per_step"] > 0
     assert sorted(path.name for path in tmp_path.iterdir()) == ["text.txt", "train_vs_torch.json"]
+    table = "\n".join(load("report").recipe_table("train_vs_torch", result))  # docs/benchmarks.md renders it
+    assert "| lstmx |" in table and "3 steps" in table
 
 
 def test_the_gpu_session_refuses_an_unknown_step_before_running_any():
