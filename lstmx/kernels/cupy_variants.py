@@ -22,7 +22,7 @@ import numpy as np
 
 from ..backend import Backend
 from ..layers.cell import CellOptions
-from ..layers.lstm_layer import (ExtraParams, LayerNoise, LSTMLayerCache, VariantCache, _check_extra,
+from ..layers.lstm_layer import (ExtraParams, LayerNoise, LSTMLayerCache, VariantCache, check_extra_params,
                                  check_backward_inputs, forward_dims)
 from ..layers.norm import NormCache
 from . import cuda_sources
@@ -78,7 +78,7 @@ def lstm_variant_layer_forward(
     if extra.projection is not None:
         raise ValueError("the CuPy stepwise path runs the LSTM cell without a projection")
     steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
-    _check_extra(extra, options, hidden, x.dtype)
+    check_extra_params(extra, options, hidden, x.dtype)
     dtype = np.dtype(x.dtype)
     norms, clipped = options.layer_norm, options.cell_clip is not None
     x, weight = cupy.ascontiguousarray(x), cupy.ascontiguousarray(weight)
@@ -136,7 +136,7 @@ def lstm_variant_layer_backward(
         raise ValueError("the cache was made with other cell options than this backward's, or with a projection")
     steps, batch, features, hidden = cache.dims()
     check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight)
-    _check_extra(extra, options, hidden, x.dtype)
+    check_extra_params(extra, options, hidden, x.dtype)
     dtype = np.dtype(x.dtype)
     norms, clipped = options.layer_norm, options.cell_clip is not None
     if clipped and kept.unclipped is None or norms and (kept.h_norm is None or kept.c_norm is None):

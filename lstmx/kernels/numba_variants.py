@@ -13,14 +13,14 @@ Runs the plain cell (no projection) without a step mask, as the rest of the Numb
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
 
 from ..backend import Backend
 from ..layers.cell import CellOptions
-from ..layers.lstm_layer import (ExtraParams, LayerNoise, LSTMLayerCache, VariantCache, _check_extra,
+from ..layers.lstm_layer import (ExtraParams, LayerNoise, LSTMLayerCache, VariantCache, check_extra_params,
                                  check_backward_inputs, forward_dims)
 from ..layers.norm import NORM_EPSILON, NormCache
 from .numba_layer import _JIT, _tanh
@@ -28,20 +28,25 @@ from .host_buffers import HOST_BUFFERS
 from .numpy_layer import refuse_step_mask
 
 
-class _Settings:
-    """The options as the kernels take them: arrays and numbers, never None."""
+class _Settings(NamedTuple):
+    """The options as the kernels take them: arrays and numbers, never None (:func:`_settings`)."""
 
-    def __init__(self, options: CellOptions, extra: ExtraParams, hidden: int, dtype: np.dtype) -> None:
-        def gain_and_bias(value: Any, width: int) -> np.ndarray:
-            identity = np.stack([np.ones(width, dtype), np.zeros(width, dtype)])
-            return identity if value is None else np.ascontiguousarray(value, dtype)
+    peephole: np.ndarray  # (3H,), zeros without peepholes
+    clip: Any  # the dtype's ±∞ without clipping
+    norm_h: np.ndarray  # (2, 4H), the identity without layer_norm
+    norm_c: np.ndarray  # (2, H)
+    input_forget: bool
 
-        self.peephole = (np.zeros(3 * hidden, dtype) if extra.peephole is None
-                         else np.ascontiguousarray(extra.peephole, dtype))
-        self.clip = dtype.type(np.inf if options.cell_clip is None else options.cell_clip)
-        self.norm_h = gain_and_bias(extra.norm_h, 4 * hidden)
-        self.norm_c = gain_and_bias(extra.norm_c, hidden)
-        self.layer_norm, self.input_forget = options.layer_norm, options.input_forget
+
+def _settings(options: CellOptions, extra: ExtraParams, hidden: int, dtype: np.dtype) -> _Settings:
+    def gain_and_bias(value: Any, width: int) -> np.ndarray:
+        identity = np.stack([np.ones(width, dtype), np.zeros(width, dtype)])
+        return identity if value is None else np.ascontiguousarray(value, dtype)
+
+    peephole = np.zeros(3 * hidden, dtype) if extra.peephole is None else np.ascontiguousarray(extra.peephole, dtype)
+    return _Settings(peephole, dtype.type(np.inf if options.cell_clip is None else options.cell_clip),
+                     gain_and_bias(extra.norm_h, 4 * hidden), gain_and_bias(extra.norm_c, hidden),
+                     options.input_forget)
 
 
 def _keep(noise: LayerNoise | None, options: CellOptions, steps: int, batch: int, hidden: int,
@@ -269,9 +274,9 @@ def lstm_variant_layer_forward(
     if extra.projection is not None:
         raise ValueError("the Numba path runs the LSTM cell without a projection")
     steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
-    _check_extra(extra, options, hidden, x.dtype)
+    check_extra_params(extra, options, hidden, x.dtype)
     dtype = x.dtype
-    settings = _Settings(options, extra, hidden, dtype)
+    settings = _settings(options, extra, hidden, dtype)
     norms, clipped, zoned = options.layer_norm, options.cell_clip is not None, any(options.zoneout)
     x_product = HOST_BUFFERS.empty((steps * batch, 4 * hidden), dtype)
     np.matmul(np.reshape(x, (steps * batch, features)), weight[:features], out=x_product)
@@ -326,9 +331,9 @@ def lstm_variant_layer_backward(
         raise ValueError("the cache was made with other cell options than this backward's, or with a projection")
     steps, batch, features, hidden = cache.dims()
     check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight)
-    _check_extra(extra, options, hidden, x.dtype)
+    check_extra_params(extra, options, hidden, x.dtype)
     dtype = x.dtype
-    settings = _Settings(options, extra, hidden, dtype)
+    settings = _settings(options, extra, hidden, dtype)
     norms, clipped, zoned = options.layer_norm, options.cell_clip is not None, any(options.zoneout)
     if clipped and kept.unclipped is None or norms and (kept.h_norm is None or kept.c_norm is None):
         raise ValueError("the cache was made with other cell options than this backward's")

@@ -172,7 +172,9 @@ def _stacked_norms(xp: Any, caches: list[NormCache]) -> NormCache | None:
                                                                   xp.stack([n.inverse_std for n in caches]))
 
 
-def _check_extra(extra: ExtraParams, options: CellOptions, hidden: int, dtype: Any) -> None:
+def check_extra_params(extra: ExtraParams, options: CellOptions, hidden: int, dtype: Any) -> None:
+    """The parameters ``options`` need are in ``extra`` with their shapes and the layer's dtype (every
+    implementation of a variant layer checks this first, as it does :func:`forward_dims`)."""
     if options.peepholes:
         _expect("peephole", extra.peephole, (3 * hidden,), dtype)
     if options.layer_norm:
@@ -187,7 +189,7 @@ def _layer_forward(backend: Backend, x: Any, weight: Any, bias: Any, extra: Extr
     xp = backend.xp
     projection = extra.projection
     steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0, projection)
-    _check_extra(extra, options, hidden, x.dtype)
+    check_extra_params(extra, options, hidden, x.dtype)
     variant = options != PLAIN
     gate = gate_affine(backend, hidden, x.dtype)
     w_hidden = weight[features:, :]
@@ -287,7 +289,7 @@ def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weigh
     if projection is None and cache.output_size != hidden:
         raise LayerInputError("the cache was made by a projected layer; its backward needs the projection")
     check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight, projection)
-    _check_extra(extra, options, hidden, x.dtype)
+    check_extra_params(extra, options, hidden, x.dtype)
     gate = gate_affine(backend, hidden, x.dtype)
     w_hidden_t = weight[features:, :].T
     projection_t = None if projection is None else projection.T
