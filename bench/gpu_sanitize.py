@@ -3,12 +3,14 @@ against the generic path, sized to run under NVIDIA's compute-sanitizer on a GPU
 
     compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/gpu_sanitize.py --impl cupy-tiled
     python3 bench/gpu_sanitize.py --impl cupy-graph --fused        # the same check without the sanitizer
+    python3 bench/gpu_sanitize.py --impl cupy-stepwise --cell-options   # its variant kernels (every cell option)
     bash bench/gpu_session.sh sanitize                               # the paths never run on a GPU, under the tools
 
 A two-layer language model (batch 3, 5 steps, hidden 40: not a multiple of 32, so tiles and warps run partly
 empty) in float32 and float64, on full batches and with lengths, forward and backward through ``--impl``; with
 ``--fused``, the loss and its gradient through the fused kernel, then global-norm clipping and two Adam steps
-through the fused updates. Each result is compared with the generic path's (so a wrong result shows even where
+through the fused updates; with ``--cell-options``, the model has every cell option the path takes (the masks of
+zoneout and recurrent dropout drawn alike for both paths), so its variant kernels run. Each result is compared with the generic path's (so a wrong result shows even where
 the sanitizer finds nothing) and printed as a row of ``lstmx check``'s table; exits 1 on a mismatch. CuPy's
 memory pool is turned off, so that every array is its own allocation and memcheck sees an access past its end
 (inside a pool block it would not).
@@ -32,18 +34,22 @@ from lstmx.optim import Adam, clip_grad_norm  # noqa: E402
 CUPY_LAYER_PATHS = [impl.name for impl in registry.LAYER_IMPLS if impl.backends == ("cupy",)]
 VOCAB, EMBEDDING, HIDDEN, LAYERS, STEPS, BATCH = 11, 6, 40, 2, 5, 3
 TOLERANCE = {"float32": 2e-5, "float64": 1e-10}
+OPTION_VALUES = {"peepholes": True, "input_forget": True, "cell_clip": 3.0, "layer_norm": True, "zoneout": (0.2, 0.3),
+                 "recurrent_dropout": 0.2}  # values where each option acts
 
 
-def check(backend: lstmx.Backend, impl: str, fused: bool) -> list[CheckResult]:
-    """Every comparison for layer path ``impl`` (and the fused loss, clipping and updates when ``fused``) on
-    ``backend``, each printed as a row of ``lstmx check``'s table (a comparison that raises fails its row)."""
+def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = False) -> list[CheckResult]:
+    """Every comparison for layer path ``impl`` (and the fused loss, clipping and updates when ``fused``; every
+    cell option ``impl`` takes when ``cell_options``) on ``backend``, each printed as a row of ``lstmx check``'s
+    table (a comparison that raises fails its row)."""
+    options = {name: OPTION_VALUES[name] for name in registry.layer_impl(impl).cell_options} if cell_options else {}
     loss_impl = "cupy-fused" if fused else "generic"
     rng = np.random.default_rng(0)
     tokens = backend.asarray(rng.integers(0, VOCAB, (STEPS, BATCH)))
     targets = backend.asarray(rng.integers(0, VOCAB, (STEPS, BATCH)))
 
     def model(dtype: str) -> lstmx.LanguageModel:
-        return lstmx.LanguageModel(VOCAB, EMBEDDING, HIDDEN, LAYERS, backend=backend, dtype=dtype, seed=0)
+        return lstmx.LanguageModel(VOCAB, EMBEDDING, HIDDEN, LAYERS, backend=backend, dtype=dtype, seed=0, **options)
 
     def losses(dtype: str, lengths: list[int] | None, layer: str, loss: str) -> dict:
         return host_arrays(model(dtype).loss(tokens, targets, lengths=lengths, impl=layer, loss_impl=loss))
@@ -60,12 +66,14 @@ def check(backend: lstmx.Backend, impl: str, fused: bool) -> list[CheckResult]:
     print(HEADER)
     results = []
     for dtype in ("float32", "float64"):
-        refused = registry.layer_impl(impl).refuses(backend, np.dtype(dtype), True, (BATCH, HIDDEN))
+        refused = registry.layer_impl(impl).refuses(backend, np.dtype(dtype), True, (BATCH, HIDDEN), "lstm",
+                                                    tuple(options))
         if refused is not None:
             print(f"{impl} {dtype}: left out, it {refused}")
             continue
         for lengths in (None, [STEPS, 3, 1]):
-            label = f"{impl}{' + fused loss' if fused else ''} {dtype}{', lengths' if lengths else ''}"
+            label = (f"{impl}{' + options' if options else ''}{' + fused loss' if fused else ''} {dtype}"
+                     f"{', lengths' if lengths else ''}")
             results.append(agreement(label, backend.name, losses(dtype, lengths, "generic", "generic"),
                                      lambda: losses(dtype, lengths, impl, loss_impl), TOLERANCE[dtype]))
             print(row(results[-1]), flush=True)
@@ -80,6 +88,9 @@ def main() -> None:
     parser = bench_parser(__file__, __doc__)
     parser.add_argument("--impl", choices=CUPY_LAYER_PATHS, default="cupy-stepwise", help="the CuPy layer path")
     parser.add_argument("--fused", action="store_true", help="also the fused loss, clipping and Adam update")
+    parser.add_argument("--cell-options", action="store_true",
+                        help="with every cell option the path takes (peepholes, input_forget, cell_clip, layer_norm, "
+                             "zoneout, recurrent_dropout), so its variant kernels run")
     args = parser.parse_args()
     try:
         backend = lstmx.get_backend("cupy")
@@ -88,7 +99,7 @@ def main() -> None:
     import cupy
 
     cupy.cuda.set_allocator(None)  # one cudaMalloc per array: memcheck then knows where each one ends
-    sys.exit(0 if all(result.passed for result in check(backend, args.impl, args.fused)) else 1)
+    sys.exit(0 if all(result.passed for result in check(backend, args.impl, args.fused, args.cell_options)) else 1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 # (SMOKE_TIMEOUT, 120), so a hang costs one line naming the path, not the session. Where a call may run 10 minutes
 # at most, spread the steps over calls: `smoke tests`, then `check bench`, then `tune tune-tf32 lm lm-fused lm-graph`,
 # then, with time left, `sanitize` (NVIDIA's compute-sanitizer over bench/gpu_sanitize.py: SANITIZE_RUNS lists
-# path:tool pairs, "+fused" adding the fused loss, clipping and updates; each run under SANITIZE_TIMEOUT, 240 s).
+# path:tool pairs, "+fused" adding the fused loss, clipping and updates, "+options" every cell option the path
+# takes; each run under SANITIZE_TIMEOUT, 240 s).
 # A path that fails or hangs in `smoke` is written to $SMOKE_FAILED (kept between calls on a warm machine), and the
 # later steps leave it out (`tests` deselects its tests, `bench` its columns, `lm-graph` is skipped for cupy-graph),
 # so one broken path does not stall or poison (a CUDA error sticks to the process) the others' results.
@@ -86,9 +87,10 @@ for what in "$@"; do
             if left_out | grep -qx cupy-graph; then echo "lm-graph: left out (cupy-graph failed the smoke step)"; continue; fi
             step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy --impl cupy-graph --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-graph.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_graph.json" 2>/dev/null ;;
         sanitize)
-            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck}; do
+            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck}; do
                 path=${run%%:*}; tool=${run#*:}; fused=""
-                case "$path" in *+fused) fused=--fused; path=${path%+fused} ;; esac
+                case "$path" in *+options) fused=--cell-options; path=${path%+options} ;; esac
+                case "$path" in *+fused) fused="--fused $fused"; path=${path%+fused} ;; esac
                 log="$OUT/sanitize-$path-$tool.log"
                 step "sanitize $run" "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
                     --print-limit 20 python3 bench/gpu_sanitize.py --impl "cupy-$path" $fused >"$log" 2>&1
