@@ -512,9 +512,14 @@ class LanguageModel(Module):
         backward (evaluation and sampling use it)."""
         host_lengths = self._lengths(tokens, lengths, check_input)
         with self._matmuls():
-            vectors, _ = embedding_forward(self.backend, tokens, self.params["embedding.weight"])
-            y, final = self.stack.infer(self, vectors, state, host_lengths, impl)
-            logits, _ = linear_forward(self.backend, y, self._head_weight(), self.params["head.bias"])
+            return self._infer(tokens, state, host_lengths, impl)
+
+    def _infer(self, tokens: Any, state: State | None, lengths: np.ndarray | None,
+               impl: str | None) -> tuple[Any, State]:
+        """The evaluation forward on checked input: ``(logits, final state)``, keeping nothing."""
+        vectors, _ = embedding_forward(self.backend, tokens, self.params["embedding.weight"])
+        y, final = self.stack.infer(self, vectors, state, lengths, impl)
+        logits, _ = linear_forward(self.backend, y, self._head_weight(), self.params["head.bias"])
         return logits, final
 
     def _lengths(self, tokens: Any, lengths: Any, check_input: bool) -> np.ndarray | None:
@@ -627,9 +632,7 @@ class LanguageModel(Module):
         if grads or self._draws_masks():
             logits, final, cache = self._forward(inputs, state, lengths, impl, dropout_masks)
         else:  # nothing to backpropagate and no dropout to draw: keep nothing
-            vectors, _ = embedding_forward(self.backend, inputs, self.params["embedding.weight"])
-            y, final = self.stack.infer(self, vectors, state, lengths, impl)
-            logits, _ = linear_forward(self.backend, y, self._head_weight(), self.params["head.bias"])
+            logits, final = self._infer(inputs, state, lengths, impl)
         xp = self.backend.xp
         flat_targets = xp.reshape(targets, (-1,))
         if lengths is not None:  # steps past a sequence's length do not count
