@@ -23,7 +23,7 @@ import numpy as np
 from ..backend import Backend
 from ..layers.cell import CellOptions
 from ..layers.lstm_layer import (ExtraParams, LayerNoise, LSTMLayerCache, VariantCache, check_extra_params,
-                                 check_backward_inputs, forward_dims)
+                                 check_backward_inputs, check_variant_cache, forward_dims)
 from ..layers.norm import NormCache
 from . import cuda_sources
 
@@ -132,15 +132,12 @@ def lstm_variant_layer_backward(
     cache: LSTMLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
     x, h_prev, c_prev, gates, tanh_c, step_mask, kept = cache
-    if kept is None or extra.projection is not None:
-        raise ValueError("the cache was made with other cell options than this backward's, or with a projection")
+    check_variant_cache(kept, extra, options)
     steps, batch, features, hidden = cache.dims()
     check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight)
     check_extra_params(extra, options, hidden, x.dtype)
     dtype = np.dtype(x.dtype)
     norms, clipped = options.layer_norm, options.cell_clip is not None
-    if clipped and kept.unclipped is None or norms and (kept.h_norm is None or kept.c_norm is None):
-        raise ValueError("the cache was made with other cell options than this backward's")
     rows, width = steps * batch, 4 * hidden
     x, h_prev, c_prev, gates, tanh_c, c_new = (cupy.ascontiguousarray(a, dtype=dtype)
                                                for a in (x, h_prev, c_prev, gates, tanh_c, kept.c_new))

@@ -21,7 +21,7 @@ from numba import njit
 from ..backend import Backend
 from ..layers.cell import CellOptions
 from ..layers.lstm_layer import (ExtraParams, LayerNoise, LSTMLayerCache, VariantCache, check_extra_params,
-                                 check_backward_inputs, forward_dims)
+                                 check_backward_inputs, check_variant_cache, forward_dims)
 from ..layers.norm import NORM_EPSILON, NormCache
 from .numba_layer import _JIT, _tanh
 from .host_buffers import HOST_BUFFERS
@@ -327,16 +327,13 @@ def lstm_variant_layer_backward(
 ) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
     x, h_seen, c_prev, gates, tanh_c, step_mask, kept = cache
     refuse_step_mask(step_mask)
-    if kept is None or extra.projection is not None:
-        raise ValueError("the cache was made with other cell options than this backward's, or with a projection")
+    check_variant_cache(kept, extra, options)
     steps, batch, features, hidden = cache.dims()
     check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight)
     check_extra_params(extra, options, hidden, x.dtype)
     dtype = x.dtype
     settings = _settings(options, extra, hidden, dtype)
     norms, clipped, zoned = options.layer_norm, options.cell_clip is not None, any(options.zoneout)
-    if clipped and kept.unclipped is None or norms and (kept.h_norm is None or kept.c_norm is None):
-        raise ValueError("the cache was made with other cell options than this backward's")
     keep_c, keep_h = _keep(kept.noise, options, steps, batch, hidden, dtype)
     recurrent_mask = None if kept.noise is None else kept.noise.recurrent
     unclipped = np.ascontiguousarray(kept.unclipped, dtype) if clipped else _unused(steps, dtype, 2)

@@ -172,6 +172,15 @@ def _stacked_norms(xp: Any, caches: list[NormCache]) -> NormCache | None:
                                                                   xp.stack([n.inverse_std for n in caches]))
 
 
+def check_variant_cache(kept: "VariantCache | None", extra: ExtraParams, options: CellOptions) -> None:
+    """A fast path's variant backward (no projection) can read what ``options`` need from the cache's ``kept``."""
+    if kept is None or extra.projection is not None:
+        raise ValueError("the cache was made with other cell options than this backward's, or with a projection")
+    if options.cell_clip is not None and kept.unclipped is None or options.layer_norm and (
+            kept.h_norm is None or kept.c_norm is None):
+        raise ValueError("the cache was made with other cell options than this backward's")
+
+
 def check_extra_params(extra: ExtraParams, options: CellOptions, hidden: int, dtype: Any) -> None:
     """The parameters ``options`` need are in ``extra`` with their shapes and the layer's dtype (every
     implementation of a variant layer checks this first, as it does :func:`forward_dims`)."""
