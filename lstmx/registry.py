@@ -460,24 +460,27 @@ class GenerationImpl(NamedTuple):
     name: str
     module: str
     backends: tuple[str, ...] | None
-    cells: tuple[str, ...]  # the kinds of cell it runs, with no cell option in effect in evaluation
+    cells: tuple[str, ...]  # the kinds of cell it runs
+    cell_options: tuple[str, ...]  # the cell options it takes (as in effect in evaluation)
     auto: bool
     summary: str
 
     def function(self, model: Any) -> tuple[Callable[..., Any] | None, str | None]:
         """``(token_steps, None)`` when it runs ``model`` here, else ``(None, why not)``."""
         cell = model.stack.cell
-        options = cell.options.in_effect(False).names()
-        if cell.kind not in self.cells or (options and self.cells != EVERY_CELL):
-            return None, f"runs the plain {', '.join(self.cells)} cell, not {cell.kind} with {', '.join(options)}"
+        untaken = [option for option in cell.options.in_effect(False).names() if option not in self.cell_options]
+        if cell.kind not in self.cells:
+            return None, f"runs the {', '.join(self.cells)} cell, not {cell.kind} (proj_size)"
+        if untaken:
+            return None, f"takes no {', '.join(untaken)}"
         module, reason = _runnable_module(self.module, self.backends, model.backend)
         return (None, reason) if module is None else (module.token_steps, None)
 
 
 GENERATION_IMPLS: tuple[GenerationImpl, ...] = (
-    GenerationImpl("numba", "lstmx.kernels.numba_generate", ("numpy",), LSTM_ONLY, True,
+    GenerationImpl("numba", "lstmx.kernels.numba_generate", ("numpy",), LSTM_ONLY, (), True,
                    "NumPy + Numba: the whole token loop compiled (embedding, layers, head, softmax, draw)"),
-    GenerationImpl("generic", "lstmx.sample", None, EVERY_CELL, True,
+    GenerationImpl("generic", "lstmx.sample", None, EVERY_CELL, EVERY_OPTION, True,
                    "the reference: the model's inference forward per token, the draw on the host"),
 )
 GENERATION_REQUESTS = Requests("generation", tuple(i.name for i in GENERATION_IMPLS), GENERATION_ENVIRONMENT_VARIABLE,
