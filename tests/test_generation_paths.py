@@ -4,7 +4,6 @@ it does not run refused by name and sent to the generic loop by "auto"."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import lstmx

@@ -126,7 +126,7 @@ class ScanLayers:
 
     def _direction(self, tag: str, seen: str, features: int, h0: str, c0: str) -> tuple[str, str, str]:
         """One layer and direction as a Scan: ``(y (T, B, R), h_T, c_T)``."""
-        helper, options, hidden, name = self.helper, self.options, self.hidden, f"{self.prefix}{{}}_{tag}"
+        helper, options, name = self.helper, self.options, f"{self.prefix}{{}}_{tag}"
         weight = name.format("weight")
         self.nodes.append(helper.make_node(
             "Split", [weight, self._const(f"weight_split_{tag}", np.array([features, self.output], np.int64))],
