@@ -56,7 +56,7 @@ def tests_torch(session: nox.Session) -> None:
 def mutation(session: nox.Session) -> None:
     """Mutation testing (mutmut) of the pure-Python modules named in pyproject.toml's [tool.mutmut]: each mutant
     (a changed constant, operator, argument, a dropped line) must make a test fail. Slow; CI does not run it.
-    ``nox -s mutation`` runs every mutant; ``nox -s mutation -- "lstmx.optim*"`` the mutants of one module."""
+    ``nox -s mutation`` runs every mutant; ``nox -s mutation -- "lstmx.training.optim*"`` the mutants of one module."""
     session.install("-e", ".[dev]", "mutmut==3.8.1")
     session.run("mutmut", "run", *session.posargs, success_codes=[0, 1])
     session.run("mutmut", "results")

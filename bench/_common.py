@@ -53,7 +53,7 @@ def english_text(max_chars: int = 1_100_000) -> tuple[str, str]:
         raw = subprocess.run(["bible", "-l1000", "gen1:1-rev22:21"], capture_output=True, text=True, check=True).stdout
         text = re.sub(r"^ +\d+ ", "", raw, flags=re.MULTILINE)[:max_chars]
         return text, "King James Bible (Debian bible-kjv), first ~1.1 MB"
-    from lstmx.data import default_corpus
+    from lstmx.training.data import default_corpus
 
     return default_corpus(max_chars), "Python stdlib source (install Debian's bible-kjv for the English text)"
 

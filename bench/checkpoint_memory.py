@@ -25,7 +25,7 @@ from _common import bench_parser, machine_report, write_json  # noqa: E402
 
 import lstmx  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
-from lstmx.kernels.host_buffers import HOST_BUFFERS  # noqa: E402
+from lstmx.kernels.host.buffers import HOST_BUFFERS  # noqa: E402
 from lstmx.options import POSITIVE_INT  # noqa: E402
 
 

@@ -1,11 +1,11 @@
-"""Text generation, tokens per second: lstmx's sampler (``lstmx.sample.generate``) against PyTorch's own token
+"""Text generation, tokens per second: lstmx's sampler (``lstmx.nn.sample.generate``) against PyTorch's own token
 loop on the same model (the README's: E 64, H 256, V 96), with 1 and with N samples per call, in one run (the
 two take turns).
 
     python bench/generate_vs_torch.py                   # 1 and 64 samples, 300 tokens each
     python bench/generate_vs_torch.py --tokens 100 --samples 1 8
 
-The lstmx column runs the token loop the registry picks (``lstmx.registry.choose_generation``: the compiled
+The lstmx column runs the token loop the registry picks (``lstmx.dispatch.registry.choose_generation``: the compiled
 Numba loop where Numba is installed), the lstmx-generic column the reference loop (the model's inference forward
 per token). Each draws every token from the softmax of the last logits (temperature 1); PyTorch runs under ``torch.inference_mode()``. Also reports the GFLOP/s the tokens amount to (a token of
 one sample is ~2 · (E + H) · 4H + 2 · H · V multiply-adds). Writes bench/results/generate_vs_torch.json.
@@ -25,10 +25,10 @@ from _common import bench_parser, machine_report, write_json  # noqa: E402
 
 import lstmx  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
-from lstmx.data import CharVocab  # noqa: E402
+from lstmx.training.data import CharVocab  # noqa: E402
 from lstmx.interop import language_model_to_torch  # noqa: E402
 from lstmx.options import POSITIVE_INT  # noqa: E402
-from lstmx.sample import generate  # noqa: E402
+from lstmx.nn.sample import generate  # noqa: E402
 
 VOCAB, EMBEDDING, HIDDEN = 96, 64, 256
 
@@ -71,7 +71,7 @@ def main() -> None:
     model = lstmx.LanguageModel(VOCAB, EMBEDDING, HIDDEN, seed=0)
     columns = {"lstmx": lambda n: lstmx_run(model, vocab, args.tokens, n),
                "lstmx-generic": lambda n: lstmx_run(model, vocab, args.tokens, n, "generic")}
-    machine["lstmx_generation_impl"] = lstmx.registry.choose_generation(model)[0]
+    machine["lstmx_generation_impl"] = lstmx.dispatch.registry.choose_generation(model)[0]
     try:
         import torch
 

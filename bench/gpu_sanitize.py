@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import bench_parser  # noqa: E402
 
 import lstmx  # noqa: E402
-from lstmx import registry  # noqa: E402
+from lstmx.dispatch import registry  # noqa: E402
 from lstmx.check import HEADER, CheckResult, agreement, host_arrays, row  # noqa: E402
-from lstmx.optim import Adam, clip_grad_norm  # noqa: E402
+from lstmx.training.optim import Adam, clip_grad_norm  # noqa: E402
 
 CUPY_LAYER_PATHS = [impl.name for impl in registry.LAYER_IMPLS if impl.backends == ("cupy",)]
 VOCAB, EMBEDDING, HIDDEN, LAYERS, STEPS, BATCH = 11, 6, 40, 2, 5, 3

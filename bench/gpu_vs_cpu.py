@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, bench_parser, machine_report, sizes, turn_taking_medians, write_json  # noqa: E402
 
 import lstmx  # noqa: E402
-from lstmx import registry  # noqa: E402
+from lstmx.dispatch import registry  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
 from lstmx.options import POSITIVE_INT  # noqa: E402
-from lstmx.precision import matmul_precision  # noqa: E402
+from lstmx.dispatch.precision import matmul_precision  # noqa: E402
 
 CUDNN = {"float32": "cudnn-fp32", "float64": "cudnn-fp64"}  # PyTorch's cuDNN column at each dtype
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (128, 100, 1024, 1024), (256, 50, 1024, 1024)]
@@ -73,7 +73,7 @@ def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: i
             """This column's footprint, as torch's max_memory_allocated counts it: the bytes CuPy's pool holds
             after one step from empty, less what other columns hold, plus this column's inputs and weights."""
             cupy.cuda.Stream.null.synchronize()
-            from lstmx.kernels.cupy_graph import release_graphs
+            from lstmx.kernels.cupy.graph import release_graphs
 
             release_graphs()  # the graph path's buffers count as this step's (captured again), not as others'
             pool.free_all_blocks()

@@ -28,12 +28,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import bench_parser, machine_report, write_json  # noqa: E402
 
-from lstmx import checkpoint as ckpt  # noqa: E402
+from lstmx.training import checkpoint as ckpt  # noqa: E402
 from lstmx.backend import BACKEND_NAMES, BackendError, get_backend  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
-from lstmx.data import default_corpus  # noqa: E402
+from lstmx.training.data import default_corpus  # noqa: E402
 from lstmx.options import NON_NEGATIVE_INT, POSITIVE_INT  # noqa: E402
-from lstmx.runlog import read_log  # noqa: E402
+from lstmx.training.runlog import read_log  # noqa: E402
 
 
 TWO_OR_MORE = POSITIVE_INT._replace(low=2)

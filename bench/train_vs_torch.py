@@ -31,9 +31,9 @@ from _common import bench_parser, english_text, machine_report, text_file, write
 import lstmx  # noqa: E402
 from lstmx.backend import BACKEND_NAMES  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
-from lstmx.data import CharVocab, StreamBatches, split_ids  # noqa: E402
+from lstmx.training.data import CharVocab, StreamBatches, split_ids  # noqa: E402
 from lstmx.options import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT  # noqa: E402
-from lstmx.train import TrainConfig, Trainer  # noqa: E402
+from lstmx.training.loop import TrainConfig, Trainer  # noqa: E402
 
 
 class LstmxRunner:
@@ -46,7 +46,7 @@ class LstmxRunner:
         config = TrainConfig(steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, lr=args.lr, clip_norm=5.0,
                              eval_every=10**9, log_every=10**9)
         self.folder = tempfile.TemporaryDirectory(prefix="lstmx-bench-")  # the trainer's run folder, left empty
-        with lstmx.registry.use_update_impl(args.update_impl):
+        with lstmx.dispatch.registry.use_update_impl(args.update_impl):
             self.trainer = Trainer(model, vocab, split, config, self.folder.name, progress=False)
         self.loss_impl, self.layer_impl = args.loss_impl, args.impl
         self.sync = lambda: None
@@ -56,7 +56,7 @@ class LstmxRunner:
             self.sync = cupy.cuda.Stream.null.synchronize
 
     def step(self) -> None:
-        with lstmx.registry.use_loss_impl(self.loss_impl), lstmx.use_layer_impl(self.layer_impl):
+        with lstmx.dispatch.registry.use_loss_impl(self.loss_impl), lstmx.use_layer_impl(self.layer_impl):
             self.trainer.train_step()
         if len(self.trainer._pending) >= 100:  # what the trainer does at each log step: read the losses back
             self.trainer.take_losses()
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--backend", default="numpy", choices=BACKEND_NAMES,
                         help="lstmx's backend; cupy also runs PyTorch on CUDA")
     parser.add_argument("--skip-torch", action="store_true")
-    registry = lstmx.registry
+    registry = lstmx.dispatch.registry
     parser.add_argument("--impl", default="auto", choices=[registry.AUTO, *registry.NAMES],
                         help="lstmx layer implementation")
     parser.add_argument("--update-impl", default="auto", choices=[registry.AUTO, *registry.UPDATE_REQUESTS.names],

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import bench_parser  # noqa: E402
 
 import lstmx  # noqa: E402
-from lstmx import registry  # noqa: E402
+from lstmx.dispatch import registry  # noqa: E402
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
         parser.exit(2, f"{parser.prog}: error: needs a GPU: {error}\n")
     import cupy
 
-    from lstmx.kernels import cupy_layer  # imports CuPy's libraries: only once a GPU is known to be there
+    from lstmx.kernels.cupy import shell  # imports CuPy's libraries: only once a GPU is known to be there
 
     module = registry.layer_impl("cupy-persistent").load()
     for batch, steps, features, hidden in [(16, 200, 128, 128), (64, 100, 256, 256), (32, 100, 64, 256)]:
@@ -64,11 +64,11 @@ def main() -> None:
                     layer = cache.layers[0]
                     w, b = model.params["weight_l0"], model.params["bias_l0"]
                     h0 = cupy.zeros((batch, hidden), dtype=model.dtype)
-                    buffers = cupy_layer.forward_buffers(x, w, b, h0, h0, None, (steps, batch, features, hidden))
+                    buffers = shell.forward_buffers(x, w, b, h0, h0, None, (steps, batch, features, hidden))
                     start.record()
                     module._launch("lstm_forward_persistent", "float32", batch, hidden,
                                    (buffers.gates, w[features:], b, buffers.cells, buffers.hidden_states, buffers.tanh_c,
-                                    buffers.y, cupy_layer.NULL, np.int32(steps), np.int32(batch), np.int32(hidden)))
+                                    buffers.y, shell.NULL, np.int32(steps), np.int32(batch), np.int32(hidden)))
                     end.record()
                     end.synchronize()
                     split["forward kernel"].append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
@@ -76,7 +76,7 @@ def main() -> None:
                     dh, dc = cupy.zeros_like(h0), cupy.zeros_like(h0)
                     start.record()
                     module._launch("lstm_backward_persistent", "float32", batch, hidden,
-                                   (dy, w[features:], layer.gates, layer.cells, layer.tanh_c, cupy_layer.NULL, dz, dh, dc,
+                                   (dy, w[features:], layer.gates, layer.cells, layer.tanh_c, shell.NULL, dz, dh, dc,
                                     np.int32(steps), np.int32(batch), np.int32(hidden)))
                     end.record()
                     end.synchronize()

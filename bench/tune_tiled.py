@@ -1,5 +1,5 @@
 """Time the tiled CuPy path (``impl="cupy-tiled"``) for several tile shapes per size, GPU only, and print which
-shape the path chooses by itself, so its chooser (``lstmx.kernels.tiling.choose_tile_shape``) can be checked
+shape the path chooses by itself, so its chooser (``lstmx.kernels.cupy.tiling.choose_tile_shape``) can be checked
 against measurements.
 
     python bench/tune_tiled.py                       # the gpu_vs_cpu sizes the path runs
@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import bench_parser, sizes, write_json  # noqa: E402
 
 import lstmx  # noqa: E402
-from lstmx import registry  # noqa: E402
+from lstmx.dispatch import registry  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
-from lstmx.kernels import tiling  # noqa: E402
+from lstmx.kernels.cupy import tiling  # noqa: E402
 from lstmx.options import POSITIVE_INT  # noqa: E402
-from lstmx.precision import matmul_precision  # noqa: E402
+from lstmx.dispatch.precision import matmul_precision  # noqa: E402
 
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (64, 100, 768, 768)]
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import bench_parser, machine_report, sizes, turn_taking_medians, write_json  # noqa: E402
 
 import lstmx  # noqa: E402
-from lstmx import registry  # noqa: E402
+from lstmx.dispatch import registry  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
 from lstmx.options import POSITIVE_INT  # noqa: E402
 

@@ -14,8 +14,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 import lstmx
-from lstmx.layers import cross_entropy_backward, cross_entropy_forward, linear_backward, linear_forward
-from lstmx.optim import Adam
+from lstmx.nn.layers import cross_entropy_backward, cross_entropy_forward, linear_backward, linear_forward
+from lstmx.training.optim import Adam
 
 HIDDEN, EPOCHS, BATCH = 32, 15, 64
 

@@ -15,8 +15,8 @@ import numpy as np
 import statsmodels.api as sm
 
 import lstmx
-from lstmx.layers import linear_backward, linear_forward
-from lstmx.optim import Adam, clip_grad_norm
+from lstmx.nn.layers import linear_backward, linear_forward
+from lstmx.training.optim import Adam, clip_grad_norm
 
 HIDDEN, WINDOW, STEPS, TEST_YEARS = 32, 20, 1500, 50
 

@@ -2,7 +2,7 @@
 
 Runs the float64 finite-difference check of the whole language model on every backend available here
 (NumPy always; CuPy when it and a GPU are present), the NumPy-vs-CuPy parity check in float32, and every layer
-implementation of :mod:`lstmx.registry` that runs here (layers, the loss, optimizer updates and clipping)
+implementation of :mod:`lstmx.dispatch.registry` that runs here (layers, the loss, optimizer updates and clipping)
 against the generic path in float32 (and under ``precision="tf32"`` each path whose recurrence then runs in
 TensorFloat-32, within TF32's error); prints a table naming the implementation each backend runs by default,
 and returns a non-zero exit status when any check fails. An implementation that raises fails its own row, with
@@ -18,8 +18,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from . import registry
 from .backend import BackendError, get_backend, to_numpy
+from .dispatch import registry
 from .gradcheck import check_language_model, check_lstm, max_relative_error
 
 PARITY_TOLERANCE = 1e-4  # float32: relative to each tensor's largest entry
@@ -79,7 +79,7 @@ def _stack_outputs(backend_name: str, seed: int, lengths: list[int] | None, impl
                    **options: Any) -> dict[str, np.ndarray]:
     """A two-layer bidirectional LSTM's y, final state and every gradient (host copies) under ``impl``, with the
     cell ``options`` (a new model each call: the same masks for zoneout and recurrent dropout)."""
-    from .models import LSTM
+    from .nn.models import LSTM
 
     model = LSTM(16, 32, 2, bidirectional=True, backend=backend_name, seed=seed, dtype=dtype, **options)
     rng = np.random.default_rng(seed)
@@ -95,7 +95,7 @@ def _stack_outputs(backend_name: str, seed: int, lengths: list[int] | None, impl
 def _loss_state_and_grads(backend_name: str, seed: int, lengths: list[int] | None, impl: str | None = None,
                           loss_impl: str | None = None, precision: str = "float32") -> dict[str, np.ndarray]:
     """A float32 LanguageModel's loss, final h and every gradient (host copies) on fixed random tokens."""
-    from .models import LanguageModel
+    from .nn.models import LanguageModel
 
     rng = np.random.default_rng(seed)
     tokens, targets = rng.integers(0, 50, (20, 8)), rng.integers(0, 50, (20, 8))
@@ -183,8 +183,8 @@ def _every_option(names: tuple[str, ...]) -> dict[str, Any]:
 def update_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
     """Each optimizer-update fast path here against the generic update: three steps of every optimizer it
     runs, from the same gradients, in float32; and its global-norm clipping against the generic one."""
-    from .models import LanguageModel
-    from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
+    from .nn.models import LanguageModel
+    from .training.optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 
     backend = get_backend(backend_name)
     model = LanguageModel(50, 16, 32, backend=backend_name, seed=seed)

@@ -68,7 +68,7 @@ def compare(analytic: Mapping[str, Any], numeric: Mapping[str, np.ndarray]) -> l
 
 def check_language_model(backend: Any = "numpy", seed: int = 0) -> list[GradCheckRow]:
     """Gradient check of Embedding → 2-layer LSTM (dropout) → Linear → loss with lengths and (h0, c0)."""
-    from .models import LanguageModel
+    from .nn.models import LanguageModel
 
     resolved: Backend = get_backend(backend)
     rng = np.random.default_rng(seed)
@@ -95,9 +95,9 @@ def check_language_model(backend: Any = "numpy", seed: int = 0) -> list[GradChec
 
 def check_lstm(backend: Any = "numpy", *, bidirectional: bool = True, proj_size: int = 2, impl: str | None = None,
                seed: int = 0, **options: Any) -> list[GradCheckRow]:
-    """Gradient check of a 2-layer :class:`~lstmx.models.LSTM` (dropout, lengths, (h0, c0)) with two directions
+    """Gradient check of a 2-layer :class:`~lstmx.nn.models.LSTM` (dropout, lengths, (h0, c0)) with two directions
     and/or a projection, under a random linear loss of y, h_T and c_T; ``impl`` names the layer implementation."""
-    from .models import LSTM
+    from .nn.models import LSTM
 
     resolved: Backend = get_backend(backend)
     rng = np.random.default_rng(seed)

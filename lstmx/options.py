@@ -1,6 +1,6 @@
 """Options of a training run, declared once: default, one line of help, allowed range or choices.
 
-:class:`lstmx.train.TrainConfig` and the option groups below are dataclasses whose fields carry this metadata.
+:class:`lstmx.training.loop.TrainConfig` and the option groups below are dataclasses whose fields carry this metadata.
 The library checks a config with :func:`check_config` (one line naming the field and its range), and the
 command line (:mod:`lstmx.cli`) generates its flags, their help and defaults from the same fields, so the two
 never disagree.

@@ -12,7 +12,7 @@ import os
 import pytest
 
 from lstmx.backend import BackendError, get_backend
-from lstmx.kernels import tiling
+from lstmx.kernels.cupy import tiling
 
 DEFAULT_BACKENDS = "numpy,array_api_strict,cupy"
 

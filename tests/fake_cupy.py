@@ -1,5 +1,5 @@
 """A stand-in for CuPy on NumPy whose ``RawKernel`` runs on the CUDA emulator, so lstmx's own CuPy wrappers
-(``lstmx.kernels.cupy_layer``, ``cupy_persistent``, ``cupy_tiled``, ``cupy_optim``, ``cupy_loss``) run unchanged in the CPU suite:
+(``lstmx.kernels.cupy``: ``shell``, ``stepwise``, ``variants``, ``persistent``, ``tiled``, ``graph``, ``optim``, ``loss``) run unchanged in the CPU suite:
 their buffers, argument lists, grid and shared-memory sizes meet the kernels there, not first on a GPU.
 
 :func:`fake_cupy_modules` imports fresh copies of those modules bound to the stand-in (``monkeypatch`` puts the
@@ -8,8 +8,8 @@ shared memory per block, so the launches stay small enough to emulate; arrays it
 margins and start as NaN. Only the calls those wrappers make exist, the stepwise path's raw-pointer cuBLAS GEMMs included
 (computed with NumPy on views of the memory the pointers address).
 
-CUDA graphs (``cupy_graph``): a stream's capture records each kernel launch and each GEMM through the cuBLAS C
-function (a stand-in for ``cupy_graph``'s ctypes calls) instead of running it, and a graph's launch runs them in
+CUDA graphs (``lstmx.kernels.cupy.graph``): a stream's capture records each kernel launch and each GEMM through the cuBLAS C
+function (a stand-in for ``lstmx.kernels.cupy.graph``'s ctypes calls) instead of running it, and a graph's launch runs them in
 order on whatever the arrays then hold. As on a GPU, CuPy's own cuBLAS wrappers refuse calls during a capture;
 so do allocations and ``cupy.matmul`` here (the path must make none inside one).
 """
@@ -29,7 +29,7 @@ from .cuda_emulator import GuardedArray, compile_kernels, guarded
 SMS = 8
 SHARED_BYTES = 96 * 1024
 THREADS_PER_SM = 2048
-WRAPPERS = ("cupy_layer", "cupy_variants", "cupy_persistent", "cupy_tiled", "cupy_graph", "cupy_optim", "cupy_loss")
+WRAPPERS = ("shell", "stepwise", "variants", "persistent", "tiled", "graph", "optim", "loss")  # in lstmx.kernels.cupy
 
 
 class RawKernel:
@@ -131,7 +131,7 @@ def _outside_capture(function: Any, what: str) -> Any:
 
 
 class CublasC:
-    """``cupy_graph``'s direct cuBLAS C calls: GEMMs recorded during a capture, run otherwise."""
+    """``lstmx.kernels.cupy.graph``'s direct cuBLAS C calls: GEMMs recorded during a capture, run otherwise."""
 
     def gemm(self, dtype: Any) -> Any:
         return _gemm(dtype, record=True)
@@ -249,15 +249,15 @@ def _modules() -> dict[str, types.ModuleType]:
 def fake_cupy_modules(monkeypatch: Any) -> dict[str, types.ModuleType]:
     """Fresh ``lstmx.kernels`` wrapper modules (by short name) bound to the stand-in, for one test; afterwards
     ``monkeypatch`` puts back whatever ``sys.modules`` and the package held before (the real modules, or none)."""
-    import lstmx.kernels
+    import lstmx.kernels.cupy
 
     for name, module in _modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     for name in WRAPPERS:
-        key = f"lstmx.kernels.{name}"
+        key = f"lstmx.kernels.cupy.{name}"
         monkeypatch.setitem(sys.modules, key, None)  # recorded, so the undo restores the original or removes it
         del sys.modules[key]
-        monkeypatch.setattr(lstmx.kernels, name, None, raising=False)
-    modules = {name: importlib.import_module(f"lstmx.kernels.{name}") for name in WRAPPERS}
-    modules["cupy_graph"]._cublas_c = CublasC  # its ctypes calls into libcublas, recorded or run here
+        monkeypatch.setattr(lstmx.kernels.cupy, name, None, raising=False)
+    modules = {name: importlib.import_module(f"lstmx.kernels.cupy.{name}") for name in WRAPPERS}
+    modules["graph"]._cublas_c = CublasC  # its ctypes calls into libcublas, recorded or run here
     return modules

@@ -16,7 +16,7 @@ import sys
 from mpi4py import MPI
 
 from lstmx.cli import main
-from lstmx.train import Trainer
+from lstmx.training.loop import Trainer
 
 
 def plant_failure(rank: int, step: int, how: str) -> None:

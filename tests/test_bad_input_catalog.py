@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 import lstmx
 from lstmx import LSTM, LanguageModel, MixedBackendError
-from lstmx import checkpoint as ckpt
-from lstmx.data import CharVocab, VocabularyError
-from lstmx.sample import sample
+from lstmx.training import checkpoint as ckpt
+from lstmx.training.data import CharVocab, VocabularyError
+from lstmx.nn.sample import sample
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 MODEL = LSTM(3, 4, 2, seed=0)

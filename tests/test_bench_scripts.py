@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lstmx import registry
+from lstmx.dispatch import registry
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 

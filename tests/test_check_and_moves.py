@@ -9,7 +9,7 @@ import lstmx.check as check_module
 from lstmx import LanguageModel
 from lstmx.cli import main
 from lstmx.gradcheck import GradCheckRow
-from lstmx.optim import Adam
+from lstmx.training.optim import Adam
 
 from .helpers import host
 
@@ -42,7 +42,7 @@ def test_check_compares_every_implementation_with_the_generic_path(monkeypatch, 
     names = [r.check for r in results]
     assert "numpy vs generic (float32)" in names
     assert all(r.passed and 0 < r.error < 1e-5 for r in results), results  # another summation order, same math
-    assert all(lstmx.registry.layer_impl(name.split()[0]).name for name in names)
+    assert all(lstmx.dispatch.registry.layer_impl(name.split()[0]).name for name in names)
     assert main(["check"]) == 0
     out = capsys.readouterr().out
     assert "layer implementation on numpy by default: float32: numpy" in out  # the environment's default, named
@@ -87,7 +87,7 @@ def test_each_check_row_changes_one_implementation_and_runs_generic_paths_for_th
         return compute(backend_name, seed, lengths, impl=impl, loss_impl=loss_impl, **options)
 
     monkeypatch.setattr(check_module, "_loss_state_and_grads", recording)
-    monkeypatch.setattr(lstmx.registry, "available_loss_impls", lambda backend: ["generic", "cupy-fused"])
+    monkeypatch.setattr(lstmx.dispatch.registry, "available_loss_impls", lambda backend: ["generic", "cupy-fused"])
     results = check_module.implementation_checks("numpy")
     assert all(impl is not None and loss_impl is not None for impl, loss_impl in calls), calls
     assert ("generic", "generic") in calls and ("generic", "cupy-fused") in calls
@@ -116,7 +116,7 @@ def test_an_implementation_that_raises_fails_its_own_row_and_the_rest_still_run(
 def test_update_and_clipping_checks_compare_each_fast_path_and_report_one_that_raises(monkeypatch):
     """The update and clipping rows (they run on a GPU, where fast paths exist): a stand-in fast path that is the
     generic one agrees exactly; one that raises for one optimizer fails that row alone."""
-    import lstmx.optim as optim
+    import lstmx.training.optim as optim
 
     make, clip = optim.make_optimizer, optim.clip_grad_norm
 
@@ -127,8 +127,8 @@ def test_update_and_clipping_checks_compare_each_fast_path_and_report_one_that_r
 
     monkeypatch.setattr(optim, "make_optimizer", make_optimizer)
     monkeypatch.setattr(optim, "clip_grad_norm", lambda backend, grads, limit, impl=None: clip(backend, grads, limit))
-    monkeypatch.setattr(lstmx.registry, "available_update_impls", lambda backend, optimizer: ["generic", "stand-in"])
-    monkeypatch.setattr(lstmx.registry, "available_clipping_impls", lambda backend: ["generic", "stand-in"])
+    monkeypatch.setattr(lstmx.dispatch.registry, "available_update_impls", lambda backend, optimizer: ["generic", "stand-in"])
+    monkeypatch.setattr(lstmx.dispatch.registry, "available_clipping_impls", lambda backend: ["generic", "stand-in"])
     rows = {row.check: row for row in check_module.update_checks("numpy")}
     assert set(rows) == {f"update stand-in vs generic ({name}, float32)" for name in optim.OPTIMIZERS} | {
         "clipping stand-in vs generic (float32)"}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from lstmx import LanguageModel, LSTM
-from lstmx import checkpoint as ckpt
-from lstmx.data import CharVocab, split_ids
-from lstmx.train import TrainConfig, Trainer
+from lstmx.training import checkpoint as ckpt
+from lstmx.training.data import CharVocab, split_ids
+from lstmx.training.loop import TrainConfig, Trainer
 
 from .helpers import host
 
@@ -214,7 +214,7 @@ def test_checkpoints_of_format_version_2_still_load_and_compute_what_they_did():
     load through the reader for the old format and give the outputs that version computed."""
     from pathlib import Path
 
-    from lstmx.checkpoint import load, load_model
+    from lstmx.training.checkpoint import load, load_model
 
     data = Path(__file__).parent / "data"
     expected = np.load(data / "v2_outputs.npz")
@@ -231,7 +231,7 @@ def test_checkpoints_of_format_version_2_still_load_and_compute_what_they_did():
 
 def test_a_bidirectional_projected_model_round_trips_through_a_checkpoint(tmp_path):
     from lstmx import LSTM
-    from lstmx.checkpoint import load, load_model, save_model
+    from lstmx.training.checkpoint import load, load_model, save_model
 
     model = LSTM(3, 5, 2, bidirectional=True, proj_size=2, batch_first=True, dtype="float64", seed=1)
     save_model(tmp_path / "m.npz", model)

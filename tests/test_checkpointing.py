@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lstmx
-from lstmx import registry
+from lstmx.dispatch import registry
 
 from .helpers import host
 
@@ -70,16 +70,16 @@ def test_infer_gives_the_forwards_outputs(backend, options):
 
 def test_a_language_models_evaluation_and_sampling_keep_no_cache(monkeypatch):
     """loss(grads=False) in eval mode and sample run the inference forward; their results are the forward's."""
-    from lstmx import stack
-    from lstmx.data import CharVocab
-    from lstmx.sample import sample
+    from lstmx.nn import stack
+    from lstmx.training.data import CharVocab
+    from lstmx.nn.sample import sample
 
     model = lstmx.LanguageModel(9, 3, 5, 2, seed=1, dtype="float64").eval()
     tokens = np.random.default_rng(1).integers(0, 9, (30, 2))
     full = model.loss(tokens[:-1], tokens[1:])  # with gradients: the caching forward
     calls = []
     real = stack.stack_forward
-    monkeypatch.setattr("lstmx.models.stack_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("lstmx.nn.models.stack_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     quick = model.loss(tokens[:-1], tokens[1:], grads=False)
     assert not calls
     np.testing.assert_allclose(float(quick.loss), float(full.loss), rtol=1e-12)
@@ -88,7 +88,7 @@ def test_a_language_models_evaluation_and_sampling_keep_no_cache(monkeypatch):
 
 
 def test_checkpoint_every_reaches_the_model_from_the_command_line(tmp_path):
-    from lstmx.checkpoint import load_model
+    from lstmx.training.checkpoint import load_model
     from lstmx.cli import main
 
     from .test_checkpoint import TEXT

@@ -10,12 +10,12 @@ import signal
 
 import pytest
 
-from lstmx import checkpoint as ckpt
+from lstmx.training import checkpoint as ckpt
 from lstmx.backend import BackendError, get_backend
 from lstmx.cli import _field_type, build_parser, main
 from lstmx.options import DataConfig, ModelConfig, Range, spec_of
-from lstmx.runlog import read_log
-from lstmx.train import TrainConfig
+from lstmx.training.runlog import read_log
+from lstmx.training.loop import TrainConfig
 
 from .test_checkpoint import TEXT, small_trainer
 
@@ -213,7 +213,7 @@ SETTABLE = [pytest.param(config, field, id=field.name)
 @pytest.mark.parametrize("config,field", SETTABLE)
 def test_every_flag_reaches_its_setting(config, field, tmp_path, monkeypatch):
     """Each generated flag sets its own field (and no other) of the run the CLI builds."""
-    from lstmx.train import Trainer
+    from lstmx.training.loop import Trainer
 
     built = {}
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import pytest
 
-from lstmx.kernels import cuda_sources
+from lstmx.kernels.cupy import cuda_sources
 
 NVIDIA = [os.path.join(p, "nvidia") for p in (*site.getsitepackages(), site.getusersitepackages())]
 

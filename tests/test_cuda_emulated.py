@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import lstmx
-from lstmx import registry
-from lstmx.kernels import cuda_sources, tiling
-from lstmx.layers import lstm_layer as generic
-from lstmx.layers.lstm_layer import LayerInputError
-from lstmx.precision import matmul_precision
+from lstmx.dispatch import registry
+from lstmx.kernels.cupy import cuda_sources, tiling
+from lstmx.nn.layers import lstm_layer as generic
+from lstmx.nn.layers.lstm_layer import LayerInputError
+from lstmx.dispatch.precision import matmul_precision
 
 from . import fake_cupy
 from .conftest import REAL_TF32_MIN_HIDDEN
@@ -81,7 +81,7 @@ def reference(arrays, mask):
                                 None if mask is None else mask.astype(np.float64))
 
 
-WRAPPER_OF = {"stepwise": "cupy_layer", "persistent": "cupy_persistent", "tiled": "cupy_tiled", "graph": "cupy_graph"}
+WRAPPER_OF = {"stepwise": "stepwise", "persistent": "persistent", "tiled": "tiled", "graph": "graph"}
 
 
 def run_path(path, wrappers, arrays, mask, seed=0):
@@ -166,7 +166,7 @@ def test_each_live_cache_holds_its_own_buffer_set(wrappers, monkeypatch):
     (their caches are those sets' arrays, nothing copied), the third runs the stepwise loop on arrays of its own;
     the backwards, in any order and twice, give each problem its own results. Once the caches are gone a set is
     lent again."""
-    graph = wrappers["cupy_graph"]
+    graph = wrappers["graph"]
     monkeypatch.setattr(graph, "SETS_PER_SHAPE", 2)
     problems = [problem(4, 3, 2, 9, np.float64, seed=seed, masked=True) for seed in (1, 2, 3)]
     forwards = [graph_forward(graph, arrays, mask) for arrays, mask in problems]
@@ -191,12 +191,12 @@ def test_each_live_cache_holds_its_own_buffer_set(wrappers, monkeypatch):
 def test_a_replayed_call_launches_no_kernel_of_its_own(wrappers, monkeypatch):
     """After the first call of a shape (the warm-up runs and captures), a training step of T = 6 steps is one graph
     launch per direction: no kernel or GEMM call from Python per time step."""
-    graph = wrappers["cupy_graph"]
+    graph = wrappers["graph"]
     arrays, mask = problem(6, 3, 2, 9, np.float64, masked=True)
     run_path("graph", wrappers, arrays, mask)
     eager = []
     monkeypatch.setattr(RawKernel, "__call__", lambda self, *args, **options: eager.append(self.name))
-    monkeypatch.setattr(graph.cupy_layer.Gemm, "__call__", lambda self, *args, **options: eager.append("gemm"))
+    monkeypatch.setattr(graph.shell.Gemm, "__call__", lambda self, *args, **options: eager.append("gemm"))
     [buffer_set] = graph._SETS.values()
     before = buffer_set.forward.launches, buffer_set.backward.launches
     run_path("graph", wrappers, arrays, mask)
@@ -204,7 +204,7 @@ def test_a_replayed_call_launches_no_kernel_of_its_own(wrappers, monkeypatch):
 
 
 def test_the_least_recently_used_free_set_is_dropped(wrappers, monkeypatch):
-    graph = wrappers["cupy_graph"]
+    graph = wrappers["graph"]
     monkeypatch.setattr(graph, "MAX_SETS", 2)
     for steps in (1, 2, 3, 1):  # the first shape's set is dropped by the third, captured again by the fourth
         arrays, mask = problem(steps, 2, 2, 5, np.float64, seed=steps)
@@ -218,7 +218,7 @@ def test_graphs_on_one_stream_share_a_cublas_workspace_and_another_stream_has_it
     """Replays on one stream run one after another and may share the captured GEMMs' workspace; graphs on two
     streams may run at once and may not. release_graphs drops the workspaces too (they count in a step's peak
     memory), but a set a live cache holds keeps its own."""
-    graph = wrappers["cupy_graph"]
+    graph = wrappers["graph"]
     short, longer = problem(2, 2, 2, 5, np.float64), problem(3, 2, 2, 5, np.float64, seed=2)
     for arrays, mask in (short, longer):
         run_path("graph", wrappers, arrays, mask)
@@ -236,7 +236,7 @@ def test_graphs_on_one_stream_share_a_cublas_workspace_and_another_stream_has_it
 def test_graph_captures_its_gemms_in_the_precisions_math_mode(wrappers, monkeypatch):
     """A float32 call under precision="tf32" captures on a set of its own with cuBLAS's TF32 math mode set on the
     capture handle; outside it, the default mode."""
-    graph = wrappers["cupy_graph"]
+    graph = wrappers["graph"]
     modes = []
     monkeypatch.setattr(graph.cublas, "setMathMode", lambda handle, mode: modes.append(mode))
     arrays, mask = problem(2, 3, 2, 8, np.float32)
@@ -249,7 +249,7 @@ def test_graph_captures_its_gemms_in_the_precisions_math_mode(wrappers, monkeypa
 
 def test_graph_path_makes_no_cupy_cublas_call_while_capturing(wrappers, monkeypatch):
     """The stand-in refuses CuPy's cuBLAS wrappers during a capture, as CuPy does: a capture through them fails."""
-    graph = wrappers["cupy_graph"]
+    graph = wrappers["graph"]
     through_cupy = lambda dtype: graph.cublas.sgemm if dtype == np.float32 else graph.cublas.dgemm  # noqa: E731
     monkeypatch.setattr(graph, "_cublas_c", lambda: types.SimpleNamespace(gemm=through_cupy,
                                                                           set_workspace=lambda *args: None))
@@ -264,7 +264,7 @@ def test_graph_path_makes_no_cupy_cublas_call_while_capturing(wrappers, monkeypa
 def test_graph_path_finds_the_cublas_library_this_process_loaded(wrappers, tmp_path):
     """The ctypes GEMMs use the libcublas CuPy loaded (whatever its CUDA major version), read from the process's
     memory map; libcublasLt and look-alike names are not it."""
-    find = wrappers["cupy_graph"].mapped_library
+    find = wrappers["graph"].mapped_library
     maps = tmp_path / "maps"
     maps.write_text("7f00-7f10 r-xp 00000000 08:01 11 /opt/cuda lib/libcublasLt.so.13.1.0\n"
                     "7f10-7f20 rw-p 00000000 00:00 0 \n"
@@ -284,7 +284,7 @@ TILE_SHAPES = [tiling.TileShape(1, 4, 4, 8, 8), tiling.TileShape(3, 4, 8, 8, 16)
 @pytest.mark.parametrize("shape", TILE_SHAPES, ids=lambda s: "U{}R{}S{}F{}B{}".format(*s))
 def test_tiled_kernels_match_generic_for_every_tile_shape(wrappers, shape, masked):
     arrays, mask = problem(3, 7, 3, 33, np.float64, masked=masked)
-    with wrappers["cupy_tiled"].use_tile_shape(shape):
+    with wrappers["tiled"].use_tile_shape(shape):
         assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
 
 
@@ -294,7 +294,7 @@ def test_shapes_chosen_for_an_h100_compute_the_layer(wrappers, batch, hidden):
     shape = tiling.choose_tile_shape(batch, hidden, 8, 232448, 132)
     assert shape is not None and tiling.refuses_shape(shape) is None
     arrays, mask = problem(2, batch, 3, hidden, np.float64, masked=True)
-    with h100_sized(wrappers), wrappers["cupy_tiled"].use_tile_shape(shape):
+    with h100_sized(wrappers), wrappers["tiled"].use_tile_shape(shape):
         assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
 
 
@@ -304,7 +304,7 @@ def h100_sized(wrappers):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(fake_cupy, "SHARED_BYTES", 232448)
         patch.setattr(fake_cupy, "SMS", 132)
-        attributes = wrappers["cupy_layer"]._device_attributes(0)
+        attributes = wrappers["shell"]._device_attributes(0)
         patch.setitem(attributes, "MaxSharedMemoryPerBlockOptin", 232448)
         patch.setitem(attributes, "MultiProcessorCount", 132)
         yield
@@ -312,7 +312,7 @@ def h100_sized(wrappers):
 
 def test_the_tiled_path_chooses_a_shape_that_fits_the_device(wrappers):
     """On the stand-in (8 SMs, 96 KB per block) the path picks its own shape and refuses what cannot fit."""
-    tiled = wrappers["cupy_tiled"]
+    tiled = wrappers["tiled"]
     assert tiled.refuses_size(7, 33, np.float64) is None
     assert "no tile shape" in tiled.refuses_size(64, 512, np.float64)
     with pytest.raises(ValueError, match="use the stepwise path"):
@@ -340,7 +340,7 @@ def test_bad_tile_shapes_are_refused(wrappers):
     assert "multiples of 8" in tiling.refuses_shape(tiling.TileShape(1, 4, 4, 12, 8))
     assert "positive" in tiling.refuses_shape(tiling.TileShape(0, 4, 4, 8, 8))
     with pytest.raises(ValueError, match="tile shape: rows must be a multiple of 4"):
-        with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(1, 6, 4, 8, 8)):
+        with wrappers["tiled"].use_tile_shape(tiling.TileShape(1, 6, 4, 8, 8)):
             pass
     assert tiling.refuses_shape(tiling.TileShape(4, 16, 4, 8, 8)) is None
     assert "need units a multiple of 8, got 4" in tiling.refuses_shape(tiling.TileShape(4, 16, 4, 8, 8), mma=True)
@@ -372,15 +372,15 @@ UPDATE_MODELS = {"lstm": None, "two launches": [(3, 5)] * 6 + [(0,), (9000,), (4
                          ",".join(f"{k}={w}" for k, w in v.items()) or "defaults")
 @pytest.mark.parametrize("case", UPDATE_MODELS)
 def test_fused_optimizer_kernels_match_the_generic_updates(wrappers, name, options, dtype, tolerance, case):
-    """Four steps of each optimizer with ``cupy_optim``'s step against the generic one."""
-    from lstmx.optim import make_optimizer
+    """Four steps of each optimizer with ``lstmx.kernels.cupy.optim``'s step against the generic one."""
+    from lstmx.training.optim import make_optimizer
 
     rng = np.random.default_rng(0)
     shapes = UPDATE_MODELS[case]
     models = [lstmx.LSTM(3, 5, backend="numpy", dtype=np.dtype(dtype).name, seed=0) if shapes is None
               else Tensors(shapes, dtype) for _ in range(2)]
     fused, generic_run = (make_optimizer(name, model, 0.01, **options) for model in models)
-    fused._update = wrappers["cupy_optim"].UPDATES[type(fused).__name__]
+    fused._update = wrappers["optim"].UPDATES[type(fused).__name__]
     for _ in range(4):
         grads = {k: rng.standard_normal(p.shape).astype(dtype) for k, p in models[0].params.items()}
         fused.step(grads)
@@ -401,11 +401,11 @@ CLIP_CASES = {"one": [(7,)], "language model": [(96, 16), (20, 64), (64,), (16, 
 @pytest.mark.parametrize("max_norm", [0.5, 1e6], ids=["clipped", "unclipped"])
 @pytest.mark.parametrize("case", CLIP_CASES)
 def test_fused_clipping_matches_the_generic_clipping(wrappers, case, max_norm, dtype, tolerance):
-    from lstmx.optim import clip_by_global_norm
+    from lstmx.training.optim import clip_by_global_norm
 
     rng = np.random.default_rng(0)
     grads = {f"g{i}": rng.standard_normal(shape).astype(dtype) for i, shape in enumerate(CLIP_CASES[case])}
-    clipped, norm = wrappers["cupy_optim"].clip_by_global_norm(NUMPY, grads, max_norm)
+    clipped, norm = wrappers["optim"].clip_by_global_norm(NUMPY, grads, max_norm)
     expected, expected_norm = clip_by_global_norm(NUMPY, grads, max_norm)
     np.testing.assert_allclose(norm, expected_norm, rtol=tolerance)
     assert list(clipped) == list(grads)
@@ -417,7 +417,7 @@ def test_fused_clipping_matches_the_generic_clipping(wrappers, case, max_norm, d
 
 
 def test_fused_clipping_keeps_a_nan_and_its_sum_does_not_depend_on_thread_order(wrappers):
-    from lstmx.optim import clip_by_global_norm
+    from lstmx.training.optim import clip_by_global_norm
 
     rng = np.random.default_rng(1)
     grads = {"a": rng.standard_normal(9000).astype(np.float32), "b": rng.standard_normal((40, 40)).astype(np.float32)}
@@ -425,12 +425,12 @@ def test_fused_clipping_keeps_a_nan_and_its_sum_does_not_depend_on_thread_order(
     for seed in (1, 2, 3):
         RawKernel.seed = seed
         try:
-            norms.append(wrappers["cupy_optim"].clip_by_global_norm(NUMPY, grads, 1.0)[1])
+            norms.append(wrappers["optim"].clip_by_global_norm(NUMPY, grads, 1.0)[1])
         finally:
             RawKernel.seed = 0
     assert norms[0] == norms[1] == norms[2]  # the last block adds the partials in order
     grads["b"][3, 4] = np.nan
-    clipped, norm = wrappers["cupy_optim"].clip_by_global_norm(NUMPY, grads, 1.0)
+    clipped, norm = wrappers["optim"].clip_by_global_norm(NUMPY, grads, 1.0)
     expected, expected_norm = clip_by_global_norm(NUMPY, grads, 1.0)
     assert np.isnan(norm) and np.isnan(expected_norm)
     assert np.all(np.isnan(clipped["a"])) and np.all(np.isnan(expected["a"]))
@@ -447,7 +447,7 @@ def test_a_wrong_clipping_kernel_is_caught(wrappers, monkeypatch):
 @pytest.mark.parametrize("dominant", [False, True], ids=["spread", "dominant"])
 @pytest.mark.parametrize("rows,classes", [(7, 13), (1, 1), (5, 96), (0, 4), (3, 300)])
 def test_fused_cross_entropy_kernel_matches_the_generic_loss(wrappers, rows, classes, dtype, tolerance, dominant):
-    from lstmx.layers.loss import cross_entropy_and_gradient
+    from lstmx.nn.layers.loss import cross_entropy_and_gradient
 
     rng = np.random.default_rng(0)
     logits = (3 * rng.standard_normal((rows, classes))).astype(dtype)
@@ -455,7 +455,7 @@ def test_fused_cross_entropy_kernel_matches_the_generic_loss(wrappers, rows, cla
         logits[:, 0] += 40
     targets = rng.integers(0, classes, size=rows)
     targets[::3] = -100  # ignored entries, counted out of the mean
-    loss, dlogits = wrappers["cupy_loss"].cross_entropy_and_gradient(NUMPY, logits, targets)
+    loss, dlogits = wrappers["loss"].cross_entropy_and_gradient(NUMPY, logits, targets)
     expected_loss, expected_dlogits = cross_entropy_and_gradient(NUMPY, logits, targets)
     assert dlogits.dtype == dtype and np.isfinite(loss)
     np.testing.assert_allclose(loss, expected_loss, rtol=tolerance, atol=tolerance)
@@ -463,7 +463,7 @@ def test_fused_cross_entropy_kernel_matches_the_generic_loss(wrappers, rows, cla
 
 
 def test_fused_cross_entropy_gives_nan_for_a_target_outside_the_vocabulary(wrappers):
-    loss, dlogits = wrappers["cupy_loss"].cross_entropy_and_gradient(NUMPY, np.zeros((2, 4)), np.array([1, 7]))
+    loss, dlogits = wrappers["loss"].cross_entropy_and_gradient(NUMPY, np.zeros((2, 4)), np.array([1, 7]))
     assert np.isnan(loss) and np.all(np.isnan(dlogits[1])) and np.all(np.isfinite(dlogits[0]))
 
 
@@ -524,7 +524,7 @@ def test_a_store_out_of_bounds_is_caught(wrappers, monkeypatch):
 def test_a_missing_barrier_in_the_tiled_kernels_is_caught(wrappers, monkeypatch, old, new):
     plant(monkeypatch, "tiled", old, new)
     arrays, mask = problem(3, 7, 3, 33, np.float64)
-    with wrappers["cupy_tiled"].use_tile_shape(TILE_SHAPES[1]), pytest.raises(AssertionError):
+    with wrappers["tiled"].use_tile_shape(TILE_SHAPES[1]), pytest.raises(AssertionError):
         assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
 
 
@@ -558,7 +558,7 @@ def test_a_store_past_the_shared_memory_is_caught(wrappers, monkeypatch):
 
     monkeypatch.setattr(tiling, "shared_bytes", bytes_of_a_narrower_chunk)
     arrays, mask = problem(2, 4, 3, 33, np.float64)
-    with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(4, 8, 4, 16, 32)):
+    with wrappers["tiled"].use_tile_shape(tiling.TileShape(4, 8, 4, 16, 32)):
         with pytest.raises(RuntimeError, match="stored past the end of the dynamic shared memory"):
             run_path("tiled", wrappers, arrays, mask)
 
@@ -569,7 +569,7 @@ def test_a_misaligned_vector_access_is_caught(wrappers, monkeypatch, dtype):
     loads from them fault, as they would on a GPU."""
     plant(monkeypatch, "tiled", "h_s = w_s + (long long)k8 * p.units * 4;", "h_s = w_s + (long long)k8 * p.units * 4 + 1;")
     arrays, mask = problem(2, 4, 3, 33, dtype)
-    with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(4, 8, 4, 16, 32)):
+    with wrappers["tiled"].use_tile_shape(tiling.TileShape(4, 8, 4, 16, 32)):
         with pytest.raises(RuntimeError, match=r"misaligned address: an access that needs (16|8)-byte alignment .*"
                                                r"\(kernel:\d+\)"):
             run_path("tiled", wrappers, arrays, mask)
@@ -610,8 +610,8 @@ def test_tiled_kernels_on_drawn_sizes_and_tile_shapes(wrappers, steps, batch, hi
                                                      forward_chunk, backward_chunk):
     arrays, mask = problem(steps, batch, 2, hidden, np.float64, masked=masked)
     shape = tiling.TileShape(units, 4 * groups, splits, forward_chunk, backward_chunk)
-    with wrappers["cupy_tiled"].use_tile_shape(shape):
-        assume(wrappers["cupy_tiled"].refuses_size(batch, hidden, np.float64) is None)  # the grid fits the stand-in
+    with wrappers["tiled"].use_tile_shape(shape):
+        assume(wrappers["tiled"].refuses_size(batch, hidden, np.float64) is None)  # the grid fits the stand-in
         assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
 
 
@@ -622,7 +622,7 @@ def test_layer_paths_on_drawn_sizes(wrappers, path, steps, batch, features, hidd
     """The other paths (the tiled one above, with its tile shapes) on hypothesis-drawn sizes."""
     arrays, mask = problem(steps, batch, features, hidden, np.float64, masked=masked)
     if path == "persistent":
-        assume(wrappers["cupy_persistent"].refuses_size(batch, hidden, np.float64) is None)  # the grid fits the stand-in
+        assume(wrappers["persistent"].refuses_size(batch, hidden, np.float64) is None)  # the grid fits the stand-in
     assert_close(run_path(path, wrappers, arrays, mask), reference(arrays, mask), 1e-12)
 
 
@@ -648,7 +648,7 @@ def relative_error(result, expected):
 @pytest.mark.parametrize("shape", MMA_SHAPES, ids=lambda s: "U{}R{}S{}F{}B{}".format(*s))
 def test_tf32_tiled_kernels_compute_the_layer_within_tf32_error(wrappers, shape, masked):
     arrays, mask = problem(3, 7, 3, 33, np.float32, masked=masked)
-    with wrappers["cupy_tiled"].use_tile_shape(shape):
+    with wrappers["tiled"].use_tile_shape(shape):
         reduced, full = run_tf32(wrappers, arrays, mask), run_path("tiled", wrappers, arrays, mask)
     expected = reference(arrays, mask)
     assert all(v.dtype == np.float32 for v in reduced.values())
@@ -665,13 +665,13 @@ def test_tf32_kernels_fed_float32_operands_match_float32(wrappers, monkeypatch, 
           "to_operand(const float x) { return x; }")
     plant(monkeypatch, "tiled", "w_s[e] = tf32_round(weight(k, column));", "w_s[e] = weight(k, column);")
     arrays, mask = problem(3, 9, 3, 33, np.float32, masked=True)
-    with wrappers["cupy_tiled"].use_tile_shape(shape):
+    with wrappers["tiled"].use_tile_shape(shape):
         assert_close(run_tf32(wrappers, arrays, mask), reference(arrays, mask), 2e-5)
 
 
 def test_tf32_kernels_do_not_depend_on_thread_order(wrappers):
     arrays, mask = problem(2, 7, 3, 33, np.float32, masked=True)
-    with wrappers["cupy_tiled"].use_tile_shape(MMA_SHAPES[1]):
+    with wrappers["tiled"].use_tile_shape(MMA_SHAPES[1]):
         first, second = (run_tf32(wrappers, arrays, mask, seed) for seed in (1, 2))
     for name in first:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
@@ -680,14 +680,14 @@ def test_tf32_kernels_do_not_depend_on_thread_order(wrappers):
 def test_a_misplaced_fragment_is_caught(wrappers, monkeypatch):
     plant(monkeypatch, "tiled", "a[1] = top[8 * stride]; a[2] = top[4];", "a[1] = top[4]; a[2] = top[8 * stride];")
     arrays, mask = problem(2, 7, 3, 33, np.float32)
-    with wrappers["cupy_tiled"].use_tile_shape(MMA_SHAPES[0]):
+    with wrappers["tiled"].use_tile_shape(MMA_SHAPES[0]):
         assert max(relative_error(run_tf32(wrappers, arrays, mask), reference(arrays, mask)).values()) > 0.1
 
 
 def test_tf32_refuses_a_tile_shape_its_warp_tiles_cannot_cover(wrappers):
     arrays, mask = problem(1, 4, 2, 16, np.float32)
-    with wrappers["cupy_tiled"].use_tile_shape(tiling.TileShape(4, 16, 4, 16, 64)):
-        forward_and_backward(wrappers["cupy_tiled"], arrays, mask)  # the float32 kernels run it
+    with wrappers["tiled"].use_tile_shape(tiling.TileShape(4, 16, 4, 16, 64)):
+        forward_and_backward(wrappers["tiled"], arrays, mask)  # the float32 kernels run it
         with pytest.raises(ValueError, match="the TF32 kernels need units a multiple of 8, got 4; use the stepwise"):
             run_tf32(wrappers, arrays, mask)
 
@@ -697,7 +697,7 @@ def test_tf32_shapes_chosen_for_an_h100_compute_the_layer(wrappers, batch, hidde
     shape = tiling.choose_tile_shape(batch, hidden, 4, 232448, 132, mma=True)
     assert shape is not None and tiling.refuses_shape(shape, mma=True) is None
     arrays, mask = problem(2, batch, 3, hidden, np.float32, masked=True)
-    with h100_sized(wrappers), wrappers["cupy_tiled"].use_tile_shape(shape):
+    with h100_sized(wrappers), wrappers["tiled"].use_tile_shape(shape):
         result = run_tf32(wrappers, arrays, mask)
     assert max(relative_error(result, reference(arrays, mask)).values()) < 1e-2
 
@@ -717,7 +717,7 @@ def test_tf32_kernels_on_drawn_sizes_and_tile_shapes(steps, batch, hidden, maske
         plant(patch, "tiled", "to_operand(const float x) { return tf32_round(x); }",
               "to_operand(const float x) { return x; }")
         plant(patch, "tiled", "w_s[e] = tf32_round(weight(k, column));", "w_s[e] = weight(k, column);")
-        tiled = fake_cupy_modules(patch)["cupy_tiled"]
+        tiled = fake_cupy_modules(patch)["tiled"]
         with tiled.use_tile_shape(shape), matmul_precision(NUMPY, "tf32"):
             assume(tiled.refuses_size(batch, hidden, np.float32) is None)  # the grid fits the stand-in
             result = forward_and_backward(tiled, arrays, mask)
@@ -727,7 +727,7 @@ def test_tf32_kernels_on_drawn_sizes_and_tile_shapes(steps, batch, hidden, maske
 def test_the_tf32_path_chooses_its_own_shape_on_the_device(wrappers):
     """Without a forced shape, the TF32 variant picks one of its own (MMA multiples) that fits the stand-in, and
     refuses what cannot fit, as the float32 variant does."""
-    tiled = wrappers["cupy_tiled"]
+    tiled = wrappers["tiled"]
     arrays, mask = problem(2, 7, 3, 33, np.float32, masked=True)
     with matmul_precision(NUMPY, "tf32"):
         assert tiled.refuses_size(7, 33, np.float32) is None
@@ -740,7 +740,7 @@ def test_the_tf32_path_chooses_its_own_shape_on_the_device(wrappers):
 def test_tf32_runs_the_mma_kernels_from_their_threshold_up(wrappers, monkeypatch):
     """precision="tf32" runs the tiled MMA variant from ``tiling.TF32_MIN_HIDDEN`` units up (where it measured
     faster) and the float32 kernels below, with the results of the float32 path there; float64 is never TF32."""
-    tiled = wrappers["cupy_tiled"]
+    tiled = wrappers["tiled"]
     monkeypatch.setattr(tiling, "TF32_MIN_HIDDEN", REAL_TF32_MIN_HIDDEN)  # the suite lowers it to 0
     with matmul_precision(NUMPY, "tf32"):
         assert [tiled.kernel_variant(np.float32, h) for h in (33, REAL_TF32_MIN_HIDDEN - 1, REAL_TF32_MIN_HIDDEN)] \
@@ -819,7 +819,7 @@ def test_a_bidirectional_stack_through_each_cupy_path_matches_generic(on_numpy, 
 def test_a_deep_stack_of_one_shape_runs_through_the_graph_path_past_its_sets(on_numpy):
     """Five layers of one shape in one model: four take the buffer sets of that shape, the fifth runs the stepwise
     loop on arrays of its own, and the model's loss and gradients are the generic path's."""
-    graph = sys.modules["lstmx.kernels.cupy_graph"]
+    graph = sys.modules["lstmx.kernels.cupy.graph"]
     model = lstmx.LanguageModel(11, 8, 8, 5, backend="numpy", dtype="float64", seed=4)
     tokens, targets = model_inputs(seed=1)
     fast = model.loss(tokens, targets, lengths=[5, 4, 2], impl=on_numpy("cupy-graph"))
@@ -831,8 +831,8 @@ def test_a_deep_stack_of_one_shape_runs_through_the_graph_path_past_its_sets(on_
 @pytest.mark.parametrize("path", ["cupy-graph", "cupy-tiled"])
 def test_sampling_through_a_cupy_path_writes_the_generic_paths_text(on_numpy, path):
     """Generation (the prime, then one step at a time from the carried state, no backward) through the path."""
-    from lstmx.data import CharVocab
-    from lstmx.sample import sample
+    from lstmx.training.data import CharVocab
+    from lstmx.nn.sample import sample
 
     vocab = CharVocab.from_text("abcdefgh ij")
     model = lstmx.LanguageModel(len(vocab), 5, 8, 2, backend="numpy", dtype="float64", seed=2)
@@ -873,10 +873,10 @@ def test_the_language_model_recipe_trains_through_every_cupy_path_as_through_the
     clipping and the optimizer, then evaluation, all through the emulated kernels: the same losses as the generic
     paths' (float64). The graph path's buffer sets are lent again from step to step (one per layer shape), not
     captured anew."""
-    from lstmx.data import CharVocab, split_ids
-    from lstmx.train import TrainConfig, Trainer
+    from lstmx.training.data import CharVocab, split_ids
+    from lstmx.training.loop import TrainConfig, Trainer
 
-    graph = sys.modules["lstmx.kernels.cupy_graph"]
+    graph = sys.modules["lstmx.kernels.cupy.graph"]
     text = "the quick brown fox jumps over the lazy dog; " * 12
     vocab = CharVocab.from_text(text)
     split = split_ids(vocab.encode(text), 0.25)
@@ -911,8 +911,8 @@ VARIANT_OPTIONS = {"peepholes": dict(peepholes=True), "input_forget": dict(input
 def variant_problem(options, steps, batch, features, hidden, training, masked, seed=0):
     """A layer's arguments for the variant functions: the cell options, ``ExtraParams``, and the masks a training
     forward would draw (``LayerNoise``; None in evaluation)."""
-    from lstmx.layers.cell import CellOptions
-    from lstmx.layers.lstm_layer import ExtraParams, LayerNoise
+    from lstmx.nn.layers.cell import CellOptions
+    from lstmx.nn.layers.lstm_layer import ExtraParams, LayerNoise
 
     arrays, mask = problem(steps, batch, features, hidden, np.float64, seed, masked)
     cell_options = CellOptions(**{k: (tuple(v) if k == "zoneout" else v) for k, v in options.items()})
@@ -950,7 +950,7 @@ def test_variant_kernels_match_generic_float64(wrappers, case, shape, training, 
     other's cache (H = 130: more units than a block's threads, so each thread runs several)."""
     arrays, mask, options, extra, noise = variant_problem(VARIANT_OPTIONS[case], *shape, training, masked)
     expected = variant_forward_and_backward(generic, generic, arrays, mask, options, extra, noise)
-    stepwise = wrappers["cupy_layer"]
+    stepwise = wrappers["stepwise"]
     assert_close(variant_forward_and_backward(stepwise, stepwise, arrays, mask, options, extra, noise), expected,
                  1e-12)
     assert_close(variant_forward_and_backward(stepwise, generic, arrays, mask, options, extra, noise), expected, 1e-12)
@@ -959,7 +959,7 @@ def test_variant_kernels_match_generic_float64(wrappers, case, shape, training, 
 
 def test_variant_kernels_do_not_depend_on_thread_order(wrappers):
     arrays, mask, options, extra, noise = variant_problem(VARIANT_OPTIONS["everything"], 3, 4, 3, 40, True, True)
-    stepwise = wrappers["cupy_layer"]
+    stepwise = wrappers["stepwise"]
     results = []
     for seed in (0, 1):
         RawKernel.seed = seed
@@ -977,7 +977,7 @@ def test_variant_kernels_match_generic_float32(wrappers):
     single = {k: v.astype(np.float32) for k, v in arrays.items()}
     extra32 = type(extra)(*(None if v is None else v.astype(np.float32) for v in extra))
     noise32 = type(noise)(*(None if v is None else v.astype(np.float32) for v in noise))
-    got = variant_forward_and_backward(wrappers["cupy_layer"], wrappers["cupy_layer"], single,
+    got = variant_forward_and_backward(wrappers["stepwise"], wrappers["stepwise"], single,
                                        mask.astype(np.float32), options, extra32, noise32)
     for name, value in expected.items():
         scale = max(1.0, float(np.max(np.abs(value))))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstmx.data import CharVocab, StreamBatches, VocabularyError, WordVocab, default_corpus, split_ids, vocab_from_config
+from lstmx.training.data import CharVocab, StreamBatches, VocabularyError, WordVocab, default_corpus, split_ids, vocab_from_config
 
 from .helpers import host
 

@@ -1,5 +1,5 @@
 """The data and sampling modules' doors and edge cases, exactly: each message, each boundary, each default (the
-tests that kill what the mutation session found alive in lstmx.data and lstmx.sample)."""
+tests that kill what the mutation session found alive in lstmx.training.data and lstmx.nn.sample)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from lstmx import LanguageModel
-from lstmx.data import (CharVocab, StreamBatches, VocabularyError, WordVocab, default_corpus, split_ids,
-                        text_fingerprint, vocab_from_config, windows_per_epoch)
+from lstmx.training.data import (CharVocab, StreamBatches, VocabularyError, WordVocab, default_corpus, split_ids,
+                                 text_fingerprint, vocab_from_config, windows_per_epoch)
 from lstmx.backend import get_backend
 from lstmx.options import OptionError
-from lstmx.sample import generate, next_token_distribution, sample
+from lstmx.nn.sample import generate, next_token_distribution, sample
 
 NUMPY = get_backend("numpy")
 

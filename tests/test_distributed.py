@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmx import checkpoint as ckpt
-from lstmx.distributed import shard
-from lstmx.runlog import read_log
+from lstmx.training import checkpoint as ckpt
+from lstmx.training.distributed import shard
+from lstmx.training.runlog import read_log
 
 from .test_checkpoint import TEXT, small_trainer
 

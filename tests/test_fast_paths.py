@@ -1,6 +1,6 @@
 """Every layer implementation in the registry against the generic Array API path it stands in for.
 
-The list comes from :data:`lstmx.registry.LAYER_IMPLS`: a new implementation is tested here without a line
+The list comes from :data:`lstmx.dispatch.registry.LAYER_IMPLS`: a new implementation is tested here without a line
 added. Each runs on the backends it supports among those the ``backend`` fixture provides; one that cannot
 import here (no Numba, no CuPy) is skipped with the reason.
 """
@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lstmx
-from lstmx import registry
+from lstmx.dispatch import registry
 from lstmx.backend import to_numpy
-from lstmx.kernels.host_buffers import BufferPool
-from lstmx.layers import lstm_layer as generic
-from lstmx.layers.embedding import scatter_add_rows_generic
+from lstmx.kernels.host.buffers import BufferPool
+from lstmx.nn.layers import lstm_layer as generic
+from lstmx.nn.layers.embedding import scatter_add_rows_generic
 from lstmx.validate import lengths_to_mask
 
 from .test_gradients import assert_rows_pass, lstm_layer_rows
@@ -326,7 +326,7 @@ def test_auto_on_cupy_runs_the_paths_measured_fastest(backend, monkeypatch):
     batches), and the fused loss and updates."""
     if backend.name != "cupy":
         pytest.skip("auto's CuPy choices")
-    from lstmx.optim import Adam
+    from lstmx.training.optim import Adam
 
     for variable in (registry.ENVIRONMENT_VARIABLE, registry.LOSS_ENVIRONMENT_VARIABLE,
                      registry.UPDATE_ENVIRONMENT_VARIABLE):
@@ -361,8 +361,8 @@ def test_a_cache_from_another_model_or_older_parameters_is_refused(backend, impl
     """Through the public models, with every implementation: a cache of another model (another hidden size, or
     the same shapes), one made before the parameters changed, or no cache at all, is a clear error."""
     runnable(impl, backend, np.float32)
-    from lstmx.models import LanguageModel
-    from lstmx.optim import SGD
+    from lstmx.nn.models import LanguageModel
+    from lstmx.training.optim import SGD
     from lstmx.validate import CacheMismatchError
 
     x = backend.asarray(np.random.default_rng(0).standard_normal((4, 3, 5)), dtype=backend.xp.float32)

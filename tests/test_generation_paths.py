@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 import lstmx
-from lstmx import registry
-from lstmx.data import CharVocab
-from lstmx.sample import generate, samples
+from lstmx.dispatch import registry
+from lstmx.training.data import CharVocab
+from lstmx.nn.sample import generate, samples
 
 VOCAB = CharVocab([chr(ord("a") + k) for k in range(26)] + [" ", "\n"])
 FAST = [pytest.param(impl.name, id=impl.name) for impl in registry.GENERATION_IMPLS if impl.name != "generic"]

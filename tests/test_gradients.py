@@ -7,7 +7,7 @@ import pytest
 
 from lstmx import LSTM
 from lstmx.gradcheck import check_language_model, compare, finite_difference
-from lstmx.layers import (
+from lstmx.nn.layers import (
     cross_entropy_backward,
     cross_entropy_forward,
     dropout_backward,
@@ -81,7 +81,7 @@ STACKS = [pytest.param(lengths, bidirectional, proj, batch_first, id=f"{name}-{l
 def test_lstm_stack_with_dropout_lengths_and_state(backend, lengths, bidirectional, proj, batch_first):
     """Every layer implementation the registry has for the stack here (the NumPy fast paths on full-length
     batches of the plain cell, the generic path everywhere), checked against finite differences."""
-    from lstmx import registry
+    from lstmx.dispatch import registry
 
     rng = np.random.default_rng(1)
     steps, batch, features, hidden, layers = 4, 3, 2, 3, 3

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import lstmx.layers.cell as cell_module
+import lstmx.nn.layers.cell as cell_module
 from lstmx import LSTM
-from lstmx.layers.cell import cell_backward, cell_forward
+from lstmx.nn.layers.cell import cell_backward, cell_forward
 
 from .helpers import GRAD_TOLERANCE, host
 from .test_gradients import lstm_layer_rows
@@ -125,7 +125,7 @@ def test_cell_backward_uses_derivatives_of_stored_outputs(backend):
     z, c_prev = rng.standard_normal((2, 4 * hidden)), rng.standard_normal((2, hidden))
     dh, dc_next = rng.standard_normal((2, hidden)), rng.standard_normal((2, hidden))
     xp = backend.xp
-    from lstmx.layers.cell import gate_affine
+    from lstmx.nn.layers.cell import gate_affine
 
     gate = gate_affine(backend, hidden, xp.float64)
     gates, _, tanh_c, _ = cell_forward(xp, backend.asarray(z), backend.asarray(c_prev), gate)

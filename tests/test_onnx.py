@@ -196,8 +196,8 @@ def test_a_handmade_graph_imports_as_the_model_it_describes(tmp_path):
 
 
 def test_lstmx_export_writes_a_checkpoints_model(tmp_path, capsys):
-    from lstmx.checkpoint import save_model
-    from lstmx.data import CharVocab
+    from lstmx.training.checkpoint import save_model
+    from lstmx.training.data import CharVocab
 
     vocab = CharVocab.from_text("abcdef")
     model = lstmx.LanguageModel(len(vocab), 3, 4, seed=0)

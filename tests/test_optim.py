@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import lstmx
-from lstmx import LSTM, registry
-from lstmx.optim import (OPTIMIZERS, SGD, Adam, AdamW, RMSprop, clip_grad_norm, clip_grad_value, exponential_decay,
-                         make_optimizer, make_schedule, step_decay, warmup_cosine)
+from lstmx import LSTM
+from lstmx.dispatch import registry
+from lstmx.training.optim import (OPTIMIZERS, SGD, Adam, AdamW, RMSprop, clip_grad_norm, clip_grad_value, exponential_decay,
+                                  make_optimizer, make_schedule, step_decay, warmup_cosine)
 
 from .helpers import host
 
@@ -109,8 +110,8 @@ def test_every_clipping_implementation_matches_the_generic_one(backend, dtype):
 
 
 def test_the_trainer_clips_with_its_optimizers_implementation(monkeypatch, tmp_path):
-    from lstmx.data import CharVocab, split_ids
-    from lstmx.train import TrainConfig, Trainer
+    from lstmx.training.data import CharVocab, split_ids
+    from lstmx.training.loop import TrainConfig, Trainer
 
     asked = []
     choose = registry.choose_clipping
@@ -276,7 +277,7 @@ def test_optimizer_refuses_gradients_that_do_not_fit_in_one_line():
     import array_api_strict
 
     from lstmx import LSTM
-    from lstmx.optim import SGD, Adam
+    from lstmx.training.optim import SGD, Adam
 
     model = LSTM(2, 3, dtype="float32")
     before = model.state_dict()
@@ -315,7 +316,7 @@ def test_state_dict_is_a_copy_and_load_state_dict_copies_in():
 
 def test_integer_sizes_of_numpy_type_are_plain_ints_and_save(tmp_path):
     from lstmx import LSTM, LanguageModel
-    from lstmx.checkpoint import load_model, save_model
+    from lstmx.training.checkpoint import load_model, save_model
 
     model = LSTM(np.int64(3), np.int32(4), np.int64(2), proj_size=np.int64(2))
     assert all(type(getattr(model, name)) is int for name in ("input_size", "hidden_size", "num_layers", "proj_size"))

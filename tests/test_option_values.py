@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from lstmx import LanguageModel
-from lstmx.data import CharVocab, WordVocab, split_ids
-from lstmx.layers import dropout_mask
-from lstmx.optim import SGD, Adam, AdamW, RMSprop
+from lstmx.training.data import CharVocab, WordVocab, split_ids
+from lstmx.nn.layers import dropout_mask
+from lstmx.training.optim import SGD, Adam, AdamW, RMSprop
 
 from .helpers import host
 from .test_optim import OneParam, run
@@ -142,7 +142,7 @@ def test_the_loss_is_the_mean_over_real_tokens_only(backend):
 def test_the_trainer_carries_the_state_between_windows_and_resets_it_each_epoch(tmp_path, monkeypatch):
     """The state handed to window k is the final state of window k − 1 in the same epoch, and None at the
     first window of every epoch. Wrong: never reset, reset every window, or carry the state of another window."""
-    from lstmx.train import TrainConfig, Trainer
+    from lstmx.training.loop import TrainConfig, Trainer
 
     text = "abcdefghij " * 60
     vocab = CharVocab.from_text(text)
@@ -192,7 +192,7 @@ def test_word_tokens_round_trip_up_to_spacing_and_unk_counts_exactly():
 def test_log_softmax_shifts_by_each_rows_own_maximum(backend):
     """Adding the maximum instead of subtracting it, or shifting every row by the global maximum, is the same
     mathematics but overflows or underflows: large logits stay finite, and rows far apart stay exact."""
-    from lstmx.layers import log_softmax
+    from lstmx.nn.layers import log_softmax
 
     logits = backend.asarray(np.array([[[0.0, 1.0, 2.0], [1000.0, 1001.0, 1002.0]],
                                        [[-5.0, 0.0, 5.0], [800.0, 0.0, -800.0]]]))  # (2, 2, 3): any leading axes
@@ -207,7 +207,7 @@ def test_log_softmax_shifts_by_each_rows_own_maximum(backend):
 def test_the_loss_of_one_real_token_is_its_own_nll_and_ignore_index_is_any_value(backend):
     """The count of real tokens is not clamped above 1 (a count of 1 stays 1), and a caller's ignore_index
     reaches the fused and generic entry points alike; the gradient keeps the logits' dtype."""
-    from lstmx.layers.loss import cross_entropy_and_gradient, cross_entropy_forward
+    from lstmx.nn.layers.loss import cross_entropy_and_gradient, cross_entropy_forward
 
     logits = backend.asarray(np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]]))
     targets = backend.asarray(np.array([0, -1]))
@@ -220,14 +220,14 @@ def test_the_loss_of_one_real_token_is_its_own_nll_and_ignore_index_is_any_value
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: __import__("lstmx.optim", fromlist=["x"]).step_decay(0.0, 10), "lr must be a number > 0"),
-    (lambda: __import__("lstmx.optim", fromlist=["x"]).step_decay(0.1, 10, 0.0), "gamma must be a number > 0"),
-    (lambda: __import__("lstmx.optim", fromlist=["x"]).step_decay(0.1, 0), "step_size must be an integer"),
-    (lambda: __import__("lstmx.optim", fromlist=["x"]).exponential_decay(-1.0, 0.5), "lr must be a number > 0"),
-    (lambda: __import__("lstmx.optim", fromlist=["x"]).warmup_cosine(0.0, 10), "lr must be a number > 0"),
-    (lambda: __import__("lstmx.optim", fromlist=["x"]).warmup_cosine(0.1, 0), "total_steps must be an integer"),
-    (lambda: __import__("lstmx.optim", fromlist=["x"]).warmup_cosine(0.1, 10, -1), "warmup_steps must be"),
-    (lambda: __import__("lstmx.optim", fromlist=["x"]).warmup_cosine(0.1, 10, 0, -0.1), "min_lr must be"),
+    (lambda: __import__("lstmx.training.optim", fromlist=["x"]).step_decay(0.0, 10), "lr must be a number > 0"),
+    (lambda: __import__("lstmx.training.optim", fromlist=["x"]).step_decay(0.1, 10, 0.0), "gamma must be a number > 0"),
+    (lambda: __import__("lstmx.training.optim", fromlist=["x"]).step_decay(0.1, 0), "step_size must be an integer"),
+    (lambda: __import__("lstmx.training.optim", fromlist=["x"]).exponential_decay(-1.0, 0.5), "lr must be a number > 0"),
+    (lambda: __import__("lstmx.training.optim", fromlist=["x"]).warmup_cosine(0.0, 10), "lr must be a number > 0"),
+    (lambda: __import__("lstmx.training.optim", fromlist=["x"]).warmup_cosine(0.1, 0), "total_steps must be an integer"),
+    (lambda: __import__("lstmx.training.optim", fromlist=["x"]).warmup_cosine(0.1, 10, -1), "warmup_steps must be"),
+    (lambda: __import__("lstmx.training.optim", fromlist=["x"]).warmup_cosine(0.1, 10, 0, -0.1), "min_lr must be"),
 ])
 def test_schedules_refuse_each_bad_argument_by_name(make, message):
     from lstmx.options import OptionError
@@ -237,7 +237,7 @@ def test_schedules_refuse_each_bad_argument_by_name(make, message):
 
 
 def test_schedule_defaults_and_the_cosine_end():
-    from lstmx.optim import make_schedule
+    from lstmx.training.optim import make_schedule
 
     step = make_schedule("step", 1.0, 10)  # defaults: gamma 0.5 every 1000 steps
     assert step(999) == 1.0 and step(1000) == 0.5 and step(2000) == 0.25
@@ -253,7 +253,7 @@ def test_optimizer_state_holds_exactly_its_slots_and_hyperparameters(name, optio
     """The saved state names every hyper-parameter (a resumed run must not fall back to defaults) and no slot an
     optimizer does not use; a missing slot is refused on load."""
     from lstmx import LSTM
-    from lstmx.optim import make_optimizer
+    from lstmx.training.optim import make_optimizer
 
     model = LSTM(2, 3)
     optimizer = make_optimizer(name, model, 0.01, **options)
@@ -274,25 +274,25 @@ def test_optimizer_state_holds_exactly_its_slots_and_hyperparameters(name, optio
 
 def test_adamw_default_decay_and_nesterov_needs_momentum():
     from lstmx import LSTM
-    from lstmx.optim import SGD, AdamW
+    from lstmx.training.optim import SGD, AdamW
     from lstmx.options import OptionError
 
     assert AdamW(LSTM(2, 3)).weight_decay == 0.01 and AdamW(LSTM(2, 3)).eps == 1e-8
     with pytest.raises(ValueError, match="Nesterov momentum needs momentum > 0"):
         SGD(LSTM(2, 3), nesterov=True)
     with pytest.raises(OptionError, match="betas must be a pair"):
-        __import__("lstmx.optim", fromlist=["x"]).Adam(LSTM(2, 3), betas=(0.9,))
+        __import__("lstmx.training.optim", fromlist=["x"]).Adam(LSTM(2, 3), betas=(0.9,))
     with pytest.raises(OptionError, match="beta1 must"):
-        __import__("lstmx.optim", fromlist=["x"]).Adam(LSTM(2, 3), betas=(1.0, 0.9))
+        __import__("lstmx.training.optim", fromlist=["x"]).Adam(LSTM(2, 3), betas=(1.0, 0.9))
     with pytest.raises(OptionError, match="eps must be a number > 0"):
-        __import__("lstmx.optim", fromlist=["x"]).RMSprop(LSTM(2, 3), eps=0.0)
+        __import__("lstmx.training.optim", fromlist=["x"]).RMSprop(LSTM(2, 3), eps=0.0)
 
 
 def test_a_first_momentum_step_is_the_gradient_and_clipping_scales_by_the_norm():
     """Heavy-ball momentum's first buffer is the gradient itself (not momentum · 0 + g on a later step's rule),
     and clipping scales by max_norm / (‖g‖ + 1e-6) exactly."""
     from lstmx.backend import get_backend
-    from lstmx.optim import SGD, clip_grad_norm
+    from lstmx.training.optim import SGD, clip_grad_norm
 
     backend = get_backend("numpy")
     model = OneParam(backend, [0.0])
@@ -305,10 +305,11 @@ def test_a_first_momentum_step_is_the_gradient_and_clipping_scales_by_the_norm()
 
 
 def test_the_remaining_optimizer_doors_exactly():
-    """Kills what the mutation session left alive in lstmx.optim (each case names the mutant's class)."""
-    from lstmx import LSTM, registry
+    """Kills what the mutation session left alive in lstmx.training.optim (each case names the mutant's class)."""
+    from lstmx import LSTM
+    from lstmx.dispatch import registry
     from lstmx.backend import get_backend
-    from lstmx.optim import SGD, AdamW, RMSprop, clip_grad_norm, make_optimizer, make_schedule
+    from lstmx.training.optim import SGD, AdamW, RMSprop, clip_grad_norm, make_optimizer, make_schedule
     from lstmx.options import OptionError
 
     cosine = make_schedule("cosine", 1.0, 3, warmup_steps=2)  # one decay step: progress 1 at step 3
@@ -336,7 +337,7 @@ def test_the_remaining_optimizer_doors_exactly():
 def test_an_optimizer_moves_to_its_models_backend_only():
     from lstmx import LSTM
     from lstmx.backend import get_backend
-    from lstmx.optim import Adam
+    from lstmx.training.optim import Adam
 
     model = LSTM(2, 3)
     optimizer = Adam(model, lr=0.01)
@@ -355,9 +356,9 @@ def test_the_documented_defaults_are_the_defaults():
     """Each public default a caller relies on, by behaviour (PyTorch's learning rates, the schedules' and the
     split's and the sampler's defaults)."""
     from lstmx import LSTM, LanguageModel
-    from lstmx.data import CharVocab, default_corpus, split_ids
-    from lstmx.optim import SGD, Adam, AdamW, RMSprop, make_schedule, step_decay, warmup_cosine
-    from lstmx.sample import samples
+    from lstmx.training.data import CharVocab, default_corpus, split_ids
+    from lstmx.training.optim import SGD, Adam, AdamW, RMSprop, make_schedule, step_decay, warmup_cosine
+    from lstmx.nn.sample import samples
 
     model = LSTM(2, 3)
     assert [cls(model).lr for cls in (SGD, Adam, AdamW, RMSprop)] == [0.1, 1e-3, 1e-3, 1e-2]
@@ -374,7 +375,7 @@ def test_the_documented_defaults_are_the_defaults():
 
 def test_a_gradient_of_another_dtype_is_named_by_its_own_dtype():
     from lstmx import LSTM
-    from lstmx.optim import SGD
+    from lstmx.training.optim import SGD
 
     model = LSTM(2, 3)
     grads = {name: np.zeros(p.shape, np.float32) for name, p in model.params.items()}
@@ -385,8 +386,8 @@ def test_a_gradient_of_another_dtype_is_named_by_its_own_dtype():
 
 def test_samples_makes_one_text_of_200_tokens_by_default():
     from lstmx import LanguageModel
-    from lstmx.data import CharVocab
-    from lstmx.sample import samples
+    from lstmx.training.data import CharVocab
+    from lstmx.nn.sample import samples
 
     texts = samples(LanguageModel(4, 3, 4, seed=0), CharVocab.from_text("abcd"))
     assert [len(t) for t in texts] == [200]

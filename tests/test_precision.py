@@ -8,7 +8,7 @@ import pytest
 import lstmx
 from lstmx.backend import is_cupy, to_numpy
 from lstmx.cli import main
-from lstmx.train import TrainConfig, Trainer
+from lstmx.training.loop import TrainConfig, Trainer
 
 from .test_checkpoint import TEXT
 
@@ -31,7 +31,7 @@ def test_precision_is_checked_at_the_door(backend):
 
 
 def test_a_trainer_refuses_a_model_of_another_precision(tmp_path):
-    from lstmx.data import CharVocab, split_ids
+    from lstmx.training.data import CharVocab, split_ids
 
     vocab = CharVocab.from_text(TEXT)
     split = split_ids(vocab.encode(TEXT), 0.1, 0.0)
@@ -49,7 +49,7 @@ def test_cli_refuses_tf32_off_cupy_before_reading_any_data(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("impl", lstmx.registry.TF32_RECURRENCE_IMPLS)
+@pytest.mark.parametrize("impl", lstmx.dispatch.registry.TF32_RECURRENCE_IMPLS)
 def test_tf32_changes_the_products_within_its_precision_and_restores_the_math_mode(backend, impl):
     if not is_cupy(backend):
         pytest.skip("TensorFloat-32 exists on CuPy only (refused elsewhere: test_precision_is_checked_at_the_door)")
@@ -101,8 +101,8 @@ def test_tf32_tiled_kernels_at_their_size_limit_and_one_past_it(backend):
     runs at that limit and is refused one past it, by name in one line."""
     if not is_cupy(backend):
         pytest.skip("TensorFloat-32 exists on CuPy only")
-    from lstmx import registry
-    from lstmx.precision import matmul_precision
+    from lstmx.dispatch import registry
+    from lstmx.dispatch.precision import matmul_precision
 
     impl = registry.layer_impl("cupy-tiled")
     with matmul_precision(backend, "tf32"):

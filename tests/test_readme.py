@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lstmx import registry
+from lstmx.dispatch import registry
 from lstmx.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lstmx
-from lstmx import registry
+from lstmx.dispatch import registry
 from lstmx.gradcheck import compare, finite_difference
 
 from .helpers import host, weighted_sum
@@ -102,7 +102,7 @@ def test_embedding_dropout_drops_whole_tokens_and_tied_weights_share_one_matrix(
 
 
 def test_the_awd_switch_sets_the_regularisers_and_flags_reach_the_model(tmp_path):
-    from lstmx.checkpoint import load_model
+    from lstmx.training.checkpoint import load_model
     from lstmx.cli import main
 
     from .test_checkpoint import TEXT

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lstmx.cli import main
-from lstmx.run_folder import RunFolder
+from lstmx.training.run_folder import RunFolder
 
 from .test_cli_doors import run_tiny
 from .test_checkpoint import TEXT
@@ -41,7 +41,7 @@ def test_an_overwrite_that_fails_its_doors_leaves_the_old_run_byte_for_byte(tmp_
 
 def test_an_overwrite_whose_run_fails_before_its_first_checkpoint_puts_the_old_run_back(tmp_path, capsys,
                                                                                      monkeypatch):
-    from lstmx.train import Trainer
+    from lstmx.training.loop import Trainer
 
     out = tmp_path / "run"
     assert run_tiny(tmp_path, "--out", str(out)) == 0
@@ -116,7 +116,7 @@ def test_two_concurrent_resumes_one_runs_the_other_is_refused(tmp_path):
 
 def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lstmx.run_folder import RunFolder; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lstmx.training.run_folder import RunFolder; "
                                f"RunFolder({str(out)!r}).lock(); print('locked', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
@@ -200,7 +200,7 @@ def test_warnings_reach_the_terminal_as_one_lstmx_line_each_once(tmp_path, capsy
 
     import numpy as np
 
-    from lstmx.train import Trainer
+    from lstmx.training.loop import Trainer
 
     def noisy(self):
         for _ in range(3):  # a diverging run overflows at every step

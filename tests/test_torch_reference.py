@@ -166,7 +166,7 @@ CONFIGURATIONS = _configurations()
 def test_every_nn_lstm_configuration_matches_torch_in_float64(backend, config):
     """Outputs, final states and every gradient (input, initial state, each weight) within 1e-9 relative, on
     every implementation the registry has for the configuration here."""
-    from lstmx import registry
+    from lstmx.dispatch import registry
 
     layers, bidirectional, proj = config["layers"], config["bidirectional"], config["proj"]
     steps, batch, features, hidden = 5, 3, 4, 6
@@ -274,7 +274,7 @@ def test_projected_language_model_matches_torch(backend):
 
 class TorchLayerNormLSTM(torch.nn.Module):
     """The layer-normalised LSTM written in the test from ``torch.nn.LayerNorm`` and the formula of
-    :class:`lstmx.cells.LSTMCell`: z = LN_x(x W_x) + LN_h(h W_h) + b, h = o ⊙ tanh(LN_c(c)), c carried raw."""
+    :class:`lstmx.nn.cells.LSTMCell`: z = LN_x(x W_x) + LN_h(h W_h) + b, h = o ⊙ tanh(LN_c(c)), c carried raw."""
 
     def __init__(self, input_size, hidden_size):
         super().__init__()

@@ -10,9 +10,9 @@ import pytest
 
 from lstmx import LanguageModel
 from lstmx.cli import main
-from lstmx.data import CharVocab
-from lstmx.sample import next_token_distribution, sample
-from lstmx.runlog import read_log
+from lstmx.training.data import CharVocab
+from lstmx.nn.sample import next_token_distribution, sample
+from lstmx.training.runlog import read_log
 
 from .test_checkpoint import TEXT, small_trainer
 
@@ -89,7 +89,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 
 
 def test_cli_epochs_means_whole_passes(tmp_path, capsys):
-    from lstmx.data import windows_per_epoch
+    from lstmx.training.data import windows_per_epoch
 
     text_file = tmp_path / "corpus.txt"
     text_file.write_text(TEXT, encoding="utf-8")
@@ -210,8 +210,8 @@ def test_trainer_passes_optimizer_settings_through(tmp_path):
 def test_sample_streams_its_text_and_makes_several_samples_in_one_batch(tmp_path, capsys):
     """`lstmx sample` writes the text as it is generated (the same text the library's sample returns), and
     --num-samples N gives N texts in one batch: sample k is the single sample of --seed + k, and they differ."""
-    from lstmx.checkpoint import load_model
-    from lstmx.sample import generate, sample, samples
+    from lstmx.training.checkpoint import load_model
+    from lstmx.nn.sample import generate, sample, samples
 
     text_file = tmp_path / "corpus.txt"
     text_file.write_text(TEXT, encoding="utf-8")
@@ -255,8 +255,8 @@ def test_the_trainer_resolves_its_plan_once_and_passes_it_down(tmp_path, monkeyp
     """The layer, loss, update and scatter choices are made when the trainer is built (from the requests then);
     a context entered later, or an environment variable set later, changes nothing; each step passes the plan's
     names down explicitly."""
-    from lstmx import registry
-    from lstmx.train import Trainer
+    from lstmx.dispatch import registry
+    from lstmx.training.loop import Trainer
 
     from .test_checkpoint import small_trainer
 

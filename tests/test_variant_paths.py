@@ -1,6 +1,6 @@
 """Every fast path that declares cell options in the registry, against the generic path, option by option.
 
-The list comes from :data:`lstmx.registry.LAYER_IMPLS` (each implementation's ``cell_options``): a path that
+The list comes from :data:`lstmx.dispatch.registry.LAYER_IMPLS` (each implementation's ``cell_options``): a path that
 starts taking an option is tested here without a line added. For each option (and all together) the fast path's
 forward and backward equal the generic ones (float64 to 1e-12, float32 to 2e-5) in training (the masks held
 fixed) and in evaluation, on hypothesis-drawn shapes with B = 1 and T = 1 among them; either backward consumes the
@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lstmx
-from lstmx import registry
+from lstmx.dispatch import registry
 from lstmx.gradcheck import compare, finite_difference
-from lstmx.layers import lstm_layer as generic
+from lstmx.nn.layers import lstm_layer as generic
 
 from .helpers import host, weighted_sum
 from .test_gradients import assert_rows_pass

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import lstmx
-from lstmx import registry
+from lstmx.dispatch import registry
 from lstmx.gradcheck import compare, finite_difference
-from lstmx.layers.cell import CellOptions
+from lstmx.nn.layers.cell import CellOptions
 
 from .helpers import host, weighted_sum
 from .test_gradients import assert_rows_pass
@@ -118,7 +118,7 @@ def test_paths_that_take_no_option_refuse_it_by_name(impl):
 
 
 def test_variants_reach_the_command_line_and_checkpoints(tmp_path):
-    from lstmx.checkpoint import load_model
+    from lstmx.training.checkpoint import load_model
     from lstmx.cli import main
 
     from .test_checkpoint import TEXT

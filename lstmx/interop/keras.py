@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..models import LSTM
+from ..nn.models import LSTM
 from ._host import host
 
 

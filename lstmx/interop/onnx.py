@@ -16,7 +16,7 @@ and zoneout's evaluation-mode expectation — is written as one ``Scan`` node pe
 (:mod:`lstmx.interop.onnx_scan`), from the standard operators; any ONNX runtime runs it.
 
 Peepholes (``P``, in ONNX's order i, o, f), ``input_forget`` and ``clip`` are the cell options of the same names
-(:class:`lstmx.cells.LSTMCell`). Import (:func:`load`) rebuilds the model from the nodes' weights and attributes,
+(:class:`lstmx.nn.cells.LSTMCell`). Import (:func:`load`) rebuilds the model from the nodes' weights and attributes,
 refusing in one line what lstmx cannot represent (other activations, ``layout=1``, a reverse-only node, layers that
 do not chain or differ in their options); a graph of Scan layers that lstmx exported loads back through the
 configuration it records (``lstmx.config``) and its initializers, which carry the parameters' own names. ``onnx`` is needed (the optional ``[onnx]`` extra); lstmx itself never imports it elsewhere.
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models import LSTM, LanguageModel
+from ..nn.models import LSTM, LanguageModel
 from ._host import host
 from .onnx_scan import ScanLayers
 
@@ -91,7 +91,7 @@ def export(model: LSTM | LanguageModel, path: str | os.PathLike, *, with_state: 
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
-    from ..checkpoint import atomic_write
+    from ..training.checkpoint import atomic_write
 
     if not isinstance(model, (LSTM, LanguageModel)):
         raise OnnxError(f"model must be an lstmx LSTM or LanguageModel, got {type(model).__name__}")

@@ -1,12 +1,12 @@
 """The layers the ONNX ``LSTM`` operator cannot express (``proj_size``, ``layer_norm``, zoneout's evaluation-mode
 expectation) as ONNX ``Scan`` nodes: one per layer and direction, whose body is one time step of
-:class:`lstmx.cells.LSTMCell` with its options, written with the standard operators (``MatMul``,
+:class:`lstmx.nn.cells.LSTMCell` with its options, written with the standard operators (``MatMul``,
 ``LayerNormalization``, ``Sigmoid``, ``Tanh``, ``Clip``, ...).
 
 The graph's initializers are the model's own parameters under their own names (``weight_l0``, ``norm_x_l0``, ...),
 split into their parts by nodes of the graph, so :func:`lstmx.interop.onnx.load` reads them back as they are.
 The reverse direction reads its input through ``ReverseSequence`` (each sequence reversed within its length, as
-lstmx's), and padded steps keep the state and output zeros, as in :mod:`lstmx.layers.lstm_layer`.
+lstmx's), and padded steps keep the state and output zeros, as in :mod:`lstmx.nn.layers.lstm_layer`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..layers.norm import NORM_EPSILON
+from ..nn.layers.norm import NORM_EPSILON
 
 
 class ScanLayers:

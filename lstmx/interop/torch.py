@@ -23,7 +23,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from ..models import LSTM, LanguageModel
+from ..nn.models import LSTM, LanguageModel
 from ._host import host
 
 
@@ -52,7 +52,7 @@ def torch_layout(state_dict: Mapping[str, Any], prefix: str = "") -> TorchLayout
                          "weight_hr_l0, bias_ih_l0, bias_hh_l0, with _reverse for the reverse direction)")
     w_ih = host(state_dict[f"{prefix}weight_ih_l0"])
     hidden = w_ih.shape[0] // 4
-    bidirectional = f"weight_ih_l0_reverse" in keys
+    bidirectional = "weight_ih_l0_reverse" in keys
     proj = host(state_dict[f"{prefix}weight_hr_l0"]).shape[0] if "weight_hr_l0" in keys else 0
     return TorchLayout(w_ih.shape[1], hidden, len(layers), bidirectional, proj, "bias_ih_l0" in keys)
 

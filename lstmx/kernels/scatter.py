@@ -1,7 +1,7 @@
 """Backend-native scatter-adds for the embedding gradient (NumPy's ``add.at``, CuPy's ``scatter_add``).
 
-Same signature as :func:`lstmx.layers.embedding.scatter_add_rows_generic`, against which they are tested;
-:mod:`lstmx.registry` chooses between them.
+Same signature as :func:`lstmx.nn.layers.embedding.scatter_add_rows_generic`, against which they are tested;
+:mod:`lstmx.dispatch.registry` chooses between them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,53 @@
+"""Precision of the float32 matrix products: full float32 (the default) or TensorFloat-32 on CuPy.
+
+``precision="tf32"`` lets cuBLAS run float32 GEMMs on tensor cores with 10-bit mantissa inputs and float32
+accumulation (PyTorch's ``allow_tf32``): the input projection, the recurrent GEMMs of the stepwise and graph
+paths, the weight gradients, the output layer. The tiled kernels (``impl="cupy-tiled"``) then run their recurrent products
+on tensor cores too (``mma.sync`` in TF32); those of the ``cupy-persistent`` kernels stay float32.
+Expect relative errors around 1e-3 in the products (and so in the gradients).
+A model's public methods (forward, backward, loss) run under their model's precision (:func:`matmul_precision`),
+which the kernels read with :func:`active_precision`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Any, Iterator
+
+from ..backend import Backend, dtype_name, is_cupy
+
+PRECISIONS = ("float32", "tf32")
+_ACTIVE: contextvars.ContextVar[str] = contextvars.ContextVar("lstmx_precision", default="float32")
+
+
+def check_precision(precision: Any, backend: Backend, dtype: Any) -> str:
+    """``precision`` if this backend and dtype can run it, else a one-line ValueError naming the argument."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "tf32" and not (is_cupy(backend) and dtype_name(dtype) == "float32"):
+        raise ValueError(f"precision='tf32' needs backend='cupy' and dtype float32 (TensorFloat-32 is a CUDA "
+                         f"tensor-core mode); got backend {backend.name!r}, dtype {dtype_name(dtype)}")
+    return precision
+
+
+@contextlib.contextmanager
+def matmul_precision(backend: Backend, precision: str) -> Iterator[None]:
+    """Within the block, float32 GEMMs on ``backend`` run at ``precision`` (checked by :func:`check_precision`
+    at the door), and :func:`active_precision` reads it."""
+    token = _ACTIVE.set(precision)
+    try:
+        if precision == "tf32" and is_cupy(backend):
+            from ..kernels.cupy.precision import tf32_gemms
+
+            with tf32_gemms():
+                yield
+        else:
+            yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_precision() -> str:
+    """The precision of the innermost :func:`matmul_precision` block ("float32" outside any)."""
+    return _ACTIVE.get()

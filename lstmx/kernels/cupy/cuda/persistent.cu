@@ -1,0 +1,186 @@
+// The PERSISTENT kernels (lstmx.kernels.cupy.persistent): one cooperative launch per direction.
+// A Python string.Template, filled in per variant by lstmx.kernels.cupy.cuda_sources.source: its dollar-prefixed
+// names (real: float or double; suffix: the variant's name, which ends every kernel's name; ...) are listed there.
+
+#include <cooperative_groups.h>
+namespace cg = cooperative_groups;
+
+// Where a thread of a persistent kernel works: unit j = blockIdx.x·32 + lane of batch row b = blockIdx.y·rows + row.
+struct Place {
+    int lane, row, rows, tid, threads, j0, b0, j, b;
+    bool active;               // (b, j) lies inside the batch and the hidden size
+    long long count, n, four;  // B·H, the (b, j) offset in a (B, H) block, 4H
+};
+
+__device__ Place place_of(const int batch, const int hidden)
+{
+    Place p;
+    p.lane = threadIdx.x; p.row = threadIdx.y; p.rows = blockDim.y;
+    p.tid = p.row * 32 + p.lane; p.threads = 32 * p.rows;
+    p.j0 = blockIdx.x * 32; p.b0 = blockIdx.y * p.rows;
+    p.j = p.j0 + p.lane; p.b = p.b0 + p.row;
+    p.active = p.j < hidden && p.b < batch;
+    p.count = (long long)batch * hidden; p.n = (long long)p.b * hidden + p.j; p.four = 4LL * hidden;
+    return p;
+}
+
+// Grid (ceil(H / 32), ceil(B / rows)) of (32, rows) threads: thread (lane, row) owns unit j = blockIdx.x·32 + lane
+// of batch row b = blockIdx.y·rows + row for the whole sequence. The block's 32 columns of each gate of W_h
+// live in shared memory for the whole launch (w_s[k][gate][lane]); each step stages the block's rows of h_{t-1}
+// in shared memory too, so the dot products read only shared memory.
+// gates holds x_t W_x on entry (every step) and the activated gates on return; cells[0], hidden_states[0]
+// hold c_0, h_0 on entry.
+extern "C" __global__ void lstm_forward_persistent_$suffix(
+    $real* __restrict__ gates,            // (T, B, 4H)
+    const $real* __restrict__ w_hidden,   // (H, 4H): rows [D:] of the layer's weight
+    const $real* __restrict__ bias,       // (4H,)
+    $real* __restrict__ cells,            // (T + 1, B, H) carried
+    $real* hidden_states,                 // (T + 1, B, H) carried; read by other blocks after the barrier
+    $real* __restrict__ tanh_c,           // (T, B, H)
+    $real* __restrict__ y,                // (T, B, H)
+    const $real* __restrict__ step_mask,  // (T, B) or nullptr
+    const int steps, const int batch, const int hidden)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (H, 4, 32)
+    $real* h_s = w_s + 128LL * hidden;                     // (rows, H)
+    cg::grid_group grid = cg::this_grid();
+    const Place p = place_of(batch, hidden);
+    const int lane = p.lane, row = p.row, rows = p.rows, tid = p.tid, threads = p.threads, j0 = p.j0, b0 = p.b0;
+    const int j = p.j, b = p.b;
+    const bool active = p.active;
+    const long long count = p.count, n = p.n, four = p.four;
+    for (long long e = tid; e < 128LL * hidden; e += threads) {
+        const int l = (int)(e & 31), g = (int)((e >> 5) & 3);
+        const long long k = e >> 7;
+        w_s[e] = j0 + l < hidden ? w_hidden[k * four + g * hidden + j0 + l] : ($real)0;
+    }
+    const $real one = 1;
+    $real c = 0, bias_i = 0, bias_f = 0, bias_g = 0, bias_o = 0;
+    if (active) {
+        c = cells[n];
+        bias_i = bias[j]; bias_f = bias[hidden + j]; bias_g = bias[2 * hidden + j]; bias_o = bias[3 * hidden + j];
+    }
+    // x_t W_x + b of the coming step, read before the barrier that precedes it (it does not depend on h)
+    $real xi = 0, xf = 0, xg = 0, xo = 0, m = one;
+    if (active && steps > 0) {
+        xi = gates[(long long)b * four + j] + bias_i; xf = gates[(long long)b * four + hidden + j] + bias_f;
+        xg = gates[(long long)b * four + 2 * hidden + j] + bias_g; xo = gates[(long long)b * four + 3 * hidden + j] + bias_o;
+        if (step_mask != nullptr) m = step_mask[b];
+    }
+    for (int t = 0; t < steps; ++t) {
+        const $real* h_now = hidden_states + t * count;
+        for (int e = tid; e < rows * hidden; e += threads) {
+            const int r = e / hidden;
+            h_s[e] = b0 + r < batch ? __ldcg(h_now + (long long)(b0 + r) * hidden + (e - r * hidden)) : ($real)0;
+        }
+        __syncthreads();
+        if (active) {
+            $real* z = gates + ((long long)t * batch + b) * four;
+            $real zi = xi, zf = xf, zg = xg, zo = xo;
+            const $real* h = h_s + row * hidden;
+            const $real* w = w_s + lane;
+            $real zi2 = 0, zf2 = 0, zg2 = 0, zo2 = 0;  // two sums per gate: half the dependent chain
+            int k = 0;
+            #pragma unroll 4
+            for (; k + 1 < hidden; k += 2, w += 256) {
+                const $real h0 = h[k], h1 = h[k + 1];
+                zi += h0 * w[0]; zf += h0 * w[32]; zg += h0 * w[64]; zo += h0 * w[96];
+                zi2 += h1 * w[128]; zf2 += h1 * w[160]; zg2 += h1 * w[192]; zo2 += h1 * w[224];
+            }
+            if (k < hidden) {
+                const $real hk = h[k];
+                zi += hk * w[0]; zf += hk * w[32]; zg += hk * w[64]; zo += hk * w[96];
+            }
+            const Gates a = activate(zi + zi2, zf + zf2, zg + zg2, zo + zo2);
+            z[j] = a.i; z[hidden + j] = a.f; z[2 * hidden + j] = a.g; z[3 * hidden + j] = a.o;
+            const long long now = t * count + n, next = now + count;
+            const bool masked = step_mask != nullptr;
+            const CellOut out = cell_forward(a, c, masked ? h_s[row * hidden + j] : ($real)0, masked, m);
+            tanh_c[now] = out.tanh_c; y[now] = out.y; hidden_states[next] = out.h; c = out.c;
+            cells[next] = c;
+            if (t + 1 < steps) {  // prefetch the next step's input projection and mask
+                const $real* z_next = z + (long long)batch * four;
+                xi = z_next[j] + bias_i; xf = z_next[hidden + j] + bias_f;
+                xg = z_next[2 * hidden + j] + bias_g; xo = z_next[3 * hidden + j] + bias_o;
+                if (step_mask != nullptr) m = step_mask[(long long)(t + 1) * batch + b];
+            }
+        }
+        grid.sync();  // h_{t+1} of every unit is written (and h_s read) before the next step stages it
+    }
+}
+
+// Mirror of the forward, steps in reverse, one grid barrier per step: a thread turns its unit's dL/dh_t and
+// dL/dc_t into dz_t (written for the weight gradient and for the other threads) and dL/dc_{t-1}; after the
+// barrier the block stages its rows of dz_t in shared memory and each thread forms
+// dL/dh_{t-1} = Σ_c dz_t[b, c] W_h[j, c] (+ what a padded step passes through). The block's 32 rows of W_h
+// live in shared memory (w_s[c][lane]). dh, dc hold dL/dh_T, dL/dc_T on entry and dL/dh_0, dL/dc_0 on return.
+extern "C" __global__ void lstm_backward_persistent_$suffix(
+    const $real* __restrict__ dy,          // (T, B, H)
+    const $real* __restrict__ w_hidden,    // (H, 4H)
+    const $real* __restrict__ gates,       // (T, B, 4H) activated
+    const $real* __restrict__ cells,       // (T + 1, B, H) carried
+    const $real* __restrict__ tanh_c,      // (T, B, H)
+    const $real* __restrict__ step_mask,   // (T, B) or nullptr
+    $real* dz,                             // (T, B, 4H); read by other blocks after the barrier
+    $real* __restrict__ dh,                // (B, H)
+    $real* __restrict__ dc,                // (B, H)
+    const int steps, const int batch, const int hidden)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (4H, 32)
+    $real* dz_s = w_s + 128LL * hidden;                    // (rows, 4H)
+    cg::grid_group grid = cg::this_grid();
+    const Place p = place_of(batch, hidden);
+    const int lane = p.lane, row = p.row, rows = p.rows, tid = p.tid, threads = p.threads, j0 = p.j0, b0 = p.b0;
+    const int j = p.j, b = p.b;
+    const bool active = p.active;
+    const long long count = p.count, n = p.n, four = p.four;
+    for (long long e = tid; e < 128LL * hidden; e += threads) {  // read along rows of W_h (coalesced)
+        const int l = (int)(e / four);
+        const long long col = e - l * four;
+        w_s[col * 32 + l] = j0 + l < hidden ? w_hidden[(long long)(j0 + l) * four + col] : ($real)0;
+    }
+    const $real one = 1;
+    $real dh_in = 0, dc_in = 0;  // dL/dh_t, dL/dc_t arriving from step t + 1
+    // what the pointwise part of step t reads (it does not depend on other threads): loaded a step ahead
+    $real m = one, dy_t = 0, i = 0, f = 0, g = 0, o = 0, tc = 0, c_prev = 0;
+    auto load_step = [&](int t) {
+        const long long now = t * count + n, row_start = ((long long)t * batch + b) * four;
+        m = step_mask == nullptr ? one : step_mask[(long long)t * batch + b];
+        dy_t = dy[now]; tc = tanh_c[now]; c_prev = cells[now];
+        i = gates[row_start + j]; f = gates[row_start + hidden + j];
+        g = gates[row_start + 2 * hidden + j]; o = gates[row_start + 3 * hidden + j];
+    };
+    if (active) { dh_in = dh[n]; dc_in = dc[n]; if (steps > 0) load_step(steps - 1); }
+    for (int t = steps - 1; t >= 0; --t) {
+        const $real m_t = m;
+        if (active) {
+            const long long row_start = ((long long)t * batch + b) * four;
+            const CellGrad d = cell_backward(Gates{i, f, g, o}, tc, c_prev, dy_t, dh_in, dc_in, m);
+            dz[row_start + j] = d.dz_i; dz[row_start + hidden + j] = d.dz_f;
+            dz[row_start + 2 * hidden + j] = d.dz_g; dz[row_start + 3 * hidden + j] = d.dz_o;
+            dc_in = d.dc_prev;
+            if (t > 0) load_step(t - 1);
+        }
+        grid.sync();  // dz_t of every unit is written before any block stages its rows
+        const $real* dz_now = dz + (long long)t * batch * four;
+        for (long long e = tid; e < rows * four; e += threads) {
+            const int r = (int)(e / four);
+            dz_s[e] = b0 + r < batch ? __ldcg(dz_now + (long long)(b0 + r) * four + (e - r * four)) : ($real)0;
+        }
+        __syncthreads();
+        if (active) {
+            const $real* d = dz_s + row * four;
+            const $real* w = w_s + lane;
+            $real acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;  // 4H is a multiple of 4: four independent sums
+            #pragma unroll 2
+            for (int col = 0; col < 4 * hidden; col += 4, w += 128) {
+                acc0 += d[col] * w[0]; acc1 += d[col + 1] * w[32]; acc2 += d[col + 2] * w[64]; acc3 += d[col + 3] * w[96];
+            }
+            dh_in = (acc0 + acc1) + (acc2 + acc3) + (one - m_t) * dh_in;
+        }
+        __syncthreads();  // dz_s is read by every thread before the next step's staging overwrites it
+    }
+    if (active) { dh[n] = dh_in; dc[n] = dc_in; }
+}

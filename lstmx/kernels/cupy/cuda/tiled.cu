@@ -1,0 +1,455 @@
+// The TILED kernels (lstmx.kernels.cupy.tiled): cooperative, tiled; a TF32 variant with tensor-core MMAs.
+// A Python string.Template, filled in per variant by lstmx.kernels.cupy.cuda_sources.source: its dollar-prefixed
+// names (real: float or double; suffix: the variant's name, which ends every kernel's name; ...) are listed there.
+
+#include <cooperative_groups.h>
+namespace cg = cooperative_groups;
+
+// 1: the recurrent products run on tensor cores in TF32 (the "tf32" variant, float32 data), 0: FMAs in $real.
+#define LSTMX_MMA $mma
+
+// Four consecutive values from (or to) shared memory in one or two vector accesses; p is 16-byte aligned.
+__device__ __forceinline__ void load4(const float* p, float (&v)[4])
+{
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+}
+__device__ __forceinline__ void load4(const double* p, double (&v)[4])
+{
+    const double2 a = *reinterpret_cast<const double2*>(p), b = *reinterpret_cast<const double2*>(p + 2);
+    v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
+}
+__device__ __forceinline__ void store4(float* p, const float (&v)[4])
+{
+    *reinterpret_cast<float4*>(p) = float4{v[0], v[1], v[2], v[3]};
+}
+__device__ __forceinline__ void store4(double* p, const double (&v)[4])
+{
+    *reinterpret_cast<double2*>(p) = double2{v[0], v[1]};
+    *reinterpret_cast<double2*>(p + 2) = double2{v[2], v[3]};
+}
+
+// Where a thread of a tiled kernel works. Grid (ceil(H / units), ceil(B / rows)), block (units, rows / 4, splits):
+// the block owns hidden units j0 .. j0 + units - 1 of batch rows b0 .. b0 + rows - 1. The product's partial sums
+// meet in shared memory; then thread tid < rows·units owns the cell (row tid / units, unit tid % units) for the
+// whole sequence. Both reductions (over k < H forward, over the 4H columns backward) are padded with zeros to a
+// multiple of 8.
+struct Tile {
+    int units, groups, splits, rows, u, group, split, tid, threads, j0, b0;
+    int cell_row, cell_unit, j, b;
+    bool active;  // this thread owns a cell inside the batch and the hidden size
+    long long count, n, four;
+};
+
+__device__ Tile tile_of(const int batch, const int hidden)
+{
+    Tile p;
+    p.units = blockDim.x; p.groups = blockDim.y; p.splits = blockDim.z; p.rows = 4 * p.groups;
+    p.u = threadIdx.x; p.group = threadIdx.y; p.split = threadIdx.z;
+    p.tid = p.u + p.units * (p.group + p.groups * p.split); p.threads = p.units * p.groups * p.splits;
+    p.j0 = blockIdx.x * p.units; p.b0 = blockIdx.y * p.rows;
+    p.cell_row = p.tid / p.units; p.cell_unit = p.tid - p.cell_row * p.units;
+    p.j = p.j0 + p.cell_unit; p.b = p.b0 + p.cell_row;
+    p.active = p.tid < p.rows * p.units && p.j < hidden && p.b < batch;
+    p.count = (long long)batch * hidden; p.n = (long long)p.b * hidden + p.j; p.four = 4LL * hidden;
+    return p;
+}
+
+__device__ __forceinline__ int round8(const int n) { return (n + 7) & ~7; }
+
+#if LSTMX_MMA
+// One warp-wide tensor-core product d += a b of a 16 × 8 A (row-major) and an 8 × 8 B in TF32 with float32
+// accumulation (mma.sync m16n8k8). Lane l holds, with g = l / 4 and t = l % 4: a = A[g][t], A[g+8][t], A[g][t+4],
+// A[g+8][t+4]; b = B[t][g], B[t+4][g]; d = D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]. Operands are rounded
+// to TF32 (10-bit mantissa, nearest) as they enter shared memory. The CPU emulator defines both for itself.
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ float tf32_round(const float x)
+{
+    unsigned bits;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bits) : "f"(x));
+    return __uint_as_float(bits);
+}
+__device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const float (&a)[4], const float (&b)[2])
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])),
+                   "r"(__float_as_uint(a[3])), "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
+}
+#endif
+__device__ __forceinline__ float to_operand(const float x) { return tf32_round(x); }
+
+// The warp's tile of the product: its 16 rows from m0, its 8 columns (`octet` of the block's columns), and its
+// share of the reduction (every shares-th group of 8). tiles · shares is the block's warp count.
+struct WarpTile {
+    int lane, m0, octet, share, shares;
+};
+__device__ __forceinline__ WarpTile warp_tile(const Tile& p, const int octets)
+{
+    const int warp = p.tid >> 5, tiles = (p.rows >> 4) * octets, tile = warp % tiles;
+    return WarpTile{p.tid & 31, (tile / octets) * 16, tile % octets, warp / tiles, (p.threads >> 5) / tiles};
+}
+
+// A lane's A fragment from rows m0 .. m0 + 15 of a staged matrix (row stride `stride`), columns kk .. kk + 7.
+__device__ __forceinline__ void a_fragment(const float* staged, const WarpTile& w, const int stride, const int kk,
+                                           float (&a)[4])
+{
+    const float* top = staged + (w.m0 + (w.lane >> 2)) * stride + kk + (w.lane & 3);
+    a[0] = top[0]; a[1] = top[8 * stride]; a[2] = top[4]; a[3] = top[8 * stride + 4];
+}
+
+// Weights held as ready-made B fragments: for each group of 8 along the reduction and each octet of 8 columns,
+// 32 lanes × 2 values, so a lane loads its pair at once. `weight(k, column)` is the value to place (0 past the
+// matrix); the element e of the layout holds B[k][column] for the k and column below.
+template <typename Weight>
+__device__ __forceinline__ void b_fragments_to_shared(float* w_s, const Tile& p, const int reduction, const int octets,
+                                                      const Weight& weight)
+{
+    for (long long e = p.tid; e < (long long)reduction * octets * 8; e += p.threads) {
+        const int lane = (int)((e >> 1) & 31);
+        const long long group = e >> 6;
+        const long long k = (group / octets) * 8 + (lane & 3) + 4 * (e & 1);
+        const int column = (int)(group % octets) * 8 + (lane >> 2);
+        w_s[e] = tf32_round(weight(k, column));
+    }
+}
+__device__ __forceinline__ void b_fragment(const float* w_s, const WarpTile& w, const int octets, const int kk,
+                                           float (&b)[2])
+{
+    const float2 pair = *reinterpret_cast<const float2*>(w_s + ((((long long)kk >> 3) * octets + w.octet) * 32 + w.lane) * 2);
+    b[0] = pair.x; b[1] = pair.y;
+}
+
+// A warp's tile of the product and its sums (each direction derives its own type, so each has its own store).
+struct WarpSums {
+    WarpTile w;
+    int octets;  // groups of 8 columns of B in the block: its gate columns forward, its units backward
+    float d[4];
+};
+__device__ __forceinline__ WarpSums warp_sums(const Tile& p, const int octets)
+{
+    return WarpSums{warp_tile(p, octets), octets, {0.0f, 0.0f, 0.0f, 0.0f}};
+}
+
+// Both directions: the warp's MMAs over its share of a staged chunk (columns start .. start + width - 1 of the
+// reduction), one per group of 8.
+template <typename Product>
+__device__ __forceinline__ void accumulate(Product& sums, const float* staged, const float* w_s, const Tile&,
+                                           const int start, const int width, const int stride)
+{
+    for (int kk = 8 * sums.w.share; kk < width; kk += 8 * sums.w.shares) {
+        float a[4], b[2];
+        a_fragment(staged, sums.w, stride, kk, a);
+        b_fragment(w_s, sums.w, sums.octets, start + kk, b);
+        mma_tf32_m16n8k8(sums.d, a, b);
+    }
+}
+
+// Forward: warp tiles of 16 rows × 8 gate columns (2 units × 4 gates), over every shares-th group of 8 k.
+constexpr int FORWARD_SHARE = 4;  // splits per share of the forward reduction: shares = splits / 4
+__device__ __forceinline__ int forward_shares(const Tile& p) { return p.splits / FORWARD_SHARE; }
+__device__ __forceinline__ void forward_weights_to_shared(float* w_s, const float* w_hidden, const Tile& p,
+                                                          const int hidden, const int k8)
+{
+    b_fragments_to_shared(w_s, p, k8, p.units / 2, [&](const long long k, const int column) {
+        const int unit = column >> 2, gate = column & 3;  // a block column is unit · 4 + gate
+        return k < hidden && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit] : 0.0f;
+    });
+}
+struct ForwardProduct : WarpSums {};
+__device__ __forceinline__ ForwardProduct forward_product(const Tile& p) { return {warp_sums(p, p.units / 2)}; }
+// part: (shares, rows, units, 4 gates). d[0], d[1] are gates 2(t % 2), 2(t % 2) + 1 of unit 2·octet + t / 2.
+__device__ __forceinline__ void store(const ForwardProduct& z, float* part, const Tile& p)
+{
+    const int t = z.w.lane & 3, unit = 2 * z.w.octet + (t >> 1), gate = 2 * (t & 1);
+    for (int half = 0; half < 2; ++half) {
+        const int row = z.w.m0 + (z.w.lane >> 2) + 8 * half;
+        *reinterpret_cast<float2*>(part + (((long long)z.w.share * p.rows + row) * p.units + unit) * 4 + gate) =
+            float2{z.d[2 * half], z.d[2 * half + 1]};
+    }
+}
+
+// Backward: warp tiles of 16 rows × 8 units, over every shares-th group of 8 of the 4H columns.
+__device__ __forceinline__ int backward_shares(const Tile& p) { return p.splits; }
+__device__ __forceinline__ void backward_weights_to_shared(float* w_s, const float* w_hidden, const Tile& p,
+                                                           const int hidden, const int c8)
+{
+    b_fragments_to_shared(w_s, p, c8, p.units / 8, [&](const long long column, const int unit) {  // B = W_hᵀ
+        return column < p.four && p.j0 + unit < hidden ? w_hidden[(long long)(p.j0 + unit) * p.four + column] : 0.0f;
+    });
+}
+struct BackwardProduct : WarpSums {};
+__device__ __forceinline__ BackwardProduct backward_product(const Tile& p) { return {warp_sums(p, p.units / 8)}; }
+// part: (shares, rows, units). d[0], d[1] are units 8·octet + 2t, 8·octet + 2t + 1.
+__device__ __forceinline__ void store(const BackwardProduct& dh, float* part, const Tile& p)
+{
+    const int unit = 8 * dh.w.octet + 2 * (dh.w.lane & 3);
+    for (int half = 0; half < 2; ++half) {
+        const int row = dh.w.m0 + (dh.w.lane >> 2) + 8 * half;
+        float* out = part + ((long long)dh.w.share * p.rows + row) * p.units + unit;
+        out[0] = dh.d[2 * half]; out[1] = dh.d[2 * half + 1];
+    }
+}
+#else
+__device__ __forceinline__ $real to_operand(const $real x) { return x; }
+
+// Forward: thread (u, g, s) accumulates a 4 rows × 4 gates tile of z for unit u and the rows g, g + rows/4,
+// g + rows/2, g + 3rows/4 (rows a warp reads at once lie next to each other in shared memory, a padded row
+// apart: no bank conflicts) over the s-th share of k (groups of 4, every splits-th group): two vector loads per
+// 16 FMAs. W_h is held as (k8, units, 4 gates).
+__device__ __forceinline__ int forward_shares(const Tile& p) { return p.splits; }
+__device__ __forceinline__ void forward_weights_to_shared($real* w_s, const $real* w_hidden, const Tile& p,
+                                                          const int hidden, const int k8)
+{
+    for (long long e = p.tid; e < (long long)k8 * p.units * 4; e += p.threads) {
+        const int gate = (int)(e & 3), unit = (int)((e >> 2) % p.units);
+        const long long k = (e >> 2) / p.units;
+        w_s[e] = k < hidden && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit] : ($real)0;
+    }
+}
+struct ForwardProduct {
+    $real acc[4][4];  // [row][gate]
+};
+__device__ __forceinline__ ForwardProduct forward_product(const Tile&) { return ForwardProduct{}; }
+__device__ __forceinline__ void accumulate(ForwardProduct& z, const $real* h_s, const $real* w_s, const Tile& p,
+                                           const int start, const int width, const int stride)
+{
+    for (int kk = 4 * p.split; kk < width; kk += 4 * p.splits) {
+        $real h[4][4];  // [row][k]
+        #pragma unroll
+        for (int r = 0; r < 4; ++r) load4(h_s + (p.group + r * p.groups) * stride + kk, h[r]);
+        #pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            $real w[4];
+            load4(w_s + ((long long)(start + kk + q) * p.units + p.u) * 4, w);
+            #pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                #pragma unroll
+                for (int gate = 0; gate < 4; ++gate) z.acc[r][gate] += h[r][q] * w[gate];
+            }
+        }
+    }
+}
+// part: (splits, rows, units, 4 gates)
+__device__ __forceinline__ void store(const ForwardProduct& z, $real* part, const Tile& p)
+{
+    #pragma unroll
+    for (int r = 0; r < 4; ++r)
+        store4(part + (((long long)p.split * p.rows + p.group + r * p.groups) * p.units + p.u) * 4, z.acc[r]);
+}
+
+// Backward: thread (u, g, s) accumulates dL/dh_{t-1} for unit u and the same 4 rows over the s-th share of the
+// columns (groups of 4): five vector loads per 16 FMAs. W_h is held as (units, c8 + 4): its units' rows.
+__device__ __forceinline__ int backward_shares(const Tile& p) { return p.splits; }
+__device__ __forceinline__ void backward_weights_to_shared($real* w_s, const $real* w_hidden, const Tile& p,
+                                                           const int hidden, const int c8)
+{
+    for (long long e = p.tid; e < (long long)p.units * c8; e += p.threads) {  // along rows of W_h: coalesced
+        const int unit = (int)(e / c8);
+        const int column = (int)(e - (long long)unit * c8);
+        w_s[unit * (c8 + 4) + column] = column < p.four && p.j0 + unit < hidden
+            ? w_hidden[(long long)(p.j0 + unit) * p.four + column] : ($real)0;
+    }
+}
+struct BackwardProduct {
+    $real acc[4];  // [row]
+};
+__device__ __forceinline__ BackwardProduct backward_product(const Tile&) { return BackwardProduct{}; }
+__device__ __forceinline__ void accumulate(BackwardProduct& dh, const $real* dz_s, const $real* w_s, const Tile& p,
+                                           const int start, const int width, const int stride)
+{
+    const int c8 = round8((int)p.four);
+    for (int cc = 4 * p.split; cc < width; cc += 4 * p.splits) {
+        $real w[4];
+        load4(w_s + p.u * (c8 + 4) + start + cc, w);
+        #pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            $real d[4];
+            load4(dz_s + (p.group + r * p.groups) * stride + cc, d);
+            dh.acc[r] += (d[0] * w[0] + d[1] * w[1]) + (d[2] * w[2] + d[3] * w[3]);
+        }
+    }
+}
+// part: (splits, rows, units)
+__device__ __forceinline__ void store(const BackwardProduct& dh, $real* part, const Tile& p)
+{
+    #pragma unroll
+    for (int r = 0; r < 4; ++r) part[((long long)p.split * p.rows + p.group + r * p.groups) * p.units + p.u] = dh.acc[r];
+}
+#endif
+
+// Stages rows b0 .. b0 + rows - 1, columns start .. start + width - 1 of a (batch, columns) matrix in shared
+// memory (row stride `stride`), zeros past the batch or the columns; read through L2 (other blocks wrote it).
+__device__ __forceinline__ void stage_rows($real* staged, const $real* source, const Tile& p, const int batch,
+                                          const int columns, const int start, const int width, const int stride)
+{
+    for (int e = p.tid; e < p.rows * width; e += p.threads) {
+        const int r = e / width, column = start + (e - r * width);
+        staged[r * stride + (e - r * width)] = p.b0 + r < batch && column < columns
+            ? to_operand(__ldcg(source + (long long)(p.b0 + r) * columns + column)) : ($real)0;
+    }
+}
+
+// One step's product (a ForwardProduct or a BackwardProduct): the block's rows of the (batch, columns) matrix at
+// `source` pass through shared memory `chunk` columns at a time over the padded `reduction`, each chunk
+// accumulated (above); then the partial sums go to `part`, ready for the cells after the return.
+template <typename Product>
+__device__ __forceinline__ void chunked_product(Product& product, $real* staged, const $real* source, const $real* w_s,
+                                                $real* part, const Tile& p, const int batch, const int columns,
+                                                const int reduction, const int chunk)
+{
+    const int stride = chunk + 4;
+    for (int start = 0; start < reduction; start += chunk) {
+        const int width = min(chunk, reduction - start);
+        stage_rows(staged, source, p, batch, columns, start, width, stride);
+        __syncthreads();  // the chunk is staged before any thread reads it
+        accumulate(product, staged, w_s, p, start, width, stride);
+        __syncthreads();  // the chunk is read before the next one overwrites it
+    }
+    store(product, part, p);
+    __syncthreads();
+}
+
+// What a cell's forward step t reads that no other block writes: the input projection x_t W_x of its four gates
+// and the step mask (1 without one), loaded one step ahead (zeros for a thread that owns no cell).
+struct StepInput {
+    $real x[4], m;
+};
+__device__ __forceinline__ StepInput step_input(const $real* gates, const $real* step_mask, const Tile& p, const int t,
+                                                const int batch, const int hidden)
+{
+    StepInput in{{0, 0, 0, 0}, 1};
+    if (p.active) {
+        const $real* z = gates + ((long long)t * batch + p.b) * p.four + p.j;
+        in.x[0] = z[0]; in.x[1] = z[hidden]; in.x[2] = z[2 * hidden]; in.x[3] = z[3 * hidden];
+        if (step_mask != nullptr) in.m = step_mask[(long long)t * batch + p.b];
+    }
+    return in;
+}
+
+// What a cell's backward step t reads from its forward and from dy (no block writes them), loaded one step ahead.
+struct StepStored {
+    Gates a;
+    $real tanh_c, c_prev, dy, m;
+};
+__device__ __forceinline__ StepStored step_stored(const $real* dy, const $real* gates, const $real* cells,
+                                                  const $real* tanh_c, const $real* step_mask, const Tile& p,
+                                                  const int t, const int batch, const int hidden)
+{
+    StepStored in{{0, 0, 0, 0}, 0, 0, 0, 1};
+    if (p.active) {
+        const $real* a = gates + ((long long)t * batch + p.b) * p.four + p.j;
+        const long long now = t * p.count + p.n;
+        in.a = Gates{a[0], a[hidden], a[2 * hidden], a[3 * hidden]};
+        in.tanh_c = tanh_c[now]; in.c_prev = cells[now]; in.dy = dy[now];
+        if (step_mask != nullptr) in.m = step_mask[(long long)t * batch + p.b];
+    }
+    return in;
+}
+
+// Forward, tiled: the block's gate columns of W_h (every k, its units' four gates) stay in shared memory for the
+// whole launch; each step the block stages its rows of h_{t-1} in chunks of `chunk` columns (a multiple of 8)
+// and accumulates its tile of z = h_{t-1} W_h (above). gates holds x_t W_x on entry and the activated gates on
+// return, as in the other paths.
+extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled_$suffix(
+    $real* __restrict__ gates,            // (T, B, 4H)
+    const $real* __restrict__ w_hidden,   // (H, 4H)
+    const $real* __restrict__ bias,       // (4H,)
+    $real* __restrict__ cells,            // (T + 1, B, H) carried
+    $real* hidden_states,                 // (T + 1, B, H) carried; read by other blocks after the barrier
+    $real* __restrict__ tanh_c,           // (T, B, H)
+    $real* __restrict__ y,                // (T, B, H)
+    const $real* __restrict__ step_mask,  // (T, B) or nullptr
+    const int steps, const int batch, const int hidden, const int chunk)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    cg::grid_group grid = cg::this_grid();
+    const Tile p = tile_of(batch, hidden);
+    const int k8 = round8(hidden), stride = chunk + 4;
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // k8 · units · 4 values
+    $real* h_s = w_s + (long long)k8 * p.units * 4;        // (rows, stride)
+    $real* part = h_s + (long long)p.rows * stride;        // partial sums (splits, rows, units, 4 gates) at most
+    forward_weights_to_shared(w_s, w_hidden, p, hidden, k8);
+    $real c = 0, h = 0, b_i = 0, b_f = 0, b_g = 0, b_o = 0;  // the cell's carried state, in registers
+    if (p.active) {
+        c = cells[p.n]; h = hidden_states[p.n];
+        b_i = bias[p.j]; b_f = bias[hidden + p.j]; b_g = bias[2 * hidden + p.j]; b_o = bias[3 * hidden + p.j];
+    }
+    StepInput in = step_input(gates, step_mask, p, 0, batch, hidden);  // T >= 1: checked at the layer's door
+    for (int t = 0; t < steps; ++t) {
+        $real* z = gates + ((long long)t * batch + p.b) * p.four;
+        const long long now = t * p.count + p.n, next = now + p.count;
+        ForwardProduct product = forward_product(p);
+        chunked_product(product, h_s, hidden_states + t * p.count, w_s, part, p, batch, hidden, k8, chunk);
+        if (p.active) {
+            $real zi = in.x[0] + b_i, zf = in.x[1] + b_f, zg = in.x[2] + b_g, zo = in.x[3] + b_o;
+            for (int s = 0; s < forward_shares(p); ++s) {
+                $real sum[4];
+                load4(part + (((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit) * 4, sum);
+                zi += sum[0]; zf += sum[1]; zg += sum[2]; zo += sum[3];
+            }
+            const Gates a = activate(zi, zf, zg, zo);
+            z[p.j] = a.i; z[hidden + p.j] = a.f; z[2 * hidden + p.j] = a.g; z[3 * hidden + p.j] = a.o;
+            const CellOut out = cell_forward(a, c, h, step_mask != nullptr, in.m);
+            tanh_c[now] = out.tanh_c; y[now] = out.y; hidden_states[next] = h = out.h; c = out.c;
+            cells[next] = c;
+        }
+        // the next step's input projection and mask depend on no other block: loaded before the barrier
+        if (t + 1 < steps) in = step_input(gates, step_mask, p, t + 1, batch, hidden);
+        grid.sync();  // h_{t+1} of every cell is written (and part read) before the next step
+    }
+}
+
+// Backward, tiled, steps in reverse: a cell's owner turns dL/dh_t and dL/dc_t into dz_t (written for the weight
+// gradient and the other blocks) and dL/dc_{t-1}; after the barrier the block stages its rows of dz_t in chunks
+// of `chunk` columns (a multiple of 8) and accumulates dL/dh_{t-1} = dz_t W_hᵀ for its units (above); the
+// block's rows of W_h (its units, every column) stay in shared memory. dh, dc hold dL/dh_T, dL/dc_T on entry
+// and dL/dh_0, dL/dc_0 on return.
+extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_backward_tiled_$suffix(
+    const $real* __restrict__ dy,          // (T, B, H)
+    const $real* __restrict__ w_hidden,    // (H, 4H)
+    const $real* __restrict__ gates,       // (T, B, 4H) activated
+    const $real* __restrict__ cells,       // (T + 1, B, H) carried
+    const $real* __restrict__ tanh_c,      // (T, B, H)
+    const $real* __restrict__ step_mask,   // (T, B) or nullptr
+    $real* dz,                             // (T, B, 4H); read by other blocks after the barrier
+    $real* __restrict__ dh,                // (B, H)
+    $real* __restrict__ dc,                // (B, H)
+    const int steps, const int batch, const int hidden, const int chunk)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    cg::grid_group grid = cg::this_grid();
+    const Tile p = tile_of(batch, hidden);
+    const int columns = 4 * hidden, c8 = round8(columns), stride = chunk + 4;
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // units · (c8 + 4) values at most
+    $real* dz_s = w_s + (long long)p.units * (c8 + 4);     // (rows, stride)
+    $real* part = dz_s + (long long)p.rows * stride;       // partial sums (splits, rows, units) at most
+    backward_weights_to_shared(w_s, w_hidden, p, hidden, c8);
+    const $real one = 1;
+    $real dh_in = 0, dc_in = 0;  // dL/dh_t, dL/dc_t arriving from step t + 1
+    if (p.active) { dh_in = dh[p.n]; dc_in = dc[p.n]; }
+    StepStored in = step_stored(dy, gates, cells, tanh_c, step_mask, p, steps - 1, batch, hidden);  // T >= 1
+    for (int t = steps - 1; t >= 0; --t) {
+        const $real m = in.m;
+        if (p.active) {
+            const long long row_start = ((long long)t * batch + p.b) * p.four;
+            const CellGrad d = cell_backward(in.a, in.tanh_c, in.c_prev, in.dy, dh_in, dc_in, m);
+            dz[row_start + p.j] = d.dz_i; dz[row_start + hidden + p.j] = d.dz_f;
+            dz[row_start + 2 * hidden + p.j] = d.dz_g; dz[row_start + 3 * hidden + p.j] = d.dz_o;
+            dc_in = d.dc_prev;
+        }
+        // step t - 1's stored values depend on no other block: loaded before the barrier and the product
+        if (t > 0) in = step_stored(dy, gates, cells, tanh_c, step_mask, p, t - 1, batch, hidden);
+        grid.sync();  // dz_t of every cell is written before any block stages its rows
+        BackwardProduct product = backward_product(p);
+        chunked_product(product, dz_s, dz + (long long)t * batch * p.four, w_s, part, p, batch, columns, c8, chunk);
+        if (p.active) {
+            $real sum = 0;
+            for (int s = 0; s < backward_shares(p); ++s) sum += part[((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit];
+            dh_in = sum + (one - m) * dh_in;
+        }
+        // the next step's grid barrier keeps the next product from writing part before it is read here
+    }
+    if (p.active) { dh[p.n] = dh_in; dc[p.n] = dc_in; }
+}

@@ -1,0 +1,90 @@
+"""CUDA C++ sources of the CuPy paths, one variant per dtype (and a TF32 variant of the tiled kernels).
+
+The kernels live in ``lstmx/kernels/cupy/cuda/`` (``cell.cuh``, the LSTM cell the plain layer kernels share, and one
+``.cu`` file per kind below), each a :class:`string.Template` that :func:`source` fills in for a variant: ``$real`` (float
+or double), ``$tanh``, ``$sqrt``, ``$exp``, ``$log`` (its math functions), ``$suffix`` (the variant's name, the
+end of every kernel's name), ``$max_threads`` (the tiled kernels' launch bound) and ``$mma`` (1 in the "tf32"
+variant). Plain strings, no CuPy import: the offline test compiles every variant with NVRTC on a machine without
+a GPU (``tests/test_cuda_compile.py``), and g++ builds them for the CPU emulator that runs them in the tests
+(``tests/cuda_emulator.h``). The CuPy modules of :mod:`lstmx.kernels` compile the same strings through CuPy.
+
+Every kernel works on C-contiguous buffers laid out time-major; the four gate values of a unit are read from
+the same row of the (B, 4H) gate block.
+
+- ``stepwise.cu``: one step per launch; the step index is an argument, so the Python loop passes base pointers
+  and never slices an array per step. The recurrent GEMM runs in cuBLAS between launches.
+- ``persistent.cu``: one cooperative launch runs every step of a direction, with a grid-wide barrier between
+  steps; each thread computes its unit's four recurrent dot products itself and keeps its cell state (and, in
+  the backward, its dL/dh and dL/dc) in registers across steps. Values other blocks wrote during the launch
+  are read with ``__ldcg`` (through L2, never a stale L1 line). One thread per (row b, unit j).
+- ``tiled.cu``: persistent too, tiled for larger hidden sizes: a block owns a few units of a group of rows, its
+  threads split the reduction, and the partial sums meet in shared memory. The product is register-tiled FMAs
+  (each thread a 4 × 4 tile of rows × gates from vector loads), or in the "tf32" variant warp-wide tensor-core
+  MMAs (``mma.sync`` m16n8k8, TF32 operands, float32 sums). The tile shape is a launch argument
+  (:mod:`lstmx.kernels.cupy.tiling`).
+- ``optim.cu``: one optimizer step (Adam/AdamW, SGD, RMSprop) for up to 8 parameter tensors per launch, and clipping by
+  the global norm in two launches for up to 8 tensors (:mod:`lstmx.kernels.cupy.optim`).
+- ``loss.cu``: the softmax cross-entropy's per-row loss and its gradient, a block per row
+  (:mod:`lstmx.kernels.cupy.loss`).
+- ``variants.cu``: the stepwise path's steps with cell options (peepholes, ``input_forget``, ``cell_clip``,
+  ``layer_norm``, zoneout, recurrent dropout), a block per batch row so the layer norms reduce in shared memory,
+  and a row-wise layer norm (:mod:`lstmx.kernels.cupy.variants`).
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from string import Template
+
+from . import tiling
+
+# float32 and float64 (also the suffix of the kernels' names): the C type and its tanh, sqrt, exp and log.
+DTYPES = {"float32": ("float", "tanhf", "sqrtf", "expf", "logf"), "float64": ("double", "tanh", "sqrt", "exp", "log")}
+LAYER_KINDS = ("stepwise", "persistent", "tiled")  # their files follow cell.cuh
+
+
+@functools.cache
+def _template(kind: str) -> Template:
+    folder = resources.files(__package__) / "cuda"
+    text = (folder / f"{kind}.cu").read_text(encoding="utf-8")
+    if kind in LAYER_KINDS:
+        text = (folder / "cell.cuh").read_text(encoding="utf-8") + "\n" + text
+    return Template(text)
+
+
+def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) -> int:
+    """Dynamic shared memory of a persistent kernel: the block's W_h slice and its rows of h (forward) or dz
+    (backward)."""
+    staged = hidden if kernel == "lstm_forward_persistent" else 4 * hidden
+    return (128 * hidden + rows * staged) * itemsize
+
+
+STEPWISE_KERNELS = ("lstm_forward_step", "lstm_backward_step")
+PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")
+TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
+OPTIM_KERNELS = ("adam_update", "sgd_update", "rmsprop_update", "global_norm", "scale_tensors")
+LOSS_KERNELS = ("softmax_cross_entropy",)
+VARIANT_KERNELS = ("row_norm_forward", "row_norm_backward", "lstm_variant_forward_step", "lstm_variant_backward_step")
+SOURCES = {"stepwise": STEPWISE_KERNELS, "persistent": PERSISTENT_KERNELS, "tiled": TILED_KERNELS,
+           "optim": OPTIM_KERNELS, "loss": LOSS_KERNELS, "variants": VARIANT_KERNELS}  # kind → its file's kernels
+
+
+def variants(kind: str) -> tuple[str, ...]:
+    """The variants of the ``kind`` kernels: every kind has "float32" and "float64"; the tiled kernels also have
+    "tf32" (float32 data, recurrent products on tensor cores in TensorFloat-32)."""
+    return (*DTYPES, "tf32") if kind == "tiled" else tuple(DTYPES)
+
+
+def source(kind: str, variant: str) -> str:
+    """The CUDA C++ source of the ``kind`` ("stepwise", "persistent", "tiled", "optim" or "loss") kernels in
+    ``variant`` (:func:`variants`)."""
+    if variant not in variants(kind):
+        raise ValueError(f"the {kind} kernels come in {', '.join(variants(kind))}, not {variant!r}")
+    real, tanh, sqrt, exp, log = DTYPES["float32" if variant == "tf32" else variant]
+    return _template(kind).substitute(real=real, tanh=tanh, sqrt=sqrt, exp=exp, log=log, suffix=variant,
+                                      max_threads=tiling.MAX_THREADS, mma=int(variant == "tf32"))
+
+
+def kernel_name(kernel: str, variant: str) -> str:
+    return f"{kernel}_{variant}"

@@ -1,0 +1,300 @@
+"""CuPy path for one LSTM layer whose stepwise recurrence is replayed as a CUDA graph: one call per direction.
+
+The stepwise path (:mod:`lstmx.kernels.cupy.shell`) makes two calls from Python per time step, a cuBLAS GEMM and
+a fused kernel, and at small sizes the calls, not the GPU, set the pace. Here the same loop is captured once into
+a CUDA graph per *buffer set*: arrays of one problem shape (steps, batch, features, hidden, dtype, step mask or
+not, precision, device, stream) that the captured kernels read and write. A call takes a free set, writes its
+inputs and the input projection there, and launches the graph (one call for all 2T operations).
+
+No activation is copied: the forward's cache refers to the set's arrays and holds a :class:`Lease` on the set,
+and while that cache lives no other call writes to them (the set is free again once the cache is gone). Only
+what the caller keeps is copied out: y, and dL/dh_0, dL/dc_0 from the backward. A call that finds every set of
+its shape held (:data:`SETS_PER_SHAPE`) runs the stepwise loop on arrays of its own instead. Same signatures
+as the generic ``lstm_layer_forward`` / ``lstm_layer_backward``; every size runs.
+
+CuPy's cuBLAS wrappers refuse every call while a stream is being captured, but cuBLAS itself can be captured:
+the GEMMs go through its C function (``cublasSgemm_v2`` / ``cublasDgemm_v2`` through ctypes, from the library CuPy
+loaded) on a handle of this module's own, with a workspace of its own set before the capture. Before capturing,
+the loop runs once on the set's arrays, so every kernel and cuBLAS routine is loaded outside the capture. At most
+:data:`MAX_SETS` free sets are kept (the least recently used is dropped); :func:`release_graphs` drops them all.
+Two threads running the backward of one cache at once on one stream would share its set's dy and dz buffers.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import functools
+import itertools
+import os
+import threading
+import weakref
+from typing import Any, Callable, NamedTuple
+
+import cupy
+import numpy as np
+from cupy_backends.cuda.libs import cublas
+
+from ...backend import Backend
+from ...dispatch.precision import active_precision
+from . import shell, stepwise
+from .precision import TF32_TENSOR_OP_MATH
+from .shell import CupyLayerCache, layer_backward, layer_forward
+
+MAX_SETS = 8  # buffer sets kept, of every shape (the least recently used free one is dropped past this)
+SETS_PER_SHAPE = 4  # caches that can hold a set of one shape at once (one per layer of that shape in a stack)
+WORKSPACE_BYTES = 32 * 1024 * 1024  # the capture handle's cuBLAS workspace (NVIDIA's recommendation for Hopper)
+DEFAULT_MATH = 0  # cublasMath_t CUBLAS_DEFAULT_MATH
+
+
+class GraphBuffers(NamedTuple):
+    """The arrays both graphs of one shape read and write: the forward's (as in ``ForwardBuffers``) and the
+    backward's (as in ``BackwardBuffers``; the backward reads the forward's gates, cells, tanh(c) and mask)."""
+
+    weight: Any  # (D + H, 4H)
+    bias: Any  # (4H,)
+    step_mask: Any  # (T, B) or None
+    gates: Any  # (T, B, 4H)
+    hidden_states: Any  # (T + 1, B, H)
+    cells: Any  # (T + 1, B, H)
+    tanh_c: Any  # (T, B, H)
+    y: Any  # (T, B, H)
+    dy: Any  # (T, B, H)
+    dz: Any  # (T, B, 4H)
+    dh: Any  # (B, H)
+    dc: Any  # (B, H)
+
+
+class BufferSet:
+    """One shape's buffers and the two graphs captured on them, lent to one forward's cache at a time (with the
+    cuBLAS workspace the graphs' GEMMs use, kept alive as long as they are)."""
+
+    def __init__(self, buffers: GraphBuffers, forward: Any, backward: Any, workspace: Any) -> None:
+        self.buffers, self.forward, self.backward, self.workspace = buffers, forward, backward, workspace
+        self._holder: weakref.ref | None = None  # the lease of the cache whose arrays these buffers are
+
+    def free(self) -> bool:
+        return self._holder is None or self._holder() is None
+
+    def lend(self) -> "Lease":
+        lease = Lease(self)
+        self._holder = weakref.ref(lease)
+        return lease
+
+
+class Lease:
+    """Kept in the cache of the forward that filled a buffer set: while the cache lives, the set is its own."""
+
+    __slots__ = ("buffer_set", "__weakref__")
+
+    def __init__(self, buffer_set: BufferSet) -> None:
+        self.buffer_set = buffer_set
+
+
+class _CublasC:
+    """The two cuBLAS C functions called directly (CuPy's wrappers refuse calls during a capture)."""
+
+    def __init__(self) -> None:
+        self.library = ctypes.CDLL(_cublas_path())
+        pointer, integer = ctypes.c_void_p, ctypes.c_int
+        for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
+            function = getattr(self.library, name)
+            function.restype = integer
+            function.argtypes = [pointer, integer, integer, integer, integer, integer, pointer, pointer, integer,
+                                 pointer, integer, pointer, pointer, integer]
+        self.library.cublasSetWorkspace_v2.restype = integer
+        self.library.cublasSetWorkspace_v2.argtypes = [pointer, pointer, ctypes.c_size_t]
+
+    def gemm(self, dtype: np.dtype) -> Callable[..., None]:
+        """A function with the signature of CuPy's ``cublas.sgemm`` / ``dgemm`` (pointers as integers)."""
+        function = self.library.cublasSgemm_v2 if dtype == np.float32 else self.library.cublasDgemm_v2
+
+        def gemm(*args: int) -> None:
+            status = function(*args)
+            if status != 0:
+                raise RuntimeError(f"cuBLAS {function.__name__} returned status {status}")
+
+        return gemm
+
+    def set_workspace(self, handle: int, workspace: Any) -> None:
+        status = self.library.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes)
+        if status != 0:
+            raise RuntimeError(f"cublasSetWorkspace_v2 returned status {status}")
+
+
+def mapped_library(stem: str, maps: str = "/proc/self/maps") -> str | None:
+    """The path of the shared library ``<stem>.so`` or ``<stem>.so.<version>`` this process has loaded, or None
+    (also where the process's memory map cannot be read)."""
+    try:
+        with open(maps) as lines:
+            for line in lines:
+                fields = line.split(maxsplit=5)  # address, permissions, offset, device, inode, path (may hold spaces)
+                path = fields[5].strip() if len(fields) == 6 else ""
+                name = os.path.basename(path)
+                if name == f"{stem}.so" or name.startswith(f"{stem}.so."):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _cublas_path() -> str:
+    """The libcublas CuPy uses: importing CuPy's ``cublas`` module (above) loaded it, whichever CUDA major version
+    and whichever copy (wheel or toolkit) that is. Else the one ``cuda.pathfinder`` finds, as CuPy would."""
+    path = mapped_library("libcublas")
+    if path is None:
+        from cuda import pathfinder
+
+        path = pathfinder.load_nvidia_dynamic_lib("cublas").abs_path or mapped_library("libcublas")
+    if path is None:
+        raise RuntimeError("the CUDA-graph path found no libcublas loaded in this process; impl='cupy-stepwise' "
+                           "runs the same loop through CuPy's cuBLAS")
+    return path
+
+
+@functools.cache
+def _cublas_c() -> _CublasC:
+    return _CublasC()
+
+
+@functools.cache
+def _capture_handle(device: int) -> int:
+    """This module's cuBLAS handle on ``device`` (kept for the life of the process)."""
+    return cublas.create()
+
+
+_WORKSPACES: dict[tuple[int, int], Any] = {}  # (device, stream the graphs launch on) → cuBLAS workspace
+
+
+def _workspace(device: int, stream: int) -> Any:
+    """The workspace of the graphs launched on ``stream``: replays on one stream run one at a time, so they can
+    share it; graphs on two streams may run at once, so each stream has its own."""
+    if (device, stream) not in _WORKSPACES:
+        _WORKSPACES[device, stream] = cupy.empty(WORKSPACE_BYTES, dtype=np.uint8)
+    return _WORKSPACES[device, stream]
+
+
+def _allocate(dims: shell.Dims, dtype: np.dtype, masked: bool) -> GraphBuffers:
+    steps, batch, features, hidden = dims
+    zeros = lambda *shape: cupy.zeros(shape, dtype=dtype)  # noqa: E731 (defined values for the warm-up run)
+    return GraphBuffers(zeros(features + hidden, 4 * hidden), zeros(4 * hidden),
+                        zeros(steps, batch) if masked else None, zeros(steps, batch, 4 * hidden),
+                        zeros(steps + 1, batch, hidden), zeros(steps + 1, batch, hidden), zeros(steps, batch, hidden),
+                        zeros(steps, batch, hidden), zeros(steps, batch, hidden), zeros(steps, batch, 4 * hidden),
+                        zeros(batch, hidden), zeros(batch, hidden))
+
+
+def _capture(stream: Any, workspace: Any, dtype: np.dtype, precision: str,
+             record: Callable[[shell.Gemm], None]) -> Any:
+    """A graph of what ``record(gemm)`` launches on ``stream`` (its GEMMs using ``workspace``), after one run
+    outside the capture."""
+    handle = _capture_handle(cupy.cuda.Device().id)
+    with stream:
+        gemm = shell.Gemm(dtype, function=_cublas_c().gemm(dtype), handle=handle)  # binds the handle to stream
+        _cublas_c().set_workspace(handle, workspace)  # after the stream: binding a stream resets the workspace
+        cublas.setMathMode(handle, TF32_TENSOR_OP_MATH if precision == "tf32" else DEFAULT_MATH)
+        record(gemm)  # loads every kernel and cuBLAS routine before the capture
+        stream.begin_capture()
+        try:
+            record(gemm)
+        except BaseException:
+            stream.end_capture()  # leaves capture mode; the graph is dropped
+            raise
+        return stream.end_capture()
+
+
+_SETS: collections.OrderedDict[tuple, BufferSet] = collections.OrderedDict()  # (shape key, serial) → set
+_SETS_LOCK = threading.Lock()
+_SERIAL = itertools.count()
+
+
+def _capture_set(dims: shell.Dims, dtype: np.dtype, masked: bool, precision: str) -> BufferSet:
+    """New buffers of this shape and the forward and backward graphs captured on them."""
+    buffers = _allocate(dims, dtype, masked)
+    current = cupy.cuda.get_current_stream()
+    workspace = _workspace(cupy.cuda.Device().id, current.ptr)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    stream.wait_event(current.record())  # the buffers are zeroed before the warm-up runs
+    forward = _capture(stream, workspace, dtype, precision,
+                       lambda gemm: stepwise.forward_recurrence(buffers, dims, gemm))
+    backward = _capture(stream, workspace, dtype, precision,
+                        lambda gemm: stepwise.backward_recurrence(buffers, buffers, dims, gemm))
+    current.wait_event(stream.record())  # nothing written into the buffers overtakes the warm-up runs
+    return BufferSet(buffers, forward, backward, workspace)
+
+
+def _lend(dims: shell.Dims, dtype: np.dtype, masked: bool) -> Lease | None:
+    """A lease on a free buffer set of this shape on the current device, stream and precision (captured on
+    first use); None when all :data:`SETS_PER_SHAPE` of them are held."""
+    precision = active_precision() if dtype == np.float32 else "float32"
+    key = (dims, dtype.name, masked, precision, cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)
+    with _SETS_LOCK:
+        mine = [(name, buffer_set) for name, buffer_set in _SETS.items() if name[0] == key]
+        for name, buffer_set in mine:
+            if buffer_set.free():
+                _SETS.move_to_end(name)
+                return buffer_set.lend()
+        if len(mine) >= SETS_PER_SHAPE:
+            return None
+        try:
+            buffer_set = _SETS[(key, next(_SERIAL))] = _capture_set(dims, dtype, masked, precision)
+        except Exception as error:
+            raise RuntimeError(f"the CUDA-graph path could not capture its loop here ({type(error).__name__}: "
+                               f"{error}); impl='cupy-stepwise' runs the same loop without a graph") from error
+        lease = buffer_set.lend()
+        while len(_SETS) > MAX_SETS:  # drop the least recently used free set (a held one lives on in its cache)
+            oldest = next((name for name, kept in _SETS.items() if kept.free()), None)
+            if oldest is None:
+                break
+            del _SETS[oldest]
+        return lease
+
+
+def release_graphs() -> None:
+    """Drop every free buffer set, its graphs and the cuBLAS workspaces (a set a live cache holds is freed with
+    that cache, and keeps its workspace till then); the next call of each shape captures again."""
+    with _SETS_LOCK:
+        _SETS.clear()
+        _WORKSPACES.clear()
+
+
+def _forward_buffers(x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any,
+                     dims: shell.Dims) -> shell.ForwardBuffers:
+    """The forward's buffers: a free set's, under a lease, else arrays of the call's own."""
+    lease = None if dims[1] == 0 else _lend(dims, np.dtype(x.dtype), step_mask is not None)
+    into = None if lease is None else lease.buffer_set.buffers
+    return shell.forward_buffers(x, weight, bias, h0, c0, step_mask, dims, into=into, lease=lease)
+
+
+def _replay_forward(b: shell.ForwardBuffers, dims: shell.Dims) -> shell.ForwardBuffers | None:
+    if b.lease is None:  # every set of this shape is held: the stepwise loop, on the call's own arrays
+        stepwise.forward_recurrence(b, dims, shell.Gemm(np.dtype(b.gates.dtype)))
+        return None
+    b.lease.buffer_set.forward.launch()
+    return b._replace(y=b.y.copy())  # the caller keeps y; the rest stays in the set, held by the cache
+
+
+def _backward_buffers(dy: Any, dh_last: Any, dc_last: Any, weight: Any,
+                      cache: CupyLayerCache) -> shell.BackwardBuffers:
+    into = None if cache.lease is None else cache.lease.buffer_set.buffers
+    return shell.backward_buffers(dy, dh_last, dc_last, weight, cache, into=into)
+
+
+def _replay_backward(b: shell.BackwardBuffers, cache: CupyLayerCache) -> shell.BackwardBuffers | None:
+    if cache.lease is None:
+        stepwise.backward_recurrence(b, cache, cache.dims(), shell.Gemm(np.dtype(b.dz.dtype)))
+        return None
+    cache.lease.buffer_set.backward.launch()
+    return b._replace(dh=b.dh.copy(), dc=b.dc.copy())  # the caller keeps these; dz is used before any next call
+
+
+def lstm_layer_forward(
+    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+    return layer_forward(_replay_forward, x, weight, bias, h0, c0, step_mask, buffers=_forward_buffers)
+
+
+def lstm_layer_backward(
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any]:
+    return layer_backward(_replay_backward, dy, dh_last, dc_last, weight, cache, buffers=_backward_buffers)

@@ -1,0 +1,95 @@
+"""CuPy persistent path for one LSTM layer: one cooperative kernel launch per direction for all time steps.
+
+Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward`` and tested against them. The
+stepwise CuPy path (:mod:`lstmx.kernels.cupy.shell`) pays two calls from Python per time step; here the
+whole recurrence is one launch (:data:`lstmx.kernels.cupy.cuda_sources.PERSISTENT_KERNELS`): every thread owns one
+(batch row, hidden unit), computes its unit's four recurrent dot products itself and keeps its state in
+registers, and a grid-wide barrier separates the steps. The input projection before and dW, db, dx after
+are single GEMMs, shared with the stepwise path.
+
+It applies only where the block's slice of W_h fits in shared memory, every block of the grid is resident at
+once (a cooperative launch requires it) and the per-thread dot products stay cheap: :func:`refuses_size` says
+which sizes, and the registry falls back to the stepwise path elsewhere. CuPy would silently shrink a
+cooperative grid that is too large (and the kernel would compute garbage), so the grid is checked against the
+device's co-resident limit before every launch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import cupy
+import numpy as np
+from cupy_backends.cuda.api import driver
+
+from ...backend import Backend
+from . import cuda_sources
+from .shell import CupyLayerCache, device_attribute, one_launch_backward, one_launch_forward
+
+ROWS = 4  # batch rows per block: blocks are (32 units, ROWS rows) = 128 threads (4 beat 2, 8 and 16 on an H100)
+MAX_HIDDEN = 256  # above this the stepwise path (cuBLAS per step) is faster: the dot products dominate
+
+
+@functools.cache
+def _kernel(kernel: str, dtype: str) -> cupy.RawKernel:
+    compiled = cupy.RawKernel(cuda_sources.source("persistent", dtype), cuda_sources.kernel_name(kernel, dtype),
+                              options=("--std=c++17",), enable_cooperative_groups=True)
+    compiled.max_dynamic_shared_size_bytes = _shared_limit()  # opt in to all of it; each launch asks for its own
+    return compiled
+
+
+def _shared_limit() -> int:
+    return device_attribute("MaxSharedMemoryPerBlockOptin")
+
+
+def _grid(batch: int, hidden: int) -> tuple[int, int]:
+    return (hidden + 31) // 32, (batch + ROWS - 1) // ROWS
+
+
+def _shared_bytes(kernel: str, hidden: int, dtype: str) -> int:
+    return cuda_sources.persistent_shared_bytes(kernel, hidden, ROWS, np.dtype(dtype).itemsize)
+
+
+@functools.cache
+def _resident_blocks(dtype: str, hidden: int, device: int) -> int:
+    """How many blocks of either persistent kernel for this hidden size fit on the device at once."""
+    sms = device_attribute("MultiProcessorCount", device)
+    return sms * min(driver.occupancyMaxActiveBlocksPerMultiprocessor(
+        _kernel(kernel, dtype).kernel.ptr, 32 * ROWS, _shared_bytes(kernel, hidden, dtype))
+        for kernel in cuda_sources.PERSISTENT_KERNELS)
+
+
+def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
+    """None when a layer of this batch and hidden size runs here, else why not (for the registry)."""
+    dtype = np.dtype(dtype).name
+    if hidden > MAX_HIDDEN:
+        return f"runs hidden sizes up to {MAX_HIDDEN}, not {hidden}"
+    needed = max(_shared_bytes(kernel, hidden, dtype) for kernel in cuda_sources.PERSISTENT_KERNELS)
+    if needed > _shared_limit():
+        return f"needs {needed} bytes of shared memory per block for hidden {hidden} in {dtype}; a block has {_shared_limit()}"
+    x_blocks, y_blocks = _grid(batch, hidden)
+    resident = _resident_blocks(dtype, hidden, cupy.cuda.Device().id)
+    if x_blocks * y_blocks > resident:
+        return (f"needs {x_blocks * y_blocks} co-resident blocks for batch {batch} × hidden {hidden}; "
+                f"this GPU holds {resident}")
+    return None
+
+
+def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> None:
+    reason = refuses_size(batch, hidden, dtype)
+    if reason is not None:
+        raise ValueError(f"the persistent CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
+    _kernel(kernel, dtype)(_grid(batch, hidden), (32, ROWS), args, shared_mem=_shared_bytes(kernel, hidden, dtype))
+
+
+def lstm_layer_forward(
+    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+    return one_launch_forward(_launch, "lstm_forward_persistent", x, weight, bias, h0, c0, step_mask)
+
+
+def lstm_layer_backward(
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any]:
+    return one_launch_backward(_launch, "lstm_backward_persistent", dy, dh_last, dc_last, weight, cache)

@@ -1,0 +1,126 @@
+"""CuPy register-tiled persistent path for one LSTM layer: one cooperative launch per direction for all steps,
+for hidden sizes whose W_h no longer fits one block per 32 units (:mod:`lstmx.kernels.cupy.persistent`).
+
+Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward``, and the same buffers, input
+projection and weight-gradient GEMMs as the other CuPy paths. The kernels (``cuda/tiled.cu``,
+:mod:`lstmx.kernels.cupy.cuda_sources`) split W_h over a 2-D grid (units × batch rows) and tile the per-step product
+in registers; under ``precision="tf32"`` (:func:`lstmx.dispatch.precision.active_precision`) float32 layers of at least
+``tiling.TF32_MIN_HIDDEN`` units run the kernels' TF32 variant, whose products are tensor-core MMAs. The tile
+shape is chosen per (batch, hidden, variant) by :func:`lstmx.kernels.cupy.tiling.choose_tile_shape` or given with
+:func:`use_tile_shape` (the tuner does).
+Every launch checks the grid against the device's co-resident limit first: CuPy would silently shrink a
+cooperative grid, and the kernel would compute garbage.
+
+"auto" runs this path up to the hidden size ``registry.CUPY_TILED_AUTO_MAX_HIDDEN`` gives for the dtype; its
+kernels are tested on the GPU against the generic path and on the CPU by the emulator
+(``tests/test_cuda_emulated.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+from typing import Any, Iterator
+
+import cupy
+import numpy as np
+from cupy_backends.cuda.api import driver
+
+from ...backend import Backend
+from ...dispatch.precision import active_precision
+from . import cuda_sources, tiling
+from .shell import CupyLayerCache, device_attribute, one_launch_backward, one_launch_forward
+
+_chosen_shape: contextvars.ContextVar[tiling.TileShape | None] = contextvars.ContextVar("lstmx_tile_shape",
+                                                                                         default=None)
+
+
+@contextlib.contextmanager
+def use_tile_shape(shape: tiling.TileShape) -> Iterator[None]:
+    """Within the block, launches use ``shape`` instead of the chosen one (for tuning)."""
+    reason = tiling.refuses_shape(shape)
+    if reason is not None:
+        raise ValueError(f"tile shape: {reason}")
+    token = _chosen_shape.set(shape)
+    try:
+        yield
+    finally:
+        _chosen_shape.reset(token)
+
+
+@functools.cache
+def _kernel(kernel: str, variant: str) -> cupy.RawKernel:
+    compiled = cupy.RawKernel(cuda_sources.source("tiled", variant), cuda_sources.kernel_name(kernel, variant),
+                              options=("--std=c++17",), enable_cooperative_groups=True)
+    compiled.max_dynamic_shared_size_bytes = device_attribute("MaxSharedMemoryPerBlockOptin")
+    return compiled
+
+
+@functools.cache
+def _resident_blocks(kernel: str, variant: str, threads: int, shared: int, device: int) -> int:
+    sms = device_attribute("MultiProcessorCount", device)
+    return sms * driver.occupancyMaxActiveBlocksPerMultiprocessor(_kernel(kernel, variant).kernel.ptr, threads, shared)
+
+
+def kernel_variant(dtype: Any, hidden: int) -> str:
+    """The kernels a layer of ``dtype`` and ``hidden`` units runs now: "tf32" for float32 under
+    ``precision="tf32"`` from ``tiling.TF32_MIN_HIDDEN`` units up, else the dtype."""
+    dtype = np.dtype(dtype).name
+    tf32 = dtype == "float32" and active_precision() == "tf32" and hidden >= tiling.TF32_MIN_HIDDEN
+    return "tf32" if tf32 else dtype
+
+
+def _shape_for(batch: int, hidden: int, variant: str) -> tiling.TileShape | None:
+    chosen = _chosen_shape.get()
+    if chosen is not None:
+        return chosen
+    return tiling.choose_tile_shape(batch, hidden, 8 if variant == "float64" else 4,
+                                    device_attribute("MaxSharedMemoryPerBlockOptin"),
+                                    device_attribute("MultiProcessorCount"), variant == "tf32")
+
+
+def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
+    """None when a layer of this batch and hidden size runs here (at the active precision), else why not (for
+    the registry)."""
+    variant = kernel_variant(dtype, hidden)
+    shape = _shape_for(batch, hidden, variant)
+    if shape is None:
+        return f"has no tile shape for batch {batch} × hidden {hidden} in {variant} that fits this GPU"
+    reason = tiling.refuses_shape(shape, mma=variant == "tf32")
+    if reason is not None:
+        return f"cannot run tile shape {shape}: {reason}"
+    itemsize = np.dtype(dtype).itemsize
+    limit = device_attribute("MaxSharedMemoryPerBlockOptin")
+    blocks = int(np.prod(shape.grid(batch, hidden)))
+    for kernel in cuda_sources.TILED_KERNELS:
+        shared = tiling.shared_bytes(kernel, shape, hidden, itemsize)
+        if shared > limit:
+            return f"needs {shared} bytes of shared memory per block with {shape}; a block has {limit}"
+        resident = _resident_blocks(kernel, variant, shape.threads(), shared, cupy.cuda.Device().id)
+        if blocks > resident:
+            return f"needs {blocks} co-resident blocks with {shape}; this GPU holds {resident}"
+    return None
+
+
+def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> None:
+    reason = refuses_size(batch, hidden, dtype)
+    if reason is not None:
+        raise ValueError(f"the tiled CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
+    variant = kernel_variant(dtype, hidden)
+    shape = _shape_for(batch, hidden, variant)
+    chunk = shape.forward_chunk if kernel == "lstm_forward_tiled" else shape.backward_chunk
+    _kernel(kernel, variant)(shape.grid(batch, hidden), shape.block(), (*args, np.int32(chunk)),
+                             shared_mem=tiling.shared_bytes(kernel, shape, hidden, np.dtype(dtype).itemsize))
+
+
+def lstm_layer_forward(
+    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+    return one_launch_forward(_launch, "lstm_forward_tiled", x, weight, bias, h0, c0, step_mask)
+
+
+def lstm_layer_backward(
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any]:
+    return one_launch_backward(_launch, "lstm_backward_tiled", dy, dh_last, dc_last, weight, cache)

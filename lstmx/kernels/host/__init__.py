@@ -1,0 +1,1 @@
+"""CPU fast paths: the NumPy buffer layer, the Numba kernels, their host buffer pool."""

@@ -1,0 +1,1 @@
+"""The network: cells, layers (forward beside backward), the stack, the models, generation."""

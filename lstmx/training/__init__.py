@@ -1,0 +1,1 @@
+"""Training: the loop, data, optimizers, checkpoints, the run log and folder, distribution."""
