@@ -14,6 +14,7 @@ stepwise path's cuBLAS GEMMs).
     python bench/gpu_vs_cpu.py --skip-impl cupy-tiled    # without one path's columns (it failed on this GPU)
     python bench/gpu_vs_cpu.py --dtype float64 --no-cpu   # float64 (no TF32 columns); writes gpu_vs_cpu_float64.*
     python bench/gpu_vs_cpu.py --bidirectional --configs 64,100,256,256   # both directions, against PyTorch's own
+    python bench/gpu_vs_cpu.py --proj-size 128 --configs 32,100,256,512   # the LSTMP cell, against PyTorch's proj_size
 
 Columns absent on this machine (no GPU, no torch, no numba) are marked "-", a column whose first step raised
 "FAIL" (its error is printed and kept in the JSON; the other columns go on). Times are medians over --repeats
@@ -37,7 +38,7 @@ from _common import RESULTS, bench_parser, machine_report, sizes, turn_taking_me
 import lstmx  # noqa: E402
 from lstmx.dispatch import registry  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
-from lstmx.options import POSITIVE_INT  # noqa: E402
+from lstmx.options import NON_NEGATIVE_INT, POSITIVE_INT  # noqa: E402
 from lstmx.dispatch.precision import matmul_precision  # noqa: E402
 
 CUDNN = {"float32": "cudnn-fp32", "float64": "cudnn-fp64"}  # PyTorch's cuDNN column at each dtype
@@ -46,15 +47,16 @@ CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (128, 
 
 def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: int, hidden: int,
                precision: str = "float32", dtype: str = "float32",
-               bidirectional: bool = False) -> tuple[Callable, Callable, Callable] | None:
-    """The column's (step, sync, peak memory) functions; None where the implementation refuses this size (at
-    this precision: the TF32 tiled kernels have their own tile shapes)."""
+               bidirectional: bool = False, proj_size: int = 0) -> tuple[Callable, Callable, Callable] | None:
+    """The column's (step, sync, peak memory) functions; None where the implementation refuses this size or
+    cell (at this precision: the TF32 tiled kernels have their own tile shapes)."""
     model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0, precision=precision, dtype=dtype,
-                       bidirectional=bidirectional)
+                       bidirectional=bidirectional, proj_size=proj_size)
     backend = model.backend
     if impl != registry.AUTO:
         with matmul_precision(backend, precision):
-            if registry.layer_impl(impl).refuses(backend, model.dtype, False, (batch, hidden)) is not None:
+            if registry.layer_impl(impl).refuses(backend, model.dtype, False, (batch, hidden),
+                                                 model.stack.cell.kind) is not None:
                 return None
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal((steps, batch, features)), dtype=model.dtype)
@@ -88,14 +90,14 @@ def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: i
 
 
 def torch_step(device: str, tf32: bool, dtype: str, batch: int, steps: int, features: int, hidden: int,
-               bidirectional: bool = False):
+               bidirectional: bool = False, proj_size: int = 0):
     import torch
 
     torch.manual_seed(0)
     kind = getattr(torch, dtype)
-    lstm = torch.nn.LSTM(features, hidden, bidirectional=bidirectional).to(device, kind)
+    lstm = torch.nn.LSTM(features, hidden, bidirectional=bidirectional, proj_size=proj_size).to(device, kind)
     x = torch.randn(steps, batch, features, device=device, dtype=kind, requires_grad=True)  # dx too, as lstmx's
-    dy = torch.randn(steps, batch, (2 if bidirectional else 1) * hidden, device=device, dtype=kind)
+    dy = torch.randn(steps, batch, (2 if bidirectional else 1) * (proj_size or hidden), device=device, dtype=kind)
     peak = [0]
 
     def step():
@@ -119,6 +121,7 @@ def torch_step(device: str, tf32: bool, dtype: str, batch: int, steps: int, feat
 
 def available(args) -> dict[str, Callable]:
     columns: dict[str, Callable] = {}
+    layer = {"bidirectional": args.bidirectional, "proj_size": args.proj_size}
     for backend_name in ("numpy", "cupy"):
         if backend_name == "numpy" and args.no_cpu:
             continue
@@ -133,25 +136,23 @@ def available(args) -> dict[str, Callable]:
         print(f"lstmx on {backend_name}: columns for {', '.join(impls)} (the registry's choice per row: gpu/cudnn)")
         for name in impls:
             columns[f"lstmx-{backend_name}:{name}"] = functools.partial(lstmx_step, backend_name, name,
-                                                                         dtype=args.dtype, bidirectional=args.bidirectional)
+                                                                         dtype=args.dtype, **layer)
         if backend_name == "cupy" and args.dtype == "float32":  # the registry's choice with TF32, beside cuDNN's
             columns["lstmx-cupy:tf32"] = functools.partial(lstmx_step, backend_name, registry.AUTO, precision="tf32",
-                                                           bidirectional=args.bidirectional)
+                                                           **layer)
             for name in registry.TF32_RECURRENCE_IMPLS:  # each with TF32 in its recurrence too
                 if name in impls:
                     columns[f"lstmx-cupy:{name}:tf32"] = functools.partial(lstmx_step, backend_name, name,
-                                                                            precision="tf32",
-                                                                            bidirectional=args.bidirectional)
+                                                                            precision="tf32", **layer)
     try:
         import torch
 
-        both = {"bidirectional": args.bidirectional}
         if not args.no_cpu:
-            columns["torch-cpu"] = functools.partial(torch_step, "cpu", False, args.dtype, **both)
+            columns["torch-cpu"] = functools.partial(torch_step, "cpu", False, args.dtype, **layer)
         if torch.cuda.is_available():
-            columns[CUDNN[args.dtype]] = functools.partial(torch_step, "cuda", False, args.dtype, **both)
+            columns[CUDNN[args.dtype]] = functools.partial(torch_step, "cuda", False, args.dtype, **layer)
             if args.dtype == "float32":
-                columns["cudnn-tf32"] = functools.partial(torch_step, "cuda", True, args.dtype, **both)
+                columns["cudnn-tf32"] = functools.partial(torch_step, "cuda", True, args.dtype, **layer)
         else:
             print("cuDNN columns absent: torch sees no CUDA device")
     except ImportError:
@@ -179,17 +180,19 @@ def working_columns(columns: dict[str, Callable], config: tuple[int, ...]) -> tu
     return made, failed
 
 
-def default_column(backend_name: str, batch: int, hidden: int, dtype: str) -> str | None:
-    """The column of the implementation the registry picks for this size on ``backend_name`` (None: absent)."""
+def default_column(backend_name: str, batch: int, hidden: int, dtype: str, cell: str = "lstm") -> str | None:
+    """The column of the implementation the registry picks for this size and cell on ``backend_name`` (None:
+    absent)."""
     try:
         backend = lstmx.get_backend(backend_name)
     except lstmx.BackendError:
         return None
-    chosen = registry.choose_layer_impl(backend, getattr(np, dtype), False, None, (batch, hidden))
+    chosen = registry.choose_layer_impl(backend, getattr(np, dtype), False, None, (batch, hidden), cell)
     return f"lstmx-{backend_name}:{chosen.name}"
 
 
-def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str, bidirectional: bool = False) -> Path | None:
+def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str, bidirectional: bool = False,
+              proj_size: int = 0) -> Path | None:
     """Grouped bars, one group per configuration, one colour per column, log scale in ms."""
     try:
         import matplotlib
@@ -210,11 +213,12 @@ def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str, bidir
     axis.set_xlabel("B, T, D, H")
     axis.set_ylabel("ms per training step (log)")
     axis.set_yscale("log")
-    axis.set_title(f"One {'bidirectional ' if bidirectional else ''}LSTM training step (forward + BPTT), {dtype}")
+    axis.set_title(f"One {'bidirectional ' if bidirectional else ''}{f'LSTMP (P {proj_size})' if proj_size else 'LSTM'} "
+                   f"training step (forward + BPTT), {dtype}")
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     figure.tight_layout()
-    path = RESULTS / f"{output_name(dtype, bidirectional)}.png"
+    path = RESULTS / f"{output_name(dtype, bidirectional, proj_size)}.png"
     RESULTS.mkdir(exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # whole or not at all, as write_json
     figure.savefig(partial, format="png")
@@ -223,16 +227,19 @@ def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str, bidir
     return path
 
 
-def output_name(dtype: str, bidirectional: bool = False) -> str:
-    """The JSON's and the PNG's name (without suffix) for a run in ``dtype`` (and both directions)."""
-    return ("gpu_vs_cpu" if dtype == "float32" else f"gpu_vs_cpu_{dtype}") + ("_bidirectional" if bidirectional else "")
+def output_name(dtype: str, bidirectional: bool = False, proj_size: int = 0) -> str:
+    """The JSON's and the PNG's name (without suffix) for a run in ``dtype`` (both directions, a projection)."""
+    return (("gpu_vs_cpu" if dtype == "float32" else f"gpu_vs_cpu_{dtype}") + ("_bidirectional" if bidirectional else "")
+            + (f"_proj{proj_size}" if proj_size else ""))
 
 
-def training_flops(config: tuple[int, ...], directions: int) -> float:
+def training_flops(config: tuple[int, ...], directions: int, proj_size: int = 0) -> float:
     """The multiply-adds (×2) of one layer's training step: the forward's products over all steps (x W_x and
-    h W_h, 2·T·B·(D + H)·4H) and the backward's two as large (dx and dh, dW), per direction."""
+    h W_h, 2·T·B·(D + R)·4H, and with a projection h W_hr, 2·T·B·H·P) and the backward's two as large (dx and
+    dh, dW), per direction; R is P with a projection, else H."""
     batch, steps, features, hidden = config
-    return 3 * 2.0 * steps * batch * (features + hidden) * 4 * hidden * directions
+    recurrent = proj_size or hidden
+    return 3 * 2.0 * steps * batch * ((features + recurrent) * 4 * hidden + hidden * proj_size) * directions
 
 
 def cpu_gemm_rate(dtype: str, size: int = 2048, repeats: int = 5) -> float:
@@ -269,6 +276,9 @@ def main() -> None:
     parser.add_argument("--generic", action="store_true", help="also time the generic Array API path")
     parser.add_argument("--bidirectional", action="store_true",
                         help="both directions per layer (lstmx and PyTorch); writes gpu_vs_cpu*_bidirectional.*")
+    parser.add_argument("--proj-size", type=flag_type("--proj-size", NON_NEGATIVE_INT, int), default=0,
+                        help="the LSTMP cell with this projection (below every row's H; 0: none); writes "
+                             "gpu_vs_cpu*_proj<P>.*")
     parser.add_argument("--skip-impl", action="append", default=[], choices=registry.NAMES, metavar="IMPL",
                         help="leave out this layer implementation's columns (repeatable; e.g. one that failed its "
                              "first GPU run)")
@@ -276,6 +286,8 @@ def main() -> None:
     if args.skip_impl:
         print(f"left out: the columns of {', '.join(args.skip_impl)}")
     configs = args.configs or CONFIGS
+    if args.proj_size and any(args.proj_size >= config[3] for config in configs):
+        parser.error(f"--proj-size must be below every row's H ({min(c[3] for c in configs)}), got {args.proj_size}")
     machine = machine_report()
     try:
         import torch
@@ -294,7 +306,7 @@ def main() -> None:
         medians = turn_taking_medians({name: (step, sync) for name, (step, sync, _) in made.items()},
                                       args.repeats, args.rounds, warmed=True)  # working_columns ran a step each
         row: dict[str, Any] = {}
-        flops = training_flops(config, 2 if args.bidirectional else 1)
+        flops = training_flops(config, 2 if args.bidirectional else 1, args.proj_size)
         for name, seconds in medians.items():
             peak = made[name][2]()
             row[name] = {"ms": 1e3 * seconds, "tokens_per_s": batch * steps / seconds,
@@ -303,8 +315,9 @@ def main() -> None:
                 row[name]["fraction_of_cpu_gemm"] = row[name]["gflops"] / machine["cpu_gemm_gflops"]
             print(f"  {config} {name:<17} {1e3 * seconds:9.2f} ms", flush=True)
         del made
-        gpu = default_column("cupy", batch, config[3], args.dtype)
-        cpu = default_column("numpy", batch, config[3], args.dtype)
+        cell = "lstmp" if args.proj_size else "lstm"
+        gpu = default_column("cupy", batch, config[3], args.dtype, cell)
+        cpu = default_column("numpy", batch, config[3], args.dtype, cell)
         results.append({"config": dict(zip("BTDH", config)), "columns": row, "failed": failed,
                         "ratios": {"lstmx-gpu/cudnn": ratio(row, gpu, CUDNN[args.dtype]),
                                    "lstmx-tf32/cudnn-tf32": ratio(row, "lstmx-cupy:tf32", "cudnn-tf32"),
@@ -348,9 +361,10 @@ def main() -> None:
              if v["peak_gpu_mb"] is not None}
     if peaks:
         print("peak GPU memory (MiB): " + "; ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
-    report = {"machine": machine, "dtype": args.dtype, "bidirectional": args.bidirectional, "results": results}
-    print(f"wrote {write_json(output_name(args.dtype, args.bidirectional) + '.json', report)}")
-    png = draw_bars(results, names, args.dtype, args.bidirectional)
+    report = {"machine": machine, "dtype": args.dtype, "bidirectional": args.bidirectional,
+              "proj_size": args.proj_size, "results": results}
+    print(f"wrote {write_json(output_name(args.dtype, args.bidirectional, args.proj_size) + '.json', report)}")
+    png = draw_bars(results, names, args.dtype, args.bidirectional, args.proj_size)
     if png is not None:
         print(f"wrote {png}")
 

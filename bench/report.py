@@ -42,7 +42,8 @@ def step_table(name: str, report: dict[str, Any]) -> list[str]:
     """A gpu_vs_cpu.py run: ms per training step for every column, and lstmx / PyTorch per row."""
     results = report["results"]
     columns = list(dict.fromkeys(c for entry in results for c in entry["columns"]))
-    kind = f"{report.get('dtype', 'float32')}{', bidirectional' if report.get('bidirectional') else ''}"
+    kind = (f"{report.get('dtype', 'float32')}{', bidirectional' if report.get('bidirectional') else ''}"
+            + (f", LSTMP with proj_size {report['proj_size']}" if report.get("proj_size") else ""))
     lines = [f"### `{name}`: one training step (forward + BPTT), {kind}", "", machine_line(report["machine"]), "",
              "| B, T, D, H | " + " | ".join(f"{c} ms" for c in columns) + " | lstmx CPU / torch CPU |",
              "|---|" + "---|" * (len(columns) + 1)]

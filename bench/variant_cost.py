@@ -5,7 +5,8 @@ the path "auto" picks for it and on the generic path, in one run (every column t
     python bench/variant_cost.py --config 16,50,64,64 --repeats 3
     python bench/variant_cost.py --backend cupy --impl cupy-stepwise   # a path by name (where it takes the option)
 
-Each row is one option of ``lstmx.LSTM`` (and "everything": every cell option at once); "auto" is the
+Each row is one option of ``lstmx.LSTM`` ("proj_size": the LSTMP cell with P = H / 4; "everything": every cell
+option at once); "auto" is the
 implementation the registry chooses for that model (named in the table), or with ``--impl`` the path named,
 where it takes the row's options (else the registry's choice); the ratios divide by the plain LSTM's time on the
 same path. Writes bench/results/variant_cost.json.
@@ -35,6 +36,7 @@ VARIANTS = {
     "zoneout": {"zoneout": 0.1},
     "recurrent_dropout": {"recurrent_dropout": 0.25},
     "weight_drop": {"weight_drop": 0.5},
+    "proj_size": {"proj_size": "H/4"},  # the LSTMP cell, P = H / 4 (as speech LSTMPs: H 1024, P 256)
     "everything": {"peepholes": True, "input_forget": True, "cell_clip": 3.0, "layer_norm": True, "zoneout": 0.1,
                    "recurrent_dropout": 0.25, "weight_drop": 0.5},
 }
@@ -53,11 +55,13 @@ def main() -> None:
     machine = machine_report()
     print(f"machine: {machine}")
     rng = np.random.default_rng(0)
-    models = {name: lstmx.LSTM(features, hidden, seed=0, backend=args.backend, **options)
+    models = {name: lstmx.LSTM(features, hidden, seed=0, backend=args.backend,
+                               **{k: max(1, hidden // 4) if v == "H/4" else v for k, v in options.items()})
               for name, options in VARIANTS.items()}
     backend = models["plain"].backend
     x = backend.asarray(rng.standard_normal((steps, batch, features)), dtype=models["plain"].dtype)
-    dy = backend.asarray(rng.standard_normal((steps, batch, hidden)), dtype=models["plain"].dtype)
+    dys = {name: backend.asarray(rng.standard_normal((steps, batch, model.stack.output_size)), dtype=model.dtype)
+           for name, model in models.items()}
 
     def first_path(model: lstmx.LSTM) -> str | None:
         """--impl where it takes the model's options, else None (the registry's choice)."""
@@ -76,7 +80,7 @@ def main() -> None:
 
             cupy.cuda.Stream.null.synchronize()
 
-    def step(model: lstmx.LSTM, impl: str | None):
+    def step(model: lstmx.LSTM, dy, impl: str | None):
         def run() -> None:
             _, _, cache = model.forward(x, impl=impl)
             model.backward(dy, cache)
@@ -84,8 +88,8 @@ def main() -> None:
 
     runs = {}
     for name, model in models.items():
-        runs[f"{name}|auto"] = step(model, first_path(model))
-        runs[f"{name}|generic"] = step(model, "generic")
+        runs[f"{name}|auto"] = step(model, dys[name], first_path(model))
+        runs[f"{name}|generic"] = step(model, dys[name], "generic")
     medians = turn_taking_medians(runs, args.repeats)
     rows = {}
     for name in VARIANTS:

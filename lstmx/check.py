@@ -78,14 +78,15 @@ def stack_gradient_checks(backend_name: str, tolerance: float) -> list[CheckResu
 def _stack_outputs(backend_name: str, seed: int, lengths: list[int] | None, impl: str, dtype: str = "float32",
                    **options: Any) -> dict[str, np.ndarray]:
     """A two-layer bidirectional LSTM's y, final state and every gradient (host copies) under ``impl``, with the
-    cell ``options`` (a new model each call: the same masks for zoneout and recurrent dropout)."""
+    ``options`` (cell options, ``proj_size``; a new model each call: the same masks for zoneout and recurrent
+    dropout)."""
     from .nn.models import LSTM
 
     model = LSTM(16, 32, 2, bidirectional=True, backend=backend_name, seed=seed, dtype=dtype, **options)
     rng = np.random.default_rng(seed)
     backend = model.backend
     x = backend.asarray(rng.standard_normal((20, 8, 16)), dtype=model.dtype)
-    dy = backend.asarray(rng.standard_normal((20, 8, 64)), dtype=model.dtype)
+    dy = backend.asarray(rng.standard_normal((20, 8, 2 * model.stack.cell.output_size)), dtype=model.dtype)
     y, (h, c), cache = model.forward(x, lengths=lengths, impl=impl)
     dx, _, grads = model.backward(dy, cache)
     return {"y": to_numpy(y), "h": to_numpy(h), "c": to_numpy(c), "dx": to_numpy(dx),
@@ -159,6 +160,12 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
             results.append(agreement(f"{impl.name} vs generic (bidirectional{', lengths' if masked else ''})",
                                      backend_name, _stack_outputs(backend_name, seed, lengths, "generic"),
                                      functools.partial(_stack_outputs, backend_name, seed, lengths, impl.name)))
+            if "lstmp" in impl.cells:
+                results.append(agreement(f"{impl.name} vs generic (LSTMP{', lengths' if masked else ''})",
+                                         backend_name, _stack_outputs(backend_name, seed, lengths, "generic",
+                                                                      proj_size=8),
+                                         functools.partial(_stack_outputs, backend_name, seed, lengths, impl.name,
+                                                           proj_size=8)))
             if impl.cell_options and not masked and "float64" in impl.dtypes:
                 # in float64: layer norms over few units amplify float32 rounding (either path's) past 1e-4
                 options = _every_option(impl.cell_options)

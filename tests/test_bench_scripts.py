@@ -54,6 +54,8 @@ REFUSED = [
     ("gpu_vs_cpu", ["--rounds", "-2"], "argument --rounds: must be an integer ≥ 1, got -2"),
     ("gpu_vs_cpu", ["--skip-impl", "cudnn"], "argument --skip-impl: invalid choice: 'cudnn'"),
     ("gpu_vs_cpu", ["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    ("gpu_vs_cpu", ["--proj-size", "-1"], "argument --proj-size: must be an integer ≥ 0, got -1"),
+    ("gpu_vs_cpu", ["--proj-size", "5", "--configs", "2,3,4,5"], "--proj-size must be below every row's H (5), got 5"),
     ("tune_tiled", ["--repeats", "1.5"], "argument --repeats: must be an integer ≥ 1, got '1.5'"),
     ("tune_tiled", ["--configs", "1,2"], "argument --configs: each entry must be B,T,D,H"),
     ("tune_tiled", ["--precision", "fp16"], "argument --precision: invalid choice: 'fp16'"),
@@ -117,6 +119,20 @@ def test_gpu_vs_cpu_runs_float64_under_a_name_of_its_own(run, capsys, tmp_path):
     [entry] = report["results"]
     assert entry["columns"]["lstmx-numpy:numpy"]["ms"] > 0 and not any("tf32" in name for name in entry["columns"])
     assert "fp32" not in capsys.readouterr().out.split("\n", 1)[1]  # no float32 column or ratio is claimed
+
+
+def test_gpu_vs_cpu_runs_the_projected_cell_under_a_name_of_its_own(run, capsys, tmp_path):
+    """--proj-size times the LSTMP cell on the paths that run it (the NumPy path refuses it: no column) against
+    PyTorch's proj_size, counting the projection's products in the GFLOP/s."""
+    run("gpu_vs_cpu", "--configs", "2,3,4,5", "--repeats", "1", "--rounds", "1", "--proj-size", "2")
+    report = json.loads((tmp_path / "gpu_vs_cpu_proj2.json").read_text())
+    assert report["proj_size"] == 2 and not (tmp_path / "gpu_vs_cpu.json").exists()
+    [entry] = report["results"]
+    assert "lstmx-numpy:numba" in entry["columns"] and "lstmx-numpy:numpy" not in entry["columns"]
+    assert not entry["failed"]
+    flops = load("gpu_vs_cpu").training_flops((2, 3, 4, 5), 1, 2)
+    assert flops == 3 * 2.0 * 3 * 2 * ((4 + 2) * 4 * 5 + 5 * 2)
+    assert "LSTMP with proj_size 2" in "\n".join(load("report").step_table("gpu_vs_cpu_proj2", report))
 
 
 def test_train_vs_torch_runs_a_few_steps_and_leaves_no_run_folder(run, capsys, tmp_path):
@@ -228,9 +244,10 @@ def test_the_variant_cost_benchmark_runs_on_a_tiny_problem(run, tmp_path, capsys
     run("variant_cost", "--config", "2,3,4,4", "--repeats", "1", "--impl", "numpy")  # numpy takes no option
     report = json.loads((tmp_path / "variant_cost.json").read_text())
     assert set(report["variants"]) == {"plain", "peepholes", "input_forget", "cell_clip", "layer_norm", "zoneout",
-                                       "recurrent_dropout", "weight_drop", "everything"}
+                                       "recurrent_dropout", "weight_drop", "proj_size", "everything"}
     assert report["variants"]["plain"]["auto / plain auto"] == 1.0
     assert report["variants"]["layer_norm"]["impl"] == "numba"  # the Numba path takes every cell option
+    assert report["variants"]["proj_size"]["impl"] == "numba"  # and the projected cell
     assert "× plain" in capsys.readouterr().out
     report_module = load("report")
     assert "`variant_cost`" in "\n".join(report_module.variant_table("variant_cost", report))

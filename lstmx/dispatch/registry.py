@@ -158,10 +158,10 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
               summary="CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size; every cell option, "
                       "by name)"),
     LayerImpl(name="numba", module="lstmx.kernels.host.numba_layer", backends=("numpy",), dtypes=FLOATS,
-              auto_dtypes=("float32",), step_masks=False, size_limited=False, cells=LSTM_ONLY,
+              auto_dtypes=("float32",), step_masks=False, size_limited=False, cells=EVERY_CELL,
               cell_options=EVERY_OPTION,
               summary="NumPy + Numba: one compiled pointwise loop per time step and direction (float32 tanh "
-                      "approximated; every cell option)"),
+                      "approximated; every cell and cell option)"),
     LayerImpl(name="numpy", module="lstmx.kernels.host.numpy_layer", backends=("numpy",), dtypes=FLOATS,
               auto_dtypes=FLOATS, step_masks=False, size_limited=False, cells=LSTM_ONLY,
               summary="NumPy: in-place ufuncs into reused host buffers"),

@@ -132,7 +132,9 @@ def lstm_variant_layer_backward(
     cache: LSTMLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
     x, h_prev, c_prev, gates, tanh_c, step_mask, kept = cache
-    check_variant_cache(kept, extra, options)
+    if extra.projection is not None:
+        raise ValueError("the CuPy stepwise path runs the LSTM cell without a projection")
+    check_variant_cache(kept, options)
     steps, batch, features, hidden = cache.dims()
     check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight)
     check_extra_params(extra, options, hidden, x.dtype)

@@ -137,4 +137,5 @@ def lstm_layer_backward(
 
 
 # the layers with cell options: their own module, exposed here, where the registry's "numba" entry points
-from .numba_variants import lstm_variant_layer_backward, lstm_variant_layer_forward  # noqa: E402
+from .numba_variants import (lstm_variant_layer_backward, lstm_variant_layer_forward, lstmp_layer_backward,  # noqa: E402
+                             lstmp_layer_forward)

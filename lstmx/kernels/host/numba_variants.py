@@ -8,7 +8,8 @@ its :class:`~lstmx.nn.layers.lstm_layer.VariantCache`, so either backward consum
 tests run both ways). The equations are :class:`lstmx.nn.cells.LSTMCell`'s. Options that are off cost a multiply by
 a constant: no clipping is a clip to ±∞, no zoneout a keep mask of zeros, no peepholes zero weights.
 
-Runs the plain cell (no projection) without a step mask, as the rest of the Numba path.
+With a projection (the LSTMP cell, ``proj_size``) the cell's o ⊙ tanh(c) goes through W_hr by one GEMM per step
+and h's zoneout acts on the projected h, as in the generic path. No step mask, as the rest of the Numba path.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from numba import njit
 
 from ...backend import Backend
 from ...nn.layers.cell import CellOptions
-from ...nn.layers.lstm_layer import (ExtraParams, LayerNoise, LSTMLayerCache, VariantCache, check_extra_params,
-                                     check_backward_inputs, check_variant_cache, forward_dims)
+from ...nn.layers.lstm_layer import (PLAIN, ExtraParams, LayerInputError, LayerNoise, LSTMLayerCache, VariantCache,
+                                     check_backward_inputs, check_extra_params, check_variant_cache, forward_dims)
 from ...nn.layers.norm import NORM_EPSILON, NormCache
 from .buffers import HOST_BUFFERS
 from .numba_layer import _JIT, _tanh
@@ -49,20 +50,20 @@ def _settings(options: CellOptions, extra: ExtraParams, hidden: int, dtype: np.d
                      options.input_forget)
 
 
-def _keep(noise: LayerNoise | None, options: CellOptions, steps: int, batch: int, hidden: int,
+def _keep(noise: LayerNoise | None, options: CellOptions, steps: int, batch: int, hidden: int, output: int,
           dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Zoneout's keep masks (T, B, H) for c and h: the drawn ones in training, z everywhere in evaluation; (T, 1, 1)
-    placeholders the kernels never read without zoneout."""
+    """Zoneout's keep masks for c (T, B, H) and h (T, B, R): the drawn ones in training, z everywhere in
+    evaluation; (T, 1, 1) placeholders the kernels never read without zoneout."""
     if not any(options.zoneout):
         return _unused(steps, dtype, 2), _unused(steps, dtype, 2)
     zoneout_c, zoneout_h = options.zoneout
 
-    def mask(drawn: Any, z: float) -> np.ndarray:
+    def mask(drawn: Any, z: float, width: int) -> np.ndarray:
         if noise is not None:
-            return np.zeros((steps, batch, hidden), dtype) if drawn is None else np.ascontiguousarray(drawn, dtype)
-        return np.full((steps, batch, hidden), z, dtype)
-    return (mask(None if noise is None else noise.zoneout_c, zoneout_c),
-            mask(None if noise is None else noise.zoneout_h, zoneout_h))
+            return np.zeros((steps, batch, width), dtype) if drawn is None else np.ascontiguousarray(drawn, dtype)
+        return np.full((steps, batch, width), z, dtype)
+    return (mask(None if noise is None else noise.zoneout_c, zoneout_c, hidden),
+            mask(None if noise is None else noise.zoneout_h, zoneout_h, output))
 
 
 def _unused(steps: int, dtype: np.dtype, ndim: int) -> np.ndarray:
@@ -134,11 +135,12 @@ def _clip_row(z, clip, unclipped):
 # Each option is a branch around whole loops, never inside one: every loop stays simple enough to vectorise.
 @njit(**_JIT)
 def _forward_step(x_gates, recurrent, c_prev, h_prev, peephole, peepholes, clip, clipped, input_forget, layer_norm,
-                  norm_h, norm_c, zoned, keep_c, keep_h, gates, c_new, tanh_c, unclipped, h_normalized, h_inverse_std,
-                  c_normalized, c_inverse_std, h_out, c_out):
+                  norm_h, norm_c, zoned_c, zoned_h, keep_c, keep_h, gates, c_new, tanh_c, unclipped, h_normalized,
+                  h_inverse_std, c_normalized, c_inverse_std, h_out, c_out):
     """One step of every row: the pre-activations are ``x_gates`` (B, 4H: LN(x W_x) + b, overwritten) plus
     ``recurrent`` (h W_h, normalised here in place with layer_norm); writes the activated gates, c'_t, tanh of
-    (LN of) c'_t, the clip masks, the layer norms' caches, and the state after zoneout (``h_out``, ``c_out``)."""
+    (LN of) c'_t, the clip masks, the layer norms' caches, and the state after zoneout (``h_out``, ``c_out``;
+    ``h_out`` is o ⊙ tanh(c) before any projection, zoned here only when ``zoned_h``)."""
     hidden = c_prev.shape[1]
     one, half = c_prev.dtype.type(1), c_prev.dtype.type(0.5)
     p_i, p_f, p_o = peephole[:hidden], peephole[hidden:2 * hidden], peephole[2 * hidden:]
@@ -184,23 +186,28 @@ def _forward_step(x_gates, recurrent, c_prev, h_prev, peephole, peepholes, clip,
         for j in range(hidden):
             squashed[j] = _tanh(squashed[j])
             h[j] = o[j] * squashed[j]
-        if zoned:  # each unit keeps its previous value by its mask (or z)
-            kc, kh, hp = keep_c[b], keep_h[b], h_prev[b]
+        if zoned_c:  # each unit keeps its previous value by its mask (or z)
+            kc = keep_c[b]
             for j in range(hidden):
                 c[j] = kc[j] * cp[j] + (one - kc[j]) * cn[j]
-                h[j] = kh[j] * hp[j] + (one - kh[j]) * h[j]
         else:
             for j in range(hidden):
                 c[j] = cn[j]
+        if zoned_h:
+            kh, hp = keep_h[b], h_prev[b]
+            for j in range(hidden):
+                h[j] = kh[j] * hp[j] + (one - kh[j]) * h[j]
 
 
 @njit(**_JIT)
 def _backward_step(dy, dh_next, dc_next, gates, c_prev, c_new, tanh_c, clipped, unclipped, peephole, peepholes,
-                   input_forget, layer_norm, norm_h, norm_c, zoned, keep_c, keep_h, h_normalized, h_inverse_std,
-                   c_normalized, c_inverse_std, dz, dh_product, dh_carried, dpeephole, dnorm_h, dnorm_c, scratch):
+                   input_forget, layer_norm, norm_h, norm_c, zoned_c, zoned_h, keep_c, keep_h, h_normalized,
+                   h_inverse_std, c_normalized, c_inverse_std, dz, dh_product, dh_carried, dpeephole, dnorm_h, dnorm_c,
+                   scratch):
     """Mirror of :func:`_forward_step`: from dL/dy_t, dL/dh_t and dL/dc_t via step t+1 (``dc_next``, overwritten
     with dL/dc_{t-1}), writes dz, the gradient of h W_h (``dh_product``; ``dz`` itself without layer_norm) and the
-    share of dL/dh_{t-1} zoneout carries (``dh_carried``); adds to the peephole and layer-norm gradients."""
+    share of dL/dh_{t-1} h's zoneout carries (``dh_carried``, when ``zoned_h``); adds to the peephole and
+    layer-norm gradients."""
     hidden = c_prev.shape[1]
     one, zero = c_prev.dtype.type(1), c_prev.dtype.type(0)
     p_i, p_f, p_o = peephole[:hidden], peephole[hidden:2 * hidden], peephole[2 * hidden:]
@@ -212,11 +219,14 @@ def _backward_step(dy, dh_next, dc_next, gates, c_prev, c_new, tanh_c, clipped, 
         di, df, dg, do = db[:hidden], db[hidden:2 * hidden], db[2 * hidden:3 * hidden], db[3 * hidden:]
         for j in range(hidden):
             dh[j] = dy[b, j] + dh_next[b, j]
-        if zoned:
-            kc, kh, carried_h = keep_c[b], keep_h[b], dh_carried[b]
+        if zoned_h:
+            kh, carried_h = keep_h[b], dh_carried[b]
             for j in range(hidden):
                 carried_h[j] = kh[j] * dh[j]
                 dh[j] = (one - kh[j]) * dh[j]
+        if zoned_c:
+            kc = keep_c[b]
+            for j in range(hidden):
                 carried_c[j] = kc[j] * dcn[j]
                 dcn[j] = (one - kc[j]) * dcn[j]
         for j in range(hidden):
@@ -259,7 +269,7 @@ def _backward_step(dy, dh_next, dc_next, gates, c_prev, c_new, tanh_c, clipped, 
                 dp_i[j] += di[j] * cp[j]
                 dp_f[j] += df[j] * cp[j]
                 dp_o[j] += do[j] * cn[j]
-        if zoned:
+        if zoned_c:
             for j in range(hidden):
                 dcn[j] += carried_c[j]
         if layer_norm:
@@ -271,13 +281,14 @@ def lstm_variant_layer_forward(
     step_mask: Any = None, noise: LayerNoise | None = None
 ) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
     refuse_step_mask(step_mask)
-    if extra.projection is not None:
-        raise ValueError("the Numba path runs the LSTM cell without a projection")
-    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
+    projection = extra.projection
+    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0, projection)
     check_extra_params(extra, options, hidden, x.dtype)
     dtype = x.dtype
+    output = h0.shape[1]  # R: H, or P with a projection
     settings = _settings(options, extra, hidden, dtype)
-    norms, clipped, zoned = options.layer_norm, options.cell_clip is not None, any(options.zoneout)
+    norms, clipped = options.layer_norm, options.cell_clip is not None
+    zoned_c, zoned_h = (z > 0 for z in options.zoneout)
     x_product = HOST_BUFFERS.empty((steps * batch, 4 * hidden), dtype)
     np.matmul(np.reshape(x, (steps * batch, features)), weight[:features], out=x_product)
     x_norm = None
@@ -288,21 +299,23 @@ def lstm_variant_layer_forward(
     x_product += bias
     x_gates = np.reshape(x_product, (steps, batch, 4 * hidden))
     recurrent_mask = None if noise is None else noise.recurrent
-    keep_c, keep_h = _keep(noise, options, steps, batch, hidden, dtype)
+    keep_c, keep_h = _keep(noise, options, steps, batch, hidden, output, dtype)
     w_hidden = np.ascontiguousarray(weight[features:])
+    w_projection = None if projection is None else np.ascontiguousarray(projection, dtype)
 
-    h_seen = HOST_BUFFERS.empty((steps, batch, hidden), dtype)  # what W_h multiplied (h_{t-1}, masked by recurrent dropout)
+    h_seen = HOST_BUFFERS.empty((steps, batch, output), dtype)  # what W_h multiplied (h_{t-1}, masked by recurrent dropout)
     cells = HOST_BUFFERS.empty((steps + 1, batch, hidden), dtype)  # c_0 and each step's c_t after zoneout
     cells[0] = c0
-    outputs = HOST_BUFFERS.empty((steps, batch, hidden), dtype)
+    outputs = HOST_BUFFERS.empty((steps, batch, output), dtype)
     gates, tanh_c = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype), HOST_BUFFERS.empty((steps, batch, hidden), dtype)
-    c_new = HOST_BUFFERS.empty((steps, batch, hidden), dtype) if zoned else cells[1:]  # c'_t, before zoneout
+    c_new = HOST_BUFFERS.empty((steps, batch, hidden), dtype) if zoned_c else cells[1:]  # c'_t, before zoneout
     unclipped = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype) if clipped else _unused(steps, dtype, 2)
     h_normalized = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype) if norms else _unused(steps, dtype, 2)
     c_normalized = HOST_BUFFERS.empty((steps, batch, hidden), dtype) if norms else _unused(steps, dtype, 2)
     h_inverse_std, c_inverse_std = (HOST_BUFFERS.empty((steps, batch, 1), dtype) if norms else _unused(steps, dtype, 2)
                                     for _ in range(2))
     recurrent = np.empty((batch, 4 * hidden), dtype)
+    unprojected = None if projection is None else np.empty((batch, hidden), dtype)  # o ⊙ tanh(c), what W_hr multiplies
     h = np.ascontiguousarray(h0, dtype)
     for t in range(steps):
         if recurrent_mask is None:
@@ -311,12 +324,20 @@ def lstm_variant_layer_forward(
             np.multiply(h, recurrent_mask, out=h_seen[t])
         np.matmul(h_seen[t], w_hidden, out=recurrent)
         _forward_step(x_gates[t], recurrent, cells[t], h, settings.peephole, options.peepholes, settings.clip, clipped,
-                      settings.input_forget, norms, settings.norm_h, settings.norm_c, zoned, keep_c[t], keep_h[t],
-                      gates[t], c_new[t], tanh_c[t], unclipped[t], h_normalized[t], h_inverse_std[t],
-                      c_normalized[t], c_inverse_std[t], outputs[t], cells[t + 1])
+                      settings.input_forget, norms, settings.norm_h, settings.norm_c, zoned_c,
+                      zoned_h and projection is None, keep_c[t], keep_h[t], gates[t], c_new[t], tanh_c[t],
+                      unclipped[t], h_normalized[t], h_inverse_std[t], c_normalized[t], c_inverse_std[t],
+                      outputs[t] if projection is None else unprojected, cells[t + 1])
+        if projection is not None:
+            np.matmul(unprojected, w_projection, out=outputs[t])
+            if zoned_h:  # the projected h keeps its previous value by its mask
+                outputs[t] += keep_h[t] * (h - outputs[t])
         h = outputs[t]
-    kept = VariantCache(c_new, unclipped if clipped else None, NormCache(c_normalized, c_inverse_std) if norms else None,
-                        x_norm, NormCache(h_normalized, h_inverse_std) if norms else None, noise)
+    kept = None
+    if options != PLAIN:
+        kept = VariantCache(c_new, unclipped if clipped else None,
+                            NormCache(c_normalized, c_inverse_std) if norms else None, x_norm,
+                            NormCache(h_normalized, h_inverse_std) if norms else None, noise)
     cache = LSTMLayerCache(np.asarray(x), h_seen, cells[:-1], gates, tanh_c, None, kept)
     return outputs, (h.copy(), cells[-1].copy()), cache
 
@@ -327,38 +348,60 @@ def lstm_variant_layer_backward(
 ) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
     x, h_seen, c_prev, gates, tanh_c, step_mask, kept = cache
     refuse_step_mask(step_mask)
-    check_variant_cache(kept, extra, options)
+    check_variant_cache(kept, options)
+    projection = extra.projection
     steps, batch, features, hidden = cache.dims()
-    check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight)
+    output = hidden if projection is None else projection.shape[-1]
+    if cache.output_size != output:
+        raise LayerInputError("the cache was made by a layer with another projection than this backward's")
+    check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight, projection)
     check_extra_params(extra, options, hidden, x.dtype)
     dtype = x.dtype
     settings = _settings(options, extra, hidden, dtype)
-    norms, clipped, zoned = options.layer_norm, options.cell_clip is not None, any(options.zoneout)
-    keep_c, keep_h = _keep(kept.noise, options, steps, batch, hidden, dtype)
-    recurrent_mask = None if kept.noise is None else kept.noise.recurrent
+    norms, clipped = options.layer_norm, options.cell_clip is not None
+    zoned_c, zoned_h = (z > 0 for z in options.zoneout)
+    noise = None if kept is None else kept.noise
+    keep_c, keep_h = _keep(noise, options, steps, batch, hidden, output, dtype)
+    recurrent_mask = None if noise is None else noise.recurrent
+    c_new = c_prev if kept is None else kept.c_new  # read by the peepholes only, which need kept
     unclipped = np.ascontiguousarray(kept.unclipped, dtype) if clipped else _unused(steps, dtype, 2)
     h_norm = kept.h_norm if norms else NormCache(_unused(steps, dtype, 2), _unused(steps, dtype, 2))
     c_norm = kept.c_norm if norms else NormCache(_unused(steps, dtype, 2), _unused(steps, dtype, 2))
     w_hidden_t = np.ascontiguousarray(weight[features:].T)
+    w_projection_t = None if projection is None else np.ascontiguousarray(np.asarray(projection, dtype).T)
 
     dz_all = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype)
     dh_product_all = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype) if norms else dz_all  # dL/d(h W_h)
     dh_next, dc_next = np.array(dh_last, dtype), np.array(dc_last, dtype)
-    dh_carried = np.zeros((batch, hidden), dtype)
+    dh_carried = np.zeros((batch, output), dtype)
     dpeephole = np.zeros(3 * hidden, dtype)
     dnorm_h, dnorm_c = np.zeros((2, 4 * hidden), dtype), np.zeros((2, hidden), dtype)
     scratch = np.empty((4, hidden), dtype)
     dy = np.ascontiguousarray(dy, dtype)
+    if projection is not None:
+        dh_projected = HOST_BUFFERS.empty((steps, batch, output), dtype)  # dL/dh'_t, what reaches W_hr's output
+        dh_cell = np.empty((batch, hidden), dtype)  # dL/d(o ⊙ tanh c_t)
+        no_dh = np.zeros((batch, hidden), dtype)
     for t in reversed(range(steps)):
-        _backward_step(dy[t], dh_next, dc_next, gates[t], c_prev[t], kept.c_new[t], tanh_c[t], clipped, unclipped[t],
-                       settings.peephole, options.peepholes, settings.input_forget, norms, settings.norm_h, settings.norm_c, zoned,
-                       keep_c[t], keep_h[t], h_norm.normalized[t], h_norm.inverse_std[t], c_norm.normalized[t],
-                       c_norm.inverse_std[t], dz_all[t], dh_product_all[t], dh_carried, dpeephole, dnorm_h, dnorm_c,
-                       scratch)
+        if projection is None:
+            step_dy, step_dh = dy[t], dh_next
+        else:
+            total = dh_projected[t]
+            np.add(dy[t], dh_next, out=total)
+            if zoned_h:  # the kept share goes straight to h_{t-1}
+                np.multiply(keep_h[t], total, out=dh_carried)
+                total -= dh_carried
+            np.matmul(total, w_projection_t, out=dh_cell)
+            step_dy, step_dh = dh_cell, no_dh
+        _backward_step(step_dy, step_dh, dc_next, gates[t], c_prev[t], c_new[t], tanh_c[t], clipped, unclipped[t],
+                       settings.peephole, options.peepholes, settings.input_forget, norms, settings.norm_h,
+                       settings.norm_c, zoned_c, zoned_h and projection is None, keep_c[t], keep_h[t],
+                       h_norm.normalized[t], h_norm.inverse_std[t], c_norm.normalized[t], c_norm.inverse_std[t],
+                       dz_all[t], dh_product_all[t], dh_carried, dpeephole, dnorm_h, dnorm_c, scratch)
         np.matmul(dh_product_all[t], w_hidden_t, out=dh_next)
         if recurrent_mask is not None:
             dh_next *= recurrent_mask
-        if zoned:
+        if zoned_h:
             dh_next += dh_carried
 
     dz_flat = dz_all.reshape(steps * batch, 4 * hidden)
@@ -369,10 +412,30 @@ def lstm_variant_layer_backward(
                                  np.ascontiguousarray(extra.norm_x, dtype), dnorm_x, dx_product)
     dweight = HOST_BUFFERS.empty(weight.shape, dtype)
     np.matmul(np.reshape(x, (steps * batch, features)).T, dx_product, out=dweight[:features])
-    np.matmul(h_seen.reshape(steps * batch, hidden).T, dh_product_all.reshape(steps * batch, 4 * hidden),
+    np.matmul(h_seen.reshape(steps * batch, output).T, dh_product_all.reshape(steps * batch, 4 * hidden),
               out=dweight[features:])
     dx = HOST_BUFFERS.empty((steps, batch, features), dtype)
     np.matmul(dx_product, weight[:features].T, out=dx.reshape(steps * batch, features))
-    dextra = ExtraParams(None, dpeephole if options.peepholes else None, dnorm_x, dnorm_h if norms else None,
+    dprojection = None
+    if projection is not None:
+        unprojected = gates[..., 3 * hidden:] * tanh_c  # o_t ⊙ tanh(c_t), what W_hr multiplied
+        dprojection = unprojected.reshape(steps * batch, hidden).T @ dh_projected.reshape(steps * batch, output)
+    dextra = ExtraParams(dprojection, dpeephole if options.peepholes else None, dnorm_x, dnorm_h if norms else None,
                          dnorm_c if norms else None)
     return dx, (dh_next, dc_next), dweight, dz_flat.sum(axis=0), dextra
+
+
+def lstmp_layer_forward(
+    backend: Backend, x: Any, weight: Any, bias: Any, projection: Any, h0: Any, c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
+    """The projected cell without options: the generic ``lstmp_layer_forward``'s signature and cache."""
+    return lstm_variant_layer_forward(backend, x, weight, bias, ExtraParams(projection), PLAIN, h0, c0, step_mask)
+
+
+def lstmp_layer_backward(
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any, cache: LSTMLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any, Any]:
+    """Mirror of :func:`lstmp_layer_forward`: ``(dx, (dh0, dc0), dweight, dbias, dprojection)``."""
+    dx, dstate0, dweight, dbias, dextra = lstm_variant_layer_backward(backend, dy, dh_last, dc_last, weight,
+                                                                      ExtraParams(projection), PLAIN, cache)
+    return dx, dstate0, dweight, dbias, dextra.projection

@@ -172,12 +172,12 @@ def _stacked_norms(xp: Any, caches: list[NormCache]) -> NormCache | None:
                                                                   xp.stack([n.inverse_std for n in caches]))
 
 
-def check_variant_cache(kept: "VariantCache | None", extra: ExtraParams, options: CellOptions) -> None:
-    """A fast path's variant backward (no projection) can read what ``options`` need from the cache's ``kept``."""
-    if kept is None or extra.projection is not None:
-        raise ValueError("the cache was made with other cell options than this backward's, or with a projection")
-    if options.cell_clip is not None and kept.unclipped is None or options.layer_norm and (
-            kept.h_norm is None or kept.c_norm is None):
+def check_variant_cache(kept: "VariantCache | None", options: CellOptions) -> None:
+    """A fast path's variant backward can read what ``options`` need from the cache's ``kept`` (None for the plain
+    cell, as the generic forward leaves it)."""
+    if (kept is None) != (options == PLAIN) or kept is not None and (
+            options.cell_clip is not None and kept.unclipped is None
+            or options.layer_norm and (kept.h_norm is None or kept.c_norm is None)):
         raise ValueError("the cache was made with other cell options than this backward's")
 
 
