@@ -26,7 +26,7 @@ from ...nn.layers.lstm_layer import (PLAIN, ExtraParams, LayerInputError, LayerN
 from ...nn.layers.norm import NORM_EPSILON, NormCache
 from .buffers import HOST_BUFFERS
 from .numba_layer import _JIT, _tanh
-from .numpy_layer import refuse_step_mask
+from .numpy_layer import refuse_step_mask, transposed_copy
 
 
 class _Settings(NamedTuple):
@@ -367,7 +367,7 @@ def lstm_variant_layer_backward(
     unclipped = np.ascontiguousarray(kept.unclipped, dtype) if clipped else _unused(steps, dtype, 2)
     h_norm = kept.h_norm if norms else NormCache(_unused(steps, dtype, 2), _unused(steps, dtype, 2))
     c_norm = kept.c_norm if norms else NormCache(_unused(steps, dtype, 2), _unused(steps, dtype, 2))
-    w_hidden_t = np.ascontiguousarray(weight[features:].T)
+    w_hidden_t = transposed_copy(weight[features:])
     w_projection_t = None if projection is None else np.ascontiguousarray(np.asarray(projection, dtype).T)
 
     dz_all = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype)
