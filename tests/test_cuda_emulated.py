@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 import lstmx
 from lstmx.dispatch import registry
+from lstmx.dispatch.contract import contract_breaches, protocols_for
 from lstmx.kernels.cupy import cuda_sources, tiling
 from lstmx.nn.layers import lstm_layer as generic
 from lstmx.nn.layers.lstm_layer import LayerInputError
@@ -81,13 +82,12 @@ def reference(arrays, mask):
                                 None if mask is None else mask.astype(np.float64))
 
 
-WRAPPER_OF = {"stepwise": "stepwise", "persistent": "persistent", "tiled": "tiled", "graph": "graph"}
 
 
 def run_path(path, wrappers, arrays, mask, seed=0):
     RawKernel.seed = seed
     try:
-        return forward_and_backward(wrappers[WRAPPER_OF[path]], arrays, mask)
+        return forward_and_backward(wrappers[path], arrays, mask)
     finally:
         RawKernel.seed = 0
 
@@ -109,7 +109,7 @@ def test_kernels_match_generic_float64(wrappers, path, shape, masked):
 @pytest.mark.parametrize("path", LAYER_PATHS)
 def test_no_time_steps_are_refused_before_any_kernel(wrappers, path):
     arrays, mask = problem(0, 3, 2, 8, np.float64)
-    for module in (wrappers[WRAPPER_OF[path]], generic):
+    for module in (wrappers[path], generic):
         with pytest.raises(LayerInputError, match=r"x is an empty sequence \(T = 0 time steps\); a layer needs T >= 1"):
             forward_and_backward(module, arrays, mask)
 
@@ -493,7 +493,7 @@ def test_a_missing_grid_barrier_is_caught(wrappers, monkeypatch):
 @pytest.mark.parametrize("path", ["persistent", "tiled"])
 def test_a_grid_barrier_outside_a_cooperative_launch_is_caught(wrappers, path):
     """A persistent kernel made without enable_cooperative_groups: its first grid.sync() stops the launch."""
-    wrapper = wrappers[WRAPPER_OF[path]]
+    wrapper = wrappers[path]
     for kernel in (cuda_sources.PERSISTENT_KERNELS if path == "persistent" else cuda_sources.TILED_KERNELS):
         made = wrapper._kernel(kernel, "float64")
         made.cooperative = False
@@ -982,3 +982,12 @@ def test_variant_kernels_match_generic_float32(wrappers):
     for name, value in expected.items():
         scale = max(1.0, float(np.max(np.abs(value))))
         assert np.max(np.abs(np.asarray(got[name], np.float64) - value)) / scale < 2e-4, name
+
+
+@pytest.mark.parametrize("impl", [pytest.param(impl, id=impl.name) for impl in registry.LAYER_IMPLS
+                                  if impl.backends == ("cupy",)])
+def test_each_cuda_path_module_keeps_the_kernel_contract_of_what_it_declares(wrappers, impl):
+    """What the registry says a CuPy path takes (cells, cell options), its module has, with the contract's
+    parameters: checked here on the stand-in, as LayerImpl.load checks it on a GPU."""
+    module = wrappers[impl.module.rsplit(".", 1)[1]]
+    assert contract_breaches(module, protocols_for(impl.cells, impl.cell_options)) == []

@@ -8,8 +8,10 @@ import here (no Numba, no CuPy) is skipped with the reason.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
+import types
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 
 import lstmx
 from lstmx.dispatch import registry
+from lstmx.dispatch.contract import contract_breaches, protocols_for
 from lstmx.backend import to_numpy
 from lstmx.kernels.host.buffers import BufferPool
 from lstmx.nn.layers import lstm_layer as generic
@@ -489,3 +492,29 @@ def test_an_implementation_refuses_a_cell_it_does_not_run(backend, impl):
     with pytest.raises(registry.LayerImplError, match=re.escape(f"'{impl.name}' cannot run this call: it {reason}")):
         model.forward(x, impl=impl.name)
     assert model.forward(x)[2].impl in [i.name for i in registry.LAYER_IMPLS if "lstmp" in i.cells]
+
+
+@pytest.mark.parametrize("impl", EVERY_IMPL)
+def test_each_implementation_keeps_the_kernel_contract_of_what_it_declares(impl):
+    """Its module has each function the contract asks of the cells and cell options its record declares, with
+    the contract's parameters (LayerImpl.load refuses one that does not)."""
+    try:
+        module = importlib.import_module(impl.module)
+    except ImportError as error:
+        pytest.skip(f"{impl.name}: {error}")
+    assert contract_breaches(module, protocols_for(impl.cells, impl.cell_options)) == []
+
+
+def test_a_module_that_lacks_what_its_record_declares_is_refused_when_loaded():
+    """A record claiming the projected cell for a module without lstmp_layer_forward, or a module whose function
+    takes other parameters, is refused in one line naming what is missing, before any model runs it."""
+    claims_lstmp = registry.layer_impl("numpy")._replace(cells=("lstm", "lstmp"))
+    with pytest.raises(registry.LayerImplError, match="numpy .* breaks the kernel contract: lstmp_layer_forward is "
+                                                      "missing .ProjectedLayerKernel.; lstmp_layer_backward is missing"):
+        claims_lstmp.load()
+    odd = types.ModuleType("odd")
+    odd.lstm_layer_forward = lambda backend, x, weight, bias, h0, c0, mask=None: None
+    odd.lstm_layer_backward = lambda backend, dy, dh_last, dc_last, weight, cache: None
+    assert contract_breaches(odd, protocols_for(("lstm",), ())) == [
+        "lstm_layer_forward(backend, x, weight, bias, h0, c0, mask) should take "
+        "(backend, x, weight, bias, h0, c0, step_mask)"]

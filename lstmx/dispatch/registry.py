@@ -115,8 +115,15 @@ class LayerImpl(NamedTuple):
         return low
 
     def load(self) -> ModuleType:
-        """The implementation's module; ImportError when its optional dependency is missing."""
-        return importlib.import_module(self.module)
+        """The implementation's module; ImportError when its optional dependency is missing, LayerImplError when
+        it lacks a function of the kernel contract (:mod:`lstmx.dispatch.contract`) for what it declares."""
+        from .contract import contract_breaches, protocols_for
+
+        module = importlib.import_module(self.module)
+        breaches = contract_breaches(module, protocols_for(self.cells, self.cell_options))
+        if breaches:
+            raise LayerImplError(f"{self.name} ({self.module}) breaks the kernel contract: {'; '.join(breaches)}")
+        return module
 
 
 # Which dtypes "auto" picks each CuPy path for: a path that has not yet passed the CuPy suite on a GPU is () and
