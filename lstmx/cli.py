@@ -1,4 +1,4 @@
-"""Command line: ``lstmx train``, ``lstmx sample``, ``lstmx export`` and ``lstmx check``; it parses, the library runs.
+"""Command line: ``lstmx train``, ``sample``, ``export``, ``tune`` and ``check``; it parses, the library runs.
 
 The flags of ``lstmx train`` are generated from the fields of :class:`lstmx.options.DataConfig`,
 :class:`lstmx.options.ModelConfig` and :class:`lstmx.training.loop.TrainConfig`: one set of defaults, one line of help
@@ -15,8 +15,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
+import numpy as np
+
 from .backend import BACKEND_NAMES, BackendError
 from .dispatch import registry
+from .dispatch.tuning import CACHE_VARIABLE
 from .options import (NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, DataConfig, ModelConfig, OptionError, Range, Spec,
                       check_value, spec_of)
 from .training.distributed import ENGINES, DistributedError, SingleProcess, communicator
@@ -169,6 +172,31 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--with-lengths", action="store_true", help="the graph also takes lengths (int32, one per "
                                                                      "sequence)")
 
+    tune = commands.add_parser("tune", help="time the layer implementations for your sizes here; \"auto\" then "
+                                            "runs the fastest",
+                               description="Time one LSTM layer's training step (forward + backward) on every "
+                                           "implementation \"auto\" may pick for these sizes on this machine, "
+                                           "taking turns, and record the fastest in the tuning cache "
+                                           f"(${CACHE_VARIABLE}, else ~/.cache/lstmx/tune.json), which \"auto\" "
+                                           "reads for the same call on the same device and lstmx version.")
+    tune.add_argument("--backend", default="numpy", choices=BACKEND_NAMES, help="array backend (default: numpy)")
+    tune.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="(default: float32)")
+    tune.add_argument("--batch-size", type=flag_type("--batch-size", POSITIVE_INT, int), required=True,
+                      help="sequences per batch, as the model will run; an integer ≥ 1")
+    tune.add_argument("--hidden-size", type=flag_type("--hidden-size", POSITIVE_INT, int), required=True,
+                      help="LSTM units per direction; an integer ≥ 1")
+    tune.add_argument("--input-size", type=flag_type("--input-size", POSITIVE_INT, int), default=None,
+                      help="features per step of the timed layer; an integer ≥ 1 (default: the hidden size)")
+    tune.add_argument("--proj-size", type=flag_type("--proj-size", NON_NEGATIVE_INT, int), default=0,
+                      help="the LSTMP cell's projection; an integer ≥ 0, below --hidden-size (default: 0, none)")
+    tune.add_argument("--cell-option", action="append", default=[], choices=registry.EVERY_OPTION,
+                      help="a cell option the model uses (repeatable)")
+    tune.add_argument("--lengths", action="store_true", help="the model runs batches with lengths (step masks)")
+    tune.add_argument("--seq-len", type=flag_type("--seq-len", POSITIVE_INT, int), default=50,
+                      help="time steps per timed call; an integer ≥ 1 (default: 50)")
+    tune.add_argument("--repeats", type=flag_type("--repeats", POSITIVE_INT, int), default=5,
+                      help="timed calls per implementation, taking turns; an integer ≥ 1 (default: 5)")
+
     check = commands.add_parser("check", help="gradient check (float64), every layer implementation against the "
                                               "generic one, and NumPy-vs-CuPy parity on this machine",
                                 description="Prove on this machine that the gradients are exact (float64 finite "
@@ -179,9 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- lstmx train ---------------------------------------------------------------------------------------------
-
-# --- lstmx sample, lstmx check ---------------------------------------------------------------------------------
+# --- lstmx sample, export, tune, check ---------------------------------------------------------------------------
 
 def run_sample(args: argparse.Namespace) -> int:
     from .training.checkpoint import CheckpointError, load_model
@@ -224,6 +250,33 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+TUNED_OPTION_VALUES = {"peepholes": True, "input_forget": True, "cell_clip": 3.0, "layer_norm": True,
+                       "zoneout": 0.1, "recurrent_dropout": 0.25}  # values that turn each option on (their cost
+# does not depend on the value)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from .backend import get_backend
+    from .dispatch.tuning import tune
+
+    if args.proj_size >= args.hidden_size:
+        raise OptionError(f"--proj-size must be below --hidden-size ({args.hidden_size}), got {args.proj_size} "
+                          "(0: no projection)")
+    options = {name: TUNED_OPTION_VALUES[name] for name in args.cell_option}
+    result = tune(get_backend(args.backend), np.dtype(args.dtype), args.batch_size, args.hidden_size,
+                  features=args.input_size, steps=args.seq_len, proj_size=args.proj_size, options=options,
+                  masked=args.lengths, repeats=args.repeats)
+    key = result.key
+    say(f"{key.device}, {key.backend} {key.dtype}, {key.cell}" + (f" with {', '.join(key.options)}" if key.options
+                                                                  else "")
+        + f", batch {key.batch}, hidden {key.hidden}{', lengths' if key.masked else ''}: ms per training step of "
+        f"T {args.seq_len}")
+    for name, ms in sorted(result.ms.items(), key=lambda item: item[1]):
+        say(f"  {name:<16} {ms:9.2f}" + ("   fastest" if name == result.impl else ""))
+    say(f"\"auto\" now runs {result.impl} for this call here (recorded in {result.path})")
+    return 0
+
+
 def run_check(args: argparse.Namespace) -> int:
     from .check import run_checks
 
@@ -236,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    handlers = {"train": run_train, "sample": run_sample, "export": run_export, "check": run_check}
+    handlers = {"train": run_train, "sample": run_sample, "export": run_export, "tune": run_tune, "check": run_check}
     args.comm = SingleProcess()
     with warnings.catch_warnings():
         warnings.simplefilter("once")  # a warning repeated every step is said once

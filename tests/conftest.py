@@ -8,13 +8,17 @@ no GPU) is skipped with the reason, never failed.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 from lstmx.backend import BackendError, get_backend
+from lstmx.dispatch.tuning import CACHE_VARIABLE
 from lstmx.kernels.cupy import tiling
 
 DEFAULT_BACKENDS = "numpy,array_api_strict,cupy"
+# "auto" reads the choices lstmx tune measured; the tests see none but their own, never the machine's cache
+os.environ[CACHE_VARIABLE] = os.path.join(tempfile.mkdtemp(prefix="lstmx-test-tune-"), "tune.json")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterator, NamedTuple
 
 from ..backend import Backend, dtype_name
+from . import tuning
 
 ENVIRONMENT_VARIABLE = "LSTMX_LAYER_IMPL"
 AUTO = "auto"
@@ -253,7 +254,9 @@ def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | No
                       sizes: tuple[int, int] | None = None, cell: str = "lstm",
                       options: tuple[str, ...] = ()) -> LayerImpl:
     """The implementation that runs a layer of ``dtype`` on ``backend`` (``masked``: a step mask is given;
-    ``sizes``: (batch, hidden), for implementations that run only some sizes; ``cell``: the cell's kind)."""
+    ``sizes``: (batch, hidden), for implementations that run only some sizes; ``cell``: the cell's kind): the one
+    asked for; else, for "auto", the one ``lstmx tune`` measured fastest for this call here
+    (:mod:`lstmx.dispatch.tuning`), else the first in :data:`LAYER_IMPLS` that "auto" may pick."""
     name, binding = requested_impl(impl)
     if name != AUTO:
         chosen = _BY_NAME[name]
@@ -264,6 +267,10 @@ def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | No
             able = [i.name for i in available_layer_impls(backend, dtype, masked, sizes, cell, options)]
             raise LayerImplError(f"layer implementation {name!r} cannot run this call: it {reason}; "
                                  f"implementations that can: {', '.join(able)}")
+    tuned = _BY_NAME.get(tuning.tuned_choice(backend, dtype, masked, sizes, cell, options) or "")
+    if tuned is not None and tuned.auto_takes(dtype, None, options) and tuned.refuses(backend, dtype, masked, sizes,
+                                                                                      cell, options) is None:
+        return tuned  # measured fastest for this call on this device (lstmx tune)
     for candidate in LAYER_IMPLS:
         if candidate.auto_takes(dtype, sizes, options) and candidate.refuses(backend, dtype, masked, sizes, cell,
                                                                     options) is None:
