@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 from numba import njit
 
-from .numba_layer import _JIT, _tanh
+from .numba_layer import _JIT, _sigmoid, _tanh
 
 CHUNK = 32  # tokens per compiled call: short enough to stream, long enough that the call's cost vanishes
 
@@ -96,7 +96,6 @@ def generate_chunk(table, weights, biases, head_weight, head_bias, logits, h, c,
     batch, hidden = h.shape[1], h.shape[2]
     embedding = table.shape[1]
     dtype = h.dtype
-    half = dtype.type(0.5)
     scaled = np.empty(logits.shape[1], np.float64)
     width = max(embedding, hidden) + hidden
     inputs = np.empty((batch, width), dtype)
@@ -118,10 +117,10 @@ def generate_chunk(table, weights, biases, head_weight, head_bias, logits, h, c,
             for b in range(batch):
                 zb, cb, hb = z[b], c[layer, b], h[layer, b]
                 for j in range(hidden):
-                    i = half * _tanh(half * zb[j]) + half
-                    f = half * _tanh(half * zb[hidden + j]) + half
+                    i = _sigmoid(zb[j])
+                    f = _sigmoid(zb[hidden + j])
                     g = _tanh(zb[2 * hidden + j])
-                    o = half * _tanh(half * zb[3 * hidden + j]) + half
+                    o = _sigmoid(zb[3 * hidden + j])
                     cb[j] = f * cb[j] + i * g
                     hb[j] = o * _tanh(cb[j])
         _product(h[len(weights) - 1], head_weight, head_bias, logits)

@@ -59,23 +59,34 @@ def _tanh_for(x):
     return lambda x: math.tanh(x)
 
 
+def _sigmoid(x):  # replaced inside compiled code by the overload below
+    return 0.5 * math.tanh(0.5 * x) + 0.5
+
+
+@overload(_sigmoid, inline="always", jit_options={"fastmath": _FAST_MATH, "error_model": "numpy"})
+def _sigmoid_for(x):
+    """σ(z) = ½·tanh(½z) + ½: the gates' σ through the same tanh, in the argument's precision."""
+    if x == types.float32:
+        return lambda x: np.float32(0.5) * _tanh(np.float32(0.5) * x) + np.float32(0.5)
+    return lambda x: 0.5 * _tanh(0.5 * x) + 0.5
+
+
 # Loops index views from 0 with range(n): the compiler then drops the negative-index check and vectorises.
 @njit(**_JIT)
 def _forward_step(z, recurrent, bias, c_prev, c_next, tanh_c, next_inputs, features):
     """z (B, 4H): x_t W_x on entry, the activated gates i, f, g, o on return; writes c_t, tanh(c_t) and h_t
     (into columns [features:] of ``next_inputs``, the next step's [x, h_prev] rows)."""
     hidden = c_prev.shape[1]
-    half = z.dtype.type(0.5)
     for b in range(z.shape[0]):
         zb, rb = z[b], recurrent[b]
         for k in range(zb.shape[0]):
             zb[k] += rb[k] + bias[k]
         i, f, g, o = zb[:hidden], zb[hidden : 2 * hidden], zb[2 * hidden : 3 * hidden], zb[3 * hidden :]
         for j in range(hidden):
-            i[j] = half * _tanh(half * i[j]) + half  # σ(z) = ½·tanh(½z) + ½
-            f[j] = half * _tanh(half * f[j]) + half
+            i[j] = _sigmoid(i[j])
+            f[j] = _sigmoid(f[j])
             g[j] = _tanh(g[j])
-            o[j] = half * _tanh(half * o[j]) + half
+            o[j] = _sigmoid(o[j])
         cp, cn, tc, h = c_prev[b], c_next[b], tanh_c[b], next_inputs[b][features:]
         for j in range(hidden):
             c = f[j] * cp[j] + i[j] * g[j]

@@ -25,7 +25,7 @@ from ...nn.layers.lstm_layer import (PLAIN, ExtraParams, LayerInputError, LayerN
                                      check_backward_inputs, check_extra_params, check_variant_cache, forward_dims)
 from ...nn.layers.norm import NORM_EPSILON, NormCache
 from .buffers import HOST_BUFFERS
-from .numba_layer import _JIT, _tanh
+from .numba_layer import _JIT, _sigmoid, _tanh
 from .numpy_layer import refuse_step_mask, transposed_copy
 
 
@@ -142,7 +142,7 @@ def _forward_step(x_gates, recurrent, c_prev, h_prev, peephole, peepholes, clip,
     (LN of) c'_t, the clip masks, the layer norms' caches, and the state after zoneout (``h_out``, ``c_out``;
     ``h_out`` is o ⊙ tanh(c) before any projection, zoned here only when ``zoned_h``)."""
     hidden = c_prev.shape[1]
-    one, half = c_prev.dtype.type(1), c_prev.dtype.type(0.5)
+    one = c_prev.dtype.type(1)
     p_i, p_f, p_o = peephole[:hidden], peephole[hidden:2 * hidden], peephole[2 * hidden:]
     for b in range(c_prev.shape[0]):
         rec, zb, gb, cp, cn = recurrent[b], x_gates[b], gates[b], c_prev[b], c_new[b]
@@ -159,14 +159,14 @@ def _forward_step(x_gates, recurrent, c_prev, h_prev, peephole, peepholes, clip,
         if clipped:
             _clip_row(zb[:3 * hidden], clip, unclipped[b, :3 * hidden])
         for j in range(hidden):
-            i[j] = half * _tanh(half * zi[j]) + half  # σ(z) = ½·tanh(½z) + ½
+            i[j] = _sigmoid(zi[j])
             g[j] = _tanh(zg[j])
         if input_forget:
             for j in range(hidden):
                 f[j] = one - i[j]
         else:
             for j in range(hidden):
-                f[j] = half * _tanh(half * zf[j]) + half
+                f[j] = _sigmoid(zf[j])
         for j in range(hidden):
             cn[j] = f[j] * cp[j] + i[j] * g[j]
         if peepholes:
@@ -175,7 +175,7 @@ def _forward_step(x_gates, recurrent, c_prev, h_prev, peephole, peepholes, clip,
         if clipped:
             _clip_row(zo, clip, unclipped[b, 3 * hidden:])
         for j in range(hidden):
-            o[j] = half * _tanh(half * zo[j]) + half
+            o[j] = _sigmoid(zo[j])
         squashed = tanh_c[b]
         if layer_norm:
             c_inverse_std[b, 0] = _normalise_row(cn, c_normalized[b], norm_c, squashed)
