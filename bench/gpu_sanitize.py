@@ -29,6 +29,8 @@ from _common import bench_parser  # noqa: E402
 import lstmx  # noqa: E402
 from lstmx.dispatch import registry  # noqa: E402
 from lstmx.check import HEADER, CheckResult, agreement, host_arrays, row  # noqa: E402
+from lstmx.cli import flag_type  # noqa: E402
+from lstmx.options import NON_NEGATIVE_INT  # noqa: E402
 from lstmx.training.optim import Adam, clip_grad_norm  # noqa: E402
 
 CUPY_LAYER_PATHS = [impl.name for impl in registry.LAYER_IMPLS if impl.backends == ("cupy",)]
@@ -38,11 +40,14 @@ OPTION_VALUES = {"peepholes": True, "input_forget": True, "cell_clip": 3.0, "lay
                  "recurrent_dropout": 0.2}  # values where each option acts
 
 
-def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = False) -> list[CheckResult]:
+def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = False,
+          proj_size: int = 0) -> list[CheckResult]:
     """Every comparison for layer path ``impl`` (and the fused loss, clipping and updates when ``fused``; every
-    cell option ``impl`` takes when ``cell_options``) on ``backend``, each printed as a row of ``lstmx check``'s
-    table (a comparison that raises fails its row)."""
+    cell option ``impl`` takes when ``cell_options``; the LSTMP cell when ``proj_size``) on ``backend``, each
+    printed as a row of ``lstmx check``'s table (a comparison that raises fails its row)."""
     options = {name: OPTION_VALUES[name] for name in registry.layer_impl(impl).cell_options} if cell_options else {}
+    if proj_size:
+        options["proj_size"] = proj_size
     loss_impl = "cupy-fused" if fused else "generic"
     rng = np.random.default_rng(0)
     tokens = backend.asarray(rng.integers(0, VOCAB, (STEPS, BATCH)))
@@ -66,13 +71,15 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
     print(HEADER)
     results = []
     for dtype in ("float32", "float64"):
-        refused = registry.layer_impl(impl).refuses(backend, np.dtype(dtype), True, (BATCH, HIDDEN), "lstm",
-                                                    tuple(options))
+        refused = registry.layer_impl(impl).refuses(backend, np.dtype(dtype), True, (BATCH, HIDDEN),
+                                                    "lstmp" if proj_size else "lstm",
+                                                    tuple(name for name in options if name != "proj_size"))
         if refused is not None:
             print(f"{impl} {dtype}: left out, it {refused}")
             continue
         for lengths in (None, [STEPS, 3, 1]):
-            label = (f"{impl}{' + options' if options else ''}{' + fused loss' if fused else ''} {dtype}"
+            label = (f"{impl}{' + options' if cell_options else ''}{f' + proj {proj_size}' if proj_size else ''}"
+                     f"{' + fused loss' if fused else ''} {dtype}"
                      f"{', lengths' if lengths else ''}")
             results.append(agreement(label, backend.name, losses(dtype, lengths, "generic", "generic"),
                                      lambda: losses(dtype, lengths, impl, loss_impl), TOLERANCE[dtype]))
@@ -91,7 +98,11 @@ def main() -> None:
     parser.add_argument("--cell-options", action="store_true",
                         help="with every cell option the path takes (peepholes, input_forget, cell_clip, layer_norm, "
                              "zoneout, recurrent_dropout), so its variant kernels run")
+    parser.add_argument("--proj-size", type=flag_type("--proj-size", NON_NEGATIVE_INT, int), default=0,
+                        help=f"the LSTMP cell with this projection (below {HIDDEN}), so the projected kernels run")
     args = parser.parse_args()
+    if args.proj_size >= HIDDEN:
+        parser.error(f"--proj-size must be below the hidden size {HIDDEN}, got {args.proj_size}")
     try:
         backend = lstmx.get_backend("cupy")
     except lstmx.BackendError as error:
@@ -99,7 +110,8 @@ def main() -> None:
     import cupy
 
     cupy.cuda.set_allocator(None)  # one cudaMalloc per array: memcheck then knows where each one ends
-    sys.exit(0 if all(result.passed for result in check(backend, args.impl, args.fused, args.cell_options)) else 1)
+    results = check(backend, args.impl, args.fused, args.cell_options, args.proj_size)
+    sys.exit(0 if all(result.passed for result in results) else 1)
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def test_the_gpu_session_leaves_out_a_path_that_failed_its_smoke_run(tmp_path, f
 
 def test_the_gpu_session_runs_the_sanitizer_over_each_listed_path_and_tool(tmp_path):
     """With a compute-sanitizer stand-in: each path:tool pair runs bench/gpu_sanitize.py under that tool (with
-    --fused or --cell-options where asked), and the step's line names the sanitizer's error summary and the script's pass count."""
+    --fused, --cell-options or --proj-size where asked), and the step's line names the sanitizer's error summary and the script's pass count."""
     tools, calls = tmp_path / "bin", tmp_path / "calls.txt"
     tools.mkdir()
     (tools / "compute-sanitizer").write_text(
@@ -209,7 +209,8 @@ def test_the_gpu_session_runs_the_sanitizer_over_each_listed_path_and_tool(tmp_p
         tool.chmod(0o755)
     environment = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
                    "SMOKE_FAILED": str(tmp_path / "smoke_failed.txt"),
-                   "SANITIZE_RUNS": "tiled:racecheck graph+fused:memcheck stepwise+options:racecheck"}
+                   "SANITIZE_RUNS": "tiled:racecheck graph+fused:memcheck stepwise+options:racecheck "
+                                    "stepwise+options+proj:memcheck"}
     done = subprocess.run(["bash", "bench/gpu_session.sh", "sanitize"], cwd=BENCH.parent, env=environment,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -217,7 +218,9 @@ def test_the_gpu_session_runs_the_sanitizer_over_each_listed_path_and_tool(tmp_p
         "--tool|racecheck|--error-exitcode|9|--print-limit|20|python3|bench/gpu_sanitize.py|--impl|cupy-tiled|",
         "--tool|memcheck|--error-exitcode|9|--print-limit|20|python3|bench/gpu_sanitize.py|--impl|cupy-graph|--fused|",
         "--tool|racecheck|--error-exitcode|9|--print-limit|20|python3|bench/gpu_sanitize.py|--impl|cupy-stepwise|"
-        "--cell-options|"]
+        "--cell-options|",
+        "--tool|memcheck|--error-exitcode|9|--print-limit|20|python3|bench/gpu_sanitize.py|--impl|cupy-stepwise|"
+        "--cell-options|--proj-size|8|"]
     assert "sanitize tiled:racecheck: rc 0; ERROR SUMMARY: 0 errors; 1 pass, 0 FAIL" in done.stdout
 
 

@@ -865,6 +865,19 @@ def test_the_gpu_sanitizer_script_passes_each_path_through_the_emulated_kernels(
     assert header.startswith("check") and len(rows) == 6 and all("  pass  " in line for line in rows), rows
 
 
+@pytest.mark.parametrize("cell_options", [False, True], ids=["plain", "options"])
+def test_the_gpu_sanitizer_script_passes_the_projected_cell_through_the_emulated_kernels(on_numpy, capsys,
+                                                                                        cell_options):
+    """bench/gpu_sanitize.py --proj-size 8 [--cell-options] (the session's stepwise+options+proj run) on the
+    stand-in: the projected kernels agree with the generic path, with lengths and without."""
+    spec = importlib.util.spec_from_file_location("gpu_sanitize", BENCH / "gpu_sanitize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = script.check(NUMPY, on_numpy("cupy-stepwise"), fused=False, cell_options=cell_options, proj_size=8)
+    assert len(results) == 2 * 2 and all(result.passed for result in results), results
+    assert all("+ proj 8" in result.check for result in results)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_the_language_model_recipe_trains_through_every_cupy_path_as_through_the_generic_ones(
         on_numpy, fused_on_numpy, launches, tmp_path, optimizer):
@@ -908,24 +921,31 @@ VARIANT_OPTIONS = {"peepholes": dict(peepholes=True), "input_forget": dict(input
                                       zoneout=(0.2, 0.4), recurrent_dropout=0.3)}
 
 
-def variant_problem(options, steps, batch, features, hidden, training, masked, seed=0):
-    """A layer's arguments for the variant functions: the cell options, ``ExtraParams``, and the masks a training
-    forward would draw (``LayerNoise``; None in evaluation)."""
+def variant_problem(options, steps, batch, features, hidden, training, masked, seed=0, proj=0):
+    """A layer's arguments for the variant functions: the cell options, ``ExtraParams`` (with a projection (H,
+    ``proj``) when ``proj`` > 0: h, dy and the recurrent rows of the weight then have ``proj`` units), and the
+    masks a training forward would draw (``LayerNoise``; None in evaluation)."""
     from lstmx.nn.layers.cell import CellOptions
     from lstmx.nn.layers.lstm_layer import ExtraParams, LayerNoise
 
     arrays, mask = problem(steps, batch, features, hidden, np.float64, seed, masked)
     cell_options = CellOptions(**{k: (tuple(v) if k == "zoneout" else v) for k, v in options.items()})
     rng = np.random.default_rng(seed + 1)
-    extra = ExtraParams(None, rng.standard_normal(3 * hidden) if cell_options.peepholes else None,
+    output = proj or hidden
+    if proj:
+        arrays.update(weight=0.5 * rng.standard_normal((features + proj, 4 * hidden)),
+                      h0=rng.standard_normal((batch, proj)), dy=rng.standard_normal((steps, batch, proj)),
+                      dh_last=rng.standard_normal((batch, proj)))
+    extra = ExtraParams(rng.standard_normal((hidden, proj)) / np.sqrt(hidden) if proj else None,
+                        rng.standard_normal(3 * hidden) if cell_options.peepholes else None,
                         *((rng.standard_normal((2, n)) for n in (4 * hidden, 4 * hidden, hidden))
                           if cell_options.layer_norm else (None, None, None)))
     zoneout_c, zoneout_h = cell_options.zoneout
     noise = None
-    if training:
-        noise = LayerNoise((rng.random((batch, hidden)) >= 0.4) / 0.6 if cell_options.recurrent_dropout else None,
+    if training and cell_options != CellOptions():
+        noise = LayerNoise((rng.random((batch, output)) >= 0.4) / 0.6 if cell_options.recurrent_dropout else None,
                            (rng.random((steps, batch, hidden)) < zoneout_c) * 1.0 if zoneout_c else None,
-                           (rng.random((steps, batch, hidden)) < zoneout_h) * 1.0 if zoneout_h else None)
+                           (rng.random((steps, batch, output)) < zoneout_h) * 1.0 if zoneout_h else None)
     return arrays, mask, cell_options, extra, noise
 
 
@@ -955,6 +975,43 @@ def test_variant_kernels_match_generic_float64(wrappers, case, shape, training, 
                  1e-12)
     assert_close(variant_forward_and_backward(stepwise, generic, arrays, mask, options, extra, noise), expected, 1e-12)
     assert_close(variant_forward_and_backward(generic, stepwise, arrays, mask, options, extra, noise), expected, 1e-12)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "evaluation"])
+@pytest.mark.parametrize("case", ["plain", *VARIANT_OPTIONS])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 33, 7), (1, 1, 2, 8, 1), (4, 3, 3, 130, 129)],
+                         ids=lambda s: "T{}B{}D{}H{}P{}".format(*s))
+def test_projected_kernels_match_generic_float64(wrappers, case, shape, training, masked):
+    """The LSTMP cell (proj_size) on the stepwise path, without and with each cell option: h's zoneout, mask and
+    recurrent dropout act on the projected h, the c side as without a projection; either backward on the
+    other's cache (P = 129: more projected units than a block's threads)."""
+    *dims, proj = shape
+    arrays, mask, options, extra, noise = variant_problem(VARIANT_OPTIONS.get(case, {}), *dims, training, masked,
+                                                          proj=proj)
+    expected = variant_forward_and_backward(generic, generic, arrays, mask, options, extra, noise)
+    assert expected["dprojection"].shape == (dims[3], proj)
+    stepwise = wrappers["stepwise"]
+    assert_close(variant_forward_and_backward(stepwise, stepwise, arrays, mask, options, extra, noise), expected,
+                 1e-12)
+    assert_close(variant_forward_and_backward(stepwise, generic, arrays, mask, options, extra, noise), expected, 1e-12)
+    assert_close(variant_forward_and_backward(generic, stepwise, arrays, mask, options, extra, noise), expected, 1e-12)
+
+
+def test_the_plain_projected_layer_keeps_the_generic_signatures_and_cache(wrappers):
+    """lstmp_layer_forward / lstmp_layer_backward of the stepwise path equal the generic ones."""
+    arrays, mask, _, extra, _ = variant_problem({}, 3, 2, 4, 6, False, True, proj=3)
+    a, step_mask = arrays, mask[..., None]
+    results = []
+    for module in (wrappers["stepwise"], generic):
+        y, (h, c), cache = module.lstmp_layer_forward(NUMPY, a["x"], a["weight"], a["bias"], extra.projection,
+                                                      a["h0"], a["c0"], step_mask)
+        assert cache.variant is None  # the plain cell's cache, as the generic forward leaves it
+        grads = module.lstmp_layer_backward(NUMPY, a["dy"], a["dh_last"], a["dc_last"], a["weight"],
+                                            extra.projection, cache)
+        results.append([y, h, c, grads[0], *grads[1], grads[2], grads[3], grads[4]])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_variant_kernels_do_not_depend_on_thread_order(wrappers):

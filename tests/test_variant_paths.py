@@ -169,3 +169,5 @@ def test_auto_gives_a_path_only_the_options_it_is_trusted_with():
     assert "layer_norm" in stepwise.cell_options
     assert stepwise.auto_takes("float32", (8, 64)) and not stepwise.auto_takes("float32", (8, 64), ("layer_norm",))
     assert numba.auto_takes("float32", (8, 64), numba.cell_options)
+    assert "lstmp" in stepwise.cells and not stepwise.auto_takes("float32", (8, 64), (), "lstmp")  # likewise
+    assert numba.auto_takes("float32", (8, 64), (), "lstmp")

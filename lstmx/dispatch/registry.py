@@ -62,6 +62,7 @@ class LayerImpl(NamedTuple):
     # not named, or None: every size it runs)
     auto_cell_options: tuple[str, ...] | None = None  # the cell options "auto" gives it (None: every one it takes;
     # fewer where its kernels for the others have not yet run on a GPU)
+    auto_cells: tuple[str, ...] | None = None  # the cells "auto" gives it (None: every one it runs), likewise
 
     def refuses(self, backend: Backend, dtype: Any, masked: bool, sizes: tuple[int, int] | None = None,
                 cell: str = "lstm", options: tuple[str, ...] = ()) -> str | None:
@@ -88,12 +89,13 @@ class LayerImpl(NamedTuple):
             return module.refuses_size(*sizes, dtype)
         return None
 
-    def auto_takes(self, dtype: Any, sizes: tuple[int, int] | None, options: tuple[str, ...] = ()) -> bool:
-        """Whether "auto" may pick it for ``dtype``, ``sizes`` = (batch, hidden) (None: any size) and the cell
-        ``options``: its auto dtypes, hidden-size limit and auto options. Whether it can run the call at all is
-        :meth:`refuses`'s to say."""
+    def auto_takes(self, dtype: Any, sizes: tuple[int, int] | None, options: tuple[str, ...] = (),
+                   cell: str = "lstm") -> bool:
+        """Whether "auto" may pick it for ``dtype``, ``sizes`` = (batch, hidden) (None: any size), the cell
+        ``options`` and the ``cell``: its auto dtypes, hidden-size limit, auto options and auto cells. Whether it
+        can run the call at all is :meth:`refuses`'s to say."""
         name = dtype_name(dtype)
-        if name not in self.auto_dtypes:
+        if name not in self.auto_dtypes or cell not in (self.cells if self.auto_cells is None else self.auto_cells):
             return False
         auto_options = self.cell_options if self.auto_cell_options is None else self.auto_cell_options
         if any(option not in auto_options for option in options):
@@ -121,11 +123,16 @@ class LayerImpl(NamedTuple):
         from .contract import contract_breaches, protocols_for
 
         module = importlib.import_module(self.module)
-        breaches = contract_breaches(module, protocols_for(self.cells, self.cell_options))
-        if breaches:
-            raise LayerImplError(f"{self.name} ({self.module}) breaks the kernel contract: {'; '.join(breaches)}")
+        claim = (self.module, self.cells, self.cell_options)
+        if claim not in _CONTRACTS_KEPT:  # checked once per module and claim: a layer call loads it every time
+            breaches = contract_breaches(module, protocols_for(self.cells, self.cell_options))
+            if breaches:
+                raise LayerImplError(f"{self.name} ({self.module}) breaks the kernel contract: {'; '.join(breaches)}")
+            _CONTRACTS_KEPT.add(claim)
         return module
 
+
+_CONTRACTS_KEPT: set[tuple] = set()  # (module, cells, cell options) whose module was found to keep the contract
 
 # Which dtypes "auto" picks each CuPy path for: a path that has not yet passed the CuPy suite on a GPU is () and
 # runs only when asked for by name. All four passed it on an H100 (README, "GPU"); where "auto" runs which one
@@ -161,10 +168,11 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
               summary="CuPy: the stepwise path's GEMMs and kernels captured once per shape as a CUDA graph, one "
                       "launch per direction (every size)"),
     LayerImpl(name="cupy-stepwise", module="lstmx.kernels.cupy.stepwise", backends=("cupy",), dtypes=FLOATS,
-              auto_dtypes=CUPY_STEPWISE_AUTO, step_masks=True, size_limited=False, cells=LSTM_ONLY,
-              cell_options=EVERY_OPTION, auto_cell_options=(),  # its variant kernels have run in the emulator only
-              summary="CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size; every cell option, "
-                      "by name)"),
+              auto_dtypes=CUPY_STEPWISE_AUTO, step_masks=True, size_limited=False, cells=EVERY_CELL,
+              cell_options=EVERY_OPTION, auto_cell_options=(), auto_cells=LSTM_ONLY,  # its variant and projected
+              # kernels have run in the emulator only
+              summary="CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size; every cell and cell "
+                      "option, the variants by name)"),
     LayerImpl(name="numba", module="lstmx.kernels.host.numba_layer", backends=("numpy",), dtypes=FLOATS,
               auto_dtypes=("float32",), step_masks=False, size_limited=False, cells=EVERY_CELL,
               cell_options=EVERY_OPTION,
@@ -268,12 +276,12 @@ def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | No
             raise LayerImplError(f"layer implementation {name!r} cannot run this call: it {reason}; "
                                  f"implementations that can: {', '.join(able)}")
     tuned = _BY_NAME.get(tuning.tuned_choice(backend, dtype, masked, sizes, cell, options) or "")
-    if tuned is not None and tuned.auto_takes(dtype, None, options) and tuned.refuses(backend, dtype, masked, sizes,
-                                                                                      cell, options) is None:
+    if tuned is not None and tuned.auto_takes(dtype, None, options, cell) and tuned.refuses(
+            backend, dtype, masked, sizes, cell, options) is None:
         return tuned  # measured fastest for this call on this device (lstmx tune)
     for candidate in LAYER_IMPLS:
-        if candidate.auto_takes(dtype, sizes, options) and candidate.refuses(backend, dtype, masked, sizes, cell,
-                                                                    options) is None:
+        if candidate.auto_takes(dtype, sizes, options, cell) and candidate.refuses(backend, dtype, masked, sizes,
+                                                                                   cell, options) is None:
             return candidate
     raise LayerImplError(f"no layer implementation runs {dtype_name(dtype)} on {backend.name}")  # generic always does
 

@@ -161,7 +161,7 @@ def tune(backend: Backend, dtype: Any, batch: int, hidden: int, *, features: int
     cell = model.stack.cell_in_effect(True)
     names = cell.options.names()
     candidates = [impl.name for impl in registry.LAYER_IMPLS
-                  if impl.auto_takes(model.dtype, None, names)
+                  if impl.auto_takes(model.dtype, None, names, cell.kind)
                   and impl.refuses(model.backend, model.dtype, masked, (batch, hidden), cell.kind, names) is None]
     rng = np.random.default_rng(0)
     x = model.backend.asarray(rng.standard_normal((steps, batch, features)), dtype=model.dtype)

@@ -27,8 +27,9 @@ the same row of the (B, 4H) gate block.
 - ``loss.cu``: the softmax cross-entropy's per-row loss and its gradient, a block per row
   (:mod:`lstmx.kernels.cupy.loss`).
 - ``variants.cu``: the stepwise path's steps with cell options (peepholes, ``input_forget``, ``cell_clip``,
-  ``layer_norm``, zoneout, recurrent dropout), a block per batch row so the layer norms reduce in shared memory,
-  and a row-wise layer norm (:mod:`lstmx.kernels.cupy.variants`).
+  ``layer_norm``, zoneout, recurrent dropout) and of the projected cell (the h side of a step after and before the
+  W_hr product), a block per batch row so the layer norms reduce in shared memory, and a row-wise layer norm
+  (:mod:`lstmx.kernels.cupy.variants`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")
 TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
 OPTIM_KERNELS = ("adam_update", "sgd_update", "rmsprop_update", "global_norm", "scale_tensors")
 LOSS_KERNELS = ("softmax_cross_entropy",)
-VARIANT_KERNELS = ("row_norm_forward", "row_norm_backward", "lstm_variant_forward_step", "lstm_variant_backward_step")
+VARIANT_KERNELS = ("row_norm_forward", "row_norm_backward", "lstm_variant_forward_step", "lstm_variant_backward_step",
+                   "lstm_projected_state_forward_step", "lstm_projected_state_backward_step")
 SOURCES = {"stepwise": STEPWISE_KERNELS, "persistent": PERSISTENT_KERNELS, "tiled": TILED_KERNELS,
            "optim": OPTIM_KERNELS, "loss": LOSS_KERNELS, "variants": VARIANT_KERNELS}  # kind → its file's kernels
 

@@ -87,6 +87,7 @@ def lstm_layer_backward(
                           dy, dh_last, dc_last, weight, cache)
 
 
-# the layers with cell options: their own module and kernels, exposed here, where the registry's "cupy-stepwise"
-# entry points
-from .variants import lstm_variant_layer_backward, lstm_variant_layer_forward  # noqa: E402
+# the layers with cell options and the projected cell: their own module and kernels, exposed here, where the
+# registry's "cupy-stepwise" entry points
+from .variants import (lstm_variant_layer_backward, lstm_variant_layer_forward, lstmp_layer_backward,  # noqa: E402
+                       lstmp_layer_forward)

@@ -1,6 +1,8 @@
 """The stepwise CuPy path's layers with cell options: peepholes, ``input_forget``, ``cell_clip``, ``layer_norm``,
-zoneout and recurrent dropout, with or without step masks; per time step one GEMM (h_{t-1} W_h) and one kernel
-(``cuda/variants.cu``: the gates, the layer norms of h W_h and of c, zoneout and the mask, a block per batch row).
+zoneout and recurrent dropout, with or without step masks, and the projected cell (``proj_size``, with or without
+options); per time step one GEMM (h_{t-1} W_h) and one kernel (``cuda/variants.cu``: the gates, the layer norms
+of h W_h and of c, zoneout and the mask, a block per batch row), and with a projection a second GEMM (o ⊙ tanh c)
+W_hr and a kernel for h's zoneout and mask on the projected h (before them in the backward).
 
 The signatures are the generic ``lstm_variant_layer_forward`` / ``lstm_variant_layer_backward``
 (:mod:`lstmx.nn.layers.lstm_layer`), and so is the cache (:class:`~lstmx.nn.layers.lstm_layer.LSTMLayerCache` with its
@@ -9,7 +11,8 @@ of x W_x runs over all steps at once before the loop, its backward after it; the
 gradients are sums over the stored steps after the loop (no atomics: the same sums every run).
 
 These kernels have run in the CPU emulator only (``tests/test_cuda_emulated.py``), not yet on a GPU: the
-registry gives them to ``impl="cupy-stepwise"`` asked for by name, never to "auto".
+registry gives them (the cell options and the LSTMP cell) to ``impl="cupy-stepwise"`` asked for by name, never to
+"auto".
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import numpy as np
 
 from ...backend import Backend
 from ...nn.layers.cell import CellOptions
-from ...nn.layers.lstm_layer import (ExtraParams, LayerNoise, LSTMLayerCache, VariantCache, check_extra_params,
-                                     check_backward_inputs, check_variant_cache, forward_dims)
+from ...nn.layers.lstm_layer import (PLAIN, ExtraParams, LayerInputError, LayerNoise, LSTMLayerCache, VariantCache,
+                                     check_backward_inputs, check_extra_params, check_variant_cache, forward_dims)
 from ...nn.layers.norm import NormCache
 from . import cuda_sources
 from .shell import NULL
@@ -75,11 +78,11 @@ def lstm_variant_layer_forward(
     backend: Backend, x: Any, weight: Any, bias: Any, extra: ExtraParams, options: CellOptions, h0: Any, c0: Any,
     step_mask: Any = None, noise: LayerNoise | None = None
 ) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
-    if extra.projection is not None:
-        raise ValueError("the CuPy stepwise path runs the LSTM cell without a projection")
-    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0)
+    projection = extra.projection
+    steps, batch, features, hidden = forward_dims(x, weight, bias, h0, c0, projection)
     check_extra_params(extra, options, hidden, x.dtype)
     dtype = np.dtype(x.dtype)
+    output = h0.shape[1]  # R: H, or P with a projection
     norms, clipped = options.layer_norm, options.cell_clip is not None
     x, weight = cupy.ascontiguousarray(x), cupy.ascontiguousarray(weight)
     rows, width = steps * batch, 4 * hidden
@@ -96,22 +99,27 @@ def lstm_variant_layer_forward(
     recurrent_mask = None if noise is None else _contiguous(noise.recurrent, dtype)
     keep_c, keep_h, zoneout_c, zoneout_h = _zoneout(noise, options, dtype)
 
-    gates, c_new, tanh_c, y = (cupy.empty(shape, dtype=dtype) for shape in
-                               ((steps, batch, width), (steps, batch, hidden), (steps, batch, hidden),
-                                (steps, batch, hidden)))
+    gates, c_new, tanh_c = (cupy.empty(shape, dtype=dtype) for shape in
+                            ((steps, batch, width), (steps, batch, hidden), (steps, batch, hidden)))
+    y = cupy.empty((steps, batch, output), dtype=dtype)
     unclipped = _empty(clipped, (steps, batch, width), dtype)
     h_normalized, h_inverse_std = _empty(norms, (steps, batch, width), dtype), _empty(norms, (steps, batch, 1), dtype)
     c_normalized, c_inverse_std = _empty(norms, (steps, batch, hidden), dtype), _empty(norms, (steps, batch, 1), dtype)
-    cells, hidden_states = (cupy.empty((steps + 1, batch, hidden), dtype=dtype) for _ in range(2))
+    cells = cupy.empty((steps + 1, batch, hidden), dtype=dtype)
+    hidden_states = cupy.empty((steps + 1, batch, output), dtype=dtype)
     cells[0], hidden_states[0] = c0, h0
     seen = hidden_states  # what each step's GEMM multiplies: h_{t-1}, times the recurrent-dropout mask
     if recurrent_mask is not None:
-        seen = cupy.empty((steps + 1, batch, hidden), dtype=dtype)
+        seen = cupy.empty((steps + 1, batch, output), dtype=dtype)
         seen[0] = hidden_states[0] * recurrent_mask
     recurrent = cupy.empty((batch, width), dtype=dtype)
     w_hidden = weight[features:]
+    w_projection = _contiguous(projection, dtype)
+    unprojected = _empty(projection is not None, (batch, hidden), dtype)  # o ⊙ tanh(c), what W_hr multiplies
+    projected = _empty(projection is not None, (batch, output), dtype)
     peephole, norm_h, norm_c = (_contiguous(value, dtype) for value in (extra.peephole, extra.norm_h, extra.norm_c))
     clip = dtype.type(options.cell_clip if clipped else 0)
+    seen_or_null = _pointer(None if seen is hidden_states else seen)
     for t in range(steps if batch > 0 else 0):
         cupy.matmul(seen[t], w_hidden, out=recurrent)
         _launch("lstm_variant_forward_step", dtype, batch, (
@@ -119,10 +127,16 @@ def lstm_variant_layer_forward(
             np.int32(options.input_forget), _pointer(keep_c), _pointer(keep_h), zoneout_c, zoneout_h,
             _pointer(recurrent_mask), _pointer(mask), gates, _pointer(unclipped), _pointer(h_normalized),
             _pointer(h_inverse_std), c_new, _pointer(c_normalized), _pointer(c_inverse_std), tanh_c, cells,
-            hidden_states, _pointer(None if seen is hidden_states else seen), y, np.int32(t), np.int32(batch),
-            np.int32(hidden)))
-    kept = VariantCache(c_new, unclipped, NormCache(c_normalized, c_inverse_std) if norms else None, x_norm,
-                        NormCache(h_normalized, h_inverse_std) if norms else None, noise)
+            hidden_states, seen_or_null, y, _pointer(unprojected), np.int32(t), np.int32(batch), np.int32(hidden)))
+        if projection is not None:
+            cupy.matmul(unprojected, w_projection, out=projected)
+            _launch("lstm_projected_state_forward_step", dtype, batch, (
+                projected, _pointer(keep_h), zoneout_h, _pointer(recurrent_mask), _pointer(mask), hidden_states,
+                seen_or_null, y, np.int32(t), np.int32(batch), np.int32(output)))
+    kept = None
+    if options != PLAIN:
+        kept = VariantCache(c_new, unclipped, NormCache(c_normalized, c_inverse_std) if norms else None, x_norm,
+                            NormCache(h_normalized, h_inverse_std) if norms else None, noise)
     cache = LSTMLayerCache(x, seen[:steps], cells[:steps], gates, tanh_c, step_mask, kept)
     return y, (hidden_states[steps].copy(), cells[steps].copy()), cache
 
@@ -132,20 +146,23 @@ def lstm_variant_layer_backward(
     cache: LSTMLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
     x, h_prev, c_prev, gates, tanh_c, step_mask, kept = cache
-    if extra.projection is not None:
-        raise ValueError("the CuPy stepwise path runs the LSTM cell without a projection")
     check_variant_cache(kept, options)
+    projection = extra.projection
     steps, batch, features, hidden = cache.dims()
-    check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight)
+    output = hidden if projection is None else projection.shape[-1]
+    if cache.output_size != output:
+        raise LayerInputError("the cache was made by a layer with another projection than this backward's")
+    check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight, projection)
     check_extra_params(extra, options, hidden, x.dtype)
     dtype = np.dtype(x.dtype)
     norms, clipped = options.layer_norm, options.cell_clip is not None
     rows, width = steps * batch, 4 * hidden
-    x, h_prev, c_prev, gates, tanh_c, c_new = (cupy.ascontiguousarray(a, dtype=dtype)
-                                               for a in (x, h_prev, c_prev, gates, tanh_c, kept.c_new))
+    x, h_prev, c_prev, gates, tanh_c = (cupy.ascontiguousarray(a, dtype=dtype) for a in (x, h_prev, c_prev, gates,
+                                                                                        tanh_c))
+    c_new = c_prev if kept is None else cupy.ascontiguousarray(kept.c_new, dtype=dtype)  # read by peepholes only
     weight, dy = cupy.ascontiguousarray(weight), cupy.ascontiguousarray(dy, dtype=dtype)
     mask = None if step_mask is None else _contiguous(cupy.reshape(step_mask, (steps, batch)), dtype)
-    noise = kept.noise
+    noise = None if kept is None else kept.noise
     recurrent_mask = None if noise is None else _contiguous(noise.recurrent, dtype)
     keep_c, keep_h, zoneout_c, zoneout_h = _zoneout(noise, options, dtype)
     unclipped = _contiguous(kept.unclipped, dtype) if clipped else None
@@ -156,17 +173,26 @@ def lstm_variant_layer_backward(
     dz = cupy.empty((steps, batch, width), dtype=dtype)
     dh_product = cupy.empty((steps, batch, width), dtype=dtype) if norms else dz  # dL/d(h W_h)
     dc_through_h = cupy.empty((steps, batch, hidden), dtype=dtype)
-    dh_gemm = cupy.zeros((batch, hidden), dtype=dtype)
+    dh_gemm = cupy.zeros((batch, output), dtype=dtype)
     dh_carried = cupy.array(dh_last, dtype=dtype, order="C")
     dc = cupy.array(dc_last, dtype=dtype, order="C")
     w_hidden_t = cupy.ascontiguousarray(weight[features:].T)
+    w_projection_t = None if projection is None else cupy.ascontiguousarray(projection.T, dtype=dtype)
+    dh_projected = _empty(projection is not None, (steps, batch, output), dtype)  # dL/dh'_t, into W_hr's output
+    dh_cell = _empty(projection is not None, (batch, hidden), dtype)  # dL/d(o ⊙ tanh c_t)
     for t in reversed(range(steps if batch > 0 else 0)):
+        if projection is not None:
+            _launch("lstm_projected_state_backward_step", dtype, batch, (
+                dy, dh_gemm, _pointer(recurrent_mask), dh_carried, _pointer(keep_h), zoneout_h, _pointer(mask),
+                dh_projected, np.int32(t), np.int32(batch), np.int32(output)))
+            cupy.matmul(dh_projected[t], w_projection_t, out=dh_cell)
         _launch("lstm_variant_backward_step", dtype, batch, (
             dy, dh_gemm, _pointer(recurrent_mask), dh_carried, dc, gates, c_prev, c_new, tanh_c, _pointer(unclipped),
             _pointer(peephole), np.int32(options.input_forget), _pointer(norm_h), _pointer(norm_c),
             _pointer(h_norm.normalized), _pointer(h_norm.inverse_std), _pointer(c_norm.normalized),
             _pointer(c_norm.inverse_std), _pointer(keep_c), _pointer(keep_h), zoneout_c, zoneout_h, _pointer(mask), dz,
-            _pointer(dh_product if norms else None), dc_through_h, np.int32(t), np.int32(batch), np.int32(hidden)))
+            _pointer(dh_product if norms else None), dc_through_h, _pointer(dh_cell), np.int32(t), np.int32(batch),
+            np.int32(hidden)))
         cupy.matmul(dh_product[t], w_hidden_t, out=dh_gemm)
     dh0 = (dh_gemm if recurrent_mask is None else dh_gemm * recurrent_mask) + dh_carried
 
@@ -182,7 +208,7 @@ def lstm_variant_layer_backward(
         dnorm_x = _gain_and_bias_gradient(dz_flat, x_norm.normalized, width)
     dweight = cupy.empty(weight.shape, dtype=dtype)
     cupy.matmul(cupy.reshape(x, (rows, features)).T, dx_product, out=dweight[:features])
-    cupy.matmul(cupy.reshape(h_prev, (rows, hidden)).T, cupy.reshape(dh_product, (rows, width)), out=dweight[features:])
+    cupy.matmul(cupy.reshape(h_prev, (rows, output)).T, cupy.reshape(dh_product, (rows, width)), out=dweight[features:])
     dx = cupy.reshape(cupy.matmul(dx_product, weight[:features].T), (steps, batch, features))
     dpeephole = None
     if options.peepholes:
@@ -192,5 +218,25 @@ def lstm_variant_layer_backward(
                                                               axis=(0, 1))
     dnorm_h = _gain_and_bias_gradient(dz, h_norm.normalized, width) if norms else None
     dnorm_c = _gain_and_bias_gradient(dc_through_h, c_norm.normalized, hidden) if norms else None
-    dextra = ExtraParams(None, dpeephole, dnorm_x, dnorm_h, dnorm_c)
+    dprojection = None
+    if projection is not None:
+        unprojected = gates[..., 3 * hidden:] * tanh_c  # o_t ⊙ tanh(c_t), what W_hr multiplied
+        dprojection = cupy.reshape(unprojected, (rows, hidden)).T @ cupy.reshape(dh_projected, (rows, output))
+    dextra = ExtraParams(dprojection, dpeephole, dnorm_x, dnorm_h, dnorm_c)
     return dx, (dh0, dc), dweight, cupy.sum(dz_flat, axis=0), dextra
+
+
+def lstmp_layer_forward(
+    backend: Backend, x: Any, weight: Any, bias: Any, projection: Any, h0: Any, c0: Any, step_mask: Any = None
+) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
+    """The projected cell without options: the generic ``lstmp_layer_forward``'s signature and cache."""
+    return lstm_variant_layer_forward(backend, x, weight, bias, ExtraParams(projection), PLAIN, h0, c0, step_mask)
+
+
+def lstmp_layer_backward(
+    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any, cache: LSTMLayerCache
+) -> tuple[Any, tuple[Any, Any], Any, Any, Any]:
+    """Mirror of :func:`lstmp_layer_forward`: ``(dx, (dh0, dc0), dweight, dbias, dprojection)``."""
+    dx, dstate0, dweight, dbias, dextra = lstm_variant_layer_backward(backend, dy, dh_last, dc_last, weight,
+                                                                      ExtraParams(projection), PLAIN, cache)
+    return dx, dstate0, dweight, dbias, dextra.projection

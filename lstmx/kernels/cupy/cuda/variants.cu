@@ -125,6 +125,8 @@ extern "C" __global__ void lstm_variant_forward_step_$suffix(
     $real* __restrict__ hidden_states,       // (T + 1, B, H) carried h
     $real* __restrict__ seen,                // (T + 1, B, H) or null (with recurrent_mask)
     $real* __restrict__ y,                   // (T, B, H)
+    $real* __restrict__ unprojected,         // (B, H) or null: with a projection, o * tanh(c) goes here and
+                                             // lstm_projected_state_forward_step makes h, y and seen of it
     const int t, const int batch, const int hidden)
 {
     extern __shared__ $real shared[];
@@ -169,19 +171,56 @@ extern "C" __global__ void lstm_variant_forward_step_$suffix(
     }
     const $real m = step_mask == nullptr ? one : step_mask[step_row];
     for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
-        const $real cp = cells[before + j], hp = hidden_states[before + j], c = c_new[now + j];
+        const $real cp = cells[before + j], c = c_new[now + j];
         const $real tc = $tanh(norm_c != nullptr ? tanh_c[now + j] : c);
         tanh_c[now + j] = tc;
         $real h = gate[3 * hidden + j] * tc, c_out = c;
         const $real kc = keep_c == nullptr ? zoneout_c : keep_c[now + j];
-        const $real kh = keep_h == nullptr ? zoneout_h : keep_h[now + j];
         if (kc != ($real)0) c_out = kc * cp + (one - kc) * c;
+        cells[before + batch * hidden + j] = m * c_out + (one - m) * cp;
+        if (unprojected != nullptr) {
+            unprojected[b * hidden + j] = h;
+            continue;
+        }
+        const $real hp = hidden_states[before + j];
+        const $real kh = keep_h == nullptr ? zoneout_h : keep_h[now + j];
         if (kh != ($real)0) h = kh * hp + (one - kh) * h;
         const $real h_next = m * h + (one - m) * hp;
         y[now + j] = m * h;
         hidden_states[before + batch * hidden + j] = h_next;
-        cells[before + batch * hidden + j] = m * c_out + (one - m) * cp;
         if (seen != nullptr) seen[before + batch * hidden + j] = h_next * recurrent_mask[b * hidden + j];
+    }
+}
+
+// With a projection, after the GEMM h'_t = (o * tanh c_t) W_hr (projected, (B, P)): the zoneout of h, the step
+// mask, y_t, the carried h of step t + 1 and seen[t + 1] over the P units of row blockIdx.x, as the last loop
+// of lstm_variant_forward_step does over H without one.
+extern "C" __global__ void lstm_projected_state_forward_step_$suffix(
+    const $real* __restrict__ projected,     // (B, P)
+    const $real* __restrict__ keep_h,        // (T, B, P) or null
+    const $real zoneout_h,
+    const $real* __restrict__ recurrent_mask,  // (B, P) or null
+    const $real* __restrict__ step_mask,     // (T, B) or null
+    $real* __restrict__ hidden_states,       // (T + 1, B, P)
+    $real* __restrict__ seen,                // (T + 1, B, P) or null (with recurrent_mask)
+    $real* __restrict__ y,                   // (T, B, P)
+    const int t, const int batch, const int output)
+{
+    const long long b = blockIdx.x;
+    if (b >= batch) return;
+    const long long step_row = (long long)t * batch + b;
+    const long long now = step_row * output, next = now + (long long)batch * output;
+    const $real one = 1;
+    const $real m = step_mask == nullptr ? one : step_mask[step_row];
+    for (int j = threadIdx.x; j < output; j += blockDim.x) {
+        const $real hp = hidden_states[now + j];
+        $real h = projected[b * output + j];
+        const $real kh = keep_h == nullptr ? zoneout_h : keep_h[now + j];
+        if (kh != ($real)0) h = kh * hp + (one - kh) * h;
+        const $real h_next = m * h + (one - m) * hp;
+        y[now + j] = m * h;
+        hidden_states[next + j] = h_next;
+        if (seen != nullptr) seen[next + j] = h_next * recurrent_mask[b * output + j];
     }
 }
 
@@ -216,6 +255,8 @@ extern "C" __global__ void lstm_variant_backward_step_$suffix(
     $real* __restrict__ dz,                  // (T, B, 4H)
     $real* __restrict__ dh_product,          // (T, B, 4H) or null (without norm_h: dz itself)
     $real* __restrict__ dc_through_h,        // (T, B, H)
+    const $real* __restrict__ dh_cell,       // (B, H) or null: with a projection, dL/d(o * tanh c_t) (through
+                                             // W_hr; lstm_projected_state_backward_step did h's zoneout and mask)
     const int t, const int batch, const int hidden)
 {
     extern __shared__ $real shared[];
@@ -231,10 +272,15 @@ extern "C" __global__ void lstm_variant_backward_step_$suffix(
     const $real* inside = unclipped == nullptr ? nullptr : unclipped + step_row * width;
     $real sum = 0, weighted = 0;
     for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
-        const $real dh_next = dh_gemm[row + j] * (recurrent_mask == nullptr ? one : recurrent_mask[row + j])
-                              + dh_carried[row + j];
-        const $real kh = keep_h == nullptr ? zoneout_h : keep_h[now + j];
-        const $real dh = (one - kh) * m * (dy[now + j] + dh_next);
+        $real dh;
+        if (dh_cell != nullptr) {
+            dh = dh_cell[row + j];
+        } else {
+            const $real dh_next = dh_gemm[row + j] * (recurrent_mask == nullptr ? one : recurrent_mask[row + j])
+                                  + dh_carried[row + j];
+            const $real kh = keep_h == nullptr ? zoneout_h : keep_h[now + j];
+            dh = (one - kh) * m * (dy[now + j] + dh_next);
+        }
         const $real o = gate[3 * hidden + j], tc = tanh_c[now + j];
         $real dzo = dh * tc * o * (one - o);
         if (inside != nullptr) dzo *= inside[3 * hidden + j];
@@ -252,12 +298,9 @@ extern "C" __global__ void lstm_variant_backward_step_$suffix(
         mean_weighted = block_sum(weighted, shared) / hidden;
     }
     for (int j = threadIdx.x; j < hidden; j += blockDim.x) {
-        const $real dh_next = dh_gemm[row + j] * (recurrent_mask == nullptr ? one : recurrent_mask[row + j])
-                              + dh_carried[row + j];
         const $real dc_next = dc[row + j];
-        const $real kh = keep_h == nullptr ? zoneout_h : keep_h[now + j];
         const $real kc = keep_c == nullptr ? zoneout_c : keep_c[now + j];
-        const $real dh_t = m * (dy[now + j] + dh_next), dc_t = m * dc_next;
+        const $real dc_t = m * dc_next;
         $real through = dc_through_h[now + j];
         if (norm_c != nullptr)
             through = c_inverse_std[step_row] * (through * norm_c[j] - mean - c_normalized[now + j] * mean_weighted);
@@ -281,10 +324,46 @@ extern "C" __global__ void lstm_variant_backward_step_$suffix(
         $real dc_prev = dc_cell * f + kc * dc_t + (one - m) * dc_next;
         if (peephole != nullptr) dc_prev += dzi * peephole[j] + dzf * peephole[hidden + j];
         dc[row + j] = dc_prev;
-        dh_carried[row + j] = kh * dh_t + (one - m) * dh_next;
+        if (dh_cell == nullptr) {
+            const $real dh_next = dh_gemm[row + j] * (recurrent_mask == nullptr ? one : recurrent_mask[row + j])
+                                  + dh_carried[row + j];
+            const $real kh = keep_h == nullptr ? zoneout_h : keep_h[now + j];
+            dh_carried[row + j] = kh * m * (dy[now + j] + dh_next) + (one - m) * dh_next;
+        }
     }
     if (norm_h == nullptr) return;  // the whole block: dz is the gradient of h W_h
     __syncthreads();  // the LN of h W_h reads the whole row of dz
     normalise_row_backward(d, h_normalized + step_row * width, h_inverse_std[step_row], norm_h,
                            dh_product + step_row * width, width, shared);
+}
+
+// With a projection, the h side of step t's backward over the P units of row blockIdx.x, before the W_hr
+// product: dL/dh'_t = dh_gemm * recurrent_mask + dh_carried + dy_t under the step mask; zoneout's share of it
+// goes straight to h_{t-1} (dh_carried, with what a padded step passes through), the rest to dh_projected[t],
+// which the GEMM with W_hrᵀ turns into lstm_variant_backward_step's dh_cell.
+extern "C" __global__ void lstm_projected_state_backward_step_$suffix(
+    const $real* __restrict__ dy,            // (T, B, P)
+    const $real* __restrict__ dh_gemm,       // (B, P)
+    const $real* __restrict__ recurrent_mask,  // (B, P) or null
+    $real* __restrict__ dh_carried,          // (B, P)
+    const $real* __restrict__ keep_h,        // (T, B, P) or null
+    const $real zoneout_h,
+    const $real* __restrict__ step_mask,     // (T, B) or null
+    $real* __restrict__ dh_projected,        // (T, B, P)
+    const int t, const int batch, const int output)
+{
+    const long long b = blockIdx.x;
+    if (b >= batch) return;
+    const long long step_row = (long long)t * batch + b;
+    const long long now = step_row * output, row = b * output;
+    const $real one = 1;
+    const $real m = step_mask == nullptr ? one : step_mask[step_row];
+    for (int j = threadIdx.x; j < output; j += blockDim.x) {
+        const $real dh_next = dh_gemm[row + j] * (recurrent_mask == nullptr ? one : recurrent_mask[row + j])
+                              + dh_carried[row + j];
+        const $real kh = keep_h == nullptr ? zoneout_h : keep_h[now + j];
+        const $real dh_t = m * (dy[now + j] + dh_next);
+        dh_projected[now + j] = (one - kh) * dh_t;
+        dh_carried[row + j] = kh * dh_t + (one - m) * dh_next;
+    }
 }
