@@ -1,6 +1,6 @@
 """CuPy path for one LSTM layer whose stepwise recurrence is replayed as a CUDA graph: one call per direction.
 
-The stepwise path (:mod:`lstmx.kernels.cupy.shell`) makes two calls from Python per time step, a cuBLAS GEMM and
+The stepwise path (:mod:`lstmx.kernels.cupy.stepwise`) makes two calls from Python per time step, a cuBLAS GEMM and
 a fused kernel, and at small sizes the calls, not the GPU, set the pace. Here the same loop is captured once into
 a CUDA graph per *buffer set*: arrays of one problem shape (steps, batch, features, hidden, dtype, step mask or
 not, precision, device, stream) that the captured kernels read and write. A call takes a free set, writes its

@@ -1,7 +1,7 @@
 """CuPy persistent path for one LSTM layer: one cooperative kernel launch per direction for all time steps.
 
 Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward`` and tested against them. The
-stepwise CuPy path (:mod:`lstmx.kernels.cupy.shell`) pays two calls from Python per time step; here the
+stepwise CuPy path (:mod:`lstmx.kernels.cupy.stepwise`) pays two calls from Python per time step; here the
 whole recurrence is one launch (:data:`lstmx.kernels.cupy.cuda_sources.PERSISTENT_KERNELS`): every thread owns one
 (batch row, hidden unit), computes its unit's four recurrent dot products itself and keeps its state in
 registers, and a grid-wide barrier separates the steps. The input projection before and dW, db, dx after

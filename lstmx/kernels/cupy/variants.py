@@ -26,7 +26,8 @@ import numpy as np
 from ...backend import Backend
 from ...nn.layers.cell import CellOptions
 from ...nn.layers.lstm_layer import (PLAIN, ExtraParams, LayerInputError, LayerNoise, LSTMLayerCache, VariantCache,
-                                     check_backward_inputs, check_extra_params, check_variant_cache, forward_dims)
+                                     check_backward_inputs, check_extra_params, check_variant_cache, forward_dims,
+                                     projected_layers)
 from ...nn.layers.norm import NormCache
 from . import cuda_sources
 from .shell import NULL
@@ -226,17 +227,6 @@ def lstm_variant_layer_backward(
     return dx, (dh0, dc), dweight, cupy.sum(dz_flat, axis=0), dextra
 
 
-def lstmp_layer_forward(
-    backend: Backend, x: Any, weight: Any, bias: Any, projection: Any, h0: Any, c0: Any, step_mask: Any = None
-) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
-    """The projected cell without options: the generic ``lstmp_layer_forward``'s signature and cache."""
-    return lstm_variant_layer_forward(backend, x, weight, bias, ExtraParams(projection), PLAIN, h0, c0, step_mask)
 
-
-def lstmp_layer_backward(
-    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any, cache: LSTMLayerCache
-) -> tuple[Any, tuple[Any, Any], Any, Any, Any]:
-    """Mirror of :func:`lstmp_layer_forward`: ``(dx, (dh0, dc0), dweight, dbias, dprojection)``."""
-    dx, dstate0, dweight, dbias, dextra = lstm_variant_layer_backward(backend, dy, dh_last, dc_last, weight,
-                                                                      ExtraParams(projection), PLAIN, cache)
-    return dx, dstate0, dweight, dbias, dextra.projection
+# the projected cell without options: the variant pair with no options, under the generic lstmp signatures
+lstmp_layer_forward, lstmp_layer_backward = projected_layers(lstm_variant_layer_forward, lstm_variant_layer_backward)

@@ -22,7 +22,8 @@ from numba import njit
 from ...backend import Backend
 from ...nn.layers.cell import CellOptions
 from ...nn.layers.lstm_layer import (PLAIN, ExtraParams, LayerInputError, LayerNoise, LSTMLayerCache, VariantCache,
-                                     check_backward_inputs, check_extra_params, check_variant_cache, forward_dims)
+                                     check_backward_inputs, check_extra_params, check_variant_cache, forward_dims,
+                                     projected_layers)
 from ...nn.layers.norm import NORM_EPSILON, NormCache
 from .buffers import HOST_BUFFERS
 from .numba_layer import _JIT, _sigmoid, _tanh
@@ -303,11 +304,12 @@ def lstm_variant_layer_forward(
     w_hidden = np.ascontiguousarray(weight[features:])
     w_projection = None if projection is None else np.ascontiguousarray(projection, dtype)
 
-    h_seen = HOST_BUFFERS.empty((steps, batch, output), dtype)  # what W_h multiplied (h_{t-1}, masked by recurrent dropout)
+    h_seen = HOST_BUFFERS.empty((steps, batch, output), dtype)  # what W_h multiplied: h_{t-1}, recurrent-dropped
     cells = HOST_BUFFERS.empty((steps + 1, batch, hidden), dtype)  # c_0 and each step's c_t after zoneout
     cells[0] = c0
     outputs = HOST_BUFFERS.empty((steps, batch, output), dtype)
-    gates, tanh_c = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype), HOST_BUFFERS.empty((steps, batch, hidden), dtype)
+    gates = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype)
+    tanh_c = HOST_BUFFERS.empty((steps, batch, hidden), dtype)
     c_new = HOST_BUFFERS.empty((steps, batch, hidden), dtype) if zoned_c else cells[1:]  # c'_t, before zoneout
     unclipped = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype) if clipped else _unused(steps, dtype, 2)
     h_normalized = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype) if norms else _unused(steps, dtype, 2)
@@ -315,7 +317,7 @@ def lstm_variant_layer_forward(
     h_inverse_std, c_inverse_std = (HOST_BUFFERS.empty((steps, batch, 1), dtype) if norms else _unused(steps, dtype, 2)
                                     for _ in range(2))
     recurrent = np.empty((batch, 4 * hidden), dtype)
-    unprojected = None if projection is None else np.empty((batch, hidden), dtype)  # o ⊙ tanh(c), what W_hr multiplies
+    unprojected = None if projection is None else np.empty((batch, hidden), dtype)  # o ⊙ tanh(c): W_hr's input
     h = np.ascontiguousarray(h0, dtype)
     for t in range(steps):
         if recurrent_mask is None:
@@ -425,17 +427,6 @@ def lstm_variant_layer_backward(
     return dx, (dh_next, dc_next), dweight, dz_flat.sum(axis=0), dextra
 
 
-def lstmp_layer_forward(
-    backend: Backend, x: Any, weight: Any, bias: Any, projection: Any, h0: Any, c0: Any, step_mask: Any = None
-) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
-    """The projected cell without options: the generic ``lstmp_layer_forward``'s signature and cache."""
-    return lstm_variant_layer_forward(backend, x, weight, bias, ExtraParams(projection), PLAIN, h0, c0, step_mask)
 
-
-def lstmp_layer_backward(
-    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any, cache: LSTMLayerCache
-) -> tuple[Any, tuple[Any, Any], Any, Any, Any]:
-    """Mirror of :func:`lstmp_layer_forward`: ``(dx, (dh0, dc0), dweight, dbias, dprojection)``."""
-    dx, dstate0, dweight, dbias, dextra = lstm_variant_layer_backward(backend, dy, dh_last, dc_last, weight,
-                                                                      ExtraParams(projection), PLAIN, cache)
-    return dx, dstate0, dweight, dbias, dextra.projection
+# the projected cell without options: the variant pair with no options, under the generic lstmp signatures
+lstmp_layer_forward, lstmp_layer_backward = projected_layers(lstm_variant_layer_forward, lstm_variant_layer_backward)

@@ -167,6 +167,23 @@ def lstm_variant_layer_forward(
     return _layer_forward(backend, x, weight, bias, extra, h0, c0, step_mask, options, noise)
 
 
+def projected_layers(variant_forward: Any, variant_backward: Any) -> tuple[Any, Any]:
+    """``(lstmp_layer_forward, lstmp_layer_backward)`` for a fast path whose variant layers take a projection:
+    its variant pair with no cell options, under the projected cell's signatures (as this module's own)."""
+
+    def lstmp_layer_forward(backend: Backend, x: Any, weight: Any, bias: Any, projection: Any, h0: Any, c0: Any,
+                            step_mask: Any = None) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
+        return variant_forward(backend, x, weight, bias, ExtraParams(projection), PLAIN, h0, c0, step_mask)
+
+    def lstmp_layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, projection: Any,
+                             cache: LSTMLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any, Any]:
+        dx, dstate0, dweight, dbias, dextra = variant_backward(backend, dy, dh_last, dc_last, weight,
+                                                               ExtraParams(projection), PLAIN, cache)
+        return dx, dstate0, dweight, dbias, dextra.projection
+
+    return lstmp_layer_forward, lstmp_layer_backward
+
+
 def _stacked_norms(xp: Any, caches: list[NormCache]) -> NormCache | None:
     return None if not caches or caches[0] is None else NormCache(xp.stack([n.normalized for n in caches]),
                                                                   xp.stack([n.inverse_std for n in caches]))

@@ -1,4 +1,4 @@
-// The STEPWISE kernels (lstmx.kernels.cupy.shell): one time step per launch.
+// The STEPWISE kernels (lstmx.kernels.cupy.stepwise): one time step per launch.
 // A Python string.Template, filled in per variant by lstmx.kernels.cupy.cuda_sources.source: its dollar-prefixed
 // names (real: float or double; suffix: the variant's name, which ends every kernel's name; ...) are listed there.
 
