@@ -104,3 +104,22 @@ def test_lstmx_tune_times_the_projected_cell_with_options_and_lengths(cache):
     [entry] = json.loads(cache.read_text())["entries"]
     assert entry["key"] == key(2, 4, cell="lstmp", options=("layer_norm",), masked=True).as_json()
     assert sorted(entry["ms"]) == ["generic"]  # the only path taking step masks on NumPy
+
+
+def test_a_trainer_says_when_its_layers_run_what_lstmx_tune_measured(cache, tmp_path):
+    """The plan a trainer prints names a tuned layer choice as such (and a threshold choice without it)."""
+    from lstmx.training.data import CharVocab, split_ids
+    from lstmx.training.loop import TrainConfig, Trainer
+
+    text = "abcab " * 40
+    vocab = CharVocab.from_text(text)
+    split = split_ids(vocab.encode(text), 0.2)
+
+    def plan():
+        model = lstmx.LanguageModel(len(vocab), 4, 8, 1, seed=0)
+        config = TrainConfig(steps=1, batch_size=3, seq_len=4, eval_every=10, log_every=10, sample_length=0)
+        return Trainer(model, vocab, split, config, tmp_path / "run", progress=False, echo=lambda _: None).plan
+
+    assert plan().layer == "numba" and "lstmx tune" not in plan().describe()
+    tuning.record(key(batch=3, hidden=8), "numpy", {"numpy": 1.0})
+    assert plan().layer == "numpy" and plan().describe().startswith("layers numpy (measured by lstmx tune),")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..backend import Backend
-from . import registry
+from . import registry, tuning
 
 
 class Plan(NamedTuple):
@@ -23,9 +23,10 @@ class Plan(NamedTuple):
     update: str  # the optimizer's update, and the global-norm clipping of the same family
     scatter: str  # the embedding gradient's scatter-add
     precision: str  # "float32" or "tf32"
+    layer_tuned: bool = False  # the layer choice is what lstmx tune measured fastest here (not a threshold)
 
     def describe(self) -> str:
-        return (f"layers {self.layer}, loss {self.loss}, update and clipping {self.update}, embedding gradient "
+        return (f"layers {self.layer}{' (measured by lstmx tune)' if self.layer_tuned else ''}, loss {self.loss}, update and clipping {self.update}, embedding gradient "
                 f"{self.scatter}, precision {self.precision}")
 
 
@@ -36,9 +37,12 @@ def resolve_plan(model: Any, optimizer: type, batch: int, *, layer: str | None =
     "auto"). An implementation asked for that cannot run the work raises here, naming those that can."""
     backend: Backend = model.backend
     cell = model.stack.cell
-    chosen_layer = registry.choose_layer_impl(backend, model.dtype, masked, layer, (batch, cell.hidden_size),
-                                              cell.kind, cell.options.names()).name
+    sizes = (batch, cell.hidden_size)
+    chosen_layer = registry.choose_layer_impl(backend, model.dtype, masked, layer, sizes, cell.kind,
+                                              cell.options.names()).name
+    tuned = (registry.requested_impl(layer)[0] == registry.AUTO
+             and tuning.tuned_choice(backend, model.dtype, masked, sizes, cell.kind, cell.options.names()) == chosen_layer)
     chosen_loss, _ = registry.choose_loss(backend, loss)
     chosen_update, _ = registry.choose_update(backend, optimizer, update)
     scatter, _ = registry.choose_scatter_add(backend, model.vocab_size)
-    return Plan(chosen_layer, chosen_loss, chosen_update, scatter, model.precision)
+    return Plan(chosen_layer, chosen_loss, chosen_update, scatter, model.precision, tuned)
