@@ -26,7 +26,8 @@ class Plan(NamedTuple):
     layer_tuned: bool = False  # the layer choice is what lstmx tune measured fastest here (not a threshold)
 
     def describe(self) -> str:
-        return (f"layers {self.layer}{' (measured by lstmx tune)' if self.layer_tuned else ''}, loss {self.loss}, update and clipping {self.update}, embedding gradient "
+        tuned = " (measured by lstmx tune)" if self.layer_tuned else ""
+        return (f"layers {self.layer}{tuned}, loss {self.loss}, update and clipping {self.update}, embedding gradient "
                 f"{self.scatter}, precision {self.precision}")
 
 
@@ -41,7 +42,8 @@ def resolve_plan(model: Any, optimizer: type, batch: int, *, layer: str | None =
     chosen_layer = registry.choose_layer_impl(backend, model.dtype, masked, layer, sizes, cell.kind,
                                               cell.options.names()).name
     tuned = (registry.requested_impl(layer)[0] == registry.AUTO
-             and tuning.tuned_choice(backend, model.dtype, masked, sizes, cell.kind, cell.options.names()) == chosen_layer)
+             and tuning.tuned_choice(backend, model.dtype, masked, sizes, cell.kind,
+                                     cell.options.names()) == chosen_layer)
     chosen_loss, _ = registry.choose_loss(backend, loss)
     chosen_update, _ = registry.choose_update(backend, optimizer, update)
     scatter, _ = registry.choose_scatter_add(backend, model.vocab_size)
