@@ -171,3 +171,25 @@ def test_auto_gives_a_path_only_the_options_it_is_trusted_with():
     assert numba.auto_takes("float32", (8, 64), numba.cell_options)
     assert "lstmp" in stepwise.cells and not stepwise.auto_takes("float32", (8, 64), (), "lstmp")  # likewise
     assert numba.auto_takes("float32", (8, 64), (), "lstmp")
+
+
+@pytest.mark.parametrize("impl", [pytest.param(i, id=i.name) for i in registry.LAYER_IMPLS
+                                  if i.cell_options and "lstmp" in i.cells])
+def test_a_variant_backward_refuses_a_cache_of_another_cell(backend, impl):
+    """Every backward reading the generic cache passes one door (check_layer_backward): a projected layer's cache
+    without the projection, or a plain cell's cache given cell options, is refused in one line."""
+    _runnable(impl, backend, "float64", "plain", PROJECTION)
+    kernel, rng = impl.load(), np.random.default_rng(0)
+    x = backend.asarray(rng.standard_normal((3, 2, 3)))
+    weight, bias = backend.asarray(rng.standard_normal((3 + 2, 16))), backend.asarray(np.zeros(16))
+    projection = backend.asarray(rng.standard_normal((4, 2)))
+    state = backend.asarray(np.zeros((2, 2))), backend.asarray(np.zeros((2, 4)))
+    _, _, cache = generic.lstmp_layer_forward(backend, x, weight, bias, projection, *state)
+    dy = backend.asarray(np.ones((3, 2, 2)))
+    with pytest.raises(generic.LayerInputError, match="the cache was made by a layer with another projection"):
+        kernel.lstm_variant_layer_backward(backend, dy, state[0], state[1], weight, generic.ExtraParams(),
+                                           generic.PLAIN, cache)
+    options = generic.CellOptions(input_forget=True)
+    with pytest.raises(generic.LayerInputError, match="the cache was made with other cell options"):
+        kernel.lstm_variant_layer_backward(backend, dy, state[0], state[1], weight,
+                                           generic.ExtraParams(projection), options, cache)

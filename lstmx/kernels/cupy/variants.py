@@ -25,9 +25,8 @@ import numpy as np
 
 from ...backend import Backend
 from ...nn.layers.cell import CellOptions
-from ...nn.layers.lstm_layer import (PLAIN, ExtraParams, LayerInputError, LayerNoise, LSTMLayerCache, VariantCache,
-                                     check_backward_inputs, check_extra_params, check_variant_cache, forward_dims,
-                                     projected_layers)
+from ...nn.layers.lstm_layer import (PLAIN, ExtraParams, LayerNoise, LSTMLayerCache, VariantCache, check_extra_params,
+                                     check_layer_backward, forward_dims, projected_layers)
 from ...nn.layers.norm import NormCache
 from . import cuda_sources
 from .shell import NULL
@@ -147,14 +146,9 @@ def lstm_variant_layer_backward(
     cache: LSTMLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
     x, h_prev, c_prev, gates, tanh_c, step_mask, kept = cache
-    check_variant_cache(kept, options)
+    steps, batch, features, hidden = check_layer_backward(cache, extra, options, dy, dh_last, dc_last, weight)
     projection = extra.projection
-    steps, batch, features, hidden = cache.dims()
-    output = hidden if projection is None else projection.shape[-1]
-    if cache.output_size != output:
-        raise LayerInputError("the cache was made by a layer with another projection than this backward's")
-    check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight, projection)
-    check_extra_params(extra, options, hidden, x.dtype)
+    output = cache.output_size
     dtype = np.dtype(x.dtype)
     norms, clipped = options.layer_norm, options.cell_clip is not None
     rows, width = steps * batch, 4 * hidden

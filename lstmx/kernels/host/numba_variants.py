@@ -21,9 +21,8 @@ from numba import njit
 
 from ...backend import Backend
 from ...nn.layers.cell import CellOptions
-from ...nn.layers.lstm_layer import (PLAIN, ExtraParams, LayerInputError, LayerNoise, LSTMLayerCache, VariantCache,
-                                     check_backward_inputs, check_extra_params, check_variant_cache, forward_dims,
-                                     projected_layers)
+from ...nn.layers.lstm_layer import (PLAIN, ExtraParams, LayerNoise, LSTMLayerCache, VariantCache, check_extra_params,
+                                     check_layer_backward, forward_dims, projected_layers)
 from ...nn.layers.norm import NORM_EPSILON, NormCache
 from .buffers import HOST_BUFFERS
 from .numba_layer import _JIT, _sigmoid, _tanh
@@ -350,14 +349,9 @@ def lstm_variant_layer_backward(
 ) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
     x, h_seen, c_prev, gates, tanh_c, step_mask, kept = cache
     refuse_step_mask(step_mask)
-    check_variant_cache(kept, options)
+    steps, batch, features, hidden = check_layer_backward(cache, extra, options, dy, dh_last, dc_last, weight)
     projection = extra.projection
-    steps, batch, features, hidden = cache.dims()
-    output = hidden if projection is None else projection.shape[-1]
-    if cache.output_size != output:
-        raise LayerInputError("the cache was made by a layer with another projection than this backward's")
-    check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight, projection)
-    check_extra_params(extra, options, hidden, x.dtype)
+    output = cache.output_size
     dtype = x.dtype
     settings = _settings(options, extra, hidden, dtype)
     norms, clipped = options.layer_norm, options.cell_clip is not None

@@ -189,13 +189,24 @@ def _stacked_norms(xp: Any, caches: list[NormCache]) -> NormCache | None:
                                                                   xp.stack([n.inverse_std for n in caches]))
 
 
-def check_variant_cache(kept: "VariantCache | None", options: CellOptions) -> None:
-    """A fast path's variant backward can read what ``options`` need from the cache's ``kept`` (None for the plain
-    cell, as the generic forward leaves it)."""
+def check_layer_backward(cache: LSTMLayerCache, extra: ExtraParams, options: CellOptions, dy: Any, dh_last: Any,
+                         dc_last: Any, weight: Any) -> tuple[int, int, int, int]:
+    """The door of every backward that reads an :class:`LSTMLayerCache` (the generic one, and the fast variant
+    and projected ones): the cache keeps what ``options`` need (no variant part for the plain cell), was made with
+    ``extra``'s projection (or without one, as ``extra`` is), and the gradients and parameters fit it. Returns its
+    (steps, batch, features, hidden)."""
+    kept = cache.variant
     if (kept is None) != (options == PLAIN) or kept is not None and (
             options.cell_clip is not None and kept.unclipped is None
             or options.layer_norm and (kept.h_norm is None or kept.c_norm is None)):
-        raise ValueError("the cache was made with other cell options than this backward's")
+        raise LayerInputError("the cache was made with other cell options than this backward's")
+    dims = cache.dims()
+    projection, hidden = extra.projection, dims[3]
+    if cache.output_size != (hidden if projection is None else projection.shape[-1]):
+        raise LayerInputError("the cache was made by a layer with another projection than this backward's")
+    check_backward_inputs(dims, cache.x.dtype, dy, dh_last, dc_last, weight, projection)
+    check_extra_params(extra, options, hidden, cache.x.dtype)
+    return dims
 
 
 def check_extra_params(extra: ExtraParams, options: CellOptions, hidden: int, dtype: Any) -> None:
@@ -308,14 +319,8 @@ def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weigh
                     cache: LSTMLayerCache, options: CellOptions = PLAIN) -> tuple[Any, ...]:
     xp = backend.xp
     x, h_prevs, c_prevs, gate_steps, tanh_cs, step_mask, kept = cache
-    if (kept is None) != (options == PLAIN):
-        raise LayerInputError("the cache was made with other cell options than this backward's")
+    steps, batch, features, hidden = check_layer_backward(cache, extra, options, dy, dh_last, dc_last, weight)
     projection = extra.projection
-    steps, batch, features, hidden = cache.dims()
-    if projection is None and cache.output_size != hidden:
-        raise LayerInputError("the cache was made by a projected layer; its backward needs the projection")
-    check_backward_inputs((steps, batch, features, hidden), x.dtype, dy, dh_last, dc_last, weight, projection)
-    check_extra_params(extra, options, hidden, x.dtype)
     gate = gate_affine(backend, hidden, x.dtype)
     w_hidden_t = weight[features:, :].T
     projection_t = None if projection is None else projection.T
