@@ -6,7 +6,8 @@ turns, and records the fastest in a small JSON cache together with the device's 
 :func:`tuned_choice` gives that implementation back for the same call on the same device with the same version;
 an entry of another device or version is ignored, as is a cache that cannot be read (with one warning), and
 "auto" then falls back to the registry's thresholds. Only exact calls match: a size not tuned takes the
-thresholds too.
+thresholds too. A process reads the cache once (and again after it records a choice itself): a tuning run in
+another process reaches the next one.
 
 The cache lives at ``$LSTMX_TUNE_CACHE`` (a default, as every ``LSTMX_*`` variable), else
 ``$XDG_CACHE_HOME/lstmx/tune.json`` (``~/.cache/lstmx/tune.json``). It is written whole (a temporary file
@@ -54,8 +55,11 @@ class TuneKey(NamedTuple):
 def cache_path() -> Path:
     """Where the tuned choices are kept: ``$LSTMX_TUNE_CACHE``, else the user's cache folder."""
     given = os.environ.get(CACHE_VARIABLE)
-    if given:
-        return Path(given)
+    return Path(given) if given else _user_cache_path()
+
+
+@functools.cache
+def _user_cache_path() -> Path:  # resolved once: finding the home folder costs more than a layer's choice
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "lstmx" / "tune.json"
 
@@ -97,18 +101,21 @@ def _version() -> str:
     return __version__
 
 
-_LOADED: dict[str, Any] = {}  # path -> (mtime, size, {key: impl}), so a forward reads the file only when it changed
+_LOADED: dict[str, dict[TuneKey, str]] = {}  # path -> {key: impl}: read once per process (a forward chooses its
+# layer on every call), and refreshed by record(), the one writer
 
 
 def _choices(path: Path) -> dict[TuneKey, str]:
-    try:
-        stat = path.stat()
-    except OSError:
+    if str(path) not in _LOADED:
+        _LOADED[str(path)] = _read(path)
+    return _LOADED[str(path)]
+
+
+def _read(path: Path) -> dict[TuneKey, str]:
+    """The choices of this lstmx version in the cache at ``path`` ({} when there is none or it cannot be read,
+    with one warning for the latter)."""
+    if not path.exists():
         return {}
-    stamp = (stat.st_mtime_ns, stat.st_size)
-    cached = _LOADED.get(str(path))
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
     choices: dict[TuneKey, str] = {}
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -121,8 +128,8 @@ def _choices(path: Path) -> dict[TuneKey, str]:
                 choices[key] = entry["impl"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         warnings.warn(f"lstmx: the tuning cache {path} cannot be read ({type(error).__name__}: {error}); "
-                      "\"auto\" uses its own thresholds (run lstmx tune again to rewrite it)", stacklevel=3)
-    _LOADED[str(path)] = (stamp, choices)
+                      "\"auto\" uses its own thresholds (run lstmx tune again to rewrite it)", stacklevel=4)
+        return {}
     return choices
 
 
@@ -214,4 +221,5 @@ def record(key: TuneKey, impl: str, ms: dict[str, float]) -> Path:
         partial = path.with_name(f".{path.name}.partial")
         partial.write_text(json.dumps({"format": FORMAT, "entries": entries}, indent=1) + "\n", encoding="utf-8")
         partial.replace(path)
+        _LOADED[str(path)] = _read(path)
     return path
