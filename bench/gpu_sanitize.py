@@ -30,14 +30,13 @@ import lstmx  # noqa: E402
 from lstmx.dispatch import registry  # noqa: E402
 from lstmx.check import HEADER, CheckResult, agreement, host_arrays, row  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
+from lstmx.nn.layers.cell import acting_options  # noqa: E402
 from lstmx.options import NON_NEGATIVE_INT  # noqa: E402
 from lstmx.training.optim import Adam, clip_grad_norm  # noqa: E402
 
 CUPY_LAYER_PATHS = [impl.name for impl in registry.LAYER_IMPLS if impl.backends == ("cupy",)]
 VOCAB, EMBEDDING, HIDDEN, LAYERS, STEPS, BATCH = 11, 6, 40, 2, 5, 3
 TOLERANCE = {"float32": 2e-5, "float64": 1e-10}
-OPTION_VALUES = {"peepholes": True, "input_forget": True, "cell_clip": 3.0, "layer_norm": True, "zoneout": (0.2, 0.3),
-                 "recurrent_dropout": 0.2}  # values where each option acts
 
 
 def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = False,
@@ -45,7 +44,7 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
     """Every comparison for layer path ``impl`` (and the fused loss, clipping and updates when ``fused``; every
     cell option ``impl`` takes when ``cell_options``; the LSTMP cell when ``proj_size``) on ``backend``, each
     printed as a row of ``lstmx check``'s table (a comparison that raises fails its row)."""
-    options = {name: OPTION_VALUES[name] for name in registry.layer_impl(impl).cell_options} if cell_options else {}
+    options = acting_options(registry.layer_impl(impl).cell_options) if cell_options else {}
     if proj_size:
         options["proj_size"] = proj_size
     loss_impl = "cupy-fused" if fused else "generic"

@@ -21,6 +21,7 @@ import numpy as np
 from .backend import BackendError, get_backend, to_numpy
 from .dispatch import registry
 from .gradcheck import check_language_model, check_lstm, max_relative_error
+from .nn.layers.cell import acting_options
 
 PARITY_TOLERANCE = 1e-4  # float32: relative to each tensor's largest entry
 TF32_TOLERANCE = 2e-2  # TensorFloat-32 products keep 10 mantissa bits
@@ -168,7 +169,7 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
                                                            proj_size=8)))
             if impl.cell_options and not masked and "float64" in impl.dtypes:
                 # in float64: layer norms over few units amplify float32 rounding (either path's) past 1e-4
-                options = _every_option(impl.cell_options)
+                options = acting_options(impl.cell_options)
                 results.append(agreement(f"{impl.name} vs generic (options, float64)", backend_name,
                                          _stack_outputs(backend_name, seed, None, "generic", "float64", **options),
                                          functools.partial(_stack_outputs, backend_name, seed, None, impl.name,
@@ -178,13 +179,6 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
                 results.append(agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,
                                          run(impl="generic", loss_impl=loss_impl)))
     return results + update_checks(backend_name, seed)
-
-
-def _every_option(names: tuple[str, ...]) -> dict[str, Any]:
-    """Model arguments that turn on each cell option of ``names``, at values where each acts."""
-    values = {"peepholes": True, "input_forget": True, "cell_clip": 3.0, "layer_norm": True, "zoneout": (0.2, 0.3),
-              "recurrent_dropout": 0.2}
-    return {name: values[name] for name in names}
 
 
 def update_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:

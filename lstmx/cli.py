@@ -250,19 +250,15 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-TUNED_OPTION_VALUES = {"peepholes": True, "input_forget": True, "cell_clip": 3.0, "layer_norm": True,
-                       "zoneout": 0.1, "recurrent_dropout": 0.25}  # values that turn each option on (their cost
-# does not depend on the value)
-
-
 def run_tune(args: argparse.Namespace) -> int:
     from .backend import get_backend
     from .dispatch.tuning import tune
+    from .nn.layers.cell import acting_options
 
     if args.proj_size >= args.hidden_size:
         raise OptionError(f"--proj-size must be below --hidden-size ({args.hidden_size}), got {args.proj_size} "
                           "(0: no projection)")
-    options = {name: TUNED_OPTION_VALUES[name] for name in args.cell_option}
+    options = acting_options(args.cell_option)  # a step's cost does not depend on the values
     result = tune(get_backend(args.backend), np.dtype(args.dtype), args.batch_size, args.hidden_size,
                   features=args.input_size, steps=args.seq_len, proj_size=args.proj_size, options=options,
                   masked=args.lengths, repeats=args.repeats)

@@ -87,6 +87,16 @@ class CellOptions(NamedTuple):
         return self if training else self._replace(recurrent_dropout=0.0)
 
 
+ACTING_VALUES = {"peepholes": True, "input_forget": True, "cell_clip": 3.0, "layer_norm": True, "zoneout": (0.2, 0.3),
+                 "recurrent_dropout": 0.2}  # a value of each option's model argument at which it acts
+
+
+def acting_options(names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Model arguments that turn on each cell option of ``names`` (registry names), at values where each acts:
+    what ``lstmx check``, ``lstmx tune`` and the GPU sanitizer run."""
+    return {name: ACTING_VALUES[name] for name in names}
+
+
 class VariantStep(NamedTuple):
     """What the backward of one variant step needs beyond the plain step's gates and tanh(c_t)."""
 
