@@ -21,13 +21,11 @@ import functools
 import json
 import os
 import platform
-import statistics
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-import filelock
 import numpy as np
 
 from ..backend import Backend, dtype_name, is_cupy
@@ -189,7 +187,7 @@ def tune(backend: Backend, dtype: Any, batch: int, hidden: int, *, features: int
     for _ in range(repeats):
         for name in candidates:
             times[name].append(step(name))
-    ms = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+    ms = {name: 1e3 * float(np.median(values)) for name, values in times.items()}
     fastest = min(ms, key=ms.get)
     key = key_for(model.backend, model.dtype, masked, (batch, hidden), cell.kind, names)
     return Tuned(key, fastest, ms, record(key, fastest, ms))
@@ -205,6 +203,8 @@ def _synchronizer(backend: Backend) -> Callable[[], None]:
 
 def record(key: TuneKey, impl: str, ms: dict[str, float]) -> Path:
     """Add (or replace) the entry for ``key`` in the cache, written whole under its lock; returns the path."""
+    import filelock  # the writer's alone: importing it costs "import lstmx" a fifth of its time
+
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(path) + ".lock", timeout=60):
