@@ -39,7 +39,6 @@ import lstmx  # noqa: E402
 from lstmx.dispatch import registry  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
 from lstmx.options import NON_NEGATIVE_INT, POSITIVE_INT  # noqa: E402
-from lstmx.dispatch.precision import matmul_precision  # noqa: E402
 
 CUDNN = {"float32": "cudnn-fp32", "float64": "cudnn-fp64"}  # PyTorch's cuDNN column at each dtype
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (128, 100, 1024, 1024), (256, 50, 1024, 1024)]
@@ -53,11 +52,9 @@ def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: i
     model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0, precision=precision, dtype=dtype,
                        bidirectional=bidirectional, proj_size=proj_size)
     backend = model.backend
-    if impl != registry.AUTO:
-        with matmul_precision(backend, precision):
-            if registry.layer_impl(impl).refuses(backend, model.dtype, False, (batch, hidden),
-                                                 model.stack.cell.kind) is not None:
-                return None
+    if impl != registry.AUTO and registry.layer_impl(impl).refuses(backend, model.dtype, False, (batch, hidden),
+                                                                  model.stack.cell.kind, (), precision) is not None:
+        return None
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal((steps, batch, features)), dtype=model.dtype)
     dy = backend.asarray(rng.standard_normal((steps, batch, model.output_size)), dtype=model.dtype)
@@ -140,8 +137,9 @@ def available(args) -> dict[str, Callable]:
         if backend_name == "cupy" and args.dtype == "float32":  # the registry's choice with TF32, beside cuDNN's
             columns["lstmx-cupy:tf32"] = functools.partial(lstmx_step, backend_name, registry.AUTO, precision="tf32",
                                                            **layer)
+            tf32_impls = registry.available_layer_impls(backend, np.float32, precision="tf32")
             for name in registry.TF32_RECURRENCE_IMPLS:  # each with TF32 in its recurrence too
-                if name in impls:
+                if name in (i.name for i in tf32_impls) and name not in args.skip_impl:
                     columns[f"lstmx-cupy:{name}:tf32"] = functools.partial(lstmx_step, backend_name, name,
                                                                             precision="tf32", **layer)
     try:

@@ -1,4 +1,5 @@
-"""Time the tiled CuPy path (``impl="cupy-tiled"``) for several tile shapes per size, GPU only, and print which
+"""Time the tiled CuPy path (``impl="cupy-tiled"``, or ``cupy-tiled-tf32`` with ``--precision tf32``) for several
+tile shapes per size, GPU only, and print which
 shape the path chooses by itself, so its chooser (``lstmx.kernels.cupy.tiling.choose_tile_shape``) can be checked
 against measurements.
 
@@ -27,7 +28,6 @@ from lstmx.dispatch import registry  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
 from lstmx.kernels.cupy import tiling  # noqa: E402
 from lstmx.options import POSITIVE_INT  # noqa: E402
-from lstmx.dispatch.precision import matmul_precision  # noqa: E402
 
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (64, 100, 768, 768)]
 
@@ -40,8 +40,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("float32", "tf32"), default="float32")
     args = parser.parse_args()
     mma = args.precision == "tf32"
-    if mma:  # the MMA variant at every size, also below the hidden size from which precision="tf32" runs it
-        tiling.TF32_MIN_HIDDEN = 0
+    impl = "cupy-tiled-tf32" if mma else "cupy-tiled"
     configs = args.configs or CONFIGS
     try:
         backend = lstmx.get_backend("cupy")
@@ -49,7 +48,7 @@ def main() -> None:
         parser.exit(2, f"{parser.prog}: error: needs a GPU: {error}\n")
     import cupy
 
-    module = registry.layer_impl("cupy-tiled").load()
+    tiled, module = registry.layer_impl("cupy-tiled").load(), registry.layer_impl(impl).load()
     attributes = cupy.cuda.Device().attributes
     results = []
     for batch, steps, features, hidden in configs:
@@ -79,17 +78,15 @@ def main() -> None:
             candidate = tiling.fitted_shape(units, rows, splits, hidden, 4, limit, mma)
             if candidate is None:
                 continue
-            with module.use_tile_shape(candidate):
-                with matmul_precision(backend, args.precision):  # the kernels' variant decides what fits
-                    refused = module.refuses_size(batch, hidden, np.float32)
-                if refused is not None:
+            with tiled.use_tile_shape(candidate):  # the shape both tiled paths launch within the block
+                if module.refuses_size(batch, hidden, np.float32) is not None:
                     continue
-                ms = time_step("cupy-tiled")
+                ms = time_step(impl)
             mark = " (chosen)" if candidate == chosen else ""
             print(f"  units {units:2d} rows {rows:2d} splits {splits:2d}: {ms:7.2f} ms{mark}")
             row["shapes"].append({"shape": list(candidate), "ms": ms})
         if chosen is not None:
-            row["chosen_ms"] = time_step("cupy-tiled")
+            row["chosen_ms"] = time_step(impl)
             print(f"  chosen {chosen}: {row['chosen_ms']:.2f} ms")
         results.append(row)
     write_json("tune_tiled_tf32.json" if mma else "tune_tiled.json", {"precision": args.precision, "results": results})

@@ -155,9 +155,6 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
                 continue
             results.append(agreement(f"{impl.name} vs generic {kind}", backend_name, reference,
                                      run(impl=impl.name, loss_impl="generic")))
-            if backend_name == "cupy" and impl.name in registry.TF32_RECURRENCE_IMPLS:
-                results.append(agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
-                                         run(impl=impl.name, loss_impl="generic", precision="tf32"), TF32_TOLERANCE))
             results.append(agreement(f"{impl.name} vs generic (bidirectional{', lengths' if masked else ''})",
                                      backend_name, _stack_outputs(backend_name, seed, lengths, "generic"),
                                      functools.partial(_stack_outputs, backend_name, seed, lengths, impl.name)))
@@ -174,6 +171,12 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
                                          _stack_outputs(backend_name, seed, None, "generic", "float64", **options),
                                          functools.partial(_stack_outputs, backend_name, seed, None, impl.name,
                                                            "float64", **options), FLOAT64_TOLERANCE))
+        if backend_name == "cupy":  # each path whose recurrence runs in TF32 under precision="tf32"
+            for impl in registry.available_layer_impls(backend, np.float32, masked, precision="tf32"):
+                if impl.tf32_recurrence:
+                    results.append(agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
+                                             run(impl=impl.name, loss_impl="generic", precision="tf32"),
+                                             TF32_TOLERANCE))
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
                 results.append(agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,

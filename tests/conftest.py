@@ -14,7 +14,6 @@ import pytest
 
 from lstmx.backend import BackendError, get_backend
 from lstmx.dispatch.tuning import CACHE_VARIABLE
-from lstmx.kernels.cupy import tiling
 
 DEFAULT_BACKENDS = "numpy,array_api_strict,cupy"
 # "auto" reads the choices lstmx tune measured; the tests see none but their own, never the machine's cache
@@ -46,17 +45,6 @@ def backend(request: pytest.FixtureRequest):
 @pytest.fixture
 def xp(backend):
     return backend.xp
-
-
-REAL_TF32_MIN_HIDDEN = tiling.TF32_MIN_HIDDEN
-
-
-@pytest.fixture(autouse=True)
-def _tf32_kernels_at_every_size(monkeypatch: pytest.MonkeyPatch):
-    """Under precision="tf32" the tiled path runs its MMA variant from ``tiling.TF32_MIN_HIDDEN`` units up, more
-    than the tests' layers have: the suite lowers it to 0, so its small layers test those kernels. The threshold
-    itself is tested against :data:`REAL_TF32_MIN_HIDDEN`."""
-    monkeypatch.setattr(tiling, "TF32_MIN_HIDDEN", 0)
 
 
 @pytest.fixture(autouse=True, scope="session")

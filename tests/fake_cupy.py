@@ -1,5 +1,6 @@
 """A stand-in for CuPy on NumPy whose ``RawKernel`` runs on the CUDA emulator, so lstmx's own CuPy wrappers
-(``lstmx.kernels.cupy``: ``shell``, ``stepwise``, ``variants``, ``persistent``, ``tiled``, ``graph``, ``optim``, ``loss``) run unchanged in the CPU suite:
+(``lstmx.kernels.cupy``: ``precision``, ``shell``, ``stepwise``, ``variants``, ``persistent``, ``tiled``, ``tiled_tf32``,
+``graph``, ``optim``, ``loss``) run unchanged in the CPU suite:
 their buffers, argument lists, grid and shared-memory sizes meet the kernels there, not first on a GPU.
 
 :func:`fake_cupy_modules` imports fresh copies of those modules bound to the stand-in (``monkeypatch`` puts the
@@ -29,7 +30,8 @@ from .cuda_emulator import GuardedArray, compile_kernels, guarded
 SMS = 8
 SHARED_BYTES = 96 * 1024
 THREADS_PER_SM = 2048
-WRAPPERS = ("shell", "stepwise", "variants", "persistent", "tiled", "graph", "optim", "loss")  # in lstmx.kernels.cupy
+WRAPPERS = ("precision", "shell", "stepwise", "variants", "persistent", "tiled", "tiled_tf32", "graph", "optim",
+            "loss")  # in lstmx.kernels.cupy
 
 
 class RawKernel:
@@ -234,9 +236,11 @@ def _modules() -> dict[str, types.ModuleType]:
     driver.occupancyMaxActiveBlocksPerMultiprocessor = lambda pointer, threads, shared: occupancy(threads, shared)
     cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")  # what the stepwise path calls
     refused = lambda function: _outside_capture(function, "calling cuBLAS API")  # noqa: E731 (as CuPy does)
+    math_modes: dict[int, int] = {}  # handle → cublasMath_t (0, the default, until set)
     cublas.__dict__.update(CUBLAS_OP_N=0, CUBLAS_OP_T=1, CUBLAS_POINTER_MODE_HOST=0,
                            setStream=refused(lambda *args: None), setPointerMode=refused(lambda *args: None),
-                           setMathMode=refused(lambda *args: None), create=refused(lambda: 1),
+                           setMathMode=refused(math_modes.__setitem__),
+                           getMathMode=refused(lambda handle: math_modes.get(handle, 0)), create=refused(lambda: 1),
                            sgemm=refused(_gemm(np.float32)), dgemm=refused(_gemm(np.float64)))
     modules = {"cupy": cupy, "cupy_backends.cuda.api.driver": driver, "cupy_backends.cuda.libs.cublas": cublas}
     for parent in ("cupy_backends", "cupy_backends.cuda", "cupy_backends.cuda.api", "cupy_backends.cuda.libs"):

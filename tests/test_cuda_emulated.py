@@ -30,10 +30,8 @@ from lstmx.dispatch.contract import contract_breaches, protocols_for
 from lstmx.kernels.cupy import cuda_sources, tiling
 from lstmx.nn.layers import lstm_layer as generic
 from lstmx.nn.layers.lstm_layer import LayerInputError
-from lstmx.dispatch.precision import matmul_precision
 
 from . import fake_cupy
-from .conftest import REAL_TF32_MIN_HIDDEN
 from .cuda_emulator import COMPILER
 from .fake_cupy import RawKernel, fake_cupy_modules
 
@@ -161,31 +159,43 @@ def graph_backward(graph, arrays, cache):
     return graph.lstm_layer_backward(NUMPY, a["dy"], a["dh_last"], a["dc_last"], a["weight"], cache)
 
 
-def test_each_live_cache_holds_its_own_buffer_set(wrappers, monkeypatch):
-    """Three forwards of one shape whose caches all live, two sets per shape allowed: two take the two buffer sets
-    (their caches are those sets' arrays, nothing copied), the third runs the stepwise loop on arrays of its own;
-    the backwards, in any order and twice, give each problem its own results. Once the caches are gone a set is
-    lent again."""
+def test_each_live_cache_holds_its_own_buffer_set(wrappers):
+    """Three forwards of one shape whose caches all live take three buffer sets (their caches are those sets'
+    arrays, nothing copied; the third set captured because the other two are held, never a hand-off to another
+    path); the backwards, in any order and twice, give each problem its own results. Once the caches are gone a
+    set is lent again."""
     graph = wrappers["graph"]
-    monkeypatch.setattr(graph, "SETS_PER_SHAPE", 2)
     problems = [problem(4, 3, 2, 9, np.float64, seed=seed, masked=True) for seed in (1, 2, 3)]
     forwards = [graph_forward(graph, arrays, mask) for arrays, mask in problems]
     sets = list(graph._SETS.values())
-    assert len(sets) == graph.SETS_PER_SHAPE == 2
+    assert len(sets) == 3
     for (_, _, cache), buffer_set in zip(forwards, sets):
         assert cache.lease.buffer_set is buffer_set and cache.gates is buffer_set.buffers.gates
-    assert forwards[2][2].lease is None
     for (arrays, mask), (y, (h, c), cache) in reversed(list(zip(problems, forwards))):
         for _ in range(2):
             dx, (dh0, dc0), dweight, dbias = graph_backward(graph, arrays, cache)
             assert_close(dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, dweight=dweight, dbias=dbias),
                          reference(arrays, mask), 1e-12)
-    assert [(s.forward.launches, s.backward.launches) for s in sets] == [(1, 2), (1, 2)]
+    assert [(s.forward.launches, s.backward.launches) for s in sets] == [(1, 2)] * 3
     assert len(sets[0].forward.operations) == len(sets[0].backward.operations) == 2 * 4
     del forwards, cache
     arrays, mask = problems[2]
     assert_close(run_path("graph", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
-    assert len(graph._SETS) == 2 and sum(s.forward.launches for s in sets) == 3  # a set lent again, no capture
+    assert len(graph._SETS) == 3 and sum(s.forward.launches for s in sets) == 4  # a set lent again, no capture
+
+
+def test_held_sets_are_kept_past_max_sets_and_free_ones_dropped(wrappers, monkeypatch):
+    """MAX_SETS bounds the sets kept once free: sets that live caches hold stay (their arrays are those caches'),
+    and when they are free again the least recently used go at the next capture."""
+    graph = wrappers["graph"]
+    monkeypatch.setattr(graph, "MAX_SETS", 2)
+    problems = [problem(2, 2, 2, 5, np.float64, seed=seed) for seed in (1, 2, 3)]
+    held = [graph_forward(graph, arrays, mask) for arrays, mask in problems]
+    assert len(graph._SETS) == 3  # all held: none dropped
+    del held
+    other, other_mask = problem(3, 2, 2, 5, np.float64)
+    assert_close(run_path("graph", wrappers, other, other_mask), reference(other, other_mask), 1e-12)
+    assert [name[0][0][0] for name in graph._SETS] == [2, 3]  # two free ones dropped, oldest first
 
 
 def test_a_replayed_call_launches_no_kernel_of_its_own(wrappers, monkeypatch):
@@ -233,18 +243,25 @@ def test_graphs_on_one_stream_share_a_cublas_workspace_and_another_stream_has_it
     assert cache.lease.buffer_set.workspace.nbytes == graph.WORKSPACE_BYTES
 
 
-def test_graph_captures_its_gemms_in_the_precisions_math_mode(wrappers, monkeypatch):
-    """A float32 call under precision="tf32" captures on a set of its own with cuBLAS's TF32 math mode set on the
-    capture handle; outside it, the default mode."""
-    graph = wrappers["graph"]
-    modes = []
-    monkeypatch.setattr(graph.cublas, "setMathMode", lambda handle, mode: modes.append(mode))
+def test_graph_captures_its_gemms_in_the_math_mode_cupys_cublas_has(wrappers, monkeypatch):
+    """A float32 call within ``tf32_gemms`` (what a model's precision="tf32" sets on CuPy's handle) captures on
+    a set of its own with that math mode on the capture handle; outside it, the default mode; float64 always the
+    default. CuPy's handle is restored after the block."""
+    graph, precision = wrappers["graph"], wrappers["precision"]
+    cublas, cupys_handle = graph.cublas, graph.cupy.cuda.device.get_cublas_handle()  # the stand-in's, which
+    set_mode, captures = cublas.setMathMode, []  # tf32_gemms sets too
+    monkeypatch.setattr(cublas, "setMathMode", lambda handle, mode: (
+        captures.append(mode) if handle != cupys_handle else None, set_mode(handle, mode)))
     arrays, mask = problem(2, 3, 2, 8, np.float32)
-    for precision in ("float32", "tf32"):
-        with matmul_precision(NUMPY, precision):
-            assert_close(run_path("graph", wrappers, arrays, mask), reference(arrays, mask), 2e-5)
-    assert modes == [graph.DEFAULT_MATH] * 2 + [graph.TF32_TENSOR_OP_MATH] * 2  # forward and backward captures
-    assert sorted(name[0][3] for name in graph._SETS) == ["float32", "tf32"]
+    wide, wide_mask = problem(2, 3, 2, 8, np.float64)
+    assert_close(run_path("graph", wrappers, arrays, mask), reference(arrays, mask), 2e-5)
+    with precision.tf32_gemms():
+        assert cublas.getMathMode(cupys_handle) == precision.TF32_TENSOR_OP_MATH
+        assert_close(run_path("graph", wrappers, arrays, mask), reference(arrays, mask), 2e-5)
+        assert_close(run_path("graph", wrappers, wide, wide_mask), reference(wide, wide_mask), 1e-12)
+    assert cublas.getMathMode(cupys_handle) == graph.DEFAULT_MATH
+    assert captures == [graph.DEFAULT_MATH] * 2 + [precision.TF32_TENSOR_OP_MATH] * 2 + [graph.DEFAULT_MATH] * 2
+    assert sorted(name[0][3] for name in graph._SETS) == [0, 0, precision.TF32_TENSOR_OP_MATH]
 
 
 def test_graph_path_makes_no_cupy_cublas_call_while_capturing(wrappers, monkeypatch):
@@ -633,10 +650,8 @@ MMA_SHAPES = [tiling.TileShape(8, 16, 4, 8, 16), tiling.TileShape(16, 16, 8, 40,
 
 
 def run_tf32(wrappers, arrays, mask, seed=0):
-    """The tiled path under ``precision="tf32"``: its kernels' TF32 variant (the stand-in runs on NumPy, so the
-    precision only changes which kernels run)."""
-    with matmul_precision(NUMPY, "tf32"):
-        return run_path("tiled", wrappers, arrays, mask, seed)
+    """The tiled path's TF32 variant (``cupy-tiled-tf32``), in the tiled path's tile shape if one is forced."""
+    return run_path("tiled_tf32", wrappers, arrays, mask, seed)
 
 
 def relative_error(result, expected):
@@ -717,38 +732,24 @@ def test_tf32_kernels_on_drawn_sizes_and_tile_shapes(steps, batch, hidden, maske
         plant(patch, "tiled", "to_operand(const float x) { return tf32_round(x); }",
               "to_operand(const float x) { return x; }")
         plant(patch, "tiled", "w_s[e] = tf32_round(weight(k, column));", "w_s[e] = weight(k, column);")
-        tiled = fake_cupy_modules(patch)["tiled"]
-        with tiled.use_tile_shape(shape), matmul_precision(NUMPY, "tf32"):
-            assume(tiled.refuses_size(batch, hidden, np.float32) is None)  # the grid fits the stand-in
-            result = forward_and_backward(tiled, arrays, mask)
+        modules = fake_cupy_modules(patch)
+        with modules["tiled"].use_tile_shape(shape):
+            assume(modules["tiled_tf32"].refuses_size(batch, hidden, np.float32) is None)  # the grid fits the stand-in
+            result = forward_and_backward(modules["tiled_tf32"], arrays, mask)
     assert_close(result, reference(arrays, mask), 3e-5)
 
 
 def test_the_tf32_path_chooses_its_own_shape_on_the_device(wrappers):
     """Without a forced shape, the TF32 variant picks one of its own (MMA multiples) that fits the stand-in, and
     refuses what cannot fit, as the float32 variant does."""
-    tiled = wrappers["tiled"]
+    tiled = wrappers["tiled_tf32"]
     arrays, mask = problem(2, 7, 3, 33, np.float32, masked=True)
-    with matmul_precision(NUMPY, "tf32"):
-        assert tiled.refuses_size(7, 33, np.float32) is None
-        assert "no tile shape" in tiled.refuses_size(64, 512, np.float32)
+    assert tiled.refuses_size(7, 33, np.float32) is None
+    assert "no tile shape for batch 64 × hidden 512 in tf32" in tiled.refuses_size(64, 512, np.float32)
+    assert tiled.refuses_size(7, 33, np.float64) == "runs float32 layers (TF32 products), not float64"
     result = run_tf32(wrappers, arrays, mask)
     assert max(relative_error(result, reference(arrays, mask)).values()) < 1e-2
     assert max(relative_error(result, run_path("tiled", wrappers, arrays, mask)).values()) > 1e-5
-
-
-def test_tf32_runs_the_mma_kernels_from_their_threshold_up(wrappers, monkeypatch):
-    """precision="tf32" runs the tiled MMA variant from ``tiling.TF32_MIN_HIDDEN`` units up (where it measured
-    faster) and the float32 kernels below, with the results of the float32 path there; float64 is never TF32."""
-    tiled = wrappers["tiled"]
-    monkeypatch.setattr(tiling, "TF32_MIN_HIDDEN", REAL_TF32_MIN_HIDDEN)  # the suite lowers it to 0
-    with matmul_precision(NUMPY, "tf32"):
-        assert [tiled.kernel_variant(np.float32, h) for h in (33, REAL_TF32_MIN_HIDDEN - 1, REAL_TF32_MIN_HIDDEN)] \
-            == ["float32", "float32", "tf32"]
-        assert tiled.kernel_variant(np.float64, 4 * REAL_TF32_MIN_HIDDEN) == "float64"
-    assert tiled.kernel_variant(np.float32, 4 * REAL_TF32_MIN_HIDDEN) == "float32"  # precision="float32"
-    arrays, mask = problem(3, 5, 4, 33, np.float32, masked=True)
-    assert_close(run_tf32(wrappers, arrays, mask), run_path("tiled", wrappers, arrays, mask), 0)
 
 
 @pytest.fixture
@@ -816,16 +817,38 @@ def test_a_bidirectional_stack_through_each_cupy_path_matches_generic(on_numpy, 
     assert sum(name.startswith("lstm_forward") for name in launches) >= 4  # two layers × two directions
 
 
-def test_a_deep_stack_of_one_shape_runs_through_the_graph_path_past_its_sets(on_numpy):
-    """Five layers of one shape in one model: four take the buffer sets of that shape, the fifth runs the stepwise
-    loop on arrays of its own, and the model's loss and gradients are the generic path's."""
+def test_a_deep_stack_of_one_shape_runs_every_layer_through_the_graph_path(on_numpy):
+    """Five layers of one shape in one model: each takes a buffer set of that shape (five, all captured, none
+    handed to another path), and the model's loss and gradients are the generic path's."""
     graph = sys.modules["lstmx.kernels.cupy.graph"]
     model = lstmx.LanguageModel(11, 8, 8, 5, backend="numpy", dtype="float64", seed=4)
     tokens, targets = model_inputs(seed=1)
     fast = model.loss(tokens, targets, lengths=[5, 4, 2], impl=on_numpy("cupy-graph"))
     slow = model.loss(tokens, targets, lengths=[5, 4, 2], impl="generic")
     assert_close({"loss": fast.loss, **fast.grads}, {"loss": slow.loss, **slow.grads}, 1e-12)
-    assert len(graph._SETS) == graph.SETS_PER_SHAPE == 4 and len({name[0] for name in graph._SETS}) == 1
+    assert len(graph._SETS) == 5 and len({name[0] for name in graph._SETS}) == 1
+    assert all(s.forward.launches == 1 and s.backward.launches == 1 for s in graph._SETS.values())
+
+
+def test_the_tf32_tiled_path_is_the_registrys_choice_under_tf32_only(on_numpy, monkeypatch):
+    """``cupy-tiled-tf32`` runs under a model precision of "tf32" only, float32 only, by name: the registry
+    refuses it otherwise in one line naming those that can, and "auto" never picks it; ``cupy-tiled`` runs
+    its float32 kernels at either precision (TF32 permits, it does not demand)."""
+    name = on_numpy("cupy-tiled-tf32")
+    on_numpy("cupy-tiled")
+    monkeypatch.setattr(registry, "LAYER_IMPLS", tuple(registry._BY_NAME[i.name] for i in registry.LAYER_IMPLS))
+    assert registry.choose_layer_impl(NUMPY, np.float32, True, name, (3, 33), precision="tf32").name == name
+    with pytest.raises(registry.LayerImplError, match="layer implementation 'cupy-tiled-tf32' cannot run this call: "
+                                                      "it runs under precision='tf32', not 'float32'; "
+                                                      "implementations that can: cupy-tiled, "):
+        registry.choose_layer_impl(NUMPY, np.float32, False, name, (3, 33))
+    with pytest.raises(registry.LayerImplError, match="it computes float32, not float64"):
+        registry.choose_layer_impl(NUMPY, np.float64, False, name, (3, 33), precision="tf32")
+    for precision in ("float32", "tf32"):
+        assert registry.choose_layer_impl(NUMPY, np.float32, False, None, (3, 33), precision=precision).name != name
+        assert registry.choose_layer_impl(NUMPY, np.float32, False, "cupy-tiled", (3, 33),
+                                          precision=precision).name == "cupy-tiled"
+    assert name in registry.TF32_RECURRENCE_IMPLS and "cupy-tiled" not in registry.TF32_RECURRENCE_IMPLS
 
 
 @pytest.mark.parametrize("path", ["cupy-graph", "cupy-tiled"])

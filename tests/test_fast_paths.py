@@ -33,9 +33,13 @@ NUMPY = lstmx.get_backend("numpy")
 FAST_IMPLS = [pytest.param(impl, id=impl.name) for impl in registry.LAYER_IMPLS if impl.name != "generic"]
 
 
+TF32_TOLERANCE = 2e-2  # what TF32's 10-bit mantissa products leave of a float32 layer's agreement
+
+
 def runnable(impl, backend, dtype=np.float64, masked=False):
-    """The implementation's module, or a skip saying why it cannot run on ``backend`` here."""
-    reason = impl.refuses(backend, dtype, masked)
+    """The implementation's module, or a skip saying why it cannot run on ``backend`` here (under the first
+    model precision it runs under: "tf32" for the TF32 tiled kernels)."""
+    reason = impl.refuses(backend, dtype, masked, precision=impl.precisions[0])
     if reason is not None:
         pytest.skip(f"{impl.name}: {reason}")
     return impl.load()
@@ -73,6 +77,7 @@ def assert_matches_generic(module, backend, arrays, grads, tolerance, step_mask=
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-12), (np.float32, 2e-5)])
 def test_fast_layer_matches_generic(backend, impl, shape, dtype, tolerance):
     module = runnable(impl, backend, dtype)
+    tolerance = tolerance if "float32" in impl.precisions else TF32_TOLERANCE
     arrays, grads = random_layer(backend, *shape, dtype)
     assert_matches_generic(module, backend, arrays, grads, tolerance)
 
@@ -81,6 +86,7 @@ def test_fast_layer_matches_generic(backend, impl, shape, dtype, tolerance):
 @pytest.mark.parametrize("dtype,tolerance", [(np.float64, 1e-12), (np.float32, 2e-5)])
 def test_fast_layer_matches_generic_with_step_masks(backend, impl, dtype, tolerance):
     module = runnable(impl, backend, dtype, masked=True)
+    tolerance = tolerance if "float32" in impl.precisions else TF32_TOLERANCE
     arrays, grads = random_layer(backend, 6, 5, 3, 7, dtype)
     step_mask = lengths_to_mask(backend, [6, 3, 1, 0, 5], 6, 5, arrays[0].dtype)
     assert_matches_generic(module, backend, arrays, grads, tolerance, step_mask)
@@ -168,7 +174,7 @@ def test_registry_chooses_by_backend_dtype_and_mask(monkeypatch):
         registry.choose_layer_impl(NUMPY, np.float32, True, "numpy")
     with pytest.raises(registry.LayerImplError, match="runs on numpy, not array_api_strict"):
         registry.choose_layer_impl(strict, strict.xp.float32, False, "numpy")
-    with pytest.raises(registry.LayerImplError, match="impl must be one of auto, cupy-tiled, cupy-persistent, cupy-graph, cupy-stepwise, numba, numpy, generic"):
+    with pytest.raises(registry.LayerImplError, match="impl must be one of auto, cupy-tiled, cupy-tiled-tf32, cupy-persistent, cupy-graph, cupy-stepwise, numba, numpy, generic"):
         registry.choose_layer_impl(NUMPY, np.float32, False, "fast")
     monkeypatch.setenv(registry.ENVIRONMENT_VARIABLE, "nonsense")
     with pytest.raises(registry.LayerImplError, match="LSTMX_LAYER_IMPL must be one of"):

@@ -61,9 +61,10 @@ def test_tf32_changes_the_products_within_its_precision_and_restores_the_math_mo
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal((20, 16, 128)), dtype=backend.xp.float32)
     outputs = {}
-    for precision in ("float32", "tf32"):
+    for precision in ("float32", "tf32"):  # the TF32 tiled kernels against the float32 ones
+        ran = "cupy-tiled" if (impl, precision) == ("cupy-tiled-tf32", "float32") else impl
         model = lstmx.LSTM(128, 256, backend=backend, seed=0, precision=precision)
-        y, _, cache = model.forward(x, impl=impl)
+        y, _, cache = model.forward(x, impl=ran)
         dx, _, grads = model.backward(backend.xp.ones_like(y), cache)
         outputs[precision] = [to_numpy(a).astype(np.float64) for a in (y, dx, grads["weight_l0"])]
         assert cublas.getMathMode(handle) == before  # restored after every call
@@ -87,7 +88,7 @@ def test_tf32_tiled_kernels_stay_within_tf32_error_of_float32(backend, steps, ba
     x = backend.asarray(rng.standard_normal((steps, batch, features)), dtype=backend.xp.float32)
     lengths = rng.integers(1, steps + 1, size=batch).tolist() if masked else None
     outputs = {}
-    for precision, impl in (("float32", "generic"), ("tf32", "cupy-tiled")):
+    for precision, impl in (("float32", "generic"), ("tf32", "cupy-tiled-tf32")):
         model = lstmx.LSTM(features, hidden, backend=backend, seed=0, precision=precision)
         y, (h, c), cache = model.forward(x, lengths=lengths, impl=impl)
         dx, (dh0, dc0), grads = model.backward(backend.xp.ones_like(y), cache)
@@ -102,17 +103,15 @@ def test_tf32_tiled_kernels_at_their_size_limit_and_one_past_it(backend):
     if not is_cupy(backend):
         pytest.skip("TensorFloat-32 exists on CuPy only")
     from lstmx.dispatch import registry
-    from lstmx.dispatch.precision import matmul_precision
 
-    impl = registry.layer_impl("cupy-tiled")
-    with matmul_precision(backend, "tf32"):
-        limit = impl.largest_hidden(backend, np.float32, 2)
-        assert 0 < limit < 4096
-        assert impl.refuses(backend, np.float32, False, (2, limit + 1)) is not None
+    impl = registry.layer_impl("cupy-tiled-tf32")
+    limit = impl.largest_hidden(backend, np.float32, 2, precision="tf32")
+    assert 0 < limit < 4096
+    assert impl.refuses(backend, np.float32, False, (2, limit + 1), precision="tf32") is not None
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal((3, 2, 3)), dtype=backend.xp.float32)
     results = {}
-    for precision, impl_name in (("float32", "generic"), ("tf32", "cupy-tiled")):
+    for precision, impl_name in (("float32", "generic"), ("tf32", "cupy-tiled-tf32")):
         model = lstmx.LSTM(3, limit, backend=backend, seed=0, precision=precision)
         y, _, cache = model.forward(x, impl=impl_name)
         dx, _, grads = model.backward(backend.xp.ones_like(y), cache)
@@ -120,5 +119,5 @@ def test_tf32_tiled_kernels_at_their_size_limit_and_one_past_it(backend):
     for full, reduced in zip(results["float32"], results["tf32"]):
         assert np.max(np.abs(full - reduced)) / np.max(np.abs(full)) < 2e-2
     past = lstmx.LSTM(3, limit + 1, backend=backend, seed=0, precision="tf32")
-    with pytest.raises(registry.LayerImplError, match="'cupy-tiled' cannot run this call"):
-        past.forward(x, impl="cupy-tiled")
+    with pytest.raises(registry.LayerImplError, match="'cupy-tiled-tf32' cannot run this call"):
+        past.forward(x, impl="cupy-tiled-tf32")

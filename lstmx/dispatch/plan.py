@@ -40,7 +40,7 @@ def resolve_plan(model: Any, optimizer: type, batch: int, *, layer: str | None =
     cell = model.stack.cell
     sizes = (batch, cell.hidden_size)
     chosen_layer = registry.choose_layer_impl(backend, model.dtype, masked, layer, sizes, cell.kind,
-                                              cell.options.names()).name
+                                              cell.options.names(), model.precision).name
     tuned = (registry.requested_impl(layer)[0] == registry.AUTO
              and tuning.tuned_choice(backend, model.dtype, masked, sizes, cell.kind,
                                      cell.options.names()) == chosen_layer)

@@ -2,23 +2,22 @@
 
 ``precision="tf32"`` lets cuBLAS run float32 GEMMs on tensor cores with 10-bit mantissa inputs and float32
 accumulation (PyTorch's ``allow_tf32``): the input projection, the recurrent GEMMs of the stepwise and graph
-paths, the weight gradients, the output layer. The tiled kernels (``impl="cupy-tiled"``) then run their recurrent products
-on tensor cores too (``mma.sync`` in TF32); those of the ``cupy-persistent`` kernels stay float32.
-Expect relative errors around 1e-3 in the products (and so in the gradients).
-A model's public methods (forward, backward, loss) run under their model's precision (:func:`matmul_precision`),
-which the kernels read with :func:`active_precision`.
+paths, the weight gradients, the output layer. Under it the registry also offers ``impl="cupy-tiled-tf32"``,
+the tiled kernels with their recurrent products on tensor cores (``mma.sync`` in TF32); the recurrent products of
+``cupy-tiled`` and ``cupy-persistent`` stay float32. Expect relative errors around 1e-3 in the products (and so in
+the gradients). A model's public methods (forward, backward, loss) run under their model's precision
+(:func:`matmul_precision`, which sets cuBLAS's math mode for the block), and its layer choice is made for it
+(:func:`lstmx.dispatch.registry.choose_layer_impl`); no kernel reads the precision itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from typing import Any, Iterator
 
 from ..backend import Backend, dtype_name, is_cupy
 
 PRECISIONS = ("float32", "tf32")
-_ACTIVE: contextvars.ContextVar[str] = contextvars.ContextVar("lstmx_precision", default="float32")
 
 
 def check_precision(precision: Any, backend: Backend, dtype: Any) -> str:
@@ -34,20 +33,11 @@ def check_precision(precision: Any, backend: Backend, dtype: Any) -> str:
 @contextlib.contextmanager
 def matmul_precision(backend: Backend, precision: str) -> Iterator[None]:
     """Within the block, float32 GEMMs on ``backend`` run at ``precision`` (checked by :func:`check_precision`
-    at the door), and :func:`active_precision` reads it."""
-    token = _ACTIVE.set(precision)
-    try:
-        if precision == "tf32" and is_cupy(backend):
-            from ..kernels.cupy.precision import tf32_gemms
+    at the door): on CuPy under "tf32", cuBLAS's TF32 math mode on the current device's handle."""
+    if precision == "tf32" and is_cupy(backend):
+        from ..kernels.cupy.precision import tf32_gemms
 
-            with tf32_gemms():
-                yield
-        else:
+        with tf32_gemms():
             yield
-    finally:
-        _ACTIVE.reset(token)
-
-
-def active_precision() -> str:
-    """The precision of the innermost :func:`matmul_precision` block ("float32" outside any)."""
-    return _ACTIVE.get()
+    else:
+        yield

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 from ..backend import Backend, dtype_name
 from . import tuning
+from .precision import PRECISIONS
 
 ENVIRONMENT_VARIABLE = "LSTMX_LAYER_IMPL"
 AUTO = "auto"
@@ -63,18 +64,22 @@ class LayerImpl(NamedTuple):
     auto_cell_options: tuple[str, ...] | None = None  # the cell options "auto" gives it (None: every one it takes;
     # fewer where its kernels for the others have not yet run on a GPU)
     auto_cells: tuple[str, ...] | None = None  # the cells "auto" gives it (None: every one it runs), likewise
+    precisions: tuple[str, ...] = PRECISIONS  # the model precisions (lstmx.dispatch.precision) it runs under
+    tf32_recurrence: bool = False  # under precision="tf32" its recurrent products run in TensorFloat-32 too
 
     def refuses(self, backend: Backend, dtype: Any, masked: bool, sizes: tuple[int, int] | None = None,
-                cell: str = "lstm", options: tuple[str, ...] = ()) -> str | None:
+                cell: str = "lstm", options: tuple[str, ...] = (), precision: str = "float32") -> str | None:
         """None when this implementation can run the call here, else why not (for error messages and skips).
 
         Cheap checks first, then the import (optional dependencies), then ``sizes`` = (batch, hidden) for
-        implementations that run only some sizes (None skips that check).
+        implementations that run only some sizes (None skips that check). ``precision`` is the model's.
         """
         if self.backends is not None and backend.name not in self.backends:
             return f"runs on {', '.join(self.backends)}, not {backend.name}"
         if dtype_name(dtype) not in self.dtypes:
             return f"computes {', '.join(self.dtypes)}, not {dtype_name(dtype)}"
+        if precision not in self.precisions:
+            return f"runs under precision={' or '.join(map(repr, self.precisions))}, not {precision!r}"
         if cell not in self.cells:
             return f"runs the {', '.join(self.cells)} cell, not {cell} (proj_size)"
         untaken = [option for option in options if option not in self.cell_options]
@@ -103,10 +108,14 @@ class LayerImpl(NamedTuple):
         limit = None if self.auto_max_hidden is None else self.auto_max_hidden.get(name)
         return limit is None or sizes is None or sizes[1] <= limit
 
-    def largest_hidden(self, backend: Backend, dtype: Any, batch: int, upper: int = 4096) -> int:
-        """The largest hidden size up to ``upper`` this implementation runs for ``batch`` rows here, at which the
-        next size up is refused (0 when none runs); a bisection over :meth:`refuses`."""
-        runs = lambda hidden: self.refuses(backend, dtype, False, (batch, hidden)) is None  # noqa: E731
+    def largest_hidden(self, backend: Backend, dtype: Any, batch: int, upper: int = 4096,
+                       precision: str = "float32") -> int:
+        """The largest hidden size up to ``upper`` this implementation runs for ``batch`` rows here (under the
+        model ``precision``), at which the next size up is refused (0 when none runs); a bisection over
+        :meth:`refuses`."""
+        def runs(hidden: int) -> bool:
+            return self.refuses(backend, dtype, False, (batch, hidden), precision=precision) is None
+
         if runs(upper):
             return upper
         if not runs(1):
@@ -160,17 +169,22 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
               auto_max_hidden=CUPY_TILED_AUTO_MAX_HIDDEN,
               summary="CuPy: register-tiled cooperative kernels, W_h split over units × rows (sizes whose tiles "
                       "fit on chip)"),
+    LayerImpl(name="cupy-tiled-tf32", module="lstmx.kernels.cupy.tiled_tf32", backends=("cupy",),
+              dtypes=("float32",), auto_dtypes=(), step_masks=True, size_limited=True, cells=LSTM_ONLY,
+              precisions=("tf32",), tf32_recurrence=True,
+              summary="CuPy: the tiled kernels with TF32 tensor-core products (float32 under precision='tf32'; "
+                      "by name)"),
     LayerImpl(name="cupy-persistent", module="lstmx.kernels.cupy.persistent", backends=("cupy",), dtypes=FLOATS,
               auto_dtypes=CUPY_PERSISTENT_AUTO, step_masks=True, size_limited=True, cells=LSTM_ONLY,
               summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes)"),
     LayerImpl(name="cupy-graph", module="lstmx.kernels.cupy.graph", backends=("cupy",), dtypes=FLOATS,
-              auto_dtypes=CUPY_GRAPH_AUTO, step_masks=True, size_limited=False, cells=LSTM_ONLY,
+              auto_dtypes=CUPY_GRAPH_AUTO, step_masks=True, size_limited=False, cells=LSTM_ONLY, tf32_recurrence=True,
               summary="CuPy: the stepwise path's GEMMs and kernels captured once per shape as a CUDA graph, one "
                       "launch per direction (every size)"),
     LayerImpl(name="cupy-stepwise", module="lstmx.kernels.cupy.stepwise", backends=("cupy",), dtypes=FLOATS,
               auto_dtypes=CUPY_STEPWISE_AUTO, step_masks=True, size_limited=False, cells=EVERY_CELL,
-              cell_options=EVERY_OPTION, auto_cell_options=(), auto_cells=LSTM_ONLY,  # its variant and projected
-              # kernels have run in the emulator only
+              cell_options=EVERY_OPTION, auto_cell_options=(), auto_cells=LSTM_ONLY, tf32_recurrence=True,  # its
+              # variant and projected kernels have run in the emulator only
               summary="CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size; every cell and cell "
                       "option, the variants by name)"),
     LayerImpl(name="numba", module="lstmx.kernels.host.numba_layer", backends=("numpy",), dtypes=FLOATS,
@@ -188,8 +202,8 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
 )
 _BY_NAME = {impl.name: impl for impl in LAYER_IMPLS}
 # the layer paths whose recurrent products run in TensorFloat-32 under precision="tf32" (cuBLAS's math mode, or
-# the tiled kernels' tensor-core MMAs); the persistent kernels' stay float32
-TF32_RECURRENCE_IMPLS = ("cupy-tiled", "cupy-graph", "cupy-stepwise")
+# the tiled kernels' tensor-core MMAs); those of the other CuPy paths stay float32
+TF32_RECURRENCE_IMPLS = tuple(impl.name for impl in LAYER_IMPLS if impl.tf32_recurrence)
 NAMES = tuple(_BY_NAME)
 
 class Requests:
@@ -260,28 +274,28 @@ def requested_impl(impl: str | None = None) -> tuple[str, bool]:
 
 def choose_layer_impl(backend: Backend, dtype: Any, masked: bool, impl: str | None = None,
                       sizes: tuple[int, int] | None = None, cell: str = "lstm",
-                      options: tuple[str, ...] = ()) -> LayerImpl:
+                      options: tuple[str, ...] = (), precision: str = "float32") -> LayerImpl:
     """The implementation that runs a layer of ``dtype`` on ``backend`` (``masked``: a step mask is given;
-    ``sizes``: (batch, hidden), for implementations that run only some sizes; ``cell``: the cell's kind): the one
-    asked for; else, for "auto", the one ``lstmx tune`` measured fastest for this call here
-    (:mod:`lstmx.dispatch.tuning`), else the first in :data:`LAYER_IMPLS` that "auto" may pick."""
+    ``sizes``: (batch, hidden), for implementations that run only some sizes; ``cell``: the cell's kind;
+    ``precision``: the model's): the one asked for; else, for "auto", the one ``lstmx tune`` measured fastest
+    for this call here (:mod:`lstmx.dispatch.tuning`), else the first in :data:`LAYER_IMPLS` that "auto" may
+    pick."""
     name, binding = requested_impl(impl)
+    call = (backend, dtype, masked, sizes, cell, options, precision)
     if name != AUTO:
         chosen = _BY_NAME[name]
-        reason = chosen.refuses(backend, dtype, masked, sizes, cell, options)
+        reason = chosen.refuses(*call)
         if reason is None:
             return chosen
         if binding:
-            able = [i.name for i in available_layer_impls(backend, dtype, masked, sizes, cell, options)]
+            able = [i.name for i in available_layer_impls(*call)]
             raise LayerImplError(f"layer implementation {name!r} cannot run this call: it {reason}; "
                                  f"implementations that can: {', '.join(able)}")
     tuned = _BY_NAME.get(tuning.tuned_choice(backend, dtype, masked, sizes, cell, options) or "")
-    if tuned is not None and tuned.auto_takes(dtype, None, options, cell) and tuned.refuses(
-            backend, dtype, masked, sizes, cell, options) is None:
+    if tuned is not None and tuned.auto_takes(dtype, None, options, cell) and tuned.refuses(*call) is None:
         return tuned  # measured fastest for this call on this device (lstmx tune)
     for candidate in LAYER_IMPLS:
-        if candidate.auto_takes(dtype, sizes, options, cell) and candidate.refuses(backend, dtype, masked, sizes,
-                                                                                   cell, options) is None:
+        if candidate.auto_takes(dtype, sizes, options, cell) and candidate.refuses(*call) is None:
             return candidate
     raise LayerImplError(f"no layer implementation runs {dtype_name(dtype)} on {backend.name}")  # generic always does
 
@@ -296,9 +310,9 @@ def layer_impl(name: str) -> LayerImpl:
 
 def available_layer_impls(backend: Backend, dtype: Any, masked: bool = False,
                           sizes: tuple[int, int] | None = None, cell: str = "lstm",
-                          options: tuple[str, ...] = ()) -> list[LayerImpl]:
+                          options: tuple[str, ...] = (), precision: str = "float32") -> list[LayerImpl]:
     """Every implementation that can run such a call here (what the tests compare against the generic path)."""
-    return [i for i in LAYER_IMPLS if i.refuses(backend, dtype, masked, sizes, cell, options) is None]
+    return [i for i in LAYER_IMPLS if i.refuses(backend, dtype, masked, sizes, cell, options, precision) is None]
 
 
 # --- the embedding gradient's scatter-add ------------------------------------------------------------------

@@ -121,7 +121,8 @@ class Stack(NamedTuple):
     def _chosen(self, model: Module, cell: Cell, x: Any, lengths: np.ndarray | None, impl: str | None) -> Any:
         """The layer implementation for this call (the registry's choice, or ``impl``, checked)."""
         return registry.choose_layer_impl(model.backend, x.dtype, lengths is not None, impl,
-                                          (x.shape[1], cell.hidden_size), cell.kind, cell.options.names())
+                                          (x.shape[1], cell.hidden_size), cell.kind, cell.options.names(),
+                                          model.precision)
 
     def _noise(self, model: Module, cell: Cell, steps: int, batch: int) -> tuple[tuple[LayerNoise, ...], ...] | None:
         """Zoneout's and recurrent dropout's masks for a training forward, per layer and direction, drawn on the

@@ -249,7 +249,7 @@ def _check_implementations(model: Any, batch_size: int, optimizer: str) -> None:
     backend = model.backend
     try:
         registry.choose_layer_impl(backend, model.dtype, False, None, (batch_size, model.hidden_size),
-                                   model.stack.cell.kind, model.stack.cell.options.names())
+                                   model.stack.cell.kind, model.stack.cell.options.names(), model.precision)
         registry.choose_loss(backend)
         registry.choose_update(backend, OPTIMIZERS[optimizer.lower()])
     except registry.ImplError as error:

@@ -3,14 +3,19 @@
 The stepwise path (:mod:`lstmx.kernels.cupy.stepwise`) makes two calls from Python per time step, a cuBLAS GEMM and
 a fused kernel, and at small sizes the calls, not the GPU, set the pace. Here the same loop is captured once into
 a CUDA graph per *buffer set*: arrays of one problem shape (steps, batch, features, hidden, dtype, step mask or
-not, precision, device, stream) that the captured kernels read and write. A call takes a free set, writes its
-inputs and the input projection there, and launches the graph (one call for all 2T operations).
+not, cuBLAS math mode, device, stream) that the captured kernels read and write. A call takes a free set, writes
+its inputs and the input projection there, and launches the graph (one call for all 2T operations).
 
 No activation is copied: the forward's cache refers to the set's arrays and holds a :class:`Lease` on the set,
 and while that cache lives no other call writes to them (the set is free again once the cache is gone). Only
 what the caller keeps is copied out: y, and dL/dh_0, dL/dc_0 from the backward. A call that finds every set of
-its shape held (:data:`SETS_PER_SHAPE`) runs the stepwise loop on arrays of its own instead. Same signatures
-as the generic ``lstm_layer_forward`` / ``lstm_layer_backward``; every size runs.
+its shape held captures another: the arrays are those its cache would hold on any path, and this path never
+hands a call to another one. Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward``;
+every size runs.
+
+The graphs' GEMMs run in the math mode CuPy's cuBLAS handle has at the call (TF32 under a model's
+``precision="tf32"``, which sets it: :mod:`lstmx.dispatch.precision`), so they compute what the stepwise path's
+would; a set is captured per mode.
 
 CuPy's cuBLAS wrappers refuse every call while a stream is being captured, but cuBLAS itself can be captured:
 the GEMMs go through its C function (``cublasSgemm_v2`` / ``cublasDgemm_v2`` through ctypes, from the library CuPy
@@ -36,13 +41,10 @@ import numpy as np
 from cupy_backends.cuda.libs import cublas
 
 from ...backend import Backend
-from ...dispatch.precision import active_precision
 from . import shell, stepwise
-from .precision import TF32_TENSOR_OP_MATH
 from .shell import CupyLayerCache, layer_backward, layer_forward
 
-MAX_SETS = 8  # buffer sets kept, of every shape (the least recently used free one is dropped past this)
-SETS_PER_SHAPE = 4  # caches that can hold a set of one shape at once (one per layer of that shape in a stack)
+MAX_SETS = 8  # buffer sets kept, of every shape (past this the least recently used free ones are dropped)
 WORKSPACE_BYTES = 32 * 1024 * 1024  # the capture handle's cuBLAS workspace (NVIDIA's recommendation for Hopper)
 DEFAULT_MATH = 0  # cublasMath_t CUBLAS_DEFAULT_MATH
 
@@ -184,7 +186,7 @@ def _allocate(dims: shell.Dims, dtype: np.dtype, masked: bool) -> GraphBuffers:
                         zeros(batch, hidden), zeros(batch, hidden))
 
 
-def _capture(stream: Any, workspace: Any, dtype: np.dtype, precision: str,
+def _capture(stream: Any, workspace: Any, dtype: np.dtype, math_mode: int,
              record: Callable[[shell.Gemm], None]) -> Any:
     """A graph of what ``record(gemm)`` launches on ``stream`` (its GEMMs using ``workspace``), after one run
     outside the capture."""
@@ -192,7 +194,7 @@ def _capture(stream: Any, workspace: Any, dtype: np.dtype, precision: str,
     with stream:
         gemm = shell.Gemm(dtype, function=_cublas_c().gemm(dtype), handle=handle)  # binds the handle to stream
         _cublas_c().set_workspace(handle, workspace)  # after the stream: binding a stream resets the workspace
-        cublas.setMathMode(handle, TF32_TENSOR_OP_MATH if precision == "tf32" else DEFAULT_MATH)
+        cublas.setMathMode(handle, math_mode)
         record(gemm)  # loads every kernel and cuBLAS routine before the capture
         stream.begin_capture()
         try:
@@ -208,45 +210,48 @@ _SETS_LOCK = threading.Lock()
 _SERIAL = itertools.count()
 
 
-def _capture_set(dims: shell.Dims, dtype: np.dtype, masked: bool, precision: str) -> BufferSet:
+def _capture_set(dims: shell.Dims, dtype: np.dtype, masked: bool, math_mode: int) -> BufferSet:
     """New buffers of this shape and the forward and backward graphs captured on them."""
     buffers = _allocate(dims, dtype, masked)
     current = cupy.cuda.get_current_stream()
     workspace = _workspace(cupy.cuda.Device().id, current.ptr)
     stream = cupy.cuda.Stream(non_blocking=True)
     stream.wait_event(current.record())  # the buffers are zeroed before the warm-up runs
-    forward = _capture(stream, workspace, dtype, precision,
+    forward = _capture(stream, workspace, dtype, math_mode,
                        lambda gemm: stepwise.forward_recurrence(buffers, dims, gemm))
-    backward = _capture(stream, workspace, dtype, precision,
+    backward = _capture(stream, workspace, dtype, math_mode,
                         lambda gemm: stepwise.backward_recurrence(buffers, buffers, dims, gemm))
     current.wait_event(stream.record())  # nothing written into the buffers overtakes the warm-up runs
     return BufferSet(buffers, forward, backward, workspace)
 
 
-def _lend(dims: shell.Dims, dtype: np.dtype, masked: bool) -> Lease | None:
-    """A lease on a free buffer set of this shape on the current device, stream and precision (captured on
-    first use); None when all :data:`SETS_PER_SHAPE` of them are held."""
-    precision = active_precision() if dtype == np.float32 else "float32"
-    key = (dims, dtype.name, masked, precision, cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)
+def math_mode(dtype: np.dtype) -> int:
+    """The cuBLAS math mode the graphs of a ``dtype`` call capture with: that of CuPy's handle now (the default
+    for float64, which no mode changes)."""
+    if dtype != np.float32:
+        return DEFAULT_MATH
+    return cublas.getMathMode(cupy.cuda.device.get_cublas_handle())
+
+
+def _lend(dims: shell.Dims, dtype: np.dtype, masked: bool) -> Lease:
+    """A lease on a free buffer set of this shape on the current device, stream and math mode; a new set is
+    captured when none is free."""
+    mode = math_mode(dtype)
+    key = (dims, dtype.name, masked, mode, cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)
     with _SETS_LOCK:
-        mine = [(name, buffer_set) for name, buffer_set in _SETS.items() if name[0] == key]
-        for name, buffer_set in mine:
-            if buffer_set.free():
+        for name, buffer_set in _SETS.items():
+            if name[0] == key and buffer_set.free():
                 _SETS.move_to_end(name)
                 return buffer_set.lend()
-        if len(mine) >= SETS_PER_SHAPE:
-            return None
         try:
-            buffer_set = _SETS[(key, next(_SERIAL))] = _capture_set(dims, dtype, masked, precision)
+            buffer_set = _SETS[(key, next(_SERIAL))] = _capture_set(dims, dtype, masked, mode)
         except Exception as error:
             raise RuntimeError(f"the CUDA-graph path could not capture its loop here ({type(error).__name__}: "
                                f"{error}); impl='cupy-stepwise' runs the same loop without a graph") from error
         lease = buffer_set.lend()
-        while len(_SETS) > MAX_SETS:  # drop the least recently used free set (a held one lives on in its cache)
-            oldest = next((name for name, kept in _SETS.items() if kept.free()), None)
-            if oldest is None:
-                break
-            del _SETS[oldest]
+        free = [name for name, kept in _SETS.items() if kept.free()]  # least recently used first
+        for name in free[:max(0, len(_SETS) - MAX_SETS)]:  # a held set lives on in its cache, and is kept
+            del _SETS[name]
         return lease
 
 
@@ -260,30 +265,24 @@ def release_graphs() -> None:
 
 def _forward_buffers(x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any,
                      dims: shell.Dims) -> shell.ForwardBuffers:
-    """The forward's buffers: a free set's, under a lease, else arrays of the call's own."""
+    """The forward's buffers: a free set's, under a lease (an empty batch: arrays of its own, and no graph)."""
     lease = None if dims[1] == 0 else _lend(dims, np.dtype(x.dtype), step_mask is not None)
     into = None if lease is None else lease.buffer_set.buffers
     return shell.forward_buffers(x, weight, bias, h0, c0, step_mask, dims, into=into, lease=lease)
 
 
-def _replay_forward(b: shell.ForwardBuffers, dims: shell.Dims) -> shell.ForwardBuffers | None:
-    if b.lease is None:  # every set of this shape is held: the stepwise loop, on the call's own arrays
-        stepwise.forward_recurrence(b, dims, shell.Gemm(np.dtype(b.gates.dtype)))
-        return None
+def _replay_forward(b: shell.ForwardBuffers, dims: shell.Dims) -> shell.ForwardBuffers:
     b.lease.buffer_set.forward.launch()
     return b._replace(y=b.y.copy())  # the caller keeps y; the rest stays in the set, held by the cache
 
 
 def _backward_buffers(dy: Any, dh_last: Any, dc_last: Any, weight: Any,
                       cache: CupyLayerCache) -> shell.BackwardBuffers:
-    into = None if cache.lease is None else cache.lease.buffer_set.buffers
+    into = None if cache.lease is None else cache.lease.buffer_set.buffers  # None: an empty batch
     return shell.backward_buffers(dy, dh_last, dc_last, weight, cache, into=into)
 
 
-def _replay_backward(b: shell.BackwardBuffers, cache: CupyLayerCache) -> shell.BackwardBuffers | None:
-    if cache.lease is None:
-        stepwise.backward_recurrence(b, cache, cache.dims(), shell.Gemm(np.dtype(b.dz.dtype)))
-        return None
+def _replay_backward(b: shell.BackwardBuffers, cache: CupyLayerCache) -> shell.BackwardBuffers:
     cache.lease.buffer_set.backward.launch()
     return b._replace(dh=b.dh.copy(), dc=b.dc.copy())  # the caller keeps these; dz is used before any next call
 

@@ -4,10 +4,10 @@ for hidden sizes whose W_h no longer fits one block per 32 units (:mod:`lstmx.ke
 Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward``, and the same buffers, input
 projection and weight-gradient GEMMs as the other CuPy paths. The kernels (``cuda/tiled.cu``,
 :mod:`lstmx.kernels.cupy.cuda_sources`) split W_h over a 2-D grid (units × batch rows) and tile the per-step product
-in registers; under ``precision="tf32"`` (:func:`lstmx.dispatch.precision.active_precision`) float32 layers of at least
-``tiling.TF32_MIN_HIDDEN`` units run the kernels' TF32 variant, whose products are tensor-core MMAs. The tile
-shape is chosen per (batch, hidden, variant) by :func:`lstmx.kernels.cupy.tiling.choose_tile_shape` or given with
-:func:`use_tile_shape` (the tuner does).
+in registers. Their TF32 variant, whose products are tensor-core MMAs, is a path of its own
+(:mod:`lstmx.kernels.cupy.tiled_tf32`, ``impl="cupy-tiled-tf32"``): which kernels run is the registry's choice,
+named in the cache, never one this module makes. The tile shape is chosen per (batch, hidden, variant) by
+:func:`lstmx.kernels.cupy.tiling.choose_tile_shape` or given with :func:`use_tile_shape` (the tuner does).
 Every launch checks the grid against the device's co-resident limit first: CuPy would silently shrink a
 cooperative grid, and the kernel would compute garbage.
 
@@ -28,9 +28,8 @@ import numpy as np
 from cupy_backends.cuda.api import driver
 
 from ...backend import Backend
-from ...dispatch.precision import active_precision
 from . import cuda_sources, tiling
-from .shell import CupyLayerCache, device_attribute, one_launch_backward, one_launch_forward
+from .shell import CupyLayerCache, Launch, device_attribute, one_launch_backward, one_launch_forward
 
 _chosen_shape: contextvars.ContextVar[tiling.TileShape | None] = contextvars.ContextVar("lstmx_tile_shape",
                                                                                          default=None)
@@ -63,14 +62,6 @@ def _resident_blocks(kernel: str, variant: str, threads: int, shared: int, devic
     return sms * driver.occupancyMaxActiveBlocksPerMultiprocessor(_kernel(kernel, variant).kernel.ptr, threads, shared)
 
 
-def kernel_variant(dtype: Any, hidden: int) -> str:
-    """The kernels a layer of ``dtype`` and ``hidden`` units runs now: "tf32" for float32 under
-    ``precision="tf32"`` from ``tiling.TF32_MIN_HIDDEN`` units up, else the dtype."""
-    dtype = np.dtype(dtype).name
-    tf32 = dtype == "float32" and active_precision() == "tf32" and hidden >= tiling.TF32_MIN_HIDDEN
-    return "tf32" if tf32 else dtype
-
-
 def _shape_for(batch: int, hidden: int, variant: str) -> tiling.TileShape | None:
     chosen = _chosen_shape.get()
     if chosen is not None:
@@ -81,16 +72,19 @@ def _shape_for(batch: int, hidden: int, variant: str) -> tiling.TileShape | None
 
 
 def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
-    """None when a layer of this batch and hidden size runs here (at the active precision), else why not (for
-    the registry)."""
-    variant = kernel_variant(dtype, hidden)
+    """None when a layer of this batch and hidden size runs here, else why not (for the registry)."""
+    return refuses_variant(batch, hidden, np.dtype(dtype).name)
+
+
+def refuses_variant(batch: int, hidden: int, variant: str) -> str | None:
+    """As :func:`refuses_size`, for the kernels of ``variant`` ("float32", "float64" or "tf32")."""
     shape = _shape_for(batch, hidden, variant)
     if shape is None:
         return f"has no tile shape for batch {batch} × hidden {hidden} in {variant} that fits this GPU"
     reason = tiling.refuses_shape(shape, mma=variant == "tf32")
     if reason is not None:
         return f"cannot run tile shape {shape}: {reason}"
-    itemsize = np.dtype(dtype).itemsize
+    itemsize = 8 if variant == "float64" else 4
     limit = device_attribute("MaxSharedMemoryPerBlockOptin")
     blocks = int(np.prod(shape.grid(batch, hidden)))
     for kernel in cuda_sources.TILED_KERNELS:
@@ -103,15 +97,22 @@ def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
     return None
 
 
-def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> None:
-    reason = refuses_size(batch, hidden, dtype)
-    if reason is not None:
-        raise ValueError(f"the tiled CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
-    variant = kernel_variant(dtype, hidden)
-    shape = _shape_for(batch, hidden, variant)
-    chunk = shape.forward_chunk if kernel == "lstm_forward_tiled" else shape.backward_chunk
-    _kernel(kernel, variant)(shape.grid(batch, hidden), shape.block(), (*args, np.int32(chunk)),
-                             shared_mem=tiling.shared_bytes(kernel, shape, hidden, np.dtype(dtype).itemsize))
+def launcher(variant: str | None) -> Launch:
+    """The launch of the kernels of ``variant`` ("tf32"; None: those of the layer's dtype), its size checked first."""
+    def launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> None:
+        chosen = dtype if variant is None else variant
+        reason = refuses_variant(batch, hidden, chosen)
+        if reason is not None:
+            raise ValueError(f"the tiled CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
+        shape = _shape_for(batch, hidden, chosen)
+        chunk = shape.forward_chunk if kernel == "lstm_forward_tiled" else shape.backward_chunk
+        _kernel(kernel, chosen)(shape.grid(batch, hidden), shape.block(), (*args, np.int32(chunk)),
+                                shared_mem=tiling.shared_bytes(kernel, shape, hidden, np.dtype(dtype).itemsize))
+
+    return launch
+
+
+_launch = launcher(None)
 
 
 def lstm_layer_forward(

@@ -18,10 +18,6 @@ from typing import NamedTuple
 MAX_THREADS = 512  # per block; the kernels are compiled with __launch_bounds__(512), so at most 128 registers each
 ROW_TILE = 4  # rows per thread in the product (the kernels' register tile)
 MMA_MULTIPLES = {"units": 8, "rows": 16, "splits": 4}  # what the TF32 variant's 16 × 8 warp tiles need
-# Under precision="tf32" the tiled path runs its MMA variant from this hidden size up. Below it the float32 kernels
-# measured faster on an H100 (bench/tune_tiled.py; README, "GPU"), and precision="tf32" permits TF32, it does not
-# demand it (the persistent kernels never use it).
-TF32_MIN_HIDDEN = 512
 TENSOR_CORE_SPEEDUP = 8  # TF32 tensor cores against float32 FMAs on an H100, roughly (for step_cost only)
 
 
