@@ -888,15 +888,17 @@ def test_the_gpu_sanitizer_script_passes_each_path_through_the_emulated_kernels(
     assert header.startswith("check") and len(rows) == 6 and all("  pass  " in line for line in rows), rows
 
 
+@pytest.mark.parametrize("path", ["cupy-stepwise", "cupy-graph"])
 @pytest.mark.parametrize("cell_options", [False, True], ids=["plain", "options"])
 def test_the_gpu_sanitizer_script_passes_the_projected_cell_through_the_emulated_kernels(on_numpy, capsys,
-                                                                                        cell_options):
-    """bench/gpu_sanitize.py --proj-size 8 [--cell-options] (the session's stepwise+options+proj run) on the
-    stand-in: the projected kernels agree with the generic path, with lengths and without."""
+                                                                                        cell_options, path):
+    """bench/gpu_sanitize.py --proj-size 8 [--cell-options] (the session's stepwise+options+proj and
+    graph+options+proj runs) on the stand-in: the projected kernels agree with the generic path, with lengths
+    and without."""
     spec = importlib.util.spec_from_file_location("gpu_sanitize", BENCH / "gpu_sanitize.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    results = script.check(NUMPY, on_numpy("cupy-stepwise"), fused=False, cell_options=cell_options, proj_size=8)
+    results = script.check(NUMPY, on_numpy(path), fused=False, cell_options=cell_options, proj_size=8)
     assert len(results) == 2 * 2 and all(result.passed for result in results), results
     assert all("+ proj 8" in result.check for result in results)
 
@@ -1019,6 +1021,60 @@ def test_projected_kernels_match_generic_float64(wrappers, case, shape, training
                  1e-12)
     assert_close(variant_forward_and_backward(stepwise, generic, arrays, mask, options, extra, noise), expected, 1e-12)
     assert_close(variant_forward_and_backward(generic, stepwise, arrays, mask, options, extra, noise), expected, 1e-12)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "evaluation"])
+@pytest.mark.parametrize("case", ["plain", *VARIANT_OPTIONS])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 33, 0), (2, 3, 3, 9, 4)], ids=lambda s: "T{}B{}D{}H{}P{}".format(*s))
+def test_graph_variant_and_projected_layers_match_generic_float64(wrappers, case, shape, training, masked):
+    """The CUDA-graph path's layers with each cell option and with the LSTMP cell (the stepwise loops captured):
+    against the generic path, twice on one buffer set (the second call a replay: nothing captured anew, no kernel
+    launched from Python per step), and the generic backward on the graph forward's cache."""
+    *dims, proj = shape
+    if case == "plain" and not proj:
+        pytest.skip("the plain cell's graph layer is test_kernels_match_generic_float64's")
+    arrays, mask, options, extra, noise = variant_problem(VARIANT_OPTIONS.get(case, {}), *dims, training, masked,
+                                                          proj=proj)
+    expected = variant_forward_and_backward(generic, generic, arrays, mask, options, extra, noise)
+    graph = wrappers["graph"]
+    for _ in range(2):
+        assert_close(variant_forward_and_backward(graph, graph, arrays, mask, options, extra, noise), expected, 1e-12)
+    [buffer_set] = graph._SETS.values()
+    assert (buffer_set.forward.launches, buffer_set.backward.launches) == (2, 2)
+    assert len(buffer_set.forward.operations) == (4 if proj else 2) * dims[0]  # GEMMs and kernels per step
+    assert_close(variant_forward_and_backward(graph, generic, arrays, mask, options, extra, noise), expected, 1e-12)
+
+
+def test_graph_variant_layers_of_one_shape_take_a_set_per_option_and_mode(wrappers):
+    """Calls of one shape whose options, training masks or projection differ capture launches that differ (the
+    options' scalars, which masks are read): each takes a buffer set of its own, and each matches generic; a
+    repeat of the first is a replay on its set."""
+    graph = wrappers["graph"]
+    calls = [("cell_clip", False, 0), ("cell_clip", True, 0), ("zoneout", False, 0), ("plain", False, 3),
+             ("cell_clip", False, 0)]
+    for case, training, proj in calls:
+        arrays, mask, options, extra, noise = variant_problem(VARIANT_OPTIONS.get(case, {}), 3, 2, 3, 6, training,
+                                                              True, proj=proj)
+        expected = variant_forward_and_backward(generic, generic, arrays, mask, options, extra, noise)
+        assert_close(variant_forward_and_backward(graph, graph, arrays, mask, options, extra, noise), expected, 1e-12)
+    assert [s.forward.launches for s in graph._SETS.values()] == [1, 1, 1, 2]  # least recently used first
+
+
+def test_the_graph_paths_backward_refuses_a_cache_another_path_made(wrappers):
+    """Its backward replays the graph of the buffer set its own forward's cache holds: another path's cache
+    (none held) is refused in one line before any kernel runs, for the plain and for the variant layers."""
+    from lstmx.nn.layers.lstm_layer import LayerInputError
+
+    arrays, mask, options, extra, noise = variant_problem(VARIANT_OPTIONS["peepholes"], 2, 3, 2, 5, True, False)
+    message = "the CUDA-graph path's backward takes the cache of its own forward"
+    with pytest.raises(LayerInputError, match=message):
+        variant_forward_and_backward(generic, wrappers["graph"], arrays, mask, options, extra, noise)
+    plain, plain_mask = problem(2, 3, 2, 5, np.float64)
+    _, _, cache = wrappers["stepwise"].lstm_layer_forward(NUMPY, plain["x"], plain["weight"], plain["bias"],
+                                                          plain["h0"], plain["c0"])
+    with pytest.raises(LayerInputError, match=message):
+        graph_backward(wrappers["graph"], plain, cache)
 
 
 def test_the_plain_projected_layer_keeps_the_generic_signatures_and_cache(wrappers):

@@ -178,9 +178,11 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
               auto_dtypes=CUPY_PERSISTENT_AUTO, step_masks=True, size_limited=True, cells=LSTM_ONLY,
               summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes)"),
     LayerImpl(name="cupy-graph", module="lstmx.kernels.cupy.graph", backends=("cupy",), dtypes=FLOATS,
-              auto_dtypes=CUPY_GRAPH_AUTO, step_masks=True, size_limited=False, cells=LSTM_ONLY, tf32_recurrence=True,
+              auto_dtypes=CUPY_GRAPH_AUTO, step_masks=True, size_limited=False, cells=EVERY_CELL,
+              cell_options=EVERY_OPTION, auto_cell_options=(), auto_cells=LSTM_ONLY, tf32_recurrence=True,  # its
+              # variant and projected graphs have run in the emulator only
               summary="CuPy: the stepwise path's GEMMs and kernels captured once per shape as a CUDA graph, one "
-                      "launch per direction (every size)"),
+                      "launch per direction (every size; every cell and cell option, the variants by name)"),
     LayerImpl(name="cupy-stepwise", module="lstmx.kernels.cupy.stepwise", backends=("cupy",), dtypes=FLOATS,
               auto_dtypes=CUPY_STEPWISE_AUTO, step_masks=True, size_limited=False, cells=EVERY_CELL,
               cell_options=EVERY_OPTION, auto_cell_options=(), auto_cells=LSTM_ONLY, tf32_recurrence=True,  # its

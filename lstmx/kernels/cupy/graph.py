@@ -41,6 +41,7 @@ import numpy as np
 from cupy_backends.cuda.libs import cublas
 
 from ...backend import Backend
+from ...nn.layers.lstm_layer import LayerInputError
 from . import shell, stepwise
 from .shell import CupyLayerCache, layer_backward, layer_forward
 
@@ -205,24 +206,25 @@ def _capture(stream: Any, workspace: Any, dtype: np.dtype, math_mode: int,
         return stream.end_capture()
 
 
-_SETS: collections.OrderedDict[tuple, BufferSet] = collections.OrderedDict()  # (shape key, serial) → set
+_SETS: collections.OrderedDict[tuple, BufferSet] = collections.OrderedDict()  # (key, serial) → set
+Recorder = Callable[[Any, shell.Gemm], None]  # launches a loop on a set's buffers with a GEMM
 _SETS_LOCK = threading.Lock()
 _SERIAL = itertools.count()
 
 
-def _capture_set(dims: shell.Dims, dtype: np.dtype, masked: bool, math_mode: int) -> BufferSet:
-    """New buffers of this shape and the forward and backward graphs captured on them."""
-    buffers = _allocate(dims, dtype, masked)
+def _capture_set(allocate: Callable[[], Any], forward: Recorder, backward: Recorder, dtype: np.dtype,
+                 math_mode: int) -> BufferSet:
+    """New buffers (``allocate()``) and the graphs of ``forward(buffers, gemm)`` and ``backward(buffers, gemm)``
+    captured on them."""
+    buffers = allocate()
     current = cupy.cuda.get_current_stream()
     workspace = _workspace(cupy.cuda.Device().id, current.ptr)
     stream = cupy.cuda.Stream(non_blocking=True)
     stream.wait_event(current.record())  # the buffers are zeroed before the warm-up runs
-    forward = _capture(stream, workspace, dtype, math_mode,
-                       lambda gemm: stepwise.forward_recurrence(buffers, dims, gemm))
-    backward = _capture(stream, workspace, dtype, math_mode,
-                        lambda gemm: stepwise.backward_recurrence(buffers, buffers, dims, gemm))
+    forward_graph = _capture(stream, workspace, dtype, math_mode, lambda gemm: forward(buffers, gemm))
+    backward_graph = _capture(stream, workspace, dtype, math_mode, lambda gemm: backward(buffers, gemm))
     current.wait_event(stream.record())  # nothing written into the buffers overtakes the warm-up runs
-    return BufferSet(buffers, forward, backward, workspace)
+    return BufferSet(buffers, forward_graph, backward_graph, workspace)
 
 
 def math_mode(dtype: np.dtype) -> int:
@@ -233,18 +235,19 @@ def math_mode(dtype: np.dtype) -> int:
     return cublas.getMathMode(cupy.cuda.device.get_cublas_handle())
 
 
-def _lend(dims: shell.Dims, dtype: np.dtype, masked: bool) -> Lease:
-    """A lease on a free buffer set of this shape on the current device, stream and math mode; a new set is
-    captured when none is free."""
+def lend(key: tuple, dtype: np.dtype, allocate: Callable[[], Any], forward: Recorder, backward: Recorder) -> Lease:
+    """A lease on a free buffer set of ``key`` (dims, layout, kind: what fixes the buffers and the captured
+    launches) on the current math mode, device and stream; when none is free, a new one: ``allocate()``'s
+    buffers (zeroed: the warm-up runs read them) with the graphs of ``forward`` and ``backward`` on them."""
     mode = math_mode(dtype)
-    key = (dims, dtype.name, masked, mode, cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)
+    full_key = (*key, mode, cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)
     with _SETS_LOCK:
         for name, buffer_set in _SETS.items():
-            if name[0] == key and buffer_set.free():
+            if name[0] == full_key and buffer_set.free():
                 _SETS.move_to_end(name)
                 return buffer_set.lend()
         try:
-            buffer_set = _SETS[(key, next(_SERIAL))] = _capture_set(dims, dtype, masked, mode)
+            buffer_set = _SETS[(full_key, next(_SERIAL))] = _capture_set(allocate, forward, backward, dtype, mode)
         except Exception as error:
             raise RuntimeError(f"the CUDA-graph path could not capture its loop here ({type(error).__name__}: "
                                f"{error}); impl='cupy-stepwise' runs the same loop without a graph") from error
@@ -253,6 +256,13 @@ def _lend(dims: shell.Dims, dtype: np.dtype, masked: bool) -> Lease:
         for name in free[:max(0, len(_SETS) - MAX_SETS)]:  # a held set lives on in its cache, and is kept
             del _SETS[name]
         return lease
+
+
+def _lend(dims: shell.Dims, dtype: np.dtype, masked: bool) -> Lease:
+    """A lease on a buffer set of the plain layer's loops for this shape."""
+    return lend((dims, dtype.name, masked), dtype, lambda: _allocate(dims, dtype, masked),
+                lambda buffers, gemm: stepwise.forward_recurrence(buffers, dims, gemm),
+                lambda buffers, gemm: stepwise.backward_recurrence(buffers, buffers, dims, gemm))
 
 
 def release_graphs() -> None:
@@ -276,14 +286,23 @@ def _replay_forward(b: shell.ForwardBuffers, dims: shell.Dims) -> shell.ForwardB
     return b._replace(y=b.y.copy())  # the caller keeps y; the rest stays in the set, held by the cache
 
 
+def held_set(cache: Any, batch: int) -> BufferSet | None:
+    """The buffer set ``cache`` holds (None for an empty batch, which has none); a cache of a batch that holds
+    none came from another path's forward and is refused in one line."""
+    if cache.lease is None and batch > 0:
+        raise LayerInputError("the CUDA-graph path's backward takes the cache of its own forward (this one holds "
+                              "no buffer set of it); run the backward of the implementation the forward ran")
+    return None if cache.lease is None else cache.lease.buffer_set
+
+
 def _backward_buffers(dy: Any, dh_last: Any, dc_last: Any, weight: Any,
                       cache: CupyLayerCache) -> shell.BackwardBuffers:
-    into = None if cache.lease is None else cache.lease.buffer_set.buffers  # None: an empty batch
-    return shell.backward_buffers(dy, dh_last, dc_last, weight, cache, into=into)
+    held = held_set(cache, cache.dims()[1])
+    return shell.backward_buffers(dy, dh_last, dc_last, weight, cache, into=None if held is None else held.buffers)
 
 
 def _replay_backward(b: shell.BackwardBuffers, cache: CupyLayerCache) -> shell.BackwardBuffers:
-    cache.lease.buffer_set.backward.launch()
+    cache.lease.buffer_set.backward.launch()  # held_set checked the lease at the door
     return b._replace(dh=b.dh.copy(), dc=b.dc.copy())  # the caller keeps these; dz is used before any next call
 
 
@@ -297,3 +316,9 @@ def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
     return layer_backward(_replay_backward, dy, dh_last, dc_last, weight, cache, buffers=_backward_buffers)
+
+
+# the layers with cell options and the projected cell: the stepwise path's variant loops captured likewise, in a
+# module of their own, exposed here, where the registry's "cupy-graph" entry points
+from .graph_variants import (lstm_variant_layer_backward, lstm_variant_layer_forward, lstmp_layer_backward,  # noqa: E402
+                             lstmp_layer_forward)

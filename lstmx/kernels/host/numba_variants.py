@@ -347,7 +347,8 @@ def lstm_variant_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, extra: ExtraParams, options: CellOptions,
     cache: LSTMLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
-    x, h_seen, c_prev, gates, tanh_c, step_mask, kept = cache
+    x, h_seen, c_prev, gates, tanh_c = cache.x, cache.h_prev, cache.c_prev, cache.gates, cache.tanh_c
+    step_mask, kept = cache.step_mask, cache.variant
     refuse_step_mask(step_mask)
     steps, batch, features, hidden = check_layer_backward(cache, extra, options, dy, dh_last, dc_last, weight)
     projection = extra.projection

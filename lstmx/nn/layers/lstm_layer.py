@@ -39,6 +39,7 @@ class LSTMLayerCache(NamedTuple):
     tanh_c: Any  # (T, B, H) tanh of the cell's new value c'_t
     step_mask: Any  # (T, B, 1) 1 on real steps, 0 on padding; None when every step is real
     variant: "VariantCache | None" = None  # with cell options: what their backward needs
+    lease: Any = None  # a fast path's hold on buffers these arrays belong to (the CUDA-graph path's), else None
 
     def dims(self) -> tuple[int, int, int, int]:
         """(steps, batch, features, hidden) this cache was made for."""
@@ -318,7 +319,8 @@ def lstm_variant_layer_backward(
 def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, extra: ExtraParams,
                     cache: LSTMLayerCache, options: CellOptions = PLAIN) -> tuple[Any, ...]:
     xp = backend.xp
-    x, h_prevs, c_prevs, gate_steps, tanh_cs, step_mask, kept = cache
+    x, h_prevs, c_prevs, gate_steps, tanh_cs = cache.x, cache.h_prev, cache.c_prev, cache.gates, cache.tanh_c
+    step_mask, kept = cache.step_mask, cache.variant
     steps, batch, features, hidden = check_layer_backward(cache, extra, options, dy, dh_last, dc_last, weight)
     projection = extra.projection
     gate = gate_affine(backend, hidden, x.dtype)
