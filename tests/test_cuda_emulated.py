@@ -888,6 +888,18 @@ def test_the_gpu_sanitizer_script_passes_each_path_through_the_emulated_kernels(
     assert header.startswith("check") and len(rows) == 6 and all("  pass  " in line for line in rows), rows
 
 
+@pytest.mark.parametrize("path", ["cupy-tiled", "cupy-graph"])
+def test_the_gpu_sanitizer_script_passes_the_cell_options_through_the_emulated_kernels(on_numpy, capsys, path):
+    """bench/gpu_sanitize.py --cell-options (the session's tiled+options and graph+options runs) on the stand-in:
+    a two-layer language model with every option the path takes agrees with the generic path."""
+    spec = importlib.util.spec_from_file_location("gpu_sanitize", BENCH / "gpu_sanitize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = script.check(NUMPY, on_numpy(path), fused=False, cell_options=True)
+    assert len(results) == 2 * 2 and all(result.passed for result in results), results
+    assert all("+ options" in result.check for result in results)
+
+
 @pytest.mark.parametrize("path", ["cupy-stepwise", "cupy-graph"])
 @pytest.mark.parametrize("cell_options", [False, True], ids=["plain", "options"])
 def test_the_gpu_sanitizer_script_passes_the_projected_cell_through_the_emulated_kernels(on_numpy, capsys,
@@ -1075,6 +1087,69 @@ def test_the_graph_paths_backward_refuses_a_cache_another_path_made(wrappers):
                                                           plain["h0"], plain["c0"])
     with pytest.raises(LayerInputError, match=message):
         graph_backward(wrappers["graph"], plain, cache)
+
+
+POINTWISE_OPTIONS = dict(peepholes=True, input_forget=True, cell_clip=1.2, zoneout=(0.2, 0.4))
+TILED_CASES = [*(case for case in VARIANT_OPTIONS if case not in ("layer_norm", "recurrent_dropout", "everything")),
+               "pointwise"]
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "evaluation"])
+@pytest.mark.parametrize("case", TILED_CASES)
+@pytest.mark.parametrize("shape", [(3, 5, 4, 33), (1, 1, 2, 8), (4, 9, 3, 20)], ids=lambda s: "T{}B{}D{}H{}".format(*s))
+def test_tiled_variant_kernels_match_generic_float64(wrappers, case, shape, training, masked):
+    """The tiled path's kernels with each pointwise cell option and all of them together against the generic
+    path, and either backward on the other's cache."""
+    options = POINTWISE_OPTIONS if case == "pointwise" else VARIANT_OPTIONS[case]
+    arrays, mask, options, extra, noise = variant_problem(options, *shape, training, masked)
+    expected = variant_forward_and_backward(generic, generic, arrays, mask, options, extra, noise)
+    tiled = wrappers["tiled"]
+    assert_close(variant_forward_and_backward(tiled, tiled, arrays, mask, options, extra, noise), expected, 1e-12)
+    assert_close(variant_forward_and_backward(tiled, generic, arrays, mask, options, extra, noise), expected, 1e-12)
+    assert_close(variant_forward_and_backward(generic, tiled, arrays, mask, options, extra, noise), expected, 1e-12)
+
+
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=lambda s: "U{}R{}S{}F{}B{}".format(*s))
+def test_tiled_variant_kernels_on_every_tile_shape(wrappers, shape):
+    """Every pointwise option at once, with lengths and training masks, on tile shapes whose blocks hold a cell
+    for only some threads, rows past the batch and units past the hidden size."""
+    arrays, mask, options, extra, noise = variant_problem(POINTWISE_OPTIONS, 3, 7, 3, 33, True, True, seed=3)
+    expected = variant_forward_and_backward(generic, generic, arrays, mask, options, extra, noise)
+    tiled = wrappers["tiled"]
+    with tiled.use_tile_shape(shape):
+        assume_fits = tiled.refuses_size(7, 33, np.float64, ("peepholes",))
+        if assume_fits is not None:
+            pytest.skip(assume_fits)
+        assert_close(variant_forward_and_backward(tiled, tiled, arrays, mask, options, extra, noise), expected, 1e-12)
+
+
+def test_tiled_variant_kernels_do_not_depend_on_thread_order(wrappers):
+    arrays, mask, options, extra, noise = variant_problem(POINTWISE_OPTIONS, 3, 6, 3, 20, True, True)
+    tiled = wrappers["tiled"]
+    results = []
+    for seed in (0, 1):
+        RawKernel.seed = seed
+        try:
+            results.append(variant_forward_and_backward(tiled, tiled, arrays, mask, options, extra, noise))
+        finally:
+            RawKernel.seed = 0
+    for name, value in results[0].items():
+        np.testing.assert_array_equal(results[1][name], value, err_msg=name)
+
+
+def test_the_tiled_path_takes_the_pointwise_options_its_registry_record_declares(wrappers):
+    """What the tiled kernels apply is what the registry gives them; layer_norm, recurrent dropout and a
+    projection are refused in one line before any kernel runs."""
+    from lstmx.nn.layers.lstm_layer import LayerInputError
+
+    tiled_variants = wrappers["tiled_variants"]
+    assert registry.layer_impl("cupy-tiled").cell_options == tiled_variants.TAKEN == registry.POINTWISE_OPTIONS
+    for case in ("layer_norm", "recurrent_dropout"):
+        arrays, mask, options, extra, noise = variant_problem(VARIANT_OPTIONS[case], 2, 3, 2, 8, True, False)
+        with pytest.raises(LayerInputError, match=f"the tiled CuPy path takes the cell options peepholes, "
+                                                  f"input_forget, cell_clip, zoneout of the lstm cell, not {case}"):
+            variant_forward_and_backward(wrappers["tiled"], wrappers["tiled"], arrays, mask, options, extra, noise)
 
 
 def test_the_plain_projected_layer_keeps_the_generic_signatures_and_cache(wrappers):

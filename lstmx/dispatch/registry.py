@@ -55,7 +55,7 @@ class LayerImpl(NamedTuple):
     dtypes: tuple[str, ...]  # dtypes it computes correctly
     auto_dtypes: tuple[str, ...]  # dtypes for which "auto" picks it (empty: only when asked for by name)
     step_masks: bool  # handles variable-length batches
-    size_limited: bool  # its module's refuses_size(batch, hidden, dtype) says which sizes it runs
+    size_limited: bool  # its module's refuses_size(batch, hidden, dtype, options) says which sizes it runs
     summary: str
     cells: tuple[str, ...] = ("lstm",)  # the kinds of cell (lstmx.nn.cells) it runs
     cell_options: tuple[str, ...] = ()  # the cell options (lstmx.nn.layers.cell.CellOptions) it takes
@@ -91,7 +91,7 @@ class LayerImpl(NamedTuple):
         if module is None:
             return reason
         if self.size_limited and sizes is not None:
-            return module.refuses_size(*sizes, dtype)
+            return module.refuses_size(*sizes, dtype, options)
         return None
 
     def auto_takes(self, dtype: Any, sizes: tuple[int, int] | None, options: tuple[str, ...] = (),
@@ -162,13 +162,16 @@ FLOATS = ("float32", "float64")
 LSTM_ONLY = ("lstm",)
 EVERY_CELL = ("lstm", "lstmp")
 EVERY_OPTION = ("peepholes", "input_forget", "cell_clip", "layer_norm", "zoneout", "recurrent_dropout")
+POINTWISE_OPTIONS = ("peepholes", "input_forget", "cell_clip", "zoneout")  # changes of the cell's pointwise step only
 
 LAYER_IMPLS: tuple[LayerImpl, ...] = (
     LayerImpl(name="cupy-tiled", module="lstmx.kernels.cupy.tiled", backends=("cupy",), dtypes=FLOATS,
               auto_dtypes=CUPY_TILED_AUTO, step_masks=True, size_limited=True, cells=LSTM_ONLY,
+              cell_options=POINTWISE_OPTIONS, auto_cell_options=(),  # its variant kernels have run in the emulator
+              # only
               auto_max_hidden=CUPY_TILED_AUTO_MAX_HIDDEN,
               summary="CuPy: register-tiled cooperative kernels, W_h split over units × rows (sizes whose tiles "
-                      "fit on chip)"),
+                      "fit on chip; the pointwise cell options by name)"),
     LayerImpl(name="cupy-tiled-tf32", module="lstmx.kernels.cupy.tiled_tf32", backends=("cupy",),
               dtypes=("float32",), auto_dtypes=(), step_masks=True, size_limited=True, cells=LSTM_ONLY,
               precisions=("tf32",), tf32_recurrence=True,

@@ -64,11 +64,14 @@ def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) 
 STEPWISE_KERNELS = ("lstm_forward_step", "lstm_backward_step")
 PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")
 TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
+TILED_VARIANT_KERNELS = ("lstm_variant_forward_tiled", "lstm_variant_backward_tiled")  # with cell options
+# each tiled kernel's plain counterpart, whose shared-memory layout and chunk it shares
+TILED_LAYOUT = {**{kernel: kernel for kernel in TILED_KERNELS}, **dict(zip(TILED_VARIANT_KERNELS, TILED_KERNELS))}
 OPTIM_KERNELS = ("adam_update", "sgd_update", "rmsprop_update", "global_norm", "scale_tensors")
 LOSS_KERNELS = ("softmax_cross_entropy",)
 VARIANT_KERNELS = ("row_norm_forward", "row_norm_backward", "lstm_variant_forward_step", "lstm_variant_backward_step",
                    "lstm_projected_state_forward_step", "lstm_projected_state_backward_step")
-SOURCES = {"stepwise": STEPWISE_KERNELS, "persistent": PERSISTENT_KERNELS, "tiled": TILED_KERNELS,
+SOURCES = {"stepwise": STEPWISE_KERNELS, "persistent": PERSISTENT_KERNELS, "tiled": TILED_KERNELS + TILED_VARIANT_KERNELS,
            "optim": OPTIM_KERNELS, "loss": LOSS_KERNELS, "variants": VARIANT_KERNELS}  # kind → its file's kernels
 
 

@@ -26,7 +26,6 @@ from ...nn.layers.cell import CellOptions
 from ...nn.layers.lstm_layer import (ExtraParams, LayerNoise, LSTMLayerCache, check_extra_params, check_layer_backward,
                                      forward_dims, projected_layers)
 from . import variants
-from .graph import held_set, lend  # graph.py defines these before it imports this module
 
 
 class VariantSet(NamedTuple):
@@ -49,6 +48,8 @@ def lstm_variant_layer_forward(
     backend: Backend, x: Any, weight: Any, bias: Any, extra: ExtraParams, options: CellOptions, h0: Any, c0: Any,
     step_mask: Any = None, noise: LayerNoise | None = None
 ) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
+    from .graph import lend  # graph.py imports this module at its end
+
     dims = forward_dims(x, weight, bias, h0, c0, extra.projection)
     check_extra_params(extra, options, dims[3], x.dtype)
     if dims[1] == 0:  # an empty batch has no loop to capture
@@ -72,6 +73,8 @@ def lstm_variant_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, extra: ExtraParams, options: CellOptions,
     cache: LSTMLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
+    from .graph import held_set
+
     dims = check_layer_backward(cache, extra, options, dy, dh_last, dc_last, weight)
     held = held_set(cache, dims[1])
     if held is None:  # an empty batch: no loop

@@ -60,8 +60,9 @@ def _resident_blocks(dtype: str, hidden: int, device: int) -> int:
         for kernel in cuda_sources.PERSISTENT_KERNELS)
 
 
-def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
-    """None when a layer of this batch and hidden size runs here, else why not (for the registry)."""
+def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = ()) -> str | None:
+    """None when a layer of this batch and hidden size runs here, else why not (for the registry; it takes no
+    cell options, which the registry refuses before sizes)."""
     dtype = np.dtype(dtype).name
     if hidden > MAX_HIDDEN:
         return f"runs hidden sizes up to {MAX_HIDDEN}, not {hidden}"

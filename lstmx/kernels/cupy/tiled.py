@@ -71,13 +71,17 @@ def _shape_for(batch: int, hidden: int, variant: str) -> tiling.TileShape | None
                                     device_attribute("MultiProcessorCount"), variant == "tf32")
 
 
-def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
-    """None when a layer of this batch and hidden size runs here, else why not (for the registry)."""
-    return refuses_variant(batch, hidden, np.dtype(dtype).name)
+def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = ()) -> str | None:
+    """None when a layer of this batch and hidden size (with the cell ``options`` named) runs here, else why not
+    (for the registry)."""
+    kernels = cuda_sources.TILED_VARIANT_KERNELS if options else cuda_sources.TILED_KERNELS
+    return refuses_variant(batch, hidden, np.dtype(dtype).name, kernels)
 
 
-def refuses_variant(batch: int, hidden: int, variant: str) -> str | None:
-    """As :func:`refuses_size`, for the kernels of ``variant`` ("float32", "float64" or "tf32")."""
+def refuses_variant(batch: int, hidden: int, variant: str,
+                    kernels: tuple[str, ...] = cuda_sources.TILED_KERNELS) -> str | None:
+    """As :func:`refuses_size`, for ``kernels`` (a forward and its backward) of ``variant`` ("float32", "float64"
+    or "tf32")."""
     shape = _shape_for(batch, hidden, variant)
     if shape is None:
         return f"has no tile shape for batch {batch} × hidden {hidden} in {variant} that fits this GPU"
@@ -87,8 +91,8 @@ def refuses_variant(batch: int, hidden: int, variant: str) -> str | None:
     itemsize = 8 if variant == "float64" else 4
     limit = device_attribute("MaxSharedMemoryPerBlockOptin")
     blocks = int(np.prod(shape.grid(batch, hidden)))
-    for kernel in cuda_sources.TILED_KERNELS:
-        shared = tiling.shared_bytes(kernel, shape, hidden, itemsize)
+    for kernel in kernels:
+        shared = tiling.shared_bytes(cuda_sources.TILED_LAYOUT[kernel], shape, hidden, itemsize)
         if shared > limit:
             return f"needs {shared} bytes of shared memory per block with {shape}; a block has {limit}"
         resident = _resident_blocks(kernel, variant, shape.threads(), shared, cupy.cuda.Device().id)
@@ -101,13 +105,16 @@ def launcher(variant: str | None) -> Launch:
     """The launch of the kernels of ``variant`` ("tf32"; None: those of the layer's dtype), its size checked first."""
     def launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> None:
         chosen = dtype if variant is None else variant
-        reason = refuses_variant(batch, hidden, chosen)
+        pair = cuda_sources.TILED_VARIANT_KERNELS if kernel in cuda_sources.TILED_VARIANT_KERNELS \
+            else cuda_sources.TILED_KERNELS
+        reason = refuses_variant(batch, hidden, chosen, pair)
         if reason is not None:
             raise ValueError(f"the tiled CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
         shape = _shape_for(batch, hidden, chosen)
-        chunk = shape.forward_chunk if kernel == "lstm_forward_tiled" else shape.backward_chunk
+        layout = cuda_sources.TILED_LAYOUT[kernel]
+        chunk = shape.forward_chunk if layout == "lstm_forward_tiled" else shape.backward_chunk
         _kernel(kernel, chosen)(shape.grid(batch, hidden), shape.block(), (*args, np.int32(chunk)),
-                                shared_mem=tiling.shared_bytes(kernel, shape, hidden, np.dtype(dtype).itemsize))
+                                shared_mem=tiling.shared_bytes(layout, shape, hidden, np.dtype(dtype).itemsize))
 
     return launch
 
@@ -125,3 +132,8 @@ def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
     return one_launch_backward(_launch, "lstm_backward_tiled", dy, dh_last, dc_last, weight, cache)
+
+
+# the layers with cell options (peepholes, input_forget, cell_clip, zoneout): their own module, exposed here,
+# where the registry's "cupy-tiled" entry points
+from .tiled_variants import lstm_variant_layer_backward, lstm_variant_layer_forward  # noqa: E402

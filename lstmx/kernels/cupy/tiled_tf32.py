@@ -22,8 +22,9 @@ from .shell import CupyLayerCache, one_launch_backward, one_launch_forward
 _launch = tiled.launcher("tf32")
 
 
-def refuses_size(batch: int, hidden: int, dtype: Any) -> str | None:
-    """None when a float32 layer of this batch and hidden size runs here, else why not (for the registry)."""
+def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = ()) -> str | None:
+    """None when a float32 layer of this batch and hidden size runs here, else why not (for the registry; it
+    takes no cell options, which the registry refuses before sizes)."""
     if np.dtype(dtype) != np.float32:
         return f"runs float32 layers (TF32 products), not {np.dtype(dtype).name}"
     return tiled.refuses_variant(batch, hidden, "tf32")

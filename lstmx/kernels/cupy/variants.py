@@ -320,17 +320,26 @@ def _gain_and_bias_gradient(dout: Any, normalized: Any, width: int) -> Any:
 
 def backward_outputs(a: ForwardArrays, b: BackwardArrays, cache: LSTMLayerCache, weight: Any, extra: ExtraParams,
                      options: CellOptions, dims: Dims) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
-    """After the backward loop: dL/dh_0 and dL/dc_0 (copies), then dx, dW, db and every extra parameter's
-    gradient from every step's dz, each one GEMM or sum."""
+    """After the backward loop: dL/dh_0 and dL/dc_0 (copies), then :func:`parameter_gradients`."""
+    dh0 = (b.dh_gemm if a.recurrent_mask is None else b.dh_gemm * a.recurrent_mask) + b.dh_carried
+    dx, dweight, dbias, dextra = parameter_gradients(a, b.dz, b.dh_product, b.dc_through_h, b.dh_projected, cache,
+                                                     weight, extra, options, dims)
+    return dx, (dh0, b.dc.copy()), dweight, dbias, dextra
+
+
+def parameter_gradients(a: ForwardArrays, dz: Any, dh_product: Any, dc_through_h: Any, dh_projected: Any,
+                        cache: LSTMLayerCache, weight: Any, extra: ExtraParams, options: CellOptions,
+                        dims: Dims) -> tuple[Any, Any, Any, ExtraParams]:
+    """``(dx, dW, db, dextra)`` from every step's dz (and dL/d(h W_h) with layer_norm, dL/d(the tanh's input) for
+    LN_c's gain, dL/dh'_t for W_hr: :class:`BackwardArrays`' fields), each one GEMM or sum, with ``a`` the
+    arrays the backward loop read."""
     steps, batch, features, hidden = dims
-    output = b.dy.shape[2]
-    dtype = np.dtype(b.dz.dtype)
+    output = cache.output_size
+    dtype = np.dtype(dz.dtype)
     rows, width = steps * batch, 4 * hidden
     norms = options.layer_norm
-    dh0 = (b.dh_gemm if a.recurrent_mask is None else b.dh_gemm * a.recurrent_mask) + b.dh_carried
-    dc0 = b.dc.copy()
-    dh_product = b.dz if b.dh_product is None else b.dh_product
-    dz_flat = cupy.reshape(b.dz, (rows, width))
+    dh_product = dz if dh_product is None else dh_product
+    dz_flat = cupy.reshape(dz, (rows, width))
     dx_product, dnorm_x = dz_flat, None
     if norms:
         x_norm = NormCache(*(_contiguous(array, dtype) for array in cache.variant.x_norm))
@@ -351,16 +360,16 @@ def backward_outputs(a: ForwardArrays, b: BackwardArrays, cache: LSTMLayerCache,
     if options.peepholes:
         dpeephole = cupy.empty((3 * hidden,), dtype=dtype)
         for k, (block, state) in enumerate(((0, a.cells[:steps]), (1, a.cells[:steps]), (3, a.c_new))):
-            dpeephole[k * hidden:(k + 1) * hidden] = cupy.sum(b.dz[..., block * hidden:(block + 1) * hidden] * state,
+            dpeephole[k * hidden:(k + 1) * hidden] = cupy.sum(dz[..., block * hidden:(block + 1) * hidden] * state,
                                                               axis=(0, 1))
-    dnorm_h = _gain_and_bias_gradient(b.dz, a.h_normalized, width) if norms else None
-    dnorm_c = _gain_and_bias_gradient(b.dc_through_h, a.c_normalized, hidden) if norms else None
+    dnorm_h = _gain_and_bias_gradient(dz, a.h_normalized, width) if norms else None
+    dnorm_c = _gain_and_bias_gradient(dc_through_h, a.c_normalized, hidden) if norms else None
     dprojection = None
     if a.projection is not None:
         unprojected = a.gates[..., 3 * hidden:] * a.tanh_c  # o_t ⊙ tanh(c_t), what W_hr multiplied
-        dprojection = cupy.reshape(unprojected, (rows, hidden)).T @ cupy.reshape(b.dh_projected, (rows, output))
+        dprojection = cupy.reshape(unprojected, (rows, hidden)).T @ cupy.reshape(dh_projected, (rows, output))
     dextra = ExtraParams(dprojection, dpeephole, dnorm_x, dnorm_h, dnorm_c)
-    return dx, (dh0, dc0), dweight, cupy.sum(dz_flat, axis=0), dextra
+    return dx, dweight, cupy.sum(dz_flat, axis=0), dextra
 
 
 def lstm_variant_layer_forward(

@@ -453,3 +453,163 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_backward_tile
     }
     if (p.active) { dh[p.n] = dh_in; dc[p.n] = dc_in; }
 }
+
+// With cell options (peepholes, input_forget, cell_clip, zoneout), what a cell's step t reads that no other block
+// writes beyond StepInput's or StepStored's: zoneout's keep values (the expectation without masks) and the
+// clip's inside values of its four gates (the backward's; 1 without a clip), loaded one step ahead.
+struct VariantExtra {
+    $real kc, kh, inside[4];
+};
+__device__ __forceinline__ VariantExtra variant_extra(const $real* keep_c, const $real* keep_h, const $real zoneout_c,
+                                                      const $real zoneout_h, const $real* unclipped, const Tile& p,
+                                                      const int t, const int batch, const int hidden)
+{
+    VariantExtra in{zoneout_c, zoneout_h, {1, 1, 1, 1}};
+    if (p.active) {
+        const long long now = t * p.count + p.n;
+        if (keep_c != nullptr) in.kc = keep_c[now];
+        if (keep_h != nullptr) in.kh = keep_h[now];
+        if (unclipped != nullptr) {
+            const $real* s = unclipped + ((long long)t * batch + p.b) * p.four + p.j;
+            in.inside[0] = s[0]; in.inside[1] = s[hidden]; in.inside[2] = s[2 * hidden]; in.inside[3] = s[3 * hidden];
+        }
+    }
+    return in;
+}
+
+__device__ __forceinline__ UnitOptions unit_options(const $real* peephole, const $real clip, const int input_forget,
+                                                    const Tile& p, const int hidden)
+{
+    UnitOptions u{0, 0, 0, clip, input_forget, peephole != nullptr};
+    if (p.active && peephole != nullptr) {
+        u.p_i = peephole[p.j]; u.p_f = peephole[hidden + p.j]; u.p_o = peephole[2 * hidden + p.j];
+    }
+    return u;
+}
+
+// lstm_forward_tiled with cell options: the same product, the cell of variant_cell_forward. Also writes each
+// step's c'_t (c_new) and, with a clip, the inside values of the four gates (unclipped).
+extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_variant_forward_tiled_$suffix(
+    $real* __restrict__ gates,            // (T, B, 4H)
+    const $real* __restrict__ w_hidden,   // (H, 4H)
+    const $real* __restrict__ bias,       // (4H,)
+    $real* __restrict__ cells,            // (T + 1, B, H) carried
+    $real* hidden_states,                 // (T + 1, B, H) carried; read by other blocks after the barrier
+    $real* __restrict__ tanh_c,           // (T, B, H)
+    $real* __restrict__ y,                // (T, B, H)
+    const $real* __restrict__ step_mask,  // (T, B) or nullptr
+    const $real* __restrict__ peephole,   // (3H,) p_i, p_f, p_o or nullptr
+    const $real clip,                     // 0: no clipping
+    const int input_forget,
+    const $real* __restrict__ keep_c,     // (T, B, H) zoneout masks or nullptr
+    const $real* __restrict__ keep_h,     // (T, B, H) or nullptr
+    const $real zoneout_c, const $real zoneout_h,  // without masks: the expectation (0: no zoneout)
+    $real* __restrict__ c_new,            // (T, B, H)
+    $real* __restrict__ unclipped,        // (T, B, 4H) or nullptr (clip = 0)
+    const int steps, const int batch, const int hidden, const int chunk)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    cg::grid_group grid = cg::this_grid();
+    const Tile p = tile_of(batch, hidden);
+    const int k8 = round8(hidden), stride = chunk + 4;
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // as lstm_forward_tiled's
+    $real* h_s = w_s + (long long)k8 * p.units * 4;
+    $real* part = h_s + (long long)p.rows * stride;
+    forward_weights_to_shared(w_s, w_hidden, p, hidden, k8);
+    const UnitOptions u = unit_options(peephole, clip, input_forget, p, hidden);
+    $real c = 0, h = 0, b_i = 0, b_f = 0, b_g = 0, b_o = 0;
+    if (p.active) {
+        c = cells[p.n]; h = hidden_states[p.n];
+        b_i = bias[p.j]; b_f = bias[hidden + p.j]; b_g = bias[2 * hidden + p.j]; b_o = bias[3 * hidden + p.j];
+    }
+    StepInput in = step_input(gates, step_mask, p, 0, batch, hidden);  // T >= 1: checked at the layer's door
+    VariantExtra extra = variant_extra(keep_c, keep_h, zoneout_c, zoneout_h, nullptr, p, 0, batch, hidden);
+    for (int t = 0; t < steps; ++t) {
+        const long long row_start = ((long long)t * batch + p.b) * p.four;
+        const long long now = t * p.count + p.n, next = now + p.count;
+        ForwardProduct product = forward_product(p);
+        chunked_product(product, h_s, hidden_states + t * p.count, w_s, part, p, batch, hidden, k8, chunk);
+        if (p.active) {
+            $real zi = in.x[0] + b_i, zf = in.x[1] + b_f, zg = in.x[2] + b_g, zo = in.x[3] + b_o;
+            for (int s = 0; s < forward_shares(p); ++s) {
+                $real sum[4];
+                load4(part + (((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit) * 4, sum);
+                zi += sum[0]; zf += sum[1]; zg += sum[2]; zo += sum[3];
+            }
+            const VariantOut out = variant_cell_forward(zi, zf, zg, zo, c, h, u, extra.kc, extra.kh, in.m);
+            $real* z = gates + row_start + p.j;
+            z[0] = out.a.i; z[hidden] = out.a.f; z[2 * hidden] = out.a.g; z[3 * hidden] = out.a.o;
+            if (unclipped != nullptr) {
+                $real* s = unclipped + row_start + p.j;
+                s[0] = out.inside[0]; s[hidden] = out.inside[1]; s[2 * hidden] = out.inside[2];
+                s[3 * hidden] = out.inside[3];
+            }
+            c_new[now] = out.c_new; tanh_c[now] = out.tanh_c; y[now] = out.y;
+            hidden_states[next] = h = out.h; cells[next] = c = out.c;
+        }
+        if (t + 1 < steps) {  // the next step's inputs depend on no other block: loaded before the barrier
+            in = step_input(gates, step_mask, p, t + 1, batch, hidden);
+            extra = variant_extra(keep_c, keep_h, zoneout_c, zoneout_h, nullptr, p, t + 1, batch, hidden);
+        }
+        grid.sync();  // h_{t+1} of every cell is written (and part read) before the next step
+    }
+}
+
+// lstm_backward_tiled with cell options, the cell of variant_cell_backward: dL/dh_t arriving from step t + 1 is
+// the product dz_{t+1} W_hᵀ plus the share zoneout and padding carry past W_h.
+extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_variant_backward_tiled_$suffix(
+    const $real* __restrict__ dy,          // (T, B, H)
+    const $real* __restrict__ w_hidden,    // (H, 4H)
+    const $real* __restrict__ gates,       // (T, B, 4H) activated
+    const $real* __restrict__ cells,       // (T, B, H) c_{t-1} per step (the first T of the carried cells)
+    const $real* __restrict__ tanh_c,      // (T, B, H)
+    const $real* __restrict__ step_mask,   // (T, B) or nullptr
+    $real* dz,                             // (T, B, 4H); read by other blocks after the barrier
+    $real* __restrict__ dh,                // (B, H)
+    $real* __restrict__ dc,                // (B, H)
+    const $real* __restrict__ peephole,    // (3H,) or nullptr
+    const int input_forget,
+    const $real* __restrict__ keep_c,      // (T, B, H) or nullptr
+    const $real* __restrict__ keep_h,      // (T, B, H) or nullptr
+    const $real zoneout_c, const $real zoneout_h,
+    const $real* __restrict__ unclipped,   // (T, B, 4H) or nullptr
+    const int steps, const int batch, const int hidden, const int chunk)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    cg::grid_group grid = cg::this_grid();
+    const Tile p = tile_of(batch, hidden);
+    const int columns = 4 * hidden, c8 = round8(columns), stride = chunk + 4;
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // as lstm_backward_tiled's
+    $real* dz_s = w_s + (long long)p.units * (c8 + 4);
+    $real* part = dz_s + (long long)p.rows * stride;
+    backward_weights_to_shared(w_s, w_hidden, p, hidden, c8);
+    const UnitOptions u = unit_options(peephole, 0, input_forget, p, hidden);
+    $real dh_next = 0, dc_in = 0, carried = 0;  // dL/dh_t (both shares), dL/dc_t arriving from step t + 1
+    if (p.active) { dh_next = dh[p.n]; dc_in = dc[p.n]; }
+    StepStored in = step_stored(dy, gates, cells, tanh_c, step_mask, p, steps - 1, batch, hidden);  // T >= 1
+    VariantExtra extra = variant_extra(keep_c, keep_h, zoneout_c, zoneout_h, unclipped, p, steps - 1, batch, hidden);
+    for (int t = steps - 1; t >= 0; --t) {
+        if (p.active) {
+            const long long row_start = ((long long)t * batch + p.b) * p.four;
+            const VariantGrad d = variant_cell_backward(in.a, in.tanh_c, in.c_prev, in.dy, dh_next, dc_in, u,
+                                                        extra.inside, extra.kc, extra.kh, in.m);
+            dz[row_start + p.j] = d.dz_i; dz[row_start + hidden + p.j] = d.dz_f;
+            dz[row_start + 2 * hidden + p.j] = d.dz_g; dz[row_start + 3 * hidden + p.j] = d.dz_o;
+            dc_in = d.dc_prev; carried = d.dh_carried;
+        }
+        if (t > 0) {  // step t - 1's stored values depend on no other block: loaded before the barrier
+            in = step_stored(dy, gates, cells, tanh_c, step_mask, p, t - 1, batch, hidden);
+            extra = variant_extra(keep_c, keep_h, zoneout_c, zoneout_h, unclipped, p, t - 1, batch, hidden);
+        }
+        grid.sync();  // dz_t of every cell is written before any block stages its rows
+        BackwardProduct product = backward_product(p);
+        chunked_product(product, dz_s, dz + (long long)t * batch * p.four, w_s, part, p, batch, columns, c8, chunk);
+        if (p.active) {
+            $real sum = 0;
+            for (int s = 0; s < backward_shares(p); ++s) sum += part[((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit];
+            dh_next = sum + carried;
+        }
+        // the next step's grid barrier keeps the next product from writing part before it is read here
+    }
+    if (p.active) { dh[p.n] = dh_next; dc[p.n] = dc_in; }
+}
