@@ -817,6 +817,81 @@ def test_a_bidirectional_stack_through_each_cupy_path_matches_generic(on_numpy, 
     assert sum(name.startswith("lstm_forward") for name in launches) >= 4  # two layers × two directions
 
 
+def bidirectional_run(model, impl, lengths, seed=6):
+    """Forward and backward of ``model`` (2 bidirectional layers, 3 → 8) through ``impl``: every output and
+    gradient, and the cache."""
+    rng = np.random.default_rng(seed)
+    x, dy = rng.standard_normal((5, 3, 3)), rng.standard_normal((5, 3, 16))
+    dh, dc = rng.standard_normal((4, 3, 8)), rng.standard_normal((4, 3, 8))
+    y, (h, c), cache = model.forward(x, lengths=lengths, impl=impl)
+    dx, (dh0, dc0), grads = model.backward(dy, cache, (dh, dc))
+    return {"y": y, "h": h, "c": c, "dx": dx, "dh0": dh0, "dc0": dc0, **grads}, cache
+
+
+@pytest.mark.parametrize("path", ["cupy-persistent", "cupy-tiled"])
+def test_both_directions_of_a_layer_run_in_one_launch_on_the_one_launch_paths(on_numpy, monkeypatch, path):
+    """Asked for by name, the persistent and tiled paths run both directions of each bidirectional layer in one
+    cooperative launch (grid z = 2, each direction on its half of stacked arrays) per pass: two layers are two
+    forward and two backward launches, not four each; every output and gradient is the generic path's (1e-12,
+    float64), with lengths and without. The cache says so; "auto" would not pair them (not yet run on a GPU)."""
+    grids = []
+    launch = RawKernel.__call__
+
+    def recorded(self, grid, block, args, shared_mem=0):
+        grids.append((self.name.rsplit("_", 1)[0], tuple(grid)[2:]))
+        return launch(self, grid, block, args, shared_mem)
+
+    monkeypatch.setattr(RawKernel, "__call__", recorded)
+    model = lstmx.LSTM(3, 8, 2, bidirectional=True, backend="numpy", dtype="float64", seed=6)
+    kind = path.removeprefix("cupy-")
+    for lengths in (None, [5, 2, 4]):
+        expected, _ = bidirectional_run(model, "generic", lengths)
+        grids.clear()
+        got, cache = bidirectional_run(model, on_numpy(path), lengths)
+        assert_close(got, expected, 1e-12)
+        assert cache.paired and cache.impl == path
+        assert grids == [(f"lstm_forward_{kind}", (2,))] * 2 + [(f"lstm_backward_{kind}", (2,))] * 2
+    impl = registry.layer_impl(path)
+    assert impl.paired_directions and not impl.auto_paired
+    assert not impl.pairs_directions(NUMPY, np.float64, (3, 8), "lstm", (), by_name=False)
+    assert not impl.pairs_directions(NUMPY, np.float64, (3, 8), "lstmp", (), by_name=True)
+
+
+def test_directions_run_one_launch_each_where_both_grids_do_not_fit_at_once(on_numpy):
+    """Where the two directions' blocks cannot all be resident at once, or with checkpointing over time, each
+    direction is a launch of its own (the cache says which ran); the results are the generic path's either way."""
+    persistent = sys.modules["lstmx.kernels.cupy.persistent"]
+    batch = 4 * (fake_cupy.SMS * 10 // 2 + 1)  # one direction's grid fits the stand-in, both at once do not
+    assert persistent.refuses_size(batch, 8, np.float64) is None
+    assert "in both directions" in persistent.refuses_size(batch, 8, np.float64, directions=2)
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((2, batch, 3)), rng.standard_normal((2, batch, 16))
+    for model, rows in ((lstmx.LSTM(3, 8, bidirectional=True, backend="numpy", dtype="float64", seed=2), batch),
+                        (lstmx.LSTM(3, 8, bidirectional=True, backend="numpy", dtype="float64", seed=2,
+                                    checkpoint_every=1), 3)):
+        results = []
+        for impl in ("generic", on_numpy("cupy-persistent")):
+            y, _, cache = model.forward(x[:, :rows], impl=impl)
+            dx, _, grads = model.backward(dy[:, :rows], cache)
+            results.append({"y": y, "dx": dx, **grads})
+        assert not cache.paired
+        assert_close(results[1], results[0], 1e-12)
+
+
+def test_a_backward_of_both_directions_refuses_caches_of_two_forwards(wrappers):
+    """The paired backward launches on the stacked arrays of one paired forward: caches of two separate forwards
+    are refused in one line before any kernel runs."""
+    from lstmx.nn.layers.lstm_layer import LayerInputError
+
+    persistent = wrappers["persistent"]
+    a, _ = problem(2, 3, 2, 8, np.float64)
+    b, _ = problem(2, 3, 2, 8, np.float64, seed=1)
+    caches = [persistent.lstm_layer_forward(NUMPY, p["x"], p["weight"], p["bias"], p["h0"], p["c0"])[2] for p in (a, b)]
+    with pytest.raises(LayerInputError, match="takes the caches of one such forward"):
+        persistent.lstm_layer_pair_backward(NUMPY, (a["dy"], b["dy"]), (a["dh_last"], b["dh_last"]),
+                                            (a["dc_last"], b["dc_last"]), (a["weight"], b["weight"]), tuple(caches))
+
+
 def test_a_deep_stack_of_one_shape_runs_every_layer_through_the_graph_path(on_numpy):
     """Five layers of one shape in one model: each takes a buffer set of that shape (five, all captured, none
     handed to another path), and the model's loss and gradients are the generic path's."""
@@ -1201,4 +1276,4 @@ def test_each_cuda_path_module_keeps_the_kernel_contract_of_what_it_declares(wra
     """What the registry says a CuPy path takes (cells, cell options), its module has, with the contract's
     parameters: checked here on the stand-in, as LayerImpl.load checks it on a GPU."""
     module = wrappers[impl.module.rsplit(".", 1)[1]]
-    assert contract_breaches(module, protocols_for(impl.cells, impl.cell_options)) == []
+    assert contract_breaches(module, protocols_for(impl.cells, impl.cell_options, impl.paired_directions)) == []

@@ -508,7 +508,7 @@ def test_each_implementation_keeps_the_kernel_contract_of_what_it_declares(impl)
         module = importlib.import_module(impl.module)
     except ImportError as error:
         pytest.skip(f"{impl.name}: {error}")
-    assert contract_breaches(module, protocols_for(impl.cells, impl.cell_options)) == []
+    assert contract_breaches(module, protocols_for(impl.cells, impl.cell_options, impl.paired_directions)) == []
 
 
 def test_a_module_that_lacks_what_its_record_declares_is_refused_when_loaded():

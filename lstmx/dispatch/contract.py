@@ -61,10 +61,29 @@ class VariantLayerKernel(Protocol):
         ...
 
 
-def protocols_for(cells: tuple[str, ...], cell_options: tuple[str, ...]) -> tuple[type, ...]:
-    """The protocols a module must satisfy to run these cells and cell options."""
+Pair = tuple[Any, Any]  # (forward direction, reverse direction)
+
+
+class PairedLayerKernel(Protocol):
+    """Both directions of a bidirectional layer of the ``lstm`` cell at once (one launch for two independent
+    recurrences): each argument and result the pair of :class:`PlainLayerKernel`'s, the reverse direction's input
+    already reversed in time; the backward takes the pair of caches its forward made."""
+
+    def lstm_layer_pair_forward(self, backend: Backend, xs: Pair, weights: Pair, biases: Pair, h0s: Pair, c0s: Pair,
+                                step_mask: Any = None) -> tuple[Pair, tuple[Pair, Pair], Pair]: ...
+
+    def lstm_layer_pair_backward(self, backend: Backend, dys: Pair, dh_lasts: Pair, dc_lasts: Pair, weights: Pair,
+                                 caches: Pair) -> tuple[Pair, tuple[Pair, Pair], Pair, Pair]:
+        """``((dx, dx'), ((dh0, dc0), (dh0', dc0')), (dweight, dweight'), (dbias, dbias'))``."""
+        ...
+
+
+def protocols_for(cells: tuple[str, ...], cell_options: tuple[str, ...], paired: bool = False) -> tuple[type, ...]:
+    """The protocols a module must satisfy to run these cells and cell options (``paired``: and both directions
+    of a layer at once)."""
     needed = {"lstm": PlainLayerKernel, "lstmp": ProjectedLayerKernel}
-    return tuple(needed[cell] for cell in cells) + ((VariantLayerKernel,) if cell_options else ())
+    return (tuple(needed[cell] for cell in cells) + ((VariantLayerKernel,) if cell_options else ())
+            + ((PairedLayerKernel,) if paired else ()))
 
 
 def contract_breaches(module: ModuleType, protocols: tuple[type, ...]) -> list[str]:

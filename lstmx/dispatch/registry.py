@@ -66,6 +66,9 @@ class LayerImpl(NamedTuple):
     auto_cells: tuple[str, ...] | None = None  # the cells "auto" gives it (None: every one it runs), likewise
     precisions: tuple[str, ...] = PRECISIONS  # the model precisions (lstmx.dispatch.precision) it runs under
     tf32_recurrence: bool = False  # under precision="tf32" its recurrent products run in TensorFloat-32 too
+    paired_directions: bool = False  # runs both directions of a bidirectional lstm layer in one launch (its
+    # module's lstm_layer_pair_* functions) where the doubled grid fits
+    auto_paired: bool = False  # ... also under "auto" (False: only when asked for by name)
 
     def refuses(self, backend: Backend, dtype: Any, masked: bool, sizes: tuple[int, int] | None = None,
                 cell: str = "lstm", options: tuple[str, ...] = (), precision: str = "float32") -> str | None:
@@ -126,15 +129,24 @@ class LayerImpl(NamedTuple):
             low, high = (middle, high) if runs(middle) else (low, middle)
         return low
 
+    def pairs_directions(self, backend: Backend, dtype: Any, sizes: tuple[int, int], cell: str,
+                         options: tuple[str, ...], by_name: bool) -> bool:
+        """Whether a bidirectional layer of this call (which :meth:`refuses` let it run) runs both directions in
+        one launch: the path has pair kernels, the plain lstm cell, both directions' grid fits at once, and it
+        was asked for by name (or :attr:`auto_paired`). Else each direction is a launch of its own."""
+        if not self.paired_directions or cell != "lstm" or options or not (by_name or self.auto_paired):
+            return False
+        return self.load().refuses_size(*sizes, dtype, options, directions=2) is None
+
     def load(self) -> ModuleType:
         """The implementation's module; ImportError when its optional dependency is missing, LayerImplError when
         it lacks a function of the kernel contract (:mod:`lstmx.dispatch.contract`) for what it declares."""
         from .contract import contract_breaches, protocols_for
 
         module = importlib.import_module(self.module)
-        claim = (self.module, self.cells, self.cell_options)
+        claim = (self.module, self.cells, self.cell_options, self.paired_directions)
         if claim not in _CONTRACTS_KEPT:  # checked once per module and claim: a layer call loads it every time
-            breaches = contract_breaches(module, protocols_for(self.cells, self.cell_options))
+            breaches = contract_breaches(module, protocols_for(self.cells, self.cell_options, self.paired_directions))
             if breaches:
                 raise LayerImplError(f"{self.name} ({self.module}) breaks the kernel contract: {'; '.join(breaches)}")
             _CONTRACTS_KEPT.add(claim)
@@ -169,9 +181,9 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
               auto_dtypes=CUPY_TILED_AUTO, step_masks=True, size_limited=True, cells=LSTM_ONLY,
               cell_options=POINTWISE_OPTIONS, auto_cell_options=(),  # its variant kernels have run in the emulator
               # only
-              auto_max_hidden=CUPY_TILED_AUTO_MAX_HIDDEN,
+              auto_max_hidden=CUPY_TILED_AUTO_MAX_HIDDEN, paired_directions=True,  # paired launches: emulator only
               summary="CuPy: register-tiled cooperative kernels, W_h split over units × rows (sizes whose tiles "
-                      "fit on chip; the pointwise cell options by name)"),
+                      "fit on chip; the pointwise cell options, and both directions in one launch, by name)"),
     LayerImpl(name="cupy-tiled-tf32", module="lstmx.kernels.cupy.tiled_tf32", backends=("cupy",),
               dtypes=("float32",), auto_dtypes=(), step_masks=True, size_limited=True, cells=LSTM_ONLY,
               precisions=("tf32",), tf32_recurrence=True,
@@ -179,7 +191,9 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
                       "by name)"),
     LayerImpl(name="cupy-persistent", module="lstmx.kernels.cupy.persistent", backends=("cupy",), dtypes=FLOATS,
               auto_dtypes=CUPY_PERSISTENT_AUTO, step_masks=True, size_limited=True, cells=LSTM_ONLY,
-              summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes)"),
+              paired_directions=True,  # paired launches: emulator only
+              summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes; both "
+                      "directions in one launch by name)"),
     LayerImpl(name="cupy-graph", module="lstmx.kernels.cupy.graph", backends=("cupy",), dtypes=FLOATS,
               auto_dtypes=CUPY_GRAPH_AUTO, step_masks=True, size_limited=False, cells=EVERY_CELL,
               cell_options=EVERY_OPTION, auto_cell_options=(), auto_cells=LSTM_ONLY, tf32_recurrence=True,  # its

@@ -132,6 +132,25 @@ class LSTMCell(NamedTuple):
         dx, dstate0, dweight, dbias = kernel.lstm_layer_backward(backend, dy, dstate[0], dstate[1], params[0], cache)
         return dx, dstate0, (dweight, dbias)
 
+    def layer_pair_forward(self, kernel: ModuleType, backend: Backend, xs: tuple[Any, Any],
+                           params: tuple[tuple[Any, ...], tuple[Any, ...]], states: tuple[tuple[Any, ...], ...],
+                           step_mask: Any) -> tuple[tuple[Any, Any], tuple[Any, Any], tuple[Any, Any]]:
+        """Both directions of a bidirectional layer of the plain cell at once (a kernel with pair functions,
+        :class:`lstmx.dispatch.contract.PairedLayerKernel`): ``((y, y'), (state, state'), (cache, cache'))``,
+        each the pair of what :meth:`layer_forward` gives for one direction."""
+        (weight, bias), (weight_reverse, bias_reverse) = params
+        return kernel.lstm_layer_pair_forward(backend, xs, (weight, weight_reverse), (bias, bias_reverse),
+                                              (states[0][0], states[1][0]), (states[0][1], states[1][1]), step_mask)
+
+    def layer_pair_backward(self, kernel: ModuleType, backend: Backend, dys: tuple[Any, Any],
+                            dstates: tuple[tuple[Any, ...], ...], params: tuple[tuple[Any, ...], tuple[Any, ...]],
+                            caches: tuple[Any, Any]) -> tuple[tuple[Any, Any], tuple[Any, Any], tuple[Any, Any]]:
+        """Mirror of :meth:`layer_pair_forward`: ``((dx, dx'), (dstate0, dstate0'), (dparams, dparams'))``."""
+        dxs, dstates0, dweights, dbiases = kernel.lstm_layer_pair_backward(
+            backend, dys, (dstates[0][0], dstates[1][0]), (dstates[0][1], dstates[1][1]),
+            (params[0][0], params[1][0]), caches)
+        return dxs, dstates0, ((dweights[0], dbiases[0]), (dweights[1], dbiases[1]))
+
 
 class LSTMPCell(NamedTuple):
     """The LSTM with a recurrent projection (Sak et al. 2014; PyTorch's ``proj_size``).

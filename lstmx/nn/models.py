@@ -104,11 +104,15 @@ class Stack(NamedTuple):
         step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
         layers = self.layer_params(model.params)
         weight_masks = self._weight_masks(model)
+        noise = self._noise(model, cell, steps, batch)
+        paired = (self.bidirectional and model.checkpoint_every is None and noise is None
+                  and chosen.pairs_directions(model.backend, x.dtype, (batch, cell.hidden_size), cell.kind,
+                                              cell.options.names(), registry.requested_impl(impl)[0] == chosen.name))
         y, final, cache = stack_forward(model.backend, cell, chosen.name, chosen.load(),
                                         self._dropped(model.backend.xp, layers, weight_masks), x, initial, step_mask,
                                         dropout_masks,
                                         self.reversal(model.backend, steps, batch, lengths), model.checkpoint_every,
-                                        self._noise(model, cell, steps, batch))
+                                        noise, paired)
         if weight_masks is not None:  # the cache names the parameters themselves, and the masks
             cache = cache._replace(layer_params=tuple(tuple(tuple(p) for p in layer) for layer in layers),
                                    weight_masks=weight_masks)

@@ -7,7 +7,9 @@ and the next layer reads 2·R features. The final states are ordered layer by la
 first: index ``k * directions + d``. The reverse direction is the forward computation run on the input
 reversed in time — with variable lengths, each sequence reversed within its own length (:class:`TimeReversal`),
 so it starts at its last real step as a packed sequence's reverse direction does — and its output reversed
-back. Every implementation therefore runs both directions; none has a direction of its own.
+back. Every implementation therefore runs both directions; none has a direction of its own. An implementation
+with pair kernels may run both directions of a layer at once (``paired``: one launch for two independent
+recurrences, as cuDNN does); the model boundary decides, and the cache records it.
 
 The implementation (:mod:`lstmx.dispatch.registry`) is chosen once per forward at the model boundary and recorded in the
 cache; the backward runs the implementation the cache names.
@@ -84,6 +86,7 @@ class StackCache(NamedTuple):
     weight_masks: tuple[tuple[Any, ...], ...] | None = None  # [layer][direction] DropConnect masks on W_h, or None
     noise: tuple[tuple[Any, ...], ...] | None = None  # [layer][direction] LayerNoise (zoneout, recurrent dropout)
     cell: Cell | None = None  # the cell the forward ran (its options as in effect in that mode)
+    paired: bool = False  # both directions of each layer ran in one launch (the implementation's pair kernels)
 
     def parameter_arrays(self) -> tuple[Any, ...]:
         """Every parameter array the forward used, flat (what a model compares with its current ones)."""
@@ -93,24 +96,32 @@ class StackCache(NamedTuple):
 LSTMCache = StackCache  # the name the models' docs and error messages use
 
 
+Run = Callable[[int, int, Any, tuple[Any, ...], tuple[Any, ...]], tuple[Any, tuple[Any, ...], Any]]
+RunPair = Callable[[tuple[Any, Any], tuple[Any, Any], tuple[Any, Any]], tuple[tuple[Any, Any], tuple[Any, Any],
+                                                                             tuple[Any, Any]]]
+
+
 def _over_layers(backend: Backend, layers: Sequence[Sequence[LayerParams]], x: Any, state: Sequence[Any],
-                 dropout_masks: Sequence[Any], reversal: TimeReversal | None,
-                 run: Callable[[int, int, Any, tuple[Any, ...], tuple[Any, ...]], tuple[Any, tuple[Any, ...], Any]]
+                 dropout_masks: Sequence[Any], reversal: TimeReversal | None, run: Run, run_pair: RunPair | None = None
                  ) -> tuple[Any, tuple[Any, ...], list[tuple[Any, ...]], list[Any]]:
     """The layer and direction loop :func:`stack_forward` and :func:`stack_infer` share: ``run(k, d, input as
     direction d sees it, params, initial state) -> (y as it sees it, final state, cache)`` for each layer k and
-    direction d, the reverse direction's input and output reversed in time, the directions' outputs
-    concatenated and dropout applied between layers. Returns ``(y, final state, [layer caches per direction],
-    [each layer's input])``."""
+    direction d (or, given, ``run_pair(inputs, params, initial states)`` of both directions at once, each a pair),
+    the reverse direction's input and output reversed in time, the directions' outputs concatenated and dropout
+    applied between layers. Returns ``(y, final state, [layer caches per direction], [each layer's input])``."""
     xp = backend.xp
     directions = len(layers[0])
     inputs, finals, caches, layer_inputs = x, [], [], []
     for k, layer in enumerate(layers):
         outputs, layer_caches = [], []
         layer_inputs.append(inputs)
-        for d, params in enumerate(layer):
-            seen = inputs if d == 0 else reversal(backend, inputs)
-            y, final, cache = run(k, d, seen, tuple(params), tuple(s[k * directions + d, ...] for s in state))
+        seen = [inputs if d == 0 else reversal(backend, inputs) for d in range(directions)]
+        initial = [tuple(s[k * directions + d, ...] for s in state) for d in range(directions)]
+        if run_pair is not None:
+            ran = zip(*run_pair(tuple(seen), tuple(tuple(p) for p in layer), tuple(initial)))
+        else:
+            ran = (run(k, d, seen[d], tuple(params), initial[d]) for d, params in enumerate(layer))
+        for d, (y, final, cache) in enumerate(ran):
             outputs.append(y if d == 0 else reversal(backend, y))
             finals.append(final)
             layer_caches.append(cache)
@@ -133,13 +144,21 @@ def stack_forward(
     reversal: TimeReversal | None = None,
     checkpoint_every: int | None = None,
     noise: Sequence[Sequence[Any]] | None = None,
+    paired: bool = False,
 ) -> tuple[Any, tuple[Any, ...], StackCache]:
     """``x`` (T, B, D) and ``state`` (h0 (L·dirs, B, R), c0 (L·dirs, B, H)) → ``y`` (T, B, dirs·R), final state
     (same shapes), cache. ``layers[k][d]`` holds layer k's parameters in direction d; ``reversal`` is required
     when there are two directions. ``kernel`` is the implementation module named ``impl_name``;
     ``checkpoint_every`` = K keeps only every K-th state (module docstring); ``noise[k][d]`` holds a training
-    forward's :class:`~lstmx.nn.layers.lstm_layer.LayerNoise` for layer k and direction d (None: evaluation)."""
+    forward's :class:`~lstmx.nn.layers.lstm_layer.LayerNoise` for layer k and direction d (None: evaluation);
+    ``paired``: both directions of each layer in one launch of the kernel's pair functions (two directions, no
+    checkpointing, the cell's :meth:`layer_pair_forward`)."""
     masks = tuple(dropout_masks) if dropout_masks is not None else (None,) * (len(layers) - 1)
+    if paired and (len(layers[0]) != 2 or checkpoint_every is not None or noise is not None):
+        raise ValueError("paired directions need a bidirectional stack without checkpointing or noise")
+
+    def run_pair(seen: tuple[Any, Any], params: tuple[Any, Any], initial: tuple[Any, Any]) -> tuple[Any, ...]:
+        return cell.layer_pair_forward(kernel, backend, seen, params, initial, step_mask)
 
     def run(k: int, d: int, seen: Any, params: tuple[Any, ...], initial: tuple[Any, ...]) -> tuple[Any, ...]:
         drawn = None if noise is None else noise[k][d]
@@ -149,12 +168,14 @@ def stack_forward(
                                              checkpoint_every, keep=True, noise=drawn)
         return y, final, Segments(starts, checkpoint_every)
 
-    y, final_state, caches, layer_inputs = _over_layers(backend, layers, x, state, masks, reversal, run)
+    y, final_state, caches, layer_inputs = _over_layers(backend, layers, x, state, masks, reversal, run,
+                                                        run_pair if paired else None)
     checkpointed = checkpoint_every is not None
     cache = StackCache(impl_name, tuple(tuple(tuple(p) for p in layer) for layer in layers), tuple(caches), masks,
                        reversal if len(layers[0]) == 2 else None, x.shape[0], x.shape[1],
                        step_mask if checkpointed else None, tuple(layer_inputs) if checkpointed else None,
-                       noise=None if noise is None else tuple(tuple(layer) for layer in noise), cell=cell)
+                       noise=None if noise is None else tuple(tuple(layer) for layer in noise), cell=cell,
+                       paired=paired)
     return y, final_state, cache
 
 
@@ -234,16 +255,18 @@ def stack_backward(
         if k < len(layers) - 1:
             dy = dropout_backward(dy, cache.dropout_masks[k])
         dx_sum = None
+        parts = [dy if directions == 1 else xp.asarray(dy[..., :width], copy=True) if d == 0  # a contiguous copy:
+                 else cache.reversal(backend, dy[..., width:]) for d in range(directions)]  # kernels read dense arrays
+        finals = [tuple(s[k * directions + d, ...] for s in dstate) for d in range(directions)]
+        if cache.paired:
+            paired = cell.layer_pair_backward(kernel, backend, tuple(parts), tuple(finals), tuple(layers[k]),
+                                              tuple(cache.layers[k]))
         for d in range(directions):
             index = k * directions + d
-            if directions == 1:
-                part = dy
-            elif d == 0:
-                part = xp.asarray(dy[..., :width], copy=True)  # a contiguous copy: kernels read dense arrays
-            else:
-                part = cache.reversal(backend, dy[..., width:])
-            final = tuple(s[index, ...] for s in dstate)
-            if cache.layer_inputs is None:
+            part, final = parts[d], finals[d]
+            if cache.paired:
+                dx, d0, dparams = (value[d] for value in paired)
+            elif cache.layer_inputs is None:
                 dx, d0, dparams = cell.layer_backward(kernel, backend, part, final, layers[k][d], cache.layers[k][d])
             else:
                 seen = cache.layer_inputs[k] if d == 0 else cache.reversal(backend, cache.layer_inputs[k])

@@ -25,7 +25,8 @@ from cupy_backends.cuda.api import driver
 
 from ...backend import Backend
 from . import cuda_sources
-from .shell import CupyLayerCache, device_attribute, one_launch_backward, one_launch_forward
+from .shell import (CupyLayerCache, device_attribute, one_launch_backward, one_launch_forward, one_launch_pair_backward,
+                    one_launch_pair_forward)
 
 ROWS = 4  # batch rows per block: blocks are (32 units, ROWS rows) = 128 threads (4 beat 2, 8 and 16 on an H100)
 MAX_HIDDEN = 256  # above this the stepwise path (cuBLAS per step) is faster: the dot products dominate
@@ -60,9 +61,10 @@ def _resident_blocks(dtype: str, hidden: int, device: int) -> int:
         for kernel in cuda_sources.PERSISTENT_KERNELS)
 
 
-def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = ()) -> str | None:
-    """None when a layer of this batch and hidden size runs here, else why not (for the registry; it takes no
-    cell options, which the registry refuses before sizes)."""
+def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1) -> str | None:
+    """None when a layer of this batch and hidden size runs here (``directions`` 2: both directions of a
+    bidirectional layer in one launch), else why not (for the registry; it takes no cell options, which the
+    registry refuses before sizes)."""
     dtype = np.dtype(dtype).name
     if hidden > MAX_HIDDEN:
         return f"runs hidden sizes up to {MAX_HIDDEN}, not {hidden}"
@@ -71,17 +73,18 @@ def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] =
         return f"needs {needed} bytes of shared memory per block for hidden {hidden} in {dtype}; a block has {_shared_limit()}"
     x_blocks, y_blocks = _grid(batch, hidden)
     resident = _resident_blocks(dtype, hidden, cupy.cuda.Device().id)
-    if x_blocks * y_blocks > resident:
-        return (f"needs {x_blocks * y_blocks} co-resident blocks for batch {batch} × hidden {hidden}; "
-                f"this GPU holds {resident}")
+    if x_blocks * y_blocks * directions > resident:
+        return (f"needs {x_blocks * y_blocks * directions} co-resident blocks for batch {batch} × hidden {hidden}"
+                f"{' in both directions' if directions == 2 else ''}; this GPU holds {resident}")
     return None
 
 
-def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> None:
-    reason = refuses_size(batch, hidden, dtype)
+def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple, directions: int = 1) -> None:
+    reason = refuses_size(batch, hidden, dtype, directions=directions)
     if reason is not None:
         raise ValueError(f"the persistent CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
-    _kernel(kernel, dtype)(_grid(batch, hidden), (32, ROWS), args, shared_mem=_shared_bytes(kernel, hidden, dtype))
+    _kernel(kernel, dtype)((*_grid(batch, hidden), directions), (32, ROWS), args,
+                           shared_mem=_shared_bytes(kernel, hidden, dtype))
 
 
 def lstm_layer_forward(
@@ -94,3 +97,17 @@ def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
     return one_launch_backward(_launch, "lstm_backward_persistent", dy, dh_last, dc_last, weight, cache)
+
+
+def lstm_layer_pair_forward(
+    backend: Backend, xs: tuple[Any, Any], weights: tuple[Any, Any], biases: tuple[Any, Any], h0s: tuple[Any, Any],
+    c0s: tuple[Any, Any], step_mask: Any = None
+) -> tuple[tuple[Any, Any], tuple[tuple[Any, Any], tuple[Any, Any]], tuple[CupyLayerCache, CupyLayerCache]]:
+    return one_launch_pair_forward(_launch, "lstm_forward_persistent", xs, weights, biases, h0s, c0s, step_mask)
+
+
+def lstm_layer_pair_backward(
+    backend: Backend, dys: tuple[Any, Any], dh_lasts: tuple[Any, Any], dc_lasts: tuple[Any, Any],
+    weights: tuple[Any, Any], caches: tuple[CupyLayerCache, CupyLayerCache]
+) -> tuple[tuple[Any, Any], tuple[tuple[Any, Any], tuple[Any, Any]], tuple[Any, Any], tuple[Any, Any]]:
+    return one_launch_pair_backward(_launch, "lstm_backward_persistent", dys, dh_lasts, dc_lasts, weights, caches)

@@ -18,7 +18,7 @@ import cupy
 import numpy as np
 from cupy_backends.cuda.libs import cublas
 
-from ...nn.layers.lstm_layer import check_backward_inputs, forward_dims
+from ...nn.layers.lstm_layer import LayerInputError, check_backward_inputs, forward_dims
 
 NULL = np.uint64(0)  # a null pointer argument: CuPy passes None as 0xffffffff, not 0 (cupy issue 9046)
 Dims = tuple[int, int, int, int]  # a layer's (T, B, D, H)
@@ -190,8 +190,9 @@ def layer_backward(recurrence: Callable[[BackwardBuffers, CupyLayerCache], Backw
     return dx, (b.dh, b.dc), dweight, dbias
 
 
-# One launch for a whole direction (the persistent paths): ``launch(kernel, dtype name, batch, hidden, args)``.
-Launch = Callable[[str, str, int, int, tuple], None]
+# One launch for a whole direction (the persistent paths): ``launch(kernel, dtype name, batch, hidden, args)``,
+# and with ``directions=2`` both directions of a bidirectional layer on stacked arrays (grid z: the direction).
+Launch = Callable[..., None]
 
 
 def one_launch_forward(launch: Launch, kernel: str, x: Any, weight: Any, bias: Any, h0: Any, c0: Any,
@@ -219,3 +220,68 @@ def one_launch_backward(launch: Launch, kernel: str, dy: Any, dh_last: Any, dc_l
                 np.int32(steps), np.int32(batch), np.int32(hidden)))
 
     return layer_backward(recurrence, dy, dh_last, dc_last, weight, cache)
+
+
+Pair = tuple[Any, Any]  # (forward direction, reverse direction)
+
+
+def one_launch_pair_forward(launch: Launch, kernel: str, xs: Pair, weights: Pair, biases: Pair, h0s: Pair, c0s: Pair,
+                            step_mask: Any) -> tuple[Pair, tuple[Pair, Pair], Pair]:
+    """Both directions of a bidirectional layer in one launch of ``kernel`` (grid z = 2, each direction on its
+    half of stacked (2, ...) arrays; xs[1] is the input the reverse direction sees, already reversed in time):
+    ``((y, y_reverse), (final, final_reverse), (cache, cache_reverse))``, each cache a :class:`CupyLayerCache`
+    whose arrays are halves of the stacked ones (:func:`one_launch_pair_backward` launches on them again)."""
+    dims = forward_dims(xs[0], weights[0], biases[0], h0s[0], c0s[0])
+    if forward_dims(xs[1], weights[1], biases[1], h0s[1], c0s[1]) != dims:
+        raise LayerInputError(f"the directions of a layer differ in shape: {dims} and "
+                              f"{forward_dims(xs[1], weights[1], biases[1], h0s[1], c0s[1])}")
+    steps, batch, features, hidden = dims
+    dtype = xs[0].dtype
+    stacked = lambda *shape: cupy.empty((2, *shape), dtype=dtype)  # noqa: E731
+    x, w_hidden, bias = stacked(steps, batch, features), stacked(hidden, 4 * hidden), stacked(4 * hidden)
+    gates, tanh_c, y = stacked(steps, batch, 4 * hidden), stacked(steps, batch, hidden), stacked(steps, batch, hidden)
+    hidden_states, cells = stacked(steps + 1, batch, hidden), stacked(steps + 1, batch, hidden)
+    mask = None if step_mask is None else _contiguous(cupy.reshape(step_mask, (steps, batch)).astype(dtype))
+    for d in range(2):
+        x[d], w_hidden[d], bias[d] = xs[d], weights[d][features:], biases[d]
+        cupy.matmul(cupy.reshape(x[d], (steps * batch, features)), weights[d][:features],
+                    out=cupy.reshape(gates[d], (steps * batch, 4 * hidden)))
+        hidden_states[d, 0], cells[d, 0] = h0s[d], c0s[d]
+    if batch > 0:
+        launch(kernel, np.dtype(dtype).name, batch, hidden,
+               (gates, w_hidden, bias, cells, hidden_states, tanh_c, y, NULL if mask is None else mask,
+                np.int32(steps), np.int32(batch), np.int32(hidden)), directions=2)
+    finals = tuple((hidden_states[d, steps].copy(), cells[d, steps].copy()) for d in range(2))
+    caches = tuple(CupyLayerCache(x[d], hidden_states[d], cells[d], gates[d], tanh_c[d], mask) for d in range(2))
+    return (y[0], y[1]), finals, caches
+
+
+def _halves_of_one_array(first: Any, second: Any) -> bool:
+    return first.data.ptr + first.nbytes == second.data.ptr and first.shape == second.shape
+
+
+def one_launch_pair_backward(launch: Launch, kernel: str, dys: Pair, dh_lasts: Pair, dc_lasts: Pair, weights: Pair,
+                             caches: Pair) -> tuple[Pair, tuple[Pair, Pair], Pair, Pair]:
+    """The mirror of :func:`one_launch_pair_forward`, one launch for both directions on the caches it made:
+    ``((dx, dx_reverse), ((dh0, dc0), (dh0_reverse, dc0_reverse)), (dweight, ...), (dbias, ...))``."""
+    for d in range(2):
+        check_backward_inputs(caches[d].dims(), caches[d].gates.dtype, dys[d], dh_lasts[d], dc_lasts[d], weights[d])
+    first, second = caches
+    if not (all(_halves_of_one_array(getattr(first, name), getattr(second, name))
+                for name in ("x", "hidden_states", "cells", "gates", "tanh_c")) and first.step_mask is second.step_mask):
+        raise LayerInputError("a backward of both directions in one launch takes the caches of one such forward "
+                              "(the halves of its stacked arrays)")
+    steps, batch, features, hidden = first.dims()
+    dtype = first.gates.dtype
+    dy, dh, dc = (cupy.empty((2, *shape), dtype=dtype) for shape in ((steps, batch, hidden), (batch, hidden),
+                                                                       (batch, hidden)))
+    w_hidden, dz = cupy.empty((2, hidden, 4 * hidden), dtype=dtype), cupy.empty((2, steps, batch, 4 * hidden), dtype=dtype)
+    for d in range(2):
+        dy[d], dh[d], dc[d], w_hidden[d] = dys[d], dh_lasts[d], dc_lasts[d], weights[d][features:]
+    if batch > 0:
+        launch(kernel, np.dtype(dtype).name, batch, hidden,
+               (dy, w_hidden, first.gates, first.cells, first.tanh_c, NULL if first.step_mask is None else first.step_mask,
+                dz, dh, dc, np.int32(steps), np.int32(batch), np.int32(hidden)), directions=2)
+    gradients = [parameter_gradients(caches[d], dz[d], _contiguous(weights[d])) for d in range(2)]
+    return ((gradients[0][0], gradients[1][0]), ((dh[0], dc[0]), (dh[1], dc[1])),
+            (gradients[0][1], gradients[1][1]), (gradients[0][2], gradients[1][2]))

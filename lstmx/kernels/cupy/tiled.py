@@ -29,7 +29,8 @@ from cupy_backends.cuda.api import driver
 
 from ...backend import Backend
 from . import cuda_sources, tiling
-from .shell import CupyLayerCache, Launch, device_attribute, one_launch_backward, one_launch_forward
+from .shell import (CupyLayerCache, Launch, device_attribute, one_launch_backward, one_launch_forward,
+                    one_launch_pair_backward, one_launch_pair_forward)
 
 _chosen_shape: contextvars.ContextVar[tiling.TileShape | None] = contextvars.ContextVar("lstmx_tile_shape",
                                                                                          default=None)
@@ -71,15 +72,15 @@ def _shape_for(batch: int, hidden: int, variant: str) -> tiling.TileShape | None
                                     device_attribute("MultiProcessorCount"), variant == "tf32")
 
 
-def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = ()) -> str | None:
-    """None when a layer of this batch and hidden size (with the cell ``options`` named) runs here, else why not
-    (for the registry)."""
+def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1) -> str | None:
+    """None when a layer of this batch and hidden size (with the cell ``options`` named; ``directions`` 2: both
+    directions of a bidirectional layer in one launch) runs here, else why not (for the registry)."""
     kernels = cuda_sources.TILED_VARIANT_KERNELS if options else cuda_sources.TILED_KERNELS
-    return refuses_variant(batch, hidden, np.dtype(dtype).name, kernels)
+    return refuses_variant(batch, hidden, np.dtype(dtype).name, kernels, directions)
 
 
-def refuses_variant(batch: int, hidden: int, variant: str,
-                    kernels: tuple[str, ...] = cuda_sources.TILED_KERNELS) -> str | None:
+def refuses_variant(batch: int, hidden: int, variant: str, kernels: tuple[str, ...] = cuda_sources.TILED_KERNELS,
+                    directions: int = 1) -> str | None:
     """As :func:`refuses_size`, for ``kernels`` (a forward and its backward) of ``variant`` ("float32", "float64"
     or "tf32")."""
     shape = _shape_for(batch, hidden, variant)
@@ -90,7 +91,7 @@ def refuses_variant(batch: int, hidden: int, variant: str,
         return f"cannot run tile shape {shape}: {reason}"
     itemsize = 8 if variant == "float64" else 4
     limit = device_attribute("MaxSharedMemoryPerBlockOptin")
-    blocks = int(np.prod(shape.grid(batch, hidden)))
+    blocks = int(np.prod(shape.grid(batch, hidden))) * directions
     for kernel in kernels:
         shared = tiling.shared_bytes(cuda_sources.TILED_LAYOUT[kernel], shape, hidden, itemsize)
         if shared > limit:
@@ -103,17 +104,17 @@ def refuses_variant(batch: int, hidden: int, variant: str,
 
 def launcher(variant: str | None) -> Launch:
     """The launch of the kernels of ``variant`` ("tf32"; None: those of the layer's dtype), its size checked first."""
-    def launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple) -> None:
+    def launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple, directions: int = 1) -> None:
         chosen = dtype if variant is None else variant
         pair = cuda_sources.TILED_VARIANT_KERNELS if kernel in cuda_sources.TILED_VARIANT_KERNELS \
             else cuda_sources.TILED_KERNELS
-        reason = refuses_variant(batch, hidden, chosen, pair)
+        reason = refuses_variant(batch, hidden, chosen, pair, directions)
         if reason is not None:
             raise ValueError(f"the tiled CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
         shape = _shape_for(batch, hidden, chosen)
         layout = cuda_sources.TILED_LAYOUT[kernel]
         chunk = shape.forward_chunk if layout == "lstm_forward_tiled" else shape.backward_chunk
-        _kernel(kernel, chosen)(shape.grid(batch, hidden), shape.block(), (*args, np.int32(chunk)),
+        _kernel(kernel, chosen)((*shape.grid(batch, hidden), directions), shape.block(), (*args, np.int32(chunk)),
                                 shared_mem=tiling.shared_bytes(layout, shape, hidden, np.dtype(dtype).itemsize))
 
     return launch
@@ -132,6 +133,21 @@ def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
     return one_launch_backward(_launch, "lstm_backward_tiled", dy, dh_last, dc_last, weight, cache)
+
+
+
+def lstm_layer_pair_forward(
+    backend: Backend, xs: tuple[Any, Any], weights: tuple[Any, Any], biases: tuple[Any, Any], h0s: tuple[Any, Any],
+    c0s: tuple[Any, Any], step_mask: Any = None
+) -> tuple[tuple[Any, Any], tuple[tuple[Any, Any], tuple[Any, Any]], tuple[CupyLayerCache, CupyLayerCache]]:
+    return one_launch_pair_forward(_launch, "lstm_forward_tiled", xs, weights, biases, h0s, c0s, step_mask)
+
+
+def lstm_layer_pair_backward(
+    backend: Backend, dys: tuple[Any, Any], dh_lasts: tuple[Any, Any], dc_lasts: tuple[Any, Any],
+    weights: tuple[Any, Any], caches: tuple[CupyLayerCache, CupyLayerCache]
+) -> tuple[tuple[Any, Any], tuple[tuple[Any, Any], tuple[Any, Any]], tuple[Any, Any], tuple[Any, Any]]:
+    return one_launch_pair_backward(_launch, "lstm_backward_tiled", dys, dh_lasts, dc_lasts, weights, caches)
 
 
 # the layers with cell options (peepholes, input_forget, cell_clip, zoneout): their own module, exposed here,

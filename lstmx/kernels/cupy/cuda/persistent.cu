@@ -41,6 +41,12 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
     const $real* __restrict__ step_mask,  // (T, B) or nullptr
     const int steps, const int batch, const int hidden)
 {
+    {  // a grid of two z-planes runs both directions of a layer, each on its half of every stacked array
+        const long long d = blockIdx.z;
+        gates += d * steps * batch * 4LL * hidden; w_hidden += d * 4LL * hidden * hidden; bias += d * 4LL * hidden;
+        cells += d * (steps + 1LL) * batch * hidden; hidden_states += d * (steps + 1LL) * batch * hidden;
+        tanh_c += d * (long long)steps * batch * hidden; y += d * (long long)steps * batch * hidden;
+    }
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (H, 4, 32)
     $real* h_s = w_s + 128LL * hidden;                     // (rows, H)
@@ -127,6 +133,13 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
     $real* __restrict__ dc,                // (B, H)
     const int steps, const int batch, const int hidden)
 {
+    {  // a grid of two z-planes runs both directions of a layer, each on its half of every stacked array
+        const long long d = blockIdx.z;
+        dy += d * (long long)steps * batch * hidden; w_hidden += d * 4LL * hidden * hidden;
+        gates += d * steps * batch * 4LL * hidden; cells += d * (steps + 1LL) * batch * hidden;
+        tanh_c += d * (long long)steps * batch * hidden; dz += d * steps * batch * 4LL * hidden;
+        dh += d * (long long)batch * hidden; dc += d * (long long)batch * hidden;
+    }
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (4H, 32)
     $real* dz_s = w_s + 128LL * hidden;                    // (rows, 4H)

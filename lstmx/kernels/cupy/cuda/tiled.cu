@@ -363,6 +363,12 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_forward_tiled
     const $real* __restrict__ step_mask,  // (T, B) or nullptr
     const int steps, const int batch, const int hidden, const int chunk)
 {
+    {  // a grid of two z-planes runs both directions of a layer, each on its half of every stacked array
+        const long long d = blockIdx.z;
+        gates += d * steps * batch * 4LL * hidden; w_hidden += d * 4LL * hidden * hidden; bias += d * 4LL * hidden;
+        cells += d * (steps + 1LL) * batch * hidden; hidden_states += d * (steps + 1LL) * batch * hidden;
+        tanh_c += d * (long long)steps * batch * hidden; y += d * (long long)steps * batch * hidden;
+    }
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     cg::grid_group grid = cg::this_grid();
     const Tile p = tile_of(batch, hidden);
@@ -418,6 +424,13 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_backward_tile
     $real* __restrict__ dc,                // (B, H)
     const int steps, const int batch, const int hidden, const int chunk)
 {
+    {  // a grid of two z-planes runs both directions of a layer, each on its half of every stacked array
+        const long long d = blockIdx.z;
+        dy += d * (long long)steps * batch * hidden; w_hidden += d * 4LL * hidden * hidden;
+        gates += d * steps * batch * 4LL * hidden; cells += d * (steps + 1LL) * batch * hidden;
+        tanh_c += d * (long long)steps * batch * hidden; dz += d * steps * batch * 4LL * hidden;
+        dh += d * (long long)batch * hidden; dc += d * (long long)batch * hidden;
+    }
     extern __shared__ __align__(16) unsigned char shared_bytes[];
     cg::grid_group grid = cg::this_grid();
     const Tile p = tile_of(batch, hidden);
