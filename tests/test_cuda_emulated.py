@@ -828,6 +828,26 @@ def bidirectional_run(model, impl, lengths, seed=6):
     return {"y": y, "h": h, "c": c, "dx": dx, "dh0": dh0, "dc0": dc0, **grads}, cache
 
 
+def test_the_tf32_tiled_paths_pair_kernels_run_both_directions_in_one_launch(wrappers):
+    """cupy-tiled-tf32's pair kernels (float32 only, so called directly here): both directions of a layer within
+    TF32's error of each direction run alone through the float32 tiled kernels."""
+    a, mask = problem(3, 5, 3, 33, np.float32, masked=True)
+    b, _ = problem(3, 5, 3, 33, np.float32, seed=1)
+    step_mask = mask[..., None]
+    tf32, tiled = wrappers["tiled_tf32"], wrappers["tiled"]
+    ys, finals, caches = tf32.lstm_layer_pair_forward(NUMPY, (a["x"], b["x"]), (a["weight"], b["weight"]),
+                                                      (a["bias"], b["bias"]), (a["h0"], b["h0"]), (a["c0"], b["c0"]),
+                                                      step_mask)
+    dxs, dstates, dweights, dbiases = tf32.lstm_layer_pair_backward(
+        NUMPY, (a["dy"], b["dy"]), (a["dh_last"], b["dh_last"]), (a["dc_last"], b["dc_last"]),
+        (a["weight"], b["weight"]), caches)
+    for d, p in enumerate((a, b)):
+        alone = forward_and_backward(tiled, p, mask)
+        paired = dict(y=ys[d], h=finals[d][0], c=finals[d][1], dx=dxs[d], dh0=dstates[d][0], dc0=dstates[d][1],
+                      dweight=dweights[d], dbias=dbiases[d])
+        assert max(relative_error(paired, {k: np.asarray(v, np.float64) for k, v in alone.items()}).values()) < 1e-2
+
+
 @pytest.mark.parametrize("path", ["cupy-persistent", "cupy-tiled"])
 def test_both_directions_of_a_layer_run_in_one_launch_on_the_one_launch_paths(on_numpy, monkeypatch, path):
     """Asked for by name, the persistent and tiled paths run both directions of each bidirectional layer in one
@@ -1197,6 +1217,25 @@ def test_tiled_variant_kernels_on_every_tile_shape(wrappers, shape):
         if assume_fits is not None:
             pytest.skip(assume_fits)
         assert_close(variant_forward_and_backward(tiled, tiled, arrays, mask, options, extra, noise), expected, 1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "evaluation"])
+def test_tf32_tiled_variant_kernels_compute_the_layer_within_tf32_error(wrappers, training):
+    """The pointwise options on the TF32 tiled kernels (cupy-tiled-tf32): within TF32's error of the generic
+    float64 layer, and not equal to the float32 tiled kernels' (the products ran in TF32)."""
+    arrays, mask, options, extra, noise = variant_problem(POINTWISE_OPTIONS, 3, 7, 3, 33, training, True)
+    expected = variant_forward_and_backward(generic, generic, arrays, mask, options, extra, noise)
+    single = {k: v.astype(np.float32) for k, v in arrays.items()}
+    extra32 = type(extra)(*(None if v is None else v.astype(np.float32) for v in extra))
+    noise32 = None if noise is None else type(noise)(*(None if v is None else v.astype(np.float32) for v in noise))
+    mask32 = mask.astype(np.float32)
+    reduced = variant_forward_and_backward(wrappers["tiled_tf32"], wrappers["tiled_tf32"], single, mask32, options,
+                                           extra32, noise32)
+    full = variant_forward_and_backward(wrappers["tiled"], wrappers["tiled"], single, mask32, options, extra32,
+                                        noise32)
+    assert max(relative_error(reduced, expected).values()) < 1e-2
+    assert max(relative_error(full, expected).values()) < 1e-4
+    assert max(relative_error(reduced, full).values()) > 1e-5
 
 
 def test_tiled_variant_kernels_do_not_depend_on_thread_order(wrappers):

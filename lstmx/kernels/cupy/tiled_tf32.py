@@ -16,18 +16,20 @@ from typing import Any
 import numpy as np
 
 from ...backend import Backend
-from . import tiled
-from .shell import CupyLayerCache, one_launch_backward, one_launch_forward
+from . import cuda_sources, tiled, tiled_variants
+from .shell import (CupyLayerCache, one_launch_backward, one_launch_forward, one_launch_pair_backward,
+                    one_launch_pair_forward)
 
 _launch = tiled.launcher("tf32")
 
 
-def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = ()) -> str | None:
-    """None when a float32 layer of this batch and hidden size runs here, else why not (for the registry; it
-    takes no cell options, which the registry refuses before sizes)."""
+def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1) -> str | None:
+    """None when a float32 layer of this batch and hidden size (with the cell ``options`` named; ``directions``
+    2: both directions in one launch) runs here, else why not (for the registry)."""
     if np.dtype(dtype) != np.float32:
         return f"runs float32 layers (TF32 products), not {np.dtype(dtype).name}"
-    return tiled.refuses_variant(batch, hidden, "tf32")
+    kernels = cuda_sources.TILED_VARIANT_KERNELS if options else cuda_sources.TILED_KERNELS
+    return tiled.refuses_variant(batch, hidden, "tf32", kernels, directions)
 
 
 def lstm_layer_forward(
@@ -40,3 +42,21 @@ def lstm_layer_backward(
     backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
     return one_launch_backward(_launch, "lstm_backward_tiled", dy, dh_last, dc_last, weight, cache)
+
+
+def lstm_layer_pair_forward(
+    backend: Backend, xs: tuple[Any, Any], weights: tuple[Any, Any], biases: tuple[Any, Any], h0s: tuple[Any, Any],
+    c0s: tuple[Any, Any], step_mask: Any = None
+) -> tuple[tuple[Any, Any], tuple[tuple[Any, Any], tuple[Any, Any]], tuple[CupyLayerCache, CupyLayerCache]]:
+    return one_launch_pair_forward(_launch, "lstm_forward_tiled", xs, weights, biases, h0s, c0s, step_mask)
+
+
+def lstm_layer_pair_backward(
+    backend: Backend, dys: tuple[Any, Any], dh_lasts: tuple[Any, Any], dc_lasts: tuple[Any, Any],
+    weights: tuple[Any, Any], caches: tuple[CupyLayerCache, CupyLayerCache]
+) -> tuple[tuple[Any, Any], tuple[tuple[Any, Any], tuple[Any, Any]], tuple[Any, Any], tuple[Any, Any]]:
+    return one_launch_pair_backward(_launch, "lstm_backward_tiled", dys, dh_lasts, dc_lasts, weights, caches)
+
+
+# the layers with the pointwise cell options, on the TF32 kernels
+lstm_variant_layer_forward, lstm_variant_layer_backward = tiled_variants.variant_layers(lambda: _launch)

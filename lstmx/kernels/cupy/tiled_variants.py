@@ -16,7 +16,7 @@ registry gives the options to ``impl="cupy-tiled"`` asked for by name, never to 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import cupy
 import numpy as np
@@ -42,12 +42,27 @@ def _pointer(array: Any) -> Any:
     return NULL if array is None else array
 
 
-def lstm_variant_layer_forward(
-    backend: Backend, x: Any, weight: Any, bias: Any, extra: ExtraParams, options: CellOptions, h0: Any, c0: Any,
-    step_mask: Any = None, noise: LayerNoise | None = None
-) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
-    from .tiled import _launch  # the tiled module imports this one at its end
+def variant_layers(launcher: Callable[[], shell.Launch]) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``(lstm_variant_layer_forward, lstm_variant_layer_backward)`` launching through ``launcher()`` (the tiled
+    path's launch of its float kernels, or of its TF32 ones)."""
 
+    def lstm_variant_layer_forward(
+        backend: Backend, x: Any, weight: Any, bias: Any, extra: ExtraParams, options: CellOptions, h0: Any,
+        c0: Any, step_mask: Any = None, noise: LayerNoise | None = None
+    ) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
+        return _forward(launcher(), x, weight, bias, extra, options, h0, c0, step_mask, noise)
+
+    def lstm_variant_layer_backward(
+        backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, extra: ExtraParams, options: CellOptions,
+        cache: LSTMLayerCache
+    ) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
+        return _backward(launcher(), dy, dh_last, dc_last, weight, extra, options, cache)
+
+    return lstm_variant_layer_forward, lstm_variant_layer_backward
+
+
+def _forward(_launch: shell.Launch, x: Any, weight: Any, bias: Any, extra: ExtraParams, options: CellOptions,
+             h0: Any, c0: Any, step_mask: Any, noise: LayerNoise | None) -> tuple[Any, tuple[Any, Any], LSTMLayerCache]:
     _refuse_untaken(options, extra.projection)
     dims = forward_dims(x, weight, bias, h0, c0)
     check_extra_params(extra, options, dims[3], x.dtype)
@@ -71,12 +86,8 @@ def lstm_variant_layer_forward(
     return b.y, (b.hidden_states[steps].copy(), b.cells[steps].copy()), cache
 
 
-def lstm_variant_layer_backward(
-    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, extra: ExtraParams, options: CellOptions,
-    cache: LSTMLayerCache
-) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
-    from .tiled import _launch
-
+def _backward(_launch: shell.Launch, dy: Any, dh_last: Any, dc_last: Any, weight: Any, extra: ExtraParams,
+              options: CellOptions, cache: LSTMLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any, ExtraParams]:
     _refuse_untaken(options, extra.projection)
     dims = check_layer_backward(cache, extra, options, dy, dh_last, dc_last, weight)
     steps, batch, features, hidden = dims
@@ -94,3 +105,12 @@ def lstm_variant_layer_backward(
     dx, dweight, dbias, dextra = variants.parameter_gradients(a, dz, None, None, None, cache, weight, extra, options,
                                                               dims)
     return dx, (dh, dc), dweight, dbias, dextra
+
+
+def _float_launch() -> shell.Launch:
+    from .tiled import _launch  # the tiled module imports this one at its end
+
+    return _launch
+
+
+lstm_variant_layer_forward, lstm_variant_layer_backward = variant_layers(_float_launch)
