@@ -632,6 +632,14 @@ def test_tiled_kernels_on_drawn_sizes_and_tile_shapes(wrappers, steps, batch, hi
         assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-12)
 
 
+def test_a_sequence_longer_than_cudnns_limit_runs_in_one_launch(wrappers):
+    """T = 66,000 steps (cuDNN refuses more than 65,535) through the tiled kernels, one launch per pass, with
+    lengths: the generic path's outputs and gradients. No kernel ties a grid dimension or a 32-bit index to T
+    (the step is a loop counter, offsets are 64-bit); the stepwise and graph paths pass T as an argument."""
+    arrays, mask = problem(66_000, 1, 1, 2, np.float64, masked=True)
+    assert_close(run_path("tiled", wrappers, arrays, mask), reference(arrays, mask), 1e-10)
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(["stepwise", "persistent", "graph"]), steps=st.integers(1, 4), batch=st.integers(1, 9),
        features=st.integers(1, 4), hidden=st.integers(1, 40), masked=st.booleans())

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import lstmx
 from lstmx.dispatch import registry
 from lstmx.dispatch.contract import contract_breaches, protocols_for
-from lstmx.backend import to_numpy
+from lstmx.backend import is_cupy, to_numpy
 from lstmx.kernels.host.buffers import BufferPool
 from lstmx.nn.layers import lstm_layer as generic
 from lstmx.nn.layers.embedding import scatter_add_rows_generic
@@ -131,6 +131,22 @@ def test_fast_layer_keeps_nan_and_inf(backend, impl):
     arrays = [backend.asarray(a, dtype=np.float32) for a in (x, weight, np.zeros(16), np.zeros((2, 4)), np.zeros((2, 4)))]
     y = to_numpy(module.lstm_layer_forward(backend, *arrays)[0])
     assert np.isnan(y[1:, 0]).all() and not np.isnan(y[0, 1]).any()
+
+
+@pytest.mark.parametrize("impl", [pytest.param(impl, id=impl.name) for impl in registry.LAYER_IMPLS
+                                  if impl.backends == ("cupy",) and "float32" in impl.precisions])
+def test_cuda_paths_run_sequences_longer_than_cudnns_limit(backend, impl):
+    """T = 70,000 steps (cuDNN refuses more than 65,535), with lengths, on the GPU: each CUDA path as the
+    stepwise one (itself checked against the generic path above), float32."""
+    if not is_cupy(backend):
+        pytest.skip("a CUDA path")
+    module = runnable(impl, backend, np.float32, masked=True)
+    arrays, grads = random_layer(backend, 70_000, 2, 3, 8, np.float32)
+    step_mask = lengths_to_mask(backend, [70_000, 66_000], 70_000, 2, arrays[0].dtype)
+    fast = forward_and_backward(module, backend, arrays, grads, step_mask)
+    stepwise = forward_and_backward(registry.layer_impl("cupy-stepwise").load(), backend, arrays, grads, step_mask)
+    for name, value in fast.items():
+        np.testing.assert_allclose(to_numpy(value), to_numpy(stepwise[name]), rtol=1e-3, atol=1e-3, err_msg=name)
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
