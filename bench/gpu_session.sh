@@ -87,7 +87,7 @@ for what in "$@"; do
             if left_out | grep -qx cupy-graph; then echo "lm-graph: left out (cupy-graph failed the smoke step)"; continue; fi
             step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy --impl cupy-graph --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-graph.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_graph.json" 2>/dev/null ;;
         sanitize)
-            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck stepwise+options+proj:memcheck graph+options+proj:memcheck tiled+options:memcheck tiled+options:racecheck}; do
+            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck stepwise+options+proj:memcheck graph+options+proj:memcheck tiled+options:memcheck tiled+options:racecheck persistent+options:memcheck}; do
                 path=${run%%:*}; tool=${run#*:}; fused=""
                 case "$path" in *+proj) fused="--proj-size 8"; path=${path%+proj} ;; esac
                 case "$path" in *+options) fused="--cell-options $fused"; path=${path%+options} ;; esac

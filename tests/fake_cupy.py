@@ -1,6 +1,6 @@
 """A stand-in for CuPy on NumPy whose ``RawKernel`` runs on the CUDA emulator, so lstmx's own CuPy wrappers
 (``lstmx.kernels.cupy``: ``precision``, ``shell``, ``stepwise``, ``variants``, ``persistent``, ``tiled``,
-``tiled_variants``, ``tiled_tf32``, ``graph``, ``graph_variants``, ``optim``, ``loss``) run unchanged in the CPU suite:
+``one_launch_variants``, ``tiled_tf32``, ``graph``, ``graph_variants``, ``optim``, ``loss``) run unchanged in the CPU suite:
 their buffers, argument lists, grid and shared-memory sizes meet the kernels there, not first on a GPU.
 
 :func:`fake_cupy_modules` imports fresh copies of those modules bound to the stand-in (``monkeypatch`` puts the
@@ -30,7 +30,7 @@ from .cuda_emulator import GuardedArray, compile_kernels, guarded
 SMS = 8
 SHARED_BYTES = 96 * 1024
 THREADS_PER_SM = 2048
-WRAPPERS = ("precision", "shell", "stepwise", "variants", "persistent", "tiled", "tiled_variants", "tiled_tf32",
+WRAPPERS = ("precision", "shell", "stepwise", "variants", "one_launch_variants", "persistent", "tiled", "tiled_tf32",
             "graph", "graph_variants", "optim", "loss")  # in lstmx.kernels.cupy
 
 

@@ -991,7 +991,7 @@ def test_the_gpu_sanitizer_script_passes_each_path_through_the_emulated_kernels(
     assert header.startswith("check") and len(rows) == 6 and all("  pass  " in line for line in rows), rows
 
 
-@pytest.mark.parametrize("path", ["cupy-tiled", "cupy-graph"])
+@pytest.mark.parametrize("path", ["cupy-tiled", "cupy-persistent", "cupy-graph"])
 def test_the_gpu_sanitizer_script_passes_the_cell_options_through_the_emulated_kernels(on_numpy, capsys, path):
     """bench/gpu_sanitize.py --cell-options (the session's tiled+options and graph+options runs) on the stand-in:
     a two-layer language model with every option the path takes agrees with the generic path."""
@@ -1201,13 +1201,14 @@ TILED_CASES = [*(case for case in VARIANT_OPTIONS if case not in ("layer_norm", 
 @pytest.mark.parametrize("training", [True, False], ids=["training", "evaluation"])
 @pytest.mark.parametrize("case", TILED_CASES)
 @pytest.mark.parametrize("shape", [(3, 5, 4, 33), (1, 1, 2, 8), (4, 9, 3, 20)], ids=lambda s: "T{}B{}D{}H{}".format(*s))
-def test_tiled_variant_kernels_match_generic_float64(wrappers, case, shape, training, masked):
-    """The tiled path's kernels with each pointwise cell option and all of them together against the generic
-    path, and either backward on the other's cache."""
+@pytest.mark.parametrize("path", ["tiled", "persistent"])
+def test_tiled_variant_kernels_match_generic_float64(wrappers, path, case, shape, training, masked):
+    """The one-launch paths' kernels with each pointwise cell option and all of them together against the
+    generic path, and either backward on the other's cache."""
     options = POINTWISE_OPTIONS if case == "pointwise" else VARIANT_OPTIONS[case]
     arrays, mask, options, extra, noise = variant_problem(options, *shape, training, masked)
     expected = variant_forward_and_backward(generic, generic, arrays, mask, options, extra, noise)
-    tiled = wrappers["tiled"]
+    tiled = wrappers[path]
     assert_close(variant_forward_and_backward(tiled, tiled, arrays, mask, options, extra, noise), expected, 1e-12)
     assert_close(variant_forward_and_backward(tiled, generic, arrays, mask, options, extra, noise), expected, 1e-12)
     assert_close(variant_forward_and_backward(generic, tiled, arrays, mask, options, extra, noise), expected, 1e-12)
@@ -1246,9 +1247,10 @@ def test_tf32_tiled_variant_kernels_compute_the_layer_within_tf32_error(wrappers
     assert max(relative_error(reduced, full).values()) > 1e-5
 
 
-def test_tiled_variant_kernels_do_not_depend_on_thread_order(wrappers):
+@pytest.mark.parametrize("path", ["tiled", "persistent"])
+def test_tiled_variant_kernels_do_not_depend_on_thread_order(wrappers, path):
     arrays, mask, options, extra, noise = variant_problem(POINTWISE_OPTIONS, 3, 6, 3, 20, True, True)
-    tiled = wrappers["tiled"]
+    tiled = wrappers[path]
     results = []
     for seed in (0, 1):
         RawKernel.seed = seed
@@ -1260,18 +1262,20 @@ def test_tiled_variant_kernels_do_not_depend_on_thread_order(wrappers):
         np.testing.assert_array_equal(results[1][name], value, err_msg=name)
 
 
-def test_the_tiled_path_takes_the_pointwise_options_its_registry_record_declares(wrappers):
-    """What the tiled kernels apply is what the registry gives them; layer_norm, recurrent dropout and a
-    projection are refused in one line before any kernel runs."""
+@pytest.mark.parametrize("path", ["tiled", "persistent"])
+def test_the_one_launch_paths_take_the_pointwise_options_their_registry_records_declare(wrappers, path):
+    """What the persistent and tiled kernels apply is what the registry gives them; layer_norm, recurrent dropout
+    and a projection are refused in one line before any kernel runs."""
     from lstmx.nn.layers.lstm_layer import LayerInputError
 
-    tiled_variants = wrappers["tiled_variants"]
-    assert registry.layer_impl("cupy-tiled").cell_options == tiled_variants.TAKEN == registry.POINTWISE_OPTIONS
+    shared = wrappers["one_launch_variants"]
+    for name in ("cupy-persistent", "cupy-tiled", "cupy-tiled-tf32"):
+        assert registry.layer_impl(name).cell_options == shared.TAKEN == registry.POINTWISE_OPTIONS
     for case in ("layer_norm", "recurrent_dropout"):
         arrays, mask, options, extra, noise = variant_problem(VARIANT_OPTIONS[case], 2, 3, 2, 8, True, False)
-        with pytest.raises(LayerInputError, match=f"the tiled CuPy path takes the cell options peepholes, "
+        with pytest.raises(LayerInputError, match=f"the {path} CuPy path takes the cell options peepholes, "
                                                   f"input_forget, cell_clip, zoneout of the lstm cell, not {case}"):
-            variant_forward_and_backward(wrappers["tiled"], wrappers["tiled"], arrays, mask, options, extra, noise)
+            variant_forward_and_backward(wrappers[path], wrappers[path], arrays, mask, options, extra, noise)
 
 
 def test_the_plain_projected_layer_keeps_the_generic_signatures_and_cache(wrappers):

@@ -372,7 +372,7 @@ def test_persistent_path_refuses_a_grid_that_cannot_be_resident_at_once(backend)
     impl = registry.layer_impl("cupy-persistent")
     module = runnable(impl, backend, np.float32)
     hidden = 128
-    resident = module._resident_blocks("float32", hidden, backend.device.id)
+    resident = module._resident_blocks("float32", hidden, backend.device.id, module.cuda_sources.PERSISTENT_KERNELS)
     fits = module.ROWS * (resident // ((hidden + 31) // 32))
     assert impl.refuses(backend, np.float32, False, (fits, hidden)) is None
     assert "co-resident" in impl.refuses(backend, np.float32, False, (fits + module.ROWS, hidden))

@@ -191,9 +191,10 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
                       "by name, with the tiled path's options and paired directions)"),
     LayerImpl(name="cupy-persistent", module="lstmx.kernels.cupy.persistent", backends=("cupy",), dtypes=FLOATS,
               auto_dtypes=CUPY_PERSISTENT_AUTO, step_masks=True, size_limited=True, cells=LSTM_ONLY,
-              paired_directions=True,  # paired launches: emulator only
-              summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes; both "
-                      "directions in one launch by name)"),
+              cell_options=POINTWISE_OPTIONS, auto_cell_options=(), paired_directions=True,  # its variant kernels
+              # and paired launches have run in the emulator only
+              summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes; the "
+                      "pointwise cell options, and both directions in one launch, by name)"),
     LayerImpl(name="cupy-graph", module="lstmx.kernels.cupy.graph", backends=("cupy",), dtypes=FLOATS,
               auto_dtypes=CUPY_GRAPH_AUTO, step_masks=True, size_limited=False, cells=EVERY_CELL,
               cell_options=EVERY_OPTION, auto_cell_options=(), auto_cells=LSTM_ONLY, tf32_recurrence=True,  # its

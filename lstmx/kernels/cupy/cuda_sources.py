@@ -57,12 +57,15 @@ def _template(kind: str) -> Template:
 def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) -> int:
     """Dynamic shared memory of a persistent kernel: the block's W_h slice and its rows of h (forward) or dz
     (backward)."""
-    staged = hidden if kernel == "lstm_forward_persistent" else 4 * hidden
+    staged = hidden if PERSISTENT_LAYOUT[kernel] == "lstm_forward_persistent" else 4 * hidden
     return (128 * hidden + rows * staged) * itemsize
 
 
 STEPWISE_KERNELS = ("lstm_forward_step", "lstm_backward_step")
 PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")
+PERSISTENT_VARIANT_KERNELS = ("lstm_variant_forward_persistent", "lstm_variant_backward_persistent")
+PERSISTENT_LAYOUT = {**{kernel: kernel for kernel in PERSISTENT_KERNELS},
+                     **dict(zip(PERSISTENT_VARIANT_KERNELS, PERSISTENT_KERNELS))}  # as TILED_LAYOUT
 TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
 TILED_VARIANT_KERNELS = ("lstm_variant_forward_tiled", "lstm_variant_backward_tiled")  # with cell options
 # each tiled kernel's plain counterpart, whose shared-memory layout and chunk it shares
@@ -71,7 +74,8 @@ OPTIM_KERNELS = ("adam_update", "sgd_update", "rmsprop_update", "global_norm", "
 LOSS_KERNELS = ("softmax_cross_entropy",)
 VARIANT_KERNELS = ("row_norm_forward", "row_norm_backward", "lstm_variant_forward_step", "lstm_variant_backward_step",
                    "lstm_projected_state_forward_step", "lstm_projected_state_backward_step")
-SOURCES = {"stepwise": STEPWISE_KERNELS, "persistent": PERSISTENT_KERNELS, "tiled": TILED_KERNELS + TILED_VARIANT_KERNELS,
+SOURCES = {"stepwise": STEPWISE_KERNELS, "persistent": PERSISTENT_KERNELS + PERSISTENT_VARIANT_KERNELS,
+           "tiled": TILED_KERNELS + TILED_VARIANT_KERNELS,
            "optim": OPTIM_KERNELS, "loss": LOSS_KERNELS, "variants": VARIANT_KERNELS}  # kind → its file's kernels
 
 

@@ -53,26 +53,29 @@ def _shared_bytes(kernel: str, hidden: int, dtype: str) -> int:
 
 
 @functools.cache
-def _resident_blocks(dtype: str, hidden: int, device: int) -> int:
-    """How many blocks of either persistent kernel for this hidden size fit on the device at once."""
+def _resident_blocks(dtype: str, hidden: int, device: int, kernels: tuple[str, ...]) -> int:
+    """How many blocks of either of ``kernels`` (a forward and its backward) for this hidden size fit on the
+    device at once."""
     sms = device_attribute("MultiProcessorCount", device)
     return sms * min(driver.occupancyMaxActiveBlocksPerMultiprocessor(
-        _kernel(kernel, dtype).kernel.ptr, 32 * ROWS, _shared_bytes(kernel, hidden, dtype))
-        for kernel in cuda_sources.PERSISTENT_KERNELS)
+        _kernel(kernel, dtype).kernel.ptr, 32 * ROWS, _shared_bytes(kernel, hidden, dtype)) for kernel in kernels)
 
 
 def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1) -> str | None:
-    """None when a layer of this batch and hidden size runs here (``directions`` 2: both directions of a
-    bidirectional layer in one launch), else why not (for the registry; it takes no cell options, which the
-    registry refuses before sizes)."""
-    dtype = np.dtype(dtype).name
+    """None when a layer of this batch and hidden size (with the cell ``options`` named; ``directions`` 2: both
+    directions of a bidirectional layer in one launch) runs here, else why not (for the registry)."""
+    kernels = cuda_sources.PERSISTENT_VARIANT_KERNELS if options else cuda_sources.PERSISTENT_KERNELS
+    return _refuses(batch, hidden, np.dtype(dtype).name, kernels, directions)
+
+
+def _refuses(batch: int, hidden: int, dtype: str, kernels: tuple[str, ...], directions: int) -> str | None:
     if hidden > MAX_HIDDEN:
         return f"runs hidden sizes up to {MAX_HIDDEN}, not {hidden}"
-    needed = max(_shared_bytes(kernel, hidden, dtype) for kernel in cuda_sources.PERSISTENT_KERNELS)
+    needed = max(_shared_bytes(kernel, hidden, dtype) for kernel in kernels)
     if needed > _shared_limit():
         return f"needs {needed} bytes of shared memory per block for hidden {hidden} in {dtype}; a block has {_shared_limit()}"
     x_blocks, y_blocks = _grid(batch, hidden)
-    resident = _resident_blocks(dtype, hidden, cupy.cuda.Device().id)
+    resident = _resident_blocks(dtype, hidden, cupy.cuda.Device().id, kernels)
     if x_blocks * y_blocks * directions > resident:
         return (f"needs {x_blocks * y_blocks * directions} co-resident blocks for batch {batch} × hidden {hidden}"
                 f"{' in both directions' if directions == 2 else ''}; this GPU holds {resident}")
@@ -80,7 +83,9 @@ def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] =
 
 
 def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple, directions: int = 1) -> None:
-    reason = refuses_size(batch, hidden, dtype, directions=directions)
+    kernels = cuda_sources.PERSISTENT_VARIANT_KERNELS if kernel in cuda_sources.PERSISTENT_VARIANT_KERNELS \
+        else cuda_sources.PERSISTENT_KERNELS
+    reason = _refuses(batch, hidden, dtype, kernels, directions)
     if reason is not None:
         raise ValueError(f"the persistent CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
     _kernel(kernel, dtype)((*_grid(batch, hidden), directions), (32, ROWS), args,
@@ -111,3 +116,10 @@ def lstm_layer_pair_backward(
     weights: tuple[Any, Any], caches: tuple[CupyLayerCache, CupyLayerCache]
 ) -> tuple[tuple[Any, Any], tuple[tuple[Any, Any], tuple[Any, Any]], tuple[Any, Any], tuple[Any, Any]]:
     return one_launch_pair_backward(_launch, "lstm_backward_persistent", dys, dh_lasts, dc_lasts, weights, caches)
+
+
+# the layers with cell options (peepholes, input_forget, cell_clip, zoneout), in the module both one-launch paths
+# share, exposed here, where the registry's "cupy-persistent" entry points
+from .one_launch_variants import variant_layers  # noqa: E402
+
+lstm_variant_layer_forward, lstm_variant_layer_backward = variant_layers("persistent", lambda: _launch)

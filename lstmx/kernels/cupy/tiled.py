@@ -150,6 +150,8 @@ def lstm_layer_pair_backward(
     return one_launch_pair_backward(_launch, "lstm_backward_tiled", dys, dh_lasts, dc_lasts, weights, caches)
 
 
-# the layers with cell options (peepholes, input_forget, cell_clip, zoneout): their own module, exposed here,
-# where the registry's "cupy-tiled" entry points
-from .tiled_variants import lstm_variant_layer_backward, lstm_variant_layer_forward  # noqa: E402
+# the layers with cell options (peepholes, input_forget, cell_clip, zoneout), in the module both one-launch paths
+# share, exposed here, where the registry's "cupy-tiled" entry points
+from .one_launch_variants import variant_layers  # noqa: E402
+
+lstm_variant_layer_forward, lstm_variant_layer_backward = variant_layers("tiled", lambda: _launch)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ...backend import Backend
-from . import cuda_sources, tiled, tiled_variants
+from . import cuda_sources, tiled
+from .one_launch_variants import variant_layers
 from .shell import (CupyLayerCache, one_launch_backward, one_launch_forward, one_launch_pair_backward,
                     one_launch_pair_forward)
 
@@ -59,4 +60,4 @@ def lstm_layer_pair_backward(
 
 
 # the layers with the pointwise cell options, on the TF32 kernels
-lstm_variant_layer_forward, lstm_variant_layer_backward = tiled_variants.variant_layers(lambda: _launch)
+lstm_variant_layer_forward, lstm_variant_layer_backward = variant_layers("tiled", lambda: _launch)

@@ -197,3 +197,184 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
     }
     if (active) { dh[n] = dh_in; dc[n] = dc_in; }
 }
+
+// lstm_forward_persistent with cell options (peepholes, input_forget, cell_clip, zoneout): the same dot products,
+// the cell of variant_cell_forward. Also writes each step's c'_t (c_new) and, with a clip, the inside values of
+// the four gates (unclipped).
+extern "C" __global__ void lstm_variant_forward_persistent_$suffix(
+    $real* __restrict__ gates,            // (T, B, 4H)
+    const $real* __restrict__ w_hidden,   // (H, 4H)
+    const $real* __restrict__ bias,       // (4H,)
+    $real* __restrict__ cells,            // (T + 1, B, H) carried
+    $real* hidden_states,                 // (T + 1, B, H) carried; read by other blocks after the barrier
+    $real* __restrict__ tanh_c,           // (T, B, H)
+    $real* __restrict__ y,                // (T, B, H)
+    const $real* __restrict__ step_mask,  // (T, B) or nullptr
+    const $real* __restrict__ peephole,   // (3H,) p_i, p_f, p_o or nullptr
+    const $real clip,                     // 0: no clipping
+    const int input_forget,
+    const $real* __restrict__ keep_c,     // (T, B, H) zoneout masks or nullptr
+    const $real* __restrict__ keep_h,     // (T, B, H) or nullptr
+    const $real zoneout_c, const $real zoneout_h,  // without masks: the expectation (0: no zoneout)
+    $real* __restrict__ c_new,            // (T, B, H)
+    $real* __restrict__ unclipped,        // (T, B, 4H) or nullptr (clip = 0)
+    const int steps, const int batch, const int hidden)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // as lstm_forward_persistent's
+    $real* h_s = w_s + 128LL * hidden;
+    cg::grid_group grid = cg::this_grid();
+    const Place p = place_of(batch, hidden);
+    const int lane = p.lane, row = p.row, rows = p.rows, tid = p.tid, threads = p.threads, j0 = p.j0, b0 = p.b0;
+    const int j = p.j, b = p.b;
+    const bool active = p.active;
+    const long long count = p.count, n = p.n, four = p.four;
+    for (long long e = tid; e < 128LL * hidden; e += threads) {
+        const int l = (int)(e & 31), g = (int)((e >> 5) & 3);
+        const long long k = e >> 7;
+        w_s[e] = j0 + l < hidden ? w_hidden[k * four + g * hidden + j0 + l] : ($real)0;
+    }
+    const $real one = 1;
+    UnitOptions u{0, 0, 0, clip, input_forget, peephole != nullptr};
+    $real c = 0, bias_i = 0, bias_f = 0, bias_g = 0, bias_o = 0;
+    if (active) {
+        c = cells[n];
+        bias_i = bias[j]; bias_f = bias[hidden + j]; bias_g = bias[2 * hidden + j]; bias_o = bias[3 * hidden + j];
+        if (peephole != nullptr) { u.p_i = peephole[j]; u.p_f = peephole[hidden + j]; u.p_o = peephole[2 * hidden + j]; }
+    }
+    // what the coming step reads that does not depend on h, read before the barrier that precedes it
+    $real xi = 0, xf = 0, xg = 0, xo = 0, m = one, kc = zoneout_c, kh = zoneout_h;
+    auto load_step = [&](const int t) {
+        const $real* z = gates + ((long long)t * batch + b) * four;
+        xi = z[j] + bias_i; xf = z[hidden + j] + bias_f; xg = z[2 * hidden + j] + bias_g; xo = z[3 * hidden + j] + bias_o;
+        if (step_mask != nullptr) m = step_mask[(long long)t * batch + b];
+        if (keep_c != nullptr) kc = keep_c[t * count + n];
+        if (keep_h != nullptr) kh = keep_h[t * count + n];
+    };
+    if (active && steps > 0) load_step(0);
+    for (int t = 0; t < steps; ++t) {
+        const $real* h_now = hidden_states + t * count;
+        for (int e = tid; e < rows * hidden; e += threads) {
+            const int r = e / hidden;
+            h_s[e] = b0 + r < batch ? __ldcg(h_now + (long long)(b0 + r) * hidden + (e - r * hidden)) : ($real)0;
+        }
+        __syncthreads();
+        if (active) {
+            const long long row_start = ((long long)t * batch + b) * four;
+            $real zi = xi, zf = xf, zg = xg, zo = xo;
+            const $real* h = h_s + row * hidden;
+            const $real* w = w_s + lane;
+            $real zi2 = 0, zf2 = 0, zg2 = 0, zo2 = 0;
+            int k = 0;
+            #pragma unroll 4
+            for (; k + 1 < hidden; k += 2, w += 256) {
+                const $real h0 = h[k], h1 = h[k + 1];
+                zi += h0 * w[0]; zf += h0 * w[32]; zg += h0 * w[64]; zo += h0 * w[96];
+                zi2 += h1 * w[128]; zf2 += h1 * w[160]; zg2 += h1 * w[192]; zo2 += h1 * w[224];
+            }
+            if (k < hidden) {
+                const $real hk = h[k];
+                zi += hk * w[0]; zf += hk * w[32]; zg += hk * w[64]; zo += hk * w[96];
+            }
+            const VariantOut out = variant_cell_forward(zi + zi2, zf + zf2, zg + zg2, zo + zo2, c, h[j], u, kc, kh, m);
+            $real* z = gates + row_start;
+            z[j] = out.a.i; z[hidden + j] = out.a.f; z[2 * hidden + j] = out.a.g; z[3 * hidden + j] = out.a.o;
+            if (unclipped != nullptr) {
+                $real* s = unclipped + row_start;
+                s[j] = out.inside[0]; s[hidden + j] = out.inside[1]; s[2 * hidden + j] = out.inside[2];
+                s[3 * hidden + j] = out.inside[3];
+            }
+            const long long now = t * count + n, next = now + count;
+            c_new[now] = out.c_new; tanh_c[now] = out.tanh_c; y[now] = out.y;
+            hidden_states[next] = out.h; cells[next] = c = out.c;
+            if (t + 1 < steps) load_step(t + 1);
+        }
+        grid.sync();  // h_{t+1} of every unit is written (and h_s read) before the next step stages it
+    }
+}
+
+// lstm_backward_persistent with cell options, the cell of variant_cell_backward: dL/dh_t arriving from step t + 1
+// is the product dz_{t+1} W_hᵀ plus the share zoneout and padding carry past W_h.
+extern "C" __global__ void lstm_variant_backward_persistent_$suffix(
+    const $real* __restrict__ dy,          // (T, B, H)
+    const $real* __restrict__ w_hidden,    // (H, 4H)
+    const $real* __restrict__ gates,       // (T, B, 4H) activated
+    const $real* __restrict__ cells,       // (T, B, H) c_{t-1} per step (the first T of the carried cells)
+    const $real* __restrict__ tanh_c,      // (T, B, H)
+    const $real* __restrict__ step_mask,   // (T, B) or nullptr
+    $real* dz,                             // (T, B, 4H); read by other blocks after the barrier
+    $real* __restrict__ dh,                // (B, H)
+    $real* __restrict__ dc,                // (B, H)
+    const $real* __restrict__ peephole,    // (3H,) or nullptr
+    const int input_forget,
+    const $real* __restrict__ keep_c,      // (T, B, H) or nullptr
+    const $real* __restrict__ keep_h,      // (T, B, H) or nullptr
+    const $real zoneout_c, const $real zoneout_h,
+    const $real* __restrict__ unclipped,   // (T, B, 4H) or nullptr
+    const int steps, const int batch, const int hidden)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // as lstm_backward_persistent's
+    $real* dz_s = w_s + 128LL * hidden;
+    cg::grid_group grid = cg::this_grid();
+    const Place p = place_of(batch, hidden);
+    const int lane = p.lane, row = p.row, rows = p.rows, tid = p.tid, threads = p.threads, j0 = p.j0, b0 = p.b0;
+    const int j = p.j, b = p.b;
+    const bool active = p.active;
+    const long long count = p.count, n = p.n, four = p.four;
+    for (long long e = tid; e < 128LL * hidden; e += threads) {
+        const int l = (int)(e / four);
+        const long long col = e - l * four;
+        w_s[col * 32 + l] = j0 + l < hidden ? w_hidden[(long long)(j0 + l) * four + col] : ($real)0;
+    }
+    const $real one = 1;
+    UnitOptions u{0, 0, 0, 0, input_forget, peephole != nullptr};
+    if (active && peephole != nullptr) { u.p_i = peephole[j]; u.p_f = peephole[hidden + j]; u.p_o = peephole[2 * hidden + j]; }
+    $real dh_next = 0, dc_in = 0, carried = 0;  // dL/dh_t (both shares), dL/dc_t arriving from step t + 1
+    $real m = one, dy_t = 0, i = 0, f = 0, g = 0, o = 0, tc = 0, c_prev = 0, kc = zoneout_c, kh = zoneout_h;
+    $real inside[4] = {one, one, one, one};
+    auto load_step = [&](const int t) {
+        const long long now = t * count + n, row_start = ((long long)t * batch + b) * four;
+        m = step_mask == nullptr ? one : step_mask[(long long)t * batch + b];
+        dy_t = dy[now]; tc = tanh_c[now]; c_prev = cells[now];
+        i = gates[row_start + j]; f = gates[row_start + hidden + j];
+        g = gates[row_start + 2 * hidden + j]; o = gates[row_start + 3 * hidden + j];
+        if (keep_c != nullptr) kc = keep_c[now];
+        if (keep_h != nullptr) kh = keep_h[now];
+        if (unclipped != nullptr) {
+            inside[0] = unclipped[row_start + j]; inside[1] = unclipped[row_start + hidden + j];
+            inside[2] = unclipped[row_start + 2 * hidden + j]; inside[3] = unclipped[row_start + 3 * hidden + j];
+        }
+    };
+    if (active) { dh_next = dh[n]; dc_in = dc[n]; if (steps > 0) load_step(steps - 1); }
+    for (int t = steps - 1; t >= 0; --t) {
+        if (active) {
+            const long long row_start = ((long long)t * batch + b) * four;
+            const VariantGrad d = variant_cell_backward(Gates{i, f, g, o}, tc, c_prev, dy_t, dh_next, dc_in, u, inside,
+                                                        kc, kh, m);
+            dz[row_start + j] = d.dz_i; dz[row_start + hidden + j] = d.dz_f;
+            dz[row_start + 2 * hidden + j] = d.dz_g; dz[row_start + 3 * hidden + j] = d.dz_o;
+            dc_in = d.dc_prev; carried = d.dh_carried;
+            if (t > 0) load_step(t - 1);
+        }
+        grid.sync();  // dz_t of every unit is written before any block stages its rows
+        const $real* dz_now = dz + (long long)t * batch * four;
+        for (long long e = tid; e < rows * four; e += threads) {
+            const int r = (int)(e / four);
+            dz_s[e] = b0 + r < batch ? __ldcg(dz_now + (long long)(b0 + r) * four + (e - r * four)) : ($real)0;
+        }
+        __syncthreads();
+        if (active) {
+            const $real* d = dz_s + row * four;
+            const $real* w = w_s + lane;
+            $real acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+            #pragma unroll 2
+            for (int col = 0; col < 4 * hidden; col += 4, w += 128) {
+                acc0 += d[col] * w[0]; acc1 += d[col + 1] * w[32]; acc2 += d[col + 2] * w[64]; acc3 += d[col + 3] * w[96];
+            }
+            dh_next = (acc0 + acc1) + (acc2 + acc3) + carried;
+        }
+        __syncthreads();  // dz_s is read by every thread before the next step's staging overwrites it
+    }
+    if (active) { dh[n] = dh_next; dc[n] = dc_in; }
+}
