@@ -186,7 +186,8 @@ LAYER_IMPLS: tuple[LayerImpl, ...] = (
                       "fit on chip; the pointwise cell options, and both directions in one launch, by name)"),
     LayerImpl(name="cupy-tiled-tf32", module="lstmx.kernels.cupy.tiled_tf32", backends=("cupy",),
               dtypes=("float32",), auto_dtypes=(), step_masks=True, size_limited=True, cells=LSTM_ONLY,
-              cell_options=POINTWISE_OPTIONS, precisions=("tf32",), tf32_recurrence=True, paired_directions=True,
+              cell_options=POINTWISE_OPTIONS, auto_cell_options=(), precisions=("tf32",), tf32_recurrence=True,
+              paired_directions=True,
               summary="CuPy: the tiled kernels with TF32 tensor-core products (float32 under precision='tf32'; "
                       "by name, with the tiled path's options and paired directions)"),
     LayerImpl(name="cupy-persistent", module="lstmx.kernels.cupy.persistent", backends=("cupy",), dtypes=FLOATS,
