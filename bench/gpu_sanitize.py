@@ -4,6 +4,7 @@ against the generic path, sized to run under NVIDIA's compute-sanitizer on a GPU
     compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/gpu_sanitize.py --impl cupy-tiled
     python3 bench/gpu_sanitize.py --impl cupy-graph --fused        # the same check without the sanitizer
     python3 bench/gpu_sanitize.py --impl cupy-stepwise --cell-options   # its variant kernels (every cell option)
+    python3 bench/gpu_sanitize.py --impl cupy-persistent --bidirectional   # both directions in one launch
     bash bench/gpu_session.sh sanitize                               # the paths never run on a GPU, under the tools
 
 A two-layer language model (batch 3, 5 steps, hidden 40: not a multiple of 32, so tiles and warps run partly
@@ -28,6 +29,7 @@ from _common import bench_parser  # noqa: E402
 
 import lstmx  # noqa: E402
 from lstmx.dispatch import registry  # noqa: E402
+from lstmx.backend import to_numpy  # noqa: E402
 from lstmx.check import HEADER, CheckResult, agreement, host_arrays, row  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
 from lstmx.nn.layers.cell import acting_options  # noqa: E402
@@ -90,6 +92,33 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
     return results
 
 
+def check_bidirectional(backend: lstmx.Backend, impl: str) -> list[CheckResult]:
+    """A two-layer bidirectional LSTM's outputs, final state and every gradient through ``impl`` (asked for by
+    name: the persistent and tiled paths then run both directions of a layer in one launch) against the generic
+    path's, in float32 and float64, on full batches and with lengths."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((STEPS, BATCH, EMBEDDING))
+    dy = rng.standard_normal((STEPS, BATCH, 2 * HIDDEN))
+
+    def run(dtype: str, lengths: list[int] | None, layer: str) -> dict:
+        model = lstmx.LSTM(EMBEDDING, HIDDEN, LAYERS, bidirectional=True, backend=backend, dtype=dtype, seed=0)
+        y, (h, c), cache = model.forward(backend.asarray(x, dtype=model.dtype), lengths=lengths, impl=layer)
+        dx, _, grads = model.backward(backend.asarray(dy, dtype=model.dtype), cache)
+        return {name: to_numpy(value) for name, value in {"y": y, "h": h, "c": c, "dx": dx, **grads}.items()}
+
+    print(HEADER)
+    results = []
+    for dtype in ("float32", "float64"):
+        if registry.layer_impl(impl).refuses(backend, np.dtype(dtype), True, (BATCH, HIDDEN)) is not None:
+            continue
+        for lengths in (None, [STEPS, 3, 1]):
+            results.append(agreement(f"{impl} bidirectional {dtype}{', lengths' if lengths else ''}", backend.name,
+                                     run(dtype, lengths, "generic"), lambda: run(dtype, lengths, impl),
+                                     TOLERANCE[dtype]))
+            print(row(results[-1]), flush=True)
+    return results
+
+
 def main() -> None:
     parser = bench_parser(__file__, __doc__)
     parser.add_argument("--impl", choices=CUPY_LAYER_PATHS, default="cupy-stepwise", help="the CuPy layer path")
@@ -97,6 +126,8 @@ def main() -> None:
     parser.add_argument("--cell-options", action="store_true",
                         help="with every cell option the path takes (peepholes, input_forget, cell_clip, layer_norm, "
                              "zoneout, recurrent_dropout), so its variant kernels run")
+    parser.add_argument("--bidirectional", action="store_true",
+                        help="a bidirectional LSTM instead (the paired kernels where the path has them)")
     parser.add_argument("--proj-size", type=flag_type("--proj-size", NON_NEGATIVE_INT, int), default=0,
                         help=f"the LSTMP cell with this projection (below {HIDDEN}), so the projected kernels run")
     args = parser.parse_args()
@@ -109,7 +140,10 @@ def main() -> None:
     import cupy
 
     cupy.cuda.set_allocator(None)  # one cudaMalloc per array: memcheck then knows where each one ends
-    results = check(backend, args.impl, args.fused, args.cell_options, args.proj_size)
+    if args.bidirectional:
+        results = check_bidirectional(backend, args.impl)
+    else:
+        results = check(backend, args.impl, args.fused, args.cell_options, args.proj_size)
     sys.exit(0 if all(result.passed for result in results) else 1)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (no package index there): install the carried wheels, then run what is asked:
-#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|bench-f64|bench-bidirectional|tune|tune-tf32|lm|lm-fused|lm-graph|sanitize
+#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|bench-f64|bench-bidirectional|tune|tune-tf32|lm|lm-fused|lm-graph|variants|sanitize
 #   (several words run in order)
 # Wheels missing from the GPU image (array-api-compat) travel in .whl/ (see README, "GPU machine").
 # A kernel that never returns (a grid barrier some block never reaches) hangs its process: every step runs under
@@ -9,13 +9,13 @@
 # at most, spread the steps over calls: `smoke tests`, then `check bench`, then `tune tune-tf32 lm lm-fused lm-graph`,
 # then, with time left, `sanitize` (NVIDIA's compute-sanitizer over bench/gpu_sanitize.py: SANITIZE_RUNS lists
 # path:tool pairs, "+fused" adding the fused loss, clipping and updates, "+options" every cell option the path
-# takes; each run under SANITIZE_TIMEOUT, 240 s).
+# takes, "+proj" the LSTMP cell, "+bidirectional" a bidirectional LSTM; each run under SANITIZE_TIMEOUT, 240 s).
 # A path that fails or hangs in `smoke` is written to $SMOKE_FAILED (kept between calls on a warm machine), and the
 # later steps leave it out (`tests` deselects its tests, `bench` its columns, `lm-graph` is skipped for cupy-graph),
 # so one broken path does not stall or poison (a CUDA error sticks to the process) the others' results.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-STEPS="smoke tests fast-tests check bench bench-f64 bench-bidirectional tune tune-tf32 lm lm-fused lm-graph sanitize"
+STEPS="smoke tests fast-tests check bench bench-f64 bench-bidirectional tune tune-tf32 lm lm-fused lm-graph variants sanitize"
 for what in "$@"; do  # a misspelt step is refused before any runs (not found out after the others spent the call)
     case " $STEPS " in *" $what "*) ;; *) echo "gpu_session.sh: error: unknown step '$what' (steps: $STEPS)"; exit 2 ;; esac
 done
@@ -86,9 +86,17 @@ for what in "$@"; do
         lm-graph)
             if left_out | grep -qx cupy-graph; then echo "lm-graph: left out (cupy-graph failed the smoke step)"; continue; fi
             step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy --impl cupy-graph --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-graph.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_graph.json" 2>/dev/null ;;
+        variants)  # each cell option's cost per step on each CUDA path that takes it (bench/variant_cost.py)
+            for impl in cupy-tiled cupy-persistent cupy-graph cupy-stepwise; do
+                if left_out | grep -qx "$impl"; then echo "variants $impl: left out (failed the smoke step)"; continue; fi
+                step "variants $impl" "${STEP_TIMEOUT:-540}" python3 bench/variant_cost.py --backend cupy --impl "$impl" \
+                    2>&1 | tee "$OUT/variants-$impl.log" | tail -14
+                cp bench/results/variant_cost.json "$OUT/variant_cost_$impl.json" 2>/dev/null
+            done ;;
         sanitize)
-            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck stepwise+options+proj:memcheck graph+options+proj:memcheck tiled+options:memcheck tiled+options:racecheck persistent+options:memcheck}; do
+            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck stepwise+options+proj:memcheck graph+options+proj:memcheck tiled+options:memcheck tiled+options:racecheck persistent+options:memcheck persistent+bidirectional:memcheck tiled+bidirectional:memcheck}; do
                 path=${run%%:*}; tool=${run#*:}; fused=""
+                case "$path" in *+bidirectional) fused="--bidirectional"; path=${path%+bidirectional} ;; esac
                 case "$path" in *+proj) fused="--proj-size 8"; path=${path%+proj} ;; esac
                 case "$path" in *+options) fused="--cell-options $fused"; path=${path%+options} ;; esac
                 case "$path" in *+fused) fused="--fused $fused"; path=${path%+fused} ;; esac

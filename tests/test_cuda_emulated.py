@@ -991,6 +991,17 @@ def test_the_gpu_sanitizer_script_passes_each_path_through_the_emulated_kernels(
     assert header.startswith("check") and len(rows) == 6 and all("  pass  " in line for line in rows), rows
 
 
+@pytest.mark.parametrize("path", ["cupy-persistent", "cupy-tiled"])
+def test_the_gpu_sanitizer_script_passes_a_bidirectional_stack_through_the_paired_kernels(on_numpy, capsys, path):
+    """bench/gpu_sanitize.py --bidirectional (the session's persistent+bidirectional and tiled+bidirectional
+    runs) on the stand-in: both directions in one launch agree with the generic path, with lengths and without."""
+    spec = importlib.util.spec_from_file_location("gpu_sanitize", BENCH / "gpu_sanitize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = script.check_bidirectional(NUMPY, on_numpy(path))
+    assert len(results) == 2 * 2 and all(result.passed for result in results), results
+
+
 @pytest.mark.parametrize("path", ["cupy-tiled", "cupy-persistent", "cupy-graph"])
 def test_the_gpu_sanitizer_script_passes_the_cell_options_through_the_emulated_kernels(on_numpy, capsys, path):
     """bench/gpu_sanitize.py --cell-options (the session's tiled+options and graph+options runs) on the stand-in:
