@@ -23,10 +23,8 @@ import cupy
 import numpy as np
 from cupy_backends.cuda.api import driver
 
-from ...backend import Backend
 from . import cuda_sources
-from .shell import (CupyLayerCache, device_attribute, one_launch_backward, one_launch_forward, one_launch_pair_backward,
-                    one_launch_pair_forward)
+from .shell import device_attribute, one_launch_layers
 
 ROWS = 4  # batch rows per block: blocks are (32 units, ROWS rows) = 128 threads (4 beat 2, 8 and 16 on an H100)
 MAX_HIDDEN = 256  # above this the stepwise path (cuBLAS per step) is faster: the dot products dominate
@@ -92,30 +90,8 @@ def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple, direc
                            shared_mem=_shared_bytes(kernel, hidden, dtype))
 
 
-def lstm_layer_forward(
-    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
-) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
-    return one_launch_forward(_launch, "lstm_forward_persistent", x, weight, bias, h0, c0, step_mask)
-
-
-def lstm_layer_backward(
-    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
-) -> tuple[Any, tuple[Any, Any], Any, Any]:
-    return one_launch_backward(_launch, "lstm_backward_persistent", dy, dh_last, dc_last, weight, cache)
-
-
-def lstm_layer_pair_forward(
-    backend: Backend, xs: tuple[Any, Any], weights: tuple[Any, Any], biases: tuple[Any, Any], h0s: tuple[Any, Any],
-    c0s: tuple[Any, Any], step_mask: Any = None
-) -> tuple[tuple[Any, Any], tuple[tuple[Any, Any], tuple[Any, Any]], tuple[CupyLayerCache, CupyLayerCache]]:
-    return one_launch_pair_forward(_launch, "lstm_forward_persistent", xs, weights, biases, h0s, c0s, step_mask)
-
-
-def lstm_layer_pair_backward(
-    backend: Backend, dys: tuple[Any, Any], dh_lasts: tuple[Any, Any], dc_lasts: tuple[Any, Any],
-    weights: tuple[Any, Any], caches: tuple[CupyLayerCache, CupyLayerCache]
-) -> tuple[tuple[Any, Any], tuple[tuple[Any, Any], tuple[Any, Any]], tuple[Any, Any], tuple[Any, Any]]:
-    return one_launch_pair_backward(_launch, "lstm_backward_persistent", dys, dh_lasts, dc_lasts, weights, caches)
+lstm_layer_forward, lstm_layer_backward, lstm_layer_pair_forward, lstm_layer_pair_backward = one_launch_layers(
+    _launch, "lstm_forward_persistent", "lstm_backward_persistent")
 
 
 # the layers with cell options (peepholes, input_forget, cell_clip, zoneout), in the module both one-launch paths

@@ -285,3 +285,35 @@ def one_launch_pair_backward(launch: Launch, kernel: str, dys: Pair, dh_lasts: P
     gradients = [parameter_gradients(caches[d], dz[d], _contiguous(weights[d])) for d in range(2)]
     return ((gradients[0][0], gradients[1][0]), ((dh[0], dc[0]), (dh[1], dc[1])),
             (gradients[0][1], gradients[1][1]), (gradients[0][2], gradients[1][2]))
+
+
+class OneLaunchLayers(NamedTuple):
+    """A one-launch path's layer functions (the kernel contract's plain and paired ones) around its launch."""
+
+    lstm_layer_forward: Callable[..., Any]
+    lstm_layer_backward: Callable[..., Any]
+    lstm_layer_pair_forward: Callable[..., Any]
+    lstm_layer_pair_backward: Callable[..., Any]
+
+
+def one_launch_layers(launch: Launch, forward_kernel: str, backward_kernel: str) -> OneLaunchLayers:
+    """The plain and paired layer functions of a path whose recurrence is one launch of ``forward_kernel`` /
+    ``backward_kernel`` through ``launch``, with the contract's signatures."""
+    def lstm_layer_forward(backend: Any, x: Any, weight: Any, bias: Any, h0: Any, c0: Any,
+                           step_mask: Any = None) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
+        return one_launch_forward(launch, forward_kernel, x, weight, bias, h0, c0, step_mask)
+
+    def lstm_layer_backward(backend: Any, dy: Any, dh_last: Any, dc_last: Any, weight: Any,
+                            cache: CupyLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any]:
+        return one_launch_backward(launch, backward_kernel, dy, dh_last, dc_last, weight, cache)
+
+    def lstm_layer_pair_forward(backend: Any, xs: Pair, weights: Pair, biases: Pair, h0s: Pair, c0s: Pair,
+                                step_mask: Any = None) -> tuple[Pair, tuple[Pair, Pair], Pair]:
+        return one_launch_pair_forward(launch, forward_kernel, xs, weights, biases, h0s, c0s, step_mask)
+
+    def lstm_layer_pair_backward(backend: Any, dys: Pair, dh_lasts: Pair, dc_lasts: Pair, weights: Pair,
+                                 caches: Pair) -> tuple[Pair, tuple[Pair, Pair], Pair, Pair]:
+        return one_launch_pair_backward(launch, backward_kernel, dys, dh_lasts, dc_lasts, weights, caches)
+
+    return OneLaunchLayers(lstm_layer_forward, lstm_layer_backward, lstm_layer_pair_forward, lstm_layer_pair_backward)
+

@@ -27,10 +27,8 @@ import cupy
 import numpy as np
 from cupy_backends.cuda.api import driver
 
-from ...backend import Backend
 from . import cuda_sources, tiling
-from .shell import (CupyLayerCache, Launch, device_attribute, one_launch_backward, one_launch_forward,
-                    one_launch_pair_backward, one_launch_pair_forward)
+from .shell import Launch, device_attribute, one_launch_layers
 
 _chosen_shape: contextvars.ContextVar[tiling.TileShape | None] = contextvars.ContextVar("lstmx_tile_shape",
                                                                                          default=None)
@@ -123,31 +121,8 @@ def launcher(variant: str | None) -> Launch:
 _launch = launcher(None)
 
 
-def lstm_layer_forward(
-    backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
-) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
-    return one_launch_forward(_launch, "lstm_forward_tiled", x, weight, bias, h0, c0, step_mask)
-
-
-def lstm_layer_backward(
-    backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache
-) -> tuple[Any, tuple[Any, Any], Any, Any]:
-    return one_launch_backward(_launch, "lstm_backward_tiled", dy, dh_last, dc_last, weight, cache)
-
-
-
-def lstm_layer_pair_forward(
-    backend: Backend, xs: tuple[Any, Any], weights: tuple[Any, Any], biases: tuple[Any, Any], h0s: tuple[Any, Any],
-    c0s: tuple[Any, Any], step_mask: Any = None
-) -> tuple[tuple[Any, Any], tuple[tuple[Any, Any], tuple[Any, Any]], tuple[CupyLayerCache, CupyLayerCache]]:
-    return one_launch_pair_forward(_launch, "lstm_forward_tiled", xs, weights, biases, h0s, c0s, step_mask)
-
-
-def lstm_layer_pair_backward(
-    backend: Backend, dys: tuple[Any, Any], dh_lasts: tuple[Any, Any], dc_lasts: tuple[Any, Any],
-    weights: tuple[Any, Any], caches: tuple[CupyLayerCache, CupyLayerCache]
-) -> tuple[tuple[Any, Any], tuple[tuple[Any, Any], tuple[Any, Any]], tuple[Any, Any], tuple[Any, Any]]:
-    return one_launch_pair_backward(_launch, "lstm_backward_tiled", dys, dh_lasts, dc_lasts, weights, caches)
+lstm_layer_forward, lstm_layer_backward, lstm_layer_pair_forward, lstm_layer_pair_backward = one_launch_layers(
+    _launch, "lstm_forward_tiled", "lstm_backward_tiled")
 
 
 # the layers with cell options (peepholes, input_forget, cell_clip, zoneout), in the module both one-launch paths
