@@ -350,9 +350,12 @@ class ScatterImpl(NamedTuple):
 
 
 SCATTER_IMPLS: tuple[ScatterImpl, ...] = (
-    ScatterImpl("numpy-add-at", "lstmx.kernels.scatter", "scatter_add_rows_numpy", ("numpy",), ONE_HOT_MAX_ROWS + 1),
-    ScatterImpl("cupy-scatter-add", "lstmx.kernels.scatter", "scatter_add_rows_cupy", ("cupy",), ONE_HOT_MAX_ROWS + 1),
-    ScatterImpl("one-hot", "lstmx.nn.layers.embedding", "scatter_add_rows_generic", None, 0),
+    ScatterImpl(name="numpy-add-at", module="lstmx.kernels.scatter", function="scatter_add_rows_numpy",
+                backends=("numpy",), min_rows=ONE_HOT_MAX_ROWS + 1),
+    ScatterImpl(name="cupy-scatter-add", module="lstmx.kernels.scatter", function="scatter_add_rows_cupy",
+                backends=("cupy",), min_rows=ONE_HOT_MAX_ROWS + 1),
+    ScatterImpl(name="one-hot", module="lstmx.nn.layers.embedding", function="scatter_add_rows_generic", backends=None,
+                min_rows=0),
 )
 
 
@@ -419,10 +422,11 @@ class UpdateImpl(NamedTuple):
 
 
 UPDATE_IMPLS: tuple[UpdateImpl, ...] = (
-    UpdateImpl("cupy-fused", "lstmx.kernels.cupy.optim", ("cupy",), CUPY_FUSED_UPDATE_AUTO,
-               "CuPy: one fused kernel launch per 8 parameter tensors and step (SGD, Adam, AdamW, RMSprop); "
-               "global-norm clipping in two launches per 8 tensors"),
-    UpdateImpl("generic", "lstmx.training.optim", None, True, "the Array API reference (every optimizer and backend)"),
+    UpdateImpl(name="cupy-fused", module="lstmx.kernels.cupy.optim", backends=("cupy",), auto=CUPY_FUSED_UPDATE_AUTO,
+               summary="CuPy: one fused kernel launch per 8 parameter tensors and step (SGD, Adam, AdamW, RMSprop); "
+                       "global-norm clipping in two launches per 8 tensors"),
+    UpdateImpl(name="generic", module="lstmx.training.optim", backends=None, auto=True,
+               summary="the Array API reference (every optimizer and backend)"),
 )
 UPDATE_REQUESTS = Requests("update", tuple(i.name for i in UPDATE_IMPLS), UPDATE_ENVIRONMENT_VARIABLE, UpdateImplError)
 
@@ -484,9 +488,10 @@ class LossImpl(NamedTuple):
 
 
 LOSS_IMPLS: tuple[LossImpl, ...] = (
-    LossImpl("cupy-fused", "lstmx.kernels.cupy.loss", ("cupy",), CUPY_FUSED_LOSS_AUTO,
-             "CuPy: one kernel per batch for the loss terms and dL/dlogits (a block per row)"),
-    LossImpl("generic", "lstmx.nn.layers.loss", None, True, "the Array API reference: log-softmax, then its gradient"),
+    LossImpl(name="cupy-fused", module="lstmx.kernels.cupy.loss", backends=("cupy",), auto=CUPY_FUSED_LOSS_AUTO,
+             summary="CuPy: one kernel per batch for the loss terms and dL/dlogits (a block per row)"),
+    LossImpl(name="generic", module="lstmx.nn.layers.loss", backends=None, auto=True,
+             summary="the Array API reference: log-softmax, then its gradient"),
 )
 LOSS_REQUESTS = Requests("loss", tuple(i.name for i in LOSS_IMPLS), LOSS_ENVIRONMENT_VARIABLE, LossImplError)
 
@@ -535,10 +540,12 @@ class GenerationImpl(NamedTuple):
 
 
 GENERATION_IMPLS: tuple[GenerationImpl, ...] = (
-    GenerationImpl("numba", "lstmx.kernels.host.numba_generate", ("numpy",), LSTM_ONLY, (), True,
-                   "NumPy + Numba: the whole token loop compiled (embedding, layers, head, softmax, draw)"),
-    GenerationImpl("generic", "lstmx.nn.sample", None, EVERY_CELL, EVERY_OPTION, True,
-                   "the reference: the model's inference forward per token, the draw on the host"),
+    GenerationImpl(name="numba", module="lstmx.kernels.host.numba_generate", backends=("numpy",), cells=LSTM_ONLY,
+                   cell_options=(), auto=True,
+                   summary="NumPy + Numba: the whole token loop compiled (embedding, layers, head, softmax, draw)"),
+    GenerationImpl(name="generic", module="lstmx.nn.sample", backends=None, cells=EVERY_CELL,
+                   cell_options=EVERY_OPTION, auto=True,
+                   summary="the reference: the model's inference forward per token, the draw on the host"),
 )
 GENERATION_REQUESTS = Requests("generation", tuple(i.name for i in GENERATION_IMPLS), GENERATION_ENVIRONMENT_VARIABLE,
                                GenerationImplError)
