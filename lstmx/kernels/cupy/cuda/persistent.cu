@@ -24,6 +24,78 @@ __device__ Place place_of(const int batch, const int hidden)
     return p;
 }
 
+// The block's 32 columns of each gate of W_h in shared memory, w_s[k][gate][lane] (the forward's layout).
+__device__ __forceinline__ void forward_weights_to_shared($real* w_s, const $real* w_hidden, const Place& p,
+                                                          const int hidden)
+{
+    for (long long e = p.tid; e < 128LL * hidden; e += p.threads) {
+        const int l = (int)(e & 31), g = (int)((e >> 5) & 3);
+        const long long k = e >> 7;
+        w_s[e] = p.j0 + l < hidden ? w_hidden[k * p.four + g * hidden + p.j0 + l] : ($real)0;
+    }
+}
+
+// The block's 32 rows of W_h in shared memory, w_s[column][lane] (the backward's layout), read along the rows
+// (coalesced).
+__device__ __forceinline__ void backward_weights_to_shared($real* w_s, const $real* w_hidden, const Place& p,
+                                                           const int hidden)
+{
+    for (long long e = p.tid; e < 128LL * hidden; e += p.threads) {
+        const int l = (int)(e / p.four);
+        const long long col = e - l * p.four;
+        w_s[col * 32 + l] = p.j0 + l < hidden ? w_hidden[(long long)(p.j0 + l) * p.four + col] : ($real)0;
+    }
+}
+
+// The block's rows of the (batch, width) matrix at `source`, which other blocks wrote this step (read through
+// L2, never a stale L1 line), into shared memory, zeros past the batch; then a block barrier. Index is the type
+// of the element count (int where rows · width fits one, as for h; long long for dz's 4H columns).
+template <typename Index>
+__device__ __forceinline__ void stage_rows($real* staged, const $real* source, const Place& p, const int batch,
+                                           const Index width)
+{
+    for (Index e = p.tid; e < p.rows * width; e += p.threads) {
+        const int r = (int)(e / width);
+        staged[e] = p.b0 + r < batch ? __ldcg(source + (long long)(p.b0 + r) * width + (e - r * width)) : ($real)0;
+    }
+    __syncthreads();
+}
+
+// The four gates' pre-activations of a unit: z (its input projection and bias) plus the dot products of its
+// row's staged h_{t-1} (h) with its columns of W_h (w = w_s + lane), two sums per gate (half the dependent chain).
+struct Dots {
+    $real i, f, g, o;
+};
+__device__ __forceinline__ Dots forward_dots(const $real* h, const $real* w, const int hidden, $real zi, $real zf,
+                                             $real zg, $real zo)
+{
+    $real zi2 = 0, zf2 = 0, zg2 = 0, zo2 = 0;
+    int k = 0;
+    #pragma unroll 4
+    for (; k + 1 < hidden; k += 2, w += 256) {
+        const $real h0 = h[k], h1 = h[k + 1];
+        zi += h0 * w[0]; zf += h0 * w[32]; zg += h0 * w[64]; zo += h0 * w[96];
+        zi2 += h1 * w[128]; zf2 += h1 * w[160]; zg2 += h1 * w[192]; zo2 += h1 * w[224];
+    }
+    if (k < hidden) {
+        const $real hk = h[k];
+        zi += hk * w[0]; zf += hk * w[32]; zg += hk * w[64]; zo += hk * w[96];
+    }
+    return Dots{zi + zi2, zf + zf2, zg + zg2, zo + zo2};
+}
+
+// A unit's dL/dh_{t-1} through W_h: its row's staged dz_t (d) times its row of W_h (w = w_s + lane), four
+// independent sums (4H is a multiple of 4).
+__device__ __forceinline__ $real backward_dot(const $real* d, const $real* w, const int hidden)
+{
+    $real acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+    #pragma unroll 2
+    for (int col = 0; col < 4 * hidden; col += 4, w += 128) {
+        acc0 += d[col] * w[0]; acc1 += d[col + 1] * w[32]; acc2 += d[col + 2] * w[64]; acc3 += d[col + 3] * w[96];
+    }
+    return (acc0 + acc1) + (acc2 + acc3);
+}
+
 // Grid (ceil(H / 32), ceil(B / rows)) of (32, rows) threads: thread (lane, row) owns unit j = blockIdx.x·32 + lane
 // of batch row b = blockIdx.y·rows + row for the whole sequence. The block's 32 columns of each gate of W_h
 // live in shared memory for the whole launch (w_s[k][gate][lane]); each step stages the block's rows of h_{t-1}
@@ -52,15 +124,11 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
     $real* h_s = w_s + 128LL * hidden;                     // (rows, H)
     cg::grid_group grid = cg::this_grid();
     const Place p = place_of(batch, hidden);
-    const int lane = p.lane, row = p.row, rows = p.rows, tid = p.tid, threads = p.threads, j0 = p.j0, b0 = p.b0;
+    const int lane = p.lane, row = p.row;
     const int j = p.j, b = p.b;
     const bool active = p.active;
     const long long count = p.count, n = p.n, four = p.four;
-    for (long long e = tid; e < 128LL * hidden; e += threads) {
-        const int l = (int)(e & 31), g = (int)((e >> 5) & 3);
-        const long long k = e >> 7;
-        w_s[e] = j0 + l < hidden ? w_hidden[k * four + g * hidden + j0 + l] : ($real)0;
-    }
+    forward_weights_to_shared(w_s, w_hidden, p, hidden);
     const $real one = 1;
     $real c = 0, bias_i = 0, bias_f = 0, bias_g = 0, bias_o = 0;
     if (active) {
@@ -75,30 +143,11 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
         if (step_mask != nullptr) m = step_mask[b];
     }
     for (int t = 0; t < steps; ++t) {
-        const $real* h_now = hidden_states + t * count;
-        for (int e = tid; e < rows * hidden; e += threads) {
-            const int r = e / hidden;
-            h_s[e] = b0 + r < batch ? __ldcg(h_now + (long long)(b0 + r) * hidden + (e - r * hidden)) : ($real)0;
-        }
-        __syncthreads();
+        stage_rows(h_s, hidden_states + t * count, p, batch, hidden);
         if (active) {
             $real* z = gates + ((long long)t * batch + b) * four;
-            $real zi = xi, zf = xf, zg = xg, zo = xo;
-            const $real* h = h_s + row * hidden;
-            const $real* w = w_s + lane;
-            $real zi2 = 0, zf2 = 0, zg2 = 0, zo2 = 0;  // two sums per gate: half the dependent chain
-            int k = 0;
-            #pragma unroll 4
-            for (; k + 1 < hidden; k += 2, w += 256) {
-                const $real h0 = h[k], h1 = h[k + 1];
-                zi += h0 * w[0]; zf += h0 * w[32]; zg += h0 * w[64]; zo += h0 * w[96];
-                zi2 += h1 * w[128]; zf2 += h1 * w[160]; zg2 += h1 * w[192]; zo2 += h1 * w[224];
-            }
-            if (k < hidden) {
-                const $real hk = h[k];
-                zi += hk * w[0]; zf += hk * w[32]; zg += hk * w[64]; zo += hk * w[96];
-            }
-            const Gates a = activate(zi + zi2, zf + zf2, zg + zg2, zo + zo2);
+            const Dots zs = forward_dots(h_s + row * hidden, w_s + lane, hidden, xi, xf, xg, xo);
+            const Gates a = activate(zs.i, zs.f, zs.g, zs.o);
             z[j] = a.i; z[hidden + j] = a.f; z[2 * hidden + j] = a.g; z[3 * hidden + j] = a.o;
             const long long now = t * count + n, next = now + count;
             const bool masked = step_mask != nullptr;
@@ -145,15 +194,11 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
     $real* dz_s = w_s + 128LL * hidden;                    // (rows, 4H)
     cg::grid_group grid = cg::this_grid();
     const Place p = place_of(batch, hidden);
-    const int lane = p.lane, row = p.row, rows = p.rows, tid = p.tid, threads = p.threads, j0 = p.j0, b0 = p.b0;
+    const int lane = p.lane, row = p.row, rows = p.rows, tid = p.tid, threads = p.threads, b0 = p.b0;
     const int j = p.j, b = p.b;
     const bool active = p.active;
     const long long count = p.count, n = p.n, four = p.four;
-    for (long long e = tid; e < 128LL * hidden; e += threads) {  // read along rows of W_h (coalesced)
-        const int l = (int)(e / four);
-        const long long col = e - l * four;
-        w_s[col * 32 + l] = j0 + l < hidden ? w_hidden[(long long)(j0 + l) * four + col] : ($real)0;
-    }
+    backward_weights_to_shared(w_s, w_hidden, p, hidden);
     const $real one = 1;
     $real dh_in = 0, dc_in = 0;  // dL/dh_t, dL/dc_t arriving from step t + 1
     // what the pointwise part of step t reads (it does not depend on other threads): loaded a step ahead
@@ -177,22 +222,14 @@ extern "C" __global__ void lstm_backward_persistent_$suffix(
             if (t > 0) load_step(t - 1);
         }
         grid.sync();  // dz_t of every unit is written before any block stages its rows
-        const $real* dz_now = dz + (long long)t * batch * four;
+        const $real* dz_now = dz + (long long)t * batch * four;  // staged inline: through stage_rows ptxas gives this
+        // kernel 63 registers instead of 48, and fewer blocks fit on a multiprocessor
         for (long long e = tid; e < rows * four; e += threads) {
             const int r = (int)(e / four);
             dz_s[e] = b0 + r < batch ? __ldcg(dz_now + (long long)(b0 + r) * four + (e - r * four)) : ($real)0;
         }
         __syncthreads();
-        if (active) {
-            const $real* d = dz_s + row * four;
-            const $real* w = w_s + lane;
-            $real acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;  // 4H is a multiple of 4: four independent sums
-            #pragma unroll 2
-            for (int col = 0; col < 4 * hidden; col += 4, w += 128) {
-                acc0 += d[col] * w[0]; acc1 += d[col + 1] * w[32]; acc2 += d[col + 2] * w[64]; acc3 += d[col + 3] * w[96];
-            }
-            dh_in = (acc0 + acc1) + (acc2 + acc3) + (one - m_t) * dh_in;
-        }
+        if (active) dh_in = backward_dot(dz_s + row * four, w_s + lane, hidden) + (one - m_t) * dh_in;
         __syncthreads();  // dz_s is read by every thread before the next step's staging overwrites it
     }
     if (active) { dh[n] = dh_in; dc[n] = dc_in; }
@@ -225,15 +262,11 @@ extern "C" __global__ void lstm_variant_forward_persistent_$suffix(
     $real* h_s = w_s + 128LL * hidden;
     cg::grid_group grid = cg::this_grid();
     const Place p = place_of(batch, hidden);
-    const int lane = p.lane, row = p.row, rows = p.rows, tid = p.tid, threads = p.threads, j0 = p.j0, b0 = p.b0;
+    const int lane = p.lane, row = p.row;
     const int j = p.j, b = p.b;
     const bool active = p.active;
     const long long count = p.count, n = p.n, four = p.four;
-    for (long long e = tid; e < 128LL * hidden; e += threads) {
-        const int l = (int)(e & 31), g = (int)((e >> 5) & 3);
-        const long long k = e >> 7;
-        w_s[e] = j0 + l < hidden ? w_hidden[k * four + g * hidden + j0 + l] : ($real)0;
-    }
+    forward_weights_to_shared(w_s, w_hidden, p, hidden);
     const $real one = 1;
     UnitOptions u{0, 0, 0, clip, input_forget, peephole != nullptr};
     $real c = 0, bias_i = 0, bias_f = 0, bias_g = 0, bias_o = 0;
@@ -253,30 +286,11 @@ extern "C" __global__ void lstm_variant_forward_persistent_$suffix(
     };
     if (active && steps > 0) load_step(0);
     for (int t = 0; t < steps; ++t) {
-        const $real* h_now = hidden_states + t * count;
-        for (int e = tid; e < rows * hidden; e += threads) {
-            const int r = e / hidden;
-            h_s[e] = b0 + r < batch ? __ldcg(h_now + (long long)(b0 + r) * hidden + (e - r * hidden)) : ($real)0;
-        }
-        __syncthreads();
+        stage_rows(h_s, hidden_states + t * count, p, batch, hidden);
         if (active) {
             const long long row_start = ((long long)t * batch + b) * four;
-            $real zi = xi, zf = xf, zg = xg, zo = xo;
-            const $real* h = h_s + row * hidden;
-            const $real* w = w_s + lane;
-            $real zi2 = 0, zf2 = 0, zg2 = 0, zo2 = 0;
-            int k = 0;
-            #pragma unroll 4
-            for (; k + 1 < hidden; k += 2, w += 256) {
-                const $real h0 = h[k], h1 = h[k + 1];
-                zi += h0 * w[0]; zf += h0 * w[32]; zg += h0 * w[64]; zo += h0 * w[96];
-                zi2 += h1 * w[128]; zf2 += h1 * w[160]; zg2 += h1 * w[192]; zo2 += h1 * w[224];
-            }
-            if (k < hidden) {
-                const $real hk = h[k];
-                zi += hk * w[0]; zf += hk * w[32]; zg += hk * w[64]; zo += hk * w[96];
-            }
-            const VariantOut out = variant_cell_forward(zi + zi2, zf + zf2, zg + zg2, zo + zo2, c, h[j], u, kc, kh, m);
+            const Dots zs = forward_dots(h_s + row * hidden, w_s + lane, hidden, xi, xf, xg, xo);
+            const VariantOut out = variant_cell_forward(zs.i, zs.f, zs.g, zs.o, c, h_s[row * hidden + j], u, kc, kh, m);
             $real* z = gates + row_start;
             z[j] = out.a.i; z[hidden + j] = out.a.f; z[2 * hidden + j] = out.a.g; z[3 * hidden + j] = out.a.o;
             if (unclipped != nullptr) {
@@ -318,15 +332,11 @@ extern "C" __global__ void lstm_variant_backward_persistent_$suffix(
     $real* dz_s = w_s + 128LL * hidden;
     cg::grid_group grid = cg::this_grid();
     const Place p = place_of(batch, hidden);
-    const int lane = p.lane, row = p.row, rows = p.rows, tid = p.tid, threads = p.threads, j0 = p.j0, b0 = p.b0;
+    const int lane = p.lane, row = p.row;
     const int j = p.j, b = p.b;
     const bool active = p.active;
     const long long count = p.count, n = p.n, four = p.four;
-    for (long long e = tid; e < 128LL * hidden; e += threads) {
-        const int l = (int)(e / four);
-        const long long col = e - l * four;
-        w_s[col * 32 + l] = j0 + l < hidden ? w_hidden[(long long)(j0 + l) * four + col] : ($real)0;
-    }
+    backward_weights_to_shared(w_s, w_hidden, p, hidden);
     const $real one = 1;
     UnitOptions u{0, 0, 0, 0, input_forget, peephole != nullptr};
     if (active && peephole != nullptr) { u.p_i = peephole[j]; u.p_f = peephole[hidden + j]; u.p_o = peephole[2 * hidden + j]; }
@@ -358,22 +368,8 @@ extern "C" __global__ void lstm_variant_backward_persistent_$suffix(
             if (t > 0) load_step(t - 1);
         }
         grid.sync();  // dz_t of every unit is written before any block stages its rows
-        const $real* dz_now = dz + (long long)t * batch * four;
-        for (long long e = tid; e < rows * four; e += threads) {
-            const int r = (int)(e / four);
-            dz_s[e] = b0 + r < batch ? __ldcg(dz_now + (long long)(b0 + r) * four + (e - r * four)) : ($real)0;
-        }
-        __syncthreads();
-        if (active) {
-            const $real* d = dz_s + row * four;
-            const $real* w = w_s + lane;
-            $real acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
-            #pragma unroll 2
-            for (int col = 0; col < 4 * hidden; col += 4, w += 128) {
-                acc0 += d[col] * w[0]; acc1 += d[col + 1] * w[32]; acc2 += d[col + 2] * w[64]; acc3 += d[col + 3] * w[96];
-            }
-            dh_next = (acc0 + acc1) + (acc2 + acc3) + carried;
-        }
+        stage_rows(dz_s, dz + (long long)t * batch * four, p, batch, four);
+        if (active) dh_next = backward_dot(dz_s + row * four, w_s + lane, hidden) + carried;
         __syncthreads();  // dz_s is read by every thread before the next step's staging overwrites it
     }
     if (active) { dh[n] = dh_next; dc[n] = dc_in; }
