@@ -80,11 +80,7 @@ def lstm_variant_layer_backward(
     if held is None:  # an empty batch: no loop
         return variants.lstm_variant_layer_backward(backend, dy, dh_last, dc_last, weight, extra, options, cache)
     forward, backward = held.buffers
-    forward.weight[...] = weight  # the backward's parameters, which its loop reads
-    for target, value in ((forward.projection, extra.projection), (forward.peephole, extra.peephole),
-                          (forward.norm_h, extra.norm_h), (forward.norm_c, extra.norm_c)):
-        if target is not None:
-            target[...] = value
+    variants.fill_parameters(forward, weight, extra)  # the backward's parameters, which its loop reads
     variants.fill_backward(backward, dy, dh_last, dc_last)
     held.backward.launch()
     return variants.backward_outputs(forward, backward, cache, weight, extra, options, dims)

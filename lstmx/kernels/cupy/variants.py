@@ -183,6 +183,14 @@ def allocate_backward(dims: Dims, layout: Layout) -> BackwardArrays:
         empty(projected, (batch, hidden)))
 
 
+def fill_parameters(a: ForwardArrays, weight: Any, extra: ExtraParams) -> None:
+    """Write a call's weight and the extra parameters its options use into ``a`` (what both loops read)."""
+    a.weight[...] = weight
+    for target, value in ((a.projection, extra.projection), (a.peephole, extra.peephole), (a.norm_h, extra.norm_h),
+                          (a.norm_c, extra.norm_c)):
+        _into(target, value)
+
+
 def fill_forward(a: ForwardArrays, x: Any, weight: Any, bias: Any, extra: ExtraParams, h0: Any, c0: Any,
                  step_mask: Any, noise: LayerNoise | None, dims: Dims) -> NormCache | None:
     """Write the call's parameters, masks and initial state into ``a`` and the input projection of every step
@@ -191,10 +199,8 @@ def fill_forward(a: ForwardArrays, x: Any, weight: Any, bias: Any, extra: ExtraP
     steps, batch, features, hidden = dims
     dtype = np.dtype(x.dtype)
     noise = noise or LayerNoise()
-    a.weight[...] = weight
-    for target, value in ((a.projection, extra.projection), (a.peephole, extra.peephole), (a.norm_h, extra.norm_h),
-                          (a.norm_c, extra.norm_c), (a.recurrent_mask, noise.recurrent),
-                          (a.keep_c, noise.zoneout_c), (a.keep_h, noise.zoneout_h)):
+    fill_parameters(a, weight, extra)
+    for target, value in ((a.recurrent_mask, noise.recurrent), (a.keep_c, noise.zoneout_c), (a.keep_h, noise.zoneout_h)):
         _into(target, value)
     if step_mask is not None:
         a.step_mask[...] = cupy.reshape(step_mask, (steps, batch))
