@@ -977,14 +977,20 @@ def fused_on_numpy(monkeypatch):
                                                     else impl for impl in getattr(registry, table)))
 
 
+def sanitize_script():
+    """bench/gpu_sanitize.py as a module (what the GPU session runs under compute-sanitizer)."""
+    spec = importlib.util.spec_from_file_location("gpu_sanitize", BENCH / "gpu_sanitize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 @pytest.mark.parametrize("path", [f"cupy-{path}" for path in LAYER_PATHS])
 def test_the_gpu_sanitizer_script_passes_each_path_through_the_emulated_kernels(on_numpy, fused_on_numpy, capsys,
                                                                                path):
     """bench/gpu_sanitize.py (what the GPU session runs under compute-sanitizer) compares each path, and the fused
     loss, clipping and updates, with the generic ones; here on the stand-in, every line passes."""
-    spec = importlib.util.spec_from_file_location("gpu_sanitize", BENCH / "gpu_sanitize.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = sanitize_script()
     results = script.check(NUMPY, on_numpy(path), fused=True)
     assert len(results) == 2 * 3 and all(result.passed for result in results), results  # 2 dtypes × 3 comparisons
     header, *rows = capsys.readouterr().out.splitlines()
@@ -995,9 +1001,7 @@ def test_the_gpu_sanitizer_script_passes_each_path_through_the_emulated_kernels(
 def test_the_gpu_sanitizer_script_passes_a_bidirectional_stack_through_the_paired_kernels(on_numpy, capsys, path):
     """bench/gpu_sanitize.py --bidirectional (the session's persistent+bidirectional and tiled+bidirectional
     runs) on the stand-in: both directions in one launch agree with the generic path, with lengths and without."""
-    spec = importlib.util.spec_from_file_location("gpu_sanitize", BENCH / "gpu_sanitize.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = sanitize_script()
     results = script.check_bidirectional(NUMPY, on_numpy(path))
     assert len(results) == 2 * 2 and all(result.passed for result in results), results
 
@@ -1006,9 +1010,7 @@ def test_the_gpu_sanitizer_script_passes_a_bidirectional_stack_through_the_paire
 def test_the_gpu_sanitizer_script_passes_the_cell_options_through_the_emulated_kernels(on_numpy, capsys, path):
     """bench/gpu_sanitize.py --cell-options (the session's tiled+options and graph+options runs) on the stand-in:
     a two-layer language model with every option the path takes agrees with the generic path."""
-    spec = importlib.util.spec_from_file_location("gpu_sanitize", BENCH / "gpu_sanitize.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = sanitize_script()
     results = script.check(NUMPY, on_numpy(path), fused=False, cell_options=True)
     assert len(results) == 2 * 2 and all(result.passed for result in results), results
     assert all("+ options" in result.check for result in results)
@@ -1021,9 +1023,7 @@ def test_the_gpu_sanitizer_script_passes_the_projected_cell_through_the_emulated
     """bench/gpu_sanitize.py --proj-size 8 [--cell-options] (the session's stepwise+options+proj and
     graph+options+proj runs) on the stand-in: the projected kernels agree with the generic path, with lengths
     and without."""
-    spec = importlib.util.spec_from_file_location("gpu_sanitize", BENCH / "gpu_sanitize.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = sanitize_script()
     results = script.check(NUMPY, on_numpy(path), fused=False, cell_options=cell_options, proj_size=8)
     assert len(results) == 2 * 2 and all(result.passed for result in results), results
     assert all("+ proj 8" in result.check for result in results)
