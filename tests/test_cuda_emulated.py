@@ -765,7 +765,9 @@ def on_numpy(wrappers, monkeypatch):
     """``on_numpy(name)``: the registry's CuPy layer path ``name``, its module bound to the stand-in, made to run
     on the NumPy backend, so that whole models run through it (and through the emulated kernels) here."""
     def allow(name: str) -> str:
-        monkeypatch.setitem(registry._BY_NAME, name, registry._BY_NAME[name]._replace(backends=("numpy",)))
+        monkeypatch.setattr(registry, "IMPLS", tuple(impl._replace(backends=("numpy",))
+                                                     if impl.kind == "layer" and impl.name == name else impl
+                                                     for impl in registry.IMPLS))
         return name
 
     return allow
@@ -881,8 +883,9 @@ def test_both_directions_of_a_layer_run_in_one_launch_on_the_one_launch_paths(on
         assert grids == [(f"lstm_forward_{kind}", (2,))] * 2 + [(f"lstm_backward_{kind}", (2,))] * 2
     impl = registry.layer_impl(path)
     assert impl.paired_directions and not impl.auto_paired
-    assert not impl.pairs_directions(NUMPY, np.float64, (3, 8), "lstm", (), by_name=False)
-    assert not impl.pairs_directions(NUMPY, np.float64, (3, 8), "lstmp", (), by_name=True)
+    call = registry.Call(NUMPY, np.float64, sizes=(3, 8))
+    assert not impl.pairs_directions(call, by_name=False)
+    assert not impl.pairs_directions(call._replace(cell="lstmp"), by_name=True)
 
 
 def test_directions_run_one_launch_each_where_both_grids_do_not_fit_at_once(on_numpy):
@@ -939,7 +942,6 @@ def test_the_tf32_tiled_path_is_the_registrys_choice_under_tf32_only(on_numpy, m
     its float32 kernels at either precision (TF32 permits, it does not demand)."""
     name = on_numpy("cupy-tiled-tf32")
     on_numpy("cupy-tiled")
-    monkeypatch.setattr(registry, "LAYER_IMPLS", tuple(registry._BY_NAME[i.name] for i in registry.LAYER_IMPLS))
     assert registry.choose_layer_impl(NUMPY, np.float32, True, name, (3, 33), precision="tf32").name == name
     with pytest.raises(registry.LayerImplError, match="layer implementation 'cupy-tiled-tf32' cannot run this call: "
                                                       "it runs under precision='tf32', not 'float32'; "
@@ -972,9 +974,8 @@ def test_sampling_through_a_cupy_path_writes_the_generic_paths_text(on_numpy, pa
 @pytest.fixture
 def fused_on_numpy(monkeypatch):
     """The registry's fused CuPy loss and updates (modules bound to the stand-in) made to run on NumPy."""
-    for table in ("UPDATE_IMPLS", "LOSS_IMPLS"):
-        monkeypatch.setattr(registry, table, tuple(impl._replace(backends=("numpy",)) if impl.name == "cupy-fused"
-                                                    else impl for impl in getattr(registry, table)))
+    monkeypatch.setattr(registry, "IMPLS", tuple(impl._replace(backends=("numpy",)) if impl.name == "cupy-fused"
+                                                 else impl for impl in registry.IMPLS))
 
 
 def sanitize_script():
@@ -1336,6 +1337,6 @@ def test_variant_kernels_match_generic_float32(wrappers):
                                   if impl.backends == ("cupy",)])
 def test_each_cuda_path_module_keeps_the_kernel_contract_of_what_it_declares(wrappers, impl):
     """What the registry says a CuPy path takes (cells, cell options), its module has, with the contract's
-    parameters: checked here on the stand-in, as LayerImpl.load checks it on a GPU."""
+    parameters: checked here on the stand-in, as Impl.load checks it on a GPU."""
     module = wrappers[impl.module.rsplit(".", 1)[1]]
     assert contract_breaches(module, protocols_for(impl.cells, impl.cell_options, impl.paired_directions)) == []

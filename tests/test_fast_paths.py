@@ -39,7 +39,7 @@ TF32_TOLERANCE = 2e-2  # what TF32's 10-bit mantissa products leave of a float32
 def runnable(impl, backend, dtype=np.float64, masked=False):
     """The implementation's module, or a skip saying why it cannot run on ``backend`` here (under the first
     model precision it runs under: "tf32" for the TF32 tiled kernels)."""
-    reason = impl.refuses(backend, dtype, masked, precision=impl.precisions[0])
+    reason = impl.refuses(registry.Call(backend, dtype, masked, precision=impl.precisions[0]))
     if reason is not None:
         pytest.skip(f"{impl.name}: {reason}")
     return impl.load()
@@ -175,7 +175,7 @@ def test_fast_layer_refuses_other_shapes_and_dtypes_without_crashing(backend, im
 def test_registry_chooses_by_backend_dtype_and_mask(monkeypatch):
     monkeypatch.delenv(registry.ENVIRONMENT_VARIABLE, raising=False)
     strict = lstmx.get_backend("array_api_strict")
-    numba_here = registry.layer_impl("numba").refuses(NUMPY, np.float32, False) is None
+    numba_here = registry.layer_impl("numba").refuses(registry.Call(NUMPY, np.float32, False)) is None
     assert registry.choose_layer_impl(NUMPY, np.float32, False).name == ("numba" if numba_here else "numpy")
     assert registry.choose_layer_impl(NUMPY, np.float64, False).name == "numpy"
     assert registry.choose_layer_impl(NUMPY, np.float32, True).name == "generic"
@@ -235,7 +235,7 @@ def test_native_scatter_add_matches_generic(backend, name):
     impl = next(i for i in registry.SCATTER_IMPLS if i.name == name)
     if backend.name not in impl.backends:
         pytest.skip(f"{name} runs on {impl.backends}")
-    native = getattr(__import__(impl.module, fromlist=[impl.function]), impl.function)
+    native = impl.function(registry.Call(backend, rows=7))
     rng = np.random.default_rng(0)
     rows, values = backend.asarray(rng.integers(0, 7, 50)), backend.asarray(rng.standard_normal((50, 3)))
     np.testing.assert_allclose(to_numpy(native(backend, rows, values, 7)),
@@ -318,11 +318,11 @@ def test_size_limited_paths_at_their_limit_and_one_past_it(backend):
         module = runnable(impl, backend, np.float32)
         limit = impl.largest_hidden(backend, np.float32, 2)
         assert 0 < limit < 4096, (impl.name, limit)
-        assert impl.refuses(backend, np.float32, False, (2, limit)) is None
+        assert impl.refuses(registry.Call(backend, np.float32, False, (2, limit))) is None
         arrays, grads = random_layer(backend, 3, 2, 3, limit, np.float32)
         arrays[1] = arrays[1] * float(2.0 / np.sqrt(limit))  # pre-activations O(1), as initialised weights give
         assert_matches_generic(module, backend, arrays, grads, 2e-5)
-        past = impl.refuses(backend, np.float32, False, (2, limit + 1))
+        past = impl.refuses(registry.Call(backend, np.float32, False, (2, limit + 1)))
         assert past is not None
         with pytest.raises(registry.LayerImplError, match=f"{impl.name}' cannot run this call"):
             registry.choose_layer_impl(backend, np.float32, False, impl.name, (2, limit + 1))
@@ -338,12 +338,13 @@ def test_auto_picks_a_path_only_within_its_dtypes_and_hidden_limit():
     assert tiled.auto_max_hidden == limit
     for dtype in (np.float32, np.float64):
         largest = limit[np.dtype(dtype).name]
-        assert tiled.auto_takes(dtype, (32, largest)) and not tiled.auto_takes(dtype, (32, largest + 1))
-        assert tiled.auto_takes(dtype, None)  # no sizes given: the limit cannot apply
-    assert not registry.layer_impl("cupy-persistent").auto_takes(np.float64, (32, 8))
+        call = registry.Call(NUMPY, dtype, sizes=(32, largest))
+        assert tiled.auto_takes(call) and not tiled.auto_takes(call._replace(sizes=(32, largest + 1)))
+        assert tiled.auto_takes(call._replace(sizes=None))  # no sizes given: the limit cannot apply
+    assert not registry.layer_impl("cupy-persistent").auto_takes(registry.Call(NUMPY, np.float64, sizes=(32, 8)))
     generic = registry.layer_impl("generic")
-    assert generic.auto_max_hidden is None and generic.auto_takes(np.float64, (32, 10**6))
-    assert not registry.layer_impl("numba").auto_takes(np.float64, (32, 8))
+    assert generic.auto_max_hidden is None and generic.auto_takes(registry.Call(NUMPY, np.float64, sizes=(32, 10**6)))
+    assert not registry.layer_impl("numba").auto_takes(registry.Call(NUMPY, np.float64, sizes=(32, 8)))
 
 
 def test_auto_on_cupy_runs_the_paths_measured_fastest(backend, monkeypatch):
@@ -374,8 +375,8 @@ def test_persistent_path_refuses_a_grid_that_cannot_be_resident_at_once(backend)
     hidden = 128
     resident = module._resident_blocks("float32", hidden, backend.device.id, module.cuda_sources.PERSISTENT_KERNELS)
     fits = module.ROWS * (resident // ((hidden + 31) // 32))
-    assert impl.refuses(backend, np.float32, False, (fits, hidden)) is None
-    assert "co-resident" in impl.refuses(backend, np.float32, False, (fits + module.ROWS, hidden))
+    assert impl.refuses(registry.Call(backend, np.float32, False, (fits, hidden))) is None
+    assert "co-resident" in impl.refuses(registry.Call(backend, np.float32, False, (fits + module.ROWS, hidden)))
     arrays, grads = random_layer(backend, 2, fits, 3, hidden, np.float32)
     arrays[1] = arrays[1] * float(2.0 / np.sqrt(hidden))  # pre-activations O(1), as initialised weights give
     assert_matches_generic(module, backend, arrays, grads, 2e-5)
@@ -505,10 +506,10 @@ def test_an_implementation_refuses_a_cell_it_does_not_run(backend, impl):
     model = lstmx.LSTM(3, 4, proj_size=2, backend=backend, dtype="float64")
     x = backend.asarray(np.ones((2, 1, 3)), dtype=model.dtype)
     if "lstmp" in impl.cells:
-        if impl.refuses(backend, model.dtype, False, (1, 4), "lstmp") is None:
+        if impl.refuses(registry.Call(backend, model.dtype, False, (1, 4), "lstmp")) is None:
             assert model.forward(x, impl=impl.name)[2].impl == impl.name
         return
-    reason = impl.refuses(backend, model.dtype, False, (1, 4), "lstmp")
+    reason = impl.refuses(registry.Call(backend, model.dtype, False, (1, 4), "lstmp"))
     if impl.backends is None or backend.name in impl.backends:
         assert reason == "runs the lstm cell, not lstmp (proj_size)"
     with pytest.raises(registry.LayerImplError, match=re.escape(f"'{impl.name}' cannot run this call: it {reason}")):
@@ -519,7 +520,7 @@ def test_an_implementation_refuses_a_cell_it_does_not_run(backend, impl):
 @pytest.mark.parametrize("impl", EVERY_IMPL)
 def test_each_implementation_keeps_the_kernel_contract_of_what_it_declares(impl):
     """Its module has each function the contract asks of the cells and cell options its record declares, with
-    the contract's parameters (LayerImpl.load refuses one that does not)."""
+    the contract's parameters (Impl.load refuses one that does not)."""
     try:
         module = importlib.import_module(impl.module)
     except ImportError as error:

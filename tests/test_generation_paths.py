@@ -24,8 +24,8 @@ SAMPLING = {"temperature 1": dict(), "temperature 0.6, top-k 4": dict(temperatur
 
 def _runnable(name, model):
     impl = next(i for i in registry.GENERATION_IMPLS if i.name == name)
-    function, reason = impl.function(model)
-    if function is None:
+    reason = impl.refuses(registry.generation_call(model))
+    if reason is not None:
         pytest.skip(f"{name}: {reason}")
 
 

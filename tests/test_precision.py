@@ -107,7 +107,7 @@ def test_tf32_tiled_kernels_at_their_size_limit_and_one_past_it(backend):
     impl = registry.layer_impl("cupy-tiled-tf32")
     limit = impl.largest_hidden(backend, np.float32, 2, precision="tf32")
     assert 0 < limit < 4096
-    assert impl.refuses(backend, np.float32, False, (2, limit + 1), precision="tf32") is not None
+    assert impl.refuses(registry.Call(backend, np.float32, False, (2, limit + 1), precision="tf32")) is not None
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal((3, 2, 3)), dtype=backend.xp.float32)
     results = {}

@@ -128,7 +128,7 @@ def test_the_same_seed_trains_to_bitwise_the_same_weights_with_every_random_regu
     from lstmx.training.data import CharVocab, split_ids
     from lstmx.training.loop import TrainConfig, Trainer
 
-    if registry.layer_impl(impl).refuses(lstmx.get_backend("numpy"), np.float32, False) is not None:
+    if registry.layer_impl(impl).refuses(registry.Call(lstmx.get_backend("numpy"), np.float32, False)) is not None:
         pytest.skip(f"{impl} does not run here")
     text = "the quick brown fox jumps over the lazy dog. " * 30
     vocab = CharVocab.from_text(text)

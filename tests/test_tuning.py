@@ -39,7 +39,7 @@ def test_lstmx_tune_times_every_path_auto_may_pick_and_records_the_fastest(cache
     assert main(["tune", "--batch-size", "2", "--hidden-size", "4", "--seq-len", "3", "--repeats", "1"]) == 0
     [entry] = json.loads(cache.read_text())["entries"]
     expected = [i.name for i in registry.available_layer_impls(NUMPY, np.float32, False, (2, 4))
-                if i.auto_takes(np.float32, None)]
+                if i.auto_takes(registry.Call(NUMPY, np.float32))]
     assert sorted(entry["ms"]) == sorted(expected) and entry["impl"] == min(entry["ms"], key=entry["ms"].get)
     assert entry["key"] == key(2, 4).as_json() and entry["lstmx"] == lstmx.__version__
     err = capsys.readouterr().err

@@ -70,7 +70,7 @@ def _assert_close(fast, reference, tolerance):
 
 
 def _runnable(impl, backend, dtype, option, proj):
-    reason = impl.refuses(backend, dtype, False, None, "lstmp" if proj else "lstm", _options_names(impl, option))
+    reason = impl.refuses(registry.Call(backend, dtype, False, None, "lstmp" if proj else "lstm", _options_names(impl, option)))
     if reason is not None:
         pytest.skip(f"{impl.name}: {reason}")
 
@@ -167,10 +167,11 @@ def test_auto_gives_a_path_only_the_options_it_is_trusted_with():
     picks them for no cell option; the Numba path's are "auto"'s for float32."""
     stepwise, numba = registry.layer_impl("cupy-stepwise"), registry.layer_impl("numba")
     assert "layer_norm" in stepwise.cell_options
-    assert stepwise.auto_takes("float32", (8, 64)) and not stepwise.auto_takes("float32", (8, 64), ("layer_norm",))
-    assert numba.auto_takes("float32", (8, 64), numba.cell_options)
-    assert "lstmp" in stepwise.cells and not stepwise.auto_takes("float32", (8, 64), (), "lstmp")  # likewise
-    assert numba.auto_takes("float32", (8, 64), (), "lstmp")
+    call = registry.Call(lstmx.get_backend("numpy"), "float32", sizes=(8, 64))
+    assert stepwise.auto_takes(call) and not stepwise.auto_takes(call._replace(options=("layer_norm",)))
+    assert numba.auto_takes(call._replace(options=numba.cell_options))
+    assert "lstmp" in stepwise.cells and not stepwise.auto_takes(call._replace(cell="lstmp"))  # likewise
+    assert numba.auto_takes(call._replace(cell="lstmp"))
 
 
 @pytest.mark.parametrize("impl", [pytest.param(i, id=i.name) for i in registry.LAYER_IMPLS

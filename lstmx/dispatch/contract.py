@@ -4,7 +4,7 @@ A module is the implementation (PEP 544: a module satisfies a protocol through i
 it must satisfy follows from what its registry record declares it takes: :class:`PlainLayerKernel` for the
 ``lstm`` cell, :class:`ProjectedLayerKernel` for ``lstmp``, and :class:`VariantLayerKernel` for any cell option
 (its ``extra`` carries a projection too when it takes ``lstmp``). :func:`contract_breaches` names what a module
-lacks; :meth:`lstmx.dispatch.registry.LayerImpl.load` refuses such a module, so a path that declares more than it
+lacks; :meth:`lstmx.dispatch.registry.Impl.load` refuses such a module, so a path that declares more than it
 has never reaches a model. The shapes, dtypes and caches behind these signatures are those of the generic path
 (:mod:`lstmx.nn.layers.lstm_layer`), whose checks every implementation calls first.
 """

@@ -100,14 +100,14 @@ class Stack(NamedTuple):
         steps, batch = x.shape[0], x.shape[1]
         initial = model._initial_state(state, self.state_shapes(batch))
         cell = self.cell_in_effect(model.training)
-        chosen = self._chosen(model, cell, x, lengths, impl)
+        call = self._layer_call(model, cell, x, lengths)
+        chosen = registry.choose("layer", call, impl)
         step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
         layers = self.layer_params(model.params)
         weight_masks = self._weight_masks(model)
         noise = self._noise(model, cell, steps, batch)
         paired = (self.bidirectional and model.checkpoint_every is None and noise is None
-                  and chosen.pairs_directions(model.backend, x.dtype, (batch, cell.hidden_size), cell.kind,
-                                              cell.options.names(), registry.requested_impl(impl)[0] == chosen.name))
+                  and chosen.pairs_directions(call, registry.requested_impl(impl)[0] == chosen.name))
         y, final, cache = stack_forward(model.backend, cell, chosen.name, chosen.load(),
                                         self._dropped(model.backend.xp, layers, weight_masks), x, initial, step_mask,
                                         dropout_masks,
@@ -122,11 +122,10 @@ class Stack(NamedTuple):
         """The cell a forward in this mode runs: its options as they act then (:meth:`CellOptions.in_effect`)."""
         return self.cell._replace(options=self.cell.options.in_effect(training))
 
-    def _chosen(self, model: Module, cell: Cell, x: Any, lengths: np.ndarray | None, impl: str | None) -> Any:
-        """The layer implementation for this call (the registry's choice, or ``impl``, checked)."""
-        return registry.choose_layer_impl(model.backend, x.dtype, lengths is not None, impl,
-                                          (x.shape[1], cell.hidden_size), cell.kind, cell.options.names(),
-                                          model.precision)
+    def _layer_call(self, model: Module, cell: Cell, x: Any, lengths: np.ndarray | None) -> registry.Call:
+        """What this forward asks of a layer implementation (:func:`lstmx.dispatch.registry.choose`)."""
+        return registry.Call(model.backend, x.dtype, lengths is not None, (x.shape[1], cell.hidden_size), cell.kind,
+                             cell.options.names(), model.precision)
 
     def _noise(self, model: Module, cell: Cell, steps: int, batch: int) -> tuple[tuple[LayerNoise, ...], ...] | None:
         """Zoneout's and recurrent dropout's masks for a training forward, per layer and direction, drawn on the
@@ -172,7 +171,7 @@ class Stack(NamedTuple):
         steps, batch = x.shape[0], x.shape[1]
         initial = model._initial_state(state, self.state_shapes(batch))
         cell = self.cell_in_effect(False)
-        chosen = self._chosen(model, cell, x, lengths, impl)
+        chosen = registry.choose("layer", self._layer_call(model, cell, x, lengths), impl)
         step_mask = mask_of_lengths(model.backend, lengths, steps, model.dtype)
         return stack_infer(model.backend, cell, chosen.load(), self.layer_params(model.params), x, initial,
                            step_mask, self.reversal(model.backend, steps, batch, lengths))
