@@ -92,6 +92,26 @@ def test_fast_layer_matches_generic_with_step_masks(backend, impl, dtype, tolera
     assert_matches_generic(module, backend, arrays, grads, tolerance, step_mask)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_numba_paths_compiled_time_loop_writes_the_bits_of_its_python_loop(dtype, monkeypatch):
+    """The Numba path runs each direction's whole time loop compiled, calling NumPy's own BLAS GEMM; where that
+    entry is not found it loops in Python around ``np.matmul``. Same library, same kernels: the same bits, also
+    for a weight and a dh_last that are not row-major."""
+    pytest.importorskip("numba")
+    from lstmx.kernels.host import blas, numba_layer
+
+    if blas.gemm(np.dtype(dtype).name) is None:
+        pytest.skip("NumPy's BLAS has no C GEMM entry known here: the loops run in Python")
+    arrays, grads = random_layer(NUMPY, 7, 3, 4, 5, dtype, seed=2)
+    arrays[1], grads[1] = np.asfortranarray(arrays[1]), np.asfortranarray(grads[1])
+    compiled = forward_and_backward(numba_layer, NUMPY, arrays, grads)
+    monkeypatch.setattr(numba_layer, "_compiled_gemm", lambda *args: None)
+    looped = forward_and_backward(numba_layer, NUMPY, arrays, grads)
+    for name, value in compiled.items():
+        np.testing.assert_array_equal(value, looped[name], err_msg=name)
+    assert_matches_generic(numba_layer, NUMPY, arrays, grads, 1e-12 if dtype == np.float64 else 2e-5)
+
+
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 def test_fast_layer_gradients_match_finite_differences(backend, impl):
     module = runnable(impl, backend)

@@ -3,8 +3,10 @@
 Same signatures as the generic ``lstm_layer_forward`` / ``lstm_layer_backward`` and tested against them. The
 buffers and GEMMs are those of :mod:`lstmx.kernels.host.numpy_layer` (the same cache, so either backward can consume
 it); what changes is the pointwise math between the GEMMs. NumPy spends ~10 ufunc calls per step in the
-forward and ~16 in the backward, each a pass over memory; here each direction is one loop that reads every
-value once. Numba is optional (``pip install 'lstmx[fast]'``); :mod:`lstmx.dispatch.registry` picks this module by
+forward and ~16 in the backward, each a pass over memory; here each step's pointwise work is one loop that reads
+every value once, and each direction's whole time loop is compiled too, calling NumPy's own BLAS GEMM
+(:mod:`lstmx.kernels.host.blas`), so no step returns to Python (where that entry is not found, the same loop
+runs in Python around ``np.matmul``: the same library and kernels, the same bits). Numba is optional (``pip install 'lstmx[fast]'``); :mod:`lstmx.dispatch.registry` picks this module by
 default for float32 NumPy input when it imports (float64 runs too when asked for, at scalar speed).
 
 float32 tanh is Eigen's rational approximation (clamped to ±7.905, max abs error 2.4e-7 against ``np.tanh``),
@@ -23,7 +25,8 @@ from numba.extending import overload
 
 from ...backend import Backend
 from ...nn.layers.lstm_layer import check_backward_inputs, forward_dims
-from . import numpy_layer
+from . import blas, numpy_layer
+from .blas import NO_TRANSPOSE, ROW_MAJOR
 from .buffers import HOST_BUFFERS
 from .numpy_layer import HostLayerCache
 
@@ -116,6 +119,39 @@ def _backward_step(dy, dh_next, dc, gates, c_prev, tanh_c, dz):
             dcb[j] = dc_total * f[j]
 
 
+@njit(nogil=True, **_JIT)
+def _forward_loop(gemm, gates, w_hidden, bias, cells, tanh_c, inputs_and_h_prev, features, recurrent):
+    """The forward's time loop compiled: per step h_{t-1} W_h by ``gemm`` (:mod:`lstmx.kernels.host.blas`; every
+    array C-contiguous, h_{t-1} read in place from columns [features:] of ``inputs_and_h_prev[t]``), then
+    :func:`_forward_step`."""
+    batch, hidden, width = cells.shape[1], cells.shape[2], inputs_and_h_prev.shape[2]
+    one, zero = gates.dtype.type(1), gates.dtype.type(0)
+    for t in range(gates.shape[0]):
+        h_prev = inputs_and_h_prev[t].ctypes.data + features * inputs_and_h_prev.itemsize
+        gemm(ROW_MAJOR, NO_TRANSPOSE, NO_TRANSPOSE, batch, 4 * hidden, hidden, one, h_prev, width,
+             w_hidden.ctypes.data, 4 * hidden, zero, recurrent.ctypes.data, 4 * hidden)
+        _forward_step(gates[t], recurrent, bias, cells[t], cells[t + 1], tanh_c[t], inputs_and_h_prev[t + 1], features)
+
+
+@njit(nogil=True, **_JIT)
+def _backward_loop(gemm, dy, dh_next, dc, gates, cells, tanh_c, dz_all, w_hidden_t):
+    """Mirror of :func:`_forward_loop`, steps in reverse: :func:`_backward_step`, then dL/dh_{t-1} = dz_t W_hᵀ
+    (``w_hidden_t`` the row-major copy of W_hᵀ) into ``dh_next``."""
+    batch, hidden = dh_next.shape
+    one, zero = dy.dtype.type(1), dy.dtype.type(0)
+    for t in range(dy.shape[0] - 1, -1, -1):
+        _backward_step(dy[t], dh_next, dc, gates[t], cells[t], tanh_c[t], dz_all[t])
+        gemm(ROW_MAJOR, NO_TRANSPOSE, NO_TRANSPOSE, batch, hidden, 4 * hidden, one, dz_all[t].ctypes.data,
+             4 * hidden, w_hidden_t.ctypes.data, hidden, zero, dh_next.ctypes.data, hidden)
+
+
+def _compiled_gemm(dtype: Any, batch: int, hidden: int) -> Any:
+    """NumPy's BLAS GEMM for the compiled loops, or None: then the loop runs in Python around ``np.matmul``
+    (the same library, so the same bits). Empty sizes stay in Python, where BLAS never sees a zero leading
+    dimension."""
+    return blas.gemm(np.dtype(dtype).name) if batch > 0 and hidden > 0 else None
+
+
 def lstm_layer_forward(
     backend: Backend, x: Any, weight: Any, bias: Any, h0: Any, c0: Any, step_mask: Any = None
 ) -> tuple[Any, tuple[Any, Any], HostLayerCache]:
@@ -126,10 +162,15 @@ def lstm_layer_forward(
     tanh_c = HOST_BUFFERS.empty((steps, batch, hidden), x.dtype)
     recurrent = np.empty((batch, 4 * hidden), dtype=x.dtype)
     bias = np.ascontiguousarray(bias, dtype=x.dtype)
-    w_hidden = weight[features:]
-    for t in range(steps):
-        np.matmul(inputs_and_h_prev[t, :, features:], w_hidden, out=recurrent)
-        _forward_step(gates[t], recurrent, bias, cells[t], cells[t + 1], tanh_c[t], inputs_and_h_prev[t + 1], features)
+    w_hidden = np.ascontiguousarray(weight[features:])
+    gemm = _compiled_gemm(x.dtype, batch, hidden)
+    if gemm is not None:
+        _forward_loop(gemm, gates, w_hidden, bias, cells, tanh_c, inputs_and_h_prev, features, recurrent)
+    else:
+        for t in range(steps):
+            np.matmul(inputs_and_h_prev[t, :, features:], w_hidden, out=recurrent)
+            _forward_step(gates[t], recurrent, bias, cells[t], cells[t + 1], tanh_c[t], inputs_and_h_prev[t + 1],
+                          features)
     return numpy_layer.forward_outputs(inputs_and_h_prev, cells, gates, tanh_c)
 
 
@@ -140,9 +181,14 @@ def lstm_layer_backward(
     inputs_and_h_prev, cells, gates, tanh_c = cache
     w_hidden_t, dz_all, dh_next, dc = numpy_layer.backward_buffers(cache, weight, dh_last, dc_last)
     dy = np.ascontiguousarray(dy)
-    for t in reversed(range(tanh_c.shape[0])):
-        _backward_step(dy[t], dh_next, dc, gates[t], cells[t], tanh_c[t], dz_all[t])
-        np.matmul(dz_all[t], w_hidden_t, out=dh_next)
+    steps, batch, hidden = tanh_c.shape
+    gemm = _compiled_gemm(dy.dtype, batch, hidden)
+    if gemm is not None and all(a.flags.c_contiguous for a in (gates, cells, tanh_c)):
+        _backward_loop(gemm, dy, dh_next, dc, gates, cells, tanh_c, dz_all, w_hidden_t)
+    else:  # (a cache another path made may hold strided views)
+        for t in reversed(range(steps)):
+            _backward_step(dy[t], dh_next, dc, gates[t], cells[t], tanh_c[t], dz_all[t])
+            np.matmul(dz_all[t], w_hidden_t, out=dh_next)
     dx, dweight, dbias = numpy_layer.parameter_gradients(inputs_and_h_prev, dz_all, weight)
     return dx, (dh_next, dc), dweight, dbias
 

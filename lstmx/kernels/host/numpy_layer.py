@@ -107,7 +107,7 @@ def backward_buffers(cache: HostLayerCache, weight: np.ndarray, dh_last: Any, dc
     features = cache.inputs_and_h_prev.shape[2] - hidden
     return BackwardBuffers(transposed_copy(weight[features:]),
                            HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype),
-                           np.array(dh_last, dtype=dtype), np.array(dc_last, dtype=dtype))
+                           np.array(dh_last, dtype=dtype, order="C"), np.array(dc_last, dtype=dtype, order="C"))
 
 
 def input_projection(x: np.ndarray, weight_x: np.ndarray) -> np.ndarray:
