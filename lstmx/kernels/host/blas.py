@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-ROW_MAJOR, NO_TRANSPOSE = 101, 111  # CBLAS_ORDER and CBLAS_TRANSPOSE values
+ROW_MAJOR, NO_TRANSPOSE, TRANSPOSE = 101, 111, 112  # CBLAS_ORDER and CBLAS_TRANSPOSE values
 _ENTRY = {"float32": ("scipy_cblas_sgemm64_", ctypes.c_float), "float64": ("scipy_cblas_dgemm64_", ctypes.c_double)}
 
 

@@ -26,7 +26,7 @@ from numba.extending import overload
 from ...backend import Backend
 from ...nn.layers.lstm_layer import check_backward_inputs, forward_dims
 from . import blas, numpy_layer
-from .blas import NO_TRANSPOSE, ROW_MAJOR
+from .blas import NO_TRANSPOSE, ROW_MAJOR, TRANSPOSE
 from .buffers import HOST_BUFFERS
 from .numpy_layer import HostLayerCache
 
@@ -133,16 +133,27 @@ def _forward_loop(gemm, gates, w_hidden, bias, cells, tanh_c, inputs_and_h_prev,
         _forward_step(gates[t], recurrent, bias, cells[t], cells[t + 1], tanh_c[t], inputs_and_h_prev[t + 1], features)
 
 
+@njit(**_JIT)
+def _transpose_into(source, destination):
+    """``destination`` (B, H) = ``source`` (H, B)ᵀ."""
+    for b in range(destination.shape[0]):
+        row = destination[b]
+        for j in range(destination.shape[1]):
+            row[j] = source[j, b]
+
+
 @njit(nogil=True, **_JIT)
-def _backward_loop(gemm, dy, dh_next, dc, gates, cells, tanh_c, dz_all, w_hidden_t):
-    """Mirror of :func:`_forward_loop`, steps in reverse: :func:`_backward_step`, then dL/dh_{t-1} = dz_t W_hᵀ
-    (``w_hidden_t`` the row-major copy of W_hᵀ) into ``dh_next``."""
+def _backward_loop(gemm, dy, dh_next, dc, gates, cells, tanh_c, dz_all, w_hidden, dh_transposed):
+    """Mirror of :func:`_forward_loop`, steps in reverse: :func:`_backward_step`, then dL/dh_{t-1} = dz_t W_hᵀ,
+    formed as its transpose W_h dz_tᵀ (``w_hidden`` the (H, 4H) rows of the weight; this shape of the product
+    runs faster than dz_t times a copy of W_hᵀ) into ``dh_transposed`` (H, B), and turned into ``dh_next``."""
     batch, hidden = dh_next.shape
     one, zero = dy.dtype.type(1), dy.dtype.type(0)
     for t in range(dy.shape[0] - 1, -1, -1):
         _backward_step(dy[t], dh_next, dc, gates[t], cells[t], tanh_c[t], dz_all[t])
-        gemm(ROW_MAJOR, NO_TRANSPOSE, NO_TRANSPOSE, batch, hidden, 4 * hidden, one, dz_all[t].ctypes.data,
-             4 * hidden, w_hidden_t.ctypes.data, hidden, zero, dh_next.ctypes.data, hidden)
+        gemm(ROW_MAJOR, NO_TRANSPOSE, TRANSPOSE, hidden, batch, 4 * hidden, one, w_hidden.ctypes.data, 4 * hidden,
+             dz_all[t].ctypes.data, 4 * hidden, zero, dh_transposed.ctypes.data, batch)
+        _transpose_into(dh_transposed, dh_next)
 
 
 def _compiled_gemm(dtype: Any, batch: int, hidden: int) -> Any:
@@ -179,16 +190,21 @@ def lstm_layer_backward(
 ) -> tuple[Any, tuple[Any, Any], Any, Any]:
     check_backward_inputs(cache.dims(), cache.gates.dtype, dy, dh_last, dc_last, weight)  # the kernels index without bounds checks
     inputs_and_h_prev, cells, gates, tanh_c = cache
-    w_hidden_t, dz_all, dh_next, dc = numpy_layer.backward_buffers(cache, weight, dh_last, dc_last)
-    dy = np.ascontiguousarray(dy)
     steps, batch, hidden = tanh_c.shape
-    gemm = _compiled_gemm(dy.dtype, batch, hidden)
+    dtype = gates.dtype
+    w_hidden = np.ascontiguousarray(weight[inputs_and_h_prev.shape[2] - hidden:], dtype=dtype)
+    dz_all = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype)
+    dh_next, dc = (np.array(value, dtype=dtype, order="C") for value in (dh_last, dc_last))
+    dh_transposed = np.empty((hidden, batch), dtype=dtype)
+    dy = np.ascontiguousarray(dy, dtype=dtype)
+    gemm = _compiled_gemm(dtype, batch, hidden)
     if gemm is not None and all(a.flags.c_contiguous for a in (gates, cells, tanh_c)):
-        _backward_loop(gemm, dy, dh_next, dc, gates, cells, tanh_c, dz_all, w_hidden_t)
+        _backward_loop(gemm, dy, dh_next, dc, gates, cells, tanh_c, dz_all, w_hidden, dh_transposed)
     else:  # (a cache another path made may hold strided views)
         for t in reversed(range(steps)):
             _backward_step(dy[t], dh_next, dc, gates[t], cells[t], tanh_c[t], dz_all[t])
-            np.matmul(dz_all[t], w_hidden_t, out=dh_next)
+            np.matmul(w_hidden, dz_all[t].T, out=dh_transposed)
+            _transpose_into(dh_transposed, dh_next)
     dx, dweight, dbias = numpy_layer.parameter_gradients(inputs_and_h_prev, dz_all, weight)
     return dx, (dh_next, dc), dweight, dbias
 
