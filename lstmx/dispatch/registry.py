@@ -260,8 +260,8 @@ IMPLS: tuple[Impl, ...] = (
                  "option, the variants by name)"),
     Impl(kind="layer", name="numba", module="lstmx.kernels.host.numba_layer", backends=("numpy",), dtypes=FLOATS,
          auto_dtypes=("float32",), step_masks=False, cells=EVERY_CELL, cell_options=EVERY_OPTION,
-         summary="NumPy + Numba: one compiled pointwise loop per time step and direction (float32 tanh "
-                 "approximated; every cell and cell option)"),
+         summary="NumPy + Numba: the plain cell's whole time loop compiled around NumPy's BLAS, the other "
+                 "cells' pointwise step per time step (float32 tanh approximated; every cell and cell option)"),
     Impl(kind="layer", name="numpy", module="lstmx.kernels.host.numpy_layer", backends=("numpy",), dtypes=FLOATS,
          step_masks=False, cells=LSTM_ONLY,
          summary="NumPy: in-place ufuncs into reused host buffers"),
