@@ -30,7 +30,8 @@ from .cuda_emulator import GuardedArray, compile_kernels, guarded
 SMS = 8
 SHARED_BYTES = 96 * 1024
 THREADS_PER_SM = 2048
-WRAPPERS = ("precision", "shell", "stepwise", "variants", "one_launch_variants", "persistent", "tiled", "tiled_tf32",
+WRAPPERS = ("precision", "shell", "stepwise", "variants", "one_launch_variants", "one_launch_projected", "persistent",
+            "tiled", "tiled_tf32",
             "graph", "graph_variants", "optim", "loss")  # in lstmx.kernels.cupy
 
 

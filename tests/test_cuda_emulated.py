@@ -1017,13 +1017,13 @@ def test_the_gpu_sanitizer_script_passes_the_cell_options_through_the_emulated_k
     assert all("+ options" in result.check for result in results)
 
 
-@pytest.mark.parametrize("path", ["cupy-stepwise", "cupy-graph"])
-@pytest.mark.parametrize("cell_options", [False, True], ids=["plain", "options"])
+@pytest.mark.parametrize("path,cell_options", [("cupy-stepwise", False), ("cupy-stepwise", True),
+                                               ("cupy-graph", False), ("cupy-graph", True), ("cupy-persistent", False)])
 def test_the_gpu_sanitizer_script_passes_the_projected_cell_through_the_emulated_kernels(on_numpy, capsys,
                                                                                         cell_options, path):
-    """bench/gpu_sanitize.py --proj-size 8 [--cell-options] (the session's stepwise+options+proj and
-    graph+options+proj runs) on the stand-in: the projected kernels agree with the generic path, with lengths
-    and without."""
+    """bench/gpu_sanitize.py --proj-size 8 [--cell-options] (the session's stepwise+options+proj,
+    graph+options+proj and persistent+proj runs) on the stand-in: the projected kernels agree with the generic
+    path, with lengths and without."""
     script = sanitize_script()
     results = script.check(NUMPY, on_numpy(path), fused=False, cell_options=cell_options, proj_size=8)
     assert len(results) == 2 * 2 and all(result.passed for result in results), results
@@ -1304,6 +1304,71 @@ def test_the_plain_projected_layer_keeps_the_generic_signatures_and_cache(wrappe
         results.append([y, h, c, grads[0], *grads[1], grads[2], grads[3], grads[4]])
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def projected_forward_and_backward(module, backward_module, arrays, mask, projection):
+    """``lstmp_layer_forward`` of ``module`` then ``lstmp_layer_backward`` of ``backward_module`` on its cache."""
+    a, step_mask = arrays, None if mask is None else mask[..., None]
+    y, (h, c), cache = module.lstmp_layer_forward(NUMPY, a["x"], a["weight"], a["bias"], projection, a["h0"], a["c0"],
+                                                  step_mask)
+    dx, (dh0, dc0), dweight, dbias, dprojection = backward_module.lstmp_layer_backward(
+        NUMPY, a["dy"], a["dh_last"], a["dc_last"], a["weight"], projection, cache)
+    return dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, dweight=dweight, dbias=dbias, dprojection=dprojection)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 33, 7), (1, 1, 2, 8, 1), (4, 9, 3, 64, 40), (2, 6, 2, 40, 33)],
+                         ids=lambda s: "T{}B{}D{}H{}P{}".format(*s))
+def test_persistent_projected_kernels_match_generic_float64(wrappers, shape, masked):
+    """The LSTMP cell on the persistent path (two grid barriers per step: the cell, then the projection): against
+    the generic path, and either backward on the other's cache (P = 40, 33: projected columns in two blocks;
+    B = 9: rows in three)."""
+    *dims, proj = shape
+    arrays, mask, _, extra, _ = variant_problem({}, *dims, False, masked, proj=proj)
+    expected = projected_forward_and_backward(generic, generic, arrays, mask, extra.projection)
+    persistent = wrappers["persistent"]
+    for forward, backward in ((persistent, persistent), (persistent, generic), (generic, persistent)):
+        assert_close(projected_forward_and_backward(forward, backward, arrays, mask, extra.projection), expected,
+                     1e-12)
+
+
+def test_a_bidirectional_projected_model_runs_on_the_persistent_path_by_name_only(on_numpy, launches):
+    """A two-layer bidirectional LSTM with proj_size through cupy-persistent (asked for by name; "auto" gives the
+    projected cell to no CuPy one-launch path yet): every output and gradient as on the generic path, with
+    lengths, each direction its own launch of the projected kernels."""
+    path = on_numpy("cupy-persistent")
+    model = lstmx.LSTM(3, 8, 2, bidirectional=True, proj_size=5, dtype="float64", seed=4)
+    rng = np.random.default_rng(7)
+    x, dy = rng.standard_normal((5, 3, 3)), rng.standard_normal((5, 3, 10))
+    dh, dc = rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 3, 8))
+    results = {}
+    for impl in ("generic", path):
+        y, (h, c), cache = model.forward(x, lengths=[5, 2, 4], impl=impl)
+        dx, (dh0, dc0), grads = model.backward(dy, cache, (dh, dc))
+        results[impl] = {"y": y, "h": h, "c": c, "dx": dx, "dh0": dh0, "dc0": dc0, **grads}
+    assert_close(results[path], results["generic"], 1e-12)
+    assert launches.count("lstmp_forward_persistent_float64") == 4
+    assert launches.count("lstmp_backward_persistent_float64") == 4
+    call = registry.Call(NUMPY, np.float64, sizes=(3, 8), cell="lstmp")
+    assert not registry.layer_impl(path).auto_takes(call) and registry.choose("layer", call).name != path
+
+
+def test_the_persistent_projected_kernels_are_sized_for_their_projection(wrappers):
+    """The registry, knowing only H, sizes the projected kernels for the largest projection (P = H); a launch
+    checks its own P. Past the shared memory a block has, both refuse in one line before any kernel runs."""
+    from lstmx.kernels.cupy import cuda_sources as sources
+
+    persistent = wrappers["persistent"]
+    forward, backward = sources.PERSISTENT_PROJECTED_KERNELS
+    assert sources.persistent_shared_bytes(forward, 64, 4, 8) == sources.persistent_shared_bytes(forward, 64, 4, 8, 64)
+    assert sources.persistent_shared_bytes(forward, 64, 4, 8, 16) < sources.persistent_shared_bytes(forward, 64, 4, 8)
+    assert sources.persistent_shared_bytes(backward, 64, 4, 8) > sources.persistent_shared_bytes(
+        sources.PERSISTENT_KERNELS[1], 64, 4, 8)
+    assert persistent.refuses_size(3, 64, np.float64, cell="lstmp") is None
+    largest = registry.layer_impl("cupy-persistent").largest_hidden(NUMPY, np.float64, 3)
+    assert persistent.refuses_size(3, largest, np.float64) is None
+    refused = persistent.refuses_size(3, largest, np.float64, cell="lstmp")
+    assert refused is None or "bytes of shared memory" in refused
 
 
 def test_variant_kernels_do_not_depend_on_thread_order(wrappers):

@@ -80,7 +80,8 @@ class Impl(NamedTuple):
     auto: bool = True  # "auto" may pick it (False: only when asked for by name)
     auto_dtypes: tuple[str, ...] | None = None  # ... and only for these dtypes (None: every one it computes)
     step_masks: bool = True  # handles variable-length batches
-    size_limited: bool = False  # its module's refuses_size(batch, hidden, dtype, options) says which sizes it runs
+    size_limited: bool = False  # its module's refuses_size(batch, hidden, dtype, options, cell=) says which sizes it
+    # runs
     cells: tuple[str, ...] | None = None  # the kinds of cell (lstmx.nn.cells) it runs; None: every one
     cell_options: tuple[str, ...] = ()  # the cell options (lstmx.nn.layers.cell.CellOptions) it takes
     auto_max_hidden: dict[str, int] | None = None  # per dtype, the largest hidden size "auto" picks it for (a dtype
@@ -118,7 +119,7 @@ class Impl(NamedTuple):
         if module is None:
             return reason
         if self.size_limited and call.sizes is not None:
-            return module.refuses_size(*call.sizes, call.dtype, call.options)
+            return module.refuses_size(*call.sizes, call.dtype, call.options, cell=call.cell)
         return _entry(module, self.entry, call.optimizer)[1]
 
     def auto_takes(self, call: Call) -> bool:
@@ -242,11 +243,11 @@ IMPLS: tuple[Impl, ...] = (
          summary="CuPy: the tiled kernels with TF32 tensor-core products (float32 under precision='tf32'; by name, "
                  "with the tiled path's options and paired directions)"),
     Impl(kind="layer", name="cupy-persistent", module="lstmx.kernels.cupy.persistent", backends=("cupy",),
-         dtypes=FLOATS, auto_dtypes=CUPY_PERSISTENT_AUTO, size_limited=True, cells=LSTM_ONLY,
-         cell_options=POINTWISE_OPTIONS, auto_cell_options=(), paired_directions=True,  # its variant kernels and
-         # paired launches have run in the emulator only
-         summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes; the pointwise cell "
-                 "options, and both directions in one launch, by name)"),
+         dtypes=FLOATS, auto_dtypes=CUPY_PERSISTENT_AUTO, size_limited=True, cells=EVERY_CELL, auto_cells=LSTM_ONLY,
+         cell_options=POINTWISE_OPTIONS, auto_cell_options=(), paired_directions=True,  # its variant and projected
+         # kernels and paired launches have run in the emulator only
+         summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes; the LSTMP cell, "
+                 "the pointwise cell options, and both directions in one launch, by name)"),
     Impl(kind="layer", name="cupy-graph", module="lstmx.kernels.cupy.graph", backends=("cupy",), dtypes=FLOATS,
          auto_dtypes=CUPY_GRAPH_AUTO, cells=EVERY_CELL, cell_options=EVERY_OPTION, auto_cell_options=(),
          auto_cells=LSTM_ONLY, tf32_recurrence=True,  # its variant and projected graphs: emulator only

@@ -54,9 +54,15 @@ def _template(kind: str) -> Template:
     return Template(text)
 
 
-def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) -> int:
+def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int, proj: int = 0) -> int:
     """Dynamic shared memory of a persistent kernel: the block's W_h slice and its rows of h (forward) or dz
-    (backward)."""
+    (backward); for the projected cell's kernels also the block's slice of W_hr, with ``proj`` P (0: the largest
+    projection a hidden size takes, P = H, where only H is known)."""
+    if kernel in PERSISTENT_PROJECTED_KERNELS:
+        proj = proj or hidden
+        if kernel == PERSISTENT_PROJECTED_KERNELS[0]:
+            return (128 * proj + 32 * hidden + rows * hidden) * itemsize
+        return (128 * hidden + 32 * proj + rows * 4 * hidden) * itemsize
     staged = hidden if PERSISTENT_LAYOUT[kernel] == "lstm_forward_persistent" else 4 * hidden
     return (128 * hidden + rows * staged) * itemsize
 
@@ -64,6 +70,7 @@ def persistent_shared_bytes(kernel: str, hidden: int, rows: int, itemsize: int) 
 STEPWISE_KERNELS = ("lstm_forward_step", "lstm_backward_step")
 PERSISTENT_KERNELS = ("lstm_forward_persistent", "lstm_backward_persistent")
 PERSISTENT_VARIANT_KERNELS = ("lstm_variant_forward_persistent", "lstm_variant_backward_persistent")
+PERSISTENT_PROJECTED_KERNELS = ("lstmp_forward_persistent", "lstmp_backward_persistent")  # the LSTMP cell
 PERSISTENT_LAYOUT = {**{kernel: kernel for kernel in PERSISTENT_KERNELS},
                      **dict(zip(PERSISTENT_VARIANT_KERNELS, PERSISTENT_KERNELS))}  # as TILED_LAYOUT
 TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
@@ -74,7 +81,8 @@ OPTIM_KERNELS = ("adam_update", "sgd_update", "rmsprop_update", "global_norm", "
 LOSS_KERNELS = ("softmax_cross_entropy",)
 VARIANT_KERNELS = ("row_norm_forward", "row_norm_backward", "lstm_variant_forward_step", "lstm_variant_backward_step",
                    "lstm_projected_state_forward_step", "lstm_projected_state_backward_step")
-SOURCES = {"stepwise": STEPWISE_KERNELS, "persistent": PERSISTENT_KERNELS + PERSISTENT_VARIANT_KERNELS,
+SOURCES = {"stepwise": STEPWISE_KERNELS,
+           "persistent": PERSISTENT_KERNELS + PERSISTENT_VARIANT_KERNELS + PERSISTENT_PROJECTED_KERNELS,
            "tiled": TILED_KERNELS + TILED_VARIANT_KERNELS,
            "optim": OPTIM_KERNELS, "loss": LOSS_KERNELS, "variants": VARIANT_KERNELS}  # kind → its file's kernels
 

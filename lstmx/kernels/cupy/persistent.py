@@ -46,48 +46,61 @@ def _grid(batch: int, hidden: int) -> tuple[int, int]:
     return (hidden + 31) // 32, (batch + ROWS - 1) // ROWS
 
 
-def _shared_bytes(kernel: str, hidden: int, dtype: str) -> int:
-    return cuda_sources.persistent_shared_bytes(kernel, hidden, ROWS, np.dtype(dtype).itemsize)
+def _shared_bytes(kernel: str, hidden: int, dtype: str, proj: int = 0) -> int:
+    return cuda_sources.persistent_shared_bytes(kernel, hidden, ROWS, np.dtype(dtype).itemsize, proj)
 
 
 @functools.cache
-def _resident_blocks(dtype: str, hidden: int, device: int, kernels: tuple[str, ...]) -> int:
-    """How many blocks of either of ``kernels`` (a forward and its backward) for this hidden size fit on the
-    device at once."""
+def _resident_blocks(dtype: str, hidden: int, device: int, kernels: tuple[str, ...], proj: int = 0) -> int:
+    """How many blocks of either of ``kernels`` (a forward and its backward) for this hidden size (and
+    projection) fit on the device at once."""
     sms = device_attribute("MultiProcessorCount", device)
     return sms * min(driver.occupancyMaxActiveBlocksPerMultiprocessor(
-        _kernel(kernel, dtype).kernel.ptr, 32 * ROWS, _shared_bytes(kernel, hidden, dtype)) for kernel in kernels)
+        _kernel(kernel, dtype).kernel.ptr, 32 * ROWS, _shared_bytes(kernel, hidden, dtype, proj)) for kernel in kernels)
 
 
-def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1) -> str | None:
+def _kernels_of(kernel: str | None, options: tuple[str, ...] = (), cell: str = "lstm") -> tuple[str, ...]:
+    """The forward and backward kernels a layer runs: those of ``kernel``'s kind, else of the cell and options."""
+    for kernels in (cuda_sources.PERSISTENT_PROJECTED_KERNELS, cuda_sources.PERSISTENT_VARIANT_KERNELS):
+        if kernel in kernels:
+            return kernels
+    if kernel is None and cell == "lstmp":
+        return cuda_sources.PERSISTENT_PROJECTED_KERNELS
+    if kernel is None and options:
+        return cuda_sources.PERSISTENT_VARIANT_KERNELS
+    return cuda_sources.PERSISTENT_KERNELS
+
+
+def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1,
+                 cell: str = "lstm") -> str | None:
     """None when a layer of this batch and hidden size (with the cell ``options`` named; ``directions`` 2: both
-    directions of a bidirectional layer in one launch) runs here, else why not (for the registry)."""
-    kernels = cuda_sources.PERSISTENT_VARIANT_KERNELS if options else cuda_sources.PERSISTENT_KERNELS
-    return _refuses(batch, hidden, np.dtype(dtype).name, kernels, directions)
+    directions of a bidirectional layer in one launch; ``cell`` "lstmp": the projected cell, sized for the
+    largest projection, P = H) runs here, else why not (for the registry)."""
+    return _refuses(batch, hidden, np.dtype(dtype).name, _kernels_of(None, options, cell), directions)
 
 
-def _refuses(batch: int, hidden: int, dtype: str, kernels: tuple[str, ...], directions: int) -> str | None:
+def _refuses(batch: int, hidden: int, dtype: str, kernels: tuple[str, ...], directions: int,
+             proj: int = 0) -> str | None:
     if hidden > MAX_HIDDEN:
         return f"runs hidden sizes up to {MAX_HIDDEN}, not {hidden}"
-    needed = max(_shared_bytes(kernel, hidden, dtype) for kernel in kernels)
+    needed = max(_shared_bytes(kernel, hidden, dtype, proj) for kernel in kernels)
     if needed > _shared_limit():
         return f"needs {needed} bytes of shared memory per block for hidden {hidden} in {dtype}; a block has {_shared_limit()}"
     x_blocks, y_blocks = _grid(batch, hidden)
-    resident = _resident_blocks(dtype, hidden, cupy.cuda.Device().id, kernels)
+    resident = _resident_blocks(dtype, hidden, cupy.cuda.Device().id, kernels, proj)
     if x_blocks * y_blocks * directions > resident:
         return (f"needs {x_blocks * y_blocks * directions} co-resident blocks for batch {batch} × hidden {hidden}"
                 f"{' in both directions' if directions == 2 else ''}; this GPU holds {resident}")
     return None
 
 
-def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple, directions: int = 1) -> None:
-    kernels = cuda_sources.PERSISTENT_VARIANT_KERNELS if kernel in cuda_sources.PERSISTENT_VARIANT_KERNELS \
-        else cuda_sources.PERSISTENT_KERNELS
-    reason = _refuses(batch, hidden, dtype, kernels, directions)
+def _launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple, directions: int = 1,
+            proj: int = 0) -> None:
+    reason = _refuses(batch, hidden, dtype, _kernels_of(kernel), directions, proj)
     if reason is not None:
         raise ValueError(f"the persistent CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
     _kernel(kernel, dtype)((*_grid(batch, hidden), directions), (32, ROWS), args,
-                           shared_mem=_shared_bytes(kernel, hidden, dtype))
+                           shared_mem=_shared_bytes(kernel, hidden, dtype, proj))
 
 
 lstm_layer_forward, lstm_layer_backward, lstm_layer_pair_forward, lstm_layer_pair_backward = one_launch_layers(
@@ -99,3 +112,8 @@ lstm_layer_forward, lstm_layer_backward, lstm_layer_pair_forward, lstm_layer_pai
 from .one_launch_variants import variant_layers  # noqa: E402
 
 lstm_variant_layer_forward, lstm_variant_layer_backward = variant_layers("persistent", lambda: _launch)
+
+# the projected cell (proj_size), likewise in its own module
+from .one_launch_projected import projected_layers  # noqa: E402
+
+lstmp_layer_forward, lstmp_layer_backward = projected_layers("persistent", lambda: _launch)

@@ -70,9 +70,11 @@ def _shape_for(batch: int, hidden: int, variant: str) -> tiling.TileShape | None
                                     device_attribute("MultiProcessorCount"), variant == "tf32")
 
 
-def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1) -> str | None:
+def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1,
+                 cell: str = "lstm") -> str | None:
     """None when a layer of this batch and hidden size (with the cell ``options`` named; ``directions`` 2: both
-    directions of a bidirectional layer in one launch) runs here, else why not (for the registry)."""
+    directions of a bidirectional layer in one launch) runs here, else why not (for the registry, which asks
+    only for the ``cell`` these kernels run, lstm)."""
     kernels = cuda_sources.TILED_VARIANT_KERNELS if options else cuda_sources.TILED_KERNELS
     return refuses_variant(batch, hidden, np.dtype(dtype).name, kernels, directions)
 

@@ -22,9 +22,11 @@ from .shell import one_launch_layers
 _launch = tiled.launcher("tf32")
 
 
-def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1) -> str | None:
+def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1,
+                 cell: str = "lstm") -> str | None:
     """None when a float32 layer of this batch and hidden size (with the cell ``options`` named; ``directions``
-    2: both directions in one launch) runs here, else why not (for the registry)."""
+    2: both directions in one launch) runs here, else why not (for the registry, which asks only for the
+    ``cell`` these kernels run, lstm)."""
     if np.dtype(dtype) != np.float32:
         return f"runs float32 layers (TF32 products), not {np.dtype(dtype).name}"
     kernels = cuda_sources.TILED_VARIANT_KERNELS if options else cuda_sources.TILED_KERNELS

@@ -25,10 +25,11 @@ __device__ Place place_of(const int batch, const int hidden)
 }
 
 // The block's 32 columns of each gate of W_h in shared memory, w_s[k][gate][lane] (the forward's layout).
+// `inner` is the length of the products (H, or P for the projected cell, whose W_h is (P, 4H)).
 __device__ __forceinline__ void forward_weights_to_shared($real* w_s, const $real* w_hidden, const Place& p,
-                                                          const int hidden)
+                                                          const int hidden, const int inner)
 {
-    for (long long e = p.tid; e < 128LL * hidden; e += p.threads) {
+    for (long long e = p.tid; e < 128LL * inner; e += p.threads) {
         const int l = (int)(e & 31), g = (int)((e >> 5) & 3);
         const long long k = e >> 7;
         w_s[e] = p.j0 + l < hidden ? w_hidden[k * p.four + g * hidden + p.j0 + l] : ($real)0;
@@ -36,14 +37,14 @@ __device__ __forceinline__ void forward_weights_to_shared($real* w_s, const $rea
 }
 
 // The block's 32 rows of W_h in shared memory, w_s[column][lane] (the backward's layout), read along the rows
-// (coalesced).
+// (coalesced); `height` is W_h's number of rows (H, or P for the projected cell).
 __device__ __forceinline__ void backward_weights_to_shared($real* w_s, const $real* w_hidden, const Place& p,
-                                                           const int hidden)
+                                                           const int height)
 {
-    for (long long e = p.tid; e < 128LL * hidden; e += p.threads) {
+    for (long long e = p.tid; e < 32LL * p.four; e += p.threads) {
         const int l = (int)(e / p.four);
         const long long col = e - l * p.four;
-        w_s[col * 32 + l] = p.j0 + l < hidden ? w_hidden[(long long)(p.j0 + l) * p.four + col] : ($real)0;
+        w_s[col * 32 + l] = p.j0 + l < height ? w_hidden[(long long)(p.j0 + l) * p.four + col] : ($real)0;
     }
 }
 
@@ -128,7 +129,7 @@ extern "C" __global__ void lstm_forward_persistent_$suffix(
     const int j = p.j, b = p.b;
     const bool active = p.active;
     const long long count = p.count, n = p.n, four = p.four;
-    forward_weights_to_shared(w_s, w_hidden, p, hidden);
+    forward_weights_to_shared(w_s, w_hidden, p, hidden, hidden);
     const $real one = 1;
     $real c = 0, bias_i = 0, bias_f = 0, bias_g = 0, bias_o = 0;
     if (active) {
@@ -266,7 +267,7 @@ extern "C" __global__ void lstm_variant_forward_persistent_$suffix(
     const int j = p.j, b = p.b;
     const bool active = p.active;
     const long long count = p.count, n = p.n, four = p.four;
-    forward_weights_to_shared(w_s, w_hidden, p, hidden);
+    forward_weights_to_shared(w_s, w_hidden, p, hidden, hidden);
     const $real one = 1;
     UnitOptions u{0, 0, 0, clip, input_forget, peephole != nullptr};
     $real c = 0, bias_i = 0, bias_f = 0, bias_g = 0, bias_o = 0;
@@ -373,4 +374,150 @@ extern "C" __global__ void lstm_variant_backward_persistent_$suffix(
         __syncthreads();  // dz_s is read by every thread before the next step's staging overwrites it
     }
     if (active) { dh[n] = dh_next; dc[n] = dc_in; }
+}
+
+// Σ_k v[k]·w[32k] over n terms: a staged row of one matrix times one lane's column of a block's 32-wide slice of
+// another in shared memory (the projected cell's products with W_hr), two independent sums.
+__device__ __forceinline__ $real lane_dot(const $real* v, const $real* w, const int n)
+{
+    $real acc0 = 0, acc1 = 0;
+    int k = 0;
+    for (; k + 1 < n; k += 2) { acc0 += v[k] * w[32 * k]; acc1 += v[k + 1] * w[32 * (k + 1)]; }
+    if (k < n) acc0 += v[k] * w[32 * k];
+    return acc0 + acc1;
+}
+
+// The projected cell (LSTMP, proj_size P < H): the state h is r_t = (o_t ⊙ tanh c_t) W_hr, of width P, and W_h
+// is (P, 4H). Two grid barriers per step: thread (lane, row) of block (x, y) owns unit j = x·32 + lane of batch
+// row b for the cell, then column q = j of r_t for the projection (blocks with x·32 < P). The block's 32 columns
+// of each gate of W_h (w_s[k][gate][lane], k < P) and its 32 columns of W_hr (wr_s[j][lane], j < H) live in
+// shared memory; each phase stages the block's rows of what it multiplies (r_{t-1}, then o_t ⊙ tanh c_t).
+// gates holds x_t W_x on entry and the activated gates on return; hidden_states[0] (B, P) and cells[0] hold h_0,
+// c_0; unprojected (B, H) is the scratch the projection reads across blocks.
+extern "C" __global__ void lstmp_forward_persistent_$suffix(
+    $real* __restrict__ gates,             // (T, B, 4H)
+    const $real* __restrict__ w_hidden,    // (P, 4H): rows [D:] of the layer's weight
+    const $real* __restrict__ bias,        // (4H,)
+    const $real* __restrict__ projection,  // (H, P): W_hr
+    $real* __restrict__ cells,             // (T + 1, B, H) carried
+    $real* hidden_states,                  // (T + 1, B, P) carried; read by other blocks after the barrier
+    $real* __restrict__ tanh_c,            // (T, B, H)
+    $real* unprojected,                    // (B, H) o_t ⊙ tanh c_t of the step; read by other blocks
+    $real* __restrict__ y,                 // (T, B, P)
+    const $real* __restrict__ step_mask,   // (T, B) or nullptr
+    const int steps, const int batch, const int hidden, const int proj)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (P, 4, 32)
+    $real* wr_s = w_s + 128LL * proj;                      // (H, 32)
+    $real* staged = wr_s + 32LL * hidden;                  // (rows, H): r_{t-1} (P wide), then o ⊙ tanh c
+    cg::grid_group grid = cg::this_grid();
+    const Place p = place_of(batch, hidden);
+    const int lane = p.lane, row = p.row, j = p.j, b = p.b;
+    const bool cell = p.active, projects = j < proj && b < batch;
+    const long long count = p.count, n = p.n, four = p.four, r_count = (long long)batch * proj;
+    const long long q_at = (long long)b * proj + j;  // (b, q = j) in a (B, P) block
+    forward_weights_to_shared(w_s, w_hidden, p, hidden, proj);
+    for (long long e = p.tid; e < 32LL * hidden; e += p.threads) {
+        const int l = (int)(e & 31);
+        const long long k = e >> 5;
+        wr_s[e] = p.j0 + l < proj ? projection[k * proj + p.j0 + l] : ($real)0;
+    }
+    const $real one = 1;
+    $real c = 0, r = 0, bias_i = 0, bias_f = 0, bias_g = 0, bias_o = 0;
+    if (cell) {
+        c = cells[n];
+        bias_i = bias[j]; bias_f = bias[hidden + j]; bias_g = bias[2 * hidden + j]; bias_o = bias[3 * hidden + j];
+    }
+    if (projects) r = hidden_states[q_at];
+    for (int t = 0; t < steps; ++t) {
+        const $real m = step_mask == nullptr || b >= batch ? one : step_mask[(long long)t * batch + b];
+        stage_rows(staged, hidden_states + t * r_count, p, batch, proj);
+        if (cell) {
+            $real* z = gates + ((long long)t * batch + b) * four;
+            const Dots zs = forward_dots(staged + row * proj, w_s + lane, proj, z[j] + bias_i, z[hidden + j] + bias_f,
+                                         z[2 * hidden + j] + bias_g, z[3 * hidden + j] + bias_o);
+            const Gates a = activate(zs.i, zs.f, zs.g, zs.o);
+            z[j] = a.i; z[hidden + j] = a.f; z[2 * hidden + j] = a.g; z[3 * hidden + j] = a.o;
+            const CellOut out = cell_forward(a, c, ($real)0, false, one);
+            tanh_c[t * count + n] = out.tanh_c; unprojected[n] = out.h;
+            c = m * out.c + (one - m) * c;
+            cells[(t + 1) * count + n] = c;
+        }
+        grid.sync();  // every unit's o ⊙ tanh c is written (and the staged r_{t-1} read) before the projection
+        stage_rows(staged, unprojected, p, batch, hidden);
+        if (projects) {
+            const $real r_new = lane_dot(staged + row * hidden, wr_s + lane, hidden);
+            y[t * r_count + q_at] = m * r_new;
+            r = m * r_new + (one - m) * r;
+            hidden_states[(t + 1) * r_count + q_at] = r;
+        }
+        grid.sync();  // r_t is written, and o ⊙ tanh c read, before the next step stages r_t and rewrites it
+    }
+}
+
+// Mirror of lstmp_forward_persistent, steps in reverse, two grid barriers per step: the thread of column q turns
+// dL/dy_t and dL/dr_t from step t + 1 into dL/dr_t (kept in dr for W_hr's gradient); after a barrier the thread
+// of unit j forms dL/d(o ⊙ tanh c)_j = Σ_q dL/dr_t[q] W_hr[j, q] and runs the cell's backward into dz_t; after
+// another, the thread of column q forms Σ_c dz_t[c] W_h[q, c] (+ what a padded step passes through). The block's
+// 32 rows of W_hr (wr_s[q][lane]) and of W_h (w_s[c][lane]) live in shared memory. dh (B, P) and dc (B, H) hold
+// dL/dh_T, dL/dc_T on entry and dL/dh_0, dL/dc_0 on return.
+extern "C" __global__ void lstmp_backward_persistent_$suffix(
+    const $real* __restrict__ dy,          // (T, B, P)
+    const $real* __restrict__ w_hidden,    // (P, 4H)
+    const $real* __restrict__ projection,  // (H, P)
+    const $real* __restrict__ gates,       // (T, B, 4H) activated
+    const $real* __restrict__ cells,       // (T, B, H) c_{t-1} per step
+    const $real* __restrict__ tanh_c,      // (T, B, H)
+    const $real* __restrict__ step_mask,   // (T, B) or nullptr
+    $real* dz,                             // (T, B, 4H); read by other blocks after the barrier
+    $real* dr,                             // (T, B, P) dL/dr_t; read by other blocks after the barrier
+    $real* __restrict__ dh,                // (B, P)
+    $real* __restrict__ dc,                // (B, H)
+    const int steps, const int batch, const int hidden, const int proj)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // (4H, 32)
+    $real* wr_s = w_s + 128LL * hidden;                    // (P, 32)
+    $real* staged = wr_s + 32LL * proj;                    // (rows, 4H): dL/dr_t (P wide), then dz_t
+    cg::grid_group grid = cg::this_grid();
+    const Place p = place_of(batch, hidden);
+    const int lane = p.lane, row = p.row, j = p.j, b = p.b;
+    const bool cell = p.active, projects = j < proj && b < batch;
+    const long long count = p.count, n = p.n, four = p.four, r_count = (long long)batch * proj;
+    const long long q_at = (long long)b * proj + j;
+    backward_weights_to_shared(w_s, w_hidden, p, proj);
+    for (long long e = p.tid; e < 32LL * proj; e += p.threads) {
+        const int l = (int)(e / proj);
+        const long long q = e - (long long)l * proj;
+        wr_s[q * 32 + l] = p.j0 + l < hidden ? projection[(long long)(p.j0 + l) * proj + q] : ($real)0;
+    }
+    const $real one = 1;
+    $real dr_in = projects ? dh[q_at] : ($real)0, dc_in = cell ? dc[n] : ($real)0;  // arriving from step t + 1
+    for (int t = steps - 1; t >= 0; --t) {
+        const $real m = step_mask == nullptr || b >= batch ? one : step_mask[(long long)t * batch + b];
+        $real passed = 0;  // the share of dL/dr_t a padded step hands to r_{t-1} directly
+        if (projects) {
+            const long long now = t * r_count + q_at;
+            dr[now] = m * (dy[now] + dr_in);
+            passed = (one - m) * dr_in;
+        }
+        grid.sync();  // dL/dr_t of every column is written before any block stages its rows
+        stage_rows(staged, dr + t * r_count, p, batch, proj);
+        if (cell) {
+            const long long now = t * count + n, row_start = ((long long)t * batch + b) * four;
+            const Gates a{gates[row_start + j], gates[row_start + hidden + j], gates[row_start + 2 * hidden + j],
+                          gates[row_start + 3 * hidden + j]};
+            const $real dm = lane_dot(staged + row * proj, wr_s + lane, proj);
+            const CellGrad d = cell_backward(a, tanh_c[now], cells[now], ($real)0, dm, dc_in, m);
+            dz[row_start + j] = d.dz_i; dz[row_start + hidden + j] = d.dz_f;
+            dz[row_start + 2 * hidden + j] = d.dz_g; dz[row_start + 3 * hidden + j] = d.dz_o;
+            dc_in = d.dc_prev;
+        }
+        grid.sync();  // dz_t of every unit is written (and the staged dL/dr_t read) before the blocks stage dz_t
+        stage_rows(staged, dz + (long long)t * batch * four, p, batch, four);
+        if (projects) dr_in = backward_dot(staged + row * four, w_s + lane, hidden) + passed;
+    }
+    if (projects) dh[q_at] = dr_in;
+    if (cell) dc[n] = dc_in;
 }
