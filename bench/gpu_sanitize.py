@@ -72,9 +72,9 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
     print(HEADER)
     results = []
     for dtype in ("float32", "float64"):
-        refused = registry.layer_impl(impl).refuses(registry.Call(backend, np.dtype(dtype), True, (BATCH, HIDDEN),
-                                                    "lstmp" if proj_size else "lstm",
-                                                    tuple(name for name in options if name != "proj_size")))
+        call = registry.Call(backend, np.dtype(dtype), True, (BATCH, HIDDEN), "lstmp" if proj_size else "lstm",
+                             tuple(name for name in options if name != "proj_size"))
+        refused = registry.layer_impl(impl).refuses(call)
         if refused is not None:
             print(f"{impl} {dtype}: left out, it {refused}")
             continue
@@ -109,7 +109,8 @@ def check_bidirectional(backend: lstmx.Backend, impl: str) -> list[CheckResult]:
     print(HEADER)
     results = []
     for dtype in ("float32", "float64"):
-        if registry.layer_impl(impl).refuses(registry.Call(backend, np.dtype(dtype), True, (BATCH, HIDDEN))) is not None:
+        call = registry.Call(backend, np.dtype(dtype), True, (BATCH, HIDDEN))
+        if registry.layer_impl(impl).refuses(call) is not None:
             continue
         for lengths in (None, [STEPS, 3, 1]):
             results.append(agreement(f"{impl} bidirectional {dtype}{', lengths' if lengths else ''}", backend.name,

@@ -52,8 +52,8 @@ def lstmx_step(backend_name: str, impl: str, batch: int, steps: int, features: i
     model = lstmx.LSTM(features, hidden, backend=backend_name, seed=0, precision=precision, dtype=dtype,
                        bidirectional=bidirectional, proj_size=proj_size)
     backend = model.backend
-    if impl != registry.AUTO and registry.layer_impl(impl).refuses(registry.Call(backend, model.dtype, False, (batch, hidden),
-                                                                  model.stack.cell.kind, (), precision)) is not None:
+    call = registry.Call(backend, model.dtype, False, (batch, hidden), model.stack.cell.kind, (), precision)
+    if impl != registry.AUTO and registry.layer_impl(impl).refuses(call) is not None:
         return None
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.standard_normal((steps, batch, features)), dtype=model.dtype)

@@ -68,8 +68,8 @@ def main() -> None:
         if args.impl is None:
             return None
         cell = model.stack.cell
-        taken = registry.layer_impl(args.impl).refuses(registry.Call(backend, model.dtype, False, (batch, hidden), cell.kind,
-                                                       cell.options.names())) is None
+        call = registry.Call(backend, model.dtype, False, (batch, hidden), cell.kind, cell.options.names())
+        taken = registry.layer_impl(args.impl).refuses(call) is None
         return args.impl if taken else None
 
     chosen = {name: model.forward(x[:1, ...], impl=first_path(model))[2].impl for name, model in models.items()}

@@ -70,7 +70,8 @@ def _assert_close(fast, reference, tolerance):
 
 
 def _runnable(impl, backend, dtype, option, proj):
-    reason = impl.refuses(registry.Call(backend, dtype, False, None, "lstmp" if proj else "lstm", _options_names(impl, option)))
+    reason = impl.refuses(registry.Call(backend, dtype, False, None, "lstmp" if proj else "lstm",
+                                        _options_names(impl, option)))
     if reason is not None:
         pytest.skip(f"{impl.name}: {reason}")
 

@@ -114,7 +114,8 @@ def test_paths_that_take_no_option_refuse_it_by_name(impl):
     chosen = model.forward(np.ones((2, 1, 2), np.float32))[2].impl  # "auto" picks a path that takes them
     assert "peepholes" in registry.layer_impl(chosen).cell_options
     if impl.backends == ("numpy",):
-        assert impl.refuses(registry.Call(model.backend, model.dtype, False, None, "lstm", ("peepholes",))) == "takes no peepholes"
+        call = registry.Call(model.backend, model.dtype, False, None, "lstm", ("peepholes",))
+        assert impl.refuses(call) == "takes no peepholes"
 
 
 def test_variants_reach_the_command_line_and_checkpoints(tmp_path):

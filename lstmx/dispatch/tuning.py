@@ -167,7 +167,8 @@ def tune(backend: Backend, dtype: Any, batch: int, hidden: int, *, features: int
     names = cell.options.names()
     candidates = [impl.name for impl in registry.of_kind("layer")
                   if impl.auto_takes(registry.Call(model.backend, model.dtype, cell=cell.kind, options=names))
-                  and impl.refuses(registry.Call(model.backend, model.dtype, masked, (batch, hidden), cell.kind, names)) is None]
+                  and impl.refuses(registry.Call(model.backend, model.dtype, masked, (batch, hidden), cell.kind,
+                                                 names)) is None]
     rng = np.random.default_rng(0)
     x = model.backend.asarray(rng.standard_normal((steps, batch, features)), dtype=model.dtype)
     dy = model.backend.asarray(rng.standard_normal((steps, batch, model.stack.output_size)), dtype=model.dtype)

@@ -26,7 +26,8 @@ from .shell import NULL
 ProjectedLaunch = Callable[..., None]  # launch(kernel, dtype name, batch, hidden, args, proj=P)
 
 
-def projected_layers(path: str, launcher: Callable[[], ProjectedLaunch]) -> tuple[Callable[..., Any], Callable[..., Any]]:
+def projected_layers(path: str,
+                     launcher: Callable[[], ProjectedLaunch]) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """``(lstmp_layer_forward, lstmp_layer_backward)`` of the ``path`` kernels, launching through ``launcher()``."""
     kernels = (f"lstmp_forward_{path}", f"lstmp_backward_{path}")
 
