@@ -1332,6 +1332,21 @@ def test_persistent_projected_kernels_match_generic_float64(wrappers, shape, mas
                      1e-12)
 
 
+def test_persistent_projected_kernels_do_not_depend_on_thread_order(wrappers):
+    """Each value of the LSTMP kernels is one thread's sum in a fixed order: the emulator's two thread orders give
+    the same bits (what deterministic training on a GPU rests on)."""
+    arrays, mask, _, extra, _ = variant_problem({}, 3, 9, 3, 40, False, True, proj=33)
+    persistent, results = wrappers["persistent"], []
+    for seed in (0, 1):
+        RawKernel.seed = seed
+        try:
+            results.append(projected_forward_and_backward(persistent, persistent, arrays, mask, extra.projection))
+        finally:
+            RawKernel.seed = 0
+    for name, value in results[0].items():
+        np.testing.assert_array_equal(results[1][name], value, err_msg=name)
+
+
 def test_a_bidirectional_projected_model_runs_on_the_persistent_path_by_name_only(on_numpy, launches):
     """A two-layer bidirectional LSTM with proj_size through cupy-persistent (asked for by name; "auto" gives the
     projected cell to no CuPy one-launch path yet): every output and gradient as on the generic path, with
