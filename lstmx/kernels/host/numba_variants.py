@@ -25,8 +25,8 @@ from ...nn.layers.lstm_layer import (PLAIN, ExtraParams, LayerNoise, LSTMLayerCa
                                      check_layer_backward, forward_dims, projected_layers)
 from ...nn.layers.norm import NORM_EPSILON, NormCache
 from .buffers import HOST_BUFFERS
-from .numba_layer import _JIT, _sigmoid, _tanh
-from .numpy_layer import refuse_step_mask, transposed_copy
+from .numba_layer import _JIT, _sigmoid, _tanh, _transpose_into
+from .numpy_layer import refuse_step_mask
 
 
 class _Settings(NamedTuple):
@@ -364,12 +364,13 @@ def lstm_variant_layer_backward(
     unclipped = np.ascontiguousarray(kept.unclipped, dtype) if clipped else _unused(steps, dtype, 2)
     h_norm = kept.h_norm if norms else NormCache(_unused(steps, dtype, 2), _unused(steps, dtype, 2))
     c_norm = kept.c_norm if norms else NormCache(_unused(steps, dtype, 2), _unused(steps, dtype, 2))
-    w_hidden_t = transposed_copy(weight[features:])
+    w_hidden = np.ascontiguousarray(weight[features:], dtype)  # (R, 4H): dL/dh_{t-1}ᵀ = W_h dzᵀ, as the plain path
     w_projection_t = None if projection is None else np.ascontiguousarray(np.asarray(projection, dtype).T)
 
     dz_all = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype)
     dh_product_all = HOST_BUFFERS.empty((steps, batch, 4 * hidden), dtype) if norms else dz_all  # dL/d(h W_h)
-    dh_next, dc_next = np.array(dh_last, dtype), np.array(dc_last, dtype)
+    dh_next, dc_next = np.array(dh_last, dtype, order="C"), np.array(dc_last, dtype, order="C")
+    dh_transposed = np.empty((output, batch), dtype)
     dh_carried = np.zeros((batch, output), dtype)
     dpeephole = np.zeros(3 * hidden, dtype)
     dnorm_h, dnorm_c = np.zeros((2, 4 * hidden), dtype), np.zeros((2, hidden), dtype)
@@ -395,7 +396,8 @@ def lstm_variant_layer_backward(
                        settings.norm_c, zoned_c, zoned_h and projection is None, keep_c[t], keep_h[t],
                        h_norm.normalized[t], h_norm.inverse_std[t], c_norm.normalized[t], c_norm.inverse_std[t],
                        dz_all[t], dh_product_all[t], dh_carried, dpeephole, dnorm_h, dnorm_c, scratch)
-        np.matmul(dh_product_all[t], w_hidden_t, out=dh_next)
+        np.matmul(w_hidden, dh_product_all[t].T, out=dh_transposed)
+        _transpose_into(dh_transposed, dh_next)
         if recurrent_mask is not None:
             dh_next *= recurrent_mask
         if zoned_h:
