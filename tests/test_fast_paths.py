@@ -197,7 +197,7 @@ def test_registry_chooses_by_backend_dtype_and_mask(monkeypatch):
     strict = lstmx.get_backend("array_api_strict")
     numba_here = registry.layer_impl("numba").refuses(registry.Call(NUMPY, np.float32, False)) is None
     assert registry.choose_layer_impl(NUMPY, np.float32, False).name == ("numba" if numba_here else "numpy")
-    assert registry.choose_layer_impl(NUMPY, np.float64, False).name == "numpy"
+    assert registry.choose_layer_impl(NUMPY, np.float64, False).name == ("numba" if numba_here else "numpy")
     assert registry.choose_layer_impl(NUMPY, np.float32, True).name == "generic"
     assert registry.choose_layer_impl(strict, strict.xp.float32, False).name == "generic"
     monkeypatch.setenv(registry.ENVIRONMENT_VARIABLE, "numpy")  # the environment variable: a default only
@@ -364,7 +364,7 @@ def test_auto_picks_a_path_only_within_its_dtypes_and_hidden_limit():
     assert not registry.layer_impl("cupy-persistent").auto_takes(registry.Call(NUMPY, np.float64, sizes=(32, 8)))
     generic = registry.layer_impl("generic")
     assert generic.auto_max_hidden is None and generic.auto_takes(registry.Call(NUMPY, np.float64, sizes=(32, 10**6)))
-    assert not registry.layer_impl("numba").auto_takes(registry.Call(NUMPY, np.float64, sizes=(32, 8)))
+    assert registry.layer_impl("numba").auto_takes(registry.Call(NUMPY, np.float64, sizes=(32, 8)))
 
 
 def test_auto_on_cupy_runs_the_paths_measured_fastest(backend, monkeypatch):

@@ -52,7 +52,7 @@ def test_auto_runs_the_tuned_choice_for_exactly_that_call_and_a_request_still_wi
     tuning.record(key(), "numpy", {"numpy": 1.0, "numba": 2.0})
     assert forward_impl() == "numpy"
     assert forward_impl(batch=5) == "numba"  # a size not tuned: the thresholds
-    assert forward_impl(dtype="float64") == "numpy" and forward_impl(proj_size=2) == "numba"
+    assert forward_impl(dtype="float64") == "numba" and forward_impl(proj_size=2) == "numba"  # neither tuned
     assert lstmx.LSTM(2, 4).forward(np.ones((2, 3, 2), np.float32), impl="generic")[2].impl == "generic"
     monkeypatch.setenv(registry.ENVIRONMENT_VARIABLE, "generic")
     assert forward_impl() == "generic"  # the environment's default is a request too

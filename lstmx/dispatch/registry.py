@@ -260,7 +260,8 @@ IMPLS: tuple[Impl, ...] = (
          summary="CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size; every cell and cell "
                  "option, the variants by name)"),
     Impl(kind="layer", name="numba", module="lstmx.kernels.host.numba_layer", backends=("numpy",), dtypes=FLOATS,
-         auto_dtypes=("float32",), step_masks=False, cells=EVERY_CELL, cell_options=EVERY_OPTION,
+         step_masks=False, cells=EVERY_CELL, cell_options=EVERY_OPTION,  # float64 too: its compiled loop beat the
+         # numpy path there (docs/benchmarks.md)
          summary="NumPy + Numba: the plain cell's whole time loop compiled around NumPy's BLAS, the other "
                  "cells' pointwise step per time step (float32 tanh approximated; every cell and cell option)"),
     Impl(kind="layer", name="numpy", module="lstmx.kernels.host.numpy_layer", backends=("numpy",), dtypes=FLOATS,

@@ -7,8 +7,8 @@ forward and ~16 in the backward, each a pass over memory; here each step's point
 every value once, and each direction's whole time loop is compiled too, calling NumPy's own BLAS GEMM
 (:mod:`lstmx.kernels.host.blas`), so no step returns to Python (where that entry is not found, the same loop
 runs in Python around ``np.matmul``: the same library and kernels, the same bits). Numba is optional
-(``pip install 'lstmx[fast]'``); :mod:`lstmx.dispatch.registry` picks this module by default for float32 NumPy
-input when it imports (float64 runs too when asked for, at scalar speed).
+(``pip install 'lstmx[fast]'``); :mod:`lstmx.dispatch.registry` picks this module by default for NumPy input
+without step masks when it imports.
 
 float32 tanh is Eigen's rational approximation (clamped to ±7.905, max abs error 2.4e-7 against ``np.tanh``),
 which the compiler vectorises; float64 uses the exact ``math.tanh`` so the gradient checks can run here too.
