@@ -9,9 +9,11 @@ are single GEMMs, shared with the stepwise path.
 
 It applies only where the block's slice of W_h fits in shared memory, every block of the grid is resident at
 once (a cooperative launch requires it) and the per-thread dot products stay cheap: :func:`refuses_size` says
-which sizes, and the registry falls back to the stepwise path elsewhere. CuPy would silently shrink a
-cooperative grid that is too large (and the kernel would compute garbage), so the grid is checked against the
-device's co-resident limit before every launch.
+which sizes, and the registry refuses the others (asked for by name) or gives them to another path ("auto").
+CuPy would silently shrink a cooperative grid that is too large (and the kernel would compute garbage), so the
+grid is checked against the device's co-resident limit before every launch. The cell options and the projected
+cell (LSTMP) run kernels of their own beside the plain ones (:mod:`.one_launch_variants`,
+:mod:`.one_launch_projected`).
 """
 
 from __future__ import annotations
