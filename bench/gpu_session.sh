@@ -21,7 +21,11 @@ for what in "$@"; do  # a misspelt step is refused before any runs (not found ou
 done
 [ $# -gt 0 ] || { echo "gpu_session.sh: error: name one or more steps: $STEPS"; exit 2; }
 if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    # once per machine and set of wheels: several of these scripts may run at once, and none reinstalls under another
+    if [ ! -e /tmp/site/.installed ] || [ -n "$(find .whl -name '*.whl' -newer /tmp/site/.installed)" ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl && touch /tmp/site/.installed || exit 1
+    fi
     export PYTHONPATH="/tmp/site:$PWD"
 else
     export PYTHONPATH="$PWD"

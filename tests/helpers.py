@@ -16,3 +16,14 @@ def host(array) -> np.ndarray:
 def weighted_sum(backend, outputs, weights) -> float:
     """Σ weights·outputs over several arrays, as a host float: a scalar loss with O(1) gradients."""
     return float(sum(np.sum(host(o) * w) for o, w in zip(outputs, weights)))
+
+
+def cupy_runs_here() -> bool:
+    """Whether the CuPy backend runs on this machine (CuPy installed and a CUDA device present)."""
+    from lstmx.backend import BackendError, get_backend
+
+    try:
+        get_backend("cupy")
+    except BackendError:
+        return False
+    return True

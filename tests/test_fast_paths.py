@@ -336,17 +336,19 @@ def test_size_limited_paths_at_their_limit_and_one_past_it(backend):
     limited = [impl for impl in registry.LAYER_IMPLS if impl.size_limited]
     for impl in limited:
         module = runnable(impl, backend, np.float32)
-        limit = impl.largest_hidden(backend, np.float32, 2)
+        precision = impl.precisions[0]  # the TF32 tiled kernels run under precision="tf32" only
+        limit = impl.largest_hidden(backend, np.float32, 2, precision=precision)
         assert 0 < limit < 4096, (impl.name, limit)
-        assert impl.refuses(registry.Call(backend, np.float32, False, (2, limit))) is None
+        assert impl.refuses(registry.Call(backend, np.float32, False, (2, limit), precision=precision)) is None
         arrays, grads = random_layer(backend, 3, 2, 3, limit, np.float32)
         arrays[1] = arrays[1] * float(2.0 / np.sqrt(limit))  # pre-activations O(1), as initialised weights give
-        assert_matches_generic(module, backend, arrays, grads, 2e-5)
-        past = impl.refuses(registry.Call(backend, np.float32, False, (2, limit + 1)))
+        assert_matches_generic(module, backend, arrays, grads, 2e-5 if precision != "tf32" else TF32_TOLERANCE)
+        past = impl.refuses(registry.Call(backend, np.float32, False, (2, limit + 1), precision=precision))
         assert past is not None
         with pytest.raises(registry.LayerImplError, match=f"{impl.name}' cannot run this call"):
-            registry.choose_layer_impl(backend, np.float32, False, impl.name, (2, limit + 1))
-        assert registry.choose_layer_impl(backend, np.float32, False, None, (2, limit + 1)).name != impl.name
+            registry.choose_layer_impl(backend, np.float32, False, impl.name, (2, limit + 1), precision=precision)
+        assert registry.choose_layer_impl(backend, np.float32, False, None, (2, limit + 1),
+                                          precision=precision).name != impl.name
         arrays, _ = random_layer(backend, 2, 2, 3, limit + 1, np.float32)
         with pytest.raises(ValueError, match="use the stepwise path"):
             module.lstm_layer_forward(backend, *arrays)
@@ -411,11 +413,13 @@ def test_a_cache_from_another_model_or_older_parameters_is_refused(backend, impl
     from lstmx.training.optim import SGD
     from lstmx.validate import CacheMismatchError
 
+    precision = impl.precisions[0]  # the TF32 tiled kernels run under precision="tf32" only
     x = backend.asarray(np.random.default_rng(0).standard_normal((4, 3, 5)), dtype=backend.xp.float32)
-    model = lstmx.LSTM(5, 6, 2, backend=backend, seed=0)
+    model = lstmx.LSTM(5, 6, 2, backend=backend, seed=0, precision=precision)
     y, _, cache = model.forward(x, impl=impl.name)
     dy = backend.xp.ones_like(y)
-    for other in (lstmx.LSTM(5, 8, 2, backend=backend, seed=0), lstmx.LSTM(5, 6, 2, backend=backend, seed=0)):
+    for other in (lstmx.LSTM(5, 8, 2, backend=backend, seed=0, precision=precision),
+                  lstmx.LSTM(5, 6, 2, backend=backend, seed=0, precision=precision)):
         with pytest.raises(CacheMismatchError, match="not made by this model's forward"):
             other.backward(backend.xp.ones((4, 3, other.hidden_size), dtype=backend.xp.float32), cache)
     with pytest.raises(TypeError, match="cache must be the StackCache returned by this model's forward"):
@@ -424,11 +428,11 @@ def test_a_cache_from_another_model_or_older_parameters_is_refused(backend, impl
     SGD(model, lr=0.1).step(grads)
     with pytest.raises(CacheMismatchError, match="the parameters changed since"):
         model.backward(dy, cache)
-    language = LanguageModel(7, 5, 6, 2, backend=backend, seed=0)
+    language = LanguageModel(7, 5, 6, 2, backend=backend, seed=0, precision=precision)
     tokens = backend.asarray(np.zeros((4, 3), dtype=np.int64))
     logits, _, lm_cache = language.forward(tokens, impl=impl.name)
     with pytest.raises(CacheMismatchError):
-        LanguageModel(7, 5, 6, 2, backend=backend, seed=0).backward(logits, lm_cache)
+        LanguageModel(7, 5, 6, 2, backend=backend, seed=0, precision=precision).backward(logits, lm_cache)
 
 
 # --- the loss and its gradient (registry.LOSS_IMPLS) ---------------------------------------------------------
@@ -501,7 +505,10 @@ def test_bidirectional_stacks_match_the_generic_path(backend, impl, dtype, toler
     """Two bidirectional layers through each implementation that takes the call give the generic path's outputs,
     final states and every gradient: the stack runs the reverse direction through the same implementation."""
     runnable(impl, backend, dtype, lengths is not None)
-    model = lstmx.LSTM(3, 5, 2, bidirectional=True, backend=backend, dtype=np.dtype(dtype).name, seed=8)
+    precision = impl.precisions[0]  # the TF32 tiled kernels run under precision="tf32" only
+    tolerance = tolerance if precision != "tf32" else TF32_TOLERANCE
+    model = lstmx.LSTM(3, 5, 2, bidirectional=True, backend=backend, dtype=np.dtype(dtype).name, seed=8,
+                       precision=precision)
     rng = np.random.default_rng(8)
     x = backend.asarray(rng.standard_normal((5, 4, 3)), dtype=model.dtype)
     h0, c0 = (backend.asarray(rng.standard_normal((4, 4, 5)), dtype=model.dtype) for _ in range(2))
@@ -523,14 +530,18 @@ def test_bidirectional_stacks_match_the_generic_path(backend, impl, dtype, toler
 def test_an_implementation_refuses_a_cell_it_does_not_run(backend, impl):
     """Asked for by name, a path that does not run the projected cell raises naming why and who can; none falls
     back by itself. Those that run it say so in the registry and run it."""
-    model = lstmx.LSTM(3, 4, proj_size=2, backend=backend, dtype="float64")
+    dtype = "float64" if impl.dtypes is None or "float64" in impl.dtypes else impl.dtypes[0]
+    here = impl.backends is None or backend.name in impl.backends
+    precision = impl.precisions[0] if here else "float32"  # the TF32 tiled kernels: float32 under "tf32" only
+    model = lstmx.LSTM(3, 4, proj_size=2, backend=backend, dtype=dtype, precision=precision)
     x = backend.asarray(np.ones((2, 1, 3)), dtype=model.dtype)
+    call = registry.Call(backend, model.dtype, False, (1, 4), "lstmp", precision=precision)
     if "lstmp" in impl.cells:
-        if impl.refuses(registry.Call(backend, model.dtype, False, (1, 4), "lstmp")) is None:
+        if impl.refuses(call) is None:
             assert model.forward(x, impl=impl.name)[2].impl == impl.name
         return
-    reason = impl.refuses(registry.Call(backend, model.dtype, False, (1, 4), "lstmp"))
-    if impl.backends is None or backend.name in impl.backends:
+    reason = impl.refuses(call)
+    if here:
         assert reason == "runs the lstm cell, not lstmp (proj_size)"
     with pytest.raises(registry.LayerImplError, match=re.escape(f"'{impl.name}' cannot run this call: it {reason}")):
         model.forward(x, impl=impl.name)

@@ -30,10 +30,19 @@ SETTINGS = {"peepholes": dict(peepholes=True), "input_forget": dict(input_forget
             "cell_clip": dict(cell_clip=0.8), "layer_norm": dict(layer_norm=True), "zoneout": dict(zoneout=(0.3, 0.5)),
             "recurrent_dropout": dict(recurrent_dropout=0.4)}
 PROJECTION = 2  # proj_size of the LSTMP cases (hidden size 4)
+
+
+def _options_taken(impl, proj):
+    """The cell options ``impl`` takes on the plain (``proj`` 0) or the projected cell."""
+    return impl.cell_options if impl.options_cells is None or ("lstmp" if proj else "lstm") in impl.options_cells \
+        else ()
+
+
 CASES = [pytest.param(impl, option, proj, id=f"{impl.name}-{option}" + (f"-proj{proj}" if proj else ""))
          for impl in registry.LAYER_IMPLS if impl.name != "generic"
-         for proj in ((0,) if "lstmp" not in impl.cells else (0, PROJECTION) if impl.cell_options else (PROJECTION,))
-         for option in ((*impl.cell_options, "all") if impl.cell_options else ()) + (("plain",) if proj else ())]
+         for proj in ((0, PROJECTION) if "lstmp" in impl.cells else (0,))
+         for option in ((*_options_taken(impl, proj), "all") if _options_taken(impl, proj) else ())
+         + (("plain",) if proj else ())]
 ALL = [c for c in CASES if c.values[1] in ("all", "plain")]  # every option a path takes, or the plain LSTMP
 
 
@@ -127,13 +136,20 @@ def test_either_backward_consumes_the_other_paths_cache(backend, impl, option, p
     dy, dh, dc = (backend.asarray(rng.standard_normal(s)) for s in [(5, 2, width), (2, width), (2, 4)])
     params = model.stack.layer_params(model.params)[0][0]
     extra = generic.ExtraParams(**dict(zip(model.stack.cell.parameter_suffixes[2:], params[2:])))
+    masks = [(rng.random((2, width)) > 0.4) / 0.6, (rng.random((5, 2, 4)) < 0.3) * 1.0,
+             (rng.random((5, 2, width)) < 0.5) * 1.0]  # drawn for every case: the same draws follow them
+    taken = [options.recurrent_dropout, options.zoneout[0], options.zoneout[1]]  # the masks a model would draw
     noise = None if option == "plain" else generic.LayerNoise(
-        backend.asarray((rng.random((2, width)) > 0.4) / 0.6), backend.asarray((rng.random((5, 2, 4)) < 0.3) * 1.0),
-        backend.asarray((rng.random((5, 2, width)) < 0.5) * 1.0))
+        *(backend.asarray(mask) if drawn else None for mask, drawn in zip(masks, taken)))
     results = []
     for forward, backward in ((kernel, generic), (generic, kernel)):
         _, _, cache = forward.lstm_variant_layer_forward(backend, x, params[0], params[1], extra, options, h0, c0,
                                                          None, noise)
+        if forward is generic and impl.backward_own_cache:  # refused in one line, as the registry says
+            with pytest.raises(generic.LayerInputError, match="takes the cache of its own forward"):
+                backward.lstm_variant_layer_backward(backend, dy, dh, dc, params[0], extra, options, cache)
+            results.append(generic.lstm_variant_layer_backward(backend, dy, dh, dc, params[0], extra, options, cache))
+            continue
         results.append(backward.lstm_variant_layer_backward(backend, dy, dh, dc, params[0], extra, options, cache))
     (dx_a, state_a, dw_a, db_a, extra_a), (dx_b, state_b, dw_b, db_b, extra_b) = results
     for a, b in [(dx_a, dx_b), (*state_a, *state_b)[0::2], (*state_a, *state_b)[1::2], (dw_a, dw_b), (db_a, db_b),
@@ -176,7 +192,7 @@ def test_auto_gives_a_path_only_the_options_it_is_trusted_with():
 
 
 @pytest.mark.parametrize("impl", [pytest.param(i, id=i.name) for i in registry.LAYER_IMPLS
-                                  if i.cell_options and "lstmp" in i.cells])
+                                  if "lstmp" in i.cells and _options_taken(i, PROJECTION)])
 def test_a_variant_backward_refuses_a_cache_of_another_cell(backend, impl):
     """Every backward reading the generic cache passes one door (check_layer_backward): a projected layer's cache
     without the projection, or a plain cell's cache given cell options, is refused in one line."""

@@ -84,6 +84,7 @@ class Impl(NamedTuple):
     # runs
     cells: tuple[str, ...] | None = None  # the kinds of cell (lstmx.nn.cells) it runs; None: every one
     cell_options: tuple[str, ...] = ()  # the cell options (lstmx.nn.layers.cell.CellOptions) it takes
+    options_cells: tuple[str, ...] | None = None  # the cells it takes those options on (None: every one it runs)
     auto_max_hidden: dict[str, int] | None = None  # per dtype, the largest hidden size "auto" picks it for (a dtype
     # not named, or None: every size it runs)
     auto_cell_options: tuple[str, ...] | None = None  # the cell options "auto" gives it (None: every one it takes;
@@ -95,6 +96,8 @@ class Impl(NamedTuple):
     paired_directions: bool = False  # runs both directions of a bidirectional lstm layer in one launch (its
     # module's lstm_layer_pair_* functions) where the doubled grid fits
     auto_paired: bool = False  # ... also under "auto" (False: only when asked for by name)
+    backward_own_cache: bool = False  # its backward reads only a cache its own forward made (the graph path's
+    # cache leases the buffer set its graphs run on); every other backward also reads the generic forward's cache
 
     def refuses(self, call: Call) -> str | None:
         """None when this implementation can run ``call`` here, else why not (for error messages and skips).
@@ -113,6 +116,9 @@ class Impl(NamedTuple):
         untaken = [option for option in call.options if option not in self.cell_options]
         if untaken:
             return f"takes no {', '.join(untaken)}"
+        if call.options and self.options_cells is not None and call.cell not in self.options_cells:
+            return (f"takes cell options on the {', '.join(self.options_cells)} cell only, not on {call.cell} "
+                    f"(proj_size)")
         if call.masked and not self.step_masks:
             return "takes no step mask (lengths)"
         module, reason = _runnable_module(self.module, None, call.backend)  # its backend was checked first
@@ -244,13 +250,15 @@ IMPLS: tuple[Impl, ...] = (
                  "with the tiled path's options and paired directions)"),
     Impl(kind="layer", name="cupy-persistent", module="lstmx.kernels.cupy.persistent", backends=("cupy",),
          dtypes=FLOATS, auto_dtypes=CUPY_PERSISTENT_AUTO, size_limited=True, cells=EVERY_CELL, auto_cells=LSTM_ONLY,
-         cell_options=POINTWISE_OPTIONS, auto_cell_options=(), paired_directions=True,  # its variant and projected
-         # kernels and paired launches have run in the emulator only
+         cell_options=POINTWISE_OPTIONS, options_cells=LSTM_ONLY,  # its LSTMP kernels take no option
+         auto_cell_options=(), paired_directions=True,  # its variant and projected kernels and paired launches have
+         # run in the emulator only
          summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes; the LSTMP cell, "
                  "the pointwise cell options, and both directions in one launch, by name)"),
     Impl(kind="layer", name="cupy-graph", module="lstmx.kernels.cupy.graph", backends=("cupy",), dtypes=FLOATS,
          auto_dtypes=CUPY_GRAPH_AUTO, cells=EVERY_CELL, cell_options=EVERY_OPTION, auto_cell_options=(),
-         auto_cells=LSTM_ONLY, tf32_recurrence=True,  # its variant and projected graphs: emulator only
+         auto_cells=LSTM_ONLY, tf32_recurrence=True, backward_own_cache=True,  # its variant and projected graphs:
+         # emulator only
          summary="CuPy: the stepwise path's GEMMs and kernels captured once per shape as a CUDA graph, one launch "
                  "per direction (every size; every cell and cell option, the variants by name)"),
     Impl(kind="layer", name="cupy-stepwise", module="lstmx.kernels.cupy.stepwise", backends=("cupy",),
