@@ -23,8 +23,8 @@ done
 if ls .whl/*.whl >/dev/null 2>&1; then
     # once per machine and set of wheels: several of these scripts may run at once, and none reinstalls under another
     if [ ! -e /tmp/site/.installed ] || [ -n "$(find .whl -name '*.whl' -newer /tmp/site/.installed)" ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            .whl/*.whl && touch /tmp/site/.installed || exit 1
+        mkdir -p /tmp/site && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl && touch /tmp/site/.installed || exit 1
     fi
     export PYTHONPATH="/tmp/site:$PWD"
 else
