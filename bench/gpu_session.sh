@@ -72,7 +72,7 @@ for what in "$@"; do
             # returns (its worker is replaced), so a hang costs one failed test, not the step
             spread=""
             if python3 -c "import xdist, pytest_timeout" 2>/dev/null; then
-                spread="-n ${TEST_WORKERS:-8} --timeout ${TEST_TIMEOUT:-120} -o timeout_method=thread"
+                spread="-n ${TEST_WORKERS:-8} --timeout ${TEST_TIMEOUT:-300} -o timeout_method=thread"
             fi
             step "$what" "${STEP_TIMEOUT:-540}" python3 -m pytest -q -p no:cacheprovider --backends cupy $CPU_ONLY \
                 $spread -k "$keep" -rfE tests 2>&1 | tee "$OUT/pytest-cupy.log" | tail -40 || status=1 ;;

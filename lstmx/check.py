@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -57,9 +57,8 @@ def gradient_check(backend_name: str, tolerance: float) -> CheckResult:
                        f"worst: {worst.name}; {sum(r.entries for r in rows)} entries")
 
 
-def stack_gradient_checks(backend_name: str, tolerance: float) -> list[CheckResult]:
+def stack_gradient_checks(backend_name: str, tolerance: float) -> Iterator[CheckResult]:
     """Float64 gradient checks of a bidirectional and of a projected LSTM stack (generic path, with lengths)."""
-    results = []
     for label, options in (("bidirectional LSTM", dict(bidirectional=True, proj_size=0)),
                            ("LSTMP (proj_size)", dict(bidirectional=False, proj_size=2)),
                            ("bidirectional LSTMP", dict(bidirectional=True, proj_size=2)),
@@ -71,9 +70,8 @@ def stack_gradient_checks(backend_name: str, tolerance: float) -> list[CheckResu
                                                               zoneout=(0.2, 0.4), recurrent_dropout=0.3))):
         rows = check_lstm(backend_name, **options)
         worst = max(rows, key=lambda r: r.max_relative_error)
-        results.append(CheckResult(f"gradients {label} (float64)", backend_name, worst.max_relative_error, tolerance,
-                                   f"worst: {worst.name}; {sum(r.entries for r in rows)} entries"))
-    return results
+        yield CheckResult(f"gradients {label} (float64)", backend_name, worst.max_relative_error, tolerance,
+                          f"worst: {worst.name}; {sum(r.entries for r in rows)} entries")
 
 
 def _stack_outputs(backend_name: str, seed: int, lengths: list[int] | None, impl: str, dtype: str = "float32",
@@ -136,12 +134,11 @@ def parity_check(first: str, second: str, seed: int = 0) -> CheckResult:
                       lambda: _loss_state_and_grads(second, seed, lengths))
 
 
-def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
+def implementation_checks(backend_name: str, seed: int = 0) -> Iterator[CheckResult]:
     """Each layer and loss implementation that runs on ``backend_name`` here against the generic paths, in
     float32 (on unmasked batches, and on masked ones for those that take step masks). Every row changes one
     implementation: the others run their generic path, whatever "auto" would pick."""
     backend = get_backend(backend_name)
-    results = []
     for masked in (False, True):
         lengths = [20] * 7 + [11] if masked else None
         reference = _loss_state_and_grads(backend_name, seed, lengths, impl="generic", loss_impl="generic")
@@ -153,38 +150,38 @@ def implementation_checks(backend_name: str, seed: int = 0) -> list[CheckResult]
         for impl in registry.available_layer_impls(backend, np.float32, masked):
             if impl.name == "generic":
                 continue
-            results.append(agreement(f"{impl.name} vs generic {kind}", backend_name, reference,
-                                     run(impl=impl.name, loss_impl="generic")))
-            results.append(agreement(f"{impl.name} vs generic (bidirectional{', lengths' if masked else ''})",
-                                     backend_name, _stack_outputs(backend_name, seed, lengths, "generic"),
-                                     functools.partial(_stack_outputs, backend_name, seed, lengths, impl.name)))
+            yield agreement(f"{impl.name} vs generic {kind}", backend_name, reference,
+                            run(impl=impl.name, loss_impl="generic"))
+            yield agreement(f"{impl.name} vs generic (bidirectional{', lengths' if masked else ''})",
+                            backend_name, _stack_outputs(backend_name, seed, lengths, "generic"),
+                            functools.partial(_stack_outputs, backend_name, seed, lengths, impl.name))
             if "lstmp" in impl.cells:
-                results.append(agreement(f"{impl.name} vs generic (LSTMP{', lengths' if masked else ''})",
-                                         backend_name, _stack_outputs(backend_name, seed, lengths, "generic",
-                                                                      proj_size=8),
-                                         functools.partial(_stack_outputs, backend_name, seed, lengths, impl.name,
-                                                           proj_size=8)))
+                yield agreement(f"{impl.name} vs generic (LSTMP{', lengths' if masked else ''})",
+                                backend_name, _stack_outputs(backend_name, seed, lengths, "generic",
+                                                             proj_size=8),
+                                functools.partial(_stack_outputs, backend_name, seed, lengths, impl.name,
+                                                  proj_size=8))
             if impl.cell_options and not masked and "float64" in impl.dtypes:
                 # in float64: layer norms over few units amplify float32 rounding (either path's) past 1e-4
                 options = acting_options(impl.cell_options)
-                results.append(agreement(f"{impl.name} vs generic (options, float64)", backend_name,
-                                         _stack_outputs(backend_name, seed, None, "generic", "float64", **options),
-                                         functools.partial(_stack_outputs, backend_name, seed, None, impl.name,
-                                                           "float64", **options), FLOAT64_TOLERANCE))
+                yield agreement(f"{impl.name} vs generic (options, float64)", backend_name,
+                                _stack_outputs(backend_name, seed, None, "generic", "float64", **options),
+                                functools.partial(_stack_outputs, backend_name, seed, None, impl.name,
+                                                  "float64", **options), FLOAT64_TOLERANCE)
         if backend_name == "cupy":  # each path whose recurrence runs in TF32 under precision="tf32"
             for impl in registry.available_layer_impls(backend, np.float32, masked, precision="tf32"):
                 if impl.tf32_recurrence:
-                    results.append(agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
-                                             run(impl=impl.name, loss_impl="generic", precision="tf32"),
-                                             TF32_TOLERANCE))
+                    yield agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
+                                    run(impl=impl.name, loss_impl="generic", precision="tf32"),
+                                    TF32_TOLERANCE)
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
-                results.append(agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,
-                                         run(impl="generic", loss_impl=loss_impl)))
-    return results + update_checks(backend_name, seed)
+                yield agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,
+                                run(impl="generic", loss_impl=loss_impl))
+    yield from update_checks(backend_name, seed)
 
 
-def update_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
+def update_checks(backend_name: str, seed: int = 0) -> Iterator[CheckResult]:
     """Each optimizer-update fast path here against the generic update: three steps of every optimizer it
     runs, from the same gradients, in float32; and its global-norm clipping against the generic one."""
     from .nn.models import LanguageModel
@@ -208,17 +205,15 @@ def update_checks(backend_name: str, seed: int = 0) -> list[CheckResult]:
         scaled, norm = clip_grad_norm(backend, grads, 1.0, impl=impl)
         return {"norm": np.atleast_1d(to_numpy(norm)), **{k: to_numpy(g) for k, g in scaled.items()}}
 
-    results = []
     for name, optimizer in OPTIMIZERS.items():
         for impl in registry.available_update_impls(backend, optimizer):
             if impl != "generic":
-                results.append(agreement(f"update {impl} vs generic ({name}, float32)", backend_name,
-                                         trained(name, "generic"), lambda: trained(name, impl)))
+                yield agreement(f"update {impl} vs generic ({name}, float32)", backend_name,
+                                trained(name, "generic"), lambda: trained(name, impl))
     for impl in registry.available_clipping_impls(backend):
         if impl != "generic":
-            results.append(agreement(f"clipping {impl} vs generic (float32)", backend_name, clipped("generic"),
-                                     lambda: clipped(impl)))
-    return results
+            yield agreement(f"clipping {impl} vs generic (float32)", backend_name, clipped("generic"),
+                            lambda: clipped(impl))
 
 
 EXAMPLE_HIDDEN_SIZES = (128, 256, 512, 1024)  # batch 32
@@ -247,21 +242,25 @@ def available_gpu_backend() -> tuple[bool, str]:
 
 
 def run_checks(tolerance: float = 1e-6, out: Any = None) -> int:
-    """Run every check available here, print the table to ``out`` (stdout), return the exit status."""
+    """Run every check available here, print the table to ``out`` (stdout) a row as each check ends, return the
+    exit status."""
     out = out or sys.stdout
-    results = [gradient_check("numpy", tolerance), *stack_gradient_checks("numpy", tolerance),
-               *implementation_checks("numpy")]
     has_gpu, reason = available_gpu_backend()
-    if has_gpu:
-        results += [gradient_check("cupy", tolerance), *stack_gradient_checks("cupy", tolerance),
-                    parity_check("numpy", "cupy"), *implementation_checks("cupy")]
     for name in ("numpy", "cupy") if has_gpu else ("numpy",):
         here = registry.available_layer_impls(get_backend(name), np.float32, False, None, "lstm")
         print(f"layer implementations on {name}: " + "; ".join(f"{i.name} ({i.summary})" for i in here), file=out)
         print(f"layer implementation on {name} by default: {default_impls(name)}", file=out)
-    print(HEADER, file=out)
-    for result in results:
-        print(row(result), file=out)
+    print(HEADER, file=out, flush=True)
+    checks = [lambda: [gradient_check("numpy", tolerance)], lambda: stack_gradient_checks("numpy", tolerance),
+              lambda: implementation_checks("numpy")]
+    if has_gpu:
+        checks += [lambda: [gradient_check("cupy", tolerance)], lambda: stack_gradient_checks("cupy", tolerance),
+                   lambda: [parity_check("numpy", "cupy")], lambda: implementation_checks("cupy")]
+    results = []
+    for group in checks:
+        for result in group():
+            print(row(result), file=out, flush=True)  # a slow or stuck check shows how far the table got
+            results.append(result)
     if not has_gpu:
         print(f"CuPy checks skipped: {reason}", file=out)
     failed = [r for r in results if not r.passed]

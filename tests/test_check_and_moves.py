@@ -38,7 +38,7 @@ def test_parity_between_two_cpu_backends():
 
 def test_check_compares_every_implementation_with_the_generic_path(monkeypatch, capsys):
     monkeypatch.setenv("LSTMX_LAYER_IMPL", "numpy")
-    results = check_module.implementation_checks("numpy")
+    results = list(check_module.implementation_checks("numpy"))
     names = [r.check for r in results]
     assert "numpy vs generic (float32)" in names
     assert all(r.passed and 0 < r.error < 1e-5 for r in results), results  # another summation order, same math
@@ -88,7 +88,7 @@ def test_each_check_row_changes_one_implementation_and_runs_generic_paths_for_th
 
     monkeypatch.setattr(check_module, "_loss_state_and_grads", recording)
     monkeypatch.setattr(lstmx.dispatch.registry, "available_loss_impls", lambda backend: ["generic", "cupy-fused"])
-    results = check_module.implementation_checks("numpy")
+    results = list(check_module.implementation_checks("numpy"))
     assert all(impl is not None and loss_impl is not None for impl, loss_impl in calls), calls
     assert ("generic", "generic") in calls and ("generic", "cupy-fused") in calls
     assert {impl for impl, loss_impl in calls if loss_impl == "generic"} >= {"generic", "numpy"}

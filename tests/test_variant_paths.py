@@ -141,16 +141,27 @@ def test_either_backward_consumes_the_other_paths_cache(backend, impl, option, p
     taken = [options.recurrent_dropout, options.zoneout[0], options.zoneout[1]]  # the masks a model would draw
     noise = None if option == "plain" else generic.LayerNoise(
         *(backend.asarray(mask) if drawn else None for mask, drawn in zip(masks, taken)))
+
+    def forward(module):  # the plain LSTMP through the projected cell's own functions, as the stack runs it
+        if option == "plain":
+            return module.lstmp_layer_forward(backend, x, params[0], params[1], extra.projection, h0, c0)[2]
+        return module.lstm_variant_layer_forward(backend, x, params[0], params[1], extra, options, h0, c0, None,
+                                                 noise)[2]
+
+    def backward(module, cache):
+        if option == "plain":
+            *grads, dprojection = module.lstmp_layer_backward(backend, dy, dh, dc, params[0], extra.projection, cache)
+            return (*grads, (dprojection,))
+        return module.lstm_variant_layer_backward(backend, dy, dh, dc, params[0], extra, options, cache)
+
     results = []
-    for forward, backward in ((kernel, generic), (generic, kernel)):
-        _, _, cache = forward.lstm_variant_layer_forward(backend, x, params[0], params[1], extra, options, h0, c0,
-                                                         None, noise)
-        if forward is generic and impl.backward_own_cache:  # refused in one line, as the registry says
+    for forward_module, backward_module in ((kernel, generic), (generic, kernel)):
+        cache = forward(forward_module)
+        if forward_module is generic and impl.backward_own_cache:  # refused in one line, as the registry says
             with pytest.raises(generic.LayerInputError, match="takes the cache of its own forward"):
-                backward.lstm_variant_layer_backward(backend, dy, dh, dc, params[0], extra, options, cache)
-            results.append(generic.lstm_variant_layer_backward(backend, dy, dh, dc, params[0], extra, options, cache))
-            continue
-        results.append(backward.lstm_variant_layer_backward(backend, dy, dh, dc, params[0], extra, options, cache))
+                backward(backward_module, cache)
+            backward_module = generic
+        results.append(backward(backward_module, cache))
     (dx_a, state_a, dw_a, db_a, extra_a), (dx_b, state_b, dw_b, db_b, extra_b) = results
     for a, b in [(dx_a, dx_b), (*state_a, *state_b)[0::2], (*state_a, *state_b)[1::2], (dw_a, dw_b), (db_a, db_b),
                  *[(p, q) for p, q in zip(extra_a, extra_b) if p is not None]]:
