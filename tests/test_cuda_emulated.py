@@ -863,7 +863,7 @@ def test_both_directions_of_a_layer_run_in_one_launch_on_the_one_launch_paths(on
     """Asked for by name, the persistent and tiled paths run both directions of each bidirectional layer in one
     cooperative launch (grid z = 2, each direction on its half of stacked arrays) per pass: two layers are two
     forward and two backward launches, not four each; every output and gradient is the generic path's (1e-12,
-    float64), with lengths and without. The cache says so; "auto" would not pair them (not yet run on a GPU)."""
+    float64), with lengths and without. The cache says so; "auto" pairs them too (they passed the CuPy suite on an H200), the LSTMP cell never."""
     grids = []
     launch = RawKernel.__call__
 
@@ -882,9 +882,9 @@ def test_both_directions_of_a_layer_run_in_one_launch_on_the_one_launch_paths(on
         assert cache.paired and cache.impl == path
         assert grids == [(f"lstm_forward_{kind}", (2,))] * 2 + [(f"lstm_backward_{kind}", (2,))] * 2
     impl = registry.layer_impl(path)
-    assert impl.paired_directions and not impl.auto_paired
+    assert impl.paired_directions and impl.auto_paired
     call = registry.Call(NUMPY, np.float64, sizes=(3, 8))
-    assert not impl.pairs_directions(call, by_name=False)
+    assert impl.pairs_directions(call, by_name=False)
     assert not impl.pairs_directions(call._replace(cell="lstmp"), by_name=True)
 
 

@@ -220,8 +220,8 @@ CUPY_TILED_AUTO = ("float32", "float64")
 CUPY_PERSISTENT_AUTO = ("float32",)  # in float64 the graph path beat it at every size it runs
 CUPY_GRAPH_AUTO = ("float32", "float64")
 CUPY_STEPWISE_AUTO = ("float32", "float64")
-# Up to these hidden sizes the tiled kernels beat every other path on the H100's rows; above them the graph path's
-# cuBLAS GEMMs did (float32 at H = 512, float64 at H = 256), though the tiles still fit.
+# Up to these hidden sizes the tiled kernels beat every other path on the H100's rows, and in float32 on the H200's;
+# above them the graph path's cuBLAS GEMMs did (float32 at H = 512, float64 at H = 256), though the tiles still fit.
 CUPY_TILED_AUTO_MAX_HIDDEN = {"float32": 256, "float64": 128}
 CUPY_FUSED_UPDATE_AUTO = True  # passed the CuPy suite and lstmx check on an H100 (every optimizer, clipping)
 CUPY_FUSED_LOSS_AUTO = True  # passed the CuPy suite and lstmx check on an H100
@@ -239,10 +239,10 @@ ONE_HOT_MAX_ROWS = 256  # up to this many table rows the one-hot GEMM beats a na
 IMPLS: tuple[Impl, ...] = (
     Impl(kind="layer", name="cupy-tiled", module="lstmx.kernels.cupy.tiled", backends=("cupy",), dtypes=FLOATS,
          auto_dtypes=CUPY_TILED_AUTO, size_limited=True, cells=LSTM_ONLY, cell_options=POINTWISE_OPTIONS,
-         auto_cell_options=(),  # its variant kernels have run in the emulator only
-         auto_max_hidden=CUPY_TILED_AUTO_MAX_HIDDEN, paired_directions=True,  # paired launches: emulator only
+         auto_max_hidden=CUPY_TILED_AUTO_MAX_HIDDEN, paired_directions=True, auto_paired=True,  # variant kernels
+         # and paired launches passed the CuPy suite on an H200; paired, a bidirectional layer beat two launches
          summary="CuPy: register-tiled cooperative kernels, W_h split over units × rows (sizes whose tiles fit on "
-                 "chip; the pointwise cell options, and both directions in one launch, by name)"),
+                 "chip; the pointwise cell options; both directions of a layer in one launch)"),
     Impl(kind="layer", name="cupy-tiled-tf32", module="lstmx.kernels.cupy.tiled_tf32", backends=("cupy",),
          dtypes=("float32",), auto=False, size_limited=True, cells=LSTM_ONLY, cell_options=POINTWISE_OPTIONS,
          precisions=("tf32",), tf32_recurrence=True, paired_directions=True,
@@ -251,22 +251,20 @@ IMPLS: tuple[Impl, ...] = (
     Impl(kind="layer", name="cupy-persistent", module="lstmx.kernels.cupy.persistent", backends=("cupy",),
          dtypes=FLOATS, auto_dtypes=CUPY_PERSISTENT_AUTO, size_limited=True, cells=EVERY_CELL, auto_cells=LSTM_ONLY,
          cell_options=POINTWISE_OPTIONS, options_cells=LSTM_ONLY,  # its LSTMP kernels take no option
-         auto_cell_options=(), paired_directions=True,  # its variant and projected kernels and paired launches have
-         # run in the emulator only
-         summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes; the LSTMP cell, "
-                 "the pointwise cell options, and both directions in one launch, by name)"),
+         paired_directions=True, auto_paired=True,  # its variant, projected and paired kernels passed the CuPy
+         # suite on an H200; its LSTMP speed against the graph path's is not yet measured (by name only)
+         summary="CuPy: one cooperative kernel per direction for all steps (small hidden sizes; the pointwise cell "
+                 "options; both directions of a layer in one launch; the LSTMP cell by name)"),
     Impl(kind="layer", name="cupy-graph", module="lstmx.kernels.cupy.graph", backends=("cupy",), dtypes=FLOATS,
-         auto_dtypes=CUPY_GRAPH_AUTO, cells=EVERY_CELL, cell_options=EVERY_OPTION, auto_cell_options=(),
-         auto_cells=LSTM_ONLY, tf32_recurrence=True, backward_own_cache=True,  # its variant and projected graphs:
-         # emulator only
+         auto_dtypes=CUPY_GRAPH_AUTO, cells=EVERY_CELL, cell_options=EVERY_OPTION, tf32_recurrence=True,
+         backward_own_cache=True,  # its variant and projected graphs passed the CuPy suite on an H200
          summary="CuPy: the stepwise path's GEMMs and kernels captured once per shape as a CUDA graph, one launch "
-                 "per direction (every size; every cell and cell option, the variants by name)"),
+                 "per direction (every size; every cell and cell option)"),
     Impl(kind="layer", name="cupy-stepwise", module="lstmx.kernels.cupy.stepwise", backends=("cupy",),
          dtypes=FLOATS, auto_dtypes=CUPY_STEPWISE_AUTO, cells=EVERY_CELL, cell_options=EVERY_OPTION,
-         auto_cell_options=(), auto_cells=LSTM_ONLY, tf32_recurrence=True,  # its variant and projected kernels
-         # have run in the emulator only
+         tf32_recurrence=True,  # its variant and projected kernels passed the CuPy suite on an H200
          summary="CuPy: per step one cuBLAS GEMM and one fused CUDA kernel (every size; every cell and cell "
-                 "option, the variants by name)"),
+                 "option)"),
     Impl(kind="layer", name="numba", module="lstmx.kernels.host.numba_layer", backends=("numpy",), dtypes=FLOATS,
          step_masks=False, cells=EVERY_CELL, cell_options=EVERY_OPTION,  # float64 too: its compiled loop beat the
          # numpy path there (docs/benchmarks.md)

@@ -11,8 +11,8 @@ into the set's arrays; the cache is those arrays (an :class:`~lstmx.nn.layers.ls
 the set's lease), and only y, the final state and the gradients are copied out. The input projection with its
 layer norm, and everything after the backward loop, run outside the graph as on the stepwise path.
 
-These graphs have run in the CPU emulator only (``tests/test_cuda_emulated.py``), not yet on a GPU: the
-registry gives them to ``impl="cupy-graph"`` asked for by name, never to "auto".
+Tested against the generic path in the CPU emulator (``tests/test_cuda_emulated.py``) and on a GPU
+(``tests/test_variant_paths.py``).
 """
 
 from __future__ import annotations

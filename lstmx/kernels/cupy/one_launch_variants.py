@@ -11,8 +11,8 @@ with its :class:`~lstmx.nn.layers.lstm_layer.VariantCache`), so the generic back
 cache and this backward the generic forward's. The input projection and the gradients of the weights and the
 peepholes after the loop are the stepwise variant path's (:func:`lstmx.kernels.cupy.variants.parameter_gradients`).
 
-These kernels have run in the CPU emulator only (``tests/test_cuda_emulated.py``), not yet on a GPU: the
-registry gives the options to the persistent and tiled paths asked for by name, never to "auto".
+Tested against the generic path in the CPU emulator (``tests/test_cuda_emulated.py``) and on a GPU
+(``tests/test_variant_paths.py``).
 """
 
 from __future__ import annotations

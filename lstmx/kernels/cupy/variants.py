@@ -15,9 +15,8 @@ a :class:`ForwardArrays` and a :class:`BackwardArrays`, through :class:`~lstmx.k
 pointers, and allocate nothing: the CUDA-graph path (:mod:`lstmx.kernels.cupy.graph_variants`) captures them on
 buffer sets of its own; here they run on arrays of the call's own.
 
-These kernels have run in the CPU emulator only (``tests/test_cuda_emulated.py``), not yet on a GPU: the
-registry gives them (the cell options and the LSTMP cell) to ``impl="cupy-stepwise"`` asked for by name, never to
-"auto".
+Tested against the generic path in the CPU emulator (``tests/test_cuda_emulated.py``) and on a GPU
+(``tests/test_variant_paths.py``).
 """
 
 from __future__ import annotations
