@@ -84,7 +84,25 @@ def machine_report() -> dict[str, Any]:
                           for info in threadpool_info() if info.get("user_api") == "blas"]
     except ImportError:
         report["blas"] = "threadpoolctl not installed"
+    gpu = _gpu_name()
+    if gpu is not None:
+        report["gpu"] = gpu
     return report
+
+
+def _gpu_name() -> str | None:
+    """The first CUDA device's name, with the driver and CuPy versions, where CuPy sees one (else None)."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            return None
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+        driver = cupy.cuda.runtime.driverGetVersion()
+    except Exception:  # noqa: BLE001 (no CuPy, no driver, no device: a CPU machine)
+        return None
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return f"{name} (CUDA driver {driver // 1000}.{driver % 1000 // 10}, CuPy {cupy.__version__})"
 
 
 def turn_taking_medians(runs: dict[str, tuple[Callable[[], Any], Callable[[], None]]], repeats: int, rounds: int = 3,

@@ -38,20 +38,26 @@ def machine_line(machine: dict[str, Any]) -> str:
     return f"{machine.get('date', 'date not recorded')}; " + "; ".join(parts)
 
 
+RATIOS = {"lstmx-cpu/torch-cpu": "lstmx CPU / torch CPU", "lstmx-gpu/cudnn": "lstmx GPU \"auto\" / cuDNN",
+          "lstmx-tf32/cudnn-tf32": "lstmx TF32 / cuDNN TF32"}  # gpu_vs_cpu.py's ratios, as the tables name them
+
+
 def step_table(name: str, report: dict[str, Any]) -> list[str]:
     """A gpu_vs_cpu.py run: ms per training step for every column, and lstmx / PyTorch per row."""
     results = report["results"]
     columns = list(dict.fromkeys(c for entry in results for c in entry["columns"]))
     kind = (f"{report.get('dtype', 'float32')}{', bidirectional' if report.get('bidirectional') else ''}"
             + (f", LSTMP with proj_size {report['proj_size']}" if report.get("proj_size") else ""))
+    ratios = [key for key in RATIOS if any(entry["ratios"].get(key) is not None for entry in results)] \
+        or ["lstmx-cpu/torch-cpu"]
     lines = [f"### `{name}`: one training step (forward + BPTT), {kind}", "", machine_line(report["machine"]), "",
-             "| B, T, D, H | " + " | ".join(f"{c} ms" for c in columns) + " | lstmx CPU / torch CPU |",
-             "|---|" + "---|" * (len(columns) + 1)]
+             "| B, T, D, H | " + " | ".join(f"{c} ms" for c in columns) + " | "
+             + " | ".join(RATIOS[key] for key in ratios) + " |",
+             "|---|" + "---|" * (len(columns) + len(ratios))]
     for entry in results:
         cells = [f"{entry['columns'][c]['ms']:.2f}" if c in entry["columns"] else "–" for c in columns]
-        ratio = entry["ratios"].get("lstmx-cpu/torch-cpu")
-        lines.append(f"| {', '.join(str(v) for v in entry['config'].values())} | " + " | ".join(cells)
-                     + f" | {'–' if ratio is None else f'{ratio:.2f}'} |")
+        cells += ["–" if entry["ratios"].get(key) is None else f"{entry['ratios'][key]:.2f}" for key in ratios]
+        lines.append(f"| {', '.join(str(v) for v in entry['config'].values())} | " + " | ".join(cells) + " |")
     rate = report["machine"].get("cpu_gemm_gflops")
     if rate is not None:  # runs since the GEMM rate was measured with them
         cpu = [c for c in columns if any("fraction_of_cpu_gemm" in e["columns"].get(c, {}) for e in results)]
