@@ -106,7 +106,7 @@ for what in "$@"; do
                 cp bench/results/variant_cost.json "$OUT/variant_cost_$impl.json" 2>/dev/null
             done ;;
         sanitize)
-            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck stepwise+options+proj:memcheck graph+options+proj:memcheck tiled+options:memcheck tiled+options:racecheck persistent+options:memcheck persistent+proj:memcheck persistent+proj:racecheck persistent+bidirectional:memcheck tiled+bidirectional:memcheck}; do
+            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck stepwise+options+proj:memcheck graph+options+proj:memcheck tiled+options:memcheck tiled+options:racecheck persistent+options:memcheck persistent+proj:memcheck persistent+proj:racecheck tiled+proj:memcheck tiled+proj:racecheck persistent+bidirectional:memcheck tiled+bidirectional:memcheck}; do
                 path=${run%%:*}; tool=${run#*:}; fused=""
                 case "$path" in *+bidirectional) fused="--bidirectional"; path=${path%+bidirectional} ;; esac
                 case "$path" in *+proj) fused="--proj-size 8"; path=${path%+proj} ;; esac

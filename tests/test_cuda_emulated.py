@@ -1018,7 +1018,8 @@ def test_the_gpu_sanitizer_script_passes_the_cell_options_through_the_emulated_k
 
 
 @pytest.mark.parametrize("path,cell_options", [("cupy-stepwise", False), ("cupy-stepwise", True),
-                                               ("cupy-graph", False), ("cupy-graph", True), ("cupy-persistent", False)])
+                                               ("cupy-graph", False), ("cupy-graph", True), ("cupy-persistent", False),
+                                               ("cupy-tiled", False)])
 def test_the_gpu_sanitizer_script_passes_the_projected_cell_through_the_emulated_kernels(on_numpy, capsys,
                                                                                         cell_options, path):
     """bench/gpu_sanitize.py --proj-size 8 [--cell-options] (the session's stepwise+options+proj,
@@ -1384,6 +1385,97 @@ def test_the_persistent_projected_kernels_are_sized_for_their_projection(wrapper
     assert persistent.refuses_size(3, largest, np.float64) is None
     refused = persistent.refuses_size(3, largest, np.float64, cell="lstmp")
     assert refused is None or "bytes of shared memory" in refused
+
+
+PROJECTED_TILES = [None, tiling.TileShape(1, 4, 4, 8, 8), tiling.TileShape(3, 4, 8, 8, 16),
+                   tiling.TileShape(2, 16, 16, 40, 136)]  # the chosen one; one unit a block, 8-column chunks; units
+# not dividing H or P; rows > B
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("tile", PROJECTED_TILES, ids=lambda s: "chosen" if s is None else "U{}R{}S{}F{}B{}".format(*s))
+@pytest.mark.parametrize("shape", [(3, 5, 4, 33, 7), (1, 1, 2, 8, 1), (2, 6, 2, 40, 33)],
+                         ids=lambda s: "T{}B{}D{}H{}P{}".format(*s))
+def test_tiled_projected_kernels_match_generic_float64(wrappers, shape, tile, masked):
+    """The LSTMP cell on the tiled kernels (two grid barriers per step; the projection and the backward's
+    dL/d(o ⊙ tanh c) as the tiled products, staged in chunks): against the generic path, and either backward on
+    the other's cache, for several tile shapes (columns of r in several blocks, chunks shorter than a row)."""
+    *dims, proj = shape
+    arrays, mask, _, extra, _ = variant_problem({}, *dims, False, masked, proj=proj)
+    expected = projected_forward_and_backward(generic, generic, arrays, mask, extra.projection)
+    tiled = wrappers["tiled"]
+    with contextlib.nullcontext() if tile is None else tiled.use_tile_shape(tile):
+        for forward, backward in ((tiled, tiled), (tiled, generic), (generic, tiled)):
+            assert_close(projected_forward_and_backward(forward, backward, arrays, mask, extra.projection), expected,
+                         1e-12)
+
+
+def test_tiled_projected_kernels_match_generic_float32(wrappers):
+    arrays, mask, _, extra, _ = variant_problem({}, 4, 5, 3, 24, False, True, proj=10)
+    expected = projected_forward_and_backward(generic, generic, arrays, mask, extra.projection)
+    single = {k: v.astype(np.float32) for k, v in arrays.items()}
+    got = projected_forward_and_backward(wrappers["tiled"], wrappers["tiled"], single, mask.astype(np.float32),
+                                         extra.projection.astype(np.float32))
+    for name, value in expected.items():
+        assert got[name].dtype == np.float32, name
+        scale = max(1.0, float(np.max(np.abs(value))))
+        assert np.max(np.abs(np.asarray(got[name], np.float64) - value)) / scale < 2e-5, name
+
+
+def test_tiled_projected_kernels_do_not_depend_on_thread_order(wrappers):
+    """Each value of the tiled LSTMP kernels is a fixed-order sum of fixed partial sums: the emulator's two thread
+    orders give the same bits."""
+    arrays, mask, _, extra, _ = variant_problem({}, 3, 9, 3, 40, False, True, proj=33)
+    tiled, results = wrappers["tiled"], []
+    with tiled.use_tile_shape(tiling.TileShape(3, 4, 8, 8, 16)):
+        for seed in (0, 1):
+            RawKernel.seed = seed
+            try:
+                results.append(projected_forward_and_backward(tiled, tiled, arrays, mask, extra.projection))
+            finally:
+                RawKernel.seed = 0
+    for name, value in results[0].items():
+        np.testing.assert_array_equal(results[1][name], value, err_msg=name)
+
+
+def test_a_bidirectional_projected_model_runs_on_the_tiled_path_by_name_only(on_numpy, launches):
+    """A two-layer bidirectional LSTM with proj_size through cupy-tiled, asked for by name: every output and
+    gradient as on the generic path, with lengths; each direction a launch of its own (no pair kernels for the
+    projected cell); "auto" does not give it the projected cell."""
+    path = on_numpy("cupy-tiled")
+    model = lstmx.LSTM(3, 8, 2, bidirectional=True, proj_size=5, dtype="float64", seed=4)
+    rng = np.random.default_rng(7)
+    x, dy = rng.standard_normal((5, 3, 3)), rng.standard_normal((5, 3, 10))
+    dh, dc = rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 3, 8))
+    results = {}
+    for impl in ("generic", path):
+        y, (h, c), cache = model.forward(x, lengths=[5, 2, 4], impl=impl)
+        dx, (dh0, dc0), grads = model.backward(dy, cache, (dh, dc))
+        results[impl] = {"y": y, "h": h, "c": c, "dx": dx, "dh0": dh0, "dc0": dc0, **grads}
+    assert_close(results[path], results["generic"], 1e-12)
+    assert launches.count("lstmp_forward_tiled_float64") == launches.count("lstmp_backward_tiled_float64") == 4
+    call = registry.Call(NUMPY, np.float64, sizes=(3, 8), cell="lstmp")
+    assert not registry.layer_impl(path).auto_takes(call) and registry.choose("layer", call).name != path
+
+
+def test_the_tiled_projected_kernels_refuse_what_they_do_not_run(wrappers):
+    """No TF32 kernels and no pair launch for the projected cell; a projection whose weights leave no room to
+    stage rows is refused in one line before any kernel runs; the registry sizes for P = H."""
+    tiled = wrappers["tiled"]
+    assert "no TF32 kernels" in tiled.refuses_projected(3, 16, 8, "tf32")
+    assert "launch of its own" in tiled.refuses_projected(3, 16, 8, "float64", directions=2)
+    assert tiled.refuses_size(3, 16, np.float64, cell="lstmp") is None
+    assert tiled.refuses_projected(3, 16, 8, "float64") is None
+    fixed_only = tiling.TileShape(4, 4, 4, 8, 8)
+    room_for_8 = tiling.projected_shared_bytes("lstmp_backward_tiled", fixed_only, 64, 32, 8, 8)
+    assert tiling.projected_chunk("lstmp_backward_tiled", fixed_only, 64, 32, 8, room_for_8) == 8
+    assert tiling.projected_chunk("lstmp_backward_tiled", fixed_only, 64, 32, 8, room_for_8 - 8) == 0
+    arrays, _, _, extra, _ = variant_problem({}, 2, 2, 3, 16, False, False, proj=8)
+    with tiled.use_tile_shape(tiling.TileShape(2, 4, 4, 8, 8)):
+        a = arrays
+        assert tiled.refuses_projected(2, 16, 8, "float64") is None
+        y, _, _ = tiled.lstmp_layer_forward(NUMPY, a["x"], a["weight"], a["bias"], extra.projection, a["h0"], a["c0"])
+        assert y.shape == (2, 2, 8)
 
 
 def test_variant_kernels_do_not_depend_on_thread_order(wrappers):

@@ -238,11 +238,14 @@ ONE_HOT_MAX_ROWS = 256  # up to this many table rows the one-hot GEMM beats a na
 # graph path then runs every size, and the stepwise path what no other takes.
 IMPLS: tuple[Impl, ...] = (
     Impl(kind="layer", name="cupy-tiled", module="lstmx.kernels.cupy.tiled", backends=("cupy",), dtypes=FLOATS,
-         auto_dtypes=CUPY_TILED_AUTO, size_limited=True, cells=LSTM_ONLY, cell_options=POINTWISE_OPTIONS,
+         auto_dtypes=CUPY_TILED_AUTO, size_limited=True, cells=EVERY_CELL, auto_cells=LSTM_ONLY,
+         cell_options=POINTWISE_OPTIONS, options_cells=LSTM_ONLY,  # its LSTMP kernels take no option and have
+         # run in the emulator only
          auto_max_hidden=CUPY_TILED_AUTO_MAX_HIDDEN, paired_directions=True, auto_paired=True,  # variant kernels
          # and paired launches passed the CuPy suite on an H200; paired, a bidirectional layer beat two launches
          summary="CuPy: register-tiled cooperative kernels, W_h split over units × rows (sizes whose tiles fit on "
-                 "chip; the pointwise cell options; both directions of a layer in one launch)"),
+                 "chip; the pointwise cell options; both directions of a layer in one launch; the LSTMP cell by "
+                 "name)"),
     Impl(kind="layer", name="cupy-tiled-tf32", module="lstmx.kernels.cupy.tiled_tf32", backends=("cupy",),
          dtypes=("float32",), auto=False, size_limited=True, cells=LSTM_ONLY, cell_options=POINTWISE_OPTIONS,
          precisions=("tf32",), tf32_recurrence=True, paired_directions=True,

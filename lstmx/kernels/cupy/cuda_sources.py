@@ -75,7 +75,9 @@ PERSISTENT_LAYOUT = {**{kernel: kernel for kernel in PERSISTENT_KERNELS},
                      **dict(zip(PERSISTENT_VARIANT_KERNELS, PERSISTENT_KERNELS))}  # as TILED_LAYOUT
 TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
 TILED_VARIANT_KERNELS = ("lstm_variant_forward_tiled", "lstm_variant_backward_tiled")  # with cell options
-# each tiled kernel's plain counterpart, whose shared-memory layout and chunk it shares
+TILED_PROJECTED_KERNELS = ("lstmp_forward_tiled", "lstmp_backward_tiled")  # the LSTMP cell (float32, float64)
+# each tiled kernel's plain counterpart, whose shared-memory layout and chunk it shares (the projected kernels have
+# layouts of their own: tiling.projected_shared_bytes)
 TILED_LAYOUT = {**{kernel: kernel for kernel in TILED_KERNELS}, **dict(zip(TILED_VARIANT_KERNELS, TILED_KERNELS))}
 OPTIM_KERNELS = ("adam_update", "sgd_update", "rmsprop_update", "global_norm", "scale_tensors")
 LOSS_KERNELS = ("softmax_cross_entropy",)
@@ -83,7 +85,7 @@ VARIANT_KERNELS = ("row_norm_forward", "row_norm_backward", "lstm_variant_forwar
                    "lstm_projected_state_forward_step", "lstm_projected_state_backward_step")
 SOURCES = {"stepwise": STEPWISE_KERNELS,
            "persistent": PERSISTENT_KERNELS + PERSISTENT_VARIANT_KERNELS + PERSISTENT_PROJECTED_KERNELS,
-           "tiled": TILED_KERNELS + TILED_VARIANT_KERNELS,
+           "tiled": TILED_KERNELS + TILED_VARIANT_KERNELS + TILED_PROJECTED_KERNELS,
            "optim": OPTIM_KERNELS, "loss": LOSS_KERNELS, "variants": VARIANT_KERNELS}  # kind → its file's kernels
 
 
@@ -91,6 +93,14 @@ def variants(kind: str) -> tuple[str, ...]:
     """The variants of the ``kind`` kernels: every kind has "float32" and "float64"; the tiled kernels also have
     "tf32" (float32 data, recurrent products on tensor cores in TensorFloat-32)."""
     return (*DTYPES, "tf32") if kind == "tiled" else tuple(DTYPES)
+
+
+def kernels(kind: str, variant: str) -> tuple[str, ...]:
+    """The kernels of the ``kind`` file in ``variant``: every one of :data:`SOURCES`, but the tiled "tf32" variant
+    has no projected-cell kernels (its warp tiles run the plain and variant cells only)."""
+    if kind == "tiled" and variant == "tf32":
+        return tuple(kernel for kernel in SOURCES[kind] if kernel not in TILED_PROJECTED_KERNELS)
+    return SOURCES[kind]
 
 
 def source(kind: str, variant: str) -> str:

@@ -1,6 +1,7 @@
-"""The projected cell (LSTMP, ``proj_size``) on a one-launch CuPy path: one cooperative launch per direction and
-pass, two grid barriers per step (the cell's products with W_h, then the projection r_t = (o_t ⊙ tanh c_t) W_hr),
-the kernels ``lstmp_forward_<path>`` / ``lstmp_backward_<path>`` beside the plain ones.
+"""The projected cell (LSTMP, ``proj_size``) on a one-launch CuPy path (persistent or tiled): one cooperative
+launch per direction and pass, two grid barriers per step (the cell's products with W_h, then the projection
+r_t = (o_t ⊙ tanh c_t) W_hr), the kernels ``lstmp_forward_<path>`` / ``lstmp_backward_<path>`` beside the plain
+ones.
 
 The signatures and the cache are the generic projected layer's (:class:`~lstmx.nn.layers.lstm_layer.LSTMLayerCache`
 with h of width P), so the generic backward consumes this forward's cache and this backward the generic
@@ -8,8 +9,9 @@ forward's. The input projection before the loop is one GEMM; the gradients of th
 after it are the stepwise variant path's (:func:`lstmx.kernels.cupy.variants.parameter_gradients`).
 
 Tested against the generic path in the CPU emulator (``tests/test_cuda_emulated.py``) and on a GPU
-(``tests/test_variant_paths.py``). The registry gives the projected cell to the path asked for by name only: its
-speed against the graph path's is not yet measured.
+(``tests/test_variant_paths.py``; the persistent kernels have passed there, the tiled ones are owed that run). The
+registry gives the projected cell to either path asked for by name only: its speed against the graph path's is
+not yet measured.
 """
 
 from __future__ import annotations

@@ -73,10 +73,40 @@ def _shape_for(batch: int, hidden: int, variant: str) -> tiling.TileShape | None
 def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1,
                  cell: str = "lstm") -> str | None:
     """None when a layer of this batch and hidden size (with the cell ``options`` named; ``directions`` 2: both
-    directions of a bidirectional layer in one launch) runs here, else why not (for the registry, which asks
-    only for the ``cell`` these kernels run, lstm)."""
+    directions of a bidirectional layer in one launch; ``cell`` "lstmp": the projected cell, sized for the
+    largest projection, P = H) runs here, else why not (for the registry)."""
+    if cell == "lstmp":
+        return refuses_projected(batch, hidden, hidden, np.dtype(dtype).name, directions)
     kernels = cuda_sources.TILED_VARIANT_KERNELS if options else cuda_sources.TILED_KERNELS
     return refuses_variant(batch, hidden, np.dtype(dtype).name, kernels, directions)
+
+
+def refuses_projected(batch: int, hidden: int, proj: int, variant: str, directions: int = 1) -> str | None:
+    """As :func:`refuses_size`, for the projected cell's kernels with projection ``proj`` in ``variant``: the
+    plain kernels' tile shape, with a chunk of its own (the block also holds its slice of W_hr)."""
+    if variant == "tf32":
+        return "has no TF32 kernels of the projected cell (proj_size)"
+    if directions != 1:
+        return "runs each direction of a projected layer in a launch of its own"
+    shape = _shape_for(batch, hidden, variant)
+    if shape is None:
+        return f"has no tile shape for batch {batch} × hidden {hidden} in {variant} that fits this GPU"
+    reason = tiling.refuses_shape(shape)
+    if reason is not None:
+        return f"cannot run tile shape {shape}: {reason}"
+    itemsize = 8 if variant == "float64" else 4
+    limit = device_attribute("MaxSharedMemoryPerBlockOptin")
+    blocks = int(np.prod(shape.grid(batch, hidden)))
+    for kernel in cuda_sources.TILED_PROJECTED_KERNELS:
+        chunk = tiling.projected_chunk(kernel, shape, hidden, proj, itemsize, limit)
+        if chunk == 0:
+            return (f"cannot stage rows beside the projected cell's weights with {shape} for hidden {hidden}, "
+                    f"projection {proj} in {variant}: a block has {limit} bytes of shared memory")
+        shared = tiling.projected_shared_bytes(kernel, shape, hidden, proj, chunk, itemsize)
+        resident = _resident_blocks(kernel, variant, shape.threads(), shared, cupy.cuda.Device().id)
+        if blocks > resident:
+            return f"needs {blocks} co-resident blocks with {shape} for the projected cell; this GPU holds {resident}"
+    return None
 
 
 def refuses_variant(batch: int, hidden: int, variant: str, kernels: tuple[str, ...] = cuda_sources.TILED_KERNELS,
@@ -104,8 +134,12 @@ def refuses_variant(batch: int, hidden: int, variant: str, kernels: tuple[str, .
 
 def launcher(variant: str | None) -> Launch:
     """The launch of the kernels of ``variant`` ("tf32"; None: those of the layer's dtype), its size checked first."""
-    def launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple, directions: int = 1) -> None:
+    def launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple, directions: int = 1,
+               proj: int = 0) -> None:
         chosen = dtype if variant is None else variant
+        if kernel in cuda_sources.TILED_PROJECTED_KERNELS:
+            _launch_projected(kernel, chosen, batch, hidden, proj, args)
+            return
         pair = cuda_sources.TILED_VARIANT_KERNELS if kernel in cuda_sources.TILED_VARIANT_KERNELS \
             else cuda_sources.TILED_KERNELS
         reason = refuses_variant(batch, hidden, chosen, pair, directions)
@@ -120,6 +154,18 @@ def launcher(variant: str | None) -> Launch:
     return launch
 
 
+def _launch_projected(kernel: str, variant: str, batch: int, hidden: int, proj: int, args: tuple) -> None:
+    reason = refuses_projected(batch, hidden, proj, variant)
+    if reason is not None:
+        raise ValueError(f"the tiled CuPy path {reason}; use the stepwise path (impl='cupy-stepwise')")
+    shape = _shape_for(batch, hidden, variant)
+    itemsize = 8 if variant == "float64" else 4
+    limit = device_attribute("MaxSharedMemoryPerBlockOptin")
+    chunk = tiling.projected_chunk(kernel, shape, hidden, proj, itemsize, limit)
+    _kernel(kernel, variant)((*shape.grid(batch, hidden), 1), shape.block(), (*args, np.int32(chunk)),
+                             shared_mem=tiling.projected_shared_bytes(kernel, shape, hidden, proj, chunk, itemsize))
+
+
 _launch = launcher(None)
 
 
@@ -132,3 +178,8 @@ lstm_layer_forward, lstm_layer_backward, lstm_layer_pair_forward, lstm_layer_pai
 from .one_launch_variants import variant_layers  # noqa: E402
 
 lstm_variant_layer_forward, lstm_variant_layer_backward = variant_layers("tiled", lambda: _launch)
+
+# the projected cell (LSTMP), in the module both one-launch paths share
+from .one_launch_projected import projected_layers  # noqa: E402
+
+lstmp_layer_forward, lstmp_layer_backward = projected_layers("tiled", lambda: _launch)

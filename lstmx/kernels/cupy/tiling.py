@@ -64,6 +64,37 @@ def shared_bytes(kernel: str, shape: TileShape, hidden: int, itemsize: int) -> i
     return (fixed + shape.rows * per_row) * itemsize
 
 
+PROJECTED_FORWARD = "lstmp_forward_tiled"  # the projected cell's kernels (cuda_sources.TILED_PROJECTED_KERNELS)
+
+
+def _projected_fixed_and_longest(kernel: str, shape: TileShape, hidden: int, proj: int) -> tuple[int, int]:
+    """Elements a projected-cell block holds for the whole launch (its slices of W_h and W_hr, the partial sums),
+    and the longest reduction its staged rows pass through: forward z = r W_h (over P) then r = m W_hr (over H);
+    backward dL/dm = dL/dr W_hrᵀ (over P) then dL/dr = dz W_hᵀ (over 4H)."""
+    units, rows, splits = shape.units, shape.rows, shape.splits
+    if kernel == PROJECTED_FORWARD:
+        return (_round8(proj) * units * 4 + units * (_round8(hidden) + 4) + splits * rows * units * 4,
+                _round8(hidden))
+    return units * (_round8(4 * hidden) + 4) + units * (_round8(proj) + 4) + splits * rows * units, _round8(4 * hidden)
+
+
+def projected_chunk(kernel: str, shape: TileShape, hidden: int, proj: int, itemsize: int, shared_limit: int) -> int:
+    """The chunk of a projected-cell kernel (one for both of its products): every column of its longest
+    reduction, at most the shape's chunk of that direction, else the widest multiple of 32 that fits beside its
+    fixed part; 0 when not even 32 (or the wanted chunk, if shorter) fit."""
+    fixed, longest = _projected_fixed_and_longest(kernel, shape, hidden, proj)
+    wanted = min(longest, shape.forward_chunk if kernel == PROJECTED_FORWARD else shape.backward_chunk)
+    room = (shared_limit // itemsize - fixed) // shape.rows - 4
+    chunk = wanted if room >= wanted else room // 32 * 32
+    return chunk if chunk >= min(32, wanted) else 0
+
+
+def projected_shared_bytes(kernel: str, shape: TileShape, hidden: int, proj: int, chunk: int, itemsize: int) -> int:
+    """Dynamic shared memory of one block of a projected-cell kernel staging ``chunk`` columns at a time."""
+    fixed, _ = _projected_fixed_and_longest(kernel, shape, hidden, proj)
+    return (fixed + shape.rows * (chunk + 4)) * itemsize
+
+
 def refuses_shape(shape: TileShape, mma: bool = False) -> str | None:
     """None when the kernels (the TF32 variant's with ``mma``) can run this shape (any batch and hidden size),
     else why not."""

@@ -199,13 +199,16 @@ __device__ __forceinline__ $real to_operand(const $real x) { return x; }
 // apart: no bank conflicts) over the s-th share of k (groups of 4, every splits-th group): two vector loads per
 // 16 FMAs. W_h is held as (k8, units, 4 gates).
 __device__ __forceinline__ int forward_shares(const Tile& p) { return p.splits; }
+// inner: the rows of W_h, H (the projected cell's: P)
 __device__ __forceinline__ void forward_weights_to_shared($real* w_s, const $real* w_hidden, const Tile& p,
-                                                          const int hidden, const int k8)
+                                                          const int hidden, const int k8, const int inner = 0)
 {
+    const int rows_of_w = inner > 0 ? inner : hidden;
     for (long long e = p.tid; e < (long long)k8 * p.units * 4; e += p.threads) {
         const int gate = (int)(e & 3), unit = (int)((e >> 2) % p.units);
         const long long k = (e >> 2) / p.units;
-        w_s[e] = k < hidden && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit] : ($real)0;
+        w_s[e] = k < rows_of_w && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit]
+                                                       : ($real)0;
     }
 }
 struct ForwardProduct {
@@ -254,15 +257,19 @@ __device__ __forceinline__ void backward_weights_to_shared($real* w_s, const $re
 }
 struct BackwardProduct {
     $real acc[4];  // [row]
+    int weight_row;  // the stride of the units' rows of weights in shared memory: the padded reduction + 4
 };
-__device__ __forceinline__ BackwardProduct backward_product(const Tile&) { return BackwardProduct{}; }
+// reduction: the product's (4H here; the projected cell's products with W_hr reduce over H or P)
+__device__ __forceinline__ BackwardProduct backward_product(const Tile& p, const int reduction = 0)
+{
+    return BackwardProduct{{0, 0, 0, 0}, round8(reduction > 0 ? reduction : (int)p.four) + 4};
+}
 __device__ __forceinline__ void accumulate(BackwardProduct& dh, const $real* dz_s, const $real* w_s, const Tile& p,
                                            const int start, const int width, const int stride)
 {
-    const int c8 = round8((int)p.four);
     for (int cc = 4 * p.split; cc < width; cc += 4 * p.splits) {
         $real w[4];
-        load4(w_s + p.u * (c8 + 4) + start + cc, w);
+        load4(w_s + p.u * dh.weight_row + start + cc, w);
         #pragma unroll
         for (int r = 0; r < 4; ++r) {
             $real d[4];
@@ -626,3 +633,182 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_variant_backw
     }
     if (p.active) { dh[p.n] = dh_next; dc[p.n] = dc_in; }
 }
+
+#if !LSTMX_MMA
+// The projected cell (LSTMP, proj_size P < H) on the tiled kernels, in float32 and float64 FMAs: the state h is
+// r_t = (o_t ⊙ tanh c_t) W_hr, of width P, and W_h is (P, 4H). Two grid barriers per step. The block owns units
+// j0 .. j0 + units - 1 of its rows for the cell, and the same columns q of r_t for the projection (blocks with
+// j0 < P): its thread of cell (row, unit) is also the thread of (row, column q = j). Each step's two products run
+// as the plain kernels' do, through shared memory: z = r_{t-1} W_h (the forward product over k < P), then
+// r_t = (o_t ⊙ tanh c_t) W_hr (over the H units, the block's columns of W_hr held as rows, as the backward
+// holds W_h's).
+
+// The block's columns of W_hr (H, P) as rows: w_s[unit · (h8 + 4) + k] = W_hr[k][j0 + unit] (0 past P or H).
+__device__ __forceinline__ void projection_columns_to_shared($real* w_s, const $real* projection, const Tile& p,
+                                                             const int hidden, const int proj)
+{
+    const int h8 = round8(hidden);
+    for (long long e = p.tid; e < (long long)p.units * h8; e += p.threads) {
+        const int unit = (int)(e / h8);
+        const int k = (int)(e - (long long)unit * h8);
+        w_s[unit * (h8 + 4) + k] = k < hidden && p.j0 + unit < proj
+            ? projection[(long long)k * proj + p.j0 + unit] : ($real)0;
+    }
+}
+
+// The block's rows of W_hr for dL/d(o ⊙ tanh c) = dL/dr_t W_hrᵀ: w_s[unit · (p8 + 4) + q] = W_hr[j0 + unit][q].
+__device__ __forceinline__ void projection_rows_to_shared($real* w_s, const $real* projection, const Tile& p,
+                                                          const int hidden, const int proj)
+{
+    const int p8 = round8(proj);
+    for (long long e = p.tid; e < (long long)p.units * p8; e += p.threads) {  // along rows of W_hr: coalesced
+        const int unit = (int)(e / p8);
+        const int q = (int)(e - (long long)unit * p8);
+        w_s[unit * (p8 + 4) + q] = q < proj && p.j0 + unit < hidden
+            ? projection[(long long)(p.j0 + unit) * proj + q] : ($real)0;
+    }
+}
+
+// The sum of a BackwardProduct's partial sums for the thread's cell (row, unit).
+__device__ __forceinline__ $real unit_sum(const $real* part, const Tile& p)
+{
+    $real sum = 0;
+    for (int s = 0; s < backward_shares(p); ++s) sum += part[((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit];
+    return sum;
+}
+
+// gates holds x_t W_x on entry and the activated gates on return; hidden_states[0] (B, P) and cells[0] hold h_0,
+// c_0; unprojected (B, H) is the scratch the projection reads across blocks. The same arguments as
+// lstmp_forward_persistent, and the chunk.
+extern "C" __global__ void __launch_bounds__($max_threads, 1) lstmp_forward_tiled_$suffix(
+    $real* __restrict__ gates,             // (T, B, 4H)
+    const $real* __restrict__ w_hidden,    // (P, 4H): rows [D:] of the layer's weight
+    const $real* __restrict__ bias,        // (4H,)
+    const $real* __restrict__ projection,  // (H, P): W_hr
+    $real* __restrict__ cells,             // (T + 1, B, H) carried
+    $real* hidden_states,                  // (T + 1, B, P) carried; read by other blocks after the barrier
+    $real* __restrict__ tanh_c,            // (T, B, H)
+    $real* unprojected,                    // (B, H) o_t ⊙ tanh c_t of the step; read by other blocks
+    $real* __restrict__ y,                 // (T, B, P)
+    const $real* __restrict__ step_mask,   // (T, B) or nullptr
+    const int steps, const int batch, const int hidden, const int proj, const int chunk)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    cg::grid_group grid = cg::this_grid();
+    const Tile p = tile_of(batch, hidden);
+    const int k8 = round8(proj), h8 = round8(hidden), stride = chunk + 4;
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // k8 · units · 4: the block's gate columns of W_h
+    $real* wr_s = w_s + (long long)k8 * p.units * 4;       // units · (h8 + 4): its columns of W_hr
+    $real* staged = wr_s + (long long)p.units * (h8 + 4);  // (rows, stride): r_{t-1}, then o ⊙ tanh c
+    $real* part = staged + (long long)p.rows * stride;     // partial sums (splits, rows, units, 4 gates) at most
+    forward_weights_to_shared(w_s, w_hidden, p, hidden, k8, proj);
+    projection_columns_to_shared(wr_s, projection, p, hidden, proj);
+    const bool projects = p.active && p.j < proj;  // the thread of column q = j of r_t
+    const long long r_count = (long long)batch * proj, q_at = (long long)p.b * proj + p.j;
+    const $real one = 1;
+    $real c = 0, r = 0, b_i = 0, b_f = 0, b_g = 0, b_o = 0;
+    if (p.active) {
+        c = cells[p.n];
+        b_i = bias[p.j]; b_f = bias[hidden + p.j]; b_g = bias[2 * hidden + p.j]; b_o = bias[3 * hidden + p.j];
+    }
+    if (projects) r = hidden_states[q_at];
+    StepInput in = step_input(gates, step_mask, p, 0, batch, hidden);  // T >= 1: checked at the layer's door
+    for (int t = 0; t < steps; ++t) {
+        const $real m = in.m;
+        ForwardProduct product = forward_product(p);
+        chunked_product(product, staged, hidden_states + t * r_count, w_s, part, p, batch, proj, k8, chunk);
+        if (p.active) {
+            $real zi = in.x[0] + b_i, zf = in.x[1] + b_f, zg = in.x[2] + b_g, zo = in.x[3] + b_o;
+            for (int s = 0; s < forward_shares(p); ++s) {
+                $real sum[4];
+                load4(part + (((long long)s * p.rows + p.cell_row) * p.units + p.cell_unit) * 4, sum);
+                zi += sum[0]; zf += sum[1]; zg += sum[2]; zo += sum[3];
+            }
+            const Gates a = activate(zi, zf, zg, zo);
+            $real* z = gates + ((long long)t * batch + p.b) * p.four;
+            z[p.j] = a.i; z[hidden + p.j] = a.f; z[2 * hidden + p.j] = a.g; z[3 * hidden + p.j] = a.o;
+            const CellOut out = cell_forward(a, c, ($real)0, false, one);
+            tanh_c[t * p.count + p.n] = out.tanh_c; unprojected[p.n] = out.h;
+            c = m * out.c + (one - m) * c;
+            cells[(t + 1) * p.count + p.n] = c;
+        }
+        // the next step's input projection and mask depend on no other block: loaded before the barrier
+        if (t + 1 < steps) in = step_input(gates, step_mask, p, t + 1, batch, hidden);
+        grid.sync();  // every unit's o ⊙ tanh c is written (and part read) before the projection
+        BackwardProduct projected = backward_product(p, hidden);
+        chunked_product(projected, staged, unprojected, wr_s, part, p, batch, hidden, h8, chunk);
+        if (projects) {
+            const $real r_new = unit_sum(part, p);
+            y[t * r_count + q_at] = m * r_new;
+            r = m * r_new + (one - m) * r;
+            hidden_states[(t + 1) * r_count + q_at] = r;
+        }
+        grid.sync();  // r_t is written, and o ⊙ tanh c read, before the next step stages r_t and rewrites it
+    }
+}
+
+// Mirror of lstmp_forward_tiled, steps in reverse, two grid barriers per step: the thread of column q turns
+// dL/dy_t and dL/dr_t from step t + 1 into dL/dr_t (kept in dr for W_hr's gradient); after a barrier the block
+// forms dL/d(o ⊙ tanh c) = dL/dr_t W_hrᵀ for its units and runs the cell's backward into dz_t; after another,
+// dL/dr_{t-1} = dz_t W_hᵀ for its columns q (+ what a padded step passes through). The block's rows of W_h (its
+// columns q, every gate column) and of W_hr (its units) live in shared memory. dh (B, P) and dc (B, H) hold
+// dL/dh_T, dL/dc_T on entry and dL/dh_0, dL/dc_0 on return. The same arguments as lstmp_backward_persistent,
+// and the chunk.
+extern "C" __global__ void __launch_bounds__($max_threads, 1) lstmp_backward_tiled_$suffix(
+    const $real* __restrict__ dy,          // (T, B, P)
+    const $real* __restrict__ w_hidden,    // (P, 4H)
+    const $real* __restrict__ projection,  // (H, P)
+    const $real* __restrict__ gates,       // (T, B, 4H) activated
+    const $real* __restrict__ cells,       // (T, B, H) c_{t-1} per step
+    const $real* __restrict__ tanh_c,      // (T, B, H)
+    const $real* __restrict__ step_mask,   // (T, B) or nullptr
+    $real* dz,                             // (T, B, 4H); read by other blocks after the barrier
+    $real* dr,                             // (T, B, P) dL/dr_t; read by other blocks after the barrier
+    $real* __restrict__ dh,                // (B, P)
+    $real* __restrict__ dc,                // (B, H)
+    const int steps, const int batch, const int hidden, const int proj, const int chunk)
+{
+    extern __shared__ __align__(16) unsigned char shared_bytes[];
+    cg::grid_group grid = cg::this_grid();
+    const Tile p = tile_of(batch, hidden);
+    const int columns = 4 * hidden, c8 = round8(columns), p8 = round8(proj), stride = chunk + 4;
+    $real* w_s = reinterpret_cast<$real*>(shared_bytes);  // units · (c8 + 4): rows q = j0 + unit of W_h
+    $real* wr_s = w_s + (long long)p.units * (c8 + 4);     // units · (p8 + 4): rows j0 + unit of W_hr
+    $real* staged = wr_s + (long long)p.units * (p8 + 4);  // (rows, stride): dL/dr_t, then dz_t
+    $real* part = staged + (long long)p.rows * stride;     // partial sums (splits, rows, units)
+    backward_weights_to_shared(w_s, w_hidden, p, proj, c8);  // W_h's rows q < P: as the plain kernel's, P rows
+    projection_rows_to_shared(wr_s, projection, p, hidden, proj);
+    const bool projects = p.active && p.j < proj;
+    const long long r_count = (long long)batch * proj, q_at = (long long)p.b * proj + p.j;
+    const $real one = 1;
+    $real dr_in = projects ? dh[q_at] : ($real)0, dc_in = p.active ? dc[p.n] : ($real)0;  // from step t + 1
+    for (int t = steps - 1; t >= 0; --t) {
+        const $real m = step_mask == nullptr || !p.active ? one : step_mask[(long long)t * batch + p.b];
+        $real passed = 0;  // the share of dL/dr_t a padded step hands to r_{t-1} directly
+        if (projects) {
+            const long long now = t * r_count + q_at;
+            dr[now] = m * (dy[now] + dr_in);
+            passed = (one - m) * dr_in;
+        }
+        grid.sync();  // dL/dr_t of every column is written before any block stages its rows
+        BackwardProduct unprojected = backward_product(p, proj);
+        chunked_product(unprojected, staged, dr + t * r_count, wr_s, part, p, batch, proj, p8, chunk);
+        if (p.active) {
+            const long long now = t * p.count + p.n, row_start = ((long long)t * batch + p.b) * p.four;
+            const Gates a{gates[row_start + p.j], gates[row_start + hidden + p.j], gates[row_start + 2 * hidden + p.j],
+                          gates[row_start + 3 * hidden + p.j]};
+            const CellGrad d = cell_backward(a, tanh_c[now], cells[now], ($real)0, unit_sum(part, p), dc_in, m);
+            dz[row_start + p.j] = d.dz_i; dz[row_start + hidden + p.j] = d.dz_f;
+            dz[row_start + 2 * hidden + p.j] = d.dz_g; dz[row_start + 3 * hidden + p.j] = d.dz_o;
+            dc_in = d.dc_prev;
+        }
+        grid.sync();  // dz_t of every unit is written (and part read) before the blocks stage dz_t
+        BackwardProduct recurrent = backward_product(p);
+        chunked_product(recurrent, staged, dz + (long long)t * batch * p.four, w_s, part, p, batch, columns, c8, chunk);
+        if (projects) dr_in = unit_sum(part, p) + passed;
+        // the next step's first barrier keeps the next product from writing part before it is read here
+    }
+    if (projects) dh[q_at] = dr_in;
+    if (p.active) dc[p.n] = dc_in;
+}
+#endif
