@@ -12,7 +12,9 @@ without step masks when it imports.
 
 float32 tanh is Eigen's rational approximation (clamped to ±7.905, max abs error 2.4e-7 against ``np.tanh``),
 which the compiler vectorises; float64 uses the exact ``math.tanh`` so the gradient checks can run here too.
-Fast-math flags allow reassociation and fused multiply-add but not "no NaN/Inf": a NaN still propagates.
+Fast-math flags allow fused multiply-add and approximate functions, but neither reassociation (with it, a step
+inlined into the compiled time loop may round otherwise than the same step called from Python, so the two loops
+would not give the same bits) nor "no NaN/Inf" (a NaN still propagates).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .blas import NO_TRANSPOSE, ROW_MAJOR, TRANSPOSE
 from .buffers import HOST_BUFFERS
 from .numpy_layer import HostLayerCache
 
-_FAST_MATH = {"contract", "afn", "arcp", "nsz", "reassoc"}  # not nnan/ninf: NaN must survive to the loss check
+_FAST_MATH = {"contract", "afn", "arcp", "nsz"}  # not reassoc (one rounding in both loops), not nnan/ninf
 _JIT = {"fastmath": _FAST_MATH, "error_model": "numpy", "cache": True}
 
 
