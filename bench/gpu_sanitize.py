@@ -30,7 +30,7 @@ from _common import bench_parser  # noqa: E402
 import lstmx  # noqa: E402
 from lstmx.dispatch import registry  # noqa: E402
 from lstmx.backend import to_numpy  # noqa: E402
-from lstmx.check import HEADER, CheckResult, agreement, host_arrays, row  # noqa: E402
+from lstmx.check import HEADER, TF32_TOLERANCE, CheckResult, agreement, host_arrays, row  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
 from lstmx.nn.layers.cell import acting_options  # noqa: E402
 from lstmx.options import NON_NEGATIVE_INT  # noqa: E402
@@ -47,6 +47,8 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
     cell option ``impl`` takes when ``cell_options``; the LSTMP cell when ``proj_size``) on ``backend``, each
     printed as a row of ``lstmx check``'s table (a comparison that raises fails its row)."""
     options = acting_options(registry.layer_impl(impl).cell_options) if cell_options else {}
+    # a path that runs only under precision="tf32" is checked there, against the generic path at full float32
+    tf32 = registry.layer_impl(impl).precisions == ("tf32",)
     if proj_size:
         options["proj_size"] = proj_size
     loss_impl = "cupy-fused" if fused else "generic"
@@ -54,11 +56,13 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
     tokens = backend.asarray(rng.integers(0, VOCAB, (STEPS, BATCH)))
     targets = backend.asarray(rng.integers(0, VOCAB, (STEPS, BATCH)))
 
-    def model(dtype: str) -> lstmx.LanguageModel:
-        return lstmx.LanguageModel(VOCAB, EMBEDDING, HIDDEN, LAYERS, backend=backend, dtype=dtype, seed=0, **options)
+    def model(dtype: str, precision: str = "float32") -> lstmx.LanguageModel:
+        return lstmx.LanguageModel(VOCAB, EMBEDDING, HIDDEN, LAYERS, backend=backend, dtype=dtype, seed=0,
+                                   precision=precision, **options)
 
-    def losses(dtype: str, lengths: list[int] | None, layer: str, loss: str) -> dict:
-        return host_arrays(model(dtype).loss(tokens, targets, lengths=lengths, impl=layer, loss_impl=loss))
+    def losses(dtype: str, lengths: list[int] | None, layer: str, loss: str, precision: str = "float32") -> dict:
+        return host_arrays(model(dtype, precision).loss(tokens, targets, lengths=lengths, impl=layer,
+                                                        loss_impl=loss))
 
     def trained(dtype: str, update: str) -> dict:
         """The state after two clipped Adam steps run by ``update``, from generic gradients."""
@@ -72,18 +76,20 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
     print(HEADER)
     results = []
     for dtype in ("float32", "float64"):
+        precision = "tf32" if tf32 else "float32"
         call = registry.Call(backend, np.dtype(dtype), True, (BATCH, HIDDEN), "lstmp" if proj_size else "lstm",
-                             tuple(name for name in options if name != "proj_size"))
+                             tuple(name for name in options if name != "proj_size"), precision)
         refused = registry.layer_impl(impl).refuses(call)
         if refused is not None:
             print(f"{impl} {dtype}: left out, it {refused}")
             continue
         for lengths in (None, [STEPS, 3, 1]):
-            label = (f"{impl}{' + options' if cell_options else ''}{f' + proj {proj_size}' if proj_size else ''}"
+            label = (f"{impl}{' tf32' if tf32 else ''}{' + options' if cell_options else ''}{f' + proj {proj_size}' if proj_size else ''}"
                      f"{' + fused loss' if fused else ''} {dtype}"
                      f"{', lengths' if lengths else ''}")
             results.append(agreement(label, backend.name, losses(dtype, lengths, "generic", "generic"),
-                                     lambda: losses(dtype, lengths, impl, loss_impl), TOLERANCE[dtype]))
+                                     lambda: losses(dtype, lengths, impl, loss_impl, precision),
+                                     TF32_TOLERANCE if tf32 else TOLERANCE[dtype]))
             print(row(results[-1]), flush=True)
         if fused:
             results.append(agreement(f"clipping + Adam cupy-fused {dtype}", backend.name, trained(dtype, "generic"),

@@ -106,13 +106,13 @@ for what in "$@"; do
                 cp bench/results/variant_cost.json "$OUT/variant_cost_$impl.json" 2>/dev/null
             done ;;
         sanitize)
-            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck stepwise+options+proj:memcheck graph+options+proj:memcheck tiled+options:memcheck tiled+options:racecheck persistent+options:memcheck persistent+proj:memcheck persistent+proj:racecheck tiled+proj:memcheck tiled+proj:racecheck persistent+bidirectional:memcheck tiled+bidirectional:memcheck}; do
+            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck stepwise+options+proj:memcheck graph+options+proj:memcheck tiled+options:memcheck tiled+options:racecheck persistent+options:memcheck persistent+proj:memcheck persistent+proj:racecheck tiled+proj:memcheck tiled+proj:racecheck tiled-tf32:memcheck tiled-tf32+proj:memcheck tiled-tf32+proj:racecheck persistent+bidirectional:memcheck tiled+bidirectional:memcheck}; do
                 path=${run%%:*}; tool=${run#*:}; fused=""
                 case "$path" in *+bidirectional) fused="--bidirectional"; path=${path%+bidirectional} ;; esac
                 case "$path" in *+proj) fused="--proj-size 8"; path=${path%+proj} ;; esac
                 case "$path" in *+options) fused="--cell-options $fused"; path=${path%+options} ;; esac
                 case "$path" in *+fused) fused="--fused $fused"; path=${path%+fused} ;; esac
-                log="$OUT/sanitize-$path-$tool.log"
+                log="$OUT/sanitize-${run//[+:]/-}.log"  # one per run: tiled:memcheck and tiled+proj:memcheck are two
                 step "sanitize $run" "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
                     --print-limit 20 python3 bench/gpu_sanitize.py --impl "cupy-$path" $fused >"$log" 2>&1
                 rc=$?

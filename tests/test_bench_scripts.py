@@ -210,7 +210,7 @@ def test_the_gpu_session_runs_the_sanitizer_over_each_listed_path_and_tool(tmp_p
     environment = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
                    "SMOKE_FAILED": str(tmp_path / "smoke_failed.txt"),
                    "SANITIZE_RUNS": "tiled:racecheck graph+fused:memcheck stepwise+options:racecheck "
-                                    "stepwise+options+proj:memcheck"}
+                                    "stepwise+options+proj:memcheck tiled-tf32+proj:racecheck"}
     done = subprocess.run(["bash", "bench/gpu_session.sh", "sanitize"], cwd=BENCH.parent, env=environment,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -220,8 +220,14 @@ def test_the_gpu_session_runs_the_sanitizer_over_each_listed_path_and_tool(tmp_p
         "--tool|racecheck|--error-exitcode|9|--print-limit|20|python3|bench/gpu_sanitize.py|--impl|cupy-stepwise|"
         "--cell-options|",
         "--tool|memcheck|--error-exitcode|9|--print-limit|20|python3|bench/gpu_sanitize.py|--impl|cupy-stepwise|"
-        "--cell-options|--proj-size|8|"]
+        "--cell-options|--proj-size|8|",
+        "--tool|racecheck|--error-exitcode|9|--print-limit|20|python3|bench/gpu_sanitize.py|--impl|cupy-tiled-tf32|"
+        "--proj-size|8|"]
     assert "sanitize tiled:racecheck: rc 0; ERROR SUMMARY: 0 errors; 1 pass, 0 FAIL" in done.stdout
+    assert sorted(path.name for path in (tmp_path / "out").glob("sanitize-*.log")) == [  # one log per run
+        "sanitize-graph-fused-memcheck.log", "sanitize-stepwise-options-proj-memcheck.log",
+        "sanitize-stepwise-options-racecheck.log", "sanitize-tiled-racecheck.log",
+        "sanitize-tiled-tf32-proj-racecheck.log"]
 
 
 def test_the_memory_and_generation_benchmarks_run_on_a_tiny_problem(run, tmp_path, capsys):

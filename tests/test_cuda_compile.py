@@ -125,13 +125,13 @@ def test_every_kernel_compiles_without_spilling_registers(kind, variant, toolkit
     status, log, ptx = compile_source(cuda_sources.source(kind, variant), f"lstmx_{kind}_{variant}", architecture,
                                       *(["--ptxas-options=-v"] if real else []), toolkit=toolkit)
     assert status == 0, f"{toolkit.name} NVRTC failed for the {kind} kernels in {variant} on {architecture}:\n{log}"
-    for kernel in cuda_sources.kernels(kind, variant):  # extern "C": the names CuPy looks up are in the PTX as written
+    for kernel in cuda_sources.SOURCES[kind]:  # extern "C": the names CuPy looks up are in the PTX as written
         assert f".entry {cuda_sources.kernel_name(kernel, variant)}(".encode() in ptx
     if real:
         kernels = re.findall(r"Compiling entry function '(\w+)'", log)
         spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
         registers = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
-        assert len(kernels) == len(spills) == len(registers) == len(cuda_sources.kernels(kind, variant)), log
+        assert len(kernels) == len(spills) == len(registers) == len(cuda_sources.SOURCES[kind]), log
         for kernel, (stores, loads), count in zip(kernels, spills, registers):
             assert (stores, loads) == ("0", "0"), f"{kernel} spills {stores} bytes ({count} registers, {toolkit.name})"
 

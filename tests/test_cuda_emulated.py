@@ -1031,6 +1031,22 @@ def test_the_gpu_sanitizer_script_passes_the_projected_cell_through_the_emulated
     assert all("+ proj 8" in result.check for result in results)
 
 
+@pytest.mark.parametrize("proj_size", [0, 8])
+def test_the_gpu_sanitizer_script_runs_the_tf32_path_under_its_precision(on_numpy, monkeypatch, capsys, proj_size):
+    """bench/gpu_sanitize.py --impl cupy-tiled-tf32 [--proj-size 8] (the session's tiled-tf32 runs) on the
+    stand-in: the model runs under precision="tf32", the only one that path takes (the stand-in's NumPy backend
+    let through the precision's door), in float32 only, within TF32's tolerance of the generic path."""
+    import lstmx.nn.module
+
+    monkeypatch.setattr(lstmx.nn.module, "check_precision", lambda precision, backend, dtype: precision)
+    script = sanitize_script()
+    results = script.check(NUMPY, on_numpy("cupy-tiled-tf32"), fused=False, proj_size=proj_size)
+    assert len(results) == 2 and all(result.passed for result in results), results  # float32, with and without lengths
+    assert all(result.check.startswith("cupy-tiled-tf32 tf32") and result.tolerance == script.TF32_TOLERANCE
+               for result in results), results
+    assert "cupy-tiled-tf32 float64: left out, it computes float32, not float64" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_the_language_model_recipe_trains_through_every_cupy_path_as_through_the_generic_ones(
         on_numpy, fused_on_numpy, launches, tmp_path, optimizer):
@@ -1459,10 +1475,15 @@ def test_a_bidirectional_projected_model_runs_on_the_tiled_path_by_name_only(on_
 
 
 def test_the_tiled_projected_kernels_refuse_what_they_do_not_run(wrappers):
-    """No TF32 kernels and no pair launch for the projected cell; a projection whose weights leave no room to
-    stage rows is refused in one line before any kernel runs; the registry sizes for P = H."""
+    """No pair launch for the projected cell, no TF32 run on a shape its warp tiles cannot cover, no float64 on
+    the TF32 path; a projection whose weights leave no room to stage rows is refused in one line before any
+    kernel runs; the registry sizes for P = H."""
     tiled = wrappers["tiled"]
-    assert "no TF32 kernels" in tiled.refuses_projected(3, 16, 8, "tf32")
+    with tiled.use_tile_shape(tiling.TileShape(4, 16, 4, 16, 64)):
+        assert "the TF32 kernels need units a multiple of 8, got 4" in tiled.refuses_projected(3, 16, 8, "tf32")
+        assert tiled.refuses_projected(3, 16, 8, "float32") is None
+    assert wrappers["tiled_tf32"].refuses_size(3, 16, np.float32, cell="lstmp") is None
+    assert "not float64" in wrappers["tiled_tf32"].refuses_size(3, 16, np.float64, cell="lstmp")
     assert "launch of its own" in tiled.refuses_projected(3, 16, 8, "float64", directions=2)
     assert tiled.refuses_size(3, 16, np.float64, cell="lstmp") is None
     assert tiled.refuses_projected(3, 16, 8, "float64") is None
@@ -1476,6 +1497,63 @@ def test_the_tiled_projected_kernels_refuse_what_they_do_not_run(wrappers):
         assert tiled.refuses_projected(2, 16, 8, "float64") is None
         y, _, _ = tiled.lstmp_layer_forward(NUMPY, a["x"], a["weight"], a["bias"], extra.projection, a["h0"], a["c0"])
         assert y.shape == (2, 2, 8)
+
+
+def tf32_projected(wrappers, arrays, mask, extra, shape):
+    """The projected layer's forward and backward on cupy-tiled-tf32 in ``shape``, on float32 copies."""
+    single = {k: v.astype(np.float32) for k, v in arrays.items()}
+    with wrappers["tiled"].use_tile_shape(shape):
+        return projected_forward_and_backward(wrappers["tiled_tf32"], wrappers["tiled_tf32"], single,
+                                              None if mask is None else mask.astype(np.float32),
+                                              extra.projection.astype(np.float32))
+
+
+PROJECTED_PROBLEMS = [(3, 7, 3, 33, 10), (2, 18, 2, 24, 17)]  # T, B, D, H, P: H and P not multiples of 8; B > 16
+
+
+@pytest.mark.parametrize("shape", MMA_SHAPES, ids=lambda s: "U{}R{}S{}F{}B{}".format(*s))
+@pytest.mark.parametrize("dims", PROJECTED_PROBLEMS, ids=lambda s: "T{}B{}D{}H{}P{}".format(*s))
+def test_tf32_projected_kernels_fed_float32_operands_match_float32(wrappers, monkeypatch, shape, dims):
+    """Without the rounding to TF32, the projected cell's tensor-core kernels give the float32 layer: the W_hr
+    fragments (its columns forward, its rows backward) land where both products need them."""
+    plant(monkeypatch, "tiled", "to_operand(const float x) { return tf32_round(x); }",
+          "to_operand(const float x) { return x; }")
+    plant(monkeypatch, "tiled", "w_s[e] = tf32_round(weight(k, column));", "w_s[e] = weight(k, column);")
+    *problem_dims, proj = dims
+    arrays, mask, _, extra, _ = variant_problem({}, *problem_dims, False, True, proj=proj)
+    expected = projected_forward_and_backward(generic, generic, arrays, mask, extra.projection)
+    got = tf32_projected(wrappers, arrays, mask, extra, shape)
+    for name, value in expected.items():
+        assert got[name].dtype == np.float32, name
+        scale = max(1.0, float(np.max(np.abs(value))))
+        assert np.max(np.abs(np.asarray(got[name], np.float64) - value)) / scale < 3e-5, name
+
+
+def test_tf32_projected_kernels_compute_the_layer_within_tf32_error(wrappers):
+    """With the rounding, within TF32's error of the float64 layer, and measurably off the float32 tiled
+    kernels (the products really ran in TF32)."""
+    arrays, mask, _, extra, _ = variant_problem({}, 3, 7, 3, 33, False, True, proj=10)
+    expected = projected_forward_and_backward(generic, generic, arrays, mask, extra.projection)
+    reduced = tf32_projected(wrappers, arrays, mask, extra, MMA_SHAPES[1])
+    single = {k: v.astype(np.float32) for k, v in arrays.items()}
+    full = projected_forward_and_backward(wrappers["tiled"], wrappers["tiled"], single, mask.astype(np.float32),
+                                          extra.projection.astype(np.float32))
+    assert max(relative_error(reduced, expected).values()) < 1e-2
+    assert max(relative_error(full, expected).values()) < 2e-5
+    assert max(relative_error(reduced, full).values()) > 1e-5
+
+
+def test_tf32_projected_kernels_do_not_depend_on_thread_order(wrappers):
+    arrays, mask, _, extra, _ = variant_problem({}, 2, 7, 3, 33, False, True, proj=17)
+    results = []
+    for seed in (1, 2):
+        RawKernel.seed = seed
+        try:
+            results.append(tf32_projected(wrappers, arrays, mask, extra, MMA_SHAPES[1]))
+        finally:
+            RawKernel.seed = 0
+    for name, value in results[0].items():
+        np.testing.assert_array_equal(results[1][name], value, err_msg=name)
 
 
 def test_variant_kernels_do_not_depend_on_thread_order(wrappers):

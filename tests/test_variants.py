@@ -224,6 +224,7 @@ def test_the_architecture_table_of_paths_and_variants_is_the_registrys():
         auto_cells = impl.cells if impl.auto_cells is None else impl.auto_cells
         assert kinds == ", ".join(cell if cell in auto_cells else f"{cell} (by name only)" for cell in impl.cells)
         by_name_only = impl.cell_options and (impl.auto_cell_options == () or not impl.auto)
-        only = f" ({', '.join(impl.options_cells)} cell only)" if impl.options_cells and impl.cell_options else ""
-        assert options == (", ".join(impl.cell_options) or "–") + (" (by name only)" if by_name_only else only)
+        notes = [f"{', '.join(impl.options_cells)} cell only"] if impl.options_cells and impl.cell_options else []
+        notes += ["by name only"] if by_name_only else []
+        assert options == (", ".join(impl.cell_options) or "–") + (f" ({', '.join(notes)})" if notes else "")
         assert masks == ("yes" if impl.step_masks else "no")

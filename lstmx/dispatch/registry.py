@@ -247,10 +247,10 @@ IMPLS: tuple[Impl, ...] = (
                  "chip; the pointwise cell options; both directions of a layer in one launch; the LSTMP cell by "
                  "name)"),
     Impl(kind="layer", name="cupy-tiled-tf32", module="lstmx.kernels.cupy.tiled_tf32", backends=("cupy",),
-         dtypes=("float32",), auto=False, size_limited=True, cells=LSTM_ONLY, cell_options=POINTWISE_OPTIONS,
-         precisions=("tf32",), tf32_recurrence=True, paired_directions=True,
+         dtypes=("float32",), auto=False, size_limited=True, cells=EVERY_CELL, cell_options=POINTWISE_OPTIONS,
+         options_cells=LSTM_ONLY, precisions=("tf32",), tf32_recurrence=True, paired_directions=True,
          summary="CuPy: the tiled kernels with TF32 tensor-core products (float32 under precision='tf32'; by name, "
-                 "with the tiled path's options and paired directions)"),
+                 "with the tiled path's options, paired directions and LSTMP cell)"),
     Impl(kind="layer", name="cupy-persistent", module="lstmx.kernels.cupy.persistent", backends=("cupy",),
          dtypes=FLOATS, auto_dtypes=CUPY_PERSISTENT_AUTO, size_limited=True, cells=EVERY_CELL, auto_cells=LSTM_ONLY,
          cell_options=POINTWISE_OPTIONS, options_cells=LSTM_ONLY,  # its LSTMP kernels take no option

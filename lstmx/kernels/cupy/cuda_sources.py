@@ -75,7 +75,7 @@ PERSISTENT_LAYOUT = {**{kernel: kernel for kernel in PERSISTENT_KERNELS},
                      **dict(zip(PERSISTENT_VARIANT_KERNELS, PERSISTENT_KERNELS))}  # as TILED_LAYOUT
 TILED_KERNELS = ("lstm_forward_tiled", "lstm_backward_tiled")
 TILED_VARIANT_KERNELS = ("lstm_variant_forward_tiled", "lstm_variant_backward_tiled")  # with cell options
-TILED_PROJECTED_KERNELS = ("lstmp_forward_tiled", "lstmp_backward_tiled")  # the LSTMP cell (float32, float64)
+TILED_PROJECTED_KERNELS = ("lstmp_forward_tiled", "lstmp_backward_tiled")  # the LSTMP cell
 # each tiled kernel's plain counterpart, whose shared-memory layout and chunk it shares (the projected kernels have
 # layouts of their own: tiling.projected_shared_bytes)
 TILED_LAYOUT = {**{kernel: kernel for kernel in TILED_KERNELS}, **dict(zip(TILED_VARIANT_KERNELS, TILED_KERNELS))}
@@ -93,14 +93,6 @@ def variants(kind: str) -> tuple[str, ...]:
     """The variants of the ``kind`` kernels: every kind has "float32" and "float64"; the tiled kernels also have
     "tf32" (float32 data, recurrent products on tensor cores in TensorFloat-32)."""
     return (*DTYPES, "tf32") if kind == "tiled" else tuple(DTYPES)
-
-
-def kernels(kind: str, variant: str) -> tuple[str, ...]:
-    """The kernels of the ``kind`` file in ``variant``: every one of :data:`SOURCES`, but the tiled "tf32" variant
-    has no projected-cell kernels (its warp tiles run the plain and variant cells only)."""
-    if kind == "tiled" and variant == "tf32":
-        return tuple(kernel for kernel in SOURCES[kind] if kernel not in TILED_PROJECTED_KERNELS)
-    return SOURCES[kind]
 
 
 def source(kind: str, variant: str) -> str:

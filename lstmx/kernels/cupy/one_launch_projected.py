@@ -9,9 +9,9 @@ forward's. The input projection before the loop is one GEMM; the gradients of th
 after it are the stepwise variant path's (:func:`lstmx.kernels.cupy.variants.parameter_gradients`).
 
 Tested against the generic path in the CPU emulator (``tests/test_cuda_emulated.py``) and on a GPU
-(``tests/test_variant_paths.py``; the persistent kernels have passed there, the tiled ones are owed that run). The
-registry gives the projected cell to either path asked for by name only: its speed against the graph path's is
-not yet measured.
+(``tests/test_variant_paths.py``; the persistent kernels have passed there, the tiled ones, float32, float64 and
+TF32, are owed that run). The registry gives the projected cell to these paths asked for by name only: its speed
+against the graph path's is not yet measured.
 """
 
 from __future__ import annotations

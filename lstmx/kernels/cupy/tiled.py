@@ -82,16 +82,15 @@ def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] =
 
 
 def refuses_projected(batch: int, hidden: int, proj: int, variant: str, directions: int = 1) -> str | None:
-    """As :func:`refuses_size`, for the projected cell's kernels with projection ``proj`` in ``variant``: the
-    plain kernels' tile shape, with a chunk of its own (the block also holds its slice of W_hr)."""
-    if variant == "tf32":
-        return "has no TF32 kernels of the projected cell (proj_size)"
+    """As :func:`refuses_size`, for the projected cell's kernels with projection ``proj`` in ``variant``
+    ("float32", "float64" or "tf32"): the plain kernels' tile shape, with a chunk of its own (the block also holds
+    its slice of W_hr)."""
     if directions != 1:
         return "runs each direction of a projected layer in a launch of its own"
     shape = _shape_for(batch, hidden, variant)
     if shape is None:
         return f"has no tile shape for batch {batch} × hidden {hidden} in {variant} that fits this GPU"
-    reason = tiling.refuses_shape(shape)
+    reason = tiling.refuses_shape(shape, mma=variant == "tf32")
     if reason is not None:
         return f"cannot run tile shape {shape}: {reason}"
     itemsize = 8 if variant == "float64" else 4

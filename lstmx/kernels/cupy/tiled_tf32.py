@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import cuda_sources, tiled
+from .one_launch_projected import projected_layers
 from .one_launch_variants import variant_layers
 from .shell import one_launch_layers
 
@@ -25,10 +26,12 @@ _launch = tiled.launcher("tf32")
 def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1,
                  cell: str = "lstm") -> str | None:
     """None when a float32 layer of this batch and hidden size (with the cell ``options`` named; ``directions``
-    2: both directions in one launch) runs here, else why not (for the registry, which asks only for the
-    ``cell`` these kernels run, lstm)."""
+    2: both directions in one launch; ``cell`` "lstmp": the projected cell, sized for P = H) runs here, else why
+    not (for the registry)."""
     if np.dtype(dtype) != np.float32:
         return f"runs float32 layers (TF32 products), not {np.dtype(dtype).name}"
+    if cell == "lstmp":
+        return tiled.refuses_projected(batch, hidden, hidden, "tf32", directions)
     kernels = cuda_sources.TILED_VARIANT_KERNELS if options else cuda_sources.TILED_KERNELS
     return tiled.refuses_variant(batch, hidden, "tf32", kernels, directions)
 
@@ -39,3 +42,6 @@ lstm_layer_forward, lstm_layer_backward, lstm_layer_pair_forward, lstm_layer_pai
 
 # the layers with the pointwise cell options, on the TF32 kernels
 lstm_variant_layer_forward, lstm_variant_layer_backward = variant_layers("tiled", lambda: _launch)
+
+# the projected cell (LSTMP), on the TF32 kernels
+lstmp_layer_forward, lstmp_layer_backward = projected_layers("tiled", lambda: _launch)

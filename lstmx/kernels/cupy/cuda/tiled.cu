@@ -149,12 +149,14 @@ __device__ __forceinline__ void accumulate(Product& sums, const float* staged, c
 // Forward: warp tiles of 16 rows × 8 gate columns (2 units × 4 gates), over every shares-th group of 8 k.
 constexpr int FORWARD_SHARE = 4;  // splits per share of the forward reduction: shares = splits / 4
 __device__ __forceinline__ int forward_shares(const Tile& p) { return p.splits / FORWARD_SHARE; }
+// inner: the rows of W_h, H (the projected cell's: P)
 __device__ __forceinline__ void forward_weights_to_shared(float* w_s, const float* w_hidden, const Tile& p,
-                                                          const int hidden, const int k8)
+                                                          const int hidden, const int k8, const int inner = 0)
 {
+    const int rows_of_w = inner > 0 ? inner : hidden;
     b_fragments_to_shared(w_s, p, k8, p.units / 2, [&](const long long k, const int column) {
         const int unit = column >> 2, gate = column & 3;  // a block column is unit · 4 + gate
-        return k < hidden && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit] : 0.0f;
+        return k < rows_of_w && p.j0 + unit < hidden ? w_hidden[k * p.four + gate * hidden + p.j0 + unit] : 0.0f;
     });
 }
 struct ForwardProduct : WarpSums {};
@@ -180,7 +182,11 @@ __device__ __forceinline__ void backward_weights_to_shared(float* w_s, const flo
     });
 }
 struct BackwardProduct : WarpSums {};
-__device__ __forceinline__ BackwardProduct backward_product(const Tile& p) { return {warp_sums(p, p.units / 8)}; }
+// reduction: unused here (the B fragments are indexed by group of 8 along it, whatever its length)
+__device__ __forceinline__ BackwardProduct backward_product(const Tile& p, const int = 0)
+{
+    return {warp_sums(p, p.units / 8)};
+}
 // part: (shares, rows, units). d[0], d[1] are units 8·octet + 2t, 8·octet + 2t + 1.
 __device__ __forceinline__ void store(const BackwardProduct& dh, float* part, const Tile& p)
 {
@@ -634,15 +640,33 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstm_variant_backw
     if (p.active) { dh[p.n] = dh_next; dc[p.n] = dc_in; }
 }
 
-#if !LSTMX_MMA
-// The projected cell (LSTMP, proj_size P < H) on the tiled kernels, in float32 and float64 FMAs: the state h is
-// r_t = (o_t ⊙ tanh c_t) W_hr, of width P, and W_h is (P, 4H). Two grid barriers per step. The block owns units
-// j0 .. j0 + units - 1 of its rows for the cell, and the same columns q of r_t for the projection (blocks with
-// j0 < P): its thread of cell (row, unit) is also the thread of (row, column q = j). Each step's two products run
-// as the plain kernels' do, through shared memory: z = r_{t-1} W_h (the forward product over k < P), then
-// r_t = (o_t ⊙ tanh c_t) W_hr (over the H units, the block's columns of W_hr held as rows, as the backward
-// holds W_h's).
+// The projected cell (LSTMP, proj_size P < H) on the tiled kernels, in float32 and float64 FMAs or, in the TF32
+// variant, tensor-core MMAs: the state h is r_t = (o_t ⊙ tanh c_t) W_hr, of width P, and W_h is (P, 4H). Two grid
+// barriers per step. The block owns units j0 .. j0 + units - 1 of its rows for the cell, and the same columns q
+// of r_t for the projection (blocks with j0 < P): its thread of cell (row, unit) is also the thread of (row,
+// column q = j). Each step's two products run as the plain kernels' do, through shared memory: z = r_{t-1} W_h
+// (the forward product over k < P), then r_t = (o_t ⊙ tanh c_t) W_hr (over the H units, the block's columns of
+// W_hr held as the backward holds W_h's rows).
 
+#if LSTMX_MMA
+// The block's columns of W_hr (H, P) as B fragments of r_t = (o ⊙ tanh c) W_hr: B[k][unit] = W_hr[k][j0 + unit].
+__device__ __forceinline__ void projection_columns_to_shared(float* w_s, const float* projection, const Tile& p,
+                                                             const int hidden, const int proj)
+{
+    b_fragments_to_shared(w_s, p, round8(hidden), p.units / 8, [&](const long long k, const int unit) {
+        return k < hidden && p.j0 + unit < proj ? projection[k * proj + p.j0 + unit] : 0.0f;
+    });
+}
+
+// The block's rows of W_hr as B fragments of dL/d(o ⊙ tanh c) = dL/dr_t W_hrᵀ: B[q][unit] = W_hr[j0 + unit][q].
+__device__ __forceinline__ void projection_rows_to_shared(float* w_s, const float* projection, const Tile& p,
+                                                          const int hidden, const int proj)
+{
+    b_fragments_to_shared(w_s, p, round8(proj), p.units / 8, [&](const long long q, const int unit) {
+        return q < proj && p.j0 + unit < hidden ? projection[(long long)(p.j0 + unit) * proj + q] : 0.0f;
+    });
+}
+#else
 // The block's columns of W_hr (H, P) as rows: w_s[unit · (h8 + 4) + k] = W_hr[k][j0 + unit] (0 past P or H).
 __device__ __forceinline__ void projection_columns_to_shared($real* w_s, const $real* projection, const Tile& p,
                                                              const int hidden, const int proj)
@@ -668,6 +692,7 @@ __device__ __forceinline__ void projection_rows_to_shared($real* w_s, const $rea
             ? projection[(long long)(p.j0 + unit) * proj + q] : ($real)0;
     }
 }
+#endif
 
 // The sum of a BackwardProduct's partial sums for the thread's cell (row, unit).
 __device__ __forceinline__ $real unit_sum(const $real* part, const Tile& p)
@@ -811,4 +836,3 @@ extern "C" __global__ void __launch_bounds__($max_threads, 1) lstmp_backward_til
     if (projects) dh[q_at] = dr_in;
     if (p.active) dc[p.n] = dc_in;
 }
-#endif
