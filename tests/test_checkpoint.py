@@ -222,7 +222,8 @@ def test_checkpoints_of_format_version_2_still_load_and_compute_what_they_did():
     assert load(data / "language_model_v2.npz").meta["version"] == 2 and model.proj_size == 0
     assert vocab is not None and len(vocab) == model.vocab_size
     logits, _, _ = model.forward(np.array([[0, 1], [2, 3], [4, 5]]))
-    np.testing.assert_array_equal(logits, expected["logits"])
+    # float32 through the compiled path: its last bit depends on how the compiler rounds, not on the file
+    np.testing.assert_allclose(logits, expected["logits"], rtol=1e-6, atol=1e-7)
     lstm, _ = load_model(data / "lstm_v2.npz")
     assert not lstm.bidirectional and not lstm.batch_first and lstm.dtype_name == "float64"
     y, _, _ = lstm.forward(np.ones((3, 2, 3)), impl="numpy")  # the path that version's "auto" ran in float64
