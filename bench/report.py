@@ -143,10 +143,13 @@ def recipe_table(name: str, report: dict[str, Any]) -> list[str]:
 
 def runs_table(name: str, report: dict[str, Any]) -> list[str]:
     """Whole training runs compared at the same step."""
+    timed = any(row.get("ms_per_step") for row in report["runs"])
     lines = [f"### `{name}`: {report['what']}", "", machine_line(report["machine"]), "", report["how"], "",
-             "| run | step | validation loss (nats/token) | perplexity |", "|---|---|---|---|"]
+             "| run | step | validation loss (nats/token) | perplexity |" + (" ms/step |" if timed else ""),
+             "|---|---|---|---|" + ("---|" if timed else "")]
     for row in report["runs"]:
-        lines.append(f"| `{row['run']}` | {row['step']} | {row['val_loss']:.4f} | {row['val_ppl']:.2f} |")
+        speed = (f" {row['ms_per_step']:.1f} |" if row.get("ms_per_step") else " – |") if timed else ""
+        lines.append(f"| `{row['run']}` | {row['step']} | {row['val_loss']:.4f} | {row['val_ppl']:.2f} |{speed}")
     return lines + [""]
 
 

@@ -24,11 +24,27 @@ class MixedBackendError(TypeError):
 
 
 class Backend(NamedTuple):
-    """The array namespace (Array API compatible), its device and a short name for messages."""
+    """The array namespace (Array API compatible), its device, a short name for messages, and the format the
+    generic path's matrix products take their operands in.
+
+    ``operands="bf16"`` (a model's ``precision="bf16"``, set at its boundary) rounds both operands of every
+    product :meth:`matmul` runs to bfloat16 and sums the products in the arrays' own float32, as a tensor core
+    multiplies bfloat16 with float32 accumulation; everything else (gates, cell state, loss, weights) stays float32.
+    """
 
     xp: Any
     device: Any
     name: str
+    operands: str = "float32"  # "float32", or "bf16": see above
+
+    def operand(self, values: Any) -> Any:
+        """``values`` in this backend's operand format (rounded to bfloat16 under "bf16", else as they are): for
+        a factor used in many products, such as W_h in every step, rounded once."""
+        return round_to_bfloat16(values) if self.operands == "bf16" else values
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        """``a @ b`` with both operands in this backend's operand format."""
+        return self.operand(a) @ self.operand(b)
 
     def asarray(self, values: Any, dtype: Any = None) -> Any:
         """Copy host values (NumPy arrays, lists, scalars) onto this backend's device."""
@@ -48,6 +64,19 @@ class Backend(NamedTuple):
             except AttributeError:
                 raise ValueError(f"unknown dtype {dtype!r} for backend {self.name!r}") from None
         return dtype
+
+
+BFLOAT16_SPLIT = 2.0 ** 16 + 1  # Veltkamp's splitter for float32's 24-bit significand at bfloat16's 8 bits
+
+
+def round_to_bfloat16(values: Any) -> Any:
+    """float32 ``values`` rounded to the nearest bfloat16 (ties to even), still float32: Veltkamp's splitting,
+    plain arithmetic that runs on every namespace and device (the Array API has no bit casts). The high part of
+    the split is the value rounded to 8 significant bits, exactly as round-to-nearest-even for every float32 of
+    magnitude below 2**112 (the product with the splitter must not overflow); the exponent range is float32's,
+    which bfloat16 shares."""
+    scaled = values * BFLOAT16_SPLIT
+    return scaled - (scaled - values)
 
 
 def _cupy_namespace() -> Any:

@@ -1,4 +1,5 @@
-"""Precision of the float32 matrix products: full float32 (the default) or TensorFloat-32 on CuPy.
+"""Precision of the float32 matrix products: full float32 (the default), TensorFloat-32 on CuPy, or bfloat16
+operands.
 
 ``precision="tf32"`` lets cuBLAS run float32 GEMMs on tensor cores with 10-bit mantissa inputs and float32
 accumulation (PyTorch's ``allow_tf32``): the input projection, the recurrent GEMMs of the stepwise and graph
@@ -8,6 +9,15 @@ the tiled kernels with their recurrent products on tensor cores (``mma.sync`` in
 the gradients). A model's public methods (forward, backward, loss) run under their model's precision
 (:func:`matmul_precision`, which sets cuBLAS's math mode for the block), and its layer choice is made for it
 (:func:`lstmx.dispatch.registry.choose_layer_impl`); no kernel reads the precision itself.
+
+``precision="bf16"`` is mixed precision: both operands of every matrix product of the LSTM layers and the output
+layer, forward and backward (the gradients flowing into a product as well), are rounded to bfloat16 and the
+products summed in float32, as tensor cores multiply bfloat16 with float32 accumulation; the gates, the cell
+state, the loss, the optimizer and its master weights stay float32. bfloat16 keeps float32's exponent range, so
+no loss scaling is needed. Any backend, float32 only, on the generic path only (the registry refuses it for
+the fast paths, naming why): the model's backend carries it (:attr:`lstmx.backend.Backend.operands`) to the
+generic layers, which round in :meth:`lstmx.backend.Backend.matmul`. The operands are rounded, not stored, in
+bfloat16: the numerics of bfloat16 training, not its speed or its memory, which need 16-bit kernels.
 """
 
 from __future__ import annotations
@@ -17,7 +27,14 @@ from typing import Any, Iterator
 
 from ..backend import Backend, dtype_name, is_cupy
 
-PRECISIONS = ("float32", "tf32")
+PRECISIONS = ("float32", "tf32", "bf16")
+FLOAT32_OPERAND_PRECISIONS = ("float32", "tf32")  # those whose products take float32 operands (every path runs them)
+
+
+def operand_format(precision: str) -> str:
+    """The operand format (:attr:`lstmx.backend.Backend.operands`) the generic path's products take under a
+    checked ``precision``: "bf16" rounds them, the others leave them float32 (TF32 is cuBLAS's own mode)."""
+    return "bf16" if precision == "bf16" else "float32"
 
 
 def check_precision(precision: Any, backend: Backend, dtype: Any) -> str:
@@ -27,6 +44,9 @@ def check_precision(precision: Any, backend: Backend, dtype: Any) -> str:
     if precision == "tf32" and not (is_cupy(backend) and dtype_name(dtype) == "float32"):
         raise ValueError(f"precision='tf32' needs backend='cupy' and dtype float32 (TensorFloat-32 is a CUDA "
                          f"tensor-core mode); got backend {backend.name!r}, dtype {dtype_name(dtype)}")
+    if precision == "bf16" and dtype_name(dtype) != "float32":
+        raise ValueError(f"precision='bf16' needs dtype float32 (bfloat16 operands with float32 accumulation); "
+                         f"got dtype {dtype_name(dtype)}")
     return precision
 
 

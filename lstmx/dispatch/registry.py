@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 from ..backend import Backend, dtype_name
 from . import tuning
-from .precision import PRECISIONS
+from .precision import FLOAT32_OPERAND_PRECISIONS, PRECISIONS
 
 AUTO = "auto"
 
@@ -91,7 +91,8 @@ class Impl(NamedTuple):
     # fewer where its kernels for the others have not yet run on a GPU)
     auto_cells: tuple[str, ...] | None = None  # the cells "auto" gives it (None: every one it runs), likewise
     auto_min_rows: int = 0  # "auto" picks it for tables of this many rows and more
-    precisions: tuple[str, ...] = PRECISIONS  # the model precisions (lstmx.dispatch.precision) it runs under
+    precisions: tuple[str, ...] = FLOAT32_OPERAND_PRECISIONS  # the model precisions (lstmx.dispatch.precision) it
+    # runs under; "bf16" only where its products are the backend's (Backend.matmul)
     tf32_recurrence: bool = False  # under precision="tf32" its recurrent products run in TensorFloat-32 too
     paired_directions: bool = False  # runs both directions of a bidirectional lstm layer in one launch (its
     # module's lstm_layer_pair_* functions) where the doubled grid fits
@@ -277,7 +278,7 @@ IMPLS: tuple[Impl, ...] = (
          step_masks=False, cells=LSTM_ONLY,
          summary="NumPy: in-place ufuncs into reused host buffers"),
     Impl(kind="layer", name="generic", module="lstmx.nn.layers.lstm_layer", dtypes=FLOATS, cells=EVERY_CELL,
-         cell_options=EVERY_OPTION,
+         cell_options=EVERY_OPTION, precisions=PRECISIONS,
          summary="the Array API reference path (every backend, cell, cell option and step mask)"),
 
     Impl(kind="update", name="cupy-fused", module="lstmx.kernels.cupy.optim", entry="UPDATES", backends=("cupy",),
@@ -311,7 +312,7 @@ IMPLS: tuple[Impl, ...] = (
          backends=("numpy",), cells=LSTM_ONLY,
          summary="NumPy + Numba: the whole token loop compiled (embedding, layers, head, softmax, draw)"),
     Impl(kind="generation", name="generic", module="lstmx.nn.sample", entry="token_steps", cells=EVERY_CELL,
-         cell_options=EVERY_OPTION,
+         cell_options=EVERY_OPTION, precisions=PRECISIONS,
          summary="the reference: the model's inference forward per token, the draw on the host"),
 )
 
@@ -532,10 +533,11 @@ def choose_loss(backend: Backend, impl: str | None = None) -> tuple[str, Callabl
 
 
 def generation_call(model: Any) -> Call:
-    """What generating from ``model`` asks of an implementation: its backend, dtype, cell and the cell options
-    in effect in evaluation."""
+    """What generating from ``model`` asks of an implementation: its backend, dtype, cell, the cell options
+    in effect in evaluation and its precision."""
     cell = model.stack.cell
-    return Call(model.backend, model.dtype, cell=cell.kind, options=cell.options.in_effect(False).names())
+    return Call(model.backend, model.dtype, cell=cell.kind, options=cell.options.in_effect(False).names(),
+                precision=model.precision)
 
 
 def choose_generation(model: Any, impl: str | None = None) -> tuple[str, Callable[..., Any]]:

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..backend import Backend, dtype_name, get_backend, is_cupy, to_numpy
-from ..dispatch.precision import check_precision, matmul_precision
+from ..dispatch.precision import check_precision, matmul_precision, operand_format
 from ..validate import CacheMismatchError, check_float_array
 from .layers import dropout_mask
 
@@ -39,12 +39,14 @@ class Module:
 
     @property
     def precision(self) -> str:
-        """"float32" or "tf32" (CuPy, float32 only): the precision of the float32 GEMMs (:mod:`lstmx.dispatch.precision`)."""
+        """"float32", "tf32" (CuPy, float32 only) or "bf16" (float32): the precision of the matrix products
+        (:mod:`lstmx.dispatch.precision`)."""
         return self._precision
 
     @precision.setter
     def precision(self, value: str) -> None:
         self._precision = check_precision(value, self.backend, self.dtype)
+        self.backend = self.backend._replace(operands=operand_format(self._precision))
 
     def _matmuls(self) -> Any:
         """The context a public method runs its math in: the model's precision."""
@@ -92,8 +94,7 @@ class Module:
         host, dtype_name = self.state_dict(), self.dtype_name
         self.backend = get_backend(backend)
         self.dtype = self.backend.dtype(dtype_name)
-        if self._precision == "tf32" and not is_cupy(self.backend):
-            self._precision = "float32"
+        self.precision = "float32" if self._precision == "tf32" and not is_cupy(self.backend) else self._precision
         self._set_host_params(host)
         return self
 

@@ -69,8 +69,10 @@ class TrainConfig:
     seed: int = option(0, "seed of the weights and of dropout", NON_NEGATIVE_INT)
     accumulate: int = option(1, "micro-batches per step: the batch's streams split into this many parts run one "
                                 "after another (less memory, the same gradient)", POSITIVE_INT, on_resume="override")
-    precision: str = option("float32", "float32 GEMM precision: float32, or tf32 (TensorFloat-32 tensor cores; CuPy "
-                            "float32 only; ~1e-3 relative error in the products)", choices=PRECISIONS,
+    precision: str = option("float32", "precision of the matrix products: float32; tf32 (TensorFloat-32 tensor "
+                            "cores; CuPy float32 only; ~1e-3 relative error in the products); or bf16 (mixed "
+                            "precision: bfloat16 operands, float32 sums, state and weights; the generic layer "
+                            "path)", choices=PRECISIONS,
                             on_resume="override")
 
 

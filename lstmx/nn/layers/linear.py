@@ -16,7 +16,7 @@ def linear_forward(backend: Backend, x: Any, weight: Any, bias: Any) -> tuple[An
     xp = backend.xp
     lead = x.shape[:-1]
     flat = xp.reshape(x, (-1, x.shape[-1]))
-    y = flat @ weight + bias
+    y = backend.matmul(flat, weight) + bias
     return xp.reshape(y, (*lead, weight.shape[1])), LinearCache(x)
 
 
@@ -26,7 +26,7 @@ def linear_backward(backend: Backend, dy: Any, weight: Any, cache: LinearCache) 
     x = cache.x
     flat_x = xp.reshape(x, (-1, x.shape[-1]))
     flat_dy = xp.reshape(dy, (-1, dy.shape[-1]))
-    dweight = flat_x.T @ flat_dy
+    dweight = backend.matmul(flat_x.T, flat_dy)
     dbias = xp.sum(flat_dy, axis=0)
-    dx = xp.reshape(flat_dy @ weight.T, x.shape)
+    dx = xp.reshape(backend.matmul(flat_dy, weight.T), x.shape)
     return dx, dweight, dbias

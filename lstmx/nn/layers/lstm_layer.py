@@ -230,8 +230,9 @@ def _layer_forward(backend: Backend, x: Any, weight: Any, bias: Any, extra: Extr
     check_extra_params(extra, options, hidden, x.dtype)
     variant = options != PLAIN
     gate = gate_affine(backend, hidden, x.dtype)
-    w_hidden = weight[features:, :]
-    x_product = xp.reshape(x, (steps * batch, features)) @ weight[:features, :]
+    w_hidden = backend.operand(weight[features:, :])  # in the products' operand format once, for every step
+    projection_operand = None if projection is None else backend.operand(projection)
+    x_product = backend.matmul(xp.reshape(x, (steps * batch, features)), weight[:features, :])
     x_norm = None
     if options.layer_norm:
         x_product, x_norm = layer_norm_forward(xp, x_product, extra.norm_x)
@@ -245,7 +246,7 @@ def _layer_forward(backend: Backend, x: Any, weight: Any, bias: Any, extra: Extr
         seen_h = h if recurrent is None else h * recurrent
         h_prevs.append(seen_h)  # what W_h multiplies
         c_prevs.append(c)
-        h_product = seen_h @ w_hidden
+        h_product = backend.operand(seen_h) @ w_hidden
         if options.layer_norm:
             h_product, h_norm = layer_norm_forward(xp, h_product, extra.norm_h)
             h_norms.append(h_norm)
@@ -257,7 +258,7 @@ def _layer_forward(backend: Backend, x: Any, weight: Any, bias: Any, extra: Extr
         else:
             gates, c_new, tanh_c, h_new = cell.cell_forward(xp, z, c, gate)
         if projection is not None:
-            h_new = h_new @ projection
+            h_new = backend.operand(h_new) @ projection_operand
         if noise is not None:
             keep_c = 0.0 if noise.zoneout_c is None else noise.zoneout_c[t, ...]
             keep_h = 0.0 if noise.zoneout_h is None else noise.zoneout_h[t, ...]
@@ -324,8 +325,8 @@ def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weigh
     steps, batch, features, hidden = check_layer_backward(cache, extra, options, dy, dh_last, dc_last, weight)
     projection = extra.projection
     gate = gate_affine(backend, hidden, x.dtype)
-    w_hidden_t = weight[features:, :].T
-    projection_t = None if projection is None else projection.T
+    w_hidden_t = backend.operand(weight[features:, :].T)  # in the products' operand format once, for every step
+    projection_t = None if projection is None else backend.operand(projection.T)
     noise = None if kept is None else kept.noise
     recurrent = None if noise is None else noise.recurrent
     keep_c, keep_h = options.zoneout
@@ -348,7 +349,7 @@ def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weigh
             dh_new, dc_in = (1 - keep_h) * dh_new, (1 - keep_c) * dc_in
         if projection_t is not None:  # dL/dh'_t reaches the cell's o ⊙ tanh(c_t) through W_hr
             dh_outs.append(dh_new)
-            dh_new = dh_new @ projection_t
+            dh_new = backend.operand(dh_new) @ projection_t
         if kept is None:
             dz, dc_prev = cell.cell_backward(xp, dh_new, dc_in, gate_steps[t, ...], c_prevs[t, ...], tanh_cs[t, ...],
                                              gate)
@@ -365,7 +366,7 @@ def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weigh
             dh_product, dn = layer_norm_backward(xp, dz, extra.norm_h, NormCache(kept.h_norm.normalized[t, ...],
                                                                                  kept.h_norm.inverse_std[t, ...]))
             dnorm_h = _summed(dnorm_h, dn)
-        dh_prev = dh_product @ w_hidden_t
+        dh_prev = backend.operand(dh_product) @ w_hidden_t
         if recurrent is not None:
             dh_prev = dh_prev * recurrent
         if carried_h is not None:
@@ -383,15 +384,16 @@ def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weigh
         dx_product, dnorm_x = layer_norm_backward(xp, dz_all, extra.norm_x, kept.x_norm)
     dh_product_all = dz_all if not options.layer_norm else xp.reshape(xp.stack(dh_product_steps[::-1]),
                                                                       (steps * batch, 4 * hidden))
-    dweight = xp.concat([xp.reshape(x, (steps * batch, features)).T @ dx_product,
-                         xp.reshape(h_prevs, (steps * batch, cache.output_size)).T @ dh_product_all], axis=0)
+    dweight = xp.concat([backend.matmul(xp.reshape(x, (steps * batch, features)).T, dx_product),
+                         backend.matmul(xp.reshape(h_prevs, (steps * batch, cache.output_size)).T, dh_product_all)],
+                        axis=0)
     dbias = xp.sum(dz_all, axis=0)
-    dx = xp.reshape(dx_product @ weight[:features, :].T, (steps, batch, features))
+    dx = xp.reshape(backend.matmul(dx_product, weight[:features, :].T), (steps, batch, features))
     dprojection = None
     if projection is not None:
         unprojected = gate_steps[..., 3 * hidden :] * tanh_cs  # o_t ⊙ tanh(c_t), what W_hr multiplied
-        dprojection = (xp.reshape(unprojected, (steps * batch, hidden)).T
-                       @ xp.reshape(xp.stack(dh_outs[::-1]), (steps * batch, cache.output_size)))
+        dprojection = backend.matmul(xp.reshape(unprojected, (steps * batch, hidden)).T,
+                                     xp.reshape(xp.stack(dh_outs[::-1]), (steps * batch, cache.output_size)))
     dextra = ExtraParams(dprojection, dpeephole, dnorm_x, dnorm_h, dnorm_c)
     return dx, (dh_next, dc_next), dweight, dbias, dextra
 
