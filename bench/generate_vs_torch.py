@@ -4,11 +4,14 @@ two take turns).
 
     python bench/generate_vs_torch.py                   # 1 and 64 samples, 300 tokens each
     python bench/generate_vs_torch.py --tokens 100 --samples 1 8
+    python bench/generate_vs_torch.py --backend cupy --impl cupy-fused   # on the GPU, against PyTorch on CUDA
 
 The lstmx column runs the token loop the registry picks (``lstmx.dispatch.registry.choose_generation``: the compiled
 Numba loop where Numba is installed), the lstmx-generic column the reference loop (the model's inference forward
 per token). Each draws every token from the softmax of the last logits (temperature 1); PyTorch runs under ``torch.inference_mode()``. Also reports the GFLOP/s the tokens amount to (a token of
-one sample is ~2 · (E + H) · 4H + 2 · H · V multiply-adds). Writes bench/results/generate_vs_torch.json.
+one sample is ~2 · (E + H) · 4H + 2 · H · V multiply-adds). ``--backend cupy`` puts the model on the GPU (and
+PyTorch's on CUDA, its draw on the host as lstmx's generic loop draws); ``--impl`` names lstmx's token loop.
+Writes bench/results/generate_vs_torch.json (generate_vs_torch_cupy.json with ``--backend cupy``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import bench_parser, machine_report, write_json  # noqa: E402
 
 import lstmx  # noqa: E402
+from lstmx.backend import BackendError  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
+from lstmx.dispatch.registry import ImplError  # noqa: E402
 from lstmx.training.data import CharVocab  # noqa: E402
 from lstmx.interop import language_model_to_torch  # noqa: E402
 from lstmx.options import POSITIVE_INT  # noqa: E402
@@ -40,18 +45,18 @@ def lstmx_run(model, vocab, tokens: int, samples: int, impl: str | None = None) 
     return time.perf_counter() - start
 
 
-def torch_run(torch, net, prime: list[int], tokens: int, samples: int) -> float:
+def torch_run(torch, net, prime: list[int], tokens: int, samples: int, device: str) -> float:
     embedding, lstm, head = net
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     with torch.inference_mode():
-        x = torch.tensor(prime, dtype=torch.int64)[:, None].repeat(1, samples)
+        x = torch.tensor(prime, dtype=torch.int64, device=device)[:, None].repeat(1, samples)
         y, state = lstm(embedding(x))
         logits = head(y[-1])
         for _ in range(tokens):
-            probabilities = torch.softmax(logits.double(), dim=-1).numpy()
+            probabilities = torch.softmax(logits.double(), dim=-1).cpu().numpy()
             drawn = [int(rng.choice(VOCAB, p=row / row.sum())) for row in probabilities]
-            y, state = lstm(embedding(torch.tensor([drawn], dtype=torch.int64)), state)
+            y, state = lstm(embedding(torch.tensor([drawn], dtype=torch.int64, device=device)), state)
             logits = head(y[-1])
     return time.perf_counter() - start
 
@@ -64,14 +69,20 @@ def main() -> None:
                         help="samples per call (one row each)")
     parser.add_argument("--rounds", type=flag_type("--rounds", POSITIVE_INT, int), default=3,
                         help="turns each column takes")
+    parser.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="where lstmx's model lives")
+    parser.add_argument("--impl", default=None, choices=[impl.name for impl in lstmx.dispatch.registry.GENERATION_IMPLS],
+                        help="lstmx's token loop (default: the registry's choice)")
     args = parser.parse_args()
     machine = machine_report()
     symbols = [chr(32 + k) for k in range(VOCAB - 1)] + ["\n"]
     vocab = CharVocab(symbols)
-    model = lstmx.LanguageModel(VOCAB, EMBEDDING, HIDDEN, seed=0)
-    columns = {"lstmx": lambda n: lstmx_run(model, vocab, args.tokens, n),
+    try:
+        model = lstmx.LanguageModel(VOCAB, EMBEDDING, HIDDEN, seed=0, backend=args.backend)
+        machine["lstmx_generation_impl"] = lstmx.dispatch.registry.choose_generation(model, args.impl)[0]
+    except (BackendError, ImplError) as error:
+        parser.error(f"--backend {args.backend} --impl {args.impl or 'auto'}: {error}")
+    columns = {"lstmx": lambda n: lstmx_run(model, vocab, args.tokens, n, args.impl),
                "lstmx-generic": lambda n: lstmx_run(model, vocab, args.tokens, n, "generic")}
-    machine["lstmx_generation_impl"] = lstmx.dispatch.registry.choose_generation(model)[0]
     try:
         import torch
 
@@ -82,8 +93,10 @@ def main() -> None:
         embedding.weight.data = state["embedding.weight"]
         lstm.load_state_dict({k[len("lstm."):]: v for k, v in state.items() if k.startswith("lstm.")})
         head.weight.data, head.bias.data = state["head.weight"], state["head.bias"]
+        device = "cuda" if args.backend == "cupy" else "cpu"
+        net = tuple(module.to(device) for module in (embedding, lstm, head))
         prime = [int(i) for i in vocab.encode("def ")]
-        columns["torch"] = lambda n: torch_run(torch, (embedding, lstm, head), prime, args.tokens, n)
+        columns["torch"] = lambda n: torch_run(torch, net, prime, args.tokens, n, device)
     except ImportError:
         print("PyTorch column absent: torch is not installed")
     print(f"machine: {machine}")
@@ -109,7 +122,8 @@ def main() -> None:
             print(f"  {samples:>3} samples  lstmx / torch tokens/s: {ratio:.2f}")
     report = {"machine": machine, "model": {"V": VOCAB, "E": EMBEDDING, "H": HIDDEN}, "tokens": args.tokens,
               "samples": rows}
-    print(f"wrote {write_json('generate_vs_torch.json', report)}")
+    name = "generate_vs_torch.json" if args.backend == "numpy" else f"generate_vs_torch_{args.backend}.json"
+    print(f"wrote {write_json(name, report)}")
 
 
 if __name__ == "__main__":

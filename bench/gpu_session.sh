@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (no package index there): install the carried wheels, then run what is asked:
-#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|bench-f64|bench-bidirectional|tune|tune-tf32|lm|lm-fused|lm-graph|variants|sanitize
+#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|bench-f64|bench-bidirectional|tune|tune-tf32|lm|lm-fused|lm-graph|variants|generate|sanitize
 #   (several words run in order)
 # Wheels missing from the GPU image (array-api-compat) travel in .whl/ (see README, "GPU machine").
 # A kernel that never returns (a grid barrier some block never reaches) hangs its process: every step runs under
@@ -15,7 +15,7 @@
 # so one broken path does not stall or poison (a CUDA error sticks to the process) the others' results.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-STEPS="smoke tests fast-tests check bench bench-f64 bench-bidirectional tune tune-tf32 lm lm-fused lm-graph variants sanitize"
+STEPS="smoke tests fast-tests check bench bench-f64 bench-bidirectional tune tune-tf32 lm lm-fused lm-graph variants generate sanitize"
 for what in "$@"; do  # a misspelt step is refused before any runs (not found out after the others spent the call)
     case " $STEPS " in *" $what "*) ;; *) echo "gpu_session.sh: error: unknown step '$what' (steps: $STEPS)"; exit 2 ;; esac
 done
@@ -105,6 +105,18 @@ for what in "$@"; do
                     2>&1 | tee "$OUT/variants-$impl.log" | tail -14
                 cp bench/results/variant_cost.json "$OUT/variant_cost_$impl.json" 2>/dev/null
             done ;;
+        generate)  # the device token loop against PyTorch's CUDA one, after memcheck and racecheck over a short run
+            for tool in memcheck racecheck; do
+                step "generate $tool" "${SANITIZE_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+                    --print-limit 20 python3 bench/generate_vs_torch.py --backend cupy --impl cupy-fused --tokens 20 \
+                    --samples 3 --rounds 1 >"$OUT/generate-$tool.log" 2>&1
+                rc=$?
+                [ $rc -eq 0 ] || status=1
+                echo "generate $tool: rc $rc; $(grep -m1 -e 'ERROR SUMMARY' -e 'RACECHECK SUMMARY' -e 'TIMED OUT' "$OUT/generate-$tool.log" | sed 's/^=* *//')"
+            done
+            step "$what" "${STEP_TIMEOUT:-540}" python3 bench/generate_vs_torch.py --backend cupy --impl cupy-fused 2>&1 \
+                | tee "$OUT/generate.log" | tail -10
+            cp bench/results/generate_vs_torch_cupy.json "$OUT/" 2>/dev/null ;;
         sanitize)
             for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck stepwise+options+proj:memcheck graph+options+proj:memcheck tiled+options:memcheck tiled+options:racecheck persistent+options:memcheck persistent+proj:memcheck persistent+proj:racecheck tiled+proj:memcheck tiled+proj:racecheck tiled-tf32:memcheck tiled-tf32+proj:memcheck tiled-tf32+proj:racecheck persistent+bidirectional:memcheck tiled+bidirectional:memcheck}; do
                 path=${run%%:*}; tool=${run#*:}; fused=""

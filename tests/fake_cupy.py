@@ -1,6 +1,6 @@
 """A stand-in for CuPy on NumPy whose ``RawKernel`` runs on the CUDA emulator, so lstmx's own CuPy wrappers
 (``lstmx.kernels.cupy``: ``precision``, ``shell``, ``stepwise``, ``variants``, ``persistent``, ``tiled``,
-``one_launch_variants``, ``tiled_tf32``, ``graph``, ``graph_variants``, ``optim``, ``loss``) run unchanged in the CPU suite:
+``one_launch_variants``, ``tiled_tf32``, ``graph``, ``graph_variants``, ``optim``, ``loss``, ``generate``) run unchanged in the CPU suite:
 their buffers, argument lists, grid and shared-memory sizes meet the kernels there, not first on a GPU.
 
 :func:`fake_cupy_modules` imports fresh copies of those modules bound to the stand-in (``monkeypatch`` puts the
@@ -32,7 +32,7 @@ SHARED_BYTES = 96 * 1024
 THREADS_PER_SM = 2048
 WRAPPERS = ("precision", "shell", "stepwise", "variants", "one_launch_variants", "one_launch_projected", "persistent",
             "tiled", "tiled_tf32",
-            "graph", "graph_variants", "optim", "loss")  # in lstmx.kernels.cupy
+            "graph", "graph_variants", "optim", "loss", "generate")  # in lstmx.kernels.cupy
 
 
 class RawKernel:
@@ -227,6 +227,9 @@ def _modules() -> dict[str, types.ModuleType]:
                                "an allocation"),
         ascontiguousarray=_contiguous, array=lambda a, dtype=None, order="C": _contiguous(np.array(a, dtype=dtype)),
         matmul=_outside_capture(np.matmul, "a matmul"),
+        asarray=lambda a, dtype=None: _contiguous(a, dtype), asnumpy=lambda a: np.array(a),
+        concatenate=lambda arrays: _contiguous(np.concatenate(arrays)),
+        stack=lambda arrays: _contiguous(np.stack(arrays)), ravel=np.ravel,
         reshape=np.reshape, int64=np.int64, ndarray=np.ndarray,
         # CuPy's reductions give 0-d arrays (device memory), NumPy's give scalars
         sum=lambda *args, **options: np.asarray(np.sum(*args, **options)),

@@ -76,6 +76,10 @@ REFUSED = [
     ("variant_cost", ["--config", "1,2"], "argument --config: each entry must be B,T,D,H"),
     ("variant_cost", ["--repeats", "0"], "argument --repeats: must be an integer ≥ 1, got 0"),
     ("variant_cost", ["--impl", "cudnn"], "argument --impl: invalid choice: 'cudnn'"),
+    ("generate_vs_torch", ["--impl", "cupy-fused"], "--backend numpy --impl cupy-fused: generation implementation "
+     "'cupy-fused' cannot generate from this model here: it runs on cupy, not numpy"),
+    ("generate_vs_torch", ["--backend", "jax"], "argument --backend: invalid choice: 'jax'"),
+    ("precision_lm", ["--steps", "0"], "argument --steps: must be an integer ≥ 1, got 0"),
 ]
 
 

@@ -63,5 +63,5 @@ def test_a_model_a_fast_loop_does_not_run_is_refused_by_name_and_auto_runs_it_ge
 
 def test_an_unknown_generation_implementation_is_refused_in_one_line():
     model = lstmx.LanguageModel(len(VOCAB), 8, 16, seed=5)
-    with pytest.raises(registry.GenerationImplError, match="impl must be one of auto, numba, generic; got 'cuda'"):
+    with pytest.raises(registry.GenerationImplError, match="impl must be one of auto, cupy-fused, numba, generic; got 'cuda'"):
         samples(model, VOCAB, "a", 5, impl="cuda")

@@ -308,6 +308,10 @@ IMPLS: tuple[Impl, ...] = (
          summary="the Array API reference: a one-hot matrix times the rows' gradients (for small tables, "
                  "character vocabularies, faster than a native scatter-add)"),
 
+    Impl(kind="generation", name="cupy-fused", module="lstmx.kernels.cupy.generate", entry="token_steps",
+         backends=("cupy",), cells=LSTM_ONLY, auto=False,
+         summary="CuPy: the whole token loop in one launch per 64 tokens, a block per sample (embedding, layers, "
+                 "head, softmax, draw on the host generators' uniforms; by name: not yet run on a GPU)"),
     Impl(kind="generation", name="numba", module="lstmx.kernels.host.numba_generate", entry="token_steps",
          backends=("numpy",), cells=LSTM_ONLY,
          summary="NumPy + Numba: the whole token loop compiled (embedding, layers, head, softmax, draw)"),

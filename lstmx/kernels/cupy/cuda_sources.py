@@ -26,6 +26,9 @@ the same row of the (B, 4H) gate block.
   the global norm in two launches for up to 8 tensors (:mod:`lstmx.kernels.cupy.optim`).
 - ``loss.cu``: the softmax cross-entropy's per-row loss and its gradient, a block per row
   (:mod:`lstmx.kernels.cupy.loss`).
+- ``generate.cu``: the token loop of generation, a block per sample: draw (greedy, or temperature and top-k
+  against the host's uniforms), embedding, every layer, head, for a chunk of tokens per launch
+  (:mod:`lstmx.kernels.cupy.generate`).
 - ``variants.cu``: the stepwise path's steps with cell options (peepholes, ``input_forget``, ``cell_clip``,
   ``layer_norm``, zoneout, recurrent dropout) and of the projected cell (the h side of a step after and before the
   W_hr product), a block per batch row so the layer norms reduce in shared memory, and a row-wise layer norm
@@ -42,14 +45,14 @@ from . import tiling
 
 # float32 and float64 (also the suffix of the kernels' names): the C type and its tanh, sqrt, exp and log.
 DTYPES = {"float32": ("float", "tanhf", "sqrtf", "expf", "logf"), "float64": ("double", "tanh", "sqrt", "exp", "log")}
-LAYER_KINDS = ("stepwise", "persistent", "tiled")  # their files follow cell.cuh
+CELL_KINDS = ("stepwise", "persistent", "tiled", "generate")  # their files follow cell.cuh
 
 
 @functools.cache
 def _template(kind: str) -> Template:
     folder = resources.files(__package__) / "cuda"
     text = (folder / f"{kind}.cu").read_text(encoding="utf-8")
-    if kind in LAYER_KINDS:
+    if kind in CELL_KINDS:
         text = (folder / "cell.cuh").read_text(encoding="utf-8") + "\n" + text
     return Template(text)
 
@@ -81,12 +84,14 @@ TILED_PROJECTED_KERNELS = ("lstmp_forward_tiled", "lstmp_backward_tiled")  # the
 TILED_LAYOUT = {**{kernel: kernel for kernel in TILED_KERNELS}, **dict(zip(TILED_VARIANT_KERNELS, TILED_KERNELS))}
 OPTIM_KERNELS = ("adam_update", "sgd_update", "rmsprop_update", "global_norm", "scale_tensors")
 LOSS_KERNELS = ("softmax_cross_entropy",)
+GENERATE_KERNELS = ("lstm_generate",)
 VARIANT_KERNELS = ("row_norm_forward", "row_norm_backward", "lstm_variant_forward_step", "lstm_variant_backward_step",
                    "lstm_projected_state_forward_step", "lstm_projected_state_backward_step")
 SOURCES = {"stepwise": STEPWISE_KERNELS,
            "persistent": PERSISTENT_KERNELS + PERSISTENT_VARIANT_KERNELS + PERSISTENT_PROJECTED_KERNELS,
            "tiled": TILED_KERNELS + TILED_VARIANT_KERNELS + TILED_PROJECTED_KERNELS,
-           "optim": OPTIM_KERNELS, "loss": LOSS_KERNELS, "variants": VARIANT_KERNELS}  # kind → its file's kernels
+           "optim": OPTIM_KERNELS, "loss": LOSS_KERNELS, "variants": VARIANT_KERNELS,
+           "generate": GENERATE_KERNELS}  # kind → its file's kernels
 
 
 def variants(kind: str) -> tuple[str, ...]:
