@@ -30,7 +30,7 @@ from _common import bench_parser  # noqa: E402
 import lstmx  # noqa: E402
 from lstmx.dispatch import registry  # noqa: E402
 from lstmx.backend import to_numpy  # noqa: E402
-from lstmx.check import HEADER, TF32_TOLERANCE, CheckResult, agreement, host_arrays, row  # noqa: E402
+from lstmx.check import BF16_TOLERANCE, HEADER, TF32_TOLERANCE, CheckResult, agreement, host_arrays, row  # noqa: E402
 from lstmx.cli import flag_type  # noqa: E402
 from lstmx.nn.layers.cell import acting_options  # noqa: E402
 from lstmx.options import NON_NEGATIVE_INT  # noqa: E402
@@ -47,8 +47,11 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
     cell option ``impl`` takes when ``cell_options``; the LSTMP cell when ``proj_size``) on ``backend``, each
     printed as a row of ``lstmx check``'s table (a comparison that raises fails its row)."""
     options = acting_options(registry.layer_impl(impl).cell_options) if cell_options else {}
-    # a path that runs only under precision="tf32" is checked there, against the generic path at full float32
-    tf32 = registry.layer_impl(impl).precisions == ("tf32",)
+    # a path that does not run precision="float32" is checked under the one it runs: a "tf32" one against the
+    # generic path at full float32, a "bf16" one against the generic path under "bf16" (which rounds alike)
+    precision = registry.layer_impl(impl).precisions[0]
+    reference_precision = "bf16" if precision == "bf16" else "float32"
+    reduced = {"tf32": TF32_TOLERANCE, "bf16": BF16_TOLERANCE}.get(precision)
     if proj_size:
         options["proj_size"] = proj_size
     loss_impl = "cupy-fused" if fused else "generic"
@@ -76,7 +79,6 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
     print(HEADER)
     results = []
     for dtype in ("float32", "float64"):
-        precision = "tf32" if tf32 else "float32"
         call = registry.Call(backend, np.dtype(dtype), True, (BATCH, HIDDEN), "lstmp" if proj_size else "lstm",
                              tuple(name for name in options if name != "proj_size"), precision)
         refused = registry.layer_impl(impl).refuses(call)
@@ -84,12 +86,14 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
             print(f"{impl} {dtype}: left out, it {refused}")
             continue
         for lengths in (None, [STEPS, 3, 1]):
-            label = (f"{impl}{' tf32' if tf32 else ''}{' + options' if cell_options else ''}{f' + proj {proj_size}' if proj_size else ''}"
+            label = (f"{impl}{'' if precision == 'float32' else ' ' + precision}{' + options' if cell_options else ''}"
+                     f"{f' + proj {proj_size}' if proj_size else ''}"
                      f"{' + fused loss' if fused else ''} {dtype}"
                      f"{', lengths' if lengths else ''}")
-            results.append(agreement(label, backend.name, losses(dtype, lengths, "generic", "generic"),
+            results.append(agreement(label, backend.name,
+                                     losses(dtype, lengths, "generic", "generic", reference_precision),
                                      lambda: losses(dtype, lengths, impl, loss_impl, precision),
-                                     TF32_TOLERANCE if tf32 else TOLERANCE[dtype]))
+                                     reduced or TOLERANCE[dtype]))
             print(row(results[-1]), flush=True)
         if fused:
             results.append(agreement(f"clipping + Adam cupy-fused {dtype}", backend.name, trained(dtype, "generic"),

@@ -171,6 +171,19 @@ template <typename T> inline T __shfl_down_sync(unsigned, T value, unsigned delt
 // A[g][t+4], A[g+8][t+4]; b = B[t][g], B[t+4][g]; d = D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]), built from
 // shuffles, so every lane must reach it, as on the GPU. Products and sums in float32 (the order differs from
 // the tensor core's).
+inline unsigned __float_as_uint(const float x)
+{
+    unsigned bits;
+    std::memcpy(&bits, &x, 4);
+    return bits;
+}
+inline float __uint_as_float(const unsigned bits)
+{
+    float x;
+    std::memcpy(&x, &bits, 4);
+    return x;
+}
+
 inline float tf32_round(const float x)
 {
     unsigned bits;

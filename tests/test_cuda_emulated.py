@@ -684,9 +684,8 @@ def test_tf32_tiled_kernels_compute_the_layer_within_tf32_error(wrappers, shape,
 def test_tf32_kernels_fed_float32_operands_match_float32(wrappers, monkeypatch, shape):
     """Without the rounding to TF32 (the emulator's MMA sums in float32) the tensor-core kernels must give the
     float32 results: every fragment lands where the product needs it."""
-    plant(monkeypatch, "tiled", "to_operand(const float x) { return tf32_round(x); }",
+    plant(monkeypatch, "tiled", "to_operand(const float x) { return LSTMX_BF16 ? bf16_round(x) : tf32_round(x); }",
           "to_operand(const float x) { return x; }")
-    plant(monkeypatch, "tiled", "w_s[e] = tf32_round(weight(k, column));", "w_s[e] = weight(k, column);")
     arrays, mask = problem(3, 9, 3, 33, np.float32, masked=True)
     with wrappers["tiled"].use_tile_shape(shape):
         assert_close(run_tf32(wrappers, arrays, mask), reference(arrays, mask), 2e-5)
@@ -737,9 +736,8 @@ def test_tf32_kernels_on_drawn_sizes_and_tile_shapes(steps, batch, hidden, maske
     shape = tiling.TileShape(units, rows, splits, forward_chunk, backward_chunk)
     assume(tiling.refuses_shape(shape, mma=True) is None)
     with pytest.MonkeyPatch.context() as patch:  # planted before any kernel is made (the wrapper caches them)
-        plant(patch, "tiled", "to_operand(const float x) { return tf32_round(x); }",
+        plant(patch, "tiled", "to_operand(const float x) { return LSTMX_BF16 ? bf16_round(x) : tf32_round(x); }",
               "to_operand(const float x) { return x; }")
-        plant(patch, "tiled", "w_s[e] = tf32_round(weight(k, column));", "w_s[e] = weight(k, column);")
         modules = fake_cupy_modules(patch)
         with modules["tiled"].use_tile_shape(shape):
             assume(modules["tiled_tf32"].refuses_size(batch, hidden, np.float32) is None)  # the grid fits the stand-in
@@ -956,6 +954,72 @@ def test_the_tf32_tiled_path_is_the_registrys_choice_under_tf32_only(on_numpy, m
     assert name in registry.TF32_RECURRENCE_IMPLS and "cupy-tiled" not in registry.TF32_RECURRENCE_IMPLS
 
 
+def bf16_run(model, impl, lengths, seed):
+    rng = np.random.default_rng(seed)
+    steps, batch = 4, 5
+    x = rng.standard_normal((steps, batch, model.input_size)).astype(np.float32)
+    dy = rng.standard_normal((steps, batch, model.output_size)).astype(np.float32)
+    y, (h, c), cache = model.forward(x, lengths=lengths, impl=impl)
+    dx, (dh0, dc0), grads = model.backward(dy, cache)
+    return {"y": y, "h": h, "c": c, "dx": dx, "dh0": dh0, "dc0": dc0, **grads}, cache
+
+
+def norm_errors(result, expected):
+    return {name: float(np.linalg.norm(np.asarray(result[name], np.float64) - np.asarray(value, np.float64))
+                        / np.linalg.norm(np.asarray(value, np.float64))) for name, value in expected.items()}
+
+
+@pytest.mark.parametrize("bidirectional,lengths", [(False, None), (False, [4, 1, 3, 4, 2]), (True, [4, 1, 3, 4, 2])],
+                         ids=["full", "lengths", "bidirectional"])
+def test_the_bf16_tiled_path_computes_what_the_generic_path_computes_under_bf16(on_numpy, bidirectional, lengths):
+    """``cupy-tiled-bf16`` (the TF32 MMA on operands rounded to bfloat16) against the generic path under
+    precision="bf16", outputs and every gradient, one direction and both in one launch: equal but for float32
+    sums in another order, ~1e-7, and the seed whose run meets an operand either side of a bfloat16 midpoint
+    (~1e-4 then): the median over seeds of each seed's worst error. The float32 tiled path is ~1e-3 away, as is
+    the TF32 rounding in place of bfloat16's."""
+    name = on_numpy("cupy-tiled-bf16")
+    on_numpy("cupy-tiled")
+    worst = {"bf16": [], "float32": []}
+    for seed in range(5):
+        model = lstmx.LSTM(3, 33, bidirectional=bidirectional, backend="numpy", seed=seed, precision="bf16")
+        expected, _ = bf16_run(model, "generic", lengths, seed)
+        result, cache = bf16_run(model, name, lengths, seed)
+        assert cache.impl == name and cache.paired == bidirectional
+        worst["bf16"].append(max(norm_errors(result, expected).values()))
+        model.precision = "float32"
+        full, _ = bf16_run(model, "cupy-tiled", lengths, seed)
+        worst["float32"].append(max(norm_errors(full, expected).values()))
+    assert np.median(worst["bf16"]) < 1e-5, worst["bf16"]
+    assert np.median(worst["float32"]) > 5e-4, worst["float32"]
+
+
+def test_the_bf16_tiled_path_fails_with_tf32_rounding_planted(on_numpy, monkeypatch):
+    plant(monkeypatch, "tiled", "LSTMX_BF16 ? bf16_round(x) : tf32_round(x)", "tf32_round(x)")
+    with pytest.raises(AssertionError):
+        test_the_bf16_tiled_path_computes_what_the_generic_path_computes_under_bf16(on_numpy, False, None)
+
+
+def test_the_bf16_tiled_kernels_do_not_depend_on_thread_order(wrappers):
+    arrays, mask = problem(2, 7, 3, 33, np.float32, masked=True)
+    with wrappers["tiled"].use_tile_shape(MMA_SHAPES[1]):
+        first, second = (run_path("tiled_bf16", wrappers, arrays, mask, seed) for seed in (1, 2))
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+def test_the_bf16_tiled_path_runs_under_bf16_only_and_the_plain_cell_only(on_numpy):
+    name = on_numpy("cupy-tiled-bf16")
+    assert registry.choose_layer_impl(NUMPY, np.float32, True, name, (3, 33), precision="bf16").name == name
+    for call, reason in [(dict(dtype=np.float32, precision="float32"), "runs under precision='bf16', not 'float32'"),
+                         (dict(dtype=np.float64, precision="bf16"), "computes float32, not float64"),
+                         (dict(dtype=np.float32, precision="bf16", cell="lstmp"), "runs the lstm cell, not lstmp"),
+                         (dict(dtype=np.float32, precision="bf16", options=("peepholes",)), "takes no peepholes")]:
+        dtype = call.pop("dtype")
+        with pytest.raises(registry.LayerImplError, match=reason):
+            registry.choose_layer_impl(NUMPY, dtype, False, name, (3, 33), **call)
+    assert registry.choose_layer_impl(NUMPY, np.float32, False, None, (3, 33), precision="bf16").name == "generic"
+
+
 @pytest.mark.parametrize("path", ["cupy-graph", "cupy-tiled"])
 def test_sampling_through_a_cupy_path_writes_the_generic_paths_text(on_numpy, path):
     """Generation (the prime, then one step at a time from the carried state, no backward) through the path."""
@@ -1045,6 +1109,17 @@ def test_the_gpu_sanitizer_script_runs_the_tf32_path_under_its_precision(on_nump
     assert all(result.check.startswith("cupy-tiled-tf32 tf32") and result.tolerance == script.TF32_TOLERANCE
                for result in results), results
     assert "cupy-tiled-tf32 float64: left out, it computes float32, not float64" in capsys.readouterr().out
+
+
+def test_the_gpu_sanitizer_script_runs_the_bf16_path_against_the_generic_path_under_bf16(on_numpy, capsys):
+    """bench/gpu_sanitize.py --impl cupy-tiled-bf16 (the session's tiled-bf16 runs) on the stand-in: both models
+    under precision="bf16", float32 only, within bfloat16's tolerance."""
+    script = sanitize_script()
+    results = script.check(NUMPY, on_numpy("cupy-tiled-bf16"), fused=False)
+    assert len(results) == 2 and all(result.passed for result in results), results
+    assert all(result.check.startswith("cupy-tiled-bf16 bf16") and result.tolerance == script.BF16_TOLERANCE
+               for result in results), results
+    assert "cupy-tiled-bf16 float64: left out, it computes float32, not float64" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
@@ -1516,9 +1591,8 @@ PROJECTED_PROBLEMS = [(3, 7, 3, 33, 10), (2, 18, 2, 24, 17)]  # T, B, D, H, P: H
 def test_tf32_projected_kernels_fed_float32_operands_match_float32(wrappers, monkeypatch, shape, dims):
     """Without the rounding to TF32, the projected cell's tensor-core kernels give the float32 layer: the W_hr
     fragments (its columns forward, its rows backward) land where both products need them."""
-    plant(monkeypatch, "tiled", "to_operand(const float x) { return tf32_round(x); }",
+    plant(monkeypatch, "tiled", "to_operand(const float x) { return LSTMX_BF16 ? bf16_round(x) : tf32_round(x); }",
           "to_operand(const float x) { return x; }")
-    plant(monkeypatch, "tiled", "w_s[e] = tf32_round(weight(k, column));", "w_s[e] = weight(k, column);")
     *problem_dims, proj = dims
     arrays, mask, _, extra, _ = variant_problem({}, *problem_dims, False, True, proj=proj)
     expected = projected_forward_and_backward(generic, generic, arrays, mask, extra.projection)
@@ -1590,3 +1664,13 @@ def test_each_cuda_path_module_keeps_the_kernel_contract_of_what_it_declares(wra
     parameters: checked here on the stand-in, as Impl.load checks it on a GPU."""
     module = wrappers[impl.module.rsplit(".", 1)[1]]
     assert contract_breaches(module, protocols_for(impl.cells, impl.cell_options, impl.paired_directions)) == []
+
+
+def test_lstmx_check_compares_a_bf16_path_with_the_generic_path_under_bf16(on_numpy):
+    from lstmx import check as check_module
+
+    on_numpy("cupy-tiled-bf16")
+    rows = [row for row in check_module.implementation_checks("numpy") if " bf16 " in row.check]
+    assert [row.check for row in rows] == ["cupy-tiled-bf16 bf16 vs generic bf16 (float32)",
+                                           "cupy-tiled-bf16 bf16 vs generic bf16 (float32, lengths)"]
+    assert all(row.passed for row in rows), rows

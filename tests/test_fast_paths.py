@@ -45,6 +45,14 @@ def runnable(impl, backend, dtype=np.float64, masked=False):
     return impl.load()
 
 
+def at_its_precision(backend, impl):
+    """``backend`` with the operand format of the first precision ``impl`` runs under (bfloat16 operands for a
+    path that runs precision="bf16" only), as a model of that precision hands it to its layers."""
+    from lstmx.dispatch.precision import operand_format
+
+    return backend._replace(operands=operand_format(impl.precisions[0]))
+
+
 def random_layer(backend, steps, batch, features, hidden, dtype, seed=0):
     dtype = backend.dtype(np.dtype(dtype).name)
     rng = np.random.default_rng(seed)
@@ -78,6 +86,7 @@ def assert_matches_generic(module, backend, arrays, grads, tolerance, step_mask=
 def test_fast_layer_matches_generic(backend, impl, shape, dtype, tolerance):
     module = runnable(impl, backend, dtype)
     tolerance = tolerance if "float32" in impl.precisions else TF32_TOLERANCE
+    backend = at_its_precision(backend, impl)
     arrays, grads = random_layer(backend, *shape, dtype)
     assert_matches_generic(module, backend, arrays, grads, tolerance)
 
@@ -87,6 +96,7 @@ def test_fast_layer_matches_generic(backend, impl, shape, dtype, tolerance):
 def test_fast_layer_matches_generic_with_step_masks(backend, impl, dtype, tolerance):
     module = runnable(impl, backend, dtype, masked=True)
     tolerance = tolerance if "float32" in impl.precisions else TF32_TOLERANCE
+    backend = at_its_precision(backend, impl)
     arrays, grads = random_layer(backend, 6, 5, 3, 7, dtype)
     step_mask = lengths_to_mask(backend, [6, 3, 1, 0, 5], 6, 5, arrays[0].dtype)
     assert_matches_generic(module, backend, arrays, grads, tolerance, step_mask)
@@ -210,7 +220,7 @@ def test_registry_chooses_by_backend_dtype_and_mask(monkeypatch):
         registry.choose_layer_impl(NUMPY, np.float32, True, "numpy")
     with pytest.raises(registry.LayerImplError, match="runs on numpy, not array_api_strict"):
         registry.choose_layer_impl(strict, strict.xp.float32, False, "numpy")
-    with pytest.raises(registry.LayerImplError, match="impl must be one of auto, cupy-tiled, cupy-tiled-tf32, cupy-persistent, cupy-graph, cupy-stepwise, numba, numpy, generic"):
+    with pytest.raises(registry.LayerImplError, match="impl must be one of auto, cupy-tiled, cupy-tiled-tf32, cupy-tiled-bf16, cupy-persistent, cupy-graph, cupy-stepwise, numba, numpy, generic"):
         registry.choose_layer_impl(NUMPY, np.float32, False, "fast")
     monkeypatch.setenv(registry.ENVIRONMENT_VARIABLE, "nonsense")
     with pytest.raises(registry.LayerImplError, match="LSTMX_LAYER_IMPL must be one of"):

@@ -252,6 +252,11 @@ IMPLS: tuple[Impl, ...] = (
          options_cells=LSTM_ONLY, precisions=("tf32",), tf32_recurrence=True, paired_directions=True,
          summary="CuPy: the tiled kernels with TF32 tensor-core products (float32 under precision='tf32'; by name, "
                  "with the tiled path's options, paired directions and LSTMP cell)"),
+    Impl(kind="layer", name="cupy-tiled-bf16", module="lstmx.kernels.cupy.tiled_bf16", backends=("cupy",),
+         dtypes=("float32",), auto=False, size_limited=True, cells=LSTM_ONLY, precisions=("bf16",),
+         paired_directions=True,
+         summary="CuPy: the tiled kernels with bfloat16 operands on tensor cores (float32 under precision='bf16'; "
+                 "by name, the plain cell, paired directions; not yet run on a GPU)"),
     Impl(kind="layer", name="cupy-persistent", module="lstmx.kernels.cupy.persistent", backends=("cupy",),
          dtypes=FLOATS, auto_dtypes=CUPY_PERSISTENT_AUTO, size_limited=True, cells=EVERY_CELL, auto_cells=LSTM_ONLY,
          cell_options=POINTWISE_OPTIONS, options_cells=LSTM_ONLY,  # its LSTMP kernels take no option

@@ -3,8 +3,8 @@
 The kernels live in ``lstmx/kernels/cupy/cuda/`` (``cell.cuh``, the LSTM cell the plain layer kernels share, and one
 ``.cu`` file per kind below), each a :class:`string.Template` that :func:`source` fills in for a variant: ``$real`` (float
 or double), ``$tanh``, ``$sqrt``, ``$exp``, ``$log`` (its math functions), ``$suffix`` (the variant's name, the
-end of every kernel's name), ``$max_threads`` (the tiled kernels' launch bound) and ``$mma`` (1 in the "tf32"
-variant). Plain strings, no CuPy import: the offline test compiles every variant with NVRTC on a machine without
+end of every kernel's name), ``$max_threads`` (the tiled kernels' launch bound), ``$mma`` (1 in the tensor-core
+variants, "tf32" and "bf16") and ``$bf16`` (1 in "bf16": the operands rounded to bfloat16, not TF32). Plain strings, no CuPy import: the offline test compiles every variant with NVRTC on a machine without
 a GPU (``tests/test_cuda_compile.py``), and g++ builds them for the CPU emulator that runs them in the tests
 (``tests/cuda_emulator.h``). The CuPy modules of :mod:`lstmx.kernels` compile the same strings through CuPy.
 
@@ -19,8 +19,8 @@ the same row of the (B, 4H) gate block.
   are read with ``__ldcg`` (through L2, never a stale L1 line). One thread per (row b, unit j).
 - ``tiled.cu``: persistent too, tiled for larger hidden sizes: a block owns a few units of a group of rows, its
   threads split the reduction, and the partial sums meet in shared memory. The product is register-tiled FMAs
-  (each thread a 4 × 4 tile of rows × gates from vector loads), or in the "tf32" variant warp-wide tensor-core
-  MMAs (``mma.sync`` m16n8k8, TF32 operands, float32 sums). The tile shape is a launch argument
+  (each thread a 4 × 4 tile of rows × gates from vector loads), or in the "tf32" and "bf16" variants warp-wide
+  tensor-core MMAs (``mma.sync`` m16n8k8 in TF32, float32 sums; "bf16" rounds the operands to bfloat16 first). The tile shape is a launch argument
   (:mod:`lstmx.kernels.cupy.tiling`).
 - ``optim.cu``: one optimizer step (Adam/AdamW, SGD, RMSprop) for up to 8 parameter tensors per launch, and clipping by
   the global norm in two launches for up to 8 tensors (:mod:`lstmx.kernels.cupy.optim`).
@@ -94,10 +94,15 @@ SOURCES = {"stepwise": STEPWISE_KERNELS,
            "generate": GENERATE_KERNELS}  # kind → its file's kernels
 
 
+# the tiled kernels' tensor-core variants (float32 data, float32 sums): the operands rounded to TensorFloat-32, or
+# to bfloat16 (exact in TF32: 8 significant bits of its 11, the same exponent range), for the TF32 MMA
+MMA_VARIANTS = ("tf32", "bf16")
+
+
 def variants(kind: str) -> tuple[str, ...]:
     """The variants of the ``kind`` kernels: every kind has "float32" and "float64"; the tiled kernels also have
-    "tf32" (float32 data, recurrent products on tensor cores in TensorFloat-32)."""
-    return (*DTYPES, "tf32") if kind == "tiled" else tuple(DTYPES)
+    the MMA_VARIANTS (float32 data, recurrent products on tensor cores)."""
+    return (*DTYPES, *MMA_VARIANTS) if kind == "tiled" else tuple(DTYPES)
 
 
 def source(kind: str, variant: str) -> str:
@@ -105,9 +110,10 @@ def source(kind: str, variant: str) -> str:
     ``variant`` (:func:`variants`)."""
     if variant not in variants(kind):
         raise ValueError(f"the {kind} kernels come in {', '.join(variants(kind))}, not {variant!r}")
-    real, tanh, sqrt, exp, log = DTYPES["float32" if variant == "tf32" else variant]
+    real, tanh, sqrt, exp, log = DTYPES["float32" if variant in MMA_VARIANTS else variant]
     return _template(kind).substitute(real=real, tanh=tanh, sqrt=sqrt, exp=exp, log=log, suffix=variant,
-                                      max_threads=tiling.MAX_THREADS, mma=int(variant == "tf32"))
+                                      max_threads=tiling.MAX_THREADS, mma=int(variant in MMA_VARIANTS),
+                                      bf16=int(variant == "bf16"))
 
 
 def kernel_name(kernel: str, variant: str) -> str:

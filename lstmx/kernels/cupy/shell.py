@@ -151,15 +151,23 @@ def backward_buffers(dy: Any, dh_last: Any, dc_last: Any, weight: Any, cache: Cu
     return BackwardBuffers(_contiguous(dy), _contiguous(weight), dh, dc, dz)
 
 
-def parameter_gradients(cache: CupyLayerCache, dz: Any, weight: Any) -> tuple[Any, Any, Any]:
-    """After the backward recurrence: ``(dx, dweight, dbias)`` from every step's dz, each one GEMM or sum."""
+def as_they_are(values: Any) -> Any:
+    return values
+
+
+def parameter_gradients(cache: CupyLayerCache, dz: Any, weight: Any,
+                        operand: Callable[[Any], Any] = as_they_are) -> tuple[Any, Any, Any]:
+    """After the backward recurrence: ``(dx, dweight, dbias)`` from every step's dz, each one GEMM or sum, the
+    GEMMs' operands in the format ``operand`` gives them (the backend's: :meth:`lstmx.backend.Backend.operand`)."""
     steps, batch, features, hidden = cache.dims()
     dz_flat = cupy.reshape(dz, (steps * batch, 4 * hidden))
+    dz_operand = operand(dz_flat)
     dweight = cupy.empty_like(weight)
-    cupy.matmul(cupy.reshape(cache.x, (steps * batch, features)).T, dz_flat, out=dweight[:features])
-    cupy.matmul(cupy.reshape(cache.hidden_states[:steps], (steps * batch, hidden)).T, dz_flat, out=dweight[features:])
+    cupy.matmul(operand(cupy.reshape(cache.x, (steps * batch, features))).T, dz_operand, out=dweight[:features])
+    cupy.matmul(operand(cupy.reshape(cache.hidden_states[:steps], (steps * batch, hidden))).T, dz_operand,
+                out=dweight[features:])
     dbias = cupy.sum(dz_flat, axis=0)
-    dx = cupy.reshape(dz_flat @ weight[:features].T, (steps, batch, features))
+    dx = cupy.reshape(dz_operand @ operand(weight[:features]).T, (steps, batch, features))
     return dx, dweight, dbias
 
 
@@ -179,14 +187,15 @@ def layer_forward(recurrence: Callable[[ForwardBuffers, Dims], ForwardBuffers | 
 
 def layer_backward(recurrence: Callable[[BackwardBuffers, CupyLayerCache], BackwardBuffers | None], dy: Any,
                    dh_last: Any, dc_last: Any, weight: Any, cache: CupyLayerCache,
-                   buffers: Callable[..., BackwardBuffers] = backward_buffers) -> tuple[Any, tuple[Any, Any], Any, Any]:
+                   buffers: Callable[..., BackwardBuffers] = backward_buffers,
+                   operand: Callable[[Any], Any] = as_they_are) -> tuple[Any, tuple[Any, Any], Any, Any]:
     """The mirror of :func:`layer_forward`: the checked buffers, ``recurrence(buffers, cache)`` writes every
     step's dz and dL/dh_0, dL/dc_0 (not called for an empty batch; it may return other buffers likewise), then
-    the weight-gradient GEMMs."""
+    the weight-gradient GEMMs (their operands as ``operand`` gives them)."""
     b = buffers(dy, dh_last, dc_last, weight, cache)
     if cache.dims()[1] > 0:
         b = recurrence(b, cache) or b
-    dx, dweight, dbias = parameter_gradients(cache, b.dz, b.weight)
+    dx, dweight, dbias = parameter_gradients(cache, b.dz, b.weight, operand)
     return dx, (b.dh, b.dc), dweight, dbias
 
 
@@ -209,7 +218,8 @@ def one_launch_forward(launch: Launch, kernel: str, x: Any, weight: Any, bias: A
 
 
 def one_launch_backward(launch: Launch, kernel: str, dy: Any, dh_last: Any, dc_last: Any, weight: Any,
-                        cache: CupyLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any]:
+                        cache: CupyLayerCache, operand: Callable[[Any], Any] = as_they_are
+                        ) -> tuple[Any, tuple[Any, Any], Any, Any]:
     """The mirror of :func:`one_launch_forward`: one launch taking (dy, W_h, gates, cells, tanh(c), step mask or
     null, dz, dh, dc, steps, batch, hidden)."""
     def recurrence(b: BackwardBuffers, cache: CupyLayerCache) -> None:
@@ -219,7 +229,7 @@ def one_launch_backward(launch: Launch, kernel: str, dy: Any, dh_last: Any, dc_l
                 NULL if cache.step_mask is None else cache.step_mask, b.dz, b.dh, b.dc,
                 np.int32(steps), np.int32(batch), np.int32(hidden)))
 
-    return layer_backward(recurrence, dy, dh_last, dc_last, weight, cache)
+    return layer_backward(recurrence, dy, dh_last, dc_last, weight, cache, operand=operand)
 
 
 Pair = tuple[Any, Any]  # (forward direction, reverse direction)
@@ -261,7 +271,8 @@ def _halves_of_one_array(first: Any, second: Any) -> bool:
 
 
 def one_launch_pair_backward(launch: Launch, kernel: str, dys: Pair, dh_lasts: Pair, dc_lasts: Pair, weights: Pair,
-                             caches: Pair) -> tuple[Pair, tuple[Pair, Pair], Pair, Pair]:
+                             caches: Pair, operand: Callable[[Any], Any] = as_they_are
+                             ) -> tuple[Pair, tuple[Pair, Pair], Pair, Pair]:
     """The mirror of :func:`one_launch_pair_forward`, one launch for both directions on the caches it made:
     ``((dx, dx_reverse), ((dh0, dc0), (dh0_reverse, dc0_reverse)), (dweight, ...), (dbias, ...))``."""
     for d in range(2):
@@ -282,7 +293,7 @@ def one_launch_pair_backward(launch: Launch, kernel: str, dys: Pair, dh_lasts: P
         launch(kernel, np.dtype(dtype).name, batch, hidden,
                (dy, w_hidden, first.gates, first.cells, first.tanh_c, NULL if first.step_mask is None else first.step_mask,
                 dz, dh, dc, np.int32(steps), np.int32(batch), np.int32(hidden)), directions=2)
-    gradients = [parameter_gradients(caches[d], dz[d], _contiguous(weights[d])) for d in range(2)]
+    gradients = [parameter_gradients(caches[d], dz[d], _contiguous(weights[d]), operand) for d in range(2)]
     return ((gradients[0][0], gradients[1][0]), ((dh[0], dc[0]), (dh[1], dc[1])),
             (gradients[0][1], gradients[1][1]), (gradients[0][2], gradients[1][2]))
 
@@ -298,22 +309,30 @@ class OneLaunchLayers(NamedTuple):
 
 def one_launch_layers(launch: Launch, forward_kernel: str, backward_kernel: str) -> OneLaunchLayers:
     """The plain and paired layer functions of a path whose recurrence is one launch of ``forward_kernel`` /
-    ``backward_kernel`` through ``launch``, with the contract's signatures."""
+    ``backward_kernel`` through ``launch``, with the contract's signatures. The GEMMs around the launch take
+    their operands in the backend's format (:meth:`lstmx.backend.Backend.operand`: under precision="bf16"
+    rounded to bfloat16, which only the kernels that round their own operands alike are given); the input and
+    the weights are put in it as they come in, so the cache keeps the input as the GEMMs took it."""
     def lstm_layer_forward(backend: Any, x: Any, weight: Any, bias: Any, h0: Any, c0: Any,
                            step_mask: Any = None) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
-        return one_launch_forward(launch, forward_kernel, x, weight, bias, h0, c0, step_mask)
+        return one_launch_forward(launch, forward_kernel, backend.operand(x), backend.operand(weight), bias, h0, c0,
+                                  step_mask)
 
     def lstm_layer_backward(backend: Any, dy: Any, dh_last: Any, dc_last: Any, weight: Any,
                             cache: CupyLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any]:
-        return one_launch_backward(launch, backward_kernel, dy, dh_last, dc_last, weight, cache)
+        return one_launch_backward(launch, backward_kernel, dy, dh_last, dc_last, backend.operand(weight), cache,
+                                   backend.operand)
 
     def lstm_layer_pair_forward(backend: Any, xs: Pair, weights: Pair, biases: Pair, h0s: Pair, c0s: Pair,
                                 step_mask: Any = None) -> tuple[Pair, tuple[Pair, Pair], Pair]:
-        return one_launch_pair_forward(launch, forward_kernel, xs, weights, biases, h0s, c0s, step_mask)
+        operands = lambda pair: tuple(backend.operand(part) for part in pair)  # noqa: E731
+        return one_launch_pair_forward(launch, forward_kernel, operands(xs), operands(weights), biases, h0s, c0s,
+                                       step_mask)
 
     def lstm_layer_pair_backward(backend: Any, dys: Pair, dh_lasts: Pair, dc_lasts: Pair, weights: Pair,
                                  caches: Pair) -> tuple[Pair, tuple[Pair, Pair], Pair, Pair]:
-        return one_launch_pair_backward(launch, backward_kernel, dys, dh_lasts, dc_lasts, weights, caches)
+        return one_launch_pair_backward(launch, backward_kernel, dys, dh_lasts, dc_lasts,
+                                        tuple(backend.operand(part) for part in weights), caches, backend.operand)
 
     return OneLaunchLayers(lstm_layer_forward, lstm_layer_backward, lstm_layer_pair_forward, lstm_layer_pair_backward)
 

@@ -67,7 +67,7 @@ def _shape_for(batch: int, hidden: int, variant: str) -> tiling.TileShape | None
         return chosen
     return tiling.choose_tile_shape(batch, hidden, 8 if variant == "float64" else 4,
                                     device_attribute("MaxSharedMemoryPerBlockOptin"),
-                                    device_attribute("MultiProcessorCount"), variant == "tf32")
+                                    device_attribute("MultiProcessorCount"), variant in cuda_sources.MMA_VARIANTS)
 
 
 def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] = (), directions: int = 1,
@@ -83,14 +83,14 @@ def refuses_size(batch: int, hidden: int, dtype: Any, options: tuple[str, ...] =
 
 def refuses_projected(batch: int, hidden: int, proj: int, variant: str, directions: int = 1) -> str | None:
     """As :func:`refuses_size`, for the projected cell's kernels with projection ``proj`` in ``variant``
-    ("float32", "float64" or "tf32"): the plain kernels' tile shape, with a chunk of its own (the block also holds
+    ("float32", "float64", "tf32" or "bf16"): the plain kernels' tile shape, with a chunk of its own (the block also holds
     its slice of W_hr)."""
     if directions != 1:
         return "runs each direction of a projected layer in a launch of its own"
     shape = _shape_for(batch, hidden, variant)
     if shape is None:
         return f"has no tile shape for batch {batch} × hidden {hidden} in {variant} that fits this GPU"
-    reason = tiling.refuses_shape(shape, mma=variant == "tf32")
+    reason = tiling.refuses_shape(shape, mma=variant in cuda_sources.MMA_VARIANTS)
     if reason is not None:
         return f"cannot run tile shape {shape}: {reason}"
     itemsize = 8 if variant == "float64" else 4
@@ -110,12 +110,12 @@ def refuses_projected(batch: int, hidden: int, proj: int, variant: str, directio
 
 def refuses_variant(batch: int, hidden: int, variant: str, kernels: tuple[str, ...] = cuda_sources.TILED_KERNELS,
                     directions: int = 1) -> str | None:
-    """As :func:`refuses_size`, for ``kernels`` (a forward and its backward) of ``variant`` ("float32", "float64"
-    or "tf32")."""
+    """As :func:`refuses_size`, for ``kernels`` (a forward and its backward) of ``variant`` ("float32", "float64",
+    "tf32" or "bf16")."""
     shape = _shape_for(batch, hidden, variant)
     if shape is None:
         return f"has no tile shape for batch {batch} × hidden {hidden} in {variant} that fits this GPU"
-    reason = tiling.refuses_shape(shape, mma=variant == "tf32")
+    reason = tiling.refuses_shape(shape, mma=variant in cuda_sources.MMA_VARIANTS)
     if reason is not None:
         return f"cannot run tile shape {shape}: {reason}"
     itemsize = 8 if variant == "float64" else 4
@@ -132,7 +132,8 @@ def refuses_variant(batch: int, hidden: int, variant: str, kernels: tuple[str, .
 
 
 def launcher(variant: str | None) -> Launch:
-    """The launch of the kernels of ``variant`` ("tf32"; None: those of the layer's dtype), its size checked first."""
+    """The launch of the kernels of ``variant`` (one of cuda_sources.MMA_VARIANTS; None: those of the layer's dtype),
+    its size checked first."""
     def launch(kernel: str, dtype: str, batch: int, hidden: int, args: tuple, directions: int = 1,
                proj: int = 0) -> None:
         chosen = dtype if variant is None else variant

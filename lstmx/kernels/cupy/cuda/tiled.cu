@@ -5,8 +5,10 @@
 #include <cooperative_groups.h>
 namespace cg = cooperative_groups;
 
-// 1: the recurrent products run on tensor cores in TF32 (the "tf32" variant, float32 data), 0: FMAs in $real.
+// 1: the recurrent products run on tensor cores in TF32 (the "tf32" and "bf16" variants, float32 data), 0: FMAs
+// in $real. LSTMX_BF16 1: the operands rounded to bfloat16 (exact in TF32), not to TF32.
 #define LSTMX_MMA $mma
+#define LSTMX_BF16 $bf16
 
 // Four consecutive values from (or to) shared memory in one or two vector accesses; p is 16-byte aligned.
 __device__ __forceinline__ void load4(const float* p, float (&v)[4])
@@ -78,7 +80,15 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const float (&a)
                    "r"(__float_as_uint(a[3])), "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
 }
 #endif
-__device__ __forceinline__ float to_operand(const float x) { return tf32_round(x); }
+// float32 to the nearest bfloat16, ties to even (Inf and NaN pass), on the bits: what precision="bf16" rounds.
+__device__ __forceinline__ float bf16_round(const float x)
+{
+    unsigned bits = __float_as_uint(x);
+    if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+    return __uint_as_float(bits);
+}
+// What each operand of the MMAs becomes as it enters shared memory.
+__device__ __forceinline__ float to_operand(const float x) { return LSTMX_BF16 ? bf16_round(x) : tf32_round(x); }
 
 // The warp's tile of the product: its 16 rows from m0, its 8 columns (`octet` of the block's columns), and its
 // share of the reduction (every shares-th group of 8). tiles · shares is the block's warp count.
@@ -111,7 +121,7 @@ __device__ __forceinline__ void b_fragments_to_shared(float* w_s, const Tile& p,
         const long long group = e >> 6;
         const long long k = (group / octets) * 8 + (lane & 3) + 4 * (e & 1);
         const int column = (int)(group % octets) * 8 + (lane >> 2);
-        w_s[e] = tf32_round(weight(k, column));
+        w_s[e] = to_operand(weight(k, column));
     }
 }
 __device__ __forceinline__ void b_fragment(const float* w_s, const WarpTile& w, const int octets, const int kk,
