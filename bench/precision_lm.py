@@ -1,7 +1,7 @@
 """The README's language-model recipe (``lstmx train`` on its default corpus) at each precision, compared at the
 same step: validation loss and time per step.
 
-    python bench/precision_lm.py                                 # float32 and bf16, 1000 steps, generic path
+    python bench/precision_lm.py                                 # float32, bf16, fp16: 1000 steps, generic path
     python bench/precision_lm.py --precisions float32,bf16 --steps 300 --backend numpy --impl generic
 
 Every run is a ``lstmx train`` process of its own in a temporary folder (removed after), with the same seed and
@@ -54,7 +54,7 @@ def one_run(precision: str, args, folder: Path) -> dict:
 def main() -> None:
     parser = bench_parser(__file__, __doc__)
     parser.add_argument("--precisions", type=precision_list,
-                        default=["float32", "bf16"], help="comma-separated precisions (float32, tf32, bf16)")
+                        default=["float32", "bf16", "fp16"], help="comma-separated precisions (float32, tf32, bf16, fp16)")
     parser.add_argument("--steps", type=flag_type("--steps", POSITIVE_INT, int), default=1000)
     parser.add_argument("--batch-size", type=flag_type("--batch-size", POSITIVE_INT, int), default=32)
     parser.add_argument("--seq-len", type=flag_type("--seq-len", POSITIVE_INT, int), default=64)

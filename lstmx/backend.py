@@ -30,17 +30,22 @@ class Backend(NamedTuple):
     ``operands="bf16"`` (a model's ``precision="bf16"``, set at its boundary) rounds both operands of every
     product :meth:`matmul` runs to bfloat16 and sums the products in the arrays' own float32, as a tensor core
     multiplies bfloat16 with float32 accumulation; everything else (gates, cell state, loss, weights) stays float32.
+    ``operands="fp16"`` does the same with IEEE half precision (its narrower range included).
     """
 
     xp: Any
     device: Any
     name: str
-    operands: str = "float32"  # "float32", or "bf16": see above
+    operands: str = "float32"  # "float32", "bf16" or "fp16": see above
 
     def operand(self, values: Any) -> Any:
-        """``values`` in this backend's operand format (rounded to bfloat16 under "bf16", else as they are): for
-        a factor used in many products, such as W_h in every step, rounded once."""
-        return round_to_bfloat16(values) if self.operands == "bf16" else values
+        """``values`` in this backend's operand format (rounded to bfloat16 under "bf16", to half precision under
+        "fp16", else as they are): for a factor used in many products, such as W_h in every step, rounded once."""
+        if self.operands == "bf16":
+            return round_to_bfloat16(values)
+        if self.operands == "fp16":
+            return round_to_float16(self.xp, values)
+        return values
 
     def matmul(self, a: Any, b: Any) -> Any:
         """``a @ b`` with both operands in this backend's operand format."""
@@ -77,6 +82,24 @@ def round_to_bfloat16(values: Any) -> Any:
     which bfloat16 shares."""
     scaled = values * BFLOAT16_SPLIT
     return scaled - (scaled - values)
+
+
+FLOAT16_SPLIT = 2.0 ** 13 + 1  # Veltkamp's splitter for float32's 24-bit significand at half precision's 11 bits
+FLOAT16_SMALLEST_NORMAL = 2.0 ** -14  # below it half precision has fixed steps of 2**-24 (its subnormals)
+FLOAT16_STEP_SHIFT = 0.75  # a float32 near 0.75 has steps of 2**-24: (x + 0.75) - 0.75 rounds x to that step
+FLOAT16_OVERFLOW = 2.0 ** 16  # what rounds to 2**16 or more is past half precision's largest, 65504: infinite
+
+
+def round_to_float16(xp: Any, values: Any) -> Any:
+    """float32 ``values`` rounded to the nearest IEEE half-precision value (ties to even), still float32: 11
+    significant bits by Veltkamp's splitting; below 2**-14 the subnormals' fixed steps of 2**-24; infinity from
+    65520 on (the midpoint past 65504, which rounds to the even 2**16). Plain arithmetic, any namespace."""
+    scaled = values * FLOAT16_SPLIT
+    rounded = scaled - (scaled - values)
+    rounded = xp.where(xp.abs(values) < FLOAT16_SMALLEST_NORMAL,
+                       (values + FLOAT16_STEP_SHIFT) - FLOAT16_STEP_SHIFT, rounded)
+    infinite = xp.full_like(values, xp.inf)
+    return xp.where(xp.abs(rounded) >= FLOAT16_OVERFLOW, xp.where(values < 0, -infinite, infinite), rounded)
 
 
 def _cupy_namespace() -> Any:

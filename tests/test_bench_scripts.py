@@ -269,7 +269,7 @@ def test_the_variant_cost_benchmark_runs_on_a_tiny_problem(run, tmp_path, capsys
 def test_the_precision_benchmark_trains_at_each_precision_and_leaves_no_run_folder(run, capsys, tmp_path):
     run("precision_lm", "--steps", "2", "--batch-size", "2", "--seq-len", "8", "--hidden-size", "8")
     result = json.loads((tmp_path / "precision_lm.json").read_text())
-    assert [row["precision"] for row in result["runs"]] == ["float32", "bf16"]
+    assert [row["precision"] for row in result["runs"]] == ["float32", "bf16", "fp16"]
     assert all(row["step"] == 2 and row["val_loss"] > 0 for row in result["runs"])
     assert sorted(path.name for path in tmp_path.iterdir()) == ["precision_lm.json"]
     table = "\n".join(load("report").runs_table("precision_lm", result))
@@ -279,4 +279,4 @@ def test_the_precision_benchmark_trains_at_each_precision_and_leaves_no_run_fold
 def test_the_precision_benchmark_refuses_an_unknown_precision(run, capsys):
     with pytest.raises(SystemExit):
         run("precision_lm", "--precisions", "float32,half")
-    assert "argument --precisions: must be precisions (float32, tf32, bf16) joined by commas" in capsys.readouterr().err
+    assert "argument --precisions: must be precisions (float32, tf32, bf16, fp16) joined by commas" in capsys.readouterr().err

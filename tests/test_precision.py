@@ -16,10 +16,11 @@ from .test_checkpoint import TEXT
 def test_precision_is_checked_at_the_door(backend):
     for model in (lambda **k: lstmx.LSTM(3, 4, backend=backend, **k),
                   lambda **k: lstmx.LanguageModel(7, 3, 4, backend=backend, **k)):
-        with pytest.raises(ValueError, match="precision must be one of float32, tf32, bf16; got 'fp8'"):
+        with pytest.raises(ValueError, match="precision must be one of float32, tf32, bf16, fp16; got 'fp8'"):
             model(precision="fp8")
-        with pytest.raises(ValueError, match="precision='bf16' needs dtype float32"):
-            model(precision="bf16", dtype="float64")
+        for half in ("bf16", "fp16"):
+            with pytest.raises(ValueError, match=f"precision='{half}' needs dtype float32"):
+                model(precision=half, dtype="float64")
         with pytest.raises(ValueError, match="precision='tf32' needs backend='cupy' and dtype float32"):
             model(precision="tf32", dtype="float64")
         if not is_cupy(backend):

@@ -325,30 +325,35 @@ def test_layer_norm_lstm_matches_a_torch_layer_norm_reference(backend):
         close(grads[name], torch.stack([norm.weight.grad, norm.bias.grad]), name)
 
 
-def _bfloat16(values):
-    return values.float().bfloat16().double()
+ROUNDED = {"bf16": lambda values: values.float().bfloat16().double(),
+           "fp16": lambda values: values.float().half().double()}
 
 
-class BFloat16Product(torch.autograd.Function):
-    """``a @ b`` as precision="bf16" defines it: both operands rounded to bfloat16, and in the backward the
-    gradient flowing in rounded too (each product of the backward takes bfloat16 operands as well)."""
+def rounded_product(precision):
+    """``a @ b`` as a 16-bit ``precision`` defines it: both operands rounded to that format, and in the backward
+    the gradient flowing in rounded too (each product of the backward takes 16-bit operands as well)."""
+    rounded = ROUNDED[precision]
 
-    @staticmethod
-    def forward(ctx, a, b):
-        a, b = _bfloat16(a), _bfloat16(b)
-        ctx.save_for_backward(a, b)
-        return a @ b
+    class Product(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            a, b = rounded(a), rounded(b)
+            ctx.save_for_backward(a, b)
+            return a @ b
 
-    @staticmethod
-    def backward(ctx, grad):
-        a, b = ctx.saved_tensors
-        grad = _bfloat16(grad)
-        return grad @ b.T, a.T @ grad
+        @staticmethod
+        def backward(ctx, grad):
+            a, b = ctx.saved_tensors
+            grad = rounded(grad)
+            return grad @ b.T, a.T @ grad
+
+    return Product.apply
 
 
-def _torch_bf16_lstm(params, x, layers, hidden, directions):
-    """The stack's semantics in PyTorch autograd (float64 sums), lstmx's parameter layout, no lengths."""
-    product = BFloat16Product.apply
+def _torch_rounded_lstm(params, x, layers, hidden, directions, precision="bf16"):
+    """The stack's semantics in PyTorch autograd (float64 sums, 16-bit operands), lstmx's parameter layout, no
+    lengths."""
+    product = rounded_product(precision)
     inputs = x
     for k in range(layers):
         outputs = []
@@ -386,8 +391,9 @@ def _median_of_worst(errors_per_seed):
 SEEDS = range(9)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("bidirectional,proj", [(False, 0), (True, 0), (False, 3), (True, 3)])
-def test_bf16_stack_matches_torch_autograd_through_bfloat16_products(backend, bidirectional, proj):
+def test_16_bit_stack_matches_torch_autograd_through_16_bit_products(backend, bidirectional, proj, precision):
     """Outputs and every gradient of a bf16 stack against autograd through products of bfloat16 operands. The
     two differ by float32 against float64 sums, ~1e-7 in norm, but for the rare operand whose float32 value and
     float64 value lie either side of a bfloat16 midpoint: it rounds one bfloat16 ulp apart and the recurrence
@@ -395,41 +401,42 @@ def test_bf16_stack_matches_torch_autograd_through_bfloat16_products(backend, bi
     of seeds meet such an operand here) must stay at float32's level; the float32 stack's median is ~1e-3 away,
     as is a stack that leaves any one product's operands, forward or backward, unrounded."""
     directions = 2 if bidirectional else 1
-    worst = {"bf16": [], "float32": []}
+    worst = {precision: [], "float32": []}
     for seed in SEEDS:
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((5, 2, 4)).astype(np.float32)
         dy = rng.standard_normal((5, 2, directions * (proj or 8))).astype(np.float32)
-        for precision in worst:
+        for each in worst:
             model = LSTM(4, 8, 2, bidirectional=bidirectional, proj_size=proj, backend=backend, seed=seed,
-                         precision=precision)
+                         precision=each)
             b = model.backend
             y, _, cache = model.forward(b.asarray(x))
             dx, _, grads = model.backward(b.asarray(dy), cache)
             params = {name: torch.tensor(value, dtype=torch.float64, requires_grad=True)
                       for name, value in model.state_dict().items()}
             x_ref = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-            y_ref = _torch_bf16_lstm(params, x_ref, 2, 8, directions)
+            y_ref = _torch_rounded_lstm(params, x_ref, 2, 8, directions, precision)
             (y_ref * torch.from_numpy(dy.astype(np.float64))).sum().backward()
-            worst[precision].append({"y": _norm_error(y, y_ref), "dx": _norm_error(dx, x_ref.grad),
+            worst[each].append({"y": _norm_error(y, y_ref), "dx": _norm_error(dx, x_ref.grad),
                                      **{name: _norm_error(grads[name], params[name].grad) for name in params}})
-    assert _median_of_worst(worst["bf16"]) < 1e-5, worst["bf16"]
-    assert _median_of_worst(worst["float32"]) > 5e-4, worst["float32"]
+    assert _median_of_worst(worst[precision]) < 1e-5, worst[precision]
+    assert _median_of_worst(worst["float32"]) > (5e-4 if precision == "bf16" else 6e-5), worst["float32"]
 
 
-def test_bf16_language_model_loss_and_gradients_match_torch_autograd(backend):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_16_bit_language_model_loss_and_gradients_match_torch_autograd(backend, precision):
     worst = []
     for seed in SEEDS:
         rng = np.random.default_rng(seed)
         tokens, targets = rng.integers(0, 20, (5, 2)), rng.integers(0, 20, (5, 2))
-        model = LanguageModel(20, 4, 8, 2, proj_size=3, backend=backend, seed=seed, precision="bf16")
+        model = LanguageModel(20, 4, 8, 2, proj_size=3, backend=backend, seed=seed, precision=precision)
         b = model.backend
         output = model.loss(b.asarray(tokens), b.asarray(targets))
         params = {name: torch.tensor(value, dtype=torch.float64, requires_grad=True)
                   for name, value in model.state_dict().items()}
         lstm = {name.removeprefix("lstm."): value for name, value in params.items() if name.startswith("lstm.")}
-        y = _torch_bf16_lstm(lstm, params["embedding.weight"][torch.from_numpy(tokens)], 2, 8, 1)
-        logits = BFloat16Product.apply(y.reshape(-1, 3), params["head.weight"]) + params["head.bias"]
+        y = _torch_rounded_lstm(lstm, params["embedding.weight"][torch.from_numpy(tokens)], 2, 8, 1, precision)
+        logits = rounded_product(precision)(y.reshape(-1, 3), params["head.weight"]) + params["head.bias"]
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets).reshape(-1))
         loss.backward()
         worst.append({"loss": abs(float(host(output.loss)) - loss.item()) / loss.item(),

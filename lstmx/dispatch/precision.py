@@ -18,6 +18,13 @@ no loss scaling is needed. Any backend, float32 only, on the generic path only (
 the fast paths, naming why): the model's backend carries it (:attr:`lstmx.backend.Backend.operands`) to the
 generic layers, which round in :meth:`lstmx.backend.Backend.matmul`. The operands are rounded, not stored, in
 bfloat16: the numerics of bfloat16 training, not its speed or its memory, which need 16-bit kernels.
+
+``precision="fp16"`` is the same with IEEE half precision operands: 11 significant bits (bfloat16 has 8) but
+only 2**-24 to 65504, so the gradients flowing into the backward's products, ~1e-6 and smaller, would fall
+below it. A trainer under "fp16" therefore scales the loss (:class:`lstmx.training.loop.LossScale`, PyTorch's
+``GradScaler`` defaults): the gradient leaves the loss multiplied by the scale, the parameter gradients are
+divided by it before clipping and the update, and a step whose gradients overflowed is not applied (the scale
+halves); after 2000 steps without one the scale doubles. All on the device: no host sync.
 """
 
 from __future__ import annotations
@@ -27,14 +34,15 @@ from typing import Any, Iterator
 
 from ..backend import Backend, dtype_name, is_cupy
 
-PRECISIONS = ("float32", "tf32", "bf16")
+PRECISIONS = ("float32", "tf32", "bf16", "fp16")
 FLOAT32_OPERAND_PRECISIONS = ("float32", "tf32")  # those whose products take float32 operands (every path runs them)
 
 
 def operand_format(precision: str) -> str:
     """The operand format (:attr:`lstmx.backend.Backend.operands`) the generic path's products take under a
-    checked ``precision``: "bf16" rounds them, the others leave them float32 (TF32 is cuBLAS's own mode)."""
-    return "bf16" if precision == "bf16" else "float32"
+    checked ``precision``: "bf16" and "fp16" round them, the others leave them float32 (TF32 is cuBLAS's own
+    mode)."""
+    return precision if precision in ("bf16", "fp16") else "float32"
 
 
 def check_precision(precision: Any, backend: Backend, dtype: Any) -> str:
@@ -44,9 +52,9 @@ def check_precision(precision: Any, backend: Backend, dtype: Any) -> str:
     if precision == "tf32" and not (is_cupy(backend) and dtype_name(dtype) == "float32"):
         raise ValueError(f"precision='tf32' needs backend='cupy' and dtype float32 (TensorFloat-32 is a CUDA "
                          f"tensor-core mode); got backend {backend.name!r}, dtype {dtype_name(dtype)}")
-    if precision == "bf16" and dtype_name(dtype) != "float32":
-        raise ValueError(f"precision='bf16' needs dtype float32 (bfloat16 operands with float32 accumulation); "
-                         f"got dtype {dtype_name(dtype)}")
+    if precision in ("bf16", "fp16") and dtype_name(dtype) != "float32":
+        raise ValueError(f"precision={precision!r} needs dtype float32 (16-bit operands with float32 "
+                         f"accumulation); got dtype {dtype_name(dtype)}")
     return precision
 
 

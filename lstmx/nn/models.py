@@ -615,24 +615,30 @@ class LanguageModel(Module):
         impl: str | None = None,
         dropout_masks: Sequence[Any] | None = None,
         loss_impl: str | None = None,
+        grad_scale: Any = None,
     ) -> LossOutput:
         """Mean cross-entropy per real target token (a 0-d array) and, when ``grads``, the gradients.
 
         ``targets`` (T, B) holds the next token of each input; entries equal to ``ignore_index``, and steps
         past ``lengths``, do not count. ``dropout_masks`` (from :meth:`draw_dropout_masks`, possibly sliced along
         the batch) replaces the masks the forward would draw. ``loss_impl`` names the implementation of the loss
-        and its gradient (:func:`lstmx.dispatch.registry.choose_loss`). Returns a :class:`LossOutput`
+        and its gradient (:func:`lstmx.dispatch.registry.choose_loss`). ``grad_scale`` (a 0-d array of the model's
+        dtype on its backend, or None) multiplies dL/dlogits before the backward, and so every gradient returned: a
+        loss scale (:mod:`lstmx.training.loss_scale`). Returns a :class:`LossOutput`
         ``(loss, grads, state, initial_state_grad)``.
         """
         host_lengths = self._lengths(inputs, lengths, check_input)
         if check_input:
             _check_targets(self.backend, targets, inputs.shape, self.vocab_size, ignore_index)
+        if grad_scale is not None:
+            check_float_array(self.backend, "grad_scale", grad_scale, (), self.dtype)
         with self._matmuls():
             return self._loss(inputs, targets, state, host_lengths, ignore_index, grads, impl, dropout_masks,
-                              loss_impl)
+                              loss_impl, grad_scale)
 
     def _loss(self, inputs: Any, targets: Any, state: State | None, lengths: np.ndarray | None, ignore_index: int,
-              grads: bool, impl: str | None, dropout_masks: Sequence[Any] | None, loss_impl: str | None) -> LossOutput:
+              grads: bool, impl: str | None, dropout_masks: Sequence[Any] | None, loss_impl: str | None,
+              grad_scale: Any = None) -> LossOutput:
         if grads or self._draws_masks():
             logits, final, cache = self._forward(inputs, state, lengths, impl, dropout_masks)
         else:  # nothing to backpropagate and no dropout to draw: keep nothing
@@ -648,6 +654,8 @@ class LanguageModel(Module):
             return LossOutput(loss, None, final, None)
         _, loss_and_gradient = registry.choose_loss(self.backend, loss_impl)
         loss, dlogits = loss_and_gradient(self.backend, flat_logits, flat_targets, ignore_index)
+        if grad_scale is not None:
+            dlogits = dlogits * grad_scale
         gradients, dstate0 = self._backward(xp.reshape(dlogits, logits.shape), cache, None)
         return LossOutput(loss, gradients, final, dstate0)
 

@@ -23,6 +23,7 @@ from ..options import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, D
 from . import checkpoint as ckpt
 from .data import CharVocab, Split, StreamBatches, vocab_from_config
 from .distributed import SingleProcess, agree, fingerprint, flatten, shard, unflatten
+from .loss_scale import LossScale, copies, kept, unscaled
 from .optim import OPTIMIZERS, SCHEDULES, clip_grad_norm, clip_grad_value, make_optimizer, make_schedule
 from .runlog import Progress, RunLog
 
@@ -70,9 +71,9 @@ class TrainConfig:
     accumulate: int = option(1, "micro-batches per step: the batch's streams split into this many parts run one "
                                 "after another (less memory, the same gradient)", POSITIVE_INT, on_resume="override")
     precision: str = option("float32", "precision of the matrix products: float32; tf32 (TensorFloat-32 tensor "
-                            "cores; CuPy float32 only; ~1e-3 relative error in the products); or bf16 (mixed "
-                            "precision: bfloat16 operands, float32 sums, state and weights; the generic layer "
-                            "path)", choices=PRECISIONS,
+                            "cores; CuPy float32 only; ~1e-3 relative error in the products); bf16 (mixed "
+                            "precision: bfloat16 operands, float32 sums, state and weights); or fp16 (the same "
+                            "with half precision, the loss scaled dynamically)", choices=PRECISIONS,
                             on_resume="override")
 
 
@@ -128,6 +129,8 @@ class Trainer:
         self.window_index = 0
         self.epoch = 0
         self.state: Any = None
+        # precision="fp16" scales the loss (lstmx.training.loss_scale); None: no scaling
+        self.loss_scale = LossScale.start(model.backend) if config.precision == "fp16" else None
         self.text_fingerprint: str | None = None  # lstmx.training.data.text_fingerprint of the training text, when known
         self._pending: list[tuple[int, Any, Any]] = []  # (step, loss, norm) not yet read back from the device
         self._losses: list[float] = []  # read back, not yet logged
@@ -159,14 +162,16 @@ class Trainer:
 
     # --- one step, and evaluation ---------------------------------------------------------------------------
 
-    def _loss_and_grads(self, window: Any) -> tuple[Any, dict[str, Any], list[Any]]:
-        """The window's mean loss per token and its gradient over the global batch, and the carried state of
-        each micro-batch. Each part's gradient is weighted by its share of the tokens and one all-reduce sums
-        them over the ranks (a training window has no ignored targets: a part of b streams holds T·b tokens)."""
+    def _loss_and_grads(self, window: Any, grad_scale: Any = None) -> tuple[Any, dict[str, Any], list[Any]]:
+        """The window's mean loss per token and its gradient over the global batch (times ``grad_scale`` when
+        given), and the carried state of each micro-batch. Each part's gradient is weighted by its share of the
+        tokens and one all-reduce sums them over the ranks (a training window has no ignored targets: a part of b
+        streams holds T·b tokens)."""
         model, backend = self.model, self.model.backend
         if not self._shared():
             output = model.loss(window.inputs, window.targets, None if self.state is None else self.state[0],
-                                check_input=False, impl=self.plan.layer, loss_impl=self.plan.loss)
+                                check_input=False, impl=self.plan.layer, loss_impl=self.plan.loss,
+                                grad_scale=grad_scale)
             return output.loss, output.grads, [output.state]
         masks = model.draw_dropout_masks(window.inputs.shape[0], self.config.batch_size)
         loss, grads, states = None, None, []
@@ -174,7 +179,7 @@ class Trainer:
             output = model.loss(window.inputs[:, start:stop], window.targets[:, start:stop],
                                 None if self.state is None else self.state[k], check_input=False,
                                 dropout_masks=[m if m is None else m[:, start:stop, :] for m in masks],
-                                impl=self.plan.layer, loss_impl=self.plan.loss)
+                                impl=self.plan.layer, loss_impl=self.plan.loss, grad_scale=grad_scale)
             weight = (stop - start) / self.config.batch_size
             part = {name: g * weight for name, g in output.grads.items()}
             grads = part if grads is None else {name: grads[name] + g for name, g in part.items()}
@@ -190,7 +195,15 @@ class Trainer:
     def train_step(self) -> None:
         """One optimizer step. Its loss is kept on the device until :meth:`read_losses`."""
         window = self.train_batches.window(self.window_index)
-        loss, grads, states = self._loss_and_grads(window)
+        scaling = self.loss_scale
+        if scaling is None:
+            loss, grads, states = self._loss_and_grads(window)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what the scale is there to catch
+                loss, grads, states = self._loss_and_grads(window, scaling.scale)
+        finite = None
+        if scaling is not None:  # back to the true gradients; zeros where the scaled ones overflowed
+            grads, finite = unscaled(self.model.backend, grads, scaling)
         if self.config.clip_value is not None:
             grads = clip_grad_value(self.model.backend, grads, self.config.clip_value)
         norm = None
@@ -199,12 +212,26 @@ class Trainer:
         self._pending.append((self.step + 1, loss, norm))
         if self.read_every == 1:
             self.read_losses()  # on the host a read costs nothing, and a bad step stops before its update
-        self.optimizer.step(grads)
+        if finite is None:
+            self.optimizer.step(grads)
+        else:
+            self._step_kept_if(finite, grads)
+            self.loss_scale = scaling.after(self.model.backend, finite)
         self.step += 1
         self.state = states
         self.window_index += 1
         if self.window_index == len(self.train_batches):
             self.window_index, self.epoch, self.state = 0, self.epoch + 1, None
+
+    def _step_kept_if(self, finite: Any, grads: dict[str, Any]) -> None:
+        """The optimizer's step, kept where ``finite`` (a 0-d bool on the device) and undone elsewhere: the
+        parameters and the optimizer's state as they were before it."""
+        backend, optimizer = self.model.backend, self.optimizer
+        params = copies(backend, self.model.params)
+        state = {name: copies(backend, slots) for name, slots in optimizer.state.items()}
+        optimizer.step(grads)
+        self.model.params.update(kept(backend, finite, self.model.params, params))
+        optimizer.state = {name: kept(backend, finite, slots, state[name]) for name, slots in optimizer.state.items()}
 
     def read_losses(self) -> None:
         """Read the pending losses back to the host (one sync); raise if one of them, or a norm, is not finite."""
@@ -363,6 +390,8 @@ class Trainer:
             "rng": {"dropout": self.model.dropout_rng.bit_generator.state},
             "text_fingerprint": self.text_fingerprint,
         }
+        if self.loss_scale is not None:
+            meta["loss_scale"] = self.loss_scale.to_host()
         arrays = {f"params/{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optimizer/{k}": v for k, v in optimizer_arrays.items()})
         if carried is not None:
@@ -402,6 +431,8 @@ class Trainer:
         trainer.step, trainer.epoch, trainer.window_index = progress["step"], progress["epoch"], progress["window_index"]
         model.dropout_rng.bit_generator.state = meta["rng"]["dropout"]
         trainer.text_fingerprint = meta.get("text_fingerprint")
+        if trainer.loss_scale is not None and meta.get("loss_scale"):
+            trainer.loss_scale = LossScale.start(model.backend, **meta["loss_scale"])
         carried = checkpoint.group("state")
         if carried:
             trainer.load_global_state(carried["h"], carried["c"])
