@@ -30,7 +30,8 @@ from _common import bench_parser  # noqa: E402
 import lstmx  # noqa: E402
 from lstmx.dispatch import registry  # noqa: E402
 from lstmx.backend import to_numpy  # noqa: E402
-from lstmx.check import BF16_TOLERANCE, HEADER, TF32_TOLERANCE, CheckResult, agreement, host_arrays, row  # noqa: E402
+from lstmx.check import (HEADER, SIXTEEN_BIT_TOLERANCE, TF32_TOLERANCE, CheckResult, agreement,  # noqa: E402
+                         host_arrays, row)
 from lstmx.cli import flag_type  # noqa: E402
 from lstmx.nn.layers.cell import acting_options  # noqa: E402
 from lstmx.options import NON_NEGATIVE_INT  # noqa: E402
@@ -48,10 +49,11 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
     printed as a row of ``lstmx check``'s table (a comparison that raises fails its row)."""
     options = acting_options(registry.layer_impl(impl).cell_options) if cell_options else {}
     # a path that does not run precision="float32" is checked under the one it runs: a "tf32" one against the
-    # generic path at full float32, a "bf16" one against the generic path under "bf16" (which rounds alike)
+    # generic path at full float32, a "bf16" or "fp16" one against the generic path at that precision (which
+    # rounds alike)
     precision = registry.layer_impl(impl).precisions[0]
-    reference_precision = "bf16" if precision == "bf16" else "float32"
-    reduced = {"tf32": TF32_TOLERANCE, "bf16": BF16_TOLERANCE}.get(precision)
+    reference_precision = precision if precision in ("bf16", "fp16") else "float32"
+    reduced = {"tf32": TF32_TOLERANCE, "bf16": SIXTEEN_BIT_TOLERANCE, "fp16": SIXTEEN_BIT_TOLERANCE}.get(precision)
     if proj_size:
         options["proj_size"] = proj_size
     loss_impl = "cupy-fused" if fused else "generic"

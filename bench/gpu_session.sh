@@ -53,7 +53,7 @@ for what in "$@"; do
     case "$what" in
         smoke)
             mkdir -p "$(dirname "$SMOKE_FAILED")"; : >"$SMOKE_FAILED"
-            for impl in cupy-tiled cupy-tiled-tf32 cupy-tiled-bf16 cupy-graph cupy-persistent cupy-stepwise; do
+            for impl in cupy-tiled cupy-tiled-tf32 cupy-tiled-bf16 cupy-tiled-fp16 cupy-graph cupy-persistent cupy-stepwise; do
                 if step "smoke $impl" "${SMOKE_TIMEOUT:-120}" python3 -m pytest -q -x -p no:cacheprovider --backends cupy \
                         tests/test_fast_paths.py -k "test_fast_layer_matches_generic and $impl and not $impl-" >"$OUT/smoke-$impl.log" 2>&1; then
                     echo "smoke $impl: $(tail -1 "$OUT/smoke-$impl.log")"
@@ -118,7 +118,7 @@ for what in "$@"; do
                 | tee "$OUT/generate.log" | tail -10
             cp bench/results/generate_vs_torch_cupy.json "$OUT/" 2>/dev/null ;;
         sanitize)
-            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck stepwise+options+proj:memcheck graph+options+proj:memcheck tiled+options:memcheck tiled+options:racecheck persistent+options:memcheck persistent+proj:memcheck persistent+proj:racecheck tiled+proj:memcheck tiled+proj:racecheck tiled-tf32:memcheck tiled-bf16:memcheck tiled-bf16:racecheck tiled-tf32+proj:memcheck tiled-tf32+proj:racecheck persistent+bidirectional:memcheck tiled+bidirectional:memcheck}; do
+            for run in ${SANITIZE_RUNS:-tiled:memcheck tiled:racecheck tiled:synccheck graph+fused:memcheck persistent:memcheck stepwise+options:memcheck stepwise+options:racecheck stepwise+options+proj:memcheck graph+options+proj:memcheck tiled+options:memcheck tiled+options:racecheck persistent+options:memcheck persistent+proj:memcheck persistent+proj:racecheck tiled+proj:memcheck tiled+proj:racecheck tiled-tf32:memcheck tiled-bf16:memcheck tiled-bf16:racecheck tiled-fp16:memcheck tiled-tf32+proj:memcheck tiled-tf32+proj:racecheck persistent+bidirectional:memcheck tiled+bidirectional:memcheck}; do
                 path=${run%%:*}; tool=${run#*:}; fused=""
                 case "$path" in *+bidirectional) fused="--bidirectional"; path=${path%+bidirectional} ;; esac
                 case "$path" in *+proj) fused="--proj-size 8"; path=${path%+proj} ;; esac

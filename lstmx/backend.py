@@ -77,9 +77,9 @@ BFLOAT16_SPLIT = 2.0 ** 16 + 1  # Veltkamp's splitter for float32's 24-bit signi
 def round_to_bfloat16(values: Any) -> Any:
     """float32 ``values`` rounded to the nearest bfloat16 (ties to even), still float32: Veltkamp's splitting,
     plain arithmetic that runs on every namespace and device (the Array API has no bit casts). The high part of
-    the split is the value rounded to 8 significant bits, exactly as round-to-nearest-even for every float32 of
-    magnitude below 2**112 (the product with the splitter must not overflow); the exponent range is float32's,
-    which bfloat16 shares."""
+    the split is the value rounded to 8 significant bits, exactly as round-to-nearest-even for every normal
+    float32 of magnitude below 2**112 (the product with the splitter must not overflow; float32's subnormals,
+    below 1.2e-38, are not rounded as bfloat16's are); the exponent range is float32's, which bfloat16 shares."""
     scaled = values * BFLOAT16_SPLIT
     return scaled - (scaled - values)
 

@@ -25,8 +25,8 @@ from .nn.layers.cell import acting_options
 
 PARITY_TOLERANCE = 1e-4  # float32: relative to each tensor's largest entry
 TF32_TOLERANCE = 2e-2  # TensorFloat-32 products keep 10 mantissa bits
-BF16_TOLERANCE = 1e-2  # two bfloat16 runs: the same roundings but where a sum's order moves an operand across a
-# bfloat16 midpoint, which then rounds one ulp (2**-8) apart
+SIXTEEN_BIT_TOLERANCE = 1e-2  # two runs of a 16-bit precision: the same roundings but where a sum's order moves an
+# operand across a midpoint, which then rounds one ulp (2**-8 for bfloat16) apart
 FLOAT64_TOLERANCE = 1e-10  # the same math in float64: only the summation order differs
 
 
@@ -176,13 +176,14 @@ def implementation_checks(backend_name: str, seed: int = 0) -> Iterator[CheckRes
                     yield agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
                                     run(impl=impl.name, loss_impl="generic", precision="tf32"),
                                     TF32_TOLERANCE)
-        bf16_paths = [impl for impl in registry.available_layer_impls(backend, np.float32, masked, precision="bf16")
-                      if impl.name != "generic"]
-        if bf16_paths:  # each path that runs precision="bf16", against the generic path at that precision
-            bf16_reference = run(impl="generic", loss_impl="generic", precision="bf16")()
-            for impl in bf16_paths:
-                yield agreement(f"{impl.name} bf16 vs generic bf16 {kind}", backend_name, bf16_reference,
-                                run(impl=impl.name, loss_impl="generic", precision="bf16"), BF16_TOLERANCE)
+        for half in ("bf16", "fp16"):  # each path that runs a 16-bit precision, against the generic path at it
+            paths = [impl for impl in registry.available_layer_impls(backend, np.float32, masked, precision=half)
+                     if impl.name != "generic"]
+            if paths:
+                rounded_reference = run(impl="generic", loss_impl="generic", precision=half)()
+                for impl in paths:
+                    yield agreement(f"{impl.name} {half} vs generic {half} {kind}", backend_name, rounded_reference,
+                                    run(impl=impl.name, loss_impl="generic", precision=half), SIXTEEN_BIT_TOLERANCE)
         for loss_impl in registry.available_loss_impls(backend):
             if loss_impl != "generic":
                 yield agreement(f"loss {loss_impl} vs generic {kind}", backend_name, reference,

@@ -31,7 +31,7 @@ SMS = 8
 SHARED_BYTES = 96 * 1024
 THREADS_PER_SM = 2048
 WRAPPERS = ("precision", "shell", "stepwise", "variants", "one_launch_variants", "one_launch_projected", "persistent",
-            "tiled", "tiled_tf32", "tiled_bf16",
+            "tiled", "tiled_tf32", "tiled_rounded", "tiled_bf16", "tiled_fp16",
             "graph", "graph_variants", "optim", "loss", "generate")  # in lstmx.kernels.cupy
 
 

@@ -136,10 +136,11 @@ def test_every_kernel_compiles_without_spilling_registers(kind, variant, toolkit
             assert (stores, loads) == ("0", "0"), f"{kernel} spills {stores} bytes ({count} registers, {toolkit.name})"
 
 
-def test_the_tf32_and_bf16_variants_run_their_products_on_tensor_cores():
-    """The "tf32" and "bf16" tiled kernels issue mma.sync in TF32; "tf32" rounds its operands with cvt.rna.tf32,
-    "bf16" on the bits (no cvt); the float32 ones do neither."""
-    for variant, mma, cvt in (("tf32", True, True), ("bf16", True, False), ("float32", False, False)):
+def test_the_mma_variants_run_their_products_on_tensor_cores():
+    """The "tf32", "bf16" and "fp16" tiled kernels issue mma.sync in TF32; "tf32" rounds its operands with
+    cvt.rna.tf32, the 16-bit ones on the bits (no cvt to TF32); the float32 ones do neither."""
+    for variant, mma, cvt in (("tf32", True, True), ("bf16", True, False), ("fp16", True, False),
+                              ("float32", False, False)):
         status, log, ptx = compile_source(cuda_sources.source("tiled", variant), "tiled", "sm_90")
         assert status == 0, log
         assert (b"mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx) == mma, variant

@@ -657,6 +657,10 @@ MMA_SHAPES = [tiling.TileShape(8, 16, 4, 8, 16), tiling.TileShape(16, 16, 8, 40,
               tiling.TileShape(8, 32, 8, 16, 32)]  # one warp tile per share; chunks cover everything; rows > B
 
 
+OPERAND_ROUNDING = ("LSTMX_OPERANDS == 1 ? bf16_round(x) : LSTMX_OPERANDS == 2 ? fp16_round(x) : "
+                    "tf32_round(x)")  # what the MMA variants' to_operand returns
+
+
 def run_tf32(wrappers, arrays, mask, seed=0):
     """The tiled path's TF32 variant (``cupy-tiled-tf32``), in the tiled path's tile shape if one is forced."""
     return run_path("tiled_tf32", wrappers, arrays, mask, seed)
@@ -684,8 +688,7 @@ def test_tf32_tiled_kernels_compute_the_layer_within_tf32_error(wrappers, shape,
 def test_tf32_kernels_fed_float32_operands_match_float32(wrappers, monkeypatch, shape):
     """Without the rounding to TF32 (the emulator's MMA sums in float32) the tensor-core kernels must give the
     float32 results: every fragment lands where the product needs it."""
-    plant(monkeypatch, "tiled", "to_operand(const float x) { return LSTMX_BF16 ? bf16_round(x) : tf32_round(x); }",
-          "to_operand(const float x) { return x; }")
+    plant(monkeypatch, "tiled", OPERAND_ROUNDING, "x")
     arrays, mask = problem(3, 9, 3, 33, np.float32, masked=True)
     with wrappers["tiled"].use_tile_shape(shape):
         assert_close(run_tf32(wrappers, arrays, mask), reference(arrays, mask), 2e-5)
@@ -736,8 +739,7 @@ def test_tf32_kernels_on_drawn_sizes_and_tile_shapes(steps, batch, hidden, maske
     shape = tiling.TileShape(units, rows, splits, forward_chunk, backward_chunk)
     assume(tiling.refuses_shape(shape, mma=True) is None)
     with pytest.MonkeyPatch.context() as patch:  # planted before any kernel is made (the wrapper caches them)
-        plant(patch, "tiled", "to_operand(const float x) { return LSTMX_BF16 ? bf16_round(x) : tf32_round(x); }",
-              "to_operand(const float x) { return x; }")
+        plant(patch, "tiled", OPERAND_ROUNDING, "x")
         modules = fake_cupy_modules(patch)
         with modules["tiled"].use_tile_shape(shape):
             assume(modules["tiled_tf32"].refuses_size(batch, hidden, np.float32) is None)  # the grid fits the stand-in
@@ -969,55 +971,96 @@ def norm_errors(result, expected):
                         / np.linalg.norm(np.asarray(value, np.float64))) for name, value in expected.items()}
 
 
+HALVES = ["bf16", "fp16"]  # the 16-bit precisions, each with its tiled path (cupy-tiled-bf16, cupy-tiled-fp16)
+
+
+@pytest.mark.parametrize("half", HALVES)
 @pytest.mark.parametrize("bidirectional,lengths", [(False, None), (False, [4, 1, 3, 4, 2]), (True, [4, 1, 3, 4, 2])],
                          ids=["full", "lengths", "bidirectional"])
-def test_the_bf16_tiled_path_computes_what_the_generic_path_computes_under_bf16(on_numpy, bidirectional, lengths):
-    """``cupy-tiled-bf16`` (the TF32 MMA on operands rounded to bfloat16) against the generic path under
-    precision="bf16", outputs and every gradient, one direction and both in one launch: equal but for float32
-    sums in another order, ~1e-7, and the seed whose run meets an operand either side of a bfloat16 midpoint
-    (~1e-4 then): the median over seeds of each seed's worst error. The float32 tiled path is ~1e-3 away, as is
-    the TF32 rounding in place of bfloat16's."""
-    name = on_numpy("cupy-tiled-bf16")
+def test_a_16_bit_tiled_path_computes_what_the_generic_path_computes_at_its_precision(on_numpy, bidirectional,
+                                                                                      lengths, half):
+    """``cupy-tiled-bf16`` / ``-fp16`` (the TF32 MMA on operands rounded to bfloat16 / half precision) against the
+    generic path under that precision, outputs and every gradient, one direction and both in one launch: equal
+    but for float32 sums in another order, ~1e-7, and the seed whose run meets an operand either side of a
+    midpoint (~1e-4 then): the median over seeds of each seed's worst error. The float32 tiled path is ~1e-3
+    (bfloat16) or ~1e-4 (half precision) away, as is the TF32 rounding in place of theirs."""
+    name = on_numpy(f"cupy-tiled-{half}")
     on_numpy("cupy-tiled")
-    worst = {"bf16": [], "float32": []}
+    worst = {half: [], "float32": []}
     for seed in range(5):
-        model = lstmx.LSTM(3, 33, bidirectional=bidirectional, backend="numpy", seed=seed, precision="bf16")
+        model = lstmx.LSTM(3, 33, bidirectional=bidirectional, backend="numpy", seed=seed, precision=half)
         expected, _ = bf16_run(model, "generic", lengths, seed)
         result, cache = bf16_run(model, name, lengths, seed)
         assert cache.impl == name and cache.paired == bidirectional
-        worst["bf16"].append(max(norm_errors(result, expected).values()))
+        worst[half].append(max(norm_errors(result, expected).values()))
         model.precision = "float32"
         full, _ = bf16_run(model, "cupy-tiled", lengths, seed)
         worst["float32"].append(max(norm_errors(full, expected).values()))
-    assert np.median(worst["bf16"]) < 1e-5, worst["bf16"]
-    assert np.median(worst["float32"]) > 5e-4, worst["float32"]
+    assert np.median(worst[half]) < 1e-5, worst[half]
+    assert np.median(worst["float32"]) > (5e-4 if half == "bf16" else 5e-5), worst["float32"]
 
 
-def test_the_bf16_tiled_path_fails_with_tf32_rounding_planted(on_numpy, monkeypatch):
-    plant(monkeypatch, "tiled", "LSTMX_BF16 ? bf16_round(x) : tf32_round(x)", "tf32_round(x)")
+@pytest.mark.parametrize("half", HALVES)
+def test_the_kernels_16_bit_rounding_is_the_rounding_of_numpy_and_of_the_generic_path(half):
+    """The tiled kernels' ``bf16_round`` / ``fp16_round`` (taken from the source as compiled) in a kernel of
+    their own, over a stride through every float32 bit pattern (NaNs, infinities, subnormals, ties): the bits of
+    NumPy's float16 cast, and of the generic path's rounding (:mod:`lstmx.backend`)."""
+    import re
+
+    from lstmx.backend import round_to_bfloat16, round_to_float16
+
+    from .cuda_emulator import compile_kernels
+    from .test_mixed_precision import bfloat16_by_bits, float16_by_numpy
+
+    function = re.search(rf"__device__ __forceinline__ float {half}_round\(const float x\)\n\{{.*?\n\}}\n",
+                         cuda_sources.source("tiled", half), re.S).group(0)
+    kernels = compile_kernels(function + 'extern "C" __global__ void round_each(const float* x, float* y, const int n)'
+                              f"\n{{ for (int i = threadIdx.x; i < n; i += blockDim.x) y[i] = {half}_round(x[i]); }}\n",
+                              ["round_each"])
+    values = np.arange(0, 2**32, 7919, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    rounded = np.empty_like(values)
+    kernels.launch("round_each", (1,), (32,), (values, rounded, np.int32(values.size)))
+    expected = (bfloat16_by_bits if half == "bf16" else float16_by_numpy)(values)
+    finite = np.isfinite(values)
+    np.testing.assert_array_equal(rounded.view(np.uint32)[finite], expected.view(np.uint32)[finite])
+    assert np.array_equal(np.isnan(rounded), np.isnan(values))
+    with np.errstate(over="ignore", invalid="ignore"):
+        generic = (round_to_bfloat16(values) if half == "bf16" else round_to_float16(np, values))
+    # the generic split's range: normal float32 values (2**-126 and up, and zeros) below 2**112
+    small = finite & (np.abs(values) < 2.0 ** 100) & ((np.abs(values) >= 2.0 ** -126) | (values == 0))
+    np.testing.assert_array_equal(generic[small], rounded[small])
+
+
+@pytest.mark.parametrize("half,planted", [("bf16", "tf32_round(x)"), ("fp16", "bf16_round(x)")])
+def test_a_16_bit_tiled_path_fails_with_another_rounding_planted(on_numpy, monkeypatch, half, planted):
+    """(Half precision's normal range has TF32's 11 significant bits, so the two differ only at ties and past
+    its range: bfloat16's rounding is planted there instead.)"""
+    plant(monkeypatch, "tiled", OPERAND_ROUNDING, planted)
     with pytest.raises(AssertionError):
-        test_the_bf16_tiled_path_computes_what_the_generic_path_computes_under_bf16(on_numpy, False, None)
+        test_a_16_bit_tiled_path_computes_what_the_generic_path_computes_at_its_precision(on_numpy, False, None, half)
 
 
-def test_the_bf16_tiled_kernels_do_not_depend_on_thread_order(wrappers):
+@pytest.mark.parametrize("half", HALVES)
+def test_the_16_bit_tiled_kernels_do_not_depend_on_thread_order(wrappers, half):
     arrays, mask = problem(2, 7, 3, 33, np.float32, masked=True)
     with wrappers["tiled"].use_tile_shape(MMA_SHAPES[1]):
-        first, second = (run_path("tiled_bf16", wrappers, arrays, mask, seed) for seed in (1, 2))
+        first, second = (run_path(f"tiled_{half}", wrappers, arrays, mask, seed) for seed in (1, 2))
     for name in first:
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
-def test_the_bf16_tiled_path_runs_under_bf16_only_and_the_plain_cell_only(on_numpy):
-    name = on_numpy("cupy-tiled-bf16")
-    assert registry.choose_layer_impl(NUMPY, np.float32, True, name, (3, 33), precision="bf16").name == name
-    for call, reason in [(dict(dtype=np.float32, precision="float32"), "runs under precision='bf16', not 'float32'"),
-                         (dict(dtype=np.float64, precision="bf16"), "computes float32, not float64"),
-                         (dict(dtype=np.float32, precision="bf16", cell="lstmp"), "runs the lstm cell, not lstmp"),
-                         (dict(dtype=np.float32, precision="bf16", options=("peepholes",)), "takes no peepholes")]:
+@pytest.mark.parametrize("half", HALVES)
+def test_a_16_bit_tiled_path_runs_at_its_precision_only_and_the_plain_cell_only(on_numpy, half):
+    name = on_numpy(f"cupy-tiled-{half}")
+    assert registry.choose_layer_impl(NUMPY, np.float32, True, name, (3, 33), precision=half).name == name
+    for call, reason in [(dict(dtype=np.float32, precision="float32"), f"runs under precision='{half}', not 'float32'"),
+                         (dict(dtype=np.float64, precision=half), "computes float32, not float64"),
+                         (dict(dtype=np.float32, precision=half, cell="lstmp"), "runs the lstm cell, not lstmp"),
+                         (dict(dtype=np.float32, precision=half, options=("peepholes",)), "takes no peepholes")]:
         dtype = call.pop("dtype")
         with pytest.raises(registry.LayerImplError, match=reason):
             registry.choose_layer_impl(NUMPY, dtype, False, name, (3, 33), **call)
-    assert registry.choose_layer_impl(NUMPY, np.float32, False, None, (3, 33), precision="bf16").name == "generic"
+    assert registry.choose_layer_impl(NUMPY, np.float32, False, None, (3, 33), precision=half).name == "generic"
 
 
 @pytest.mark.parametrize("path", ["cupy-graph", "cupy-tiled"])
@@ -1111,15 +1154,18 @@ def test_the_gpu_sanitizer_script_runs_the_tf32_path_under_its_precision(on_nump
     assert "cupy-tiled-tf32 float64: left out, it computes float32, not float64" in capsys.readouterr().out
 
 
-def test_the_gpu_sanitizer_script_runs_the_bf16_path_against_the_generic_path_under_bf16(on_numpy, capsys):
-    """bench/gpu_sanitize.py --impl cupy-tiled-bf16 (the session's tiled-bf16 runs) on the stand-in: both models
-    under precision="bf16", float32 only, within bfloat16's tolerance."""
+@pytest.mark.parametrize("half", ["bf16", "fp16"])
+def test_the_gpu_sanitizer_script_runs_a_16_bit_path_against_the_generic_path_at_its_precision(on_numpy, capsys,
+                                                                                               half):
+    """bench/gpu_sanitize.py --impl cupy-tiled-bf16 / -fp16 (the session's tiled-bf16 and tiled-fp16 runs) on the
+    stand-in: both models at that precision, float32 only, within the 16-bit tolerance."""
     script = sanitize_script()
-    results = script.check(NUMPY, on_numpy("cupy-tiled-bf16"), fused=False)
+    name = on_numpy(f"cupy-tiled-{half}")
+    results = script.check(NUMPY, name, fused=False)
     assert len(results) == 2 and all(result.passed for result in results), results
-    assert all(result.check.startswith("cupy-tiled-bf16 bf16") and result.tolerance == script.BF16_TOLERANCE
+    assert all(result.check.startswith(f"{name} {half}") and result.tolerance == script.SIXTEEN_BIT_TOLERANCE
                for result in results), results
-    assert "cupy-tiled-bf16 float64: left out, it computes float32, not float64" in capsys.readouterr().out
+    assert f"{name} float64: left out, it computes float32, not float64" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
@@ -1591,8 +1637,7 @@ PROJECTED_PROBLEMS = [(3, 7, 3, 33, 10), (2, 18, 2, 24, 17)]  # T, B, D, H, P: H
 def test_tf32_projected_kernels_fed_float32_operands_match_float32(wrappers, monkeypatch, shape, dims):
     """Without the rounding to TF32, the projected cell's tensor-core kernels give the float32 layer: the W_hr
     fragments (its columns forward, its rows backward) land where both products need them."""
-    plant(monkeypatch, "tiled", "to_operand(const float x) { return LSTMX_BF16 ? bf16_round(x) : tf32_round(x); }",
-          "to_operand(const float x) { return x; }")
+    plant(monkeypatch, "tiled", OPERAND_ROUNDING, "x")
     *problem_dims, proj = dims
     arrays, mask, _, extra, _ = variant_problem({}, *problem_dims, False, True, proj=proj)
     expected = projected_forward_and_backward(generic, generic, arrays, mask, extra.projection)
@@ -1666,11 +1711,12 @@ def test_each_cuda_path_module_keeps_the_kernel_contract_of_what_it_declares(wra
     assert contract_breaches(module, protocols_for(impl.cells, impl.cell_options, impl.paired_directions)) == []
 
 
-def test_lstmx_check_compares_a_bf16_path_with_the_generic_path_under_bf16(on_numpy):
+def test_lstmx_check_compares_each_16_bit_path_with_the_generic_path_at_its_precision(on_numpy):
     from lstmx import check as check_module
 
     on_numpy("cupy-tiled-bf16")
-    rows = [row for row in check_module.implementation_checks("numpy") if " bf16 " in row.check]
-    assert [row.check for row in rows] == ["cupy-tiled-bf16 bf16 vs generic bf16 (float32)",
-                                           "cupy-tiled-bf16 bf16 vs generic bf16 (float32, lengths)"]
+    on_numpy("cupy-tiled-fp16")
+    rows = [row for row in check_module.implementation_checks("numpy") if " bf16 " in row.check or " fp16 " in row.check]
+    assert [row.check for row in rows] == [f"cupy-tiled-{half} {half} vs generic {half} (float32{lengths})"
+                                           for lengths in ("", ", lengths") for half in ("bf16", "fp16")]
     assert all(row.passed for row in rows), rows

@@ -220,7 +220,7 @@ def test_registry_chooses_by_backend_dtype_and_mask(monkeypatch):
         registry.choose_layer_impl(NUMPY, np.float32, True, "numpy")
     with pytest.raises(registry.LayerImplError, match="runs on numpy, not array_api_strict"):
         registry.choose_layer_impl(strict, strict.xp.float32, False, "numpy")
-    with pytest.raises(registry.LayerImplError, match="impl must be one of auto, cupy-tiled, cupy-tiled-tf32, cupy-tiled-bf16, cupy-persistent, cupy-graph, cupy-stepwise, numba, numpy, generic"):
+    with pytest.raises(registry.LayerImplError, match="impl must be one of auto, cupy-tiled, cupy-tiled-tf32, cupy-tiled-bf16, cupy-tiled-fp16, cupy-persistent, cupy-graph, cupy-stepwise, numba, numpy, generic"):
         registry.choose_layer_impl(NUMPY, np.float32, False, "fast")
     monkeypatch.setenv(registry.ENVIRONMENT_VARIABLE, "nonsense")
     with pytest.raises(registry.LayerImplError, match="LSTMX_LAYER_IMPL must be one of"):

@@ -116,7 +116,8 @@ def test_16_bit_gradients_stay_within_their_rounding_of_the_float32_ones(backend
         assert 1e-6 < error < 5e-2, f"{name}: {error:.1e}"
 
 
-@pytest.mark.parametrize("precision,taking", [("bf16", ["cupy-tiled-bf16", "generic"]), ("fp16", ["generic"])])
+@pytest.mark.parametrize("precision,taking", [("bf16", ["cupy-tiled-bf16", "generic"]),
+                                                 ("fp16", ["cupy-tiled-fp16", "generic"])])
 def test_only_the_paths_that_round_alike_run_a_16_bit_precision(backend, precision, taking):
     model = lstmx.LanguageModel(30, 8, 24, backend=backend, precision=precision)
     assert [impl.name for impl in registry.LAYER_IMPLS if precision in impl.precisions] == taking

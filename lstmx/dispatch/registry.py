@@ -257,6 +257,11 @@ IMPLS: tuple[Impl, ...] = (
          paired_directions=True,
          summary="CuPy: the tiled kernels with bfloat16 operands on tensor cores (float32 under precision='bf16'; "
                  "by name, the plain cell, paired directions; not yet run on a GPU)"),
+    Impl(kind="layer", name="cupy-tiled-fp16", module="lstmx.kernels.cupy.tiled_fp16", backends=("cupy",),
+         dtypes=("float32",), auto=False, size_limited=True, cells=LSTM_ONLY, precisions=("fp16",),
+         paired_directions=True,
+         summary="CuPy: the tiled kernels with half-precision operands on tensor cores (float32 under "
+                 "precision='fp16'; by name, the plain cell, paired directions; not yet run on a GPU)"),
     Impl(kind="layer", name="cupy-persistent", module="lstmx.kernels.cupy.persistent", backends=("cupy",),
          dtypes=FLOATS, auto_dtypes=CUPY_PERSISTENT_AUTO, size_limited=True, cells=EVERY_CELL, auto_cells=LSTM_ONLY,
          cell_options=POINTWISE_OPTIONS, options_cells=LSTM_ONLY,  # its LSTMP kernels take no option

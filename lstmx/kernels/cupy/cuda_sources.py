@@ -4,8 +4,8 @@ The kernels live in ``lstmx/kernels/cupy/cuda/`` (``cell.cuh``, the LSTM cell th
 ``.cu`` file per kind below), each a :class:`string.Template` that :func:`source` fills in for a variant: ``$real`` (float
 or double), ``$tanh``, ``$sqrt``, ``$exp``, ``$log`` (its math functions), ``$suffix`` (the variant's name, the
 end of every kernel's name), ``$max_threads`` (the tiled kernels' launch bound), ``$mma`` (1 in the tensor-core
-variants, "tf32" and "bf16") and ``$bf16`` (1 in "bf16": the operands rounded to bfloat16, not TF32). Plain strings, no CuPy import: the offline test compiles every variant with NVRTC on a machine without
-a GPU (``tests/test_cuda_compile.py``), and g++ builds them for the CPU emulator that runs them in the tests
+variants) and ``$operands`` (what those round their operands to: 0 TF32, 1 bfloat16, 2 half precision). Plain
+strings, no CuPy import: the offline test compiles every variant with NVRTC on a machine without a GPU (``tests/test_cuda_compile.py``), and g++ builds them for the CPU emulator that runs them in the tests
 (``tests/cuda_emulator.h``). The CuPy modules of :mod:`lstmx.kernels` compile the same strings through CuPy.
 
 Every kernel works on C-contiguous buffers laid out time-major; the four gate values of a unit are read from
@@ -19,9 +19,9 @@ the same row of the (B, 4H) gate block.
   are read with ``__ldcg`` (through L2, never a stale L1 line). One thread per (row b, unit j).
 - ``tiled.cu``: persistent too, tiled for larger hidden sizes: a block owns a few units of a group of rows, its
   threads split the reduction, and the partial sums meet in shared memory. The product is register-tiled FMAs
-  (each thread a 4 × 4 tile of rows × gates from vector loads), or in the "tf32" and "bf16" variants warp-wide
-  tensor-core MMAs (``mma.sync`` m16n8k8 in TF32, float32 sums; "bf16" rounds the operands to bfloat16 first). The tile shape is a launch argument
-  (:mod:`lstmx.kernels.cupy.tiling`).
+  (each thread a 4 × 4 tile of rows × gates from vector loads), or in the MMA_VARIANTS warp-wide tensor-core
+  MMAs (``mma.sync`` m16n8k8 in TF32, float32 sums; "bf16" and "fp16" round the operands to their format first).
+  The tile shape is a launch argument (:mod:`lstmx.kernels.cupy.tiling`).
 - ``optim.cu``: one optimizer step (Adam/AdamW, SGD, RMSprop) for up to 8 parameter tensors per launch, and clipping by
   the global norm in two launches for up to 8 tensors (:mod:`lstmx.kernels.cupy.optim`).
 - ``loss.cu``: the softmax cross-entropy's per-row loss and its gradient, a block per row
@@ -94,9 +94,10 @@ SOURCES = {"stepwise": STEPWISE_KERNELS,
            "generate": GENERATE_KERNELS}  # kind → its file's kernels
 
 
-# the tiled kernels' tensor-core variants (float32 data, float32 sums): the operands rounded to TensorFloat-32, or
-# to bfloat16 (exact in TF32: 8 significant bits of its 11, the same exponent range), for the TF32 MMA
-MMA_VARIANTS = ("tf32", "bf16")
+# the tiled kernels' tensor-core variants (float32 data, float32 sums), by what the TF32 MMA's operands are rounded
+# to: TensorFloat-32, bfloat16 or half precision (both exact in TF32: 8 and 11 of its 11 significant bits, within
+# its exponent range); the value is the kernels' $operands
+MMA_VARIANTS = {"tf32": 0, "bf16": 1, "fp16": 2}
 
 
 def variants(kind: str) -> tuple[str, ...]:
@@ -113,7 +114,7 @@ def source(kind: str, variant: str) -> str:
     real, tanh, sqrt, exp, log = DTYPES["float32" if variant in MMA_VARIANTS else variant]
     return _template(kind).substitute(real=real, tanh=tanh, sqrt=sqrt, exp=exp, log=log, suffix=variant,
                                       max_threads=tiling.MAX_THREADS, mma=int(variant in MMA_VARIANTS),
-                                      bf16=int(variant == "bf16"))
+                                      operands=MMA_VARIANTS.get(variant, 0))
 
 
 def kernel_name(kernel: str, variant: str) -> str:

@@ -5,10 +5,11 @@
 #include <cooperative_groups.h>
 namespace cg = cooperative_groups;
 
-// 1: the recurrent products run on tensor cores in TF32 (the "tf32" and "bf16" variants, float32 data), 0: FMAs
-// in $real. LSTMX_BF16 1: the operands rounded to bfloat16 (exact in TF32), not to TF32.
+// 1: the recurrent products run on tensor cores in TF32 (the "tf32", "bf16" and "fp16" variants, float32 data), 0:
+// FMAs in $real. LSTMX_OPERANDS: what the MMAs' operands are rounded to, 0 TF32, 1 bfloat16, 2 half precision
+// (both exact in TF32).
 #define LSTMX_MMA $mma
-#define LSTMX_BF16 $bf16
+#define LSTMX_OPERANDS $operands
 
 // Four consecutive values from (or to) shared memory in one or two vector accesses; p is 16-byte aligned.
 __device__ __forceinline__ void load4(const float* p, float (&v)[4])
@@ -87,8 +88,21 @@ __device__ __forceinline__ float bf16_round(const float x)
     if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
     return __uint_as_float(bits);
 }
+// float32 to the nearest IEEE half-precision value, ties to even (NaN passes): infinity from 65520 on, the
+// subnormals' steps of 2**-24 below 2**-14, 10 mantissa bits between; what precision="fp16" rounds.
+__device__ __forceinline__ float fp16_round(const float x)
+{
+    const unsigned bits = __float_as_uint(x), sign = bits & 0x80000000u, magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u) return x;                                  // NaN
+    if (magnitude >= 0x477ff000u) return __uint_as_float(sign | 0x7f800000u);  // 65520 and up
+    if (magnitude < 0x38800000u) return rintf(x * 16777216.0f) * 5.9604644775390625e-08f;  // below 2**-14
+    return __uint_as_float((bits + 0xfffu + ((bits >> 13) & 1u)) & 0xffffe000u);
+}
 // What each operand of the MMAs becomes as it enters shared memory.
-__device__ __forceinline__ float to_operand(const float x) { return LSTMX_BF16 ? bf16_round(x) : tf32_round(x); }
+__device__ __forceinline__ float to_operand(const float x)
+{
+    return LSTMX_OPERANDS == 1 ? bf16_round(x) : LSTMX_OPERANDS == 2 ? fp16_round(x) : tf32_round(x);
+}
 
 // The warp's tile of the product: its 16 rows from m0, its 8 columns (`octet` of the block's columns), and its
 // share of the reduction (every shares-th group of 8). tiles · shares is the block's warp count.
