@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (no package index there): install the carried wheels, then run what is asked:
-#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|bench-f64|bench-bidirectional|tune|tune-tf32|lm|lm-fused|lm-graph|variants|generate|sanitize
+#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|bench-f64|bench-half|bench-bidirectional|tune|tune-tf32|lm|lm-fused|lm-graph|variants|generate|sanitize
 #   (several words run in order)
 # Wheels missing from the GPU image (array-api-compat) travel in .whl/ (see README, "GPU machine").
 # A kernel that never returns (a grid barrier some block never reaches) hangs its process: every step runs under
@@ -15,7 +15,7 @@
 # so one broken path does not stall or poison (a CUDA error sticks to the process) the others' results.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-STEPS="smoke tests fast-tests check bench bench-f64 bench-bidirectional tune tune-tf32 lm lm-fused lm-graph variants generate sanitize"
+STEPS="smoke tests fast-tests check bench bench-f64 bench-half bench-bidirectional tune tune-tf32 lm lm-fused lm-graph variants generate sanitize"
 for what in "$@"; do  # a misspelt step is refused before any runs (not found out after the others spent the call)
     case " $STEPS " in *" $what "*) ;; *) echo "gpu_session.sh: error: unknown step '$what' (steps: $STEPS)"; exit 2 ;; esac
 done
@@ -86,6 +86,10 @@ for what in "$@"; do
             step "$what" "${STEP_TIMEOUT:-540}" python3 bench/gpu_vs_cpu.py --no-cpu --dtype $dtype --repeats $repeats \
                 $(for impl in $(left_out); do echo "--skip-impl $impl"; done) 2>&1 | tee "$OUT/$what.log" | grep -v "^  ("
             cp bench/results/$name.* "$OUT/" 2>/dev/null ;;
+        bench-half)  # the 16-bit tiled paths under precision="bf16"/"fp16" against cuDNN in float16 and bfloat16
+            step "$what" "${STEP_TIMEOUT:-540}" python3 bench/gpu_vs_cpu.py --no-cpu --half --repeats 5 \
+                $(for impl in $(left_out); do echo "--skip-impl $impl"; done) 2>&1 | tee "$OUT/$what.log" | grep -v "^  ("
+            cp bench/results/gpu_vs_cpu_half.* "$OUT/" 2>/dev/null ;;
         bench-bidirectional)  # both directions against cuDNN's bidirectional LSTM, on the issue's row
             step "$what" "${STEP_TIMEOUT:-540}" python3 bench/gpu_vs_cpu.py --no-cpu --bidirectional --configs 64,100,256,256 \
                 16,200,128,128 --repeats 9 $(for impl in $(left_out); do echo "--skip-impl $impl"; done) 2>&1 \

@@ -15,6 +15,8 @@ stepwise path's cuBLAS GEMMs).
     python bench/gpu_vs_cpu.py --dtype float64 --no-cpu   # float64 (no TF32 columns); writes gpu_vs_cpu_float64.*
     python bench/gpu_vs_cpu.py --bidirectional --configs 64,100,256,256   # both directions, against PyTorch's own
     python bench/gpu_vs_cpu.py --proj-size 128 --configs 32,100,256,512   # the LSTMP cell, against PyTorch's proj_size
+    python bench/gpu_vs_cpu.py --half --no-cpu     # also the 16-bit columns: lstmx's cupy-tiled-bf16/-fp16 under
+                                                   # precision="bf16"/"fp16" beside cuDNN fp16 and bf16
 
 Columns absent on this machine (no GPU, no torch, no numba) are marked "-", a column whose first step raised
 "FAIL" (its error is printed and kept in the JSON; the other columns go on). Times are medians over --repeats
@@ -41,6 +43,7 @@ from lstmx.cli import flag_type  # noqa: E402
 from lstmx.options import NON_NEGATIVE_INT, POSITIVE_INT  # noqa: E402
 
 CUDNN = {"float32": "cudnn-fp32", "float64": "cudnn-fp64"}  # PyTorch's cuDNN column at each dtype
+HALVES = {"fp16": "float16", "bf16": "bfloat16"}  # --half: each 16-bit precision, and PyTorch's dtype for it
 CONFIGS = [(16, 200, 128, 128), (64, 100, 256, 256), (64, 100, 512, 512), (128, 100, 1024, 1024), (256, 50, 1024, 1024)]
 
 
@@ -142,6 +145,11 @@ def available(args) -> dict[str, Callable]:
                 if name in (i.name for i in tf32_impls) and name not in args.skip_impl:
                     columns[f"lstmx-cupy:{name}:tf32"] = functools.partial(lstmx_step, backend_name, name,
                                                                             precision="tf32", **layer)
+            for half in HALVES if args.half else ():  # the paths of each 16-bit precision (not the generic one)
+                for impl in registry.available_layer_impls(backend, np.float32, precision=half):
+                    if impl.name != "generic" and impl.name not in args.skip_impl:
+                        columns[f"lstmx-cupy:{impl.name}:{half}"] = functools.partial(
+                            lstmx_step, backend_name, impl.name, precision=half, **layer)
     try:
         import torch
 
@@ -151,6 +159,8 @@ def available(args) -> dict[str, Callable]:
             columns[CUDNN[args.dtype]] = functools.partial(torch_step, "cuda", False, args.dtype, **layer)
             if args.dtype == "float32":
                 columns["cudnn-tf32"] = functools.partial(torch_step, "cuda", True, args.dtype, **layer)
+                for half, kind in HALVES.items() if args.half else ():  # PyTorch's LSTM in that dtype (.half())
+                    columns[f"cudnn-{half}"] = functools.partial(torch_step, "cuda", False, kind, **layer)
         else:
             print("cuDNN columns absent: torch sees no CUDA device")
     except ImportError:
@@ -190,7 +200,7 @@ def default_column(backend_name: str, batch: int, hidden: int, dtype: str, cell:
 
 
 def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str, bidirectional: bool = False,
-              proj_size: int = 0) -> Path | None:
+              proj_size: int = 0, name: str | None = None) -> Path | None:
     """Grouped bars, one group per configuration, one colour per column, log scale in ms."""
     try:
         import matplotlib
@@ -202,10 +212,10 @@ def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str, bidir
     figure, axis = plt.subplots(figsize=(min(14, max(7, 0.25 * len(results) * max(1, len(names)))) + 3, 4.5),
                                 dpi=110)  # + 3 inches for the legend beside the axes
     width = 0.8 / max(1, len(names))
-    for k, name in enumerate(names):
+    for k, column in enumerate(names):
         xs = [i + (k - (len(names) - 1) / 2) * width for i in range(len(results))]
-        values = [e["columns"].get(name, {}).get("ms", float("nan")) for e in results]
-        axis.bar(xs, values, width, label=name)
+        values = [e["columns"].get(column, {}).get("ms", float("nan")) for e in results]
+        axis.bar(xs, values, width, label=column)
     axis.set_xticks(range(len(results)))
     axis.set_xticklabels([",".join(str(v) for v in e["config"].values()) for e in results])
     axis.set_xlabel("B, T, D, H")
@@ -216,7 +226,7 @@ def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str, bidir
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     figure.tight_layout()
-    path = RESULTS / f"{output_name(dtype, bidirectional, proj_size)}.png"
+    path = RESULTS / f"{name or output_name(dtype, bidirectional, proj_size)}.png"
     RESULTS.mkdir(exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")  # whole or not at all, as write_json
     figure.savefig(partial, format="png")
@@ -225,10 +235,11 @@ def draw_bars(results: list[dict[str, Any]], names: list[str], dtype: str, bidir
     return path
 
 
-def output_name(dtype: str, bidirectional: bool = False, proj_size: int = 0) -> str:
-    """The JSON's and the PNG's name (without suffix) for a run in ``dtype`` (both directions, a projection)."""
+def output_name(dtype: str, bidirectional: bool = False, proj_size: int = 0, half: bool = False) -> str:
+    """The JSON's and the PNG's name (without suffix) for a run in ``dtype`` (both directions, a projection, the
+    16-bit columns)."""
     return (("gpu_vs_cpu" if dtype == "float32" else f"gpu_vs_cpu_{dtype}") + ("_bidirectional" if bidirectional else "")
-            + (f"_proj{proj_size}" if proj_size else ""))
+            + (f"_proj{proj_size}" if proj_size else "") + ("_half" if half else ""))
 
 
 def training_flops(config: tuple[int, ...], directions: int, proj_size: int = 0) -> float:
@@ -277,6 +288,9 @@ def main() -> None:
     parser.add_argument("--proj-size", type=flag_type("--proj-size", NON_NEGATIVE_INT, int), default=0,
                         help="the LSTMP cell with this projection (below every row's H; 0: none); writes "
                              "gpu_vs_cpu*_proj<P>.*")
+    parser.add_argument("--half", action="store_true",
+                        help="also the 16-bit columns (float32 only): lstmx's paths under precision='bf16' and "
+                             "'fp16', cuDNN in float16 and bfloat16")
     parser.add_argument("--skip-impl", action="append", default=[], choices=registry.NAMES, metavar="IMPL",
                         help="leave out this layer implementation's columns (repeatable; e.g. one that failed its "
                              "first GPU run)")
@@ -319,6 +333,8 @@ def main() -> None:
         results.append({"config": dict(zip("BTDH", config)), "columns": row, "failed": failed,
                         "ratios": {"lstmx-gpu/cudnn": ratio(row, gpu, CUDNN[args.dtype]),
                                    "lstmx-tf32/cudnn-tf32": ratio(row, "lstmx-cupy:tf32", "cudnn-tf32"),
+                                   **{f"lstmx-{half}/cudnn-{half}": ratio(row, f"lstmx-cupy:cupy-tiled-{half}:{half}",
+                                                                          f"cudnn-{half}") for half in HALVES},
                                    "lstmx-cpu/torch-cpu": ratio(row, cpu, "torch-cpu"),
                                    "gpu speed-up (lstmx cpu/gpu)": ratio(row, cpu, gpu)}})
     names = list(columns)
@@ -337,7 +353,8 @@ def main() -> None:
               f"{fmt(r['lstmx-cpu/torch-cpu'])}  {fmt(r['gpu speed-up (lstmx cpu/gpu)'])}")
     fastest = []
     for entry in results:
-        ours = {n: v["ms"] for n, v in entry["columns"].items() if n.startswith("lstmx-cupy:") and "tf32" not in n}
+        ours = {n: v["ms"] for n, v in entry["columns"].items() if n.startswith("lstmx-cupy:")
+                and not n.endswith((":tf32", ":bf16", ":fp16"))}
         if ours and CUDNN[args.dtype] in entry["columns"]:
             best = min(ours, key=ours.get)
             fastest.append(f"  B,T,D,H = {','.join(map(str, entry['config'].values()))}: {best} {ours[best]:.2f} ms = "
@@ -359,10 +376,16 @@ def main() -> None:
              if v["peak_gpu_mb"] is not None}
     if peaks:
         print("peak GPU memory (MiB): " + "; ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+    half_ratios = [f"lstmx-{half}/cudnn-{half}" for half in HALVES if any(e["ratios"][f"lstmx-{half}/cudnn-{half}"]
+                                                                        is not None for e in results)]
+    if half_ratios:
+        print("\n16-bit: " + "; ".join(f"{','.join(map(str, e['config'].values()))}: " + ", ".join(
+            f"{key} {e['ratios'][key]:.2f}" for key in half_ratios if e["ratios"][key] is not None) for e in results))
     report = {"machine": machine, "dtype": args.dtype, "bidirectional": args.bidirectional,
-              "proj_size": args.proj_size, "results": results}
-    print(f"wrote {write_json(output_name(args.dtype, args.bidirectional, args.proj_size) + '.json', report)}")
-    png = draw_bars(results, names, args.dtype, args.bidirectional, args.proj_size)
+              "proj_size": args.proj_size, "half": args.half, "results": results}
+    name = output_name(args.dtype, args.bidirectional, args.proj_size, args.half)
+    print(f"wrote {write_json(name + '.json', report)}")
+    png = draw_bars(results, names, args.dtype, args.bidirectional, args.proj_size, name)
     if png is not None:
         print(f"wrote {png}")
 

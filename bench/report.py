@@ -39,7 +39,8 @@ def machine_line(machine: dict[str, Any]) -> str:
 
 
 RATIOS = {"lstmx-cpu/torch-cpu": "lstmx CPU / torch CPU", "lstmx-gpu/cudnn": "lstmx GPU \"auto\" / cuDNN",
-          "lstmx-tf32/cudnn-tf32": "lstmx TF32 / cuDNN TF32"}  # gpu_vs_cpu.py's ratios, as the tables name them
+          "lstmx-tf32/cudnn-tf32": "lstmx TF32 / cuDNN TF32", "lstmx-fp16/cudnn-fp16": "lstmx fp16 / cuDNN fp16",
+          "lstmx-bf16/cudnn-bf16": "lstmx bf16 / cuDNN bf16"}  # gpu_vs_cpu.py's ratios, as the tables name them
 
 
 def step_table(name: str, report: dict[str, Any]) -> list[str]:
@@ -47,6 +48,7 @@ def step_table(name: str, report: dict[str, Any]) -> list[str]:
     results = report["results"]
     columns = list(dict.fromkeys(c for entry in results for c in entry["columns"]))
     kind = (f"{report.get('dtype', 'float32')}{', bidirectional' if report.get('bidirectional') else ''}"
+            + (", with the 16-bit columns" if report.get("half") else "")
             + (f", LSTMP with proj_size {report['proj_size']}" if report.get("proj_size") else ""))
     ratios = [key for key in RATIOS if any(entry["ratios"].get(key) is not None for entry in results)] \
         or ["lstmx-cpu/torch-cpu"]

@@ -280,3 +280,16 @@ def test_the_precision_benchmark_refuses_an_unknown_precision(run, capsys):
     with pytest.raises(SystemExit):
         run("precision_lm", "--precisions", "float32,half")
     assert "argument --precisions: must be precisions (float32, tf32, bf16, fp16) joined by commas" in capsys.readouterr().err
+
+
+def test_gpu_vs_cpu_takes_the_16_bit_columns_under_a_name_of_its_own(run, capsys, tmp_path):
+    """--half adds lstmx's 16-bit paths and cuDNN fp16/bf16 where a GPU is (none here: the CPU columns run) and
+    writes gpu_vs_cpu_half.json, whose table docs/benchmarks.md renders with the 16-bit ratios."""
+    run("gpu_vs_cpu", "--configs", "2,3,4,5", "--repeats", "1", "--rounds", "1", "--half", "--skip-impl", "numpy")
+    report = json.loads((tmp_path / "gpu_vs_cpu_half.json").read_text())
+    assert report["half"] and not (tmp_path / "gpu_vs_cpu.json").exists()
+    [entry] = report["results"]
+    assert {"lstmx-bf16/cudnn-bf16", "lstmx-fp16/cudnn-fp16"} <= set(entry["ratios"])
+    entry["ratios"]["lstmx-fp16/cudnn-fp16"] = 0.8  # as a GPU run would give it
+    table = "\n".join(load("report").step_table("gpu_vs_cpu_half", report))
+    assert "with the 16-bit columns" in table and "lstmx fp16 / cuDNN fp16" in table and "| 0.80 |" in table
