@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (no package index there): install the carried wheels, then run what is asked:
-#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|bench-f64|bench-half|bench-bidirectional|tune|tune-tf32|lm|lm-fused|lm-graph|variants|generate|sanitize
+#   bash bench/gpu_session.sh smoke|tests|fast-tests|check|bench|bench-f64|bench-half|bench-bidirectional|tune|tune-tf32|lm|lm-fused|lm-graph|lm-half|variants|generate|sanitize
 #   (several words run in order)
 # Wheels missing from the GPU image (array-api-compat) travel in .whl/ (see README, "GPU machine").
 # A kernel that never returns (a grid barrier some block never reaches) hangs its process: every step runs under
@@ -15,7 +15,7 @@
 # so one broken path does not stall or poison (a CUDA error sticks to the process) the others' results.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-STEPS="smoke tests fast-tests check bench bench-f64 bench-half bench-bidirectional tune tune-tf32 lm lm-fused lm-graph variants generate sanitize"
+STEPS="smoke tests fast-tests check bench bench-f64 bench-half bench-bidirectional tune tune-tf32 lm lm-fused lm-graph lm-half variants generate sanitize"
 for what in "$@"; do  # a misspelt step is refused before any runs (not found out after the others spent the call)
     case " $STEPS " in *" $what "*) ;; *) echo "gpu_session.sh: error: unknown step '$what' (steps: $STEPS)"; exit 2 ;; esac
 done
@@ -102,6 +102,14 @@ for what in "$@"; do
         lm-graph)
             if left_out | grep -qx cupy-graph; then echo "lm-graph: left out (cupy-graph failed the smoke step)"; continue; fi
             step "$what" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy --impl cupy-graph --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 | tee "$OUT/lm-graph.log" | tail -8; cp bench/results/train_vs_torch.json "$OUT/train_vs_torch_graph.json" 2>/dev/null ;;
+        lm-half)  # the recipe under precision="bf16"/"fp16" on the 16-bit tiled kernels, against PyTorch's AMP
+            for half in bf16 fp16; do
+                if left_out | grep -qx "cupy-tiled-$half"; then echo "lm-half $half: left out (failed the smoke step)"; continue; fi
+                step "lm-half $half" "${STEP_TIMEOUT:-540}" python3 bench/train_vs_torch.py --backend cupy --precision $half \
+                    --impl cupy-tiled-$half --update-impl cupy-fused --loss-impl cupy-fused ${LM_ARGS:-} 2>&1 \
+                    | tee "$OUT/lm-$half.log" | tail -8
+                cp bench/results/train_vs_torch_$half.json "$OUT/" 2>/dev/null
+            done ;;
         variants)  # each cell option's cost per step on each CUDA path that takes it (bench/variant_cost.py)
             for impl in cupy-tiled cupy-persistent cupy-graph cupy-stepwise; do
                 if left_out | grep -qx "$impl"; then echo "variants $impl: left out (failed the smoke step)"; continue; fi

@@ -131,8 +131,10 @@ def variant_table(name: str, report: dict[str, Any]) -> list[str]:
 def recipe_table(name: str, report: dict[str, Any]) -> list[str]:
     """A train_vs_torch.py run: the same language-model recipe in lstmx and PyTorch, taking turns."""
     a = report["args"]
+    precision = a.get("precision", "float32")
     lines = [f"### `{name}`: the language-model recipe, lstmx against PyTorch ({a['steps']} steps, batch {a['batch']}, "
-             f"T {a['seq_len']}, E {a['embedding']}, H {a['hidden']}, {a['backend']}; {report['source']})", "",
+             f"T {a['seq_len']}, E {a['embedding']}, H {a['hidden']}, {a['backend']}"
+             f"{'' if precision == 'float32' else f', {precision} (PyTorch: autocast)'}; {report['source']})", "",
              machine_line(report["machine"]), "", "| framework | validation loss (nats/char) | ms/step |", "|---|---|---|"]
     for framework, row in report["results"].items():
         lines.append(f"| {framework} | {row['val_loss']:.4f} | {row['ms_per_step']:.1f} |")

@@ -11,6 +11,9 @@ split) and ms/step, and writes JSON.
     python bench/train_vs_torch.py                 # both (PyTorch when importable), on the CPU
     python bench/train_vs_torch.py --steps 200     # a quicker look
     python bench/train_vs_torch.py --backend cupy  # lstmx on CuPy against PyTorch + cuDNN on the same GPU
+    python bench/train_vs_torch.py --precision bf16   # lstmx's precision="bf16" against PyTorch's AMP (autocast
+                                                     # to bfloat16; "fp16" adds its GradScaler); writes
+                                                     # train_vs_torch_bf16.json
 
 For CPU timings run it with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset in that command only.
 """
@@ -42,9 +45,10 @@ class LstmxRunner:
     name = "lstmx"
 
     def __init__(self, args, vocab, split) -> None:
-        model = lstmx.LanguageModel(len(vocab), args.embedding, args.hidden, 1, backend=args.backend, seed=args.seed)
+        model = lstmx.LanguageModel(len(vocab), args.embedding, args.hidden, 1, backend=args.backend, seed=args.seed,
+                                    precision=args.precision)
         config = TrainConfig(steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, lr=args.lr, clip_norm=5.0,
-                             eval_every=10**9, log_every=10**9)
+                             eval_every=10**9, log_every=10**9, precision=args.precision)
         self.folder = tempfile.TemporaryDirectory(prefix="lstmx-bench-")  # the trainer's run folder, left empty
         with lstmx.dispatch.registry.use_update_impl(args.update_impl):
             self.trainer = Trainer(model, vocab, split, config, self.folder.name, progress=False)
@@ -93,6 +97,16 @@ class TorchRunner:
         self.train = StreamBatches(backend, split.train, args.batch, args.seq_len)
         self.val = StreamBatches(backend, split.validation, args.batch, args.seq_len)
         self.state, self.index = None, 0
+        # the 16-bit precisions as PyTorch users train them: autocast, and for float16 its GradScaler
+        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+        self.scaler = torch.amp.GradScaler(self.device) if args.precision == "fp16" else None
+        with self.mixed():  # PyTorch's CPU LSTM (oneDNN) has no float16 training kernel: found out here
+            self.logits(self.train.window(0).inputs[:2, :1], None)[0].float().sum().backward()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def mixed(self):
+        return self.torch.autocast(self.device, dtype=self.autocast or self.torch.float32,
+                                   enabled=self.autocast is not None)
 
     def tensor(self, array):
         return self.torch.from_numpy(array).to(self.device)
@@ -104,13 +118,21 @@ class TorchRunner:
     def step(self) -> None:
         torch = self.torch
         window = self.train.window(self.index)
-        logits, state = self.logits(window.inputs, self.state)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size),
-                                                 self.tensor(window.targets).reshape(-1))
+        with self.mixed():
+            logits, state = self.logits(window.inputs, self.state)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size).float(),
+                                                     self.tensor(window.targets).reshape(-1))
         self.optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters, 5.0)
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.parameters, 5.0)
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.parameters, 5.0)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.state = tuple(s.detach() for s in state)
         self.index += 1
         if self.index == len(self.train):
@@ -119,11 +141,11 @@ class TorchRunner:
     def validation_loss(self) -> float:
         torch = self.torch
         total, count, state = 0.0, 0, None
-        with torch.no_grad():
+        with torch.no_grad(), self.mixed():
             for window in self.val:
                 logits, state = self.logits(window.inputs, state)
                 targets = self.tensor(window.targets).reshape(-1)
-                total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), targets,
+                total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size).float(), targets,
                                                                  reduction="sum"))
                 count += targets.numel()
         return total / count
@@ -146,6 +168,9 @@ def make_runners(args, vocab, split) -> list:
             runners.append(TorchRunner(args, vocab, split))
         except ImportError:
             print("PyTorch is not installed: lstmx alone")
+        except RuntimeError as error:
+            print(f"PyTorch cannot run the recipe at precision {args.precision} here: lstmx alone "
+                  f"({str(error).splitlines()[0]})")
     return runners
 
 
@@ -169,6 +194,8 @@ def main() -> None:
                         help="lstmx optimizer update")
     parser.add_argument("--loss-impl", default="auto", choices=[registry.AUTO, *registry.LOSS_REQUESTS.names],
                         help="lstmx loss and gradient")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bf16", "fp16"],
+                        help="lstmx's precision; PyTorch's autocast dtype (with GradScaler for fp16)")
     args = parser.parse_args()
     try:
         lstmx.get_backend(args.backend)
@@ -206,8 +233,9 @@ def main() -> None:
         ours, theirs = rows["lstmx"], rows["pytorch"]
         print(f"\nlstmx / pytorch: val loss {ours['val_loss'] / theirs['val_loss']:.4f}×, "
               f"time per step {ours['ms_per_step'] / theirs['ms_per_step']:.2f}×")
-    path = write_json("train_vs_torch.json", {"source": source, "args": {**vars(args), "text": source},
-                                              "machine": machine, "results": rows})
+    name = "train_vs_torch.json" if args.precision == "float32" else f"train_vs_torch_{args.precision}.json"
+    path = write_json(name, {"source": source, "args": {**vars(args), "text": source}, "machine": machine,
+                             "results": rows})
     print(f"wrote {path}")
 
 

@@ -151,6 +151,18 @@ def test_train_vs_torch_runs_a_few_steps_and_leaves_no_run_folder(run, capsys, t
     assert "| lstmx |" in table and "3 steps" in table
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_train_vs_torch_runs_a_16_bit_recipe_under_a_name_of_its_own(run, capsys, tmp_path, precision):
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 40, encoding="utf-8")
+    run("train_vs_torch", "--text", str(text), "--steps", "3", "--batch", "2", "--seq-len", "5", "--hidden", "8",
+        "--embedding", "4", "--precision", precision)
+    result = json.loads((tmp_path / f"train_vs_torch_{precision}.json").read_text())
+    assert result["args"]["precision"] == precision and result["results"]["lstmx"]["ms_per_step"] > 0
+    table = "\n".join(load("report").recipe_table(f"train_vs_torch_{precision}", result))
+    assert f"{precision} (PyTorch: autocast)" in table
+
+
 def test_the_gpu_session_refuses_an_unknown_step_before_running_any():
     """A misspelt step would otherwise be found out only after the steps before it had spent a GPU call; the smoke
     step tries every CuPy layer path in the registry, and the modules it leaves to CI exist."""
