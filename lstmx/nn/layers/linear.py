@@ -26,7 +26,8 @@ def linear_backward(backend: Backend, dy: Any, weight: Any, cache: LinearCache) 
     x = cache.x
     flat_x = xp.reshape(x, (-1, x.shape[-1]))
     flat_dy = xp.reshape(dy, (-1, dy.shape[-1]))
-    dweight = backend.matmul(flat_x.T, flat_dy)
+    dy_operand = backend.operand(flat_dy)  # in the products' operand format once, for both products
+    dweight = backend.operand(flat_x).T @ dy_operand
     dbias = xp.sum(flat_dy, axis=0)
-    dx = xp.reshape(backend.matmul(flat_dy, weight.T), x.shape)
+    dx = xp.reshape(dy_operand @ backend.operand(weight).T, x.shape)
     return dx, dweight, dbias

@@ -384,11 +384,14 @@ def _layer_backward(backend: Backend, dy: Any, dh_last: Any, dc_last: Any, weigh
         dx_product, dnorm_x = layer_norm_backward(xp, dz_all, extra.norm_x, kept.x_norm)
     dh_product_all = dz_all if not options.layer_norm else xp.reshape(xp.stack(dh_product_steps[::-1]),
                                                                       (steps * batch, 4 * hidden))
-    dweight = xp.concat([backend.matmul(xp.reshape(x, (steps * batch, features)).T, dx_product),
-                         backend.matmul(xp.reshape(h_prevs, (steps * batch, cache.output_size)).T, dh_product_all)],
+    # each gradient in the products' operand format once, for both products it enters (one array without layer norm)
+    dx_operand = backend.operand(dx_product)
+    dh_operand = dx_operand if dh_product_all is dx_product else backend.operand(dh_product_all)
+    dweight = xp.concat([backend.operand(xp.reshape(x, (steps * batch, features))).T @ dx_operand,
+                         backend.operand(xp.reshape(h_prevs, (steps * batch, cache.output_size))).T @ dh_operand],
                         axis=0)
     dbias = xp.sum(dz_all, axis=0)
-    dx = xp.reshape(backend.matmul(dx_product, weight[:features, :].T), (steps, batch, features))
+    dx = xp.reshape(dx_operand @ backend.operand(weight[:features, :].T), (steps, batch, features))
     dprojection = None
     if projection is not None:
         unprojected = gate_steps[..., 3 * hidden :] * tanh_cs  # o_t ⊙ tanh(c_t), what W_hr multiplied
