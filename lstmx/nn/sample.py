@@ -22,6 +22,13 @@ def next_token_distribution(logits: np.ndarray, temperature: float, top_k: int |
     return weights / weights.sum()
 
 
+def chunk_uniforms(rngs: list[np.random.Generator], count: int, greedy: bool) -> np.ndarray:
+    """(samples, ``count``): the uniforms the next ``count`` draws of each sample take from its own generator, in
+    order, as ``Generator.choice`` draws them one per token (greedy decoding draws nothing: zeros). The compiled
+    token loops draw on these, so a seed gives every loop the same text."""
+    return np.zeros((len(rngs), count)) if greedy else np.stack([rng.random(count) for rng in rngs])
+
+
 def _check_sampling(model: Any, vocab: CharVocab, length: int, temperature: float, top_k: int | None,
                     greedy: bool, num_samples: int = 1) -> None:
     check_arguments(length=(length, NON_NEGATIVE_INT), num_samples=(num_samples, POSITIVE_INT))

@@ -19,6 +19,7 @@ from typing import Any, Iterator, NamedTuple
 import cupy
 import numpy as np
 
+from ...nn.sample import chunk_uniforms
 from . import cuda_sources
 
 THREADS = 256  # per block, a power of two (the block reductions halve it)
@@ -64,8 +65,7 @@ def token_steps(model: Any, logits: Any, state: Any, length: int, rngs: list[np.
     shared = THREADS * (8 + 4)  # the reductions' doubles and ints
     for start in range(0, length, CHUNK):
         count = min(CHUNK, length - start)
-        uniforms = (np.zeros((batch, count)) if greedy
-                    else np.stack([rng.random(count) for rng in rngs]))  # each sample's draws, in order
+        uniforms = chunk_uniforms(rngs, count, greedy)
         tokens = cupy.empty((count, batch), dtype=np.int64)
         _kernel(dtype.name)((batch,), (THREADS,),
                             (table, weights, biases, head_weight, head_bias, logits, h, c, cupy.asarray(uniforms),

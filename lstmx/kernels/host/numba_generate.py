@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 from numba import njit
 
+from ...nn.sample import chunk_uniforms
 from .numba_layer import _JIT, _sigmoid, _tanh
 
 CHUNK = 32  # tokens per compiled call: short enough to stream, long enough that the call's cost vanishes
@@ -159,7 +160,6 @@ def token_steps(model: Any, logits: Any, state: Any, length: int, rngs: list[np.
     h, c = (np.array(part, dtype=dtype, order="C") for part in state)
     for start in range(0, length, CHUNK):
         count = min(CHUNK, length - start)
-        uniforms = (np.zeros((len(rngs), count)) if greedy
-                    else np.stack([rng.random(count) for rng in rngs]))  # each sample's draws, in order
+        uniforms = chunk_uniforms(rngs, count, greedy)
         for row in run_chunk(arrays, logits, h, c, uniforms, temperature, top_k, greedy):
             yield [int(token) for token in row]
