@@ -29,6 +29,7 @@ from _common import bench_parser  # noqa: E402
 
 import lstmx  # noqa: E402
 from lstmx.dispatch import registry  # noqa: E402
+from lstmx.dispatch.precision import SIXTEEN_BIT_PRECISIONS  # noqa: E402
 from lstmx.backend import to_numpy  # noqa: E402
 from lstmx.check import (HEADER, SIXTEEN_BIT_TOLERANCE, TF32_TOLERANCE, CheckResult, agreement,  # noqa: E402
                          host_arrays, row)
@@ -52,7 +53,7 @@ def check(backend: lstmx.Backend, impl: str, fused: bool, cell_options: bool = F
     # generic path at full float32, a "bf16" or "fp16" one against the generic path at that precision (which
     # rounds alike)
     precision = registry.layer_impl(impl).precisions[0]
-    reference_precision = precision if precision in ("bf16", "fp16") else "float32"
+    reference_precision = precision if precision in SIXTEEN_BIT_PRECISIONS else "float32"
     reduced = {"tf32": TF32_TOLERANCE, "bf16": SIXTEEN_BIT_TOLERANCE, "fp16": SIXTEEN_BIT_TOLERANCE}.get(precision)
     if proj_size:
         options["proj_size"] = proj_size

@@ -20,6 +20,7 @@ import numpy as np
 
 from .backend import BackendError, get_backend, to_numpy
 from .dispatch import registry
+from .dispatch.precision import SIXTEEN_BIT_PRECISIONS
 from .gradcheck import check_language_model, check_lstm, max_relative_error
 from .nn.layers.cell import acting_options
 
@@ -176,7 +177,7 @@ def implementation_checks(backend_name: str, seed: int = 0) -> Iterator[CheckRes
                     yield agreement(f"{impl.name} tf32 vs generic {kind}", backend_name, reference,
                                     run(impl=impl.name, loss_impl="generic", precision="tf32"),
                                     TF32_TOLERANCE)
-        for half in ("bf16", "fp16"):  # each path that runs a 16-bit precision, against the generic path at it
+        for half in SIXTEEN_BIT_PRECISIONS:  # each path that runs a 16-bit precision, against the generic one at it
             paths = [impl for impl in registry.available_layer_impls(backend, np.float32, masked, precision=half)
                      if impl.name != "generic"]
             if paths:

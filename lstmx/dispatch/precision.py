@@ -1,5 +1,5 @@
-"""Precision of the float32 matrix products: full float32 (the default), TensorFloat-32 on CuPy, or bfloat16
-operands.
+"""Precision of the float32 matrix products: full float32 (the default), TensorFloat-32 on CuPy, or bfloat16 or
+half-precision operands.
 
 ``precision="tf32"`` lets cuBLAS run float32 GEMMs on tensor cores with 10-bit mantissa inputs and float32
 accumulation (PyTorch's ``allow_tf32``): the input projection, the recurrent GEMMs of the stepwise and graph
@@ -14,14 +14,15 @@ the gradients). A model's public methods (forward, backward, loss) run under the
 layer, forward and backward (the gradients flowing into a product as well), are rounded to bfloat16 and the
 products summed in float32, as tensor cores multiply bfloat16 with float32 accumulation; the gates, the cell
 state, the loss, the optimizer and its master weights stay float32. bfloat16 keeps float32's exponent range, so
-no loss scaling is needed. Any backend, float32 only, on the generic path only (the registry refuses it for
-the fast paths, naming why): the model's backend carries it (:attr:`lstmx.backend.Backend.operands`) to the
-generic layers, which round in :meth:`lstmx.backend.Backend.matmul`. The operands are rounded, not stored, in
-bfloat16: the numerics of bfloat16 training, not its speed or its memory, which need 16-bit kernels.
+no loss scaling is needed. Any backend, float32 only: the model's backend carries it
+(:attr:`lstmx.backend.Backend.operands`) to the generic layers, which round in
+:meth:`lstmx.backend.Backend.matmul`, and to the paths that declare the precision (``cupy-tiled-bf16``, whose
+kernels round alike); the registry refuses it for every other path, naming why. The operands are rounded, not
+stored, in bfloat16: the numerics of bfloat16 training, not its memory, and on the generic path not its speed.
 
 ``precision="fp16"`` is the same with IEEE half precision operands: 11 significant bits (bfloat16 has 8) but
 only 2**-24 to 65504, so the gradients flowing into the backward's products, ~1e-6 and smaller, would fall
-below it. A trainer under "fp16" therefore scales the loss (:class:`lstmx.training.loop.LossScale`, PyTorch's
+below it. A trainer under "fp16" therefore scales the loss (:mod:`lstmx.training.loss_scale`, PyTorch's
 ``GradScaler`` defaults): the gradient leaves the loss multiplied by the scale, the parameter gradients are
 divided by it before clipping and the update, and a step whose gradients overflowed is not applied (the scale
 halves); after 2000 steps without one the scale doubles. All on the device: no host sync.
@@ -34,15 +35,16 @@ from typing import Any, Iterator
 
 from ..backend import Backend, dtype_name, is_cupy
 
-PRECISIONS = ("float32", "tf32", "bf16", "fp16")
+SIXTEEN_BIT_PRECISIONS = ("bf16", "fp16")  # mixed precision: the products' operands rounded to that format
 FLOAT32_OPERAND_PRECISIONS = ("float32", "tf32")  # those whose products take float32 operands (every path runs them)
+PRECISIONS = FLOAT32_OPERAND_PRECISIONS + SIXTEEN_BIT_PRECISIONS
 
 
 def operand_format(precision: str) -> str:
     """The operand format (:attr:`lstmx.backend.Backend.operands`) the generic path's products take under a
     checked ``precision``: "bf16" and "fp16" round them, the others leave them float32 (TF32 is cuBLAS's own
     mode)."""
-    return precision if precision in ("bf16", "fp16") else "float32"
+    return precision if precision in SIXTEEN_BIT_PRECISIONS else "float32"
 
 
 def check_precision(precision: Any, backend: Backend, dtype: Any) -> str:
@@ -52,7 +54,7 @@ def check_precision(precision: Any, backend: Backend, dtype: Any) -> str:
     if precision == "tf32" and not (is_cupy(backend) and dtype_name(dtype) == "float32"):
         raise ValueError(f"precision='tf32' needs backend='cupy' and dtype float32 (TensorFloat-32 is a CUDA "
                          f"tensor-core mode); got backend {backend.name!r}, dtype {dtype_name(dtype)}")
-    if precision in ("bf16", "fp16") and dtype_name(dtype) != "float32":
+    if precision in SIXTEEN_BIT_PRECISIONS and dtype_name(dtype) != "float32":
         raise ValueError(f"precision={precision!r} needs dtype float32 (16-bit operands with float32 "
                          f"accumulation); got dtype {dtype_name(dtype)}")
     return precision

@@ -92,7 +92,7 @@ class Impl(NamedTuple):
     auto_cells: tuple[str, ...] | None = None  # the cells "auto" gives it (None: every one it runs), likewise
     auto_min_rows: int = 0  # "auto" picks it for tables of this many rows and more
     precisions: tuple[str, ...] = FLOAT32_OPERAND_PRECISIONS  # the model precisions (lstmx.dispatch.precision) it
-    # runs under; "bf16" only where its products are the backend's (Backend.matmul)
+    # runs under; a 16-bit one only where its products round their operands as Backend.operand does
     tf32_recurrence: bool = False  # under precision="tf32" its recurrent products run in TensorFloat-32 too
     paired_directions: bool = False  # runs both directions of a bidirectional lstm layer in one launch (its
     # module's lstm_layer_pair_* functions) where the doubled grid fits

@@ -39,8 +39,8 @@ class Module:
 
     @property
     def precision(self) -> str:
-        """"float32", "tf32" (CuPy, float32 only) or "bf16" (float32): the precision of the matrix products
-        (:mod:`lstmx.dispatch.precision`)."""
+        """"float32", "tf32" (CuPy, float32 only), "bf16" or "fp16" (float32): the precision of the matrix
+        products (:mod:`lstmx.dispatch.precision`)."""
         return self._precision
 
     @precision.setter

@@ -195,14 +195,13 @@ class Trainer:
     def train_step(self) -> None:
         """One optimizer step. Its loss is kept on the device until :meth:`read_losses`."""
         window = self.train_batches.window(self.window_index)
-        scaling = self.loss_scale
+        scaling, finite = self.loss_scale, None
         if scaling is None:
             loss, grads, states = self._loss_and_grads(window)
         else:
             with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what the scale is there to catch
                 loss, grads, states = self._loss_and_grads(window, scaling.scale)
-        finite = None
-        if scaling is not None:  # back to the true gradients; zeros where the scaled ones overflowed
+            # back to the true gradients; zeros where the scaled ones overflowed
             grads, finite = unscaled(self.model.backend, grads, scaling)
         if self.config.clip_value is not None:
             grads = clip_grad_value(self.model.backend, grads, self.config.clip_value)
