@@ -311,8 +311,9 @@ def one_launch_layers(launch: Launch, forward_kernel: str, backward_kernel: str)
     """The plain and paired layer functions of a path whose recurrence is one launch of ``forward_kernel`` /
     ``backward_kernel`` through ``launch``, with the contract's signatures. The GEMMs around the launch take
     their operands in the backend's format (:meth:`lstmx.backend.Backend.operand`: under precision="bf16"
-    rounded to bfloat16, which only the kernels that round their own operands alike are given); the input and
-    the weights are put in it as they come in, so the cache keeps the input as the GEMMs took it."""
+    rounded to bfloat16, which only the kernels that round their own operands alike are given): the forward's
+    input and weights as they come in, so the cache keeps the input as the GEMMs took it; the backward's in
+    :func:`parameter_gradients` (and W_h in the kernels)."""
     def lstm_layer_forward(backend: Any, x: Any, weight: Any, bias: Any, h0: Any, c0: Any,
                            step_mask: Any = None) -> tuple[Any, tuple[Any, Any], CupyLayerCache]:
         return one_launch_forward(launch, forward_kernel, backend.operand(x), backend.operand(weight), bias, h0, c0,
@@ -320,8 +321,7 @@ def one_launch_layers(launch: Launch, forward_kernel: str, backward_kernel: str)
 
     def lstm_layer_backward(backend: Any, dy: Any, dh_last: Any, dc_last: Any, weight: Any,
                             cache: CupyLayerCache) -> tuple[Any, tuple[Any, Any], Any, Any]:
-        return one_launch_backward(launch, backward_kernel, dy, dh_last, dc_last, backend.operand(weight), cache,
-                                   backend.operand)
+        return one_launch_backward(launch, backward_kernel, dy, dh_last, dc_last, weight, cache, backend.operand)
 
     def lstm_layer_pair_forward(backend: Any, xs: Pair, weights: Pair, biases: Pair, h0s: Pair, c0s: Pair,
                                 step_mask: Any = None) -> tuple[Pair, tuple[Pair, Pair], Pair]:
@@ -331,8 +331,8 @@ def one_launch_layers(launch: Launch, forward_kernel: str, backward_kernel: str)
 
     def lstm_layer_pair_backward(backend: Any, dys: Pair, dh_lasts: Pair, dc_lasts: Pair, weights: Pair,
                                  caches: Pair) -> tuple[Pair, tuple[Pair, Pair], Pair, Pair]:
-        return one_launch_pair_backward(launch, backward_kernel, dys, dh_lasts, dc_lasts,
-                                        tuple(backend.operand(part) for part in weights), caches, backend.operand)
+        return one_launch_pair_backward(launch, backward_kernel, dys, dh_lasts, dc_lasts, weights, caches,
+                                        backend.operand)
 
     return OneLaunchLayers(lstm_layer_forward, lstm_layer_backward, lstm_layer_pair_forward, lstm_layer_pair_backward)
 
